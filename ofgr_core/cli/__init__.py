@@ -1,0 +1,14 @@
+"""Headless front end: ``ofgr``. Importing this package must not import torch."""
+
+from __future__ import annotations
+
+# Command modules register themselves on ``app`` when imported.
+from ofgr_core.cli import run_cmd  # noqa: F401
+from ofgr_core.cli.app import app
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

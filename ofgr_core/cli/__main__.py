@@ -1,0 +1,3 @@
+from ofgr_core.cli import main
+
+main()

@@ -1,0 +1,60 @@
+"""The Typer application object and the helpers every command module shares.
+
+Only ``ofgr_core.cli`` may import typer and rich. Data goes to stdout, diagnostics to stderr.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from ofgr_core.errors import ExitCode, OfgrError
+
+app = typer.Typer(
+    name="ofgr",
+    help="Open-set fine-grained image retrieval workbench.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Create and inspect datasets.", no_args_is_help=True)
+index_app = typer.Typer(help="Build and inspect FAISS indexes.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(index_app, name="index")
+
+out = Console()  # data (tables, JSON) -> stdout
+err = Console(stderr=True)  # progress and diagnostics -> stderr
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(fn: F) -> F:
+    """Turn known errors into one red line and an exit code; tracebacks only with OFGR_DEBUG=1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except OfgrError as e:
+            if os.environ.get("OFGR_DEBUG") == "1":
+                raise
+            err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(int(e.exit_code)) from None
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]")
+            raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def print_json(obj: Any) -> None:
+    """Write one JSON document to stdout, nothing else."""
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,306 @@
+"""Strict experiment configuration: defaults < YAML < ``--set a.b=value`` overrides.
+
+Every section is a pydantic model with ``extra="forbid"``: an unknown key is an error that names its path and
+the closest valid key; a wrong type names the path, the value and the expected type.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ofgr_core.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ----------------------------------------------------------------------------------------------- data
+class SourceConfig(Section):
+    """One dataset source. ``options`` are validated by the adapter registered under ``type``."""
+
+    type: str = "synthetic"
+    root: str | None = None
+    name: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class DataConfig(Section):
+    sources: list[SourceConfig] = Field(default_factory=lambda: [SourceConfig()])
+    taxonomy: str | None = None  # taxonomy YAML mapping source labels to unified nodes
+    unmapped: Literal["error", "drop"] = "error"
+    dedup: bool = True  # drop exact duplicate images (content hash)
+    image_size: int | None = 64  # train/eval resolution; null = the model's default
+    cache: bool = True  # decoded-and-resized uint8 cache (memory-mapped)
+    cache_dir: str | None = None  # default: <first source root>/.ofgr_cache
+    num_workers: int = 0
+
+
+# ---------------------------------------------------------------------------------------------- split
+class SplitConfig(Section):
+    protocol: Literal["random", "cars196", "file", "manifest"] = "random"
+    unseen_fraction: float = Field(0.5, gt=0.0, lt=1.0)
+    val_fraction: float = Field(0.15, ge=0.0, lt=1.0)  # of seen fine classes, held out for model selection
+    seed: int | None = None  # default: the run's seed
+    file: str | None = None  # protocol=file: YAML/JSON with `seen`/`unseen` (and optional `val`) class lists
+    reuse: str | None = None  # a run folder or split.json whose split to reuse (fair comparisons)
+    query: Literal["leave_one_out", "files", "cross_domain"] = "leave_one_out"
+    query_file: str | None = None
+    gallery_file: str | None = None
+    query_domain: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------- model
+class ModelConfig(Section):
+    kind: Literal["timm", "clip"] = "timm"
+    name: str = "resnet18"
+    pretrained: bool | str = False  # false, true (hub weights), or a local .pth/.safetensors path
+    embed_dim: int = Field(512, gt=0)
+    freeze: Literal["none", "all", "partial"] = "none"
+    trainable: list[str] = Field(default_factory=list)  # freeze=partial: parameter-name prefixes kept trainable
+    key_map: dict[str, str] = Field(default_factory=dict)  # prefix remapping for foreign state dicts
+
+
+# ----------------------------------------------------------------------------------------------- loss
+class ArcFaceConfig(Section):
+    weight: float = Field(1.0, ge=0.0)
+    scale: float = Field(30.0, gt=0.0)
+    margin: float = Field(0.3, ge=0.0)
+    lr: float | None = None  # class-weight matrix learning rate; default 10x train.lr
+
+
+class HTripletConfig(Section):
+    weight: float = Field(1.0, ge=0.0)
+    margin_fine: float = Field(0.1, ge=0.0)
+    margin_coarse: float = Field(0.3, ge=0.0)
+    mining: Literal["batch_hard", "semi_hard", "all"] = "batch_hard"
+
+
+class LossConfig(Section):
+    arcface: ArcFaceConfig = Field(default_factory=ArcFaceConfig)
+    htriplet: HTripletConfig = Field(default_factory=HTripletConfig)
+
+
+# -------------------------------------------------------------------------------------------- sampler
+class SamplerConfig(Section):
+    type: str = "hierarchical_pk"
+    coarse_per_batch: int = Field(2, ge=1)  # C
+    fine_per_coarse: int = Field(4, ge=1)  # P
+    k: int = Field(4, ge=1)  # K images per fine class
+    batches_per_epoch: int | None = None  # default: n_train_images // (C * P * K)
+
+
+# ---------------------------------------------------------------------------------------------- train
+class TrainConfig(Section):
+    epochs: int = Field(5, ge=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.05, ge=0.0)
+    momentum: float = 0.9
+    warmup_epochs: float = Field(1.0, ge=0.0)
+    grad_clip: float | None = 5.0
+    amp: Literal["auto", "on", "off"] = "auto"  # auto = on for CUDA
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    early_stopping: int | None = None  # patience in epochs on validation Recall@1
+    eval_batch_size: int = Field(256, ge=1)
+    log_every: int = Field(10, ge=1)
+
+
+# ----------------------------------------------------------------------------------------------- eval
+class IndexConfig(Section):
+    type: Literal["flat", "ivf_flat", "ivf_pq", "hnsw"] = "flat"
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    nlist: int | None = None  # IVF lists; default ~4*sqrt(N)
+    nprobe: int = 16
+    pq_m: int = 16  # IVF-PQ sub-quantizers
+    pq_nbits: int = 8
+    hnsw_m: int = 32
+    ef_construction: int = 200
+    ef_search: int = 128
+
+
+class EvalConfig(Section):
+    ks: list[int] = Field(default_factory=lambda: [1, 2, 4, 5, 8, 10])
+    splits: list[Literal["unseen", "seen"]] = Field(default_factory=lambda: ["unseen", "seen"])
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    bootstrap: int = Field(1000, ge=0)  # resamples for confidence intervals; 0 = off
+    confidence: float = Field(0.95, gt=0.0, lt=1.0)
+    exclude_same_group: bool = False
+    batch_size: int = Field(4096, ge=1)  # queries per search chunk
+
+    @field_validator("ks")
+    @classmethod
+    def _positive_sorted(cls, v: list[int]) -> list[int]:
+        if not v or any(k < 1 for k in v):
+            raise ValueError("must be a non-empty list of positive integers")
+        return sorted(set(v))
+
+
+# ---------------------------------------------------------------------------------------------- root
+class Config(Section):
+    name: str = "run"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    data: DataConfig = Field(default_factory=DataConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+
+# ------------------------------------------------------------------------------------- load / errors
+def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that owns the key at ``path`` (to suggest valid keys)."""
+    model: Any = Config
+    for part in path[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) else None
+        if field is None:
+            return None
+        ann = field.annotation
+        # unwrap list[X] / X | None
+        for arg in (*getattr(ann, "__args__", ()), ann):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                model = arg
+                break
+        else:
+            return None
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _dotted(path: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def _format_error(e: ValidationError, origin: str) -> str:
+    msgs = []
+    for item in e.errors():
+        loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and ("[" in p or p in ("int", "str"))))
+        where = _dotted(loc) or "<root>"
+        if item["type"] == "extra_forbidden":
+            model = _model_at(loc)
+            hint = ""
+            if model is not None:
+                close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.5)
+                parent = _dotted(loc[:-1])
+                if close:
+                    hint = f", did you mean {parent + '.' if parent else ''}{close[0]}?"
+                else:
+                    hint = f" (valid keys: {', '.join(model.model_fields)})"
+            msgs.append(f"{where}: unknown key{hint}")
+        else:
+            value = item.get("input")
+            shown = repr(value) if not isinstance(value, dict) else "a mapping"
+            msgs.append(f"{where}: {item['msg'].lower()}, got {shown}")
+    # deduplicate (unions report one error per member)
+    seen: list[str] = []
+    for m in msgs:
+        if m not in seen:
+            seen.append(m)
+    return f"{origin}: " + "; ".join(seen)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a","b","c"], parsed YAML value)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, for example --set train.epochs=3")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"--set {text!r}: empty key segment")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _apply_override(tree: dict[str, Any], parts: list[str], value: Any, text: str) -> None:
+    node: Any = tree
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--set {text}: {'.'.join(parts[: i + 1])}: no list item {part}")
+            node = node[int(part)]
+            continue
+        if part not in node or node[part] is None:
+            node[part] = {}
+        node = node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"--set {text}: no list item {last}")
+        node[int(last)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"--set {text}: {'.'.join(parts[:-1])} is not a section")
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{p}:{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> Config:
+    """Resolve a config: defaults < ``base`` < YAML file < ``--set`` overrides.
+
+    Relative paths inside the YAML stay as written; they are resolved against the working directory.
+    """
+    tree: dict[str, Any] = dict(base or {})
+    origin = "config"
+    if path is not None:
+        tree = _deep_merge(tree, read_yaml(path))
+        origin = str(path)
+    overrides = list(overrides or [])
+    if overrides:
+        # validate the file alone first so its errors name the file, not the overrides
+        try:
+            tree = Config.model_validate(tree).model_dump(mode="json")
+        except ValidationError as e:
+            raise ConfigError(_format_error(e, origin)) from None
+        for text in overrides:
+            parts, value = parse_override(text)
+            _apply_override(tree, parts, value, text)
+        origin = f"{origin} with --set {' '.join(overrides)}"
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, origin)) from None
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
