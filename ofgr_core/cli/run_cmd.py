@@ -1,0 +1,275 @@
+"""``ofgr run``, ``ofgr resume``, ``ofgr runs``, ``ofgr show``: the headless front end over the run folder."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ofgr_core import runs
+from ofgr_core.cli.app import app, err, handle_errors, out, print_json
+from ofgr_core.config import dump_config, load_config
+from ofgr_core.errors import ConfigError, ExitCode, NotFoundError
+
+DEFAULT_CONFIG = "configs/demo.yaml"
+
+
+class EventPrinter:
+    """Renders pipeline events as rich progress on stderr."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=False,
+            disable=quiet,
+        )
+        self.tasks: dict[str, Any] = {}
+        self.timings: dict[str, float] = {}
+
+    def __enter__(self) -> EventPrinter:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+    def _task(self, stage: str, total: int | None = None) -> Any:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.progress.add_task(stage, total=total, info="")
+        elif total is not None:
+            self.progress.update(self.tasks[stage], total=total)
+        return self.tasks[stage]
+
+    def __call__(self, ev: Any) -> None:
+        t = ev.type
+        if t == "stage_started":
+            self._task(ev.stage, ev.total)
+        elif t == "stage_progress":
+            self.progress.update(self._task(ev.stage, ev.total), completed=ev.done)
+        elif t == "stage_finished":
+            task = self._task(ev.stage)
+            total = self.progress.tasks[task].total
+            if total is None or self.progress.tasks[task].completed < total:
+                self.progress.update(task, total=total or 1, completed=total or 1)
+            self.timings[ev.stage] = self.timings.get(ev.stage, 0.0) + ev.seconds
+        elif t == "train_step":
+            task = self._task("train")
+            losses = " ".join(f"{k}={v:.3f}" for k, v in ev.losses.items())
+            self.progress.update(
+                task, info=f"epoch {ev.epoch} step {ev.step}/{ev.steps_per_epoch} loss={ev.loss:.3f} {losses} "
+                f"{ev.images_per_s:.0f} img/s"
+            )
+        elif t == "train_epoch":
+            task = self._task("train", ev.epochs)
+            self.progress.update(task, completed=ev.epoch)
+            val = " ".join(f"val {k}={v:.3f}" for k, v in ev.val.items())
+            mark = " [green]*best[/]" if ev.best else ""
+            self.progress.console.print(
+                f"  epoch {ev.epoch}/{ev.epochs} loss={ev.loss:.4f} {val} ({ev.seconds:.1f}s){mark}",
+                highlight=False,
+            )
+        elif t == "log":
+            color = {"warning": "yellow", "error": "red"}.get(ev.level, "dim")
+            self.progress.console.print(f"[{color}]{ev.message}[/]", highlight=False)
+        elif t == "run_interrupted":
+            self.progress.console.print(f"[yellow]interrupted:[/] {ev.reason}")
+
+
+def results_table(metrics: dict[str, Any], title: str | None = None) -> Table:
+    """Recall@K / MAP@R per split and level, with 95% CIs when present."""
+    splits = [s for s in ("unseen", "seen") if isinstance(metrics.get(s), dict)]
+    ks = sorted(
+        {int(k.split("@")[1]) for s in splits for lv in ("fine", "coarse")
+         for k in metrics[s].get(lv, {}) if k.startswith("recall@")}
+    )
+    table = Table(title=title, title_justify="left")
+    table.add_column("split")
+    table.add_column("level")
+    for k in ks:
+        table.add_column(f"R@{k}", justify="right")
+    table.add_column("MAP@R", justify="right")
+    table.add_column("queries", justify="right")
+    for s in splits:
+        block = metrics[s]
+        for lv in ("fine", "coarse"):
+            if lv not in block:
+                continue
+            ci = block.get("ci95", {}).get(lv, {})
+
+            def cell(key: str, block: dict[str, Any] = block, lv: str = lv, ci: dict[str, Any] = ci) -> str:
+                v = block[lv].get(key)
+                if v is None:
+                    return "-"
+                if key in ci and ci[key] is not None:
+                    lo, hi = ci[key]
+                    return f"{100 * v:.1f} [dim]±{100 * (hi - lo) / 2:.1f}[/]"
+                return f"{100 * v:.1f}"
+
+            table.add_row(s, lv, *[cell(f"recall@{k}") for k in ks], cell("map@r"), str(block.get("n_queries", "")))
+    return table
+
+
+def timings_table(timings: dict[str, float]) -> Table:
+    table = Table(title="stage timings", title_justify="left")
+    table.add_column("stage")
+    table.add_column("seconds", justify="right")
+    for k, v in timings.items():
+        table.add_row(k, f"{v:.1f}")
+    table.add_row("[bold]total[/]", f"[bold]{sum(timings.values()):.1f}[/]")
+    return table
+
+
+def _launch(cfg: Any, run_dir: Path, *, resume: bool, config_path: str | None, quiet: bool) -> None:
+    from ofgr_core.pipeline import execute_run
+
+    main = int(os.environ.get("RANK", "0")) == 0
+    writer = runs.EventWriter(run_dir / runs.EVENTS_FILE) if main else None
+    if main:
+        err.print(f"run folder: [bold]{run_dir}[/]", highlight=False)
+    try:
+        with EventPrinter(quiet=quiet or not main) as printer:
+            status, metrics = execute_run(cfg, run_dir, writer, printer, resume=resume, config_path=config_path)
+    finally:
+        if writer is not None:
+            writer.close()
+    if not main:
+        return
+    if status == "interrupted":
+        raise typer.Exit(int(ExitCode.INTERRUPTED))
+    if metrics:
+        out.print(results_table(metrics, title=f"{run_dir.name}: Recall@K (%) ± 95% CI half-width"))
+        out.print(timings_table(metrics.get("timings", {})))
+        out.print(f"metrics: {run_dir / runs.METRICS_FILE}", highlight=False)
+
+
+@app.command()
+@handle_errors
+def run(
+    config: str = typer.Argument(DEFAULT_CONFIG, help="YAML experiment config (default: the built-in demo)."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where run folders are created."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config key: --set train.epochs=3"),
+    name: str = typer.Option(None, "--name", help="Run name (default: the config's name)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+) -> None:
+    """Run an experiment end to end: data, split, train, embed, index, evaluate."""
+    from ofgr_core.envinfo import collect_env
+    from ofgr_core.train.ddp import broadcast_object, init_distributed
+
+    config_path: str | None = config
+    if config == DEFAULT_CONFIG and not Path(config).is_file():
+        config_path = None  # outside a checkout: the built-in defaults are the demo
+    cfg = load_config(config_path, overrides)
+    if name:
+        cfg.name = name
+    dist_info = init_distributed(cfg.device)
+    run_dir = runs.create_run_dir(runs_dir, cfg.name) if dist_info.is_main else None
+    run_dir = Path(broadcast_object(str(run_dir) if run_dir else None, dist_info))
+    if dist_info.is_main:
+        runs.atomic_write_text(run_dir / runs.CONFIG_FILE, dump_config(cfg))
+        device = cfg.device
+        runs.atomic_write_json(
+            run_dir / runs.ENV_FILE,
+            collect_env(cfg.seed, device, {"config_path": config_path, "overrides": overrides,
+                                           "world_size": dist_info.world_size,
+                                           "command_line": shlex.join(sys.argv)}),
+        )
+    _launch(cfg, run_dir, resume=False, config_path=config_path, quiet=quiet)
+
+
+@app.command()
+@handle_errors
+def resume(
+    run_ref: str = typer.Argument(..., metavar="RUN", help="Run folder, id, unique prefix, or 'latest'."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Continue a stopped or interrupted run from its last checkpoint, in the same run folder."""
+    from ofgr_core.train.ddp import init_distributed
+
+    run_dir = runs.resolve_run(run_ref, runs_dir)
+    info = runs.load_run(run_dir)
+    if info.status == "running":
+        raise ConfigError(f"run {run_dir.name} is still running (pid alive); stop it first")
+    if info.status == "finished" and (run_dir / runs.METRICS_FILE).is_file():
+        raise ConfigError(f"run {run_dir.name} already finished; nothing to resume")
+    cfg = load_config(run_dir / runs.CONFIG_FILE)
+    init_distributed(cfg.device)
+    _launch(cfg, run_dir, resume=True, config_path=str(run_dir / runs.CONFIG_FILE), quiet=quiet)
+
+
+def _fmt_duration(s: float | None) -> str:
+    if s is None:
+        return "-"
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+@app.command("runs")
+@handle_errors
+def list_runs(
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+    as_json: bool = typer.Option(False, "--json", help="One JSON list on stdout."),
+) -> None:
+    """List runs: status, model, dataset, split, R@1 on unseen classes, duration."""
+    infos = list(runs.iter_runs(runs_dir))
+    if as_json:
+        print_json([i.to_dict() for i in infos])
+        return
+    if not infos:
+        err.print(f"no runs in {runs_dir} (start one with `ofgr run`)")
+        return
+    table = Table(title=f"runs in {runs_dir}", title_justify="left")
+    for col in ("run", "status", "model", "dataset", "split", "R@1 unseen", "duration", "started"):
+        table.add_column(col, justify="right" if col in ("R@1 unseen", "duration") else "left")
+    colors = {"running": "cyan", "finished": "green", "failed": "red", "interrupted": "yellow"}
+    for i in infos:
+        table.add_row(
+            i.run_id,
+            f"[{colors[i.status]}]{i.status}[/]",
+            i.model,
+            i.dataset,
+            i.split,
+            f"{100 * i.recall_at_1_unseen:.1f}" if i.recall_at_1_unseen is not None else "-",
+            _fmt_duration(i.duration),
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(i.started)) if i.started else "-",
+        )
+    out.print(table)
+
+
+@app.command()
+@handle_errors
+def show(
+    run_ref: str = typer.Argument(..., metavar="RUN", help="Run folder, id, unique prefix, or 'latest'."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+    as_json: bool = typer.Option(False, "--json", help="Print metrics.json on stdout, nothing else."),
+) -> None:
+    """Show a run's results."""
+    run_dir = runs.resolve_run(run_ref, runs_dir)
+    info = runs.load_run(run_dir)
+    if as_json:
+        if info.metrics is None:
+            raise NotFoundError(f"{run_dir}: no {runs.METRICS_FILE} yet (status: {info.status})")
+        print_json(info.metrics)
+        return
+    err.print(f"[bold]{info.run_id}[/]  status={info.status}  model={info.model}  dataset={info.dataset}",
+              highlight=False)
+    if info.error:
+        err.print(f"[red]error:[/] {info.error}", highlight=False)
+    if info.metrics is None:
+        err.print(f"no {runs.METRICS_FILE} yet")
+        return
+    out.print(results_table(info.metrics, title="Recall@K (%) ± 95% CI half-width"))
+    out.print(timings_table(info.metrics.get("timings", {})))

@@ -1,0 +1,1 @@
+"""Training: the loop as an event generator, checkpoints, distributed helpers."""

@@ -1,0 +1,315 @@
+"""The training loop as an event generator.
+
+``train(...)`` yields ``TrainStep``/``TrainEpoch``/``Log`` events and returns a :class:`TrainResult`
+(``result = yield from train(...)``). It never prints. Every epoch ends with validation Recall@1 on held-out
+*seen* classes (never unseen ones), an atomic ``last.pt`` and, when validation improves, ``best.pt``.
+Stopping (a ``stop()`` callback, e.g. the run folder's ``stop`` file) finishes the current step and ends the
+run at the last completed epoch, which ``ofgr resume`` continues from.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ofgr_core.config import Config, EvalConfig, IndexConfig
+from ofgr_core.data.loader import ImageDataset
+from ofgr_core.embed import autocast_for, embed_paths
+from ofgr_core.events import Event, Log, TrainEpoch, TrainStep
+from ofgr_core.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ofgr_core.train.ddp import DistInfo, any_rank, barrier
+
+
+@dataclass
+class TrainResult:
+    best_path: Path | None
+    last_path: Path | None
+    best_epoch: int
+    best_val: float | None
+    epochs_done: int
+    seconds: float
+    images_seen: int
+    stopped: bool
+    history: list[dict[str, Any]]
+
+
+class TrainModule(nn.Module):
+    """Model + loss in one module, so DDP synchronises the ArcFace class weights with the backbone."""
+
+    def __init__(self, model: nn.Module, loss: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = loss
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        emb = self.model(images)
+        return self.loss(emb.float(), labels)
+
+
+def resolve_device(pref: str, dist_info: DistInfo | None = None) -> torch.device:
+    if pref == "auto":
+        pref = "cuda" if torch.cuda.is_available() else "cpu"
+    if pref.startswith("cuda"):
+        if not torch.cuda.is_available():
+            from ofgr_core.errors import ConfigError
+
+            raise ConfigError(f"device={pref!r} but no CUDA GPU is visible; use --set device=cpu or auto")
+        if dist_info is not None and dist_info.enabled:
+            return torch.device(f"cuda:{dist_info.local_rank}")
+    return torch.device(pref)
+
+
+def cosine_with_warmup(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def _flag(value: str, cuda: bool) -> bool:
+    return value == "on" or (value == "auto" and cuda)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def train(
+    cfg: Config,
+    *,
+    model: nn.Module,
+    loss_fn: nn.Module,
+    sampler: Any,
+    train_paths: list[str],
+    train_labels: np.ndarray,
+    val_paths: list[str],
+    val_labels: np.ndarray,
+    train_transform: Callable[..., Any],
+    eval_transform: Callable[..., Any],
+    device: torch.device,
+    ckpt_dir: Path,
+    dist_info: DistInfo = DistInfo(),
+    stop: Callable[[], bool] = lambda: False,
+    resume_from: Path | None = None,
+) -> Generator[Event, None, TrainResult]:
+    """Train ``model`` with ``loss_fn`` on batches from ``sampler`` (a batch sampler over ``train_paths``).
+
+    ``train_labels`` is (N, 2): column 0 the fine class id in ``[0, num_train_classes)`` (what ArcFace needs),
+    column 1 the coarse id. Validation uses ``val_labels`` column 0.
+    """
+    tc = cfg.train
+    cuda = device.type == "cuda"
+    use_amp = _flag(tc.amp, cuda)
+    channels_last = _flag(tc.channels_last, cuda)
+    # fp16 needs loss scaling; bf16 (Ampere and newer) does not
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and cuda and not torch.cuda.is_bf16_supported())
+
+    model.to(device)
+    loss_fn.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    module: nn.Module = TrainModule(model, loss_fn)
+    if dist_info.enabled:
+        module = nn.parallel.DistributedDataParallel(
+            module, device_ids=[device.index] if cuda else None, find_unused_parameters=False
+        )
+
+    param_groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": tc.lr, "name": "model"}]
+    param_groups += loss_fn.param_groups(tc.lr) if hasattr(loss_fn, "param_groups") else [
+        {"params": [p for p in loss_fn.parameters() if p.requires_grad], "lr": tc.lr}
+    ]
+    param_groups = [g for g in param_groups if g["params"]]
+    if tc.optimizer == "adamw":
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(param_groups, lr=tc.lr, weight_decay=tc.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(
+            param_groups, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay, nesterov=True
+        )
+    steps_per_epoch = len(sampler)
+    total_steps = max(1, steps_per_epoch * tc.epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, cosine_with_warmup(total_steps, int(tc.warmup_epochs * steps_per_epoch))
+    )
+
+    train_ds = ImageDataset(train_paths, train_labels, train_transform)
+    start_epoch, best_val, best_epoch, images_seen, history = 0, None, -1, 0, []
+    bad_epochs = 0
+    last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+    if resume_from is not None:
+        state = load_checkpoint(resume_from, map_location=device)
+        model.load_state_dict(state["model"])
+        loss_fn.load_state_dict(state["loss"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        sampler.load_state_dict(state["sampler"])
+        set_rng_state(state["rng"])
+        start_epoch = int(state["epoch"]) + 1
+        best_val, best_epoch = state["best_val"], int(state["best_epoch"])
+        images_seen, history, bad_epochs = int(state["images_seen"]), list(state["history"]), state["bad_epochs"]
+        if dist_info.is_main:
+            yield Log(f"resumed from {resume_from} at epoch {start_epoch + 1}/{tc.epochs}")
+
+    t_start = time.perf_counter()
+    stopped = False
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, tc.epochs):
+        t_epoch = time.perf_counter()
+        # per-epoch seeding makes a resumed run replay the same augmentations and batches
+        seed_everything(cfg.seed * 100_003 + epoch * 1009 + dist_info.rank)
+        sampler.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(
+            train_ds,
+            batch_sampler=sampler,
+            num_workers=cfg.data.num_workers,
+            pin_memory=cuda,
+            persistent_workers=False,
+            generator=torch.Generator().manual_seed(cfg.seed + epoch),
+        )
+        module.train()
+        sums: dict[str, float] = {}
+        n_batches = 0
+        t_window, n_window = time.perf_counter(), 0
+        for step, (images, labels, _) in enumerate(loader):
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast_for(device, use_amp):
+                loss, parts = module(images, labels)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if tc.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(module.parameters(), tc.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+
+            n = images.shape[0] * dist_info.world_size
+            images_seen += n
+            n_window += n
+            n_batches += 1
+            values = {"loss": float(loss.detach())} | {k: float(v.detach()) for k, v in parts.items()}
+            for k, v in values.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if dist_info.is_main and ((step + 1) % tc.log_every == 0 or step + 1 == steps_per_epoch):
+                dt = time.perf_counter() - t_window
+                yield TrainStep(
+                    epoch=epoch + 1,
+                    step=step + 1,
+                    steps_per_epoch=steps_per_epoch,
+                    loss=values["loss"],
+                    losses={k: v for k, v in values.items() if k != "loss"},
+                    lr=optimizer.param_groups[0]["lr"],
+                    images_per_s=n_window / dt if dt > 0 else 0.0,
+                    gpu_mem_mb=torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
+                )
+                t_window, n_window = time.perf_counter(), 0
+            if any_rank(stop() if dist_info.is_main else False, dist_info):
+                stopped = True
+                break
+        if stopped:
+            break
+
+        # ---- validation on held-out seen classes (rank 0), then checkpoint
+        means = {k: v / max(1, n_batches) for k, v in sums.items()}
+        val: dict[str, float] = {}
+        improved = False
+        if dist_info.is_main:
+            if len(val_paths) >= 2:
+                val = validate(model, val_paths, val_labels, eval_transform, device, cfg, use_amp, channels_last)
+            score = val.get("recall@1", -means.get("loss", 0.0))
+            improved = best_val is None or score > best_val
+            if improved:
+                best_val, best_epoch, bad_epochs = score, epoch, 0
+            else:
+                bad_epochs += 1
+            record = {"epoch": epoch + 1, "loss": means.get("loss"), "val": val}
+            history.append(record)
+            state = {
+                "model": model.state_dict(),
+                "loss": loss_fn.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "sampler": sampler.state_dict(),
+                "rng": rng_state(),
+                "epoch": epoch,
+                "best_val": best_val,
+                "best_epoch": best_epoch,
+                "bad_epochs": bad_epochs,
+                "images_seen": images_seen,
+                "history": history,
+                "config": cfg.model_dump(mode="json"),
+            }
+            save_checkpoint(last_path, state)
+            if improved:
+                save_checkpoint(best_path, {"model": model.state_dict(), "epoch": epoch, "val": val,
+                                            "config": cfg.model_dump(mode="json")})
+            yield TrainEpoch(
+                epoch=epoch + 1,
+                epochs=tc.epochs,
+                loss=means.get("loss", float("nan")),
+                losses={k: v for k, v in means.items() if k != "loss"},
+                lr=optimizer.param_groups[0]["lr"],
+                val=val,
+                seconds=time.perf_counter() - t_epoch,
+                best=improved,
+            )
+        barrier(dist_info)
+        patience = tc.early_stopping
+        if any_rank(patience is not None and bad_epochs >= patience, dist_info):
+            if dist_info.is_main:
+                yield Log(f"early stopping: no validation improvement for {patience} epochs")
+            break
+
+    return TrainResult(
+        best_path=best_path if best_path.exists() else None,
+        last_path=last_path if last_path.exists() else None,
+        best_epoch=best_epoch + 1,
+        best_val=best_val,
+        epochs_done=(epoch + 1) if not stopped else epoch,
+        seconds=time.perf_counter() - t_start,
+        images_seen=images_seen,
+        stopped=stopped,
+        history=history,
+    )
+
+
+def validate(
+    model: nn.Module,
+    paths: list[str],
+    labels: np.ndarray,
+    transform: Callable[..., Any],
+    device: torch.device,
+    cfg: Config,
+    amp: bool,
+    channels_last: bool,
+) -> dict[str, float]:
+    """Leave-one-out Recall@1 (fine) on the validation classes, through the same engine as final metrics."""
+    from ofgr_core.evaluate import evaluate_split
+
+    emb = embed_paths(
+        model, paths, transform, device, batch_size=cfg.train.eval_batch_size,
+        num_workers=cfg.data.num_workers, amp=amp, channels_last=channels_last,
+    )
+    block = evaluate_split(
+        emb, labels, cfg=EvalConfig(ks=[1], bootstrap=0, index=IndexConfig(type="flat", device="cpu")),
+    )
+    return {"recall@1": float(block["fine"]["recall@1"]), "map@r": float(block["fine"]["map@r"])}
