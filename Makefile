@@ -1,0 +1,38 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+# Both create .venv when it is missing. FAISS=gpu installs faiss-gpu instead of faiss-cpu (never both).
+PYTHON ?= python3
+VENV ?= .venv
+FAISS ?= cpu
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ofgr-installed
+
+.PHONY: demo test lint install tui bench clean-runs
+
+$(STAMP): pyproject.toml
+	@# keep an existing torch: if the base interpreter already has one, the venv sees it
+	@if [ ! -x $(BIN)/python ]; then \
+	  if $(PYTHON) -c 'import torch' >/dev/null 2>&1; then \
+	    echo "using the torch already installed for $(PYTHON)"; \
+	    $(PYTHON) -m venv --system-site-packages $(VENV); \
+	  else $(PYTHON) -m venv $(VENV); fi; \
+	fi
+	$(BIN)/python -m pip install -q -e '.[$(FAISS),dev]'
+	@touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/ofgr run configs/demo.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+tui: $(STAMP)
+	$(BIN)/ofgr-tui
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_eval.py --n 50000

@@ -1,0 +1,111 @@
+import json
+import os
+import socket
+import time
+
+import pytest
+
+from ofgr_core import runs
+from ofgr_core.errors import NotFoundError
+from ofgr_core.events import Log, RunFailed, RunFinished, RunStarted, StageStarted
+
+
+def started(pid: int, host: str | None = None) -> RunStarted:
+    return RunStarted(run_id="r", name="demo", pid=pid, host=host or socket.gethostname())
+
+
+def test_atomic_write_never_leaves_temp(tmp_path):
+    runs.atomic_write_json(tmp_path / "m.json", {"a": 1})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_create_run_dir_unique(tmp_path):
+    a = runs.create_run_dir(tmp_path, "demo")
+    b = runs.create_run_dir(tmp_path, "demo")
+    assert a != b and (a / "checkpoints").is_dir() and (b / "embeddings").is_dir()
+    assert a.name.endswith("demo")
+
+
+def test_event_tail_tolerates_partial_last_line(tmp_path):
+    path = tmp_path / "events.jsonl"
+    tail = runs.EventTail(path)
+    assert tail.read_new() == []  # file not there yet
+    with open(path, "w") as f:
+        f.write(json.dumps(Log("one").to_dict()) + "\n")
+        f.write('{"type": "log", "message": "tw')  # a writer mid-line
+    assert [e["message"] for e in tail.read_new()] == ["one"]
+    with open(path, "a") as f:
+        f.write('o", "level": "info", "time": 1}\n')
+    assert [e["message"] for e in tail.read_new()] == ["two"]
+    assert tail.read_new() == []
+
+
+def test_event_tail_skips_garbage_line(tmp_path):
+    path = tmp_path / "events.jsonl"
+    path.write_text('not json\n{"type": "log", "message": "ok", "time": 1}\n')
+    assert [e["message"] for e in runs.EventTail(path).read_new()] == ["ok"]
+
+
+@pytest.mark.parametrize(
+    ("tail_events", "expected"),
+    [
+        ([RunFinished(seconds=1, metrics_path="m")], "finished"),
+        ([RunFailed(error="boom")], "failed"),
+    ],
+)
+def test_status_terminal(tail_events, expected):
+    events = [started(os.getpid()).to_dict()] + [e.to_dict() for e in tail_events]
+    assert runs.status_from_events(events) == expected
+
+
+def test_status_running_vs_interrupted_by_pid():
+    alive = [started(os.getpid()).to_dict(), StageStarted(stage="train").to_dict()]
+    assert runs.status_from_events(alive) == "running"
+    dead = [started(2**22 + 12345).to_dict()]
+    assert runs.status_from_events(dead) == "interrupted"
+
+
+def test_status_other_host_uses_recency():
+    now = time.time()
+    ev = [started(1, host="elsewhere").to_dict() | {"time": now - 5}]
+    assert runs.status_from_events(ev, now=now) == "running"
+    assert runs.status_from_events(ev, now=now + 3600) == "interrupted"
+
+
+def write_run(root, name, events, metrics=None):
+    d = root / name
+    d.mkdir()
+    (d / "config.yaml").write_text("name: demo\nmodel: {kind: timm, name: resnet18}\n"
+                                   "data: {sources: [{type: synthetic}]}\nsplit: {protocol: random}\n")
+    with runs.EventWriter(d / "events.jsonl") as w:
+        for e in events:
+            w.write(e)
+    if metrics is not None:
+        runs.atomic_write_json(d / "metrics.json", metrics)
+    return d
+
+
+def test_load_and_iter_runs(tmp_path):
+    metrics = {"unseen": {"fine": {"recall@1": 0.42}}}
+    write_run(tmp_path, "20260101-000000-a", [started(os.getpid()), RunFinished(seconds=2, metrics_path="m")],
+              metrics)
+    write_run(tmp_path, "20260102-000000-b", [started(os.getpid()), RunFailed(error="bad data")])
+    infos = list(runs.iter_runs(tmp_path))
+    assert [i.run_id for i in infos] == ["20260102-000000-b", "20260101-000000-a"]  # newest first
+    b, a = infos
+    assert a.status == "finished" and a.recall_at_1_unseen == pytest.approx(0.42)
+    assert a.model == "timm:resnet18" and a.dataset == "synthetic" and a.split == "random"
+    assert b.status == "failed" and b.error == "bad data"
+
+
+def test_resolve_run(tmp_path):
+    write_run(tmp_path, "20260101-000000-a", [started(1)])
+    write_run(tmp_path, "20260102-000000-b", [started(1)])
+    assert runs.resolve_run("latest", tmp_path).name == "20260102-000000-b"
+    assert runs.resolve_run("20260101", tmp_path).name == "20260101-000000-a"
+    assert runs.resolve_run("-b", tmp_path).name == "20260102-000000-b"
+    with pytest.raises(NotFoundError, match="ambiguous"):
+        runs.resolve_run("2026", tmp_path)
+    with pytest.raises(NotFoundError, match="not found"):
+        runs.resolve_run("nope", tmp_path)
