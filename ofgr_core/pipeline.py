@@ -83,6 +83,18 @@ def write_embeddings(run_dir: Path, split: str, emb: np.ndarray, rows: list[dict
     tmp_csv.replace(out / f"{split}.csv")
 
 
+def save_per_query(result: Any, path: Path) -> None:
+    """Per-query metric arrays (``ids`` + ``<level>_<metric>``) for paired tests between runs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"ids": np.asarray(result.query_ids).astype(str)}
+    for level, per_metric in result.per_query.items():
+        for metric, values in per_metric.items():
+            arrays[f"{level}_{metric}" if level != "_" else metric] = np.asarray(values)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)
+
+
 def count_flops_per_image(model: Any, image_size: int, device: Any) -> float | None:
     """Forward FLOPs for one image (torch's FLOP counter); training compute ~ 3x forward per image."""
     try:
@@ -113,7 +125,7 @@ def run_pipeline(
 
     from ofgr_core.data.dataset import load_dataset
     from ofgr_core.embed import embed_paths
-    from ofgr_core.evaluate import evaluate_split
+    from ofgr_core.evaluate import run_split
     from ofgr_core.losses import create_loss
     from ofgr_core.models import create_model, create_transforms
     from ofgr_core.samplers import create_sampler
@@ -221,20 +233,22 @@ def run_pipeline(
             write_embeddings(run_dir, part, emb, rows)
         with _Stage("evaluate", emit, timings) as st:
             q_mask, g_mask = split.query_gallery(part, table)
-            block = evaluate_split(
+            ev_result = run_split(
                 emb,
                 labels[idx],
                 ids=np.asarray([table.ids[i] for i in idx]),
                 groups=np.asarray([table.groups[i] for i in idx]),
                 domains=np.asarray([table.domains[i] for i in idx]),
                 level_names=tuple(level_names),
-                class_names=hier.classes,
+                class_names=hier.classes[0],
                 query_mask=q_mask,
                 gallery_mask=g_mask,
                 cfg=cfg.eval,
                 seed=cfg.seed,
                 progress=st.progress,
             )
+            block = ev_result.block
+            save_per_query(ev_result, run_dir / "eval" / f"per_query_{part}.npz")
         splits_out[part] = block
         for lv in level_names:
             if lv in block:
