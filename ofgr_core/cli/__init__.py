@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # Command modules register themselves on ``app`` when imported.
-from ofgr_core.cli import run_cmd  # noqa: F401
+from ofgr_core.cli import query_cmd, run_cmd  # noqa: F401
 from ofgr_core.cli.app import app
 
 

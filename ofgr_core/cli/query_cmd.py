@@ -1,0 +1,42 @@
+"""``ofgr query RUN``: ranked results for one query against a run's stored embeddings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ofgr_core import runs
+from ofgr_core.cli.app import app, handle_errors, out, print_json
+
+
+@app.command()
+@handle_errors
+def query(
+    run_ref: str = typer.Argument(..., metavar="RUN", help="Run folder, id, unique prefix, or 'latest'."),
+    item: str = typer.Option(None, "--id", help="A dataset item id from the run's embeddings CSV."),
+    image: str = typer.Option(None, "--image", help="An image file to embed with the run's model."),
+    text: str = typer.Option(None, "--text", help="A text query (CLIP runs)."),
+    k: int = typer.Option(10, "--k", help="Number of results."),
+    split: str = typer.Option("unseen", "--split", help="Gallery: unseen or seen."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+    as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
+) -> None:
+    """Rank a run's gallery for an item id, an image file, or a text query."""
+    from ofgr_core.query import query_run
+
+    run_dir = runs.resolve_run(run_ref, runs_dir)
+    res = query_run(run_dir, item_id=item, image_path=image, text=text, k=k, split=split)
+    if as_json:
+        print_json(res.to_dict())
+        return
+    label = f" ({res.query_coarse} / {res.query_fine})" if res.query_fine else ""
+    table = Table(title=f"{res.query}{label} — {split} gallery, {res.index.get('type')} index", title_justify="left")
+    for col in ("#", "score", "fine", "coarse", "hit", "path"):
+        table.add_column(col, justify="right" if col in ("#", "score") else "left")
+    for h in res.results:
+        mark = "-" if h.hit_fine is None else ("[green]✓[/]" if h.hit_fine else
+                                                ("[yellow]~[/]" if h.hit_coarse else "[red]✗[/]"))
+        table.add_row(str(h.rank), f"{h.score:.3f}", h.fine, h.coarse, mark, h.path)
+    out.print(table)
