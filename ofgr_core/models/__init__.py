@@ -1,0 +1,17 @@
+"""Encoders: ``create_model(cfg.model, image_size)`` -> ``EmbeddingModel`` with ``embed_dim``."""
+
+from ofgr_core.models.backbone import create_timm_backbone, load_backbone_checkpoint, read_state_dict
+from ofgr_core.models.embedding import EmbeddingModel
+from ofgr_core.models.factory import MODELS, create_model, create_transforms
+from ofgr_core.models.neck import EmbeddingNeck
+
+__all__ = [
+    "MODELS",
+    "EmbeddingModel",
+    "EmbeddingNeck",
+    "create_model",
+    "create_timm_backbone",
+    "create_transforms",
+    "load_backbone_checkpoint",
+    "read_state_dict",
+]

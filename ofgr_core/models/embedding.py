@@ -1,0 +1,107 @@
+"""The embedding model every encoder family produces: backbone -> neck -> L2-normalised embeddings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ofgr_core.errors import ConfigError
+from ofgr_core.models.neck import EmbeddingNeck
+
+FREEZE_MODES = ("none", "all", "partial")
+
+
+class EmbeddingModel(nn.Module):
+    """A backbone returning pooled features followed by an ``EmbeddingNeck``.
+
+    Frozen parts stay frozen through ``train()``: a fully frozen backbone runs in eval mode (fixed
+    BatchNorm statistics, no dropout), and with partial freezing every BatchNorm outside the trainable
+    prefixes keeps its running statistics, so a frozen layer really computes the same function all run.
+
+    Args:
+        backbone: module mapping images to pooled features of width ``num_features``.
+        num_features: the backbone's output width.
+        embed_dim: embedding width.
+        data_config: preprocessing the backbone expects (``input_size``, ``mean``, ``std``,
+            ``interpolation``, ``crop_pct``, ``crop_mode``), as from ``timm.data.resolve_model_data_config``.
+        freeze: ``none``, ``all`` (backbone frozen, neck trains) or ``partial`` (only backbone parameters
+            under ``trainable`` prefixes train, plus the neck).
+        trainable: backbone parameter-name prefixes kept trainable with ``freeze="partial"``, matched on
+            whole name segments (``layer4`` matches ``layer4.0.conv1.weight`` but not ``layer40.x``); a
+            leading ``backbone.`` is accepted. Ignored for other freeze modes.
+
+    Attributes:
+        embed_dim: embedding width.
+        data_config: preprocessing dict (see ``create_transforms``).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_features: int,
+        embed_dim: int,
+        data_config: dict[str, Any],
+        freeze: str = "none",
+        trainable: Sequence[str] = (),
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.neck = EmbeddingNeck(num_features, embed_dim)
+        self.num_features = num_features
+        self.embed_dim = embed_dim
+        self.data_config = dict(data_config)
+        self.freeze = freeze
+        self.trainable = tuple(trainable)
+        self._apply_freeze()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, 3, H, W)`` -> L2-normalised embeddings ``(B, embed_dim)``."""
+        return self.neck(self.backbone(x))
+
+    def train(self, mode: bool = True) -> EmbeddingModel:
+        super().train(mode)
+        if mode and self.freeze == "all":
+            self.backbone.eval()
+        elif mode and self.freeze == "partial":
+            for name, module in self.backbone.named_modules():
+                if isinstance(module, _BatchNorm) and not self._is_trainable(name):
+                    module.eval()
+        return self
+
+    def _is_trainable(self, name: str) -> bool:
+        return any(_under(name, p) for p in self._prefixes)
+
+    def _apply_freeze(self) -> None:
+        if self.freeze not in FREEZE_MODES:
+            raise ConfigError(f"model.freeze: {self.freeze!r} is not one of {', '.join(FREEZE_MODES)}")
+        self._prefixes = tuple(p.removeprefix("backbone.").rstrip(".") for p in self.trainable)
+        names = [n for n, _ in self.backbone.named_parameters()]
+        if self.freeze == "partial":
+            if not self._prefixes:
+                raise ConfigError(
+                    "model.trainable: empty with model.freeze=partial; list backbone parameter prefixes "
+                    f"to train (e.g. {_top_level(names)[-1]!r}) or use model.freeze=all"
+                )
+            unknown = [p for p in self._prefixes if not any(_under(n, p) for n in names)]
+            if unknown:
+                raise ConfigError(
+                    f"model.trainable: {', '.join(map(repr, unknown))} match no backbone parameter; "
+                    f"top-level names are {', '.join(_top_level(names))}"
+                )
+        partial = self.freeze == "partial"
+        for name, param in self.backbone.named_parameters():
+            param.requires_grad_(self.freeze == "none" or (partial and self._is_trainable(name)))
+        self.train(self.training)
+
+
+def _under(name: str, prefix: str) -> bool:
+    """``name`` is ``prefix`` or lies below it, on whole dotted segments."""
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def _top_level(names: list[str]) -> list[str]:
+    return list(dict.fromkeys(n.split(".", 1)[0] for n in names))

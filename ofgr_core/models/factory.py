@@ -1,0 +1,69 @@
+"""``create_model`` / ``create_transforms``: one entry point for every encoder family, keyed by ``kind``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import timm
+import timm.data
+
+from ofgr_core.config import ModelConfig
+from ofgr_core.models.backbone import create_timm_backbone
+from ofgr_core.models.embedding import EmbeddingModel
+from ofgr_core.registry import Registry
+
+MODELS: Registry[EmbeddingModel] = Registry("model kind")
+
+
+def create_model(cfg: ModelConfig, image_size: int | None = None) -> EmbeddingModel:
+    """Build the embedding model described by ``cfg`` (the factory registered under ``cfg.kind``).
+
+    Args:
+        cfg: the ``model`` config section.
+        image_size: training/evaluation resolution; overrides the model's default ``input_size`` in
+            ``model.data_config`` (``None`` keeps the model's default).
+    """
+    return MODELS.create(cfg.kind, cfg=cfg, image_size=image_size)
+
+
+@MODELS.register("timm")
+def create_timm_model(cfg: ModelConfig, image_size: int | None = None) -> EmbeddingModel:
+    """Any timm model by name, with the pool -> Linear -> BatchNorm1d -> L2 neck.
+
+    The global pool is the architecture's own (average pooling for CNNs, class/average token for
+    transformers), taken from timm with ``num_classes=0``.
+    """
+    backbone = create_timm_backbone(cfg.name, cfg.pretrained, cfg.key_map, image_size)
+    data_config = timm.data.resolve_model_data_config(backbone)
+    if image_size is not None:
+        data_config["input_size"] = (data_config["input_size"][0], image_size, image_size)
+    return EmbeddingModel(
+        backbone,
+        num_features=backbone.num_features,
+        embed_dim=cfg.embed_dim,
+        data_config=data_config,
+        freeze=cfg.freeze,
+        trainable=cfg.trainable,
+    )
+
+
+def create_transforms(model: EmbeddingModel, train: bool) -> Callable:
+    """PIL image -> normalised tensor, from the model's data config.
+
+    Training: random-resized-crop (scale 0.08-1, timm's default) to ``input_size`` and a horizontal flip,
+    no colour jitter (colour is often a discriminative cue in fine-grained data). Evaluation: resize the
+    short side to ``input_size / crop_pct`` and centre-crop ``input_size``, the preprocessing the backbone
+    was trained with.
+    """
+    cfg = model.data_config
+    return timm.data.create_transform(
+        input_size=cfg["input_size"],
+        is_training=train,
+        hflip=0.5,
+        color_jitter=None,
+        interpolation=cfg.get("interpolation", "bilinear"),
+        mean=cfg["mean"],
+        std=cfg["std"],
+        crop_pct=cfg.get("crop_pct"),
+        crop_mode=cfg.get("crop_mode"),
+    )
