@@ -123,7 +123,7 @@ class IndexConfig(Section):
     hnsw_m: int = 32
     ef_construction: int = 200
     ef_search: int = 128
-    exact_check: int = Field(10000, ge=0)  # approximate types: queries re-searched exactly for recall_vs_exact@K
+    exact_check: int = Field(10000, ge=0)  # approximate types: queries re-searched exactly (recall_vs_exact)
 
 
 class EvalConfig(Section):
@@ -134,7 +134,7 @@ class EvalConfig(Section):
     confidence: float = Field(0.95, gt=0.0, lt=1.0)
     exclude_same_group: bool = False
     batch_size: int = Field(4096, ge=1)  # queries per search chunk
-    max_r: int = Field(1000, ge=1)  # cap on R (and so on k) for MAP@R / R-precision / mAP; see docs/metrics.md
+    max_r: int = Field(1000, ge=1)  # cap on R, hence on k, for MAP@R / R-precision / mAP (docs/metrics.md)
 
     @field_validator("ks")
     @classmethod

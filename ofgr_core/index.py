@@ -197,9 +197,12 @@ class SearchIndex:
                 "or set eval.index.device=cpu"
             )
         if self.index is None:
+            # np.asarray drops the memmap subclass without copying: faiss.contrib.torch_utils (imported by
+            # pytorch-metric-learning) replaces faiss.knn*/knn_gpu with versions that reject subclasses.
+            xb = np.asarray(self.vectors)
             if self.device == "gpu":
-                return faiss.knn_gpu(self._gpu_res, x, self.vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
-            return faiss.knn(x, self.vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
+                return faiss.knn_gpu(self._gpu_res, x, xb, k, metric=faiss.METRIC_INNER_PRODUCT)
+            return _knn_inner_product(faiss, x, xb, k)
         return self.index.search(x, k)
 
     def save(self, folder: str | os.PathLike[str]) -> Path:
@@ -225,6 +228,21 @@ class SearchIndex:
         (folder / (META_FILE + ".tmp")).write_text(json.dumps(meta, indent=2) + "\n")
         os.replace(folder / (META_FILE + ".tmp"), folder / META_FILE)
         return folder
+
+
+def _knn_inner_product(faiss: Any, xq: np.ndarray, xb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by inner product through the C++ routine that ``IndexFlatIP.search`` uses, called on
+    ``xb`` in place (no copy of the gallery, unlike building an ``IndexFlatIP``)."""
+    xq = np.ascontiguousarray(xq, dtype=np.float32)
+    if xb.dtype != np.float32 or not xb.flags.c_contiguous:
+        raise ValueError("gallery must be C-contiguous float32")
+    nq, d = xq.shape
+    dist = np.empty((nq, k), dtype=np.float32)
+    rows = np.empty((nq, k), dtype=np.int64)
+    faiss.knn_inner_product(
+        faiss.swig_ptr(xq), faiss.swig_ptr(xb), d, nq, len(xb), k, faiss.swig_ptr(dist), faiss.swig_ptr(rows)
+    )
+    return dist, rows
 
 
 def _to_device(index: Any, device: str, index_type: str) -> tuple[Any, str, Any, int]:

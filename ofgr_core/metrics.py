@@ -52,8 +52,8 @@ def metrics_from_hits(
         out.update({f"recall@{k}": zeros for k in ks})
         out.update({"precision@1": zeros, "r_precision": zeros, "map@r": zeros, "map": zeros})
         return out
-    # first hit position answers every Recall@K at once
-    first = np.where(hits.any(axis=1), hits.argmax(axis=1), kmax)
+    # first hit position answers every Recall@K at once (no hit: beyond any K)
+    first = np.where(hits.any(axis=1), hits.argmax(axis=1), np.iinfo(np.int64).max)
     for k in ks:
         out[f"recall@{k}"] = (first < k).astype(np.float64)
     out["precision@1"] = hits[:, 0].astype(np.float64)
