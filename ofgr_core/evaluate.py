@@ -145,10 +145,11 @@ def run_split(
         raise DataError(f"labels must be integers (encode class names first), got {labels.dtype}")
     n_levels = labels.shape[1]
     names = [level_names[i] if i < len(level_names) else f"level{i}" for i in range(n_levels)]
-    ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64).reshape(-1)
-    if len(ids) != n:
-        raise DataError(f"ids has {len(ids)} entries for {n} embeddings")
-    if len(np.unique(ids)) != n:
+    item_ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids).reshape(-1)
+    if len(item_ids) != n:
+        raise DataError(f"ids has {len(item_ids)} entries for {n} embeddings")
+    uniq_ids, ids = _codes(item_ids)  # ids may be strings; compare their integer codes
+    if len(uniq_ids) != n:
         raise DataError("item ids must be unique (self-match exclusion works by id)")
     qmask = _mask(query_mask, n, "query_mask")
     gmask = _mask(gallery_mask, n, "gallery_mask")
@@ -286,7 +287,7 @@ def run_split(
     pq = dict(per_query)
     if n_levels > 1:
         pq["_"] = {RCWF: rcwf}
-    return SplitResult(block, q_ids, pq)
+    return SplitResult(block, item_ids[q_rows], pq)
 
 
 def _overlap(approx: np.ndarray, exact: np.ndarray) -> float:
@@ -387,8 +388,8 @@ def evaluate_split(
         embeddings: N x D float32 embeddings (a ``np.memmap`` is read chunk by chunk). Rows that are not
             unit-norm are normalised (into a float32 copy).
         labels: N x L int labels, column 0 the finest level; a 1-D array is one level.
-        ids: N unique item ids (default ``arange(N)``). A query never retrieves the gallery item with its own
-            id; a duplicate row with another id is a legitimate neighbour.
+        ids: N unique item ids, integers or strings (default ``arange(N)``). A query never retrieves the
+            gallery item with its own id; a duplicate row with another id is a legitimate neighbour.
         groups: N group keys (e.g. the source video or product); with ``cfg.exclude_same_group`` a query's
             group-mates are removed from its gallery and from its relevant set.
         domains: N domain names for the ``per_domain`` breakdown (fine level).
@@ -504,7 +505,7 @@ def evaluate_embeddings(
             raise DataError(f"column {col!r} has {len(values)} rows but there are {n} embeddings")
     levels = ["fine"] + (["coarse"] if "coarse" in table else [])
     labels, names = encode_labels(table, levels)
-    ids = np.asarray(table["id"], dtype=np.int64) if "id" in table else None
+    ids = np.asarray(table["id"]) if "id" in table else None
     groups = np.asarray(table["group"]).astype(str) if "group" in table else None
     domains = np.asarray(table["domain"]).astype(str) if "domain" in table else None
     if "split" in table:

@@ -148,7 +148,8 @@ def test_group_exclusion_removes_near_duplicates() -> None:
 def test_self_exclusion_is_by_id_not_by_position() -> None:
     x = np.array([[1, 0], [1, 0], [0, 1], [0.1, 1]], dtype=np.float32)  # rows 0 and 1 are duplicates
     labels = np.array([0, 0, 1, 1])
-    res = run_split(x, labels, ids=np.array([40, 10, 30, 20]), cfg=EvalConfig(ks=[1], bootstrap=0))
+    res = run_split(x, labels, ids=np.array(["d", "a", "c", "b"]), cfg=EvalConfig(ks=[1], bootstrap=0))
+    assert res.query_ids.tolist() == ["d", "a", "c", "b"]
     # each duplicate retrieves the other (a legitimate hit), never itself
     assert res.per_query["fine"]["recall@1"].tolist() == [1.0, 1.0, 1.0, 1.0]
     assert res.block["n_queries"] == 4
