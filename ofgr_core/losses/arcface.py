@@ -1,0 +1,80 @@
+"""ArcFace (additive angular margin) on the fine labels, wrapping pytorch-metric-learning's implementation."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from pytorch_metric_learning import losses as pml_losses
+
+from ofgr_core.losses.base import EmbeddingLoss
+
+
+class ArcFaceLoss(EmbeddingLoss):
+    """Additive angular margin softmax (Deng et al., 2019) on the fine labels.
+
+    Cross-entropy over logits ``scale * cos(theta_y + margin)`` for the target class and
+    ``scale * cos(theta_j)`` for the others, ``theta_j`` being the angle between the embedding and the class
+    weight ``W[:, j]``.
+
+    The margin is in **radians** (the paper's convention: 0.5 rad = 28.6 degrees); pytorch-metric-learning
+    takes degrees, so it is converted here. Past ``theta_y > pi - margin`` PML switches to the paper's
+    monotonic extension ``cos(theta_y) - margin * sin(margin)``. With ``margin=0`` this is the normalised
+    softmax (cosine) classifier.
+
+    Args:
+        num_classes: number of training fine classes; fine labels must be ``0 .. num_classes - 1``.
+        embed_dim: embedding width.
+        scale: logit scale ``s``.
+        margin: additive angular margin ``m`` in radians, in ``[0, pi/2)``.
+        lr: learning rate of the class-weight matrix; ``None`` = 10x the base learning rate (the class
+            centres start random and must move faster than a pretrained backbone).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        embed_dim: int,
+        scale: float = 30.0,
+        margin: float = 0.3,
+        lr: float | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= margin < math.pi / 2:
+            raise ValueError(
+                f"margin is in radians and must be in [0, pi/2), got {margin} "
+                f"(for {margin} degrees use {math.radians(margin):.3f})"
+            )
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        self.num_classes = num_classes
+        self.scale = scale
+        self.margin = margin
+        self.lr = lr
+        self.pml = pml_losses.ArcFaceLoss(num_classes, embed_dim, margin=math.degrees(margin), scale=scale)
+
+    @property
+    def weight(self) -> torch.nn.Parameter:
+        """The ``(embed_dim, num_classes)`` class-weight matrix (one column per class centre)."""
+        return self.pml.W
+
+    def compute_loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        fine = labels[:, 0]
+        # An out-of-range id is a device-side assert on CUDA, far from its cause; check it here.
+        lo, hi = torch.stack([fine.min(), fine.max()]).tolist()
+        if lo < 0 or hi >= self.num_classes:
+            raise ValueError(
+                f"ArcFace fine labels must lie in [0, {self.num_classes}), got [{lo}, {hi}]; "
+                "map the training classes to contiguous ids"
+            )
+        # PML casts W to the embeddings' dtype in place; keep it in its own dtype for the optimizer.
+        return self.pml(embeddings.to(self.weight.dtype), fine)
+
+    def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Margin-free ``scale * cosine`` class logits ``(B, num_classes)``, e.g. for a training accuracy."""
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            return self.pml.get_logits(embeddings.to(self.weight.dtype))
+
+    def param_groups(self, base_lr: float) -> list[dict[str, Any]]:
+        return [{"params": [self.weight], "lr": self.lr if self.lr is not None else 10.0 * base_lr}]
