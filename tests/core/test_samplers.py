@@ -126,14 +126,14 @@ def test_distributed_ranks_split_the_global_sequence():
         s.set_epoch(4)
     per_rank = [list(s) for s in ranks]
     n = len(ranks[0])
-    assert all(len(s) == n and len(b) == n for s, b in zip(ranks, per_rank))
+    assert all(len(s) == n and len(b) == n for s, b in zip(ranks, per_rank, strict=True))
     assert n == max(len(labels) // (8 * world), -(-ranks[0].batches_per_pass // world))
 
     single = HierarchicalPKSampler(labels, 2, 2, 2, batches_per_epoch=n * world, seed=1)
     single.set_epoch(4)
     interleaved = [per_rank[r][i] for i in range(n) for r in range(world)]
     assert interleaved == list(single)
-    for step in zip(*per_rank):
+    for step in zip(*per_rank, strict=True):
         assert len({tuple(b) for b in step}) == world  # each rank its own groups
         for batch in step:
             _check_batch(batch, labels, 2, 2, 2)
