@@ -71,7 +71,7 @@ class ModelConfig(Section):
 class ArcFaceConfig(Section):
     weight: float = Field(1.0, ge=0.0)
     scale: float = Field(30.0, gt=0.0)
-    margin: float = Field(0.3, ge=0.0)
+    margin: float = Field(0.3, ge=0.0)  # additive angular margin in radians (0.5 rad = 28.6 deg)
     lr: float | None = None  # class-weight matrix learning rate; default 10x train.lr
 
 
@@ -93,7 +93,7 @@ class SamplerConfig(Section):
     coarse_per_batch: int = Field(2, ge=1)  # C
     fine_per_coarse: int = Field(4, ge=1)  # P
     k: int = Field(4, ge=1)  # K images per fine class
-    batches_per_epoch: int | None = None  # default: n_train_images // (C * P * K)
+    batches_per_epoch: int | None = None  # per rank; default n_train // (C*P*K*world_size), >= one class pass
 
 
 # ---------------------------------------------------------------------------------------------- train
