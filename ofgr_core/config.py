@@ -50,10 +50,12 @@ class SplitConfig(Section):
     seed: int | None = None  # default: the run's seed
     file: str | None = None  # protocol=file: YAML/JSON with `seen`/`unseen` (and optional `val`) class lists
     reuse: str | None = None  # a run folder or split.json whose split to reuse (fair comparisons)
-    query: Literal["leave_one_out", "files", "cross_domain"] = "leave_one_out"
+    query: Literal["leave_one_out", "files", "cross_domain", "manifest"] = "leave_one_out"
     query_file: str | None = None
     gallery_file: str | None = None
     query_domain: str | None = None
+    unseen: list[str] | None = None  # protocol=file without a file: the held-out fine classes
+    seen_test_fraction: float = Field(0.2, ge=0.0, lt=1.0)  # per seen class, if the source has no test split
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -120,6 +122,7 @@ class IndexConfig(Section):
     nprobe: int = 16
     pq_m: int = 16  # IVF-PQ sub-quantizers
     pq_nbits: int = 8
+    refine_k_factor: int = Field(0, ge=0)  # IVF-PQ: re-rank k*factor candidates exactly (keeps raw vectors); 0=off
     hnsw_m: int = 32
     ef_construction: int = 200
     ef_search: int = 128
