@@ -122,7 +122,7 @@ class IndexConfig(Section):
     nprobe: int = 16
     pq_m: int = 16  # IVF-PQ sub-quantizers
     pq_nbits: int = 8
-    refine_k_factor: int = Field(0, ge=0)  # IVF-PQ: re-rank k*factor candidates exactly (keeps raw vectors); 0=off
+    refine_k_factor: int = Field(0, ge=0)  # IVF-PQ: re-rank k*factor candidates exactly; 0 = off
     hnsw_m: int = 32
     ef_construction: int = 200
     ef_search: int = 128

@@ -249,7 +249,8 @@ def _to_device(index: Any, device: str, index_type: str) -> tuple[Any, str, Any,
     """Move a CPU index to GPU(s) when asked and possible: ``(index, device, resources, n_gpus)``."""
     if device != "gpu":
         return index, "cpu", None, 0
-    if index_type == "hnsw":  # faiss has no GPU HNSW; searching it on CPU is the honest answer
+    # faiss has no GPU HNSW, and a refine wrapper does not clone as a whole: these stay on CPU, and say so
+    if index_type == "hnsw" or "Refine" in type(index).__name__:
         return index, "cpu", None, 0
     faiss = import_faiss()
     n = num_gpus()
@@ -356,6 +357,12 @@ def build_index(
         index.train(normalized_chunk(embeddings[sample]))
         index.nprobe = min(cfg.nprobe, nlist)
         params.update(nlist=nlist, nprobe=int(index.nprobe))
+        if cfg.type == "ivf_pq" and cfg.refine_k_factor > 0:
+            # PQ codes rank coarsely; re-scoring k * factor candidates with the raw vectors restores
+            # near-exact top-k at the cost of keeping those vectors in memory.
+            index = faiss.IndexRefineFlat(index)
+            index.k_factor = float(cfg.refine_k_factor)
+            params["refine_k_factor"] = cfg.refine_k_factor
     else:  # pragma: no cover - IndexConfig validates the literal
         raise ConfigError(f"unknown index type {cfg.type!r}")
     for a, b in iter_chunks(n, add_batch):
@@ -395,7 +402,7 @@ def load_index(folder: str | os.PathLike[str], *, device: str = "auto") -> Searc
     fixed = ("type", "device", "dim", "n", "metric", "normalized", "faiss", "n_gpus")
     params = {k: v for k, v in meta.items() if k not in fixed}
     if "nprobe" in params:
-        index.nprobe = int(params["nprobe"])
+        faiss.extract_index_ivf(index).nprobe = int(params["nprobe"])
     if "ef_search" in params:
         index.hnsw.efSearch = int(params["ef_search"])
     index, dev, res, n_gpus = _to_device(index, resolve_device(device), index_type)
@@ -411,7 +418,7 @@ def set_search_params(index: SearchIndex, *, nprobe: int | None = None, ef_searc
         if index.device == "gpu":
             faiss.GpuParameterSpace().set_index_parameter(index.index, "nprobe", nprobe)
         else:
-            index.index.nprobe = nprobe
+            faiss.extract_index_ivf(index.index).nprobe = nprobe
         index.params["nprobe"] = nprobe
     if ef_search is not None and index.type == "hnsw":
         index.index.hnsw.efSearch = ef_search
