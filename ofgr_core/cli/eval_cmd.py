@@ -1,0 +1,212 @@
+"""``ofgr eval-embeddings`` and ``ofgr index build``: the evaluation engine from the command line.
+
+Heavy libraries (faiss, numpy's big paths) load inside the commands; this module imports no torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from ofgr_core.cli.app import app, err, handle_errors, index_app, out, print_json
+from ofgr_core.errors import DataError, NotFoundError
+
+LABEL_COLUMNS = ("id", "fine", "coarse", "split", "domain", "group")
+INDEX_TYPES = ("flat", "ivf_flat", "ivf_pq", "hnsw")
+
+
+def load_embeddings(path: Path) -> np.ndarray:
+    """An N x D ``.npy`` opened as a read-only memmap (nothing is read until searched)."""
+    if not path.is_file():
+        raise NotFoundError(f"{path}: embeddings file not found")
+    try:
+        emb = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise DataError(f"{path}: not a readable .npy array ({e})") from None
+    if emb.ndim != 2 or not np.issubdtype(emb.dtype, np.floating):
+        raise DataError(f"{path}: expected an N x D float array, got shape {emb.shape} dtype {emb.dtype}")
+    return emb
+
+
+def load_label_csv(path: Path, n_rows: int, *, required: tuple[str, ...] = ("id", "fine")) -> dict[str, Any]:
+    """Read a label CSV (one row per embedding row) into columns, with one-line errors naming file/row/column.
+
+    Returns:
+        ``{column: np.ndarray of str}`` for the known columns present (``LABEL_COLUMNS``).
+    """
+    if not path.is_file():
+        raise NotFoundError(f"{path}: label file not found")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if not header:
+            raise DataError(f"{path}: empty file, expected a header with columns {', '.join(required)}")
+        header = [h.strip() for h in header]
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise DataError(f"{path}: missing column {missing[0]!r} (found: {', '.join(header)})")
+        cols = [c for c in LABEL_COLUMNS if c in header]
+        pos = [header.index(c) for c in cols]
+        data: dict[str, list[str]] = {c: [] for c in cols}
+        for line, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise DataError(f"{path}: line {line} has {len(row)} fields, the header has {len(header)}")
+            for c, p in zip(cols, pos, strict=True):
+                value = row[p].strip()
+                if not value and c in ("id", "fine"):
+                    raise DataError(f"{path}: line {line}: empty {c!r}")
+                data[c].append(value)
+    n = len(data[cols[0]]) if cols else 0
+    if n != n_rows:
+        raise DataError(f"{path}: {n} data rows but the embeddings have {n_rows} rows (need one per row)")
+    table = {c: np.asarray(v) for c, v in data.items()}
+    if "id" in table:
+        uniq, first, counts = np.unique(table["id"], return_index=True, return_counts=True)
+        if (counts > 1).any():
+            dup = uniq[counts > 1][0]
+            lines = np.flatnonzero(table["id"] == dup)[:2] + 2
+            raise DataError(f"{path}: duplicate id {dup!r} on lines {lines[0]} and {lines[1]}")
+    return table
+
+
+def _parse_ks(text: str) -> list[int]:
+    try:
+        ks = sorted({int(t) for t in text.split(",") if t.strip()})
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated positive integers, got {text!r}") from None
+    if not ks or ks[0] < 1:
+        raise typer.BadParameter(f"expected comma-separated positive integers, got {text!r}")
+    return ks
+
+
+def _fmt(value: float | None, ci: list[float] | None) -> str:
+    if value is None:
+        return "-"
+    s = f"{value:.4f}"
+    return f"{s} [dim][{ci[0]:.4f}, {ci[1]:.4f}][/]" if ci else s
+
+
+def _print_tables(result: dict[str, dict[str, Any]]) -> None:
+    for split, block in result.items():
+        levels = [lv for lv in ("fine", "coarse") if lv in block]
+        idx = block.get("index", {})
+        title = (
+            f"{split}: {block['n_queries']} queries, gallery {block['n_gallery']}, "
+            f"{block['n_skipped_queries']} skipped; {idx.get('type')} index on {idx.get('device')}"
+        )
+        table = Table(title=title, title_justify="left")
+        table.add_column("metric")
+        for lv in levels:
+            table.add_column(f"{lv} (95% CI)", justify="right")
+        for key in block[levels[0]]:
+            cells = [_fmt(block[lv][key], block.get("ci95", {}).get(lv, {}).get(key)) for lv in levels]
+            table.add_row(key, *cells)
+        out.print(table)
+        rcwf = block.get("right_coarse_wrong_fine@1")
+        if rcwf is not None:
+            ci = block.get("right_coarse_wrong_fine@1_ci95")
+            out.print(f"right coarse, wrong fine @1: {_fmt(rcwf, ci)}")
+        for key, value in idx.items():
+            if key.startswith("recall_vs_exact"):
+                out.print(f"{key} (approximate vs exact index): {value:.4f}")
+
+
+@app.command("eval-embeddings")
+@handle_errors
+def eval_embeddings(
+    embeddings: Path = typer.Argument(..., metavar="EMB.npy", help="N x D float embeddings."),
+    labels: Path = typer.Argument(
+        ..., metavar="LABELS.csv", help="One row per embedding: id, fine, [coarse, split, domain, group]."
+    ),
+    k: str = typer.Option("1,2,4,5,8,10", "--k", help="Recall@K cut-offs, comma separated."),
+    index: str = typer.Option("flat", "--index", help="flat | ivf_flat | ivf_pq | hnsw."),
+    device: str = typer.Option("auto", "--device", help="auto (GPU when faiss sees one) | cpu | gpu."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples for CIs (0 = off)."),
+    exclude_same_group: bool = typer.Option(
+        False, "--exclude-same-group", help="Do not let a query retrieve items of its own group."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap and index-training seed."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout (metrics.json blocks)."),
+) -> None:
+    """Retrieval metrics of stored embeddings, per split (leave-one-out within each split)."""
+    from ofgr_core.config import EvalConfig, IndexConfig
+    from ofgr_core.evaluate import evaluate_embeddings
+
+    if index not in INDEX_TYPES:
+        raise typer.BadParameter(f"--index must be one of {', '.join(INDEX_TYPES)}, got {index!r}")
+    if device not in ("auto", "cpu", "gpu"):
+        raise typer.BadParameter(f"--device must be auto, cpu or gpu, got {device!r}")
+    emb = load_embeddings(embeddings)
+    table = load_label_csv(labels, len(emb))
+    if exclude_same_group and "group" not in table:
+        raise DataError(f"{labels}: --exclude-same-group needs a 'group' column")
+    cfg = EvalConfig(
+        ks=_parse_ks(k),
+        bootstrap=bootstrap,
+        exclude_same_group=exclude_same_group,
+        index=IndexConfig(type=index, device=device),
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = evaluate_embeddings(emb, table, cfg, seed=seed)
+    for w in caught:
+        err.print(f"[yellow]warning:[/] {w.message}", highlight=False)
+    if as_json:
+        print_json(result)
+    else:
+        _print_tables(result)
+
+
+@index_app.command("build")
+@handle_errors
+def index_build(
+    run_ref: str = typer.Argument(..., metavar="RUN", help="Run folder, id, unique prefix, or 'latest'."),
+    index_type: str = typer.Option(
+        None, "--type", help="flat | ivf_flat | ivf_pq | hnsw (default: the run's config)."
+    ),
+    split: str = typer.Option("unseen", "--split", help="Which stored embeddings to index."),
+    device: str = typer.Option(None, "--device", help="auto | cpu | gpu (default: run config)."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+    as_json: bool = typer.Option(False, "--json", help="Print the index description as JSON."),
+) -> None:
+    """Build and save a FAISS index over a run's stored embeddings into RUN/index/<split>/.
+
+    The index's ids are the row numbers of RUN/embeddings/<split>.csv, whose ``id`` column names the item.
+    """
+    from ofgr_core import runs
+    from ofgr_core.config import IndexConfig, load_config
+    from ofgr_core.index import build_index
+
+    run_dir = runs.resolve_run(run_ref, runs_dir)
+    npy = run_dir / "embeddings" / f"{split}.npy"
+    csv_path = run_dir / "embeddings" / f"{split}.csv"
+    if not npy.is_file():
+        have = sorted(p.stem for p in (run_dir / "embeddings").glob("*.npy"))
+        raise NotFoundError(
+            f"{npy}: no stored {split!r} embeddings" + (f" (available: {', '.join(have)})" if have else "")
+        )
+    emb = load_embeddings(npy)
+    load_label_csv(csv_path, len(emb), required=("id",))  # the row <-> item contract must hold
+    cfg_file = run_dir / runs.CONFIG_FILE
+    icfg = load_config(cfg_file).eval.index if cfg_file.is_file() else IndexConfig()
+    updates = {k: v for k, v in (("type", index_type), ("device", device)) if v is not None}
+    if index_type is not None and index_type not in INDEX_TYPES:
+        raise typer.BadParameter(f"--type must be one of {', '.join(INDEX_TYPES)}, got {index_type!r}")
+    if device is not None and device not in ("auto", "cpu", "gpu"):
+        raise typer.BadParameter(f"--device must be auto, cpu or gpu, got {device!r}")
+    icfg = icfg.model_copy(update=updates)
+    idx = build_index(emb, icfg, ids=np.arange(len(emb), dtype=np.int64))
+    folder = idx.save(run_dir / "index" / split)
+    info = {**idx.info(), "path": str(folder)}
+    if as_json:
+        print_json(info)
+    else:
+        out.print(f"built {idx.type} index of {idx.ntotal} x {idx.dim} on {idx.device} -> {folder}")
