@@ -244,12 +244,12 @@ def _read_id_list(path: str, what: str) -> list[str]:
     if not p.is_file():
         raise ConfigError(f"split.{what}: {p} not found")
     lines = [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-    if lines and "," in lines[0]:
-        rows = list(csv.DictReader(lines))
-        key = next((k for k in ("id", "path") if rows and k in rows[0]), None)
-        if key is None:
-            raise ConfigError(f"split.{what}: {p}: a CSV list needs an 'id' or 'path' column")
-        return [r[key] for r in rows]
+    header = [h.strip() for h in lines[0].split(",")] if lines else []
+    if "id" in header or "path" in header:  # a CSV with a header; plain lists hold one id or path per line
+        key = "id" if "id" in header else "path"
+        return [r[key].strip() for r in csv.DictReader(lines)]
+    if "," in (lines[0] if lines else ""):
+        raise ConfigError(f"split.{what}: {p}: a CSV list needs an 'id' or 'path' column")
     return lines
 
 
