@@ -1,0 +1,102 @@
+"""Comparing runs: deltas against the baseline, paired significance only on identical queries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ofgr_core.compare import compare_runs
+from ofgr_core.errors import NotFoundError, OfgrError
+
+
+def make_run(root: Path, name: str, r1: float, *, hits: np.ndarray | None = None, split: str = "A",
+             ids: np.ndarray | None = None) -> Path:  # fmt: skip
+    d = root / name
+    d.mkdir(parents=True)
+    metrics = {
+        "name": name,
+        "model": {"kind": "timm", "name": "resnet18", "params": 1000},
+        "train": {"epochs": 2, "seconds": 100.0, "images_seen": 5000},
+        "timings": {"train": 100.0, "embed": 10.0},
+        "unseen": {
+            "fine": {"recall@1": r1, "recall@4": r1 + 0.1, "map@r": r1 / 2},
+            "coarse": {"recall@1": r1 + 0.2},
+            "ci95": {"fine": {"recall@1": [r1 - 0.05, r1 + 0.05]}},
+        },
+    }
+    (d / "metrics.json").write_text(json.dumps(metrics))
+    (d / "split.json").write_text(json.dumps({"split": split}))
+    if hits is not None:
+        (d / "eval").mkdir()
+        ids = np.array([f"q{i}" for i in range(len(hits))]) if ids is None else ids
+        np.savez(
+            d / "eval" / "per_query_unseen.npz", ids=ids, **{"fine_recall@1": hits, "fine_map@r": hits / 2}
+        )
+    return d
+
+
+def test_deltas_curves_costs_and_significance(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    a_hits = (rng.random(400) < 0.4).astype(float)
+    b_hits = np.maximum(a_hits, rng.random(400) < 0.3)  # b is never worse, often better: significant
+    a = make_run(tmp_path, "a", float(a_hits.mean()), hits=a_hits)
+    b = make_run(tmp_path, "b", float(b_hits.mean()), hits=b_hits)
+    c = compare_runs([a, b], n_resamples=500)
+    assert c.run_ids == ("a", "b")
+    row = c.row("unseen", "fine", "recall@1")
+    assert row is not None
+    assert row.deltas[0] is None and row.deltas[1] == pytest.approx(b_hits.mean() - a_hits.mean())
+    assert row.ci[0] == pytest.approx((a_hits.mean() - 0.05, a_hits.mean() + 0.05))
+    t = row.tests[1]
+    assert (
+        t is not None and t.delta == pytest.approx(row.deltas[1]) and t.p_value < 0.01 and t.n_queries == 400
+    )
+    assert [r.metric for r in c.rows if r.level == "fine"] == ["recall@1", "recall@4", "map@r"]
+    assert c.row("unseen", "coarse", "recall@1").tests[1] is None  # type: ignore[union-attr]  # no per-query array
+    assert c.curves[("unseen", "fine")][1] == (
+        (1, pytest.approx(b_hits.mean())),
+        (4, pytest.approx(b_hits.mean() + 0.1)),
+    )
+    assert (
+        c.costs[0].train_seconds == 100.0
+        and c.costs[0].total_seconds == 110.0
+        and c.costs[0].images_per_s == 50.0
+    )
+    assert c.notes == ()
+
+
+def test_queries_are_aligned_by_id(tmp_path: Path) -> None:
+    hits = np.array([1.0, 0.0, 1.0, 0.0] * 25)
+    ids = np.array([f"q{i}" for i in range(100)])
+    a = make_run(tmp_path, "a", 0.5, hits=hits, ids=ids)
+    order = np.arange(100)[::-1]
+    b = make_run(tmp_path, "b", 0.5, hits=hits[order], ids=ids[order])  # same results, other order
+    t = compare_runs([a, b], n_resamples=200).row("unseen", "fine", "recall@1").tests[1]  # type: ignore[union-attr]
+    assert t is not None and t.delta == 0.0 and t.p_value == 1.0
+
+
+def test_no_significance_without_per_query_or_on_different_splits(tmp_path: Path) -> None:
+    hits = np.ones(50)
+    a = make_run(tmp_path, "a", 0.5, hits=hits)
+    b = make_run(tmp_path, "b", 0.6)  # no per-query results
+    c = make_run(tmp_path, "c", 0.7, hits=hits, split="B")
+    cmp = compare_runs([a, b, c], n_resamples=100)
+    row = cmp.row("unseen", "fine", "recall@1")
+    assert row is not None and row.tests == (None, None, None)
+    assert row.deltas[2] == pytest.approx(0.2)
+    assert "unseen: b vs a: no per-query results: significance unavailable" in cmp.notes
+    assert "unseen: c vs a: different splits: significance unavailable" in cmp.notes
+    # baseline other than the first
+    assert compare_runs([a, b], baseline=1, n_resamples=50).run_ids == ("b", "a")
+
+
+def test_rejects_bad_input(tmp_path: Path) -> None:
+    a = make_run(tmp_path, "a", 0.5)
+    with pytest.raises(OfgrError, match="2 to 4 runs"):
+        compare_runs([a])
+    (tmp_path / "unfinished").mkdir()
+    with pytest.raises(NotFoundError, match="has not finished"):
+        compare_runs([a, tmp_path / "unfinished"])
