@@ -1,0 +1,305 @@
+"""``ofgr-tui``: the Textual workbench over a runs folder.
+
+The app owns the runs-folder scan, launching/stopping/deleting runs and routing between screens; screens post
+messages (``ofgr_tui.messages``) up to it and it hands data down as attributes. Nothing here imports torch,
+faiss or scikit-learn: heavy work happens in thread workers that import lazily.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from textual import work
+from textual.app import App
+from textual.binding import Binding
+from textual.worker import Worker, WorkerState
+
+from ofgr_core.errors import OfgrError
+from ofgr_core.gpu import GpuSnapshot
+from ofgr_core.runs import EVENTS_FILE, RunInfo, load_run, request_stop
+from ofgr_tui import launcher
+from ofgr_tui.messages import (
+    CompareRuns,
+    DeleteRun,
+    LaunchRun,
+    OpenRun,
+    ResumeRun,
+    RunLaunched,
+    RunsScanned,
+    StopRun,
+)
+from ofgr_tui.screens.help import HelpScreen
+from ofgr_tui.screens.runs import RunsScreen
+
+
+class RunCache:
+    """``load_run`` results reused while a run's files are unchanged (a long run's log can be large)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[Path, tuple[tuple[float, ...], float, RunInfo]] = {}
+
+    @staticmethod
+    def _signature(run_dir: Path) -> tuple[float, ...]:
+        sig: list[float] = []
+        for name in (EVENTS_FILE, "metrics.json", "config.yaml"):
+            try:
+                st = (run_dir / name).stat()
+                sig += [st.st_mtime_ns, st.st_size]
+            except OSError:
+                sig += [0, -1]
+        return tuple(sig)
+
+    def scan(self, runs_dir: Path, now: float) -> list[RunInfo]:
+        try:
+            dirs = sorted((p for p in runs_dir.iterdir() if p.is_dir()), key=lambda p: p.name, reverse=True)
+        except OSError:
+            return []
+        out: list[RunInfo] = []
+        for d in dirs:
+            if not ((d / EVENTS_FILE).exists() or (d / "config.yaml").exists()):
+                continue
+            sig = self._signature(d)
+            cached = self._seen.get(d)
+            # a running run's status also depends on its pid: re-check it every 5 s even when unchanged
+            fresh = cached and cached[0] == sig and (cached[2].status != "running" or now - cached[1] < 5)
+            if fresh:
+                info = cached[2]  # type: ignore[index]
+            else:
+                try:
+                    info = load_run(d)
+                except (OfgrError, OSError):
+                    continue  # deleted between listing and reading
+                self._seen[d] = (sig, now, info)
+            out.append(info)
+        for gone in set(self._seen) - set(dirs):
+            del self._seen[gone]
+        return out
+
+
+class OfgrApp(App[None]):
+    """The workbench. ``clock`` and ``gpu_probe`` are injectable so tests and snapshots are deterministic."""
+
+    CSS_PATH = "ofgr.tcss"
+    TITLE = "ofgr"
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS = [
+        Binding("q", "quit", "Quit"),
+        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("ctrl+c", "quit", "Quit", show=False, priority=True),
+    ]
+
+    def __init__(
+        self,
+        runs_dir: str | os.PathLike[str] = "runs",
+        configs_dir: str | os.PathLike[str] = "configs",
+        *,
+        clock: Callable[[], float] = time.time,
+        gpu_probe: Callable[[], GpuSnapshot] | None = None,
+        scan_interval: float = 2.0,
+        tail_interval: float = 1.0,
+        gpu_interval: float = 2.0,
+        images: str = "auto",
+        python: str = sys.executable,
+    ) -> None:
+        super().__init__()
+        self.runs_dir = Path(runs_dir)
+        self.configs_dir = Path(configs_dir)
+        self.clock = clock
+        if gpu_probe is None:
+            from ofgr_core.gpu import snapshot as gpu_probe
+        self.gpu_probe = gpu_probe
+        self.scan_interval = scan_interval
+        self.tail_interval = tail_interval
+        self.gpu_interval = gpu_interval
+        self.images = images
+        self.python = python
+        self.runs: list[RunInfo] = []
+        self.scanned = False
+        self.launches: list[launcher.Launch] = []
+        self._cache = RunCache()
+
+    # --------------------------------------------------------------------------------- lifecycle
+    def get_default_screen(self) -> RunsScreen:
+        return RunsScreen()
+
+    def on_mount(self) -> None:
+        self.sub_title = str(self.runs_dir)
+        self.rescan()
+        self.set_interval(self.scan_interval, self.rescan, name="scan")
+
+    def rescan(self) -> None:
+        self._scan()
+
+    @work(thread=True, exclusive=True, group="scan", exit_on_error=False)
+    def _scan(self) -> None:
+        self.post_message(RunsScanned(self._cache.scan(self.runs_dir, self.clock())))
+
+    def on_runs_scanned(self, message: RunsScanned) -> None:
+        self.runs = message.runs
+        self.scanned = True
+        for screen in self.screen_stack:
+            if isinstance(screen, RunsScreen):
+                screen.set_runs(message.runs)
+        self._check_launches()
+
+    def run_info(self, run_dir: Path) -> RunInfo | None:
+        for info in self.runs:
+            if info.path == run_dir:
+                return info
+        return None
+
+    # ----------------------------------------------------------------------------------- routing
+    def on_open_run(self, message: OpenRun) -> None:
+        from ofgr_tui.screens.embeddings import EmbeddingsScreen
+        from ofgr_tui.screens.live import LiveScreen
+        from ofgr_tui.screens.query import QueryScreen
+        from ofgr_tui.screens.results import ResultsScreen
+
+        screens = {
+            "live": LiveScreen,
+            "results": ResultsScreen,
+            "embeddings": EmbeddingsScreen,
+            "query": QueryScreen,
+        }
+        cls = screens.get(message.view)
+        if cls is None:
+            return
+        # switching views of the same run replaces the view instead of stacking them up
+        if (
+            not isinstance(self.screen, RunsScreen)
+            and getattr(self.screen, "run_dir", None) == message.run_dir
+        ):
+            self.switch_screen(cls(message.run_dir))
+        else:
+            self.push_screen(cls(message.run_dir))
+
+    def on_compare_runs(self, message: CompareRuns) -> None:
+        from ofgr_tui.screens.compare import CompareScreen
+
+        self.push_screen(CompareScreen(message.run_dirs))
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(self.screen))
+
+    # ------------------------------------------------------------------------------ run control
+    def on_launch_run(self, message: LaunchRun) -> None:
+        try:
+            launch = launcher.launch_run(message.config, self.runs_dir, message.overrides, python=self.python)
+        except OSError as e:
+            self.notify(f"could not start ofgr run: {e}", severity="error", timeout=10)
+            return
+        self.launches.append(launch)
+        self.notify(f"started {message.config} (pid {launch.pid}); waiting for its run folder", timeout=4)
+        self.rescan()
+
+    def on_resume_run(self, message: ResumeRun) -> None:
+        try:
+            launch = launcher.resume_run(message.run_dir, python=self.python)
+        except OSError as e:
+            self.notify(f"could not start ofgr resume: {e}", severity="error", timeout=10)
+            return
+        self.launches.append(launch)
+        self.notify(f"resuming {message.run_dir.name} (pid {launch.pid})", timeout=4)
+
+    def _check_launches(self) -> None:
+        for launch in self.launches:
+            code = launch.exit_code()
+            if launch.reported:
+                continue
+            if launch.run_dir is None:
+                for info in self.runs:
+                    recent = info.started is None or info.started >= launch.started - 5
+                    if recent and launcher.run_pid(info.path) == launch.pid:
+                        launch.run_dir = info.path
+                        break
+            if launch.run_dir is not None:
+                launch.reported = True
+                self.post_message(RunLaunched(launch.pid, launch.run_dir))
+            elif code is not None:
+                launch.reported = True
+                why = launch.log_tail() or f"exit code {code}"
+                self.post_message(RunLaunched(launch.pid, None, error=why))
+        self.launches = [la for la in self.launches if la.exit_code() is None or not la.reported]
+
+    def on_run_launched(self, message: RunLaunched) -> None:
+        if message.run_dir is None:
+            self.notify(
+                f"run (pid {message.pid}) failed to start: {message.error}", severity="error", timeout=15
+            )
+            return
+        self.notify(f"run {message.run_dir.name} started", timeout=4)
+        for screen in self.screen_stack:
+            if isinstance(screen, RunsScreen):
+                screen.select_run(message.run_dir)
+
+    def on_stop_run(self, message: StopRun) -> None:
+        try:
+            request_stop(message.run_dir)
+        except OSError as e:
+            self.notify(f"could not ask {message.run_dir.name} to stop: {e}", severity="error")
+            return
+        self.notify(
+            f"stop requested: {message.run_dir.name} checkpoints and stops after the current step "
+            f"(resume: ofgr resume {message.run_dir.name})",
+            timeout=8,
+        )
+
+    def on_delete_run(self, message: DeleteRun) -> None:
+        self._delete(message.run_dir)
+
+    @work(thread=True, group="delete", exit_on_error=False)
+    def _delete(self, run_dir: Path) -> None:
+        shutil.rmtree(run_dir)
+        self.call_from_thread(self.notify, f"deleted {run_dir.name}")
+        self.call_from_thread(self.rescan)
+
+    # --------------------------------------------------------------------------------- errors
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        self.report_worker(event)
+
+    def report_worker(self, event: Worker.StateChanged) -> None:
+        """The one place worker failures are reported (screens forward theirs): one line, never a crash."""
+        if event.state != WorkerState.ERROR:
+            return
+        error = event.worker.error
+        text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if not isinstance(error, (OfgrError, OSError, ValueError)):
+            text = f"{type(error).__name__}: {text}"
+        self.notify(text, title=event.worker.name or "error", severity="error", timeout=10)
+        handler = getattr(event.worker.node, "worker_failed", None)
+        if callable(handler):
+            handler(event.worker, text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="ofgr-tui", description="Terminal workbench for ofgr runs.")
+    parser.add_argument("--runs-dir", default="runs", help="folder of run folders (default: ./runs)")
+    parser.add_argument(
+        "--configs-dir", default="configs", help="folder of YAML configs (default: ./configs)"
+    )
+    parser.add_argument(
+        "--images",
+        choices=("auto", "halfcell", "off"),
+        default="auto",
+        help="query thumbnails: best protocol the terminal supports, coloured half cells, or none",
+    )
+    args = parser.parse_args(argv)
+    images = args.images
+    if images == "auto":
+        try:
+            # must run before Textual takes over the terminal: it asks the terminal for its cell size
+            import textual_image.widget  # noqa: F401
+        except Exception:
+            images = "halfcell"
+    OfgrApp(args.runs_dir, args.configs_dir, images=images).run()
+
+
+if __name__ == "__main__":
+    main()

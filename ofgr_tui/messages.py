@@ -1,0 +1,90 @@
+"""Messages that cross screens: screens post them up, the app acts and hands attributes down.
+
+Widget-local messages live in their widget. Frequent ones define ``can_replace`` so a busy queue keeps only
+the newest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from textual.message import Message
+
+from ofgr_core.gpu import GpuSnapshot
+from ofgr_core.runs import RunInfo
+
+VIEWS = ("live", "results", "embeddings", "query")
+
+
+@dataclass
+class RunsScanned(Message):
+    """A fresh listing of the runs folder (newest first). Posted every couple of seconds."""
+
+    runs: list[RunInfo]
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, RunsScanned)
+
+
+@dataclass
+class GpuSampled(Message):
+    """A new GPU snapshot (possibly empty, with a reason)."""
+
+    snapshot: GpuSnapshot
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, GpuSampled)
+
+
+@dataclass
+class OpenRun(Message):
+    """Open one run in a view: ``live``, ``results``, ``embeddings`` or ``query``."""
+
+    run_dir: Path
+    view: str = "live"
+
+
+@dataclass
+class CompareRuns(Message):
+    """Open the comparison of 2-4 runs (the first is the baseline)."""
+
+    run_dirs: list[Path]
+
+
+@dataclass
+class LaunchRun(Message):
+    """Start ``ofgr run CONFIG --set ...`` as a detached process."""
+
+    config: Path
+    overrides: list[str]
+
+
+@dataclass
+class RunLaunched(Message):
+    """A launched process has created its run folder (or died first, with ``error``)."""
+
+    pid: int
+    run_dir: Path | None
+    error: str | None = None
+
+
+@dataclass
+class StopRun(Message):
+    """Ask a run to stop cleanly (it checkpoints; ``ofgr resume`` continues it)."""
+
+    run_dir: Path
+
+
+@dataclass
+class DeleteRun(Message):
+    """Delete a run folder (after the user confirmed)."""
+
+    run_dir: Path
+
+
+@dataclass
+class ResumeRun(Message):
+    """Resume an interrupted run (``ofgr resume``) as a detached process."""
+
+    run_dir: Path

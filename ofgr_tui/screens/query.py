@@ -1,0 +1,259 @@
+"""Query a run's gallery: an image path (with completion), an item picked from the run's dataset, or text.
+
+Shows ranked results with scores, hit/miss marks and labels, and thumbnails of the query and the highlighted
+result where the terminal can draw images. Queries run in a worker through ``ofgr_core.query.query_run``
+(the same function as ``ofgr query``); its one-line errors (e.g. text on a non-CLIP run) show in the panel.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.widget import Widget
+from textual.widgets import DataTable, Footer, Header, Input, OptionList, Static, TabbedContent, TabPane
+from textual.widgets.option_list import Option
+from textual.worker import Worker
+
+from ofgr_tui.screens.base import OfgrScreen
+from ofgr_tui.widgets.path_input import PathSuggester
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+MAX_ITEMS = 300  # options shown at once in the item picker; the filter narrows the rest
+
+
+def mark(hit: bool | None) -> Text:
+    if hit is None:
+        return Text("·", style="dim")
+    return Text("✓", style="bold green") if hit else Text("✗", style="bold red")
+
+
+def read_items(run_dir: Path, split: str) -> list[dict[str, str]]:
+    try:
+        with open(run_dir / "embeddings" / f"{split}.csv", newline="") as f:
+            return list(csv.DictReader(f))
+    except OSError:
+        return []
+
+
+class QueryScreen(OfgrScreen[None]):
+    HELP_TITLE = "Query"
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("ctrl+o", "toggle_split", "Split"),
+        Binding("ctrl+l", "focus_results", "Results", show=False),
+    ]
+
+    @dataclass
+    class Answered(Message):
+        result: Any  # ofgr_core.query.QueryResult
+        query_path: str | None
+
+    @dataclass
+    class ItemsLoaded(Message):
+        items: list[dict[str, str]]
+
+    def __init__(self, run_dir: Path, *, k: int = 10) -> None:
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.k = k
+        self.split = "unseen"
+        self.items: list[dict[str, str]] = []
+        self.result: Any = None
+        self.query_path: str | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with TabbedContent(id="query-tabs"):
+            with TabPane("Image path", id="tab-path"):
+                yield Input(
+                    placeholder="path/to/image.jpg (→ completes, enter searches)",
+                    suggester=PathSuggester(IMAGE_SUFFIXES),
+                    id="query-path",
+                )
+            with TabPane("Dataset item", id="tab-item"):
+                yield Input(
+                    placeholder="filter by id, class or path; ↓ to pick, enter searches", id="item-filter"
+                )
+                yield OptionList(id="item-list")
+            with TabPane("Text", id="tab-text"):
+                yield Input(placeholder="a red convertible (CLIP runs only)", id="query-text")
+        yield Static(id="query-status")
+        with Horizontal(id="query-main"):
+            yield DataTable(id="query-results", cursor_type="row", zebra_stripes=True)
+            with Vertical(id="query-thumbs"):
+                yield Static("query", classes="thumb-title")
+                yield Vertical(id="thumb-query", classes="thumb")
+                yield Static("result", classes="thumb-title", id="thumb-result-title")
+                yield Vertical(id="thumb-result", classes="thumb")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.title = self.run_dir.name
+        self._subtitle()
+        t = self.query_one("#query-results", DataTable)
+        for col in ("#", "score", "fine", "coarse", "fine class", "coarse class", "path"):
+            t.add_column(col, key=col)
+        self.query_one("#query-thumbs").display = self.app.images != "off"  # type: ignore[attr-defined]
+        self._status(
+            Text("type an image path, pick a dataset item, or type text; enter searches", style="dim")
+        )
+        self._load_items(self.split)
+        self.query_one("#query-path", Input).focus()
+
+    def _subtitle(self) -> None:
+        self.sub_title = f"query · gallery: {self.split} (ctrl+o switches)"
+
+    def _status(self, text: Text | str) -> None:
+        self.query_one("#query-status", Static).update(text)
+
+    # ----------------------------------------------------------------------------------- items
+    @work(thread=True, exclusive=True, group="items", exit_on_error=False, name="items")
+    def _load_items(self, split: str) -> None:
+        self.post_message(self.ItemsLoaded(read_items(self.run_dir, split)))
+
+    def on_query_screen_items_loaded(self, message: ItemsLoaded) -> None:
+        self.items = message.items
+        self._filter_items(self.query_one("#item-filter", Input).value)
+
+    def _filter_items(self, text: str) -> None:
+        needle = text.strip().lower()
+        shown = []
+        for row in self.items:
+            hay = f"{row.get('id', '')} {row.get('fine', '')} {row.get('coarse', '')} {row.get('path', '')}"
+            if not needle or needle in hay.lower():
+                shown.append(row)
+                if len(shown) >= MAX_ITEMS:
+                    break
+        ol = self.query_one("#item-list", OptionList)
+        ol.clear_options()
+        if not self.items:
+            ol.add_option(Option(f"no stored {self.split} embeddings in this run", disabled=True))
+            return
+        ol.add_options(
+            Option(f"{r.get('id', '?')}  {r.get('fine', '?')} / {r.get('coarse', '?')}", id=r.get("id"))
+            for r in shown
+        )
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "item-filter":
+            self._filter_items(event.value)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        value = event.value.strip()
+        if event.input.id == "query-path":
+            if value:
+                self.search(image_path=value)
+        elif event.input.id == "query-text":
+            if value:
+                self.search(text=value)
+        elif event.input.id == "item-filter":
+            ol = self.query_one("#item-list", OptionList)
+            if ol.option_count and ol.highlighted is None:
+                ol.highlighted = 0
+            if ol.highlighted is not None:
+                option = ol.get_option_at_index(ol.highlighted)
+                if option.id:
+                    self.search(item_id=option.id)
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        if event.option.id:
+            self.search(item_id=event.option.id)
+
+    # ---------------------------------------------------------------------------------- search
+    def search(
+        self, *, item_id: str | None = None, image_path: str | None = None, text: str | None = None
+    ) -> None:
+        what = item_id or image_path or text
+        self._status(Text(f"searching {self.split} gallery for {what!r}…", style="dim"))
+        qpath = image_path
+        if item_id is not None:
+            qpath = next((r.get("path") for r in self.items if r.get("id") == item_id), None)
+        self._search(item_id, image_path, text, self.split, qpath)
+
+    @work(thread=True, exclusive=True, group="query", exit_on_error=False, name="query")
+    def _search(
+        self, item_id: str | None, image_path: str | None, text: str | None, split: str, qpath: str | None
+    ) -> None:
+        try:
+            from ofgr_core.query import query_run
+        except ImportError as e:  # a build without the query engine
+            raise RuntimeError(f"query engine unavailable: {e}") from None
+        result = query_run(
+            self.run_dir, item_id=item_id, image_path=image_path, text=text, k=self.k, split=split
+        )
+        self.post_message(self.Answered(result, qpath))
+
+    def worker_failed(self, worker: Worker[None], text: str) -> None:
+        self._status(Text(text, style="bold red"))
+
+    def on_query_screen_answered(self, message: Answered) -> None:
+        self.result = r = message.result
+        self.query_path = message.query_path
+        hits = [h for h in r.results if h.hit_fine]
+        head = Text(f"{r.query}", style="bold")
+        if getattr(r, "query_fine", None):
+            head.append(f"  ({r.query_fine} / {r.query_coarse})")
+        head.append(f"  {len(r.results)} results")
+        if r.results and r.results[0].hit_fine is not None:
+            head.append(f", {len(hits)} fine hits", style="green" if hits else "red")
+        self._status(head)
+        t = self.query_one("#query-results", DataTable)
+        t.clear()
+        for h in r.results:
+            t.add_row(
+                str(h.rank),
+                f"{h.score:.3f}",
+                mark(h.hit_fine),
+                mark(h.hit_coarse),
+                h.fine,
+                h.coarse,
+                h.path,
+                key=str(h.rank),
+            )
+        self._thumb("#thumb-query", self.query_path)
+        if r.results:
+            t.move_cursor(row=0)
+            self._thumb("#thumb-result", r.results[0].path)
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if self.result is not None and 0 <= event.cursor_row < len(self.result.results):
+            self._thumb("#thumb-result", self.result.results[event.cursor_row].path)
+
+    def _thumb(self, container_id: str, path: str | None) -> None:
+        mode = self.app.images  # type: ignore[attr-defined]
+        if mode == "off":
+            return
+        box = self.query_one(container_id, Vertical)
+        box.remove_children()
+        widget: Widget
+        if path and Path(path).is_file():
+            try:
+                if mode == "halfcell":
+                    from textual_image.widget import HalfcellImage as ImageWidget
+                else:
+                    from textual_image.widget import Image as ImageWidget
+                widget = ImageWidget(path)
+            except Exception as e:  # unreadable image or unsupported terminal: say so, don't crash
+                widget = Static(Text(f"no preview: {e}", style="dim"))
+        else:
+            widget = Static(Text("no image" if not path else f"not found: {path}", style="dim"))
+        box.mount(widget)
+
+    # ---------------------------------------------------------------------------------- actions
+    def action_toggle_split(self) -> None:
+        self.split = "seen" if self.split == "unseen" else "unseen"
+        self._subtitle()
+        self._load_items(self.split)
+        self.notify(f"gallery: {self.split}", timeout=2)
+
+    def action_focus_results(self) -> None:
+        self.query_one("#query-results", DataTable).focus()

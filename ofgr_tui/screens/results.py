@@ -1,0 +1,203 @@
+"""Final results of a finished run, from its ``metrics.json``: recall tables with confidence intervals,
+MAP@R, best and worst classes, timings."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import DataTable, Footer, Header, Static
+
+from ofgr_core.runs import METRICS_FILE, read_json
+from ofgr_tui.format import fmt_count, fmt_seconds
+from ofgr_tui.messages import OpenRun
+from ofgr_tui.screens.base import OfgrScreen
+
+SPLITS = ("unseen", "seen")
+LEVELS = ("fine", "coarse")
+N_CLASSES = 5
+
+
+def metric_names(metrics: dict[str, Any]) -> list[str]:
+    """Every metric in any split/level block: recall@K by K, then the others in a fixed order."""
+    names: set[str] = set()
+    for split in SPLITS:
+        for level in LEVELS:
+            block = (metrics.get(split) or {}).get(level) or {}
+            if isinstance(block, dict):
+                names.update(k for k, v in block.items() if isinstance(v, (int, float)) or v is None)
+    order = {"map@r": 0, "r_precision": 1, "map": 2}
+
+    def key(n: str) -> tuple[int, float, str]:
+        m = re.match(r"recall@(\d+)$", n)
+        return (0, int(m.group(1)), n) if m else (1, order.get(n, 9), n)
+
+    return sorted(names, key=key)
+
+
+def cell(value: Any, ci: Any) -> Text:
+    if not isinstance(value, (int, float)):
+        return Text("-", style="dim", justify="right")
+    out = Text(f"{100 * value:5.1f}", justify="right")
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(c, (int, float)) for c in ci):
+        out.append(f" ±{100 * (ci[1] - ci[0]) / 2:.1f}", style="dim")
+    return out
+
+
+def per_class_extremes(
+    block: dict[str, Any], n: int = N_CLASSES, metric: str = "recall@1"
+) -> tuple[list[tuple[str, float, int]], list[tuple[str, float, int]]]:
+    """(best, worst) classes by ``metric`` from a ``per_class`` mapping ``{name: {"n", metric, ...}}``."""
+    per = block.get("per_class") if isinstance(block, dict) else None
+    rows = []
+    if isinstance(per, dict):
+        for name, v in per.items():
+            if isinstance(v, dict) and isinstance(v.get(metric), (int, float)):
+                rows.append((str(name), float(v[metric]), int(v.get("n", 0) or 0)))
+            elif isinstance(v, (int, float)):
+                rows.append((str(name), float(v), 0))
+    rows.sort(key=lambda r: (-r[1], r[0]))
+    best = rows[:n]
+    rest = rows[n:]  # a class is never both best and worst
+    worst = sorted(rest[-n:], key=lambda r: (r[1], r[0]))
+    return best, worst
+
+
+class ResultsScreen(OfgrScreen[None]):
+    HELP_TITLE = "Results"
+    BINDINGS = [
+        Binding("escape,backspace", "app.pop_screen", "Back"),
+        Binding("l", "view('live')", "Live"),
+        Binding("e", "view('embeddings')", "t-SNE"),
+        Binding("f", "view('query')", "Query"),
+    ]
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.metrics: dict[str, Any] | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with VerticalScroll(id="results-body"):
+            yield Static(id="results-summary")
+            yield DataTable(id="recall-table", cursor_type="row", zebra_stripes=True)
+            yield Static(id="results-extra")
+            with Horizontal(id="classes"):
+                yield DataTable(id="best-classes", cursor_type="none")
+                yield DataTable(id="worst-classes", cursor_type="none")
+            yield Static(id="timings")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.title = self.run_dir.name
+        self.sub_title = "results"
+        self.load()
+
+    def load(self) -> None:
+        m = read_json(self.run_dir / METRICS_FILE)
+        self.metrics = m if isinstance(m, dict) else None
+        summary = self.query_one("#results-summary", Static)
+        if self.metrics is None:
+            summary.update(
+                Text(
+                    f"No {METRICS_FILE} in {self.run_dir.name}: the run has not finished (l: live view).",
+                    style="yellow",
+                )
+            )
+            for w in ("#recall-table", "#classes"):
+                self.query_one(w).display = False
+            return
+        m = self.metrics
+        model, data, train = m.get("model") or {}, m.get("data") or {}, m.get("train") or {}
+        s = Text()
+        s.append(f"{model.get('kind', '?')}:{model.get('name', '?')}", style="bold")
+        s.append(f"  dim {model.get('embed_dim', '-')}  params {fmt_count(model.get('params'))}\n")
+        s.append(
+            f"data {data.get('dataset', '-')}: {fmt_count(data.get('n_images'))} images, "
+            f"{data.get('n_fine_seen', '-')} seen / {data.get('n_fine_unseen', '-')} unseen fine classes\n"
+        )
+        s.append(
+            f"train {train.get('epochs', '-')} epochs (best {train.get('best_epoch', '-')}), "
+            f"{fmt_count(train.get('images_seen'))} images, {fmt_seconds(train.get('seconds'))}"
+        )
+        index = m.get("index") or {}
+        if index:
+            s.append(f"   index {index.get('type', '?')}/{index.get('device', '?')}")
+        summary.update(s)
+        self._show_recall(m)
+        self._show_extras(m)
+        self._show_classes(m)
+        self._show_timings(m)
+
+    def _show_recall(self, m: dict[str, Any]) -> None:
+        t = self.query_one("#recall-table", DataTable)
+        t.clear(columns=True)
+        cols = [(s, lv) for s in SPLITS for lv in LEVELS if isinstance(m.get(s), dict)]
+        t.add_column("% (±95% CI)", key="metric")
+        for s, lv in cols:
+            t.add_column(f"{s} {lv}", key=f"{s}/{lv}")
+        for name in metric_names(m):
+            row: list[Text | str] = [name]
+            for s, lv in cols:
+                block = m[s].get(lv) or {}
+                ci = ((m[s].get("ci95") or {}).get(lv) or {}).get(name)
+                row.append(cell(block.get(name), ci))
+            t.add_row(*row, key=name)
+        t.styles.height = t.row_count + 1
+
+    def _show_extras(self, m: dict[str, Any]) -> None:
+        out = Text()
+        for s in SPLITS:
+            b = m.get(s)
+            if not isinstance(b, dict):
+                continue
+            out.append(f"{s}: ", style="bold")
+            out.append(f"{b.get('n_queries', '-')} queries, {b.get('n_gallery', '-')} gallery")
+            if b.get("n_skipped_queries"):
+                out.append(f", {b['n_skipped_queries']} skipped", style="yellow")
+            rcwf = b.get("right_coarse_wrong_fine@1")
+            if isinstance(rcwf, (int, float)):
+                out.append(f"   right coarse, wrong fine @1: {100 * rcwf:.1f}%")
+            out.append("\n")
+        self.query_one("#results-extra", Static).update(out)
+
+    def _show_classes(self, m: dict[str, Any]) -> None:
+        block = m.get("unseen") if isinstance(m.get("unseen"), dict) else m.get("seen")
+        best, worst = per_class_extremes(block or {})
+        split = "unseen" if isinstance(m.get("unseen"), dict) else "seen"
+        for wid, rows, title in (
+            ("#best-classes", best, f"best {split} classes"),
+            ("#worst-classes", worst, f"worst {split} classes"),
+        ):
+            t = self.query_one(wid, DataTable)
+            t.clear(columns=True)
+            t.add_column(title, key="name")
+            t.add_column("R@1", key="r1")
+            t.add_column("n", key="n")
+            for name, v, n in rows:
+                t.add_row(name, Text(f"{100 * v:.1f}", justify="right"), Text(str(n or "-"), justify="right"))
+            t.display = bool(rows)
+            t.styles.height = len(rows) + 1
+        self.query_one("#classes").display = bool(best)
+
+    def _show_timings(self, m: dict[str, Any]) -> None:
+        timings = m.get("timings") or {}
+        if not isinstance(timings, dict) or not timings:
+            self.query_one("#timings", Static).update("")
+            return
+        total = sum(v for v in timings.values() if isinstance(v, (int, float)))
+        out = Text("timings ", style="bold")
+        out.append(
+            "  ".join(f"{k} {fmt_seconds(v)}" for k, v in timings.items() if isinstance(v, (int, float)))
+        )
+        out.append(f"   total {fmt_seconds(total)}", style="bold")
+        self.query_one("#timings", Static).update(out)
+
+    def action_view(self, view: str) -> None:
+        self.post_message(OpenRun(self.run_dir, view))

@@ -1,0 +1,1 @@
+"""Reusable widgets. Each takes its data as attributes (set by its screen) and posts nothing up."""

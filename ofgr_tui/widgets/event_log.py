@@ -1,0 +1,31 @@
+"""The latest events of a run as colour-coded, time-stamped lines."""
+
+from __future__ import annotations
+
+import time
+
+from rich.text import Text
+from textual.widgets import RichLog
+
+from ofgr_tui.livestate import LogLine
+
+STYLES = {
+    "error": "bold red",
+    "warning": "yellow",
+    "stage": "cyan",
+    "epoch": "green",
+    "eval": "magenta",
+    "info": "",
+}
+
+
+class EventLog(RichLog):
+    """Append ``LogLine``s with ``add_lines``; keeps the newest ``max_lines``."""
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes, max_lines=1000, wrap=False, markup=False, auto_scroll=True)
+
+    def add_lines(self, lines: list[LogLine]) -> None:
+        for line in lines:
+            stamp = time.strftime("%H:%M:%S", time.localtime(line.time))
+            self.write(Text.assemble((stamp + " ", "dim"), (line.text, STYLES.get(line.level, ""))))

@@ -1,0 +1,120 @@
+"""Plotext-backed plots: named line series, and a labelled scatter."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from textual_plotext import PlotextPlot
+
+# Plain ANSI colour names render the same in 16/256-colour terminals (SSH, tmux).
+PALETTE = ("cyan", "magenta", "green", "yellow", "blue", "red", "white", "orange")
+
+
+class CurvePlot(PlotextPlot):
+    """Line plot of named series. The owner sets data with ``set_series``; nothing is read from outside."""
+
+    def __init__(
+        self,
+        title: str = "",
+        *,
+        xlabel: str = "",
+        log_y: bool = False,
+        empty_text: str = "waiting for data",
+        id: str | None = None,
+        classes: str | None = None,
+    ) -> None:
+        super().__init__(id=id, classes=classes)
+        self.title = title
+        self.xlabel = xlabel
+        self.log_y = log_y
+        self.empty_text = empty_text
+        self.series: dict[str, tuple[Sequence[float], Sequence[float]]] = {}
+        self.markers: dict[str, str] = {}
+        self._draw()
+
+    def set_series(
+        self,
+        series: dict[str, tuple[Sequence[float], Sequence[float]]],
+        *,
+        title: str | None = None,
+        markers: dict[str, str] | None = None,
+        log_y: bool | None = None,
+    ) -> None:
+        self.series = series
+        self.markers = markers or {}
+        if title is not None:
+            self.title = title
+        if log_y is not None:
+            self.log_y = log_y
+        self._draw()
+        self.refresh()
+
+    def _draw(self) -> None:
+        plt = self.plt
+        plt.clear_figure()
+        plt.title(self.title)
+        if self.xlabel:
+            plt.xlabel(self.xlabel)
+        drawn = 0
+        for i, (name, (xs, ys)) in enumerate(self.series.items()):
+            pts = [(x, y) for x, y in zip(xs, ys, strict=False) if y is not None and math.isfinite(y)]
+            if self.log_y:
+                pts = [(x, y) for x, y in pts if y > 0]
+            if not pts:
+                continue
+            px, py = [p[0] for p in pts], [p[1] for p in pts]
+            color = PALETTE[i % len(PALETTE)]
+            marker = self.markers.get(name, "braille")
+            if len(pts) == 1:
+                plt.scatter(px, py, label=name, color=color, marker="dot" if marker == "braille" else marker)
+            else:
+                plt.plot(px, py, label=name, color=color, marker=marker)
+            drawn += 1
+        if self.log_y and drawn:
+            plt.yscale("log")
+        if not drawn:
+            plt.text(self.empty_text, 0.5, 0.5, alignment="center")
+            plt.xlim(0, 1)
+            plt.ylim(0, 1)
+            plt.xticks([])
+            plt.yticks([])
+
+
+class ScatterPlot(PlotextPlot):
+    """Scatter of labelled groups: one colour per group, marker per subgroup (e.g. seen vs unseen)."""
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self.title = ""
+        self.groups: list[tuple[str, str, list[float], list[float], str]] = []
+        self.empty_text = "computing…"
+        self._draw()
+
+    def set_groups(
+        self, groups: list[tuple[str, str, list[float], list[float], str]], *, title: str = ""
+    ) -> None:
+        """``groups``: (label, color, xs, ys, marker) tuples drawn in order."""
+        self.groups = groups
+        self.title = title
+        self._draw()
+        self.refresh()
+
+    def show_message(self, text: str) -> None:
+        self.groups = []
+        self.empty_text = text
+        self._draw()
+        self.refresh()
+
+    def _draw(self) -> None:
+        plt = self.plt
+        plt.clear_figure()
+        plt.title(self.title)
+        if not self.groups:
+            plt.text(self.empty_text, 0.5, 0.5, alignment="center")
+            plt.xlim(0, 1)
+            plt.ylim(0, 1)
+        for label, color, xs, ys, marker in self.groups:
+            plt.scatter(xs, ys, color=color, marker=marker, label=label or None)
+        plt.xticks([])
+        plt.yticks([])
