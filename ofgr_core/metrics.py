@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 # Upper bound on the elements of one (resamples x queries) count matrix, to keep bootstrap memory flat.
-_BOOTSTRAP_BLOCK = 1 << 23
+_BOOTSTRAP_BLOCK = 1 << 21
 
 
 def hit_matrix(neighbour_labels: np.ndarray, query_labels: np.ndarray) -> np.ndarray:
