@@ -145,8 +145,9 @@ def _write(run_dir: Path, events: list[dict], cfg: dict) -> None:
     os.utime(run_dir / "events.jsonl", (events[-1]["time"], events[-1]["time"]))
 
 
-def started(run_id: str, name: str, t: float, pid: int) -> dict:
-    return {"type": "run_started", "time": t, "run_id": run_id, "name": name, "pid": pid, "host": HOST,
+def started(run_id: str, name: str, t: float, pid: int, host: str = "gpu-box-1") -> dict:
+    """A fixed host for hand-written past runs (stable snapshots); a live run must use this host (HOST)."""
+    return {"type": "run_started", "time": t, "run_id": run_id, "name": name, "pid": pid, "host": host,
             "config_path": "configs/demo.yaml"}  # fmt: skip
 
 
@@ -220,7 +221,7 @@ class LiveRun:
         self.epochs, self.spe, self.interval = epochs, spe, interval
         name = run_id.split("-", 2)[-1]
         now = time.time()
-        self.events = [started(run_id, name, now, os.getpid()), stage("started", "train", now)]
+        self.events = [started(run_id, name, now, os.getpid(), HOST), stage("started", "train", now)]
         _write(self.dir, self.events, config(name, epochs=epochs))
         os.utime(self.dir / "events.jsonl")
         self.pending = training_events(now, epochs, spe)
