@@ -377,7 +377,9 @@ def _finish(
                 train_list.extend(rows[~given[rows]])
                 continue
             rows = rows[rng.permutation(len(rows))]
-            n_test = int(len(rows) * cfg.seen_test_fraction) if len(rows) >= 5 else 0
+            # at least two test images per class, or no seen query would have a positive to find
+            n_test = max(2, round(len(rows) * cfg.seen_test_fraction)) if len(rows) >= 5 else 0
+            n_test = n_test if cfg.seen_test_fraction > 0 else 0
             seen_list.extend(rows[:n_test])
             train_list.extend(rows[n_test:])
         train_rows, seen_rows = np.array(train_list, np.int64), np.array(seen_list, np.int64)

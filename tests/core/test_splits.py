@@ -17,7 +17,8 @@ from ofgr_core.splits import Split, check_split, make_split, save_split
 
 
 def table(fine_coarse: dict[str, str], per_class: int | dict[str, int] = 4, *,
-          domains: list[str] | None = None, splits: dict[str, list[str]] | None = None, meta: dict | None = None):
+          domains: list[str] | None = None, splits: dict[str, list[str]] | None = None,
+          meta: dict | None = None):
     rows = []
     for f, c in fine_coarse.items():
         n = per_class if isinstance(per_class, int) else per_class[f]
