@@ -3,7 +3,7 @@
 Writes N JPEG images (camera-like 320x240 by default) to a temp folder, then measures images/s of:
 
 * the DataLoader over ``ImageDataset`` decoding the files (0 and 2 workers),
-* the same reading the decoded-and-resized memory-mapped cache (cold = first epoch fills it, warm = later epochs),
+* the same reading the decoded-and-resized memory-mapped cache (cold = first epoch fills it, warm = later),
 * a resnet18 forward pass (``torch.no_grad``, batch 64) at the training resolution.
 
 Run: ``.venv/bin/python benchmarks/bench_loader.py [--n 512] [--size 64] [--src 320x240]``
