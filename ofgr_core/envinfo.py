@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import socket
 import subprocess
@@ -29,10 +30,8 @@ def git_commit(cwd: str | Path = ".") -> str | None:
 def collect_env(seed: int, device: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     versions = {}
     for name in PACKAGES:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
     env: dict[str, Any] = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),

@@ -10,6 +10,7 @@ import csv
 import json
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -233,20 +234,24 @@ def run_pipeline(
             write_embeddings(run_dir, part, emb, rows)
         with _Stage("evaluate", emit, timings) as st:
             q_mask, g_mask = split.query_gallery(part, table)
-            ev_result = run_split(
-                emb,
-                labels[idx],
-                ids=np.asarray([table.ids[i] for i in idx]),
-                groups=np.asarray([table.groups[i] for i in idx]),
-                domains=np.asarray([table.domains[i] for i in idx]),
-                level_names=tuple(level_names),
-                class_names=hier.classes[0],
-                query_mask=q_mask,
-                gallery_mask=g_mask,
-                cfg=cfg.eval,
-                seed=cfg.seed,
-                progress=st.progress,
-            )
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                ev_result = run_split(
+                    emb,
+                    labels[idx],
+                    ids=np.asarray([table.ids[i] for i in idx]),
+                    groups=np.asarray([table.groups[i] for i in idx]),
+                    domains=np.asarray([table.domains[i] for i in idx]),
+                    level_names=tuple(level_names),
+                    class_names=hier.classes[0],
+                    query_mask=q_mask,
+                    gallery_mask=g_mask,
+                    cfg=cfg.eval,
+                    seed=cfg.seed,
+                    progress=st.progress,
+                )
+            for w in caught:
+                emit(Log(f"{part}: {w.message}", level="warning"))
             block = ev_result.block
             save_per_query(ev_result, run_dir / "eval" / f"per_query_{part}.npz")
         splits_out[part] = block

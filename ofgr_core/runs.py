@@ -6,6 +6,7 @@ CLI listing and the TUI read through it. It imports nothing heavy.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -252,10 +253,8 @@ def load_run(run_dir: str | os.PathLike[str]) -> RunInfo:
             info.error = last.get("error")
     if isinstance(metrics, dict):
         info.metrics = metrics
-        try:
+        with contextlib.suppress(KeyError, TypeError, ValueError):
             info.recall_at_1_unseen = float(metrics["unseen"]["fine"]["recall@1"])
-        except (KeyError, TypeError, ValueError):
-            pass
     return info
 
 

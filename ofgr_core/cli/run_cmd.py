@@ -232,8 +232,13 @@ def list_runs(
         err.print(f"no runs in {runs_dir} (start one with `ofgr run`)")
         return
     table = Table(title=f"runs in {runs_dir}", title_justify="left")
-    for col in ("run", "status", "model", "dataset", "split", "R@1 unseen", "duration", "started"):
-        table.add_column(col, justify="right" if col in ("R@1 unseen", "duration") else "left")
+    table.add_column("run", overflow="fold")
+    table.add_column("status", no_wrap=True, min_width=11)
+    for col in ("model", "dataset", "split"):
+        table.add_column(col, overflow="fold")
+    table.add_column("R@1 unseen", justify="right", no_wrap=True)
+    table.add_column("duration", justify="right", no_wrap=True)
+    table.add_column("started", overflow="fold")
     colors = {"running": "cyan", "finished": "green", "failed": "red", "interrupted": "yellow"}
     for i in infos:
         table.add_row(
