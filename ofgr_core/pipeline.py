@@ -141,7 +141,12 @@ def run_pipeline(
     torch.manual_seed(cfg.seed)
 
     with _Stage("data", emit_main, timings) as st:
-        prepared = load_dataset(cfg.data, progress=st.progress if main else None)
+        # rank 0 first: it may generate data or fill caches that the other ranks then reuse
+        if main:
+            prepared = load_dataset(cfg.data, progress=st.progress)
+        barrier(dist_info)
+        if not main:
+            prepared = load_dataset(cfg.data)
         rep = prepared.report
         if main:
             runs.atomic_write_json(run_dir / runs.DATA_REPORT_FILE, rep)
@@ -160,9 +165,13 @@ def run_pipeline(
         if resume and split_path.is_file():
             split = Split.from_json(json.loads(split_path.read_text()), table)
         else:
-            split = make_split(table, hier, labels, cfg.split, cfg.seed)
+            split = make_split(table, hier, labels, cfg.split, cfg.seed, ks=cfg.eval.ks)
             if main:
                 save_split(split, table, split_path)
+                rep["split"] = split.report
+                runs.atomic_write_json(run_dir / runs.DATA_REPORT_FILE, rep)
+                for w in split.report.get("warnings", []):
+                    emit(Log(f"split: {w}", level="warning"))
         if main:
             c = {p: len(v) for p, v in split.indices.items()}
             emit(Log(f"split {split.protocol}: {len(split.classes['train'])} train / {len(split.classes['val'])} "
@@ -232,8 +241,12 @@ def run_pipeline(
                      **{lv: table.labels[lv][i] for lv in table.labels},
                      "domain": table.domains[i], "group": table.groups[i], "split": part} for i in idx]
             write_embeddings(run_dir, part, emb, rows)
+        q_mask, g_mask = split.query_gallery(part, table)
+        if not np.any(q_mask):
+            emit(Log(f"{part}: no usable queries under the {cfg.split.query} protocol; not evaluated",
+                     level="warning"))
+            continue
         with _Stage("evaluate", emit, timings) as st:
-            q_mask, g_mask = split.query_gallery(part, table)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 ev_result = run_split(

@@ -35,7 +35,7 @@ class Registry(Generic[T]):
             hint = f", did you mean {close[0]!r}?" if close else f" (known: {', '.join(sorted(self))})"
             raise ConfigError(f"unknown {self.kind} {name!r}{hint}") from None
 
-    def create(self, name: str, **kwargs: object) -> T:
+    def create(self, name: str, /, **kwargs: object) -> T:
         return self.get(name)(**kwargs)
 
     def __contains__(self, name: object) -> bool:

@@ -12,7 +12,8 @@ import ofgr_core
 def core_modules() -> list[str]:
     names = []
     for m in pkgutil.walk_packages(ofgr_core.__path__, "ofgr_core."):
-        names.append(m.name)
+        if not m.name.endswith("__main__"):
+            names.append(m.name)
     return sorted(names)
 
 
