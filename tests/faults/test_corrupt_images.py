@@ -34,7 +34,6 @@ def test_load_completes_and_lists_corrupt(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_run_over_manifest_with_corrupt_images(tmp_path: Path) -> None:
     from conftest import REPO, tiny_overrides
-
     from ofgr_core.cli import app
 
     bad = _world(tmp_path / "m")
