@@ -278,3 +278,15 @@ def show(
         return
     out.print(results_table(info.metrics, title="Recall@K (%) ± 95% CI half-width"))
     out.print(timings_table(info.metrics.get("timings", {})))
+
+
+@app.command()
+def tui(
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
+) -> None:
+    """Open the workbench (same as `ofgr-tui`)."""
+    import shutil
+
+    exe = shutil.which("ofgr-tui") or str(Path(sys.executable).with_name("ofgr-tui"))
+    # exec, not import: the CLI never imports the UI package
+    os.execv(exe, [exe, "--runs-dir", str(runs_dir)])
