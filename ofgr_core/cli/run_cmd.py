@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -95,13 +96,14 @@ def results_table(metrics: dict[str, Any], title: str | None = None) -> Table:
         {int(k.split("@")[1]) for s in splits for lv in ("fine", "coarse")
          for k in metrics[s].get(lv, {}) if k.startswith("recall@")}
     )
-    table = Table(title=title, title_justify="left")
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                  caption="±: 95% bootstrap CI half-width (every CI is in metrics.json)", caption_justify="left")
     table.add_column("split")
     table.add_column("level")
     for k in ks:
-        table.add_column(f"R@{k}", justify="right")
-    table.add_column("MAP@R", justify="right")
-    table.add_column("queries", justify="right")
+        table.add_column(f"R@{k}", justify="right", no_wrap=True)
+    table.add_column("MAP@R", justify="right", no_wrap=True)
+    table.add_column("n", justify="right")
     for s in splits:
         block = metrics[s]
         for lv in ("fine", "coarse"):
@@ -109,21 +111,23 @@ def results_table(metrics: dict[str, Any], title: str | None = None) -> Table:
                 continue
             ci = block.get("ci95", {}).get(lv, {})
 
-            def cell(key: str, block: dict[str, Any] = block, lv: str = lv, ci: dict[str, Any] = ci) -> str:
+            def cell(key: str, with_ci: bool, block: dict[str, Any] = block, lv: str = lv,
+                     ci: dict[str, Any] = ci) -> str:
                 v = block[lv].get(key)
                 if v is None:
                     return "-"
-                if key in ci and ci[key] is not None:
+                if with_ci and ci.get(key) is not None:
                     lo, hi = ci[key]
-                    return f"{100 * v:.1f} [dim]±{100 * (hi - lo) / 2:.1f}[/]"
+                    return f"{100 * v:.1f}[dim]±{100 * (hi - lo) / 2:.1f}[/]"
                 return f"{100 * v:.1f}"
 
-            table.add_row(s, lv, *[cell(f"recall@{k}") for k in ks], cell("map@r"), str(block.get("n_queries", "")))
+            table.add_row(s, lv, *[cell(f"recall@{k}", k == ks[0]) for k in ks], cell("map@r", False),
+                          str(block.get("n_queries", "")))
     return table
 
 
 def timings_table(timings: dict[str, float]) -> Table:
-    table = Table(title="stage timings", title_justify="left")
+    table = Table(title="stage timings", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("stage")
     table.add_column("seconds", justify="right")
     for k, v in timings.items():
@@ -150,7 +154,7 @@ def _launch(cfg: Any, run_dir: Path, *, resume: bool, config_path: str | None, q
     if status == "interrupted":
         raise typer.Exit(int(ExitCode.INTERRUPTED))
     if metrics:
-        out.print(results_table(metrics, title=f"{run_dir.name}: Recall@K (%) ± 95% CI half-width"))
+        out.print(results_table(metrics, title=f"{run_dir.name}: Recall@K and MAP@R (%)"))
         out.print(timings_table(metrics.get("timings", {})))
         out.print(f"metrics: {run_dir / runs.METRICS_FILE}", highlight=False)
 
@@ -276,7 +280,7 @@ def show(
     if info.metrics is None:
         err.print(f"no {runs.METRICS_FILE} yet")
         return
-    out.print(results_table(info.metrics, title="Recall@K (%) ± 95% CI half-width"))
+    out.print(results_table(info.metrics, title="Recall@K and MAP@R (%)"))
     out.print(timings_table(info.metrics.get("timings", {})))
 
 
