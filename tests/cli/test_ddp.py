@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, tiny_overrides
 from ofgr_core import runs
+from ofgr_testing import REPO, tiny_overrides
 
 
 @pytest.mark.slow

@@ -4,11 +4,11 @@ import json
 
 from typer.testing import CliRunner
 
-from conftest import REPO, tiny_overrides
 from ofgr_core import runs
 from ofgr_core.cli import app
 from ofgr_core.config import dump_config, load_config
 from ofgr_core.pipeline import execute_run
+from ofgr_testing import REPO, tiny_overrides
 
 runner = CliRunner()
 

@@ -33,8 +33,8 @@ def test_load_completes_and_lists_corrupt(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_run_over_manifest_with_corrupt_images(tmp_path: Path) -> None:
-    from conftest import REPO, tiny_overrides
     from ofgr_core.cli import app
+    from ofgr_testing import REPO, tiny_overrides
 
     bad = _world(tmp_path / "m")
     overrides = [o for o in tiny_overrides(tmp_path / "unused") if not o.startswith("data.sources")]
