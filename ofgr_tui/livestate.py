@@ -59,6 +59,7 @@ class LiveState:
     images_per_s: float | None = None
     gpu_mem_mb: float | None = None
     epoch: int | None = None
+    first_epoch: int | None = None
     step: int | None = None
     steps_per_epoch: int | None = None
     eval_results: list[dict[str, Any]] = field(default_factory=list)
@@ -145,6 +146,8 @@ class LiveState:
         if epoch is None or step is None or loss is None:
             return
         self.epoch, self.step, self.steps_per_epoch = epoch, step, spe
+        if self.first_epoch is None:
+            self.first_epoch = epoch
         x = epoch + (step / spe if spe else 0.0)
         n = len(self.steps_x)
         self.steps_x.append(x)
@@ -200,8 +203,8 @@ class LiveState:
         return max(0.0, min(1.0, done / (self.epochs * self.steps_per_epoch)))
 
     def _epoch_base(self) -> int:
-        # Epochs may be numbered from 0 or 1; the last epoch numbered `epochs` means 1-based.
-        return 1 if self.epochs and self.epoch is not None and self.epoch >= self.epochs else 0
+        # Epochs may be numbered from 0 or 1: the log always starts with the first epoch (also after a resume)
+        return 1 if self.first_epoch == 1 else 0
 
     def eta_seconds(self, now: float | None = None) -> float | None:
         """Seconds left in training, from the recent step rate; None when unknown or not training."""

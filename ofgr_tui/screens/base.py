@@ -16,4 +16,3 @@ T = TypeVar("T")
 class OfgrScreen(Screen[T]):
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         self.app.report_worker(event)  # type: ignore[attr-defined]
-

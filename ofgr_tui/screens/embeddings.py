@@ -66,9 +66,9 @@ class EmbeddingsScreen(OfgrScreen[None]):
     HELP_TITLE = "Embeddings (t-SNE)"
     BINDINGS = [
         Binding("escape,backspace", "app.pop_screen", "Back"),
-        Binding("c", "toggle_color", "Colour: fine/coarse"),
+        Binding("c", "toggle_color", "Colour"),
         Binding("s", "cycle_split", "Split"),
-        Binding("x", "recompute", "Recompute"),
+        Binding("x", "recompute", "Recompute", show=False),
         Binding("l", "view('live')", "Live"),
         Binding("r", "view('results')", "Results"),
     ]

@@ -48,6 +48,9 @@ class QueryScreen(OfgrScreen[None]):
     HELP_TITLE = "Query"
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
+        Binding("ctrl+p", "mode('path')", "Path"),
+        Binding("ctrl+g", "mode('item')", "Item"),
+        Binding("ctrl+t", "mode('text')", "Text"),
         Binding("ctrl+o", "toggle_split", "Split"),
         Binding("ctrl+l", "focus_results", "Results", show=False),
     ]
@@ -78,6 +81,7 @@ class QueryScreen(OfgrScreen[None]):
                     placeholder="path/to/image.jpg (→ completes, enter searches)",
                     suggester=PathSuggester(IMAGE_SUFFIXES),
                     id="query-path",
+                    compact=True,
                 )
             with TabPane("Dataset item", id="tab-item"):
                 yield Input(
@@ -85,7 +89,7 @@ class QueryScreen(OfgrScreen[None]):
                 )
                 yield OptionList(id="item-list")
             with TabPane("Text", id="tab-text"):
-                yield Input(placeholder="a red convertible (CLIP runs only)", id="query-text")
+                yield Input(placeholder="a red convertible (CLIP runs only)", id="query-text", compact=True)
         yield Static(id="query-status")
         with Horizontal(id="query-main"):
             yield DataTable(id="query-results", cursor_type="row", zebra_stripes=True)
@@ -110,7 +114,7 @@ class QueryScreen(OfgrScreen[None]):
         self.query_one("#query-path", Input).focus()
 
     def _subtitle(self) -> None:
-        self.sub_title = f"query · gallery: {self.split} (ctrl+o switches)"
+        self.sub_title = f"query · {self.split} gallery"
 
     def _status(self, text: Text | str) -> None:
         self.query_one("#query-status", Static).update(text)
@@ -254,6 +258,18 @@ class QueryScreen(OfgrScreen[None]):
         self._subtitle()
         self._load_items(self.split)
         self.notify(f"gallery: {self.split}", timeout=2)
+
+    def action_mode(self, mode: str) -> None:
+        self.query_one("#query-tabs", TabbedContent).active = f"tab-{mode}"
+        target = {"path": "#query-path", "item": "#item-filter", "text": "#query-text"}[mode]
+        self.query_one(target, Input).focus()
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        # keep the keyboard in the active tab's input
+        pane = event.pane.id or ""
+        target = {"tab-path": "#query-path", "tab-item": "#item-filter", "tab-text": "#query-text"}.get(pane)
+        if target:
+            self.query_one(target, Input).focus()
 
     def action_focus_results(self) -> None:
         self.query_one("#query-results", DataTable).focus()

@@ -37,7 +37,7 @@ class RunsScreen(OfgrScreen[None]):
     """Runs table + details of the highlighted run. The app hands runs down with ``set_runs``."""
 
     BINDINGS = [
-        Binding("enter", "open('live')", "Live", priority=False),
+        Binding("enter", "open('live')", "Live", priority=True),
         Binding("r", "open('results')", "Results"),
         Binding("e", "open('embeddings')", "t-SNE"),
         Binding("f", "open('query')", "Query"),
@@ -87,7 +87,9 @@ class RunsScreen(OfgrScreen[None]):
             return
         present = {r.path for r in runs}
         self.marked = [p for p in self.marked if p in present]
-        self.table.loading = False
+        if self.table.loading:
+            self.table.loading = False
+            self.table.focus()  # a loading widget cannot hold focus: give it back once the list is there
         self._fill()
 
     def select_run(self, run_dir: Path) -> None:

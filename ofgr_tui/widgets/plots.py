@@ -114,7 +114,7 @@ class ScatterPlot(PlotextPlot):
             plt.text(self.empty_text, 0.5, 0.5, alignment="center")
             plt.xlim(0, 1)
             plt.ylim(0, 1)
-        for label, color, xs, ys, marker in self.groups:
-            plt.scatter(xs, ys, color=color, marker=marker, label=label or None)
+        for _label, color, xs, ys, marker in self.groups:
+            plt.scatter(xs, ys, color=color, marker=marker)  # the screen draws the legend beside the plot
         plt.xticks([])
         plt.yticks([])

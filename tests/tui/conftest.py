@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import rundirs
 
+import rundirs
 from ofgr_core.gpu import GpuSnapshot, GpuStats
 from ofgr_tui.app import OfgrApp
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import rundirs
-from conftest import fake_gpus, make_app, wait_for
 from textual.widgets import DataTable, Input, Static
 
+import rundirs
+from conftest import fake_gpus, make_app, wait_for
 from ofgr_tui.messages import CompareRuns, OpenRun, RunsScanned
 from ofgr_tui.screens.compare import CompareScreen
 from ofgr_tui.screens.confirm import ConfirmDialog
