@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 from textual.widgets import DataTable, Input
+from tui_testing import make_app, wait_for
 
-from conftest import make_app, wait_for
 from ofgr_tui.screens.launch import LaunchDialog
 from ofgr_tui.screens.live import LiveScreen
 from ofgr_tui.screens.query import QueryScreen

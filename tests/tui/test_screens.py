@@ -6,9 +6,9 @@ import sys
 from pathlib import Path
 
 from textual.widgets import DataTable, Input, Static
+from tui_testing import fake_gpus, make_app, wait_for
 
 import rundirs
-from conftest import fake_gpus, make_app, wait_for
 from ofgr_tui.messages import CompareRuns, OpenRun, RunsScanned
 from ofgr_tui.screens.compare import CompareScreen
 from ofgr_tui.screens.confirm import ConfirmDialog

@@ -11,9 +11,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from tui_testing import fake_gpus, make_app, wait_for
 
 import rundirs
-from conftest import fake_gpus, make_app, wait_for
 from ofgr_tui.screens.compare import CompareScreen
 from ofgr_tui.screens.embeddings import EmbeddingsScreen
 from ofgr_tui.screens.live import LiveScreen
