@@ -52,9 +52,10 @@ class LaunchDialog(ModalScreen[tuple[Path, list[str]] | None]):
                 placeholder="path/to/config.yaml",
                 suggester=PathSuggester((".yaml", ".yml")),
                 id="config-path",
+                compact=True,
             )
             yield Label("Overrides (KEY=VALUE, space separated)")
-            yield Input(placeholder="train.epochs=3 model.name=resnet50", id="overrides")
+            yield Input(placeholder="train.epochs=3 model.name=resnet50", id="overrides", compact=True)
             yield Static("", id="launch-error")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Launch (ctrl+s)", id="launch", variant="primary")
