@@ -197,8 +197,7 @@ def _fine_params(coarse: str, rng: np.random.Generator, siblings: Sequence[dict[
     for _attempt in range(200):
         u = rng.uniform
         p: dict[str, Any] = {k: v for k, v in tpl.items() if k not in ("windows", "doors")}
-        length_scale = 1.0  # proportions are relative to the vehicle's length
-        p["yr"] = tpl["yr"] + u(-0.03, 0.03) * length_scale
+        p["yr"] = tpl["yr"] + u(-0.03, 0.03)
         p["yb"] = tpl["yb"] + u(-0.015, 0.015)
         p["gc"] = tpl["gc"] * u(0.8, 1.25)
         p["y_rear"] = tpl["y_rear"] + u(-0.02, 0.02)
@@ -447,6 +446,7 @@ def _greenhouse(p: dict[str, Any], coarse: str) -> list[Point]:
 
 def _draw_vehicle(pen: _Pen, p: dict[str, Any], coarse: str, body: tuple[int, int, int], accessory: str,
                   rng: np.random.Generator) -> None:
+    """Draws one vehicle facing right: body, glass, doors, wheels, lights, grille, bumpers, accessory."""
     dark = _shade(body, 0.55)
     trim = (22, 22, 24)
     glass = _shade((48, 62, 78), float(rng.uniform(0.8, 1.3)))
@@ -652,14 +652,14 @@ def _background(domain: str, size: int, ground: float, rng: np.random.Generator)
         if 0 <= g < size:
             img[g:] = grass * (1 + 0.25 * (yy[: size - g] - 0.5))
         clouds = _noise(rng, 4, size)[..., None]
-        img[: max(g, 0)] += (np.clip(clouds[: max(g, 0)] - 0.55, 0, 1) * 300.0)
+        img[: max(g, 0)] += np.clip(clouds[: max(g, 0)] - 0.55, 0, 1) * 180.0
         return img
     if domain == "road":
         wall = np.array([u(90, 200), u(80, 190), u(70, 180)], np.float32)
         img = np.broadcast_to(wall * (0.85 + 0.2 * yy), (size, size, 3)).copy()
         g = int(ground - u(0.12, 0.3) * size)
         asphalt = u(55, 100)
-        img[g:] = asphalt + 18 * rng.standard_normal((size - g, size, 1)).astype(np.float32)
+        img[g:] = asphalt + 10 * rng.standard_normal((size - g, size, 1)).astype(np.float32)
         lane_y = int(min(size - 2, ground + u(0.02, 0.1) * size))
         lane = np.array([240, 240, 235] if rng.random() < 0.6 else [235, 200, 40], np.float32)
         dash = (np.arange(size) // max(2, size // 8) + int(u(0, 2))) % 2 == 0
@@ -677,12 +677,12 @@ def _background(domain: str, size: int, ground: float, rng: np.random.Generator)
     alt = base + rng.normal(0, 30, 3).astype(np.float32)
     n = _noise(rng, int(rng.integers(3, 9)), size)[..., None]
     img = base + (alt - base) * n
-    img += 10 * rng.standard_normal((size, size, 1)).astype(np.float32)
+    img += 6 * rng.standard_normal((size, size, 1)).astype(np.float32)
     if rng.random() < 0.5:  # bricks / tiles
         period = int(rng.integers(max(4, size // 8), max(5, size // 4)))
         lines = (np.arange(size) % period == 0)
-        img[lines] *= 0.7
-        img[:, lines] *= 0.8
+        img[lines] *= 0.82
+        img[:, lines] *= 0.88
     return img
 
 
@@ -725,12 +725,12 @@ def render(cls: dict[str, Any], index: int, seed: int, image_size: int) -> tuple
     flip = bool(rng.random() < 0.5)
     p = _jittered(cls["params"], rng)
 
-    # Fit the vehicle: its length covers 72-95% of the frame, placed with some slack.
-    fill = rng.uniform(0.72, 0.95)
+    # Fit the vehicle: its length covers 76-95% of the frame, placed with some slack.
+    fill = rng.uniform(0.76, 0.95)
     scale = fill * size / 1.06
     height = (p["yr"] + 0.05) * scale
-    ox = (size - scale) / 2 + rng.uniform(-0.5, 0.5) * (size - fill * size) * 0.8
-    oy = size / 2 + height / 2 + rng.uniform(-0.5, 0.5) * max(0.0, size - height) * 0.5
+    ox = (size - scale) / 2 + rng.uniform(-0.5, 0.5) * (size - fill * size) * 0.6
+    oy = size / 2 + height / 2 + rng.uniform(-0.5, 0.5) * max(0.0, size - height) * 0.3
 
     n = image_size
     bg = _background(domain, n, oy / ss, rng)
