@@ -37,6 +37,7 @@ class DataConfig(Section):
     unmapped: Literal["error", "drop"] = "error"
     dedup: bool = True  # drop exact duplicate images (content hash)
     image_size: int | None = 64  # train/eval resolution; null = the model's default
+    crop_scale: tuple[float, float] = (0.35, 1.0)  # train random-resized-crop area range (timm/ImageNet: 0.08)
     cache: bool = True  # decoded-and-resized uint8 cache (memory-mapped)
     cache_dir: str | None = None  # default: <first source root>/.ofgr_cache
     num_workers: int = 0

@@ -180,7 +180,8 @@ def run_pipeline(
     device = resolve_device(cfg.device, dist_info)
     image_size = cfg.data.image_size
     model = create_model(cfg.model, image_size=image_size)
-    train_tf, eval_tf = create_transforms(model, train=True), create_transforms(model, train=False)
+    train_tf = create_transforms(model, train=True, crop_scale=cfg.data.crop_scale)
+    eval_tf = create_transforms(model, train=False)
     tr = split.indices["train"]
     train_fine, train_labels0 = np.unique(labels[tr, 0], return_inverse=True)
     train_labels = np.stack([train_labels0, labels[tr, 1] if labels.shape[1] > 1 else train_labels0], 1)

@@ -47,10 +47,14 @@ def create_timm_model(cfg: ModelConfig, image_size: int | None = None) -> Embedd
     )
 
 
-def create_transforms(model: EmbeddingModel, train: bool) -> Callable:
+def create_transforms(
+    model: EmbeddingModel, train: bool, crop_scale: tuple[float, float] = (0.08, 1.0)
+) -> Callable:
     """PIL image -> normalised tensor, from the model's data config.
 
-    Training: random-resized-crop (scale 0.08-1, timm's default) to ``input_size`` and a horizontal flip,
+    Training: random-resized-crop (area fraction ``crop_scale``; timm's ImageNet default 0.08-1 loses the
+    small details fine-grained classes differ by, so ofgr configs pass ``data.crop_scale``) to ``input_size``
+    and a horizontal flip,
     no colour jitter (colour is often a discriminative cue in fine-grained data). Evaluation: resize the
     short side to ``input_size / crop_pct`` and centre-crop ``input_size``, the preprocessing the backbone
     was trained with.
@@ -59,6 +63,7 @@ def create_transforms(model: EmbeddingModel, train: bool) -> Callable:
     return timm.data.create_transform(
         input_size=cfg["input_size"],
         is_training=train,
+        scale=tuple(crop_scale),
         hflip=0.5,
         color_jitter=None,
         interpolation=cfg.get("interpolation", "bilinear"),
