@@ -187,7 +187,7 @@ def run(
         runs.atomic_write_json(
             run_dir / runs.ENV_FILE,
             collect_env(cfg.seed, device, {"config_path": config_path, "overrides": overrides,
-                                           "world_size": dist_info.world_size,
+                                           "world_size": dist_info.world_size, "pid": os.getpid(),
                                            "command_line": shlex.join(sys.argv)}),
         )
     _launch(cfg, run_dir, resume=False, config_path=config_path, quiet=quiet)

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 from textual.widgets import DataTable, Input
-from tui_testing import make_app, wait_for
 
 from ofgr_tui.screens.launch import LaunchDialog
 from ofgr_tui.screens.live import LiveScreen
 from ofgr_tui.screens.query import QueryScreen
 from ofgr_tui.screens.results import ResultsScreen
 from ofgr_tui.screens.runs import RunsScreen
+from tui_testing import make_app, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = (

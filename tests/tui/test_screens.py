@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 from textual.widgets import DataTable, Input, Static
-from tui_testing import fake_gpus, make_app, wait_for
 
 import rundirs
 from ofgr_tui.messages import CompareRuns, OpenRun, RunsScanned
@@ -20,6 +19,7 @@ from ofgr_tui.screens.query import QueryScreen
 from ofgr_tui.screens.results import ResultsScreen
 from ofgr_tui.screens.runs import RunsScreen
 from ofgr_tui.widgets.gpu_panel import GpuPanel
+from tui_testing import fake_gpus, make_app, wait_for
 
 
 def _select(screen: RunsScreen, run_id: str) -> None:

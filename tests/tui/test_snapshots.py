@@ -11,13 +11,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from tui_testing import fake_gpus, make_app, wait_for
 
 import rundirs
 from ofgr_tui.screens.compare import CompareScreen
 from ofgr_tui.screens.embeddings import EmbeddingsScreen
 from ofgr_tui.screens.live import LiveScreen
 from ofgr_tui.screens.runs import RunsScreen
+from tui_testing import fake_gpus, make_app, wait_for
 
 SIZES = [(80, 24), (120, 40)]
 
