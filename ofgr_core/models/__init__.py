@@ -4,11 +4,13 @@ from ofgr_core.models.backbone import create_timm_backbone, load_backbone_checkp
 from ofgr_core.models.embedding import EmbeddingModel
 from ofgr_core.models.factory import MODELS, create_model, create_transforms
 from ofgr_core.models.neck import EmbeddingNeck
+from ofgr_core.models.tiny_cnn import TinyCNN  # registers ofgr_tinycnn in timm
 
 __all__ = [
     "MODELS",
     "EmbeddingModel",
     "EmbeddingNeck",
+    "TinyCNN",
     "create_model",
     "create_timm_backbone",
     "create_transforms",

@@ -39,7 +39,8 @@ def create_timm_model(cfg: ModelConfig, image_size: int | None = None) -> Embedd
         data_config["input_size"] = (data_config["input_size"][0], image_size, image_size)
     return EmbeddingModel(
         backbone,
-        num_features=backbone.num_features,
+        # models with a pre-logits stage (mobilenetv3's conv head) pool wider than num_features
+        num_features=getattr(backbone, "head_hidden_size", None) or backbone.num_features,
         embed_dim=cfg.embed_dim,
         data_config=data_config,
         freeze=cfg.freeze,
