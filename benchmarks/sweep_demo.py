@@ -33,7 +33,14 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--only", default="", help="comma-separated variant names")
     ap.add_argument("--set", action="append", default=[], help="override applied to every variant")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="extra variant 'name=k1=v1;k2=v2' (replaces the built-in list when given)")
     args = ap.parse_args()
+    if args.variant:
+        VARIANTS.clear()
+        for spec in args.variant:
+            name, _, sets = spec.partition("=")
+            VARIANTS[name] = [x for x in sets.split(";") if x]
     runs_dir = Path(tempfile.mkdtemp(prefix="ofgr-sweep-"))
     names = [n for n in VARIANTS if not args.only or n in args.only.split(",")]
     print(f"{'variant':<22}{'unseen R@1':>11}{'coarse':>8}{'seen R@1':>10}{'best val':>10}{'epochs':>8}{'train s':>9}")

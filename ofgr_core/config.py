@@ -62,9 +62,9 @@ class SplitConfig(Section):
 # ---------------------------------------------------------------------------------------------- model
 class ModelConfig(Section):
     kind: Literal["timm", "clip"] = "timm"
-    name: str = "resnet18"
+    name: str = "ofgr_tinycnn"  # the demo default; real-data configs name resnet50 / efficientnet_b0
     pretrained: bool | str = False  # false, true (hub weights), or a local .pth/.safetensors path
-    embed_dim: int = Field(512, gt=0)
+    embed_dim: int = Field(128, gt=0)
     freeze: Literal["none", "all", "partial"] = "none"
     trainable: list[str] = Field(default_factory=list)  # freeze=partial: parameter-name prefixes kept trainable
     key_map: dict[str, str] = Field(default_factory=dict)  # prefix remapping for foreign state dicts
@@ -73,8 +73,8 @@ class ModelConfig(Section):
 # ----------------------------------------------------------------------------------------------- loss
 class ArcFaceConfig(Section):
     weight: float = Field(1.0, ge=0.0)
-    scale: float = Field(30.0, gt=0.0)
-    margin: float = Field(0.3, ge=0.0)  # additive angular margin in radians (0.5 rad = 28.6 deg)
+    scale: float = Field(16.0, gt=0.0)
+    margin: float = Field(0.2, ge=0.0)  # additive angular margin in radians (0.5 rad = 28.6 deg)
     lr: float | None = None  # class-weight matrix learning rate; default 10x train.lr
 
 
@@ -101,7 +101,7 @@ class SamplerConfig(Section):
 
 # ---------------------------------------------------------------------------------------------- train
 class TrainConfig(Section):
-    epochs: int = Field(5, ge=0)
+    epochs: int = Field(12, ge=0)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.05, ge=0.0)
@@ -150,7 +150,7 @@ class EvalConfig(Section):
 
 # ---------------------------------------------------------------------------------------------- root
 class Config(Section):
-    name: str = "run"
+    name: str = "demo"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     data: DataConfig = Field(default_factory=DataConfig)

@@ -274,37 +274,40 @@ def run_pipeline(
                 emit(EvalResult(split=part, level=lv,
                                 metrics={k: v for k, v in block[lv].items() if isinstance(v, (int, float))}))
 
-    params = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    metrics: dict[str, Any] = {
-        "schema_version": 1,
-        "run_id": run_dir.name,
-        "name": cfg.name,
-        "model": {"kind": cfg.model.kind, "name": cfg.model.name, "embed_dim": model.embed_dim,
-                  "params": params, "trainable_params": trainable, "image_size": size},
-        "data": {
-            "dataset": "+".join(s.name or s.type for s in cfg.data.sources),
-            "n_images": len(table),
-            "n_unreadable": len(prepared.report.get("unreadable", [])),
-            "n_fine_train": len(split.classes["train"]),
-            "n_fine_val": len(split.classes["val"]),
-            "n_fine_unseen": len(split.classes["unseen"]),
-            "split_protocol": split.protocol,
-        },
-        "train": {
-            "epochs": result.epochs_done,
-            "best_epoch": result.best_epoch,
-            "val_recall@1": result.best_val,
-            "seconds": result.seconds,
-            "images_seen": result.images_seen,
-            "forward_gflops_per_image": flops / 1e9 if flops else None,
-            "train_pflops": 3 * flops * result.images_seen / 1e15 if flops else None,
-            "device": str(device),
-            "world_size": dist_info.world_size,
-        },
-        "timings": timings,
-        **splits_out,
-    }
+    with _Stage("report", emit, timings):  # metrics["timings"] is this dict: it gains the report time
+        params = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        metrics: dict[str, Any] = {
+            "schema_version": 1,
+            "run_id": run_dir.name,
+            "name": cfg.name,
+            "model": {"kind": cfg.model.kind, "name": cfg.model.name, "embed_dim": model.embed_dim,
+                      "params": params, "trainable_params": trainable, "image_size": size},
+            "data": {
+                "dataset": "+".join(s.name or s.type for s in cfg.data.sources),
+                "n_images": len(table),
+                "n_unreadable": len(prepared.report.get("unreadable", [])),
+                "n_fine_train": len(split.classes["train"]),
+                "n_fine_val": len(split.classes["val"]),
+                "n_fine_seen": len(split.classes["train"]) + len(split.classes["val"]),
+                "n_fine_unseen": len(split.classes["unseen"]),
+                "split_protocol": split.protocol,
+            },
+            "train": {
+                "epochs": result.epochs_done,
+                "best_epoch": result.best_epoch,
+                "val_recall@1": result.best_val,
+                "seconds": result.seconds,
+                "images_seen": result.images_seen,
+                "forward_gflops_per_image": flops / 1e9 if flops else None,
+                "train_pflops": 3 * flops * result.images_seen / 1e15 if flops else None,
+                "device": str(device),
+                "world_size": dist_info.world_size,
+            },
+            "timings": timings,
+            **splits_out,
+        }
+    runs.atomic_write_json(run_dir / runs.METRICS_FILE, metrics)
     return metrics
 
 
@@ -359,7 +362,5 @@ def execute_run(
             emit(RunInterrupted(reason="stop requested; resume with `ofgr resume " + run_dir.name + "`"))
             return "interrupted", None
         return "finished", None  # non-zero rank
-    if main:
-        runs.atomic_write_json(run_dir / runs.METRICS_FILE, metrics)
     emit(RunFinished(seconds=time.perf_counter() - t0, metrics_path=str(run_dir / runs.METRICS_FILE)))
     return "finished", metrics

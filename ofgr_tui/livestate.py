@@ -11,7 +11,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-STAGES = ("data", "split", "train", "embed", "index", "evaluate", "report")
+STAGES = ("data", "split", "train", "embed", "evaluate", "report")
 RATE_WINDOW = 30  # recent train_step events used for the ETA
 
 

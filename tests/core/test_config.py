@@ -97,3 +97,16 @@ def test_dump_round_trip(tmp_path):
     p = tmp_path / "resolved.yaml"
     p.write_text(dump_config(cfg))
     assert load_config(p) == cfg
+
+
+def test_builtin_defaults_are_the_demo():
+    """`ofgr run` outside a checkout (no configs/demo.yaml) must run the same experiment as the demo."""
+    demo = load_config(REPO / "configs" / "demo.yaml").model_dump()
+    default = load_config().model_dump()
+    from ofgr_core.data.synthetic import SynthOptions
+
+    for cfg in (demo, default):
+        src = cfg["data"]["sources"][0]
+        src["root"] = None  # the default root is derived from the options
+        src["options"] = SynthOptions(**src["options"]).model_dump()  # explicit == adapter defaults
+    assert demo == default
