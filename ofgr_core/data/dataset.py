@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from ofgr_core.config import DataConfig
-from ofgr_core.data.base import ADAPTERS, DatasetTable
+from ofgr_core.data.base import DatasetTable, create_table
 from ofgr_core.errors import DataError
 from ofgr_core.hierarchy import Hierarchy
 
@@ -152,11 +152,6 @@ def check_images(paths: list[str], progress: Progress | None = None, workers: in
         progress(len(paths), len(paths))
     memo.save()
     return [r for r in results if r is not None]
-
-
-def find_unreadable(paths: list[str], progress: Progress | None = None, workers: int = 4) -> dict[int, str]:
-    """Indices of images that cannot be decoded, with the reason."""
-    return {i: c.reason for i, c in enumerate(check_images(paths, progress, workers)) if c.reason is not None}
 
 
 # ---------------------------------------------------------------------------------------------- merging
@@ -331,10 +326,7 @@ def build_tables(cfg: DataConfig) -> list[DatasetTable]:
     """Every source's table, through its adapter; source names must be unique (they prefix item ids)."""
     tables, names = [], Counter()
     for src in cfg.sources:
-        # the factory is called directly: Registry.create's own ``name`` parameter would swallow ours
-        import ofgr_core.data  # noqa: F401  (registers the built-in adapters)
-
-        t = ADAPTERS.get(src.type)(root=src.root, name=src.name, **src.options)
+        t = create_table(src.type, src.root, name=src.name, **src.options)
         if len(t) == 0:
             raise DataError(f"data source {src.name or src.type} ({src.root}) has no images")
         names[t.sources[0]] += 1
