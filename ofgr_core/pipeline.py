@@ -184,9 +184,20 @@ def run_pipeline(
     eval_tf = create_transforms(model, train=False)
     tr = split.indices["train"]
     train_fine, train_labels0 = np.unique(labels[tr, 0], return_inverse=True)
-    train_labels = np.stack([train_labels0, labels[tr, 1] if labels.shape[1] > 1 else train_labels0], 1)
+    coarse_train = labels[tr, 1] if labels.shape[1] > 1 else np.zeros_like(train_labels0)
+    train_labels = np.stack([train_labels0, coarse_train], 1)
+    sampler_cfg = cfg.sampler
+    n_coarse = len(np.unique(coarse_train))
+    if n_coarse < sampler_cfg.coarse_per_batch:
+        # e.g. a flat image folder (one coarse class): keep the batch size with more fine classes per coarse
+        per_batch = sampler_cfg.coarse_per_batch * sampler_cfg.fine_per_coarse
+        sampler_cfg = sampler_cfg.model_copy(update={
+            "coarse_per_batch": n_coarse, "fine_per_coarse": max(1, per_batch // n_coarse)})
+        emit_main(Log(f"training data has {n_coarse} coarse class(es) < sampler.coarse_per_batch="
+                      f"{cfg.sampler.coarse_per_batch}: sampling C={sampler_cfg.coarse_per_batch} x "
+                      f"P={sampler_cfg.fine_per_coarse} x K={sampler_cfg.k}", level="warning"))
     loss_fn = create_loss(cfg.loss, num_classes=len(train_fine), embed_dim=model.embed_dim)
-    sampler = create_sampler(cfg.sampler, train_labels, seed=cfg.seed, rank=dist_info.rank,
+    sampler = create_sampler(sampler_cfg, train_labels, seed=cfg.seed, rank=dist_info.rank,
                              world_size=dist_info.world_size)
     size = image_size or int(model.data_config["input_size"][-1])
     flops = count_flops_per_image(model, size, "cpu") if main else None
