@@ -49,6 +49,9 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=2000)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--target", type=float, default=0.95)
+    p.add_argument("--pq-m", type=int, default=32, help="IVF-PQ sub-quantizers (bytes per vector)")
+    p.add_argument("--refine", type=int, default=16, help="IVF-PQ exact re-ranking of refine x k candidates")
+    p.add_argument("--only", choices=["ivf_pq", "hnsw"], default=None)
     a = p.parse_args()
     x = clustered(a.n, a.d, max(10, a.n // 100))
     q = x[np.random.default_rng(1).choice(a.n, a.queries, replace=False)]
@@ -57,11 +60,12 @@ def main() -> None:
     t_exact, truth = timed_search(exact, q, a.k)
     print(f"exact ({exact.device}): {t_exact:.3f}s  ({a.queries / t_exact:.0f} queries/s)")
     sweeps = [
-        ("ivf_pq+refine", IndexConfig(type="ivf_pq", pq_m=16, refine_k_factor=4, device="auto"),
+        ("ivf_pq+refine", IndexConfig(type="ivf_pq", pq_m=a.pq_m, refine_k_factor=a.refine, device="auto"),
          "nprobe", [1, 2, 4, 8, 16, 32, 64, 128]),
         ("hnsw", IndexConfig(type="hnsw", hnsw_m=32, ef_construction=100, device="auto"),
          "ef_search", [16, 32, 64, 128, 256, 512]),
     ]
+    sweeps = [sw for sw in sweeps if a.only is None or sw[0].startswith(a.only)]
     for name, cfg, knob, values in sweeps:
         t = time.perf_counter()
         idx = build_index(x, cfg)
