@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ofgr_core.errors import NotFoundError, OfgrError
-from ofgr_core.runs import ENV_FILE, METRICS_FILE, SPLIT_FILE, read_json
+from ofgr_core.runs import METRICS_FILE, RunFolder, read_json
 
 SPLITS = ("unseen", "seen")
 LEVELS = ("fine", "coarse")
@@ -104,7 +104,7 @@ def _cost(run_dir: Path, metrics: dict[str, Any]) -> RunCost:
     model = metrics.get("model") or {}
     train = metrics.get("train") or {}
     timings = metrics.get("timings") or {}
-    env = read_json(run_dir / ENV_FILE) or {}
+    env = read_json(RunFolder(run_dir).env) or {}
     total = sum(v for v in (_num(t) for t in timings.values()) if v is not None) if timings else None
     device = env.get("gpu_name") or env.get("device") if isinstance(env, dict) else None
     return RunCost(
@@ -122,13 +122,13 @@ def _cost(run_dir: Path, metrics: dict[str, Any]) -> RunCost:
 
 def _split_hash(run_dir: Path) -> str | None:
     try:
-        return hashlib.sha256((run_dir / SPLIT_FILE).read_bytes()).hexdigest()
+        return hashlib.sha256(RunFolder(run_dir).split.read_bytes()).hexdigest()
     except OSError:
         return None
 
 
 def _per_query(run_dir: Path, split: str) -> dict[str, np.ndarray] | None:
-    path = run_dir / "eval" / f"per_query_{split}.npz"
+    path = RunFolder(run_dir).per_query(split)
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: np.asarray(z[k]) for k in z.files}
@@ -174,7 +174,7 @@ def compare_runs(
     dirs.insert(0, dirs.pop(baseline))
     all_metrics = []
     for d in dirs:
-        m = read_json(d / METRICS_FILE)
+        m = read_json(RunFolder(d).metrics)
         if not isinstance(m, dict):
             raise NotFoundError(f"{d.name}: no {METRICS_FILE} (the run has not finished)")
         all_metrics.append(m)

@@ -69,19 +69,20 @@ def _drain(gen: Generator[Event, None, T], emit: Emit) -> T:
 
 def write_embeddings(run_dir: Path, split: str, emb: np.ndarray, rows: list[dict[str, str]]) -> None:
     """``embeddings/<split>.npy`` + ``<split>.csv`` (one row per embedding row)."""
-    out = run_dir / "embeddings"
-    out.mkdir(exist_ok=True)
-    tmp = out / f".{split}.npy.tmp"
+    folder = runs.RunFolder(run_dir)
+    npy, csv_path = folder.embeddings_npy(split), folder.embeddings_csv(split)
+    npy.parent.mkdir(exist_ok=True)
+    tmp = npy.with_name(f".{npy.name}.tmp")
     with open(tmp, "wb") as f:
         np.save(f, emb.astype(np.float32, copy=False))
-    tmp.replace(out / f"{split}.npy")
+    tmp.replace(npy)
     fields = list(rows[0]) if rows else ["id", "path", "fine", "coarse"]
-    tmp_csv = out / f".{split}.csv.tmp"
+    tmp_csv = csv_path.with_name(f".{csv_path.name}.tmp")
     with open(tmp_csv, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)
-    tmp_csv.replace(out / f"{split}.csv")
+    tmp_csv.replace(csv_path)
 
 
 def save_per_query(result: Any, path: Path) -> None:
@@ -134,6 +135,7 @@ def run_pipeline(
     from ofgr_core.train.ddp import barrier, init_distributed
     from ofgr_core.train.loop import _flag, resolve_device, train
 
+    folder = runs.RunFolder(run_dir)
     dist_info = init_distributed(cfg.device)
     main = dist_info.is_main
     emit_main: Emit = emit if main else (lambda e: None)
@@ -149,7 +151,7 @@ def run_pipeline(
             prepared = load_dataset(cfg.data)
         rep = prepared.report
         if main:
-            runs.atomic_write_json(run_dir / runs.DATA_REPORT_FILE, rep)
+            runs.atomic_write_json(folder.data_report, rep)
             if rep.get("unreadable"):
                 emit(Log(f"skipped {len(rep['unreadable'])} unreadable images "
                          f"(listed in {runs.DATA_REPORT_FILE})", level="warning"))
@@ -161,7 +163,7 @@ def run_pipeline(
     table, hier, labels = prepared.table, prepared.hierarchy, prepared.labels
 
     with _Stage("split", emit_main, timings):
-        split_path = run_dir / runs.SPLIT_FILE
+        split_path = folder.split
         if resume and split_path.is_file():
             split = Split.from_json(json.loads(split_path.read_text()), table)
         else:
@@ -169,7 +171,7 @@ def run_pipeline(
             if main:
                 save_split(split, table, split_path)
                 rep["split"] = split.report
-                runs.atomic_write_json(run_dir / runs.DATA_REPORT_FILE, rep)
+                runs.atomic_write_json(folder.data_report, rep)
                 for w in split.report.get("warnings", []):
                     emit(Log(f"split: {w}", level="warning"))
         if main:
@@ -202,8 +204,8 @@ def run_pipeline(
     size = image_size or int(model.data_config["input_size"][-1])
     flops = count_flops_per_image(model, size, "cpu") if main else None
 
-    ckpt_dir = run_dir / "checkpoints"
-    last = ckpt_dir / "last.pt"
+    ckpt_dir = folder.checkpoints
+    last = folder.checkpoint("last")
     resume_from = last if resume and last.is_file() else None
     with _Stage("train", emit_main, timings, total=cfg.train.epochs):
         result = _drain(
@@ -278,7 +280,7 @@ def run_pipeline(
             for w in caught:
                 emit(Log(f"{part}: {w.message}", level="warning"))
             block = ev_result.block
-            save_per_query(ev_result, run_dir / "eval" / f"per_query_{part}.npz")
+            save_per_query(ev_result, folder.per_query(part))
         splits_out[part] = block
         for lv in level_names:
             if lv in block:
@@ -318,7 +320,7 @@ def run_pipeline(
             "timings": timings,
             **splits_out,
         }
-    runs.atomic_write_json(run_dir / runs.METRICS_FILE, metrics)
+    runs.atomic_write_json(folder.metrics, metrics)
     return metrics
 
 
@@ -350,7 +352,7 @@ def execute_run(
         if on_event is not None:
             on_event(event)
 
-    stop_file = run_dir / runs.STOP_FILE
+    stop_file = runs.RunFolder(run_dir).stop_file
     stop_file.unlink(missing_ok=True)
     t0 = time.perf_counter()
     emit(RunStarted(run_id=run_dir.name, name=cfg.name, pid=os.getpid(), host=socket.gethostname(),
@@ -373,5 +375,5 @@ def execute_run(
             emit(RunInterrupted(reason="stop requested; resume with `ofgr resume " + run_dir.name + "`"))
             return "interrupted", None
         return "finished", None  # non-zero rank
-    emit(RunFinished(seconds=time.perf_counter() - t0, metrics_path=str(run_dir / runs.METRICS_FILE)))
+    emit(RunFinished(seconds=time.perf_counter() - t0, metrics_path=str(runs.RunFolder(run_dir).metrics)))
     return "finished", metrics

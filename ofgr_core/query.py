@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ofgr_core.errors import ConfigError, DataError, NotFoundError
+from ofgr_core.runs import RunFolder
 
 
 @dataclass(frozen=True)
@@ -59,9 +60,10 @@ class Gallery:
 
 
 def load_gallery(run_dir: Path, split: str) -> Gallery:
-    npy, csv_path = run_dir / "embeddings" / f"{split}.npy", run_dir / "embeddings" / f"{split}.csv"
+    folder = RunFolder(run_dir)
+    npy, csv_path = folder.embeddings_npy(split), folder.embeddings_csv(split)
     if not npy.is_file() or not csv_path.is_file():
-        available = sorted(p.stem for p in (run_dir / "embeddings").glob("*.npy"))
+        available = folder.embedded_splits()
         raise NotFoundError(
             f"{run_dir.name}: no stored {split!r} embeddings"
             + (f" (available: {', '.join(available)})" if available else " (the run has not reached evaluation)")
@@ -77,7 +79,7 @@ def load_gallery(run_dir: Path, split: str) -> Gallery:
 def _searcher(run_dir: Path, split: str, gallery: Gallery) -> Any:
     from ofgr_core.index import build_index, load_index
 
-    folder = run_dir / "index" / split
+    folder = RunFolder(run_dir).index_dir(split)
     if (folder / "index.json").is_file():
         idx = load_index(folder)
         if idx.ntotal == len(gallery.rows):
@@ -94,9 +96,9 @@ def _load_model(run_dir: str, mtime: float) -> tuple[Any, Any, Any]:
     from ofgr_core.models import create_model, create_transforms
     from ofgr_core.train.checkpoint import load_checkpoint
 
-    rd = Path(run_dir)
-    cfg = load_config(rd / "config.yaml")
-    ckpt = next((p for p in (rd / "checkpoints" / "best.pt", rd / "checkpoints" / "last.pt") if p.is_file()), None)
+    rd = RunFolder(run_dir)
+    cfg = load_config(rd.config)
+    ckpt = next((p for p in (rd.checkpoint("best"), rd.checkpoint("last")) if p.is_file()), None)
     if ckpt is None:
         raise NotFoundError(f"{rd.name}: no checkpoint to embed a new image with")
     model = create_model(cfg.model.model_copy(update={"pretrained": False}), image_size=cfg.data.image_size)
@@ -117,7 +119,7 @@ def embed_image(run_dir: Path, image_path: str) -> np.ndarray:
             img = im.convert("RGB")
     except Exception as e:
         raise DataError(f"{p}: cannot read image ({type(e).__name__})") from None
-    ckpts = [run_dir / "checkpoints" / n for n in ("best.pt", "last.pt")]
+    ckpts = [RunFolder(run_dir).checkpoint(n) for n in ("best", "last")]
     mtime = max((c.stat().st_mtime for c in ckpts if c.is_file()), default=0.0)
     model, tf, device = _load_model(str(run_dir.resolve()), mtime)
     with torch.no_grad():
@@ -143,7 +145,7 @@ def query_run(
     if text is not None:
         from ofgr_core.config import load_config
 
-        cfg = load_config(run_dir / "config.yaml")
+        cfg = load_config(RunFolder(run_dir).config)
         raise ConfigError(
             f"text queries need a CLIP run (model.kind=clip); {run_dir.name} is {cfg.model.kind}:{cfg.model.name}"
         )

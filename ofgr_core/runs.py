@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from ofgr_core.errors import NotFoundError
+from ofgr_core.errors import ConfigError, NotFoundError
 from ofgr_core.events import TERMINAL_TYPES, Event
 
 CONFIG_FILE = "config.yaml"
@@ -31,6 +31,111 @@ DATA_REPORT_FILE = "data_report.json"
 STOP_FILE = "stop"
 
 STATUSES = ("running", "finished", "failed", "interrupted")
+SPLIT_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+class RunFolder:
+    """Every path inside one run folder (docs/run-folder.md): the only place that joins them.
+
+    Writers (the pipeline, ``ofgr run``) and readers (CLI, TUI, compare, query, t-SNE, tests) all go through
+    this class, so the layout can change in one place. Split names are checked before they become part of a
+    path: a ``--split ../x`` never reaches outside the folder.
+
+    Args:
+        path: the run folder (``RUNS_DIR/<run_id>``).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    # files at the top level
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def env(self) -> Path:
+        return self.path / ENV_FILE
+
+    @property
+    def events(self) -> Path:
+        return self.path / EVENTS_FILE
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def split(self) -> Path:
+        return self.path / SPLIT_FILE
+
+    @property
+    def data_report(self) -> Path:
+        return self.path / DATA_REPORT_FILE
+
+    @property
+    def stop_file(self) -> Path:
+        return self.path / STOP_FILE
+
+    # folders
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def embeddings_dir(self) -> Path:
+        return self.path / "embeddings"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.path / "eval"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Per-run derived data that can be recomputed (t-SNE projections)."""
+        return self.path / "cache"
+
+    def checkpoint(self, which: str) -> Path:
+        """``best`` (selected on seen validation classes) or ``last`` (everything needed to resume)."""
+        if which not in ("best", "last"):
+            raise ValueError(f"checkpoint must be 'best' or 'last', got {which!r}")
+        return self.checkpoints / f"{which}.pt"
+
+    def embeddings_npy(self, split: str) -> Path:
+        return self.embeddings_dir / f"{check_split_name(split)}.npy"
+
+    def embeddings_csv(self, split: str) -> Path:
+        return self.embeddings_dir / f"{check_split_name(split)}.csv"
+
+    def embedded_splits(self) -> list[str]:
+        """Splits with stored embeddings, sorted."""
+        return sorted(p.stem for p in self.embeddings_dir.glob("*.npy"))
+
+    def per_query(self, split: str) -> Path:
+        return self.eval_dir / f"per_query_{check_split_name(split)}.npz"
+
+    def index_dir(self, split: str) -> Path:
+        return self.path / "index" / check_split_name(split)
+
+    def is_run(self) -> bool:
+        return self.events.exists() or self.config.exists()
+
+
+def check_split_name(split: str) -> str:
+    """A split name as used in file names: letters, digits, ``_`` and ``-`` only."""
+    if not split or not set(split) <= SPLIT_NAME_CHARS:
+        raise ConfigError(f"split name {split!r}: use letters, digits, '_' or '-' (e.g. unseen, seen)")
+    return split
 
 
 # ------------------------------------------------------------------------------------------- writing
@@ -81,8 +186,9 @@ def create_run_dir(runs_dir: str | os.PathLike[str], name: str) -> Path:
             run_dir.mkdir()
         except FileExistsError:  # another process took the id in the same second
             continue
-        (run_dir / "checkpoints").mkdir()
-        (run_dir / "embeddings").mkdir()
+        folder = RunFolder(run_dir)
+        folder.checkpoints.mkdir()
+        folder.embeddings_dir.mkdir()
         return run_dir
     raise RuntimeError(f"could not create a run folder in {runs_dir}")
 
@@ -143,7 +249,7 @@ class EventTail:
 
 
 def read_events(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    return EventTail(Path(run_dir) / EVENTS_FILE).read_new()
+    return EventTail(RunFolder(run_dir).events).read_new()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -228,14 +334,15 @@ def read_json(path: Path) -> Any | None:
 
 def load_run(run_dir: str | os.PathLike[str]) -> RunInfo:
     run_dir = Path(run_dir)
-    if not (run_dir / EVENTS_FILE).exists() and not (run_dir / CONFIG_FILE).exists():
+    folder = RunFolder(run_dir)
+    if not folder.is_run():
         raise NotFoundError(f"{run_dir}: not a run folder (no {EVENTS_FILE} or {CONFIG_FILE})")
     try:
-        config = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}
+        config = yaml.safe_load(folder.config.read_text()) or {}
     except (FileNotFoundError, yaml.YAMLError):
         config = {}
     events = read_events(run_dir)
-    metrics = read_json(run_dir / METRICS_FILE)
+    metrics = read_json(folder.metrics)
     info = RunInfo(run_id=run_dir.name, path=run_dir, status=status_from_events(events), config=config)
     info.name = str(config.get("name", ""))
     model = config.get("model", {}) or {}
@@ -264,14 +371,14 @@ def iter_runs(runs_dir: str | os.PathLike[str]) -> Iterator[RunInfo]:
     if not runs_dir.is_dir():
         return
     for d in sorted((p for p in runs_dir.iterdir() if p.is_dir()), key=lambda p: p.name, reverse=True):
-        if (d / EVENTS_FILE).exists() or (d / CONFIG_FILE).exists():
+        if RunFolder(d).is_run():
             yield load_run(d)
 
 
 def resolve_run(ref: str, runs_dir: str | os.PathLike[str] = "runs") -> Path:
     """A run folder from a path, an exact run id, a unique id prefix/suffix, or ``latest``."""
     p = Path(ref)
-    if p.is_dir() and ((p / EVENTS_FILE).exists() or (p / CONFIG_FILE).exists()):
+    if p.is_dir() and RunFolder(p).is_run():
         return p
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
@@ -291,4 +398,4 @@ def resolve_run(ref: str, runs_dir: str | os.PathLike[str] = "runs") -> Path:
 
 def request_stop(run_dir: str | os.PathLike[str]) -> None:
     """Ask a running run to stop cleanly after the current step (it checkpoints and can be resumed)."""
-    Path(run_dir, STOP_FILE).touch()
+    RunFolder(run_dir).stop_file.touch()

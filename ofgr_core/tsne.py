@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ofgr_core.errors import DataError, NotFoundError
+from ofgr_core.runs import RunFolder
 
 SPLITS = ("seen", "unseen")
 DEFAULT_MAX_POINTS = 2000
@@ -62,15 +63,15 @@ def _read_labels(csv_path: Path, n: int) -> dict[str, list[str]]:
 
 
 def available_splits(run_dir: str | os.PathLike[str]) -> list[str]:
-    emb = Path(run_dir) / "embeddings"
-    return [s for s in SPLITS if (emb / f"{s}.npy").is_file()]
+    folder = RunFolder(run_dir)
+    return [s for s in SPLITS if folder.embeddings_npy(s).is_file()]
 
 
 def _splits_for(run_dir: Path, split: str) -> list[str]:
     if split == "all":
         splits = available_splits(run_dir)
     elif split in SPLITS:
-        splits = [split] if (run_dir / "embeddings" / f"{split}.npy").is_file() else []
+        splits = [split] if RunFolder(run_dir).embeddings_npy(split).is_file() else []
     else:
         raise ValueError(f"split must be one of {', '.join(SPLITS)} or 'all', got {split!r}")
     if not splits:
@@ -111,7 +112,7 @@ def compute_tsne(
     """
     run_dir = Path(run_dir)
     splits = _splits_for(run_dir, split)
-    npy = [run_dir / "embeddings" / f"{s}.npy" for s in splits]
+    npy = [RunFolder(run_dir).embeddings_npy(s) for s in splits]
     sig = _signature(npy)
 
     arrays, labels, split_of = [], {"id": [], "fine": [], "coarse": []}, []
@@ -140,7 +141,7 @@ def compute_tsne(
         idx = np.arange(n_total)
         note = None
 
-    cache_path = run_dir / "cache" / f"tsne_{split}_{n}.npz"
+    cache_path = RunFolder(run_dir).cache_dir / f"tsne_{split}_{n}.npz"
     xy = _load_cache(cache_path, sig, idx, seed) if use_cache else None
     cached = xy is not None
     if xy is None:

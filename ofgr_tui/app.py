@@ -22,7 +22,7 @@ from textual.worker import Worker, WorkerState
 
 from ofgr_core.errors import OfgrError
 from ofgr_core.gpu import GpuSnapshot
-from ofgr_core.runs import EVENTS_FILE, RunInfo, load_run, request_stop
+from ofgr_core.runs import RunFolder, RunInfo, load_run, request_stop
 from ofgr_tui import launcher
 from ofgr_tui.messages import (
     CompareRuns,
@@ -47,9 +47,10 @@ class RunCache:
     @staticmethod
     def _signature(run_dir: Path) -> tuple[float, ...]:
         sig: list[float] = []
-        for name in (EVENTS_FILE, "metrics.json", "config.yaml"):
+        folder = RunFolder(run_dir)
+        for path in (folder.events, folder.metrics, folder.config):
             try:
-                st = (run_dir / name).stat()
+                st = path.stat()
                 sig += [st.st_mtime_ns, st.st_size]
             except OSError:
                 sig += [0, -1]
@@ -62,7 +63,7 @@ class RunCache:
             return []
         out: list[RunInfo] = []
         for d in dirs:
-            if not ((d / EVENTS_FILE).exists() or (d / "config.yaml").exists()):
+            if not RunFolder(d).is_run():
                 continue
             sig = self._signature(d)
             cached = self._seen.get(d)

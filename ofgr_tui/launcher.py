@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ofgr_core.runs import ENV_FILE, read_events, read_json
+from ofgr_core.runs import RunFolder, read_events, read_json
 
 LOG_DIR = ".launch"  # inside the runs folder; not a run folder (no events.jsonl/config.yaml)
 
@@ -103,7 +103,7 @@ def resume_run(
 
 def run_pid(run_dir: Path) -> int | None:
     """The pid that owns a run folder: ``env.json`` (written first) or the ``run_started`` event."""
-    env = read_json(run_dir / ENV_FILE)
+    env = read_json(RunFolder(run_dir).env)
     if isinstance(env, dict) and isinstance(env.get("pid"), int):
         return int(env["pid"])
     for ev in read_events(run_dir)[:3]:

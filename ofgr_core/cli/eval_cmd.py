@@ -186,16 +186,16 @@ def index_build(
     from ofgr_core.index import build_index
 
     run_dir = runs.resolve_run(run_ref, runs_dir)
-    npy = run_dir / "embeddings" / f"{split}.npy"
-    csv_path = run_dir / "embeddings" / f"{split}.csv"
+    folder = runs.RunFolder(run_dir)
+    npy, csv_path = folder.embeddings_npy(split), folder.embeddings_csv(split)
     if not npy.is_file():
-        have = sorted(p.stem for p in (run_dir / "embeddings").glob("*.npy"))
+        have = folder.embedded_splits()
         raise NotFoundError(
             f"{npy}: no stored {split!r} embeddings" + (f" (available: {', '.join(have)})" if have else "")
         )
     emb = load_embeddings(npy)
     load_label_csv(csv_path, len(emb), required=("id",))  # the row <-> item contract must hold
-    cfg_file = run_dir / runs.CONFIG_FILE
+    cfg_file = folder.config
     icfg = load_config(cfg_file).eval.index if cfg_file.is_file() else IndexConfig()
     updates = {k: v for k, v in (("type", index_type), ("device", device)) if v is not None}
     if index_type is not None and index_type not in INDEX_TYPES:
@@ -204,9 +204,9 @@ def index_build(
         raise typer.BadParameter(f"--device must be auto, cpu or gpu, got {device!r}")
     icfg = icfg.model_copy(update=updates)
     idx = build_index(emb, icfg, ids=np.arange(len(emb), dtype=np.int64))
-    folder = idx.save(run_dir / "index" / split)
-    info = {**idx.info(), "path": str(folder)}
+    saved = idx.save(folder.index_dir(split))
+    info = {**idx.info(), "path": str(saved)}
     if as_json:
         print_json(info)
     else:
-        out.print(f"built {idx.type} index of {idx.ntotal} x {idx.dim} on {idx.device} -> {folder}")
+        out.print(f"built {idx.type} index of {idx.ntotal} x {idx.dim} on {idx.device} -> {saved}")

@@ -140,7 +140,7 @@ def _launch(cfg: Any, run_dir: Path, *, resume: bool, config_path: str | None, q
     from ofgr_core.pipeline import execute_run
 
     main = int(os.environ.get("RANK", "0")) == 0
-    writer = runs.EventWriter(run_dir / runs.EVENTS_FILE) if main else None
+    writer = runs.EventWriter(runs.RunFolder(run_dir).events) if main else None
     if main:
         err.print(f"run folder: [bold]{run_dir}[/]", highlight=False)
     try:
@@ -156,7 +156,7 @@ def _launch(cfg: Any, run_dir: Path, *, resume: bool, config_path: str | None, q
     if metrics:
         out.print(results_table(metrics, title=f"{run_dir.name}: Recall@K and MAP@R (%)"))
         out.print(timings_table(metrics.get("timings", {})))
-        out.print(f"metrics: {run_dir / runs.METRICS_FILE}", highlight=False)
+        out.print(f"metrics: {runs.RunFolder(run_dir).metrics}", highlight=False)
 
 
 @app.command()
@@ -182,10 +182,10 @@ def run(
     run_dir = runs.create_run_dir(runs_dir, cfg.name) if dist_info.is_main else None
     run_dir = Path(broadcast_object(str(run_dir) if run_dir else None, dist_info))
     if dist_info.is_main:
-        runs.atomic_write_text(run_dir / runs.CONFIG_FILE, dump_config(cfg))
+        runs.atomic_write_text(runs.RunFolder(run_dir).config, dump_config(cfg))
         device = cfg.device
         runs.atomic_write_json(
-            run_dir / runs.ENV_FILE,
+            runs.RunFolder(run_dir).env,
             collect_env(cfg.seed, device, {"config_path": config_path, "overrides": overrides,
                                            "world_size": dist_info.world_size, "pid": os.getpid(),
                                            "command_line": shlex.join(sys.argv)}),
@@ -207,11 +207,12 @@ def resume(
     info = runs.load_run(run_dir)
     if info.status == "running":
         raise ConfigError(f"run {run_dir.name} is still running (pid alive); stop it first")
-    if info.status == "finished" and (run_dir / runs.METRICS_FILE).is_file():
+    folder = runs.RunFolder(run_dir)
+    if info.status == "finished" and folder.metrics.is_file():
         raise ConfigError(f"run {run_dir.name} already finished; nothing to resume")
-    cfg = load_config(run_dir / runs.CONFIG_FILE)
+    cfg = load_config(folder.config)
     init_distributed(cfg.device)
-    _launch(cfg, run_dir, resume=True, config_path=str(run_dir / runs.CONFIG_FILE), quiet=quiet)
+    _launch(cfg, run_dir, resume=True, config_path=str(folder.config), quiet=quiet)
 
 
 def _fmt_duration(s: float | None) -> str:

@@ -19,7 +19,7 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Footer, Header, Static
 
-from ofgr_core.runs import CONFIG_FILE, EVENTS_FILE, EventTail
+from ofgr_core.runs import EventTail, RunFolder
 from ofgr_tui.format import fmt_count, fmt_seconds, status_text
 from ofgr_tui.livestate import LiveState, downsample
 from ofgr_tui.messages import GpuSampled, OpenRun, StopRun
@@ -36,7 +36,7 @@ TALL = 34  # rows from which the LR plot gets its own panel
 def _config_epochs(run_dir: Path) -> int | None:
     """Planned epochs from the run's resolved config, so progress and ETA work before the first epoch ends."""
     try:
-        cfg = yaml.safe_load((run_dir / CONFIG_FILE).read_text()) or {}
+        cfg = yaml.safe_load(RunFolder(run_dir).config.read_text()) or {}
         return int(cfg["train"]["epochs"])
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
         return None
@@ -62,7 +62,7 @@ class LiveScreen(OfgrScreen[None]):
     def __init__(self, run_dir: Path) -> None:
         super().__init__()
         self.run_dir = Path(run_dir)
-        self.tail = EventTail(self.run_dir / EVENTS_FILE)
+        self.tail = EventTail(RunFolder(self.run_dir).events)
         self.state = LiveState(run_id=self.run_dir.name)
         self.plot_kind = "loss"
         self._reading = False

@@ -23,6 +23,7 @@ from textual.widgets import DataTable, Footer, Header, Input, OptionList, Static
 from textual.widgets.option_list import Option
 from textual.worker import Worker
 
+from ofgr_core.runs import RunFolder
 from ofgr_tui.screens.base import OfgrScreen
 from ofgr_tui.widgets.path_input import PathSuggester
 
@@ -38,7 +39,7 @@ def mark(hit: bool | None) -> Text:
 
 def read_items(run_dir: Path, split: str) -> list[dict[str, str]]:
     try:
-        with open(run_dir / "embeddings" / f"{split}.csv", newline="") as f:
+        with open(RunFolder(run_dir).embeddings_csv(split), newline="") as f:
             return list(csv.DictReader(f))
     except OSError:
         return []

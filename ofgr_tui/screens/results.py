@@ -13,7 +13,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import DataTable, Footer, Header, Static
 
-from ofgr_core.runs import METRICS_FILE, read_json
+from ofgr_core.runs import METRICS_FILE, RunFolder, read_json
 from ofgr_tui.format import fmt_count, fmt_seconds
 from ofgr_tui.messages import OpenRun
 from ofgr_tui.screens.base import OfgrScreen
@@ -100,7 +100,7 @@ class ResultsScreen(OfgrScreen[None]):
         self.load()
 
     def load(self) -> None:
-        m = read_json(self.run_dir / METRICS_FILE)
+        m = read_json(RunFolder(self.run_dir).metrics)
         self.metrics = m if isinstance(m, dict) else None
         summary = self.query_one("#results-summary", Static)
         if self.metrics is None:

@@ -12,7 +12,7 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import DataTable, Footer, Header, Static
 
-from ofgr_core.runs import EVENTS_FILE, RunInfo
+from ofgr_core.runs import RunFolder, RunInfo
 from ofgr_tui.format import fmt_pct, fmt_seconds, fmt_time, status_text
 from ofgr_tui.messages import CompareRuns, DeleteRun, LaunchRun, OpenRun, ResumeRun, StopRun
 from ofgr_tui.screens.base import OfgrScreen
@@ -27,7 +27,7 @@ def display_duration(info: RunInfo, now: float) -> float | None:
     end = info.ended
     if end is None and info.status != "running":
         try:
-            end = (info.path / EVENTS_FILE).stat().st_mtime
+            end = RunFolder(info.path).events.stat().st_mtime
         except OSError:
             end = None
     return max(0.0, (end if end is not None else now) - info.started)

@@ -10,6 +10,7 @@ import pytest
 
 from ofgr_core.compare import compare_runs
 from ofgr_core.errors import NotFoundError, OfgrError
+from ofgr_core.runs import RunFolder
 
 
 def make_run(root: Path, name: str, r1: float, *, hits: np.ndarray | None = None, split: str = "A",
@@ -27,13 +28,14 @@ def make_run(root: Path, name: str, r1: float, *, hits: np.ndarray | None = None
             "ci95": {"fine": {"recall@1": [r1 - 0.05, r1 + 0.05]}},
         },
     }
-    (d / "metrics.json").write_text(json.dumps(metrics))
-    (d / "split.json").write_text(json.dumps({"split": split}))
+    folder = RunFolder(d)
+    folder.metrics.write_text(json.dumps(metrics))
+    folder.split.write_text(json.dumps({"split": split}))
     if hits is not None:
-        (d / "eval").mkdir()
+        folder.eval_dir.mkdir()
         ids = np.array([f"q{i}" for i in range(len(hits))]) if ids is None else ids
         np.savez(
-            d / "eval" / "per_query_unseen.npz", ids=ids, **{"fine_recall@1": hits, "fine_map@r": hits / 2}
+            folder.per_query("unseen"), ids=ids, **{"fine_recall@1": hits, "fine_map@r": hits / 2}
         )
     return d
 

@@ -2,11 +2,12 @@ import json
 import os
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
 from ofgr_core import runs
-from ofgr_core.errors import NotFoundError
+from ofgr_core.errors import ConfigError, NotFoundError
 from ofgr_core.events import Log, RunFailed, RunFinished, RunStarted, StageStarted
 
 
@@ -109,3 +110,18 @@ def test_resolve_run(tmp_path):
         runs.resolve_run("2026", tmp_path)
     with pytest.raises(NotFoundError, match="not found"):
         runs.resolve_run("nope", tmp_path)
+
+
+def test_run_folder_owns_the_layout_and_refuses_escaping_split_names(tmp_path: Path) -> None:
+    d = runs.create_run_dir(tmp_path, "x")
+    folder = runs.RunFolder(d)
+    assert folder.checkpoints.is_dir() and folder.embeddings_dir.is_dir()
+    assert folder.embeddings_npy("unseen") == d / "embeddings" / "unseen.npy"
+    assert folder.per_query("seen") == d / "eval" / "per_query_seen.npz"
+    assert folder.checkpoint("best") == d / "checkpoints" / "best.pt"
+    assert folder.index_dir("unseen") == d / "index" / "unseen"
+    for bad in ("../x", "a/b", "", "..", "x y"):
+        with pytest.raises(ConfigError, match="split name"):
+            folder.embeddings_npy(bad)
+    with pytest.raises(ValueError):
+        folder.checkpoint("../best")

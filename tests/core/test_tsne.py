@@ -8,23 +8,24 @@ import numpy as np
 import pytest
 
 from ofgr_core.errors import NotFoundError
+from ofgr_core.runs import RunFolder
 from ofgr_core.tsne import compute_tsne
 
 
 def write_split(run: Path, split: str, n_classes: int, per_class: int, dim: int = 8, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
-    emb = run / "embeddings"
-    emb.mkdir(parents=True, exist_ok=True)
+    folder = RunFolder(run)
+    folder.embeddings_dir.mkdir(parents=True, exist_ok=True)
     centers = rng.normal(size=(n_classes, dim)) * 5
     x = np.concatenate([centers[c] + rng.normal(size=(per_class, dim)) for c in range(n_classes)])
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    np.save(emb / f"{split}.npy", x.astype(np.float32))
+    np.save(folder.embeddings_npy(split), x.astype(np.float32))
     rows = [
         f"{split}{c}_{j},p/{c}/{j}.png,{split}_f{c},c{c % 2}"
         for c in range(n_classes)
         for j in range(per_class)
     ]
-    (emb / f"{split}.csv").write_text("id,path,fine,coarse\n" + "\n".join(rows) + "\n")
+    folder.embeddings_csv(split).write_text("id,path,fine,coarse\n" + "\n".join(rows) + "\n")
 
 
 def test_projects_both_splits_and_caches(tmp_path: Path) -> None:

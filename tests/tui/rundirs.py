@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from ofgr_core.runs import RunFolder
+
 T0 = 1_764_238_500.0  # 2025-11-27 10:15:00 UTC
 HOST = socket.gethostname()
 DEAD_PID = 2**22 + 12345  # above the usual pid_max: never alive
@@ -91,8 +93,8 @@ def write_embeddings(
     run_dir: Path, n_classes: int = 6, per_class: int = 10, dim: int = 16, seed: int = 0
 ) -> None:
     rng = np.random.default_rng(seed)
-    emb = run_dir / "embeddings"
-    emb.mkdir(parents=True, exist_ok=True)
+    folder = RunFolder(run_dir)
+    folder.embeddings_dir.mkdir(parents=True, exist_ok=True)
     for s, split in enumerate(("seen", "unseen")):
         centers = rng.normal(size=(n_classes, dim))
         rows, vecs = [], []
@@ -101,8 +103,8 @@ def write_embeddings(
                 v = centers[c] + 0.3 * rng.normal(size=dim)
                 vecs.append(v / np.linalg.norm(v))
                 rows.append(f"{split}-{c}-{j},img/{split}/{c}/{j}.png,{split}_fine_{c},coarse_{c % 3}")
-        np.save(emb / f"{split}.npy", np.asarray(vecs, dtype=np.float32))
-        (emb / f"{split}.csv").write_text("id,path,fine,coarse\n" + "\n".join(rows) + "\n")
+        np.save(folder.embeddings_npy(split), np.asarray(vecs, dtype=np.float32))
+        folder.embeddings_csv(split).write_text("id,path,fine,coarse\n" + "\n".join(rows) + "\n")
         del s
 
 
@@ -111,23 +113,23 @@ def write_tsne_cache(run_dir: Path, split: str = "all") -> None:
     from ofgr_core import tsne
 
     splits = tsne._splits_for(run_dir, split)
-    npy = [run_dir / "embeddings" / f"{s}.npy" for s in splits]
+    npy = [RunFolder(run_dir).embeddings_npy(s) for s in splits]
     n = sum(len(np.load(p)) for p in npy)
     idx = np.arange(n)
     angle = np.linspace(0, 6 * np.pi, n)
     xy = np.stack([angle * np.cos(angle), angle * np.sin(angle)], axis=1).astype(np.float32)
     tsne._save_cache(
-        run_dir / "cache" / f"tsne_{split}_{n}.npz", xy=xy, idx=idx, sig=tsne._signature(npy), seed=0
+        RunFolder(run_dir).cache_dir / f"tsne_{split}_{n}.npz", xy=xy, idx=idx, sig=tsne._signature(npy), seed=0
     )
 
 
 def write_per_query(run_dir: Path, split: str, r1: float, n: int = 120, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
-    ev = run_dir / "eval"
-    ev.mkdir(exist_ok=True)
+    folder = RunFolder(run_dir)
+    folder.eval_dir.mkdir(exist_ok=True)
     hits = (rng.random(n) < r1).astype(np.float64)
     np.savez(
-        ev / f"per_query_{split}.npz",
+        folder.per_query(split),
         ids=np.array([f"{split}-{i}" for i in range(n)]),
         **{
             "fine_recall@1": hits,
@@ -139,10 +141,11 @@ def write_per_query(run_dir: Path, split: str, r1: float, n: int = 120, seed: in
 
 def _write(run_dir: Path, events: list[dict], cfg: dict) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "checkpoints").mkdir(exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
-    (run_dir / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
-    os.utime(run_dir / "events.jsonl", (events[-1]["time"], events[-1]["time"]))
+    folder = RunFolder(run_dir)
+    folder.checkpoints.mkdir(exist_ok=True)
+    folder.config.write_text(yaml.safe_dump(cfg))
+    folder.events.write_text("".join(json.dumps(e) + "\n" for e in events))
+    os.utime(folder.events, (events[-1]["time"], events[-1]["time"]))
 
 
 def started(run_id: str, name: str, t: float, pid: int, host: str = "gpu-box-1") -> dict:
@@ -177,7 +180,7 @@ def finished_run(runs: Path, run_id: str, *, r1: float = 0.5, t0: float = T0, mo
     )
     evs.append({"type": "run_finished", "time": t + 1, "seconds": t + 1 - t0, "metrics_path": "metrics.json"})
     _write(d, evs, config(name, model))
-    (d / "metrics.json").write_text(json.dumps(metrics(run_id, name, r1, model=model), indent=2))
+    RunFolder(d).metrics.write_text(json.dumps(metrics(run_id, name, r1, model=model), indent=2))
     (d / "split.json").write_text(json.dumps({"seen": ["a"], "unseen": ["b"]}))
     if embeddings:
         write_embeddings(d, seed=seed)
@@ -205,9 +208,9 @@ def interrupted_run(runs: Path, run_id: str, *, t0: float = T0, partial_last_lin
     d = runs / run_id
     _write(d, evs, config(name))
     if partial_last_line:
-        with open(d / "events.jsonl", "a") as f:
+        with open(RunFolder(d).events, "a") as f:
             f.write('{"type": "train_step", "time": 17642')
-        os.utime(d / "events.jsonl", (evs[-1]["time"], evs[-1]["time"]))
+        os.utime(RunFolder(d).events, (evs[-1]["time"], evs[-1]["time"]))
     return d
 
 
@@ -223,7 +226,7 @@ class LiveRun:
         now = time.time()
         self.events = [started(run_id, name, now, os.getpid(), HOST), stage("started", "train", now)]
         _write(self.dir, self.events, config(name, epochs=epochs))
-        os.utime(self.dir / "events.jsonl")
+        os.utime(RunFolder(self.dir).events)
         self.pending = training_events(now, epochs, spe)
         self._stop = threading.Event()
         self.written = 0
@@ -234,7 +237,7 @@ class LiveRun:
         return self
 
     def _run(self) -> None:
-        with open(self.dir / "events.jsonl", "a") as f:
+        with open(RunFolder(self.dir).events, "a") as f:
             for ev in self.pending:
                 if self._stop.is_set():
                     return
