@@ -64,7 +64,7 @@ def worker(kind: str, folder: Path, k: int, levels: int, queries: int, bootstrap
         import faiss  # noqa: F401
 
         from ofgr_core.config import EvalConfig
-        from ofgr_core.evaluate import evaluate_split
+        from ofgr_core.evaluate import run_split
     base = rss_mb()
     nbytes = emb.size * 4
     t0 = time.perf_counter()
@@ -82,7 +82,7 @@ def worker(kind: str, folder: Path, k: int, levels: int, queries: int, bootstrap
         if queries:
             qmask = np.zeros(len(emb), bool)
             qmask[:queries] = True
-        block = evaluate_split(emb, labels, query_mask=qmask, cfg=EvalConfig(bootstrap=bootstrap), seed=0)
+        block = run_split(emb, labels, query_mask=qmask, cfg=EvalConfig(bootstrap=bootstrap), seed=0).block
         result = {"k": block["r_cap"]["k"], "n_queries": block["n_queries"],
                   **{lv: block[lv] for lv in ("fine", "coarse") if lv in block}}
     elif kind == "pml":
@@ -148,7 +148,7 @@ def main() -> None:
             return
         raw = run_worker(["raw", tmp, str(ofgr["k"] + 1), "2", q])  # +1: the self-match ofgr removes
         nq = ofgr["n_queries"]
-        print(f"ofgr evaluate_split (fine+coarse, {a.bootstrap} bootstrap resamples, k={ofgr['k']}): "
+        print(f"ofgr run_split (fine+coarse, {a.bootstrap} bootstrap resamples, k={ofgr['k']}): "
               f"{ofgr['seconds']:.1f}s, {nq} queries")
         print(f"raw IndexFlatIP.search(k={ofgr['k'] + 1}):  {raw['seconds']:.1f}s")
         print(f"ratio ofgr / raw search: {ofgr['seconds'] / raw['seconds']:.3f}  (goal <= 1.15)")

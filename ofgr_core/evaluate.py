@@ -116,75 +116,132 @@ class _Neighbours:
         return _compact(rows, drop, k)
 
 
-def run_split(
-    embeddings: np.ndarray,
-    labels: np.ndarray,
+def evaluate_retrieval(
+    query_emb: np.ndarray,
+    gallery_emb: np.ndarray,
+    query_labels: np.ndarray,
+    gallery_labels: np.ndarray,
     *,
-    ids: np.ndarray | None = None,
-    groups: np.ndarray | None = None,
-    domains: np.ndarray | None = None,
+    query_ids: np.ndarray | None = None,
+    gallery_ids: np.ndarray | None = None,
+    query_groups: np.ndarray | None = None,
+    gallery_groups: np.ndarray | None = None,
+    query_domains: np.ndarray | None = None,
     level_names: Sequence[str] = ("fine", "coarse"),
     class_names: Mapping[Any, str] | Sequence[str] | None = None,
-    query_mask: np.ndarray | None = None,
-    gallery_mask: np.ndarray | None = None,
     cfg: EvalConfig | None = None,
     seed: int = 0,
     progress: Progress | None = None,
 ) -> SplitResult:
-    """Evaluate one split and keep the per-query values. Arguments as in ``evaluate_split``."""
-    cfg = cfg or EvalConfig()
-    if embeddings.ndim != 2:
-        raise DataError(f"embeddings must be N x D, got shape {tuple(embeddings.shape)}")
-    n = len(embeddings)
-    labels = np.asarray(labels)
-    if labels.ndim == 1:
-        labels = labels[:, None]
-    if labels.ndim != 2 or len(labels) != n:
-        raise DataError(f"labels must have {n} rows (one per embedding), got shape {labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"labels must be integers (encode class names first), got {labels.dtype}")
-    n_levels = labels.shape[1]
-    names = [level_names[i] if i < len(level_names) else f"level{i}" for i in range(n_levels)]
-    item_ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids).reshape(-1)
-    if len(item_ids) != n:
-        raise DataError(f"ids has {len(item_ids)} entries for {n} embeddings")
-    uniq_ids, ids = _codes(item_ids)  # ids may be strings; compare their integer codes
-    if len(uniq_ids) != n:
-        raise DataError("item ids must be unique (self-match exclusion works by id)")
-    qmask = _mask(query_mask, n, "query_mask")
-    gmask = _mask(gallery_mask, n, "gallery_mask")
-    exclude_groups = cfg.exclude_same_group
-    if exclude_groups and groups is None:
-        raise DataError("exclude_same_group is set but no group of each item was given")
-    g_codes = _codes(np.asarray(groups).reshape(-1))[1] if exclude_groups else None
-    if g_codes is not None and len(g_codes) != n:
-        raise DataError(f"groups has {len(g_codes)} entries for {n} embeddings")
+    """Retrieval metrics of queries against a gallery, which may come from different encoders.
 
-    q_rows = np.flatnonzero(qmask)
-    g_rows = np.flatnonzero(gmask)
-    n_gallery = len(g_rows)
+    Image -> image (the same embeddings on both sides, see ``run_split``) and text -> image (class-name
+    prompts as queries, images as gallery) both go through here, so every number is computed the same way.
+
+    Args:
+        query_emb: Q x D query embeddings (rows that are not unit-norm are normalised).
+        gallery_emb: G x D gallery embeddings (a ``np.memmap`` is searched without a full copy when it is
+            already unit-norm float32).
+        query_labels: Q x L int labels, column 0 the finest level; a 1-D array is one level. The same code
+            means the same class on both sides.
+        gallery_labels: G x L int labels.
+        query_ids: Q ids; a query never retrieves the gallery item with its own id. Default: no query
+            shares an id with the gallery.
+        gallery_ids: G unique ids (default ``arange(G)``).
+        query_groups: Q group keys; with ``cfg.exclude_same_group`` a query's group-mates are removed from
+            its gallery and from its relevant set.
+        gallery_groups: G group keys.
+        query_domains: Q domain names for the ``per_domain`` breakdown (fine level).
+        level_names: Names of the label columns in the block (``fine``, ``coarse``).
+        class_names: Fine label -> name for ``per_class`` (a mapping or a sequence indexed by label).
+        cfg: Cut-offs, index, bootstrap and exclusion settings.
+        seed: Seed of the bootstrap and of approximate index training.
+        progress: ``progress(done, total)`` after each chunk of queries.
+
+    Returns:
+        The split block (counts, metrics per level, ``ci95``, ``right_coarse_wrong_fine@1``, ``per_class``,
+        ``per_domain``, ``index``, ``r_cap``) with the per-query values behind it.
+
+    Raises:
+        DataError: Inconsistent shapes, duplicate gallery ids, an empty gallery, or group exclusion without
+            groups.
+    """
+    cfg = cfg or EvalConfig()
+    if query_emb.ndim != 2 or gallery_emb.ndim != 2:
+        raise DataError(
+            f"embeddings must be N x D, got query {tuple(query_emb.shape)} and gallery {tuple(gallery_emb.shape)}"
+        )
+    if query_emb.shape[1] != gallery_emb.shape[1]:
+        raise DataError(f"query embeddings have {query_emb.shape[1]} dimensions but the gallery has "
+                        f"{gallery_emb.shape[1]}")
+    nq_all, n_gallery = len(query_emb), len(gallery_emb)
     if n_gallery == 0:
         raise DataError("the gallery is empty")
+    q_lab = _as_label_matrix(query_labels, nq_all, "query_labels")
+    g_lab = _as_label_matrix(gallery_labels, n_gallery, "gallery_labels")
+    if q_lab.shape[1] != g_lab.shape[1]:
+        raise DataError(f"query labels have {q_lab.shape[1]} levels but gallery labels {g_lab.shape[1]}")
+    n_levels = q_lab.shape[1]
+    names = [level_names[i] if i < len(level_names) else f"level{i}" for i in range(n_levels)]
+
+    # ids: one integer code space for both sides, so a query is excluded from its own gallery entry
+    g_raw = np.arange(n_gallery, dtype=np.int64) if gallery_ids is None else np.asarray(gallery_ids).reshape(-1)
+    if query_ids is None:
+        q_raw = np.arange(n_gallery, n_gallery + nq_all, dtype=np.int64) if gallery_ids is None else None
+    else:
+        q_raw = np.asarray(query_ids).reshape(-1)
+    if len(g_raw) != n_gallery:
+        raise DataError(f"gallery_ids has {len(g_raw)} entries for {n_gallery} embeddings")
+    if q_raw is not None and len(q_raw) != nq_all:
+        raise DataError(f"query_ids has {len(q_raw)} entries for {nq_all} embeddings")
+    if q_raw is None:  # gallery ids given, query ids not: codes past every gallery code never collide
+        _, g_ids = _codes(g_raw)
+        q_ids_all = np.arange(n_gallery, n_gallery + nq_all, dtype=np.int64)
+    else:
+        both = np.concatenate([g_raw.astype(str), q_raw.astype(str)]) if g_raw.dtype != q_raw.dtype else \
+            np.concatenate([g_raw, q_raw])
+        _, codes = _codes(both)
+        g_ids, q_ids_all = codes[:n_gallery], codes[n_gallery:]
+        if len(np.unique(q_ids_all)) != nq_all:
+            raise DataError("query ids must be unique (self-match exclusion works by id)")
+    if len(np.unique(g_ids)) != n_gallery:
+        raise DataError("item ids must be unique (self-match exclusion works by id)")
+
+    exclude_groups = cfg.exclude_same_group
+    if exclude_groups and (query_groups is None or gallery_groups is None):
+        raise DataError("exclude_same_group is set but no group of each item was given")
+    gg_codes = qg_codes = None
+    if exclude_groups:
+        qg, gg = np.asarray(query_groups).reshape(-1), np.asarray(gallery_groups).reshape(-1)
+        if len(gg) != n_gallery or len(qg) != nq_all:
+            raise DataError(f"groups have {len(qg)}/{len(gg)} entries for {nq_all}/{n_gallery} embeddings")
+        _, gcodes = _codes(np.concatenate([gg.astype(str), qg.astype(str)]))
+        gg_codes, qg_codes = gcodes[:n_gallery], gcodes[n_gallery:]
 
     # --- R per query and level: relevant gallery items minus the query itself and excluded group-mates
-    level_codes = [_codes(labels[:, lv])[1] for lv in range(n_levels)]
-    n_classes = [int(c.max()) + 1 for c in level_codes]
-    in_gallery = gmask[q_rows].astype(np.int64)
+    level_q, level_g, n_classes = [], [], []
+    for lv in range(n_levels):
+        _, codes = _codes(np.concatenate([g_lab[:, lv], q_lab[:, lv]]))
+        level_g.append(codes[:n_gallery])
+        level_q.append(codes[n_gallery:])
+        n_classes.append(int(codes.max()) + 1 if len(codes) else 0)
+    in_gallery = _count_lookup(g_ids, q_ids_all)  # 1 when the query is itself a gallery item
     relevant = []
-    for codes, nc in zip(level_codes, n_classes, strict=True):
-        per_class = np.bincount(codes[g_rows], minlength=nc)[codes[q_rows]]
-        if g_codes is not None:
-            pair = g_codes * nc + codes  # (group, label) key; includes the query itself when in the gallery
-            per_class = per_class - _count_lookup(pair[g_rows], pair[q_rows])
+    for lg, lq, nc in zip(level_g, level_q, n_classes, strict=True):
+        per_class = _count_lookup(lg, lq)
+        if gg_codes is not None:
+            # (group, label) keys; they include the query itself when it is in the gallery
+            per_class = per_class - _count_lookup(gg_codes * nc + lg, qg_codes * nc + lq)
         else:
             per_class = per_class - in_gallery
         relevant.append(per_class)
     # gallery slots each query must discard: itself, plus its whole group when excluding groups
-    n_excl = _count_lookup(g_codes[g_rows], g_codes[q_rows]) if g_codes is not None else in_gallery
+    n_excl = _count_lookup(gg_codes, qg_codes) if gg_codes is not None else in_gallery
 
     active = relevant[0] > 0
     n_skipped = int((~active).sum())
-    q_rows, n_excl = q_rows[active], n_excl[active]
+    q_rows = np.flatnonzero(active)
+    n_excl = n_excl[active]
     relevant = [r[active] for r in relevant]
     nq = len(q_rows)
 
@@ -200,19 +257,17 @@ def run_split(
             stacklevel=2,
         )
 
-    # --- search structures; the gallery is the caller's array itself when it is unit-norm and complete
-    emb = as_unit_float32(embeddings)
-    gallery = emb if n_gallery == n else emb[g_rows]
-    gallery_ids = ids[g_rows]
+    # --- search structures; the gallery is the caller's array itself when it is unit-norm float32
+    gallery = as_unit_float32(gallery_emb)
+    queries = gallery if query_emb is gallery_emb else as_unit_float32(query_emb)
     if cfg.index.type == "flat":
-        searcher = exact_searcher(gallery, ids=gallery_ids, device=cfg.index.device)
+        searcher = exact_searcher(gallery, ids=g_ids, device=cfg.index.device)
     else:
-        searcher = build_index(gallery, cfg.index, ids=gallery_ids, seed=seed)
-    neighbours = _Neighbours(searcher, gallery_ids, g_codes[g_rows] if g_codes is not None else None)
-    gallery_level = [c[g_rows] for c in level_codes]
-    query_level = [c[q_rows] for c in level_codes]
-    q_ids = ids[q_rows]
-    q_groups = g_codes[q_rows] if g_codes is not None else None
+        searcher = build_index(gallery, cfg.index, ids=g_ids, seed=seed)
+    neighbours = _Neighbours(searcher, g_ids, gg_codes)
+    query_level = [c[q_rows] for c in level_q]
+    q_ids = q_ids_all[q_rows]
+    q_groups = qg_codes[q_rows] if qg_codes is not None else None
 
     k_check = min(kmax_req, k)
     check_pos = np.empty(0, dtype=np.int64)
@@ -230,7 +285,7 @@ def run_split(
     for a in range(0, nq, bs):
         b = min(a + bs, nq)
         # a contiguous run of rows is read as a slice, which keeps memmap reads sequential
-        x = emb[q_rows[a] : q_rows[b - 1] + 1] if contiguous else emb[q_rows[a:b]]
+        x = queries[q_rows[a] : q_rows[b - 1] + 1] if contiguous else queries[q_rows[a:b]]
         x = np.ascontiguousarray(x, dtype=np.float32)
         groups_ab = q_groups[a:b] if q_groups is not None else None
         rows = neighbours(x, k, int(n_excl[a:b].max()), q_ids[a:b], groups_ab)
@@ -238,7 +293,7 @@ def run_split(
         safe = np.maximum(rows, 0)
         top_hits = []
         for lv, name in enumerate(names):
-            hits = (gallery_level[lv][safe] == query_level[lv][a:b, None]) & valid
+            hits = (level_g[lv][safe] == query_level[lv][a:b, None]) & valid
             top_hits.append(hits[:, 0])
             for key, vals in metrics_from_hits(hits, relevant[lv][a:b], ks).items():
                 if key not in per_query[name]:
@@ -254,15 +309,11 @@ def run_split(
 
     index_info: dict[str, Any] = {**searcher.info(), "k": int(k)}
     if len(check_pos):
-        exact = _Neighbours(
-            exact_searcher(gallery, ids=gallery_ids, device=cfg.index.device),
-            gallery_ids,
-            neighbours.gallery_groups,
-        )
+        exact = _Neighbours(exact_searcher(gallery, ids=g_ids, device=cfg.index.device), g_ids, gg_codes)
         exact_top = np.full_like(approx_top, -1)
         for a in range(0, len(check_pos), bs):
             pos = check_pos[a : a + bs]
-            x = np.ascontiguousarray(emb[q_rows[pos]], dtype=np.float32)
+            x = np.ascontiguousarray(queries[q_rows[pos]], dtype=np.float32)
             gr = q_groups[pos] if q_groups is not None else None
             exact_top[a : a + len(pos)] = exact(x, k_check, int(n_excl[pos].max()), q_ids[pos], gr)
         index_info[f"recall_vs_exact@{k_check}"] = _overlap(approx_top, exact_top)
@@ -278,16 +329,114 @@ def run_split(
         nq=nq,
         n_gallery=n_gallery,
         n_skipped=n_skipped,
-        fine_labels=labels[q_rows, 0],
+        fine_labels=q_lab[q_rows, 0],
         class_names=class_names,
-        domains=None if domains is None else np.asarray(domains).reshape(-1)[q_rows],
+        domains=None if query_domains is None else np.asarray(query_domains).reshape(-1)[q_rows],
     )
     block["index"] = index_info
     block["r_cap"] = {"max_r": cfg.max_r, "k": int(k), "n_capped": capped}
     pq = dict(per_query)
     if n_levels > 1:
         pq["_"] = {RCWF: rcwf}
-    return SplitResult(block, item_ids[q_rows], pq)
+    out_ids = (np.arange(n_gallery, n_gallery + nq_all) if q_raw is None else q_raw)[q_rows]
+    return SplitResult(block, out_ids, pq)
+
+
+def _as_label_matrix(labels: np.ndarray, n: int, name: str) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim == 1:
+        labels = labels[:, None]
+    if labels.ndim != 2 or len(labels) != n:
+        raise DataError(f"{name} must have {n} rows (one per embedding), got shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{name} must be integers (encode class names first), got {labels.dtype}")
+    return labels
+
+
+def run_split(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    *,
+    ids: np.ndarray | None = None,
+    groups: np.ndarray | None = None,
+    domains: np.ndarray | None = None,
+    level_names: Sequence[str] = ("fine", "coarse"),
+    class_names: Mapping[Any, str] | Sequence[str] | None = None,
+    query_mask: np.ndarray | None = None,
+    gallery_mask: np.ndarray | None = None,
+    cfg: EvalConfig | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> SplitResult:
+    """Evaluate one split of a single embedding table: queries and gallery are rows of ``embeddings``.
+
+    A thin wrapper over ``evaluate_retrieval`` (leave-one-out by default: every item is a query against all
+    the others).
+
+    Args:
+        embeddings: N x D float32 embeddings (a ``np.memmap`` is read chunk by chunk). Rows that are not
+            unit-norm are normalised (into a float32 copy).
+        labels: N x L int labels, column 0 the finest level; a 1-D array is one level.
+        ids: N unique item ids, integers or strings (default ``arange(N)``). A query never retrieves the
+            gallery item with its own id; a duplicate row with another id is a legitimate neighbour.
+        groups: N group keys (e.g. the source video or product); with ``cfg.exclude_same_group`` a query's
+            group-mates are removed from its gallery and from its relevant set.
+        domains: N domain names for the ``per_domain`` breakdown (fine level).
+        level_names: Names of the label columns in the block (``fine``, ``coarse``).
+        class_names: Fine label -> name for ``per_class`` (a mapping or a sequence indexed by label).
+        query_mask: Which items are queries (default all).
+        gallery_mask: Which items form the gallery (default all: leave-one-out).
+        cfg: Cut-offs, index, bootstrap and exclusion settings.
+        seed: Seed of the bootstrap and of approximate index training.
+        progress: ``progress(done, total)`` after each chunk of queries.
+
+    Returns:
+        A ``SplitResult`` whose ``block`` is the metrics.json split block (see ``evaluate_retrieval``).
+
+    Raises:
+        DataError: Inconsistent shapes, duplicate ids, an empty gallery, or group exclusion without groups.
+    """
+    cfg = cfg or EvalConfig()
+    if embeddings.ndim != 2:
+        raise DataError(f"embeddings must be N x D, got shape {tuple(embeddings.shape)}")
+    n = len(embeddings)
+    labels = _as_label_matrix(labels, n, "labels")
+    item_ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids).reshape(-1)
+    if len(item_ids) != n:
+        raise DataError(f"ids has {len(item_ids)} entries for {n} embeddings")
+    if len(np.unique(item_ids)) != n:
+        raise DataError("item ids must be unique (self-match exclusion works by id)")
+    if cfg.exclude_same_group and groups is None:
+        raise DataError("exclude_same_group is set but no group of each item was given")
+    qmask = _mask(query_mask, n, "query_mask")
+    gmask = _mask(gallery_mask, n, "gallery_mask")
+    grp = None if groups is None else np.asarray(groups).reshape(-1)
+    if grp is not None and len(grp) != n:
+        raise DataError(f"groups has {len(grp)} entries for {n} embeddings")
+    dom = None if domains is None else np.asarray(domains).reshape(-1)
+
+    def part(x: np.ndarray | None, mask: np.ndarray) -> np.ndarray | None:
+        # a full mask passes the caller's array itself: no copy of a large (memory-mapped) table
+        return x if x is None or mask.all() else x[mask]
+
+    if not gmask.any():
+        raise DataError("the gallery is empty")
+    return evaluate_retrieval(
+        part(embeddings, qmask),
+        part(embeddings, gmask),
+        part(labels, qmask),
+        part(labels, gmask),
+        query_ids=part(item_ids, qmask),
+        gallery_ids=part(item_ids, gmask),
+        query_groups=part(grp, qmask),
+        gallery_groups=part(grp, gmask),
+        query_domains=part(dom, qmask),
+        level_names=level_names,
+        class_names=class_names,
+        cfg=cfg,
+        seed=seed,
+        progress=progress,
+    )
 
 
 def _overlap(approx: np.ndarray, exact: np.ndarray) -> float:
@@ -367,63 +516,6 @@ def _class_name(class_names: Mapping[Any, str] | Sequence[str] | None, label: An
         return str(label)
 
 
-def evaluate_split(
-    embeddings: np.ndarray,
-    labels: np.ndarray,
-    *,
-    ids: np.ndarray | None = None,
-    groups: np.ndarray | None = None,
-    domains: np.ndarray | None = None,
-    level_names: Sequence[str] = ("fine", "coarse"),
-    class_names: Mapping[Any, str] | Sequence[str] | None = None,
-    query_mask: np.ndarray | None = None,
-    gallery_mask: np.ndarray | None = None,
-    cfg: EvalConfig | None = None,
-    seed: int = 0,
-    progress: Progress | None = None,
-) -> dict[str, Any]:
-    """Retrieval metrics of one split, as the metrics.json split block.
-
-    Args:
-        embeddings: N x D float32 embeddings (a ``np.memmap`` is read chunk by chunk). Rows that are not
-            unit-norm are normalised (into a float32 copy).
-        labels: N x L int labels, column 0 the finest level; a 1-D array is one level.
-        ids: N unique item ids, integers or strings (default ``arange(N)``). A query never retrieves the
-            gallery item with its own id; a duplicate row with another id is a legitimate neighbour.
-        groups: N group keys (e.g. the source video or product); with ``cfg.exclude_same_group`` a query's
-            group-mates are removed from its gallery and from its relevant set.
-        domains: N domain names for the ``per_domain`` breakdown (fine level).
-        level_names: Names of the label columns in the block (``fine``, ``coarse``).
-        class_names: Fine label -> name for ``per_class`` (a mapping or a sequence indexed by label).
-        query_mask: Which items are queries (default all).
-        gallery_mask: Which items form the gallery (default all: leave-one-out).
-        cfg: Cut-offs, index, bootstrap and exclusion settings.
-        seed: Seed of the bootstrap and of approximate index training.
-        progress: ``progress(done, total)`` after each chunk of queries.
-
-    Returns:
-        The split block: counts, metrics per level, ``ci95``, ``right_coarse_wrong_fine@1`` (with
-        ``_ci95``), ``per_class``, ``per_domain`` (when domains are given), ``index`` and ``r_cap``.
-
-    Raises:
-        DataError: Inconsistent shapes, duplicate ids, an empty gallery, or group exclusion without groups.
-    """
-    return run_split(
-        embeddings,
-        labels,
-        ids=ids,
-        groups=groups,
-        domains=domains,
-        level_names=level_names,
-        class_names=class_names,
-        query_mask=query_mask,
-        gallery_mask=gallery_mask,
-        cfg=cfg,
-        seed=seed,
-        progress=progress,
-    ).block
-
-
 def compare_per_query(
     a: SplitResult,
     b: SplitResult,
@@ -458,7 +550,7 @@ def compare_per_query(
 
 
 def encode_labels(table: Mapping[str, Sequence[Any]], columns: Sequence[str]) -> tuple[np.ndarray, list]:
-    """Integer-code label columns (class names -> codes) for ``evaluate_split``.
+    """Integer-code label columns (class names -> codes) for ``run_split``.
 
     Returns:
         ``(labels, names)``: N x L int64 codes and, per column, the class name of each code.
@@ -518,7 +610,7 @@ def evaluate_embeddings(
     result = {}
     for split, mask in masks.items():
         cb = (lambda d, t, s=split: progress(s, d, t)) if progress is not None else None
-        result[split] = evaluate_split(
+        result[split] = run_split(
             embeddings,
             labels,
             ids=ids,
@@ -531,5 +623,5 @@ def evaluate_embeddings(
             cfg=cfg,
             seed=seed,
             progress=cb,
-        )
+        ).block
     return result

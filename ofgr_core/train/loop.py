@@ -303,13 +303,13 @@ def validate(
     channels_last: bool,
 ) -> dict[str, float]:
     """Leave-one-out Recall@1 (fine) on the validation classes, through the same engine as final metrics."""
-    from ofgr_core.evaluate import evaluate_split
+    from ofgr_core.evaluate import run_split
 
     emb = embed_paths(
         model, paths, transform, device, batch_size=cfg.train.eval_batch_size,
         num_workers=cfg.data.num_workers, amp=amp, channels_last=channels_last,
     )
-    block = evaluate_split(
+    block = run_split(
         emb, labels, cfg=EvalConfig(ks=[1], bootstrap=0, index=IndexConfig(type="flat", device="cpu")),
-    )
+    ).block
     return {"recall@1": float(block["fine"]["recall@1"]), "map@r": float(block["fine"]["map@r"])}

@@ -1,17 +1,22 @@
-"""evaluate_split against a naive all-pairs reference, pytorch-metric-learning, and docs/metrics.md."""
+"""run_split / evaluate_retrieval against a naive all-pairs reference, pytorch-metric-learning, and docs/metrics.md."""
 
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 import pytest
 
 from ofgr_core.config import EvalConfig, IndexConfig
 from ofgr_core.errors import DataError
-from ofgr_core.evaluate import compare_per_query, evaluate_embeddings, evaluate_split, run_split
+from ofgr_core.evaluate import compare_per_query, evaluate_embeddings, evaluate_retrieval, run_split
 
 KS = [1, 2, 4, 8]
+
+
+def split_block(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    return run_split(*args, **kwargs).block
 
 
 def clustered(n: int, d: int, n_fine: int, *, seed: int = 0, noise: float = 0.6, per_coarse: int = 4):
@@ -96,7 +101,7 @@ def with_ties_and_singletons(seed: int):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_matches_naive_reference_with_ties_and_singletons(seed: int) -> None:
     x, labels = with_ties_and_singletons(seed)
-    got = evaluate_split(x, labels, cfg=EvalConfig(ks=KS, bootstrap=0))
+    got = split_block(x, labels, cfg=EvalConfig(ks=KS, bootstrap=0))
     ref = naive_block(x, labels)
     assert ref["n_skipped_queries"] == 2
     assert_block_matches(got, ref)
@@ -104,7 +109,7 @@ def test_matches_naive_reference_with_ties_and_singletons(seed: int) -> None:
 
 def test_matches_naive_reference_with_r_cap() -> None:
     x, labels = clustered(200, 8, 4, seed=3, noise=1.5)  # big classes: R up to ~60 fine, ~200 coarse
-    got = evaluate_split(x, labels, cfg=EvalConfig(ks=KS, bootstrap=0, max_r=16))
+    got = split_block(x, labels, cfg=EvalConfig(ks=KS, bootstrap=0, max_r=16))
     assert got["r_cap"]["n_capped"]["fine"] > 0 and got["r_cap"]["k"] == 16
     assert_block_matches(got, naive_block(x, labels, max_r=16))
 
@@ -116,7 +121,7 @@ def test_query_and_gallery_masks_and_small_chunks() -> None:
     gmask = ~qmask | (rng.random(240) < 0.3)  # some queries are also in the gallery
     ids = rng.permutation(10**6)[:240]  # arbitrary ids: exclusion must use them, not rows
     cfg = EvalConfig(ks=KS, bootstrap=0, batch_size=7)
-    got = evaluate_split(x, labels, ids=ids, query_mask=qmask, gallery_mask=gmask, cfg=cfg)
+    got = split_block(x, labels, ids=ids, query_mask=qmask, gallery_mask=gmask, cfg=cfg)
     assert_block_matches(got, naive_block(x, labels, ids=ids, qmask=qmask, gmask=gmask))
 
 
@@ -124,12 +129,12 @@ def test_group_exclusion() -> None:
     x, labels = clustered(200, 16, 10, seed=5)
     groups = np.random.default_rng(1).integers(0, 40, size=200)
     cfg = EvalConfig(ks=KS, bootstrap=0, exclude_same_group=True)
-    got = evaluate_split(x, labels, groups=groups, cfg=cfg)
+    got = split_block(x, labels, groups=groups, cfg=cfg)
     assert_block_matches(got, naive_block(x, labels, groups=groups))
-    plain = evaluate_split(x, labels, cfg=EvalConfig(ks=KS, bootstrap=0))
+    plain = split_block(x, labels, cfg=EvalConfig(ks=KS, bootstrap=0))
     assert got["fine"]["map@r"] != plain["fine"]["map@r"]
     with pytest.raises(DataError, match="group"):
-        evaluate_split(x, labels, cfg=cfg)
+        split_block(x, labels, cfg=cfg)
 
 
 def test_group_exclusion_removes_near_duplicates() -> None:
@@ -155,10 +160,10 @@ def test_self_exclusion_is_by_id_not_by_position() -> None:
     assert res.block["n_queries"] == 4
     # a query whose only same-class item is far must not be rescued by a self-match
     x2 = np.array([[1, 0], [0.9, 0.1], [0, 1]], dtype=np.float32)
-    b = evaluate_split(x2, np.array([0, 1, 0]), cfg=EvalConfig(ks=[1], bootstrap=0))
+    b = split_block(x2, np.array([0, 1, 0]), cfg=EvalConfig(ks=[1], bootstrap=0))
     assert b["fine"]["recall@1"] == pytest.approx(0.0)
     with pytest.raises(DataError, match="unique"):
-        evaluate_split(x, labels, ids=np.array([1, 1, 2, 3]))
+        split_block(x, labels, ids=np.array([1, 1, 2, 3]))
 
 
 def test_worked_example_from_docs() -> None:
@@ -206,7 +211,7 @@ def test_matches_pytorch_metric_learning() -> None:
     labels[:3, 0] = [500, 501, 502]  # singletons: PML drops them as "lone" queries, ofgr skips them
     for lv in range(2):
         # one level at a time: with both levels ofgr skips fine-lone queries at the coarse level too
-        got = evaluate_split(x, labels[:, lv], cfg=EvalConfig(ks=[1], bootstrap=0))["fine"]
+        got = split_block(x, labels[:, lv], cfg=EvalConfig(ks=[1], bootstrap=0))["fine"]
         ref = pml_accuracy(x, labels[:, lv].copy())
         assert got["recall@1"] == pytest.approx(ref["precision_at_1"], abs=1e-9)
         assert got["r_precision"] == pytest.approx(ref["r_precision"], abs=1e-9)
@@ -215,19 +220,19 @@ def test_matches_pytorch_metric_learning() -> None:
 
 def test_memmap_and_unnormalised_inputs(tmp_path) -> None:
     x, labels = clustered(300, 16, 15, seed=8)
-    ref = evaluate_split(x, labels, cfg=EvalConfig(bootstrap=50))
+    ref = split_block(x, labels, cfg=EvalConfig(bootstrap=50))
     path = tmp_path / "emb.npy"
     np.save(path, x)
     mm = np.load(path, mmap_mode="r")
-    assert evaluate_split(mm, labels, cfg=EvalConfig(bootstrap=50)) == ref
-    scaled = evaluate_split(x * 3.0, labels, cfg=EvalConfig(bootstrap=50))
+    assert split_block(mm, labels, cfg=EvalConfig(bootstrap=50)) == ref
+    scaled = split_block(x * 3.0, labels, cfg=EvalConfig(bootstrap=50))
     assert scaled["fine"] == pytest.approx(ref["fine"])
 
 
 def test_k_larger_than_gallery_warns_and_clips() -> None:
     x, labels = clustered(12, 4, 2, seed=9)
     with pytest.warns(UserWarning, match="exceeds"):
-        b = evaluate_split(x, labels, cfg=EvalConfig(ks=[1, 50], bootstrap=0))
+        b = split_block(x, labels, cfg=EvalConfig(ks=[1, 50], bootstrap=0))
     assert b["fine"]["recall@50"] == 1.0  # all 11 other items are retrieved
 
 
@@ -235,7 +240,7 @@ def test_progress_ci_and_breakdowns() -> None:
     x, labels = clustered(500, 16, 10, seed=10)
     domains = np.where(np.arange(500) % 2 == 0, "studio", "street")
     calls: list[tuple[int, int]] = []
-    b = evaluate_split(
+    b = split_block(
         x, labels, domains=domains, cfg=EvalConfig(batch_size=100, bootstrap=200),
         progress=lambda d, t: calls.append((d, t)),
     )
@@ -254,10 +259,10 @@ def test_progress_ci_and_breakdowns() -> None:
 def test_approximate_index_reports_recall_vs_exact() -> None:
     x, labels = clustered(2000, 32, 40, seed=11)
     cfg = EvalConfig(ks=[1, 10], bootstrap=0, index=IndexConfig(type="hnsw", ef_search=64))
-    b = evaluate_split(x, labels, cfg=cfg)
+    b = split_block(x, labels, cfg=cfg)
     assert b["index"]["type"] == "hnsw" and b["index"]["device"] == "cpu"
     assert b["index"]["recall_vs_exact@10"] > 0.95
-    exact = evaluate_split(x, labels, cfg=EvalConfig(ks=[1, 10], bootstrap=0))
+    exact = split_block(x, labels, cfg=EvalConfig(ks=[1, 10], bootstrap=0))
     assert abs(b["fine"]["recall@1"] - exact["fine"]["recall@1"]) < 0.02
 
 
@@ -272,7 +277,7 @@ def test_evaluate_embeddings_splits_and_strings() -> None:
     res = evaluate_embeddings(x, table, EvalConfig(bootstrap=0))
     assert list(res) == ["unseen", "seen"]
     unseen = labels[:, 0] >= 6
-    alone = evaluate_split(x[unseen], labels[unseen], cfg=EvalConfig(bootstrap=0))
+    alone = split_block(x[unseen], labels[unseen], cfg=EvalConfig(bootstrap=0))
     assert res["unseen"]["fine"] == pytest.approx(alone["fine"])
     assert all(name.startswith("class_") for name in res["unseen"]["per_class"])
     assert list(evaluate_embeddings(x, {"fine": labels[:, 0]}, EvalConfig(bootstrap=0))) == ["all"]
@@ -297,4 +302,56 @@ def test_no_warning_in_normal_use() -> None:
     x, labels = clustered(100, 8, 5, seed=14)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        evaluate_split(x, labels, cfg=EvalConfig(bootstrap=10))
+        split_block(x, labels, cfg=EvalConfig(bootstrap=10))
+
+
+def naive_cross(q, g, q_labels, g_labels, ks):
+    """Queries from one encoder, gallery from another, no shared ids: Recall@K and MAP@R by explicit sort."""
+    sims = q.astype(np.float64) @ g.astype(np.float64).T
+    out = {f"recall@{k}": [] for k in ks} | {"map@r": []}
+    for i in range(len(q)):
+        order = np.argsort(-sims[i], kind="stable")
+        rel = (g_labels[order] == q_labels[i]).astype(int)
+        big_r = int(rel.sum())
+        if big_r == 0:
+            continue
+        for k in ks:
+            out[f"recall@{k}"].append(float(rel[:k].any()))
+        precs = np.cumsum(rel[:big_r]) / np.arange(1, big_r + 1)
+        out["map@r"].append(float((precs * rel[:big_r]).sum() / big_r))
+    return {k: float(np.mean(v)) for k, v in out.items()}
+
+
+def test_evaluate_retrieval_across_encoders_matches_naive_reference() -> None:
+    # a "text" side: one query per class (its centre), in another width-compatible space; images as gallery
+    x, labels = clustered(300, 16, 10, seed=7, noise=0.9)
+    rng = np.random.default_rng(1)
+    centres = np.stack([x[labels[:, 0] == c].mean(0) for c in range(10)]) + 0.2 * rng.normal(size=(10, 16))
+    q_labels = np.stack([np.arange(10), np.arange(10) // 4], axis=1)
+    res = evaluate_retrieval(
+        centres.astype(np.float32), x, q_labels, labels, query_ids=np.array([f"text:{c}" for c in range(10)]),
+        gallery_ids=np.array([f"img{i}" for i in range(300)]), cfg=EvalConfig(ks=KS, bootstrap=0),
+    )
+    unit = centres / np.linalg.norm(centres, axis=1, keepdims=True)
+    ref = naive_cross(unit, x, q_labels[:, 0], labels[:, 0], KS)
+    assert res.block["n_queries"] == 10 and res.block["n_gallery"] == 300
+    for key, value in ref.items():
+        assert res.block["fine"][key] == pytest.approx(value, abs=1e-9), key
+    assert list(res.query_ids) == [f"text:{c}" for c in range(10)]
+
+
+def test_run_split_equals_evaluate_retrieval_on_the_same_rows() -> None:
+    x, labels = clustered(200, 16, 8, seed=2)
+    rng = np.random.default_rng(3)
+    qmask = rng.random(200) < 0.5
+    ids = np.array([f"i{j}" for j in range(200)])
+    cfg = EvalConfig(ks=KS, bootstrap=20)
+    a = run_split(x, labels, ids=ids, query_mask=qmask, cfg=cfg)
+    b = evaluate_retrieval(x[qmask], x, labels[qmask], labels, query_ids=ids[qmask], gallery_ids=ids, cfg=cfg)
+    assert a.block == b.block
+    assert list(a.query_ids) == list(b.query_ids)
+
+
+def test_evaluate_retrieval_rejects_mismatched_widths() -> None:
+    with pytest.raises(DataError, match="dimensions"):
+        evaluate_retrieval(np.ones((2, 4), np.float32), np.ones((3, 8), np.float32), np.zeros(2, int), np.zeros(3, int))
