@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ofgr_core.config import LossConfig, ModelConfig, SamplerConfig
+from ofgr_core.config import LossConfig, SamplerConfig, TimmModelConfig
 from ofgr_core.data.base import create_table
 from ofgr_core.data.loader import ImageDataset
 from ofgr_core.embed import autocast_for
@@ -37,7 +37,7 @@ from ofgr_core.train.loop import TrainModule
 def bench_backbone(name: str, args: argparse.Namespace, table, labels: np.ndarray) -> dict[str, float]:
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    model = create_model(ModelConfig(name=name, pretrained=False, embed_dim=512), image_size=args.size)
+    model = create_model(TimmModelConfig(name=name, pretrained=False, embed_dim=512), image_size=args.size)
     p, k = args.batch_pk
     scfg = SamplerConfig(coarse_per_batch=args.coarse, fine_per_coarse=p, k=k, batches_per_epoch=args.steps + 2)
     loss = create_loss(LossConfig(), num_classes=int(labels[:, 0].max()) + 1, embed_dim=model.embed_dim)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 
 from ofgr_core.errors import ConfigError
 
@@ -60,14 +60,92 @@ class SplitConfig(Section):
 
 
 # ---------------------------------------------------------------------------------------------- model
-class ModelConfig(Section):
-    kind: Literal["timm", "clip"] = "timm"
+class TimmModelConfig(Section):
+    """Any timm model, fine-tuned end to end (or frozen: ``freeze: all`` trains only the head, on cached
+    features)."""
+
+    kind: Literal["timm"] = "timm"
     name: str = "ofgr_tinycnn"  # the demo default; real-data configs name resnet50 / efficientnet_b0
     pretrained: bool | str = False  # false, true (hub weights), or a local .pth/.safetensors path
-    embed_dim: int = Field(128, gt=0)
+    head: Literal["neck", "none"] = "neck"  # neck: Linear -> BN -> L2; none: the pooled features themselves
+    embed_dim: int = Field(128, gt=0)  # the neck's width (head: none uses the backbone's feature width)
     freeze: Literal["none", "all", "partial"] = "none"
     trainable: list[str] = Field(default_factory=list)  # freeze=partial: parameter-name prefixes kept trainable
     key_map: dict[str, str] = Field(default_factory=dict)  # prefix remapping for foreign state dicts
+    # fine-tuning recipes for pretrained backbones (docs/recipes in the README)
+    backbone_lr_mult: float = Field(1.0, ge=0.0)  # backbone learning rate = train.lr x this
+    layer_decay: float | None = Field(None, gt=0.0, le=1.0)  # layer-wise lr decay from the top block down
+    probe_epochs: int = Field(0, ge=0)  # linear probe first: the backbone stays frozen for this many epochs
+    freeze_bn: bool = False  # keep the backbone's BatchNorm statistics fixed while it trains
+
+    @property
+    def tower_frozen(self) -> bool:
+        return self.freeze == "all"
+
+
+class TextConfig(Section):
+    """Class-name prompts for zero-shot text -> image retrieval (CLIP runs)."""
+
+    templates: list[str] = Field(default_factory=lambda: [
+        "a photo of a {fine}.",
+        "a photo of a {fine}, a type of {coarse}.",
+        "a {coarse}: {fine}.",
+    ])
+    coarse_templates: list[str] = Field(default_factory=lambda: ["a photo of a {coarse}.", "a {coarse}."])
+    space: Literal["auto", "raw", "head"] = "auto"  # which image space free-text queries search (see README)
+
+
+class ClipModelConfig(Section):
+    """A frozen OpenCLIP image tower + a light head trained on its cached features."""
+
+    kind: Literal["clip"] = "clip"
+    name: str = "ViT-B-32"  # any open_clip architecture (`ofgr models` lists them)
+    # an open_clip pretrained tag (openai, laion2b_s34b_b79k, ...), a local checkpoint file, a
+    # `local-dir:PATH` folder (open_clip_config.json + open_clip_model.safetensors), or null/false (random
+    # init: only useful in tests and for `ofgr clip pretrain`)
+    pretrained: str | None = "openai"
+    quick_gelu: bool | None = None  # null: what the weights need (OpenAI weights were trained with QuickGELU)
+    head: Literal["mlp", "none"] = "mlp"  # none: evaluate the frozen CLIP image embeddings themselves
+    embed_dim: int = Field(256, gt=0)  # the head's output width
+    head_depth: int = Field(2, ge=1)
+    head_width: int = Field(1024, gt=0)
+    head_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    head_residual: bool = False  # x + mlp(x), identity at initialisation (needs embed_dim = feature width)
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # feature extraction; auto = fp16 on CUDA
+    feature_cache: str | None = None  # default: $OFGR_CACHE or ~/.cache/ofgr/features
+    text: TextConfig = Field(default_factory=TextConfig)
+
+    @field_validator("pretrained", mode="before")
+    @classmethod
+    def _false_is_none(cls, v: Any) -> Any:
+        if v is False:
+            return None
+        if v is True:
+            raise ValueError("give a pretrained tag (e.g. openai), a checkpoint file or local-dir:PATH")
+        return v
+
+    @property
+    def tower_frozen(self) -> bool:
+        return True
+
+
+MODEL_KINDS = ("timm", "clip")
+
+
+def _model_kind(value: Any) -> str:
+    kind = value.get("kind", "timm") if isinstance(value, dict) else getattr(value, "kind", "timm")
+    return kind if kind in MODEL_KINDS else str(kind)
+
+
+ModelConfig = Annotated[
+    Annotated[TimmModelConfig, Tag("timm")] | Annotated[ClipModelConfig, Tag("clip")],
+    Discriminator(
+        _model_kind,
+        custom_error_type="model_kind",
+        custom_error_message=f"model.kind must be one of {', '.join(MODEL_KINDS)}",
+    ),
+]
+MODEL_CLASSES: dict[str, type[BaseModel]] = {"timm": TimmModelConfig, "clip": ClipModelConfig}
 
 
 # ----------------------------------------------------------------------------------------------- loss
@@ -155,7 +233,7 @@ class Config(Section):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     data: DataConfig = Field(default_factory=DataConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: ModelConfig = Field(default_factory=TimmModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -163,9 +241,12 @@ class Config(Section):
 
 
 # ------------------------------------------------------------------------------------- load / errors
-def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
+def _model_at(path: tuple[Any, ...], model_kind: str | None = None) -> type[BaseModel] | None:
     """The pydantic model that owns the key at ``path`` (to suggest valid keys)."""
     model: Any = Config
+    if path and path[0] == "model":
+        model = MODEL_CLASSES.get(model_kind or "timm", TimmModelConfig)
+        path = path[1:]
     for part in path[:-1]:
         if isinstance(part, int):
             continue
@@ -183,6 +264,10 @@ def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
+def _kind_of(value: Any) -> Any:
+    return value.get("kind") if isinstance(value, dict) else value
+
+
 def _dotted(path: tuple[Any, ...]) -> str:
     return ".".join(str(p) for p in path)
 
@@ -191,9 +276,14 @@ def _format_error(e: ValidationError, origin: str) -> str:
     msgs = []
     for item in e.errors():
         loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and ("[" in p or p in ("int", "str"))))
+        kind = None
+        if len(loc) > 1 and loc[0] == "model" and loc[1] in MODEL_KINDS:  # the union's tag, not a key
+            kind, loc = str(loc[1]), (loc[0], *loc[2:])
         where = _dotted(loc) or "<root>"
-        if item["type"] == "extra_forbidden":
-            model = _model_at(loc)
+        if item["type"] == "model_kind":
+            msgs.append(f"{where}.kind: must be one of {', '.join(MODEL_KINDS)}, got {_kind_of(item.get('input'))!r}")
+        elif item["type"] == "extra_forbidden":
+            model = _model_at(loc, kind)
             hint = ""
             if model is not None:
                 close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.5)
@@ -295,9 +385,14 @@ def load_config(
     if overrides:
         # validate the file alone first so its errors name the file, not the overrides
         try:
-            tree = Config.model_validate(tree).model_dump(mode="json")
+            validated = Config.model_validate(tree)
         except ValidationError as e:
             raise ConfigError(_format_error(e, origin)) from None
+        tree = validated.model_dump(mode="json")
+        # the model section keeps only what was written, so `--set model.kind=clip` does not carry the
+        # other family's defaults into a section where they are unknown keys
+        tree["model"] = {"kind": validated.model.kind,
+                         **validated.model.model_dump(mode="json", exclude_unset=True)}
         for text in overrides:
             parts, value = parse_override(text)
             _apply_override(tree, parts, value, text)

@@ -30,8 +30,9 @@ def iter_embed(
     num_workers: int = 0,
     amp: bool = False,
     channels_last: bool = False,
+    normalize: bool = True,
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(start_row, embeddings)`` chunks in order; embeddings are float32 and L2-normalised."""
+    """Yield ``(start_row, embeddings)`` chunks in order; float32, L2-normalised unless ``normalize=False``."""
     labels = np.zeros((len(paths), 1), dtype=np.int64)
     loader = torch.utils.data.DataLoader(
         ImageDataset(paths, labels, transform),
@@ -51,7 +52,8 @@ def iter_embed(
                 images = images.contiguous(memory_format=torch.channels_last)
             with autocast_for(device, amp):
                 emb = model(images)
-            emb = torch.nn.functional.normalize(emb.float(), dim=1).cpu().numpy()
+            emb = emb.float()
+            emb = (torch.nn.functional.normalize(emb, dim=1) if normalize else emb).cpu().numpy()
             yield start, emb
             start += len(emb)
     finally:

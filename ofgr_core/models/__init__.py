@@ -1,14 +1,19 @@
-"""Encoders: ``create_model(cfg.model, image_size)`` -> ``EmbeddingModel`` with ``embed_dim``."""
+"""Encoders: ``create_model_and_transforms(cfg.model, image_size)`` -> an ``Encoder`` + its preprocessing."""
 
 from ofgr_core.models.backbone import create_timm_backbone, load_backbone_checkpoint, read_state_dict
+from ofgr_core.models.base import Encoder, FeatureHead, MLPHead
 from ofgr_core.models.embedding import EmbeddingModel
-from ofgr_core.models.factory import MODELS, create_model, create_transforms
+from ofgr_core.models.factory import MODELS, create_model, create_model_and_transforms, create_transforms
 from ofgr_core.models.neck import EmbeddingNeck
 from ofgr_core.models.tiny_cnn import TinyCNN  # registers ofgr_tinycnn in timm
 
 __all__ = [
     "MODELS",
     "EmbeddingModel",
+    "Encoder",
+    "FeatureHead",
+    "MLPHead",
+    "create_model_and_transforms",
     "EmbeddingNeck",
     "TinyCNN",
     "create_model",

@@ -1,4 +1,4 @@
-"""The embedding model every encoder family produces: backbone -> neck -> L2-normalised embeddings."""
+"""The timm family's encoder: backbone (pooled features) -> neck -> L2-normalised embeddings."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ofgr_core.errors import ConfigError
+from ofgr_core.models.base import Encoder
 from ofgr_core.models.neck import EmbeddingNeck
 
 FREEZE_MODES = ("none", "all", "partial")
 
 
-class EmbeddingModel(nn.Module):
-    """A backbone returning pooled features followed by an ``EmbeddingNeck``.
+class EmbeddingModel(Encoder):
+    """A backbone returning pooled features followed by an ``EmbeddingNeck`` (or no head at all).
 
     Frozen parts stay frozen through ``train()``: a fully frozen backbone runs in eval mode (fixed
     BatchNorm statistics, no dropout), and with partial freezing every BatchNorm outside the trainable
@@ -33,6 +34,10 @@ class EmbeddingModel(nn.Module):
         trainable: backbone parameter-name prefixes kept trainable with ``freeze="partial"``, matched on
             whole name segments (``layer4`` matches ``layer4.0.conv1.weight`` but not ``layer40.x``); a
             leading ``backbone.`` is accepted. Ignored for other freeze modes.
+        head: ``neck`` (Linear -> BatchNorm1d -> L2) or ``none`` (the pooled features, L2-normalised:
+            the honest frozen baseline, ``embed_dim`` is then ``num_features``).
+        freeze_bn: keep every backbone BatchNorm in eval mode while training (fixed statistics).
+        arch: the timm model name, for the feature cache key.
 
     Attributes:
         embed_dim: embedding width.
@@ -47,25 +52,48 @@ class EmbeddingModel(nn.Module):
         data_config: dict[str, Any],
         freeze: str = "none",
         trainable: Sequence[str] = (),
+        head: str = "neck",
+        freeze_bn: bool = False,
+        arch: str = "",
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.neck = EmbeddingNeck(num_features, embed_dim)
-        self.num_features = num_features
-        self.embed_dim = embed_dim
+        if head not in ("neck", "none"):
+            raise ConfigError(f"model.head: {head!r} is not one of neck, none")
+        self.neck: nn.Module = EmbeddingNeck(num_features, embed_dim) if head == "neck" else nn.Identity()
+        self.num_features = self.feature_dim = num_features
+        self.embed_dim = embed_dim if head == "neck" else num_features
         self.data_config = dict(data_config)
         self.freeze = freeze
+        self.freeze_bn = freeze_bn
         self.trainable = tuple(trainable)
+        self.arch = arch or type(backbone).__name__
+        self._backbone_frozen_now = False
         self._apply_freeze()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Images ``(B, 3, H, W)`` -> L2-normalised embeddings ``(B, embed_dim)``."""
-        return self.neck(self.backbone(x))
+    family = "timm"
+    tower_module_name = "backbone"
+
+    @property
+    def head(self) -> nn.Module:  # type: ignore[override]
+        return self.neck
+
+    def tower_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(images)
+
+    def set_backbone_frozen(self, frozen: bool) -> None:
+        """Freeze or release the whole backbone for a while (linear probe before fine-tuning)."""
+        self._backbone_frozen_now = frozen
+        self.train(self.training)
 
     def train(self, mode: bool = True) -> EmbeddingModel:
         super().train(mode)
-        if mode and self.freeze == "all":
+        if mode and (self.freeze == "all" or self._backbone_frozen_now):
             self.backbone.eval()
+        elif mode and self.freeze_bn:
+            for module in self.backbone.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
         elif mode and self.freeze == "partial":
             for name, module in self.backbone.named_modules():
                 if isinstance(module, _BatchNorm) and not self._is_trainable(name):

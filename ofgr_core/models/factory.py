@@ -1,4 +1,8 @@
-"""``create_model`` / ``create_transforms``: one entry point for every encoder family, keyed by ``kind``."""
+"""``create_model_and_transforms``: one entry point for every encoder family, keyed by ``model.kind``.
+
+Each family registers a factory in ``MODELS`` from its own module (this one registers ``timm``;
+``ofgr_core.models.clip`` registers ``clip``); nothing else switches on the family's name.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,17 @@ from collections.abc import Callable
 import timm
 import timm.data
 
-from ofgr_core.config import ModelConfig
+from ofgr_core.config import ModelConfig, TimmModelConfig
 from ofgr_core.models.backbone import create_timm_backbone
+from ofgr_core.models.base import Encoder
 from ofgr_core.models.embedding import EmbeddingModel
 from ofgr_core.registry import Registry
 
-MODELS: Registry[EmbeddingModel] = Registry("model kind")
+MODELS: Registry[Encoder] = Registry("model kind")
 
 
-def create_model(cfg: ModelConfig, image_size: int | None = None) -> EmbeddingModel:
-    """Build the embedding model described by ``cfg`` (the factory registered under ``cfg.kind``).
+def create_model(cfg: ModelConfig, image_size: int | None = None) -> Encoder:
+    """Build the encoder described by ``cfg`` (the factory registered under ``cfg.kind``).
 
     Args:
         cfg: the ``model`` config section.
@@ -26,8 +31,20 @@ def create_model(cfg: ModelConfig, image_size: int | None = None) -> EmbeddingMo
     return MODELS.create(cfg.kind, cfg=cfg, image_size=image_size)
 
 
+def create_model_and_transforms(
+    cfg: ModelConfig, image_size: int | None = None, crop_scale: tuple[float, float] = (0.08, 1.0)
+) -> tuple[Encoder, Callable, Callable]:
+    """The encoder with its own train and eval preprocessing (open_clip's ``create_model_and_transforms``).
+
+    Returns:
+        ``(model, train_transform, eval_transform)``; the transforms map a PIL image to a normalised tensor.
+    """
+    model = create_model(cfg, image_size=image_size)
+    return model, create_transforms(model, train=True, crop_scale=crop_scale), create_transforms(model, train=False)
+
+
 @MODELS.register("timm")
-def create_timm_model(cfg: ModelConfig, image_size: int | None = None) -> EmbeddingModel:
+def create_timm_model(cfg: TimmModelConfig, image_size: int | None = None) -> EmbeddingModel:
     """Any timm model by name, with the pool -> Linear -> BatchNorm1d -> L2 neck.
 
     The global pool is the architecture's own (average pooling for CNNs, class/average token for
@@ -45,11 +62,14 @@ def create_timm_model(cfg: ModelConfig, image_size: int | None = None) -> Embedd
         data_config=data_config,
         freeze=cfg.freeze,
         trainable=cfg.trainable,
+        head=cfg.head,
+        freeze_bn=cfg.freeze_bn,
+        arch=cfg.name,
     )
 
 
 def create_transforms(
-    model: EmbeddingModel, train: bool, crop_scale: tuple[float, float] = (0.08, 1.0)
+    model: Encoder, train: bool, crop_scale: tuple[float, float] = (0.08, 1.0)
 ) -> Callable:
     """PIL image -> normalised tensor, from the model's data config.
 

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from ofgr_core.config import ModelConfig
+from ofgr_core.config import TimmModelConfig, load_config
 from ofgr_core.errors import ConfigError, DependencyError, NotFoundError
 from ofgr_core.models import EmbeddingModel, create_model, create_transforms
 
@@ -22,7 +22,7 @@ torch.set_num_threads(2)
 def _model(**kw) -> EmbeddingModel:
     kw.setdefault("name", "test_resnet")
     kw.setdefault("embed_dim", 16)
-    return create_model(ModelConfig(**kw), image_size=kw.pop("image_size", 64))
+    return create_model(TimmModelConfig(**kw), image_size=kw.pop("image_size", 64))
 
 
 def _images(n: int = 4, size: int = 64, seed: int = 0) -> torch.Tensor:
@@ -41,15 +41,15 @@ def test_forward_returns_unit_embeddings(name):
 
 
 def test_default_input_size_comes_from_the_model():
-    model = create_model(ModelConfig(name="test_resnet", embed_dim=8))
+    model = create_model(TimmModelConfig(name="test_resnet", embed_dim=8))
     assert model.data_config["input_size"] == (3, 160, 160)
 
 
 def test_unknown_names_and_kinds_are_config_errors():
     with pytest.raises(ConfigError, match="model.name: unknown timm model 'resnet5O', did you mean resnet50"):
-        create_model(ModelConfig(name="resnet5O"))
-    with pytest.raises(ConfigError, match="unknown model kind 'clip'"):
-        create_model(ModelConfig(kind="clip"))
+        create_model(TimmModelConfig(name="resnet5O"))
+    with pytest.raises(ConfigError, match="model.kind: must be one of timm, clip, got 'vit'"):
+        load_config(None, ["model.kind=vit"])
 
 
 # -------------------------------------------------------------------------------------- checkpoints
