@@ -40,6 +40,7 @@ class DataConfig(Section):
     crop_scale: tuple[float, float] = (0.35, 1.0)  # train random-resized-crop area range (timm/ImageNet: 0.08)
     cache: bool = True  # decoded-and-resized uint8 cache (memory-mapped)
     cache_dir: str | None = None  # default: <first source root>/.ofgr_cache
+    feature_cache: str | None = None  # frozen-tower features, shared across runs; default $OFGR_CACHE/features
     num_workers: int = 0
 
 
@@ -112,7 +113,6 @@ class ClipModelConfig(Section):
     head_dropout: float = Field(0.1, ge=0.0, lt=1.0)
     head_residual: bool = False  # x + mlp(x), identity at initialisation (needs embed_dim = feature width)
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # feature extraction; auto = fp16 on CUDA
-    feature_cache: str | None = None  # default: $OFGR_CACHE or ~/.cache/ofgr/features
     text: TextConfig = Field(default_factory=TextConfig)
 
     @field_validator("pretrained", mode="before")

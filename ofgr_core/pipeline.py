@@ -1,7 +1,10 @@
-"""The end-to-end run: data -> split -> train -> embed -> index -> evaluate -> report.
+"""The end-to-end run: data -> split -> [features] -> train (fit) -> embed -> evaluate -> report.
 
-``run_pipeline`` is what ``ofgr run`` / ``ofgr resume`` (and so the TUI) execute. It reports through an
-``emit(event)`` callback and writes nothing but the run folder; the front ends decide how events look.
+``run_pipeline`` is what ``ofgr run`` / ``ofgr resume`` (and so the TUI) execute. It composes small stage
+functions over a ``RunContext``; how the model trains comes from the model's capabilities
+(``ofgr_core.train.fit.create_fitter``: end-to-end fine-tuning, or a head on cached frozen-tower features).
+It reports through an ``emit(event)`` callback and writes nothing but the run folder; the front ends decide
+how events look.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -114,6 +118,87 @@ def count_flops_per_image(model: Any, image_size: int, device: Any) -> float | N
         return None
 
 
+@dataclass
+class RunContext:
+    """What the stages share: the config, the run folder, event sinks, timings and the distributed setup."""
+
+    cfg: Config
+    folder: runs.RunFolder
+    emit: Emit
+    timings: dict[str, float]
+    dist: Any
+    stop: Callable[[], bool]
+    resume: bool
+
+    @property
+    def main(self) -> bool:
+        return bool(self.dist.is_main)
+
+    def emit_main(self, event: Event) -> None:
+        if self.main:
+            self.emit(event)
+
+    def stage(self, name: str, total: int | None = None, *, all_ranks: bool = False) -> _Stage:
+        return _Stage(name, self.emit if all_ranks else self.emit_main, self.timings, total)
+
+
+def stage_data(ctx: RunContext) -> Any:
+    """Load, check and de-duplicate every source (rank 0 first: it may generate data or fill caches)."""
+    from ofgr_core.data.dataset import load_dataset
+    from ofgr_core.train.ddp import barrier
+
+    with ctx.stage("data") as st:
+        if ctx.main:
+            prepared = load_dataset(ctx.cfg.data, progress=st.progress)
+        barrier(ctx.dist)
+        if not ctx.main:
+            prepared = load_dataset(ctx.cfg.data)
+        rep = prepared.report
+        if ctx.main:
+            runs.atomic_write_json(ctx.folder.data_report, rep)
+            if rep.get("unreadable"):
+                ctx.emit(Log(f"skipped {len(rep['unreadable'])} unreadable images "
+                             f"(listed in {ctx.folder.data_report.name})", level="warning"))
+            for w in rep.get("warnings", []):
+                ctx.emit(Log(str(w), level="warning"))
+            hier = prepared.hierarchy
+            ctx.emit(Log(f"{len(prepared.table)} images, {hier.num_classes(0)} fine / "
+                         f"{hier.num_classes(1) if len(hier.level_names) > 1 else 0} coarse classes"))
+    return prepared
+
+
+def stage_split(ctx: RunContext, prepared: Any) -> Any:
+    """The class-disjoint open-set split (reused from split.json on resume)."""
+    from ofgr_core.splits import Split, make_split, save_split
+
+    cfg, table = ctx.cfg, prepared.table
+    with ctx.stage("split"):
+        if ctx.resume and ctx.folder.split.is_file():
+            split = Split.from_json(json.loads(ctx.folder.split.read_text()), table)
+        else:
+            split = make_split(table, prepared.hierarchy, prepared.labels, cfg.split, cfg.seed, ks=cfg.eval.ks)
+            if ctx.main:
+                save_split(split, table, ctx.folder.split)
+                prepared.report["split"] = split.report
+                runs.atomic_write_json(ctx.folder.data_report, prepared.report)
+                for w in split.report.get("warnings", []):
+                    ctx.emit(Log(f"split: {w}", level="warning"))
+        if ctx.main:
+            c = {p: len(v) for p, v in split.indices.items()}
+            ctx.emit(Log(f"split {split.protocol}: {len(split.classes['train'])} train / "
+                         f"{len(split.classes['val'])} val / {len(split.classes['unseen'])} unseen fine classes; "
+                         f"images {c}"))
+    return split
+
+
+def content_digests(table: Any) -> list[str]:
+    """Each image's content hash (from the data stage's check; hashed here when the check was skipped)."""
+    from ofgr_core.features import file_digest
+
+    known = table.meta.get("content_hash", {})
+    return [known.get(i) or file_digest(p) for i, p in zip(table.ids, table.paths, strict=True)]
+
+
 def run_pipeline(
     cfg: Config,
     run_dir: Path,
@@ -122,180 +207,118 @@ def run_pipeline(
     stop: Callable[[], bool] = lambda: False,
     resume: bool = False,
 ) -> dict[str, Any] | None:
-    """Execute a whole run; returns metrics (rank 0) or None when stopped or on other ranks."""
+    """Execute a whole run: data -> split -> [features] -> train (the fit) -> embed -> evaluate -> report.
+
+    Returns metrics (rank 0), or None when stopped or on other ranks.
+    """
     import torch
 
-    from ofgr_core.data.dataset import load_dataset
-    from ofgr_core.embed import embed_paths
-    from ofgr_core.evaluate import run_split
     from ofgr_core.losses import create_loss
-    from ofgr_core.models import create_model, create_transforms
+    from ofgr_core.models import create_model_and_transforms
     from ofgr_core.samplers import create_sampler
-    from ofgr_core.splits import Split, make_split, save_split
+    from ofgr_core.train.checkpoint import load_checkpoint
     from ofgr_core.train.ddp import barrier, init_distributed
-    from ofgr_core.train.loop import _flag, resolve_device, train
+    from ofgr_core.train.fit import FitInputs, _no_training, create_fitter, train_labels
+    from ofgr_core.train.loop import resolve_device
 
     folder = runs.RunFolder(run_dir)
     dist_info = init_distributed(cfg.device)
-    main = dist_info.is_main
-    emit_main: Emit = emit if main else (lambda e: None)
-    timings: dict[str, float] = {}
+    ctx = RunContext(cfg, folder, emit, {}, dist_info, stop, resume)
     torch.manual_seed(cfg.seed)
 
-    with _Stage("data", emit_main, timings) as st:
-        # rank 0 first: it may generate data or fill caches that the other ranks then reuse
-        if main:
-            prepared = load_dataset(cfg.data, progress=st.progress)
-        barrier(dist_info)
-        if not main:
-            prepared = load_dataset(cfg.data)
-        rep = prepared.report
-        if main:
-            runs.atomic_write_json(folder.data_report, rep)
-            if rep.get("unreadable"):
-                emit(Log(f"skipped {len(rep['unreadable'])} unreadable images "
-                         f"(listed in {runs.DATA_REPORT_FILE})", level="warning"))
-            for w in rep.get("warnings", []):
-                emit(Log(str(w), level="warning"))
-            emit(Log(f"{len(prepared.table)} images, {prepared.hierarchy.num_classes(0)} fine / "
-                     f"{prepared.hierarchy.num_classes(1) if len(prepared.hierarchy.level_names) > 1 else 0}"
-                     " coarse classes"))
+    prepared = stage_data(ctx)
     table, hier, labels = prepared.table, prepared.hierarchy, prepared.labels
-
-    with _Stage("split", emit_main, timings):
-        split_path = folder.split
-        if resume and split_path.is_file():
-            split = Split.from_json(json.loads(split_path.read_text()), table)
-        else:
-            split = make_split(table, hier, labels, cfg.split, cfg.seed, ks=cfg.eval.ks)
-            if main:
-                save_split(split, table, split_path)
-                rep["split"] = split.report
-                runs.atomic_write_json(folder.data_report, rep)
-                for w in split.report.get("warnings", []):
-                    emit(Log(f"split: {w}", level="warning"))
-        if main:
-            c = {p: len(v) for p, v in split.indices.items()}
-            emit(Log(f"split {split.protocol}: {len(split.classes['train'])} train / {len(split.classes['val'])} "
-                     f"val / {len(split.classes['unseen'])} unseen fine classes; images {c}"))
+    split = stage_split(ctx, prepared)
 
     device = resolve_device(cfg.device, dist_info)
-    image_size = cfg.data.image_size
-    model = create_model(cfg.model, image_size=image_size)
-    train_tf = create_transforms(model, train=True, crop_scale=cfg.data.crop_scale)
-    eval_tf = create_transforms(model, train=False)
-    tr = split.indices["train"]
-    train_fine, train_labels0 = np.unique(labels[tr, 0], return_inverse=True)
-    coarse_train = labels[tr, 1] if labels.shape[1] > 1 else np.zeros_like(train_labels0)
-    train_labels = np.stack([train_labels0, coarse_train], 1)
-    sampler_cfg = cfg.sampler
-    n_coarse = len(np.unique(coarse_train))
-    if n_coarse < sampler_cfg.coarse_per_batch:
-        # e.g. a flat image folder (one coarse class): keep the batch size with more fine classes per coarse
-        per_batch = sampler_cfg.coarse_per_batch * sampler_cfg.fine_per_coarse
-        sampler_cfg = sampler_cfg.model_copy(update={
-            "coarse_per_batch": n_coarse, "fine_per_coarse": max(1, per_batch // n_coarse)})
-        emit_main(Log(f"training data has {n_coarse} coarse class(es) < sampler.coarse_per_batch="
-                      f"{cfg.sampler.coarse_per_batch}: sampling C={sampler_cfg.coarse_per_batch} x "
-                      f"P={sampler_cfg.fine_per_coarse} x K={sampler_cfg.k}", level="warning"))
-    loss_fn = create_loss(cfg.loss, num_classes=len(train_fine), embed_dim=model.embed_dim)
-    sampler = create_sampler(sampler_cfg, train_labels, seed=cfg.seed, rank=dist_info.rank,
-                             world_size=dist_info.world_size)
-    size = image_size or int(model.data_config["input_size"][-1])
-    flops = count_flops_per_image(model, size, "cpu") if main else None
-
-    ckpt_dir = folder.checkpoints
+    model, train_tf, eval_tf = create_model_and_transforms(cfg.model, image_size=cfg.data.image_size,
+                                                           crop_scale=cfg.data.crop_scale)
+    fitter = create_fitter(model)
     last = folder.checkpoint("last")
-    resume_from = last if resume and last.is_file() else None
-    with _Stage("train", emit_main, timings, total=cfg.train.epochs):
-        result = _drain(
-            train(
-                cfg,
-                model=model,
-                loss_fn=loss_fn,
-                sampler=sampler,
-                train_paths=[table.paths[i] for i in tr],
-                train_labels=train_labels,
-                val_paths=[table.paths[i] for i in split.indices["val"]],
-                val_labels=labels[split.indices["val"]],
-                train_transform=train_tf,
-                eval_transform=eval_tf,
-                device=device,
-                ckpt_dir=ckpt_dir,
-                dist_info=dist_info,
-                stop=stop,
-                resume_from=resume_from,
-            ),
-            emit_main,
-        )
+    inp = FitInputs(
+        cfg=cfg, model=model, train_transform=train_tf, eval_transform=eval_tf, device=device,
+        paths=table.paths, digests=content_digests(table) if model.tower_frozen else [], labels=labels,
+        train_rows=np.asarray(split.indices["train"]), val_rows=np.asarray(split.indices["val"]),
+        ckpt_dir=folder.checkpoints, dist_info=dist_info, stop=stop,
+        resume_from=last if resume and last.is_file() else None,
+    )
+    eval_parts = [p for p in cfg.eval.splits if len(split.indices[p]) >= 2]
+    fit_info: dict[str, Any] = {"strategy": fitter.name}
+    if fitter.name == "head_on_features":
+        rows = np.concatenate([inp.train_rows, inp.val_rows, *[np.asarray(split.indices[p]) for p in eval_parts]])
+        with ctx.stage("features", total=len(np.unique(rows)), all_ranks=False) as st:
+            fit_info["features"] = fitter.prepare(inp, rows, progress=st.progress)
+        if ctx.main:
+            f = fit_info["features"]
+            ctx.emit(Log(f"tower features: {f['hits']} cached, {f['computed']} computed ({f['cache']})"))
+
+    t_labels, n_train_fine = train_labels(labels, inp.train_rows)
+    size = cfg.data.image_size or int(model.data_config["input_size"][-1])
+    flops = count_flops_per_image(model, size, "cpu") if ctx.main and fitter.name == "end_to_end" else None
+    with ctx.stage("train", total=cfg.train.epochs):
+        if fitter.trains_anything(inp):
+            loss_fn = create_loss(cfg.loss, num_classes=n_train_fine, embed_dim=model.embed_dim)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                sampler = create_sampler(cfg.sampler, t_labels, seed=cfg.seed, rank=dist_info.rank,
+                                         world_size=dist_info.world_size)
+            for w in caught:
+                ctx.emit_main(Log(str(w.message), level="warning"))
+            result = _drain(fitter.fit(inp, loss_fn, sampler), ctx.emit_main)
+        else:
+            result = _no_training(inp)
+            if ctx.main and len(inp.val_rows) >= 2:  # the untrained model's score on the same validation set
+                from ofgr_core.train.loop import validate
+
+                result.best_val = validate(fitter.embed(inp, inp.val_rows), labels[inp.val_rows])["recall@1"]
+            ctx.emit_main(Log("nothing to train (train.epochs=0 or no trainable parameters): evaluating the "
+                              "encoder as it is"))
     if result.stopped:
         return None
     barrier(dist_info)
-    if not main:
+    if not ctx.main:
         return None
 
     # ---- final evaluation with the best checkpoint (rank 0 only)
     if result.best_path is not None:
-        from ofgr_core.train.checkpoint import load_checkpoint
-
-        model.load_state_dict(load_checkpoint(result.best_path, map_location=device)["model"])
-    amp, cl = _flag(cfg.train.amp, device.type == "cuda"), _flag(cfg.train.channels_last, device.type == "cuda")
-    level_names = hier.level_names
+        model.load_trainable_state_dict(load_checkpoint(result.best_path, map_location=device)["model"])
+    model.eval()
     splits_out: dict[str, Any] = {}
     for part in cfg.eval.splits:
-        idx = split.indices[part]
+        idx = np.asarray(split.indices[part])
         if len(idx) < 2:
             emit(Log(f"{part}: fewer than 2 images, not evaluated", level="warning"))
             continue
-        with _Stage("embed", emit, timings, total=len(idx)) as st:
-            emb = embed_paths(model, [table.paths[i] for i in idx], eval_tf, device, progress=st.progress,
-                              batch_size=cfg.train.eval_batch_size, num_workers=cfg.data.num_workers,
-                              amp=amp, channels_last=cl)
-            rows = [{"id": table.ids[i], "path": table.paths[i],
-                     **{lv: table.labels[lv][i] for lv in table.labels},
-                     "domain": table.domains[i], "group": table.groups[i], "split": part} for i in idx]
-            write_embeddings(run_dir, part, emb, rows)
+        with ctx.stage("embed", total=len(idx), all_ranks=True) as st:
+            emb = fitter.embed(inp, idx, progress=st.progress)
+            write_embeddings(run_dir, part, emb, embedding_rows(table, idx, part))
         q_mask, g_mask = split.query_gallery(part, table)
         if not np.any(q_mask):
             emit(Log(f"{part}: no usable queries under the {cfg.split.query} protocol; not evaluated",
                      level="warning"))
             continue
-        with _Stage("evaluate", emit, timings) as st:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                ev_result = run_split(
-                    emb,
-                    labels[idx],
-                    ids=np.asarray([table.ids[i] for i in idx]),
-                    groups=np.asarray([table.groups[i] for i in idx]),
-                    domains=np.asarray([table.domains[i] for i in idx]),
-                    level_names=tuple(level_names),
-                    class_names=hier.classes[0],
-                    query_mask=q_mask,
-                    gallery_mask=g_mask,
-                    cfg=cfg.eval,
-                    seed=cfg.seed,
-                    progress=st.progress,
-                )
-            for w in caught:
-                emit(Log(f"{part}: {w.message}", level="warning"))
-            block = ev_result.block
-            save_per_query(ev_result, folder.per_query(part))
+        with ctx.stage("evaluate", all_ranks=True) as st:
+            block = evaluate_part(ctx, part, emb, labels[idx], table, idx, hier, q_mask, g_mask, st.progress)
         splits_out[part] = block
-        for lv in level_names:
+        for lv in hier.level_names:
             if lv in block:
                 emit(EvalResult(split=part, level=lv,
                                 metrics={k: v for k, v in block[lv].items() if isinstance(v, (int, float))}))
 
-    with _Stage("report", emit, timings):  # metrics["timings"] is this dict: it gains the report time
-        params = sum(p.numel() for p in model.parameters())
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    with ctx.stage("report", all_ranks=True):  # metrics["timings"] is this dict: it gains the report time
+        total_params, trainable = model.num_params()
+        head_params = sum(p.numel() for p in model.head.parameters())
+        fit_info["seconds"] = result.seconds
         metrics: dict[str, Any] = {
             "schema_version": 1,
             "run_id": run_dir.name,
             "name": cfg.name,
-            "model": {"kind": cfg.model.kind, "name": cfg.model.name, "embed_dim": model.embed_dim,
-                      "params": params, "trainable_params": trainable, "image_size": size},
+            "model": {"kind": cfg.model.kind, "name": cfg.model.name, "family": model.family,
+                      "embed_dim": model.embed_dim, "feature_dim": model.feature_dim,
+                      "head": cfg.model.head, "tower_frozen": model.tower_frozen,
+                      "supports_text": model.supports_text, "params": total_params,
+                      "trainable_params": trainable if fitter.name == "end_to_end" else head_params,
+                      "image_size": size},
             "data": {
                 "dataset": "+".join(s.name or s.type for s in cfg.data.sources),
                 "n_images": len(table),
@@ -317,11 +340,55 @@ def run_pipeline(
                 "device": str(device),
                 "world_size": dist_info.world_size,
             },
-            "timings": timings,
+            "fit": fit_info,
+            "timings": ctx.timings,
             **splits_out,
         }
     runs.atomic_write_json(folder.metrics, metrics)
     return metrics
+
+
+def embedding_rows(table: Any, idx: np.ndarray, part: str) -> list[dict[str, str]]:
+    """One CSV row per embedding: id, path, labels, domain, group, split, and the caption when there is one."""
+    with_captions = any(table.captions[i] for i in idx)
+    rows = []
+    for i in idx:
+        row = {"id": table.ids[i], "path": table.paths[i], **{lv: table.labels[lv][i] for lv in table.labels},
+               "domain": table.domains[i], "group": table.groups[i], "split": part}
+        if with_captions:
+            row["caption"] = table.captions[i]
+        rows.append(row)
+    return rows
+
+
+def evaluate_part(
+    ctx: RunContext, part: str, emb: np.ndarray, labels: np.ndarray, table: Any, idx: np.ndarray, hier: Any,
+    q_mask: np.ndarray, g_mask: np.ndarray, progress: Callable[[int, int], None],
+) -> dict[str, Any]:
+    """Image -> image metrics of one split (per-query values saved for paired tests); warnings become events."""
+    from ofgr_core.evaluate import run_split
+
+    cfg = ctx.cfg
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ev_result = run_split(
+            emb,
+            labels,
+            ids=np.asarray([table.ids[i] for i in idx]),
+            groups=np.asarray([table.groups[i] for i in idx]),
+            domains=np.asarray([table.domains[i] for i in idx]),
+            level_names=tuple(hier.level_names),
+            class_names=hier.classes[0],
+            query_mask=q_mask,
+            gallery_mask=g_mask,
+            cfg=cfg.eval,
+            seed=cfg.seed,
+            progress=progress,
+        )
+    for w in caught:
+        ctx.emit(Log(f"{part}: {w.message}", level="warning"))
+    save_per_query(ev_result, ctx.folder.per_query(part))
+    return ev_result.block
 
 
 def execute_run(

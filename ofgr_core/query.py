@@ -89,22 +89,29 @@ def _searcher(run_dir: Path, split: str, gallery: Gallery) -> Any:
 
 @functools.lru_cache(maxsize=2)
 def _load_model(run_dir: str, mtime: float) -> tuple[Any, Any, Any]:
-    """The run's best (else last) checkpoint as an embedding model + eval transform (cached per run)."""
+    """The run's encoder with its best (else last) checkpoint + eval transform (cached per run and mtime)."""
     import torch
 
     from ofgr_core.config import load_config
-    from ofgr_core.models import create_model, create_transforms
+    from ofgr_core.models import create_model_and_transforms
     from ofgr_core.train.checkpoint import load_checkpoint
 
     rd = RunFolder(run_dir)
     cfg = load_config(rd.config)
     ckpt = next((p for p in (rd.checkpoint("best"), rd.checkpoint("last")) if p.is_file()), None)
-    if ckpt is None:
-        raise NotFoundError(f"{rd.name}: no checkpoint to embed a new image with")
-    model = create_model(cfg.model.model_copy(update={"pretrained": False}), image_size=cfg.data.image_size)
-    model.load_state_dict(load_checkpoint(ckpt)["model"])
+    state = load_checkpoint(ckpt)["model"] if ckpt is not None else None
+    model_cfg = cfg.model
+    if state is not None and not cfg.model.tower_frozen:
+        # an end-to-end checkpoint holds the whole network: hub weights are not needed to rebuild it
+        model_cfg = cfg.model.model_copy(update={"pretrained": False})
+    model, _, eval_tf = create_model_and_transforms(model_cfg, image_size=cfg.data.image_size)
+    if state is not None:
+        model.load_trainable_state_dict(state)
+    elif not model.tower_from_weights or any(True for _ in model.head.parameters()):
+        # without a checkpoint only a weights-built tower with no head is reproducible
+        raise NotFoundError(f"{rd.run_id}: no checkpoint to embed a new image with")
     model.eval()
-    return model, create_transforms(model, train=False), torch.device("cpu")
+    return model, eval_tf, torch.device("cpu")
 
 
 def embed_image(run_dir: Path, image_path: str) -> np.ndarray:
@@ -123,7 +130,7 @@ def embed_image(run_dir: Path, image_path: str) -> np.ndarray:
     mtime = max((c.stat().st_mtime for c in ckpts if c.is_file()), default=0.0)
     model, tf, device = _load_model(str(run_dir.resolve()), mtime)
     with torch.no_grad():
-        emb = model(tf(img).unsqueeze(0).to(device))
+        emb = model.encode_images(tf(img).unsqueeze(0).to(device))
     return torch.nn.functional.normalize(emb.float(), dim=1).numpy()
 
 

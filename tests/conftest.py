@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ import pytest
 # never reach a model hub from tests
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OFGR_DEBUG", "0")
+# the shared feature cache of frozen towers goes to a throwaway folder, never the user's ~/.cache
+os.environ.setdefault("OFGR_CACHE", tempfile.mkdtemp(prefix="ofgr-test-cache-"))
 
 from ofgr_testing import REPO, tiny_overrides  # noqa: E402
 

@@ -9,8 +9,9 @@ model is; they ask the model:
 - ``tower_frozen``: the tower never changes during training, so its features can be computed once and
   cached (``ofgr_core.features``) and only the head is trained on them.
 - ``supports_text``: ``tokenize`` + ``encode_text`` map text into the same space as the tower's images.
-- ``trainable_state_dict()`` / ``load_trainable_state_dict()``: what a checkpoint holds; a frozen tower is
-  never written into checkpoints, it is rebuilt from its weights source.
+- ``trainable_state_dict()`` / ``load_trainable_state_dict()``: what a checkpoint holds; a frozen tower
+  built from a weights source (hub tag, checkpoint file) is never written into checkpoints, it is rebuilt
+  from that source.
 - ``feature_key()``: what identifies the tower's features (architecture, weights, preprocessing), the
   feature cache's key together with each image's content hash.
 
@@ -47,6 +48,9 @@ class Encoder(nn.Module):
     family: ClassVar[str] = ""
     supports_text: ClassVar[bool] = False
     tower_module_name: ClassVar[str] = "tower"
+    # the tower's weights come from a source that rebuilds them exactly (hub tag, file): a frozen tower is
+    # then left out of checkpoints; a random-init frozen tower must be saved to be reproducible
+    tower_from_weights: bool = False
 
     embed_dim: int
     feature_dim: int
@@ -104,7 +108,7 @@ class Encoder(nn.Module):
 
     # ------------------------------------------------------------------------------------- checkpoints
     def _frozen_prefix(self) -> str | None:
-        return f"{self.tower_module_name}." if self.tower_frozen else None
+        return f"{self.tower_module_name}." if self.tower_frozen and self.tower_from_weights else None
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """The state a checkpoint holds: everything except a frozen tower."""

@@ -54,7 +54,7 @@ def create_timm_model(cfg: TimmModelConfig, image_size: int | None = None) -> Em
     data_config = timm.data.resolve_model_data_config(backbone)
     if image_size is not None:
         data_config["input_size"] = (data_config["input_size"][0], image_size, image_size)
-    return EmbeddingModel(
+    model = EmbeddingModel(
         backbone,
         # models with a pre-logits stage (mobilenetv3's conv head) pool wider than num_features
         num_features=getattr(backbone, "head_hidden_size", None) or backbone.num_features,
@@ -66,6 +66,8 @@ def create_timm_model(cfg: TimmModelConfig, image_size: int | None = None) -> Em
         freeze_bn=cfg.freeze_bn,
         arch=cfg.name,
     )
+    model.tower_from_weights = cfg.pretrained is not False
+    return model
 
 
 def create_transforms(

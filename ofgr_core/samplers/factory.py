@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from torch.utils.data import Sampler
 
@@ -27,10 +29,27 @@ def create_sampler(
     return SAMPLERS.create(cfg.type, cfg=cfg, labels=labels, seed=seed, rank=rank, world_size=world_size)
 
 
+def adapt_to_coarse_classes(cfg: SamplerConfig, labels: np.ndarray) -> SamplerConfig:
+    """C x P x K for data with fewer coarse classes than ``coarse_per_batch`` (e.g. a flat image folder has
+    one): keep the batch size with more fine classes per coarse class, and say so (a ``UserWarning``)."""
+    n_coarse = len(np.unique(labels[:, 1])) if labels.ndim > 1 and labels.shape[1] > 1 else 1
+    if n_coarse >= cfg.coarse_per_batch:
+        return cfg
+    per_batch = cfg.coarse_per_batch * cfg.fine_per_coarse
+    adapted = cfg.model_copy(update={"coarse_per_batch": n_coarse, "fine_per_coarse": max(1, per_batch // n_coarse)})
+    warnings.warn(
+        f"training data has {n_coarse} coarse class(es) < sampler.coarse_per_batch={cfg.coarse_per_batch}: "
+        f"sampling C={adapted.coarse_per_batch} x P={adapted.fine_per_coarse} x K={adapted.k}",
+        stacklevel=3,
+    )
+    return adapted
+
+
 @SAMPLERS.register("hierarchical_pk")
 def _hierarchical_pk(
     cfg: SamplerConfig, labels: np.ndarray, seed: int, rank: int, world_size: int
 ) -> HierarchicalPKSampler:
+    cfg = adapt_to_coarse_classes(cfg, labels)
     return HierarchicalPKSampler(
         labels,
         coarse_per_batch=cfg.coarse_per_batch,

@@ -1,15 +1,16 @@
-"""The training loop as an event generator.
+"""The training loop as an event generator, shared by every fit strategy.
 
 ``train(...)`` yields ``TrainStep``/``TrainEpoch``/``Log`` events and returns a :class:`TrainResult`
-(``result = yield from train(...)``). It never prints. Every epoch ends with validation Recall@1 on held-out
-*seen* classes (never unseen ones), an atomic ``last.pt`` and, when validation improves, ``best.pt``.
+(``result = yield from train(...)``). It never prints. It trains whatever module it is given on whatever
+dataset it is given: a whole encoder on images (end-to-end fine-tuning) or a head on cached tower features
+(``ofgr_core.train.fit``). Every epoch ends with validation Recall@1 on held-out *seen* classes (never unseen
+ones), an atomic ``last.pt`` and, when validation improves, ``best.pt``.
 Stopping (a ``stop()`` callback, e.g. the run folder's ``stop`` file) finishes the current step and ends the
 run at the last completed epoch, which ``ofgr resume`` continues from.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -21,11 +22,11 @@ import torch
 from torch import nn
 
 from ofgr_core.config import Config, EvalConfig, IndexConfig
-from ofgr_core.data.loader import ImageDataset
-from ofgr_core.embed import autocast_for, embed_paths
+from ofgr_core.embed import autocast_for
 from ofgr_core.events import Event, Log, TrainEpoch, TrainStep
 from ofgr_core.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ofgr_core.train.ddp import DistInfo, any_rank, barrier
+from ofgr_core.train.optim import create_optimizer, create_scheduler, param_groups
 
 
 @dataclass
@@ -49,8 +50,8 @@ class TrainModule(nn.Module):
         self.model = model
         self.loss = loss
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        emb = self.model(images)
+    def forward(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        emb = self.model(inputs)
         return self.loss(emb.float(), labels)
 
 
@@ -65,16 +66,6 @@ def resolve_device(pref: str, dist_info: DistInfo | None = None) -> torch.device
         if dist_info is not None and dist_info.enabled:
             return torch.device(f"cuda:{dist_info.local_rank}")
     return torch.device(pref)
-
-
-def cosine_with_warmup(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    def f(step: int) -> float:
-        if warmup_steps > 0 and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return f
 
 
 def _flag(value: str, cuda: bool) -> bool:
@@ -95,27 +86,42 @@ def train(
     model: nn.Module,
     loss_fn: nn.Module,
     sampler: Any,
-    train_paths: list[str],
-    train_labels: np.ndarray,
-    val_paths: list[str],
+    train_dataset: torch.utils.data.Dataset,
+    val_embed: Callable[[], np.ndarray] | None,
     val_labels: np.ndarray,
-    train_transform: Callable[..., Any],
-    eval_transform: Callable[..., Any],
     device: torch.device,
     ckpt_dir: Path,
     dist_info: DistInfo = DistInfo(),
     stop: Callable[[], bool] = lambda: False,
     resume_from: Path | None = None,
+    state_dict: Callable[[], dict[str, torch.Tensor]] | None = None,
+    load_state_dict: Callable[[dict[str, torch.Tensor]], None] | None = None,
+    num_workers: int | None = None,
+    probe_epochs: int = 0,
+    backbone_lr_mult: float = 1.0,
+    layer_decay: float | None = None,
 ) -> Generator[Event, None, TrainResult]:
-    """Train ``model`` with ``loss_fn`` on batches from ``sampler`` (a batch sampler over ``train_paths``).
+    """Train ``model`` with ``loss_fn`` on batches of ``train_dataset`` drawn by ``sampler``.
 
-    ``train_labels`` is (N, 2): column 0 the fine class id in ``[0, num_train_classes)`` (what ArcFace needs),
-    column 1 the coarse id. Validation uses ``val_labels`` column 0.
+    Args:
+        model: the module that trains (an encoder on images, or a ``FeatureHead`` on features).
+        train_dataset: yields ``(input, labels_row, index)``; labels are (N, 2): column 0 the fine class id
+            in ``[0, num_train_classes)`` (what ArcFace needs), column 1 the coarse id.
+        val_embed: returns the validation embeddings (N_val, D) with the model as it is now; None = no
+            validation (the loss picks the best epoch).
+        val_labels: (N_val, L) labels of the validation rows; column 0 is used.
+        state_dict / load_state_dict: what checkpoints hold and how it is restored (default: the model's
+            whole state; an encoder passes ``trainable_state_dict`` so a frozen tower is never saved).
+        num_workers: data-loading processes (default ``data.num_workers``; 0 for in-memory features).
+        probe_epochs, backbone_lr_mult, layer_decay: the fine-tuning recipe (``ofgr_core.train.optim``).
     """
     tc = cfg.train
     cuda = device.type == "cuda"
     use_amp = _flag(tc.amp, cuda)
     channels_last = _flag(tc.channels_last, cuda)
+    save_state = state_dict or model.state_dict
+    load_state = load_state_dict or model.load_state_dict
+    workers = cfg.data.num_workers if num_workers is None else num_workers
     # fp16 needs loss scaling; bf16 (Ampere and newer) does not
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and cuda and not torch.cuda.is_bf16_supported())
 
@@ -129,30 +135,19 @@ def train(
             module, device_ids=[device.index] if cuda else None, find_unused_parameters=False
         )
 
-    param_groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": tc.lr, "name": "model"}]
-    param_groups += loss_fn.param_groups(tc.lr) if hasattr(loss_fn, "param_groups") else [
-        {"params": [p for p in loss_fn.parameters() if p.requires_grad], "lr": tc.lr}
-    ]
-    param_groups = [g for g in param_groups if g["params"]]
-    if tc.optimizer == "adamw":
-        optimizer: torch.optim.Optimizer = torch.optim.AdamW(param_groups, lr=tc.lr, weight_decay=tc.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(
-            param_groups, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay, nesterov=True
-        )
+    groups = param_groups(model, loss_fn, tc.lr, weight_decay=tc.weight_decay, backbone_lr_mult=backbone_lr_mult,
+                          layer_decay=layer_decay)
+    optimizer = create_optimizer(tc, groups)
     steps_per_epoch = len(sampler)
-    total_steps = max(1, steps_per_epoch * tc.epochs)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, cosine_with_warmup(total_steps, int(tc.warmup_epochs * steps_per_epoch))
-    )
+    scheduler = create_scheduler(optimizer, tc, steps_per_epoch, probe_epochs=probe_epochs)
+    set_frozen = getattr(model, "set_backbone_frozen", None)
 
-    train_ds = ImageDataset(train_paths, train_labels, train_transform)
     start_epoch, best_val, best_epoch, images_seen, history = 0, None, -1, 0, []
     bad_epochs = 0
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
     if resume_from is not None:
         state = load_checkpoint(resume_from, map_location=device)
-        model.load_state_dict(state["model"])
+        load_state(state["model"])
         loss_fn.load_state_dict(state["loss"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -173,10 +168,12 @@ def train(
         # per-epoch seeding makes a resumed run replay the same augmentations and batches
         seed_everything(cfg.seed * 100_003 + epoch * 1009 + dist_info.rank)
         sampler.set_epoch(epoch)
+        if set_frozen is not None and probe_epochs:
+            set_frozen(epoch < probe_epochs)
         loader = torch.utils.data.DataLoader(
-            train_ds,
+            train_dataset,
             batch_sampler=sampler,
-            num_workers=cfg.data.num_workers,
+            num_workers=workers,
             pin_memory=cuda,
             persistent_workers=False,
             generator=torch.Generator().manual_seed(cfg.seed + epoch),
@@ -188,7 +185,7 @@ def train(
         for step, (images, labels, _) in enumerate(loader):
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
-            if channels_last:
+            if channels_last and images.ndim == 4:
                 images = images.contiguous(memory_format=torch.channels_last)
             with autocast_for(device, use_amp):
                 loss, parts = module(images, labels)
@@ -232,8 +229,8 @@ def train(
         val: dict[str, float] = {}
         improved = False
         if dist_info.is_main:
-            if len(val_paths) >= 2:
-                val = validate(model, val_paths, val_labels, eval_transform, device, cfg, use_amp, channels_last)
+            if val_embed is not None and len(val_labels) >= 2:
+                val = validate(val_embed(), val_labels)
             score = val.get("recall@1", -means.get("loss", 0.0))
             improved = best_val is None or score > best_val
             if improved:
@@ -243,7 +240,7 @@ def train(
             record = {"epoch": epoch + 1, "loss": means.get("loss"), "val": val}
             history.append(record)
             state = {
-                "model": model.state_dict(),
+                "model": save_state(),
                 "loss": loss_fn.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
@@ -260,7 +257,7 @@ def train(
             }
             save_checkpoint(last_path, state)
             if improved:
-                save_checkpoint(best_path, {"model": model.state_dict(), "epoch": epoch, "val": val,
+                save_checkpoint(best_path, {"model": save_state(), "epoch": epoch, "val": val,
                                             "config": cfg.model_dump(mode="json")})
             yield TrainEpoch(
                 epoch=epoch + 1,
@@ -292,24 +289,11 @@ def train(
     )
 
 
-def validate(
-    model: nn.Module,
-    paths: list[str],
-    labels: np.ndarray,
-    transform: Callable[..., Any],
-    device: torch.device,
-    cfg: Config,
-    amp: bool,
-    channels_last: bool,
-) -> dict[str, float]:
-    """Leave-one-out Recall@1 (fine) on the validation classes, through the same engine as final metrics."""
+def validate(embeddings: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Leave-one-out Recall@1 and MAP@R (fine) of validation embeddings, through the final metrics' engine."""
     from ofgr_core.evaluate import run_split
 
-    emb = embed_paths(
-        model, paths, transform, device, batch_size=cfg.train.eval_batch_size,
-        num_workers=cfg.data.num_workers, amp=amp, channels_last=channels_last,
-    )
     block = run_split(
-        emb, labels, cfg=EvalConfig(ks=[1], bootstrap=0, index=IndexConfig(type="flat", device="cpu")),
+        embeddings, labels, cfg=EvalConfig(ks=[1], bootstrap=0, index=IndexConfig(type="flat", device="cpu")),
     ).block
     return {"recall@1": float(block["fine"]["recall@1"]), "map@r": float(block["fine"]["map@r"])}

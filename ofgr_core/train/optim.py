@@ -1,0 +1,113 @@
+"""Optimizer and schedule factories: parameter groups carry the fine-tuning recipe.
+
+Groups are named (``backbone``, ``head``, ``loss``) and carry an ``lr_scale``; the schedule is cosine with
+linear warmup for every group, times the group's scale, with the backbone held at zero during a linear probe
+(``model.probe_epochs``). Recipes for pretrained backbones live here, not in the loop:
+
+- ``model.backbone_lr_mult``: the backbone learns at ``train.lr x mult`` (e.g. 0.1), the head at ``train.lr``.
+- ``model.layer_decay``: timm's layer-wise decay, each block below the top learns ``decay`` times slower.
+- ``model.probe_epochs``: head-only for the first epochs (the backbone's lr is 0 and its BatchNorm frozen),
+  then everything trains: the classic linear-probe-then-fine-tune that keeps a random head's first
+  gradients from wrecking pretrained features.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ofgr_core.config import TrainConfig
+from ofgr_core.errors import ConfigError
+
+
+def cosine_with_warmup(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def param_groups(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    lr: float,
+    *,
+    weight_decay: float = 0.0,
+    backbone_lr_mult: float = 1.0,
+    layer_decay: float | None = None,
+) -> list[dict[str, Any]]:
+    """Named parameter groups with ``lr_scale`` (relative to ``lr``).
+
+    A model with a ``backbone`` attribute (the timm family trained end to end) gets separate ``backbone``
+    and ``head`` groups; any other module (a head trained on cached features) is one ``head`` group. The
+    loss's own groups (ArcFace class centres with their learning rate) come last.
+    """
+    groups: list[dict[str, Any]] = []
+    backbone = getattr(model, "backbone", None)
+    if isinstance(backbone, nn.Module):
+        if layer_decay is not None:
+            groups += _layer_decay_groups(backbone, weight_decay, layer_decay, backbone_lr_mult)
+        else:
+            params = [p for p in backbone.parameters() if p.requires_grad]
+            groups.append({"params": params, "name": "backbone", "lr_scale": backbone_lr_mult})
+        rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
+        groups.append({"params": rest, "name": "head", "lr_scale": 1.0})
+    else:
+        groups.append({"params": [p for p in model.parameters() if p.requires_grad], "name": "head",
+                       "lr_scale": 1.0})
+    if hasattr(loss_fn, "param_groups"):
+        for g in loss_fn.param_groups(lr):
+            groups.append({"name": "loss", **g, "lr_scale": g.get("lr", lr) / lr})
+    else:
+        groups.append({"params": [p for p in loss_fn.parameters() if p.requires_grad], "name": "loss",
+                       "lr_scale": 1.0})
+    out = []
+    for g in groups:
+        if g["params"]:
+            g = dict(g)
+            g["lr"] = lr * g["lr_scale"]
+            out.append(g)
+    return out
+
+
+def _layer_decay_groups(backbone: nn.Module, weight_decay: float, decay: float, mult: float) -> list[dict[str, Any]]:
+    if not hasattr(backbone, "group_matcher"):
+        raise ConfigError(
+            f"model.layer_decay: {type(backbone).__name__} does not describe its layers (no group_matcher); "
+            "use model.backbone_lr_mult instead"
+        )
+    from timm.optim._param_groups import param_groups_layer_decay
+
+    groups = param_groups_layer_decay(backbone, weight_decay=weight_decay, layer_decay=decay)
+    return [{"params": g["params"], "name": "backbone", "lr_scale": mult * g.get("lr_scale", 1.0),
+             "weight_decay": g.get("weight_decay", weight_decay)} for g in groups]
+
+
+def create_optimizer(cfg: TrainConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """AdamW or SGD (Nesterov) over named groups (each keeps its own ``lr``)."""
+    clean = [{k: v for k, v in g.items()} for g in groups]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(clean, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(clean, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+
+
+def create_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int, probe_epochs: int = 0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Cosine with warmup per step; the ``backbone`` groups stay at 0 for the first ``probe_epochs``."""
+    total = max(1, steps_per_epoch * cfg.epochs)
+    base = cosine_with_warmup(total, int(cfg.warmup_epochs * steps_per_epoch))
+    probe_steps = probe_epochs * steps_per_epoch
+
+    def probe(step: int) -> float:
+        return 0.0 if step < probe_steps else base(step)
+
+    lambdas = [probe if g.get("name") == "backbone" and probe_steps else base for g in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)

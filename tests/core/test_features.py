@@ -1,0 +1,119 @@
+"""The content-addressed feature cache: hits, misses, invalidation, and resuming an interrupted fill."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ofgr_core.config import TimmModelConfig
+from ofgr_core.errors import DataError
+from ofgr_core.features import FeatureStore, clear, extract_features, file_digest, key_digest, list_entries
+from ofgr_core.models import create_model_and_transforms
+
+
+def _images(root: Path, n: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        p = root / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    return paths
+
+
+class CountingTower:
+    """Wraps an encoder and counts how many images ran through its tower."""
+
+    def __init__(self, model) -> None:
+        self.model, self.calls = model, 0
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def tower_features(self, x):
+        self.calls += len(x)
+        return self.model.tower_features(x)
+
+
+@pytest.fixture()
+def encoder():
+    torch.manual_seed(0)
+    model, _, tf = create_model_and_transforms(TimmModelConfig(name="test_resnet", freeze="all", head="none"),
+                                               image_size=32)
+    return model.eval(), tf
+
+
+def test_cache_hits_skip_the_tower_and_equal_fresh_features(tmp_path: Path, encoder) -> None:
+    model, tf = encoder
+    paths = _images(tmp_path / "img", 10)
+    store = FeatureStore(tmp_path / "cache", model.feature_key(), model.feature_dim)
+    counted = CountingTower(model)
+    first, stats = extract_features(counted, paths[:6], tf, "cpu", store=store, chunk=4)
+    assert stats == {"hits": 0, "computed": 6} and counted.calls == 6
+    both, stats = extract_features(counted, paths, tf, "cpu", store=store)
+    assert stats == {"hits": 6, "computed": 4} and counted.calls == 10  # only the 4 new images ran
+    fresh, _ = extract_features(model, paths, tf, "cpu", store=None)
+    np.testing.assert_allclose(both, fresh, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(both[:6], first)
+
+
+def test_cache_is_keyed_by_content_not_file_name(tmp_path: Path, encoder) -> None:
+    model, tf = encoder
+    a = _images(tmp_path / "a", 2, seed=1)
+    b = _images(tmp_path / "b", 2, seed=2)  # same file names, other pixels (Stanford Cars train/test)
+    store = FeatureStore(tmp_path / "cache", model.feature_key(), model.feature_dim)
+    fa, _ = extract_features(model, a, tf, "cpu", store=store)
+    fb, stats = extract_features(model, b, tf, "cpu", store=store)
+    assert stats["computed"] == 2 and not np.allclose(fa, fb)
+    assert file_digest(a[0]) != file_digest(b[0])
+
+
+def test_any_key_part_changes_the_cache_folder(encoder) -> None:
+    model, _ = encoder
+    key = model.feature_key()
+    other_size = {**key, "preprocess": {**key["preprocess"], "input_size": [3, 64, 64]}}
+    torch.manual_seed(1)
+    other_weights, _, _ = create_model_and_transforms(TimmModelConfig(name="test_resnet", freeze="all"), 32)
+    assert len({key_digest(key), key_digest(other_size), key_digest(other_weights.feature_key())}) == 3
+
+
+def test_interrupted_fill_resumes_and_a_torn_append_is_repaired(tmp_path: Path, encoder) -> None:
+    model, tf = encoder
+    paths = _images(tmp_path / "img", 8)
+    root = tmp_path / "cache"
+    store = FeatureStore(root, model.feature_key(), model.feature_dim)
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_first_chunk(done: int, total: int) -> None:
+        if done >= 4:
+            raise Crash
+
+    with pytest.raises(Crash):
+        extract_features(model, paths, tf, "cpu", store=store, chunk=4, progress=crash_after_first_chunk)
+    # a crash between the features write and the hashes write leaves extra feature bytes behind
+    with open(store.features_path, "ab") as f:
+        f.write(np.ones(model.feature_dim, np.float32).tobytes()[:-3])
+    reopened = FeatureStore(root, model.feature_key(), model.feature_dim)
+    assert len(reopened) == 4
+    counted = CountingTower(model)
+    feats, stats = extract_features(counted, paths, tf, "cpu", store=reopened, chunk=4)
+    assert stats == {"hits": 4, "computed": 4} and counted.calls == 4
+    fresh, _ = extract_features(model, paths, tf, "cpu")
+    np.testing.assert_allclose(feats, fresh, rtol=1e-5, atol=1e-6)
+    (entry,) = list_entries(root)
+    assert entry.rows == 8 and entry.dim == model.feature_dim
+    assert clear(root) > 0 and list_entries(root) == []
+
+
+def test_non_finite_features_are_never_cached(tmp_path: Path) -> None:
+    store = FeatureStore(tmp_path, {"family": "x"}, 4)
+    with pytest.raises(DataError, match="non-finite"):
+        store.append(["a"], np.array([[np.nan, 0, 0, 0]], np.float32))
+    assert len(store) == 0
