@@ -108,6 +108,10 @@ class FeatureStore:
         self._rows = {h: i for i, h in enumerate(lines[:n])}
         self._n = n
 
+    def refresh(self) -> None:
+        """Re-read the index (other processes may have appended: torchrun ranks filling one cache)."""
+        self._load()
+
     def __len__(self) -> int:
         return self._n
 

@@ -170,11 +170,29 @@ class HeadOnFeatures(Fitter):
         root = Path(cfg.data.feature_cache).expanduser() if cfg.data.feature_cache else default_cache_root()
         store = FeatureStore(root, inp.model.feature_key(), inp.model.feature_dim)
         cuda = inp.device.type == "cuda"
-        feats, stats = extract_features(
-            inp.model, [inp.paths[i] for i in rows], inp.eval_transform, inp.device,
-            digests=[inp.digests[i] for i in rows], store=store, batch_size=cfg.train.eval_batch_size,
-            num_workers=cfg.data.num_workers, amp=_flag(cfg.train.amp, cuda), progress=progress,
-        )
+        digests = [inp.digests[i] for i in rows]
+        dist = inp.dist_info
+        if dist.enabled:
+            # under torchrun each rank extracts its share of the missing images into the one shared cache
+            from ofgr_core.train.ddp import barrier
+
+            todo = store.missing(digests)
+            hits = len(rows) - len(todo)
+            mine = todo[dist.rank :: dist.world_size]
+            extract_features(
+                inp.model, [inp.paths[rows[j]] for j in mine], inp.eval_transform, inp.device,
+                digests=[digests[j] for j in mine], store=store, batch_size=cfg.train.eval_batch_size,
+                num_workers=cfg.data.num_workers, amp=_flag(cfg.train.amp, cuda), progress=progress,
+            )
+            barrier(dist)
+            store.refresh()
+            feats, stats = store.read(digests), {"hits": hits, "computed": len(todo)}
+        else:
+            feats, stats = extract_features(
+                inp.model, [inp.paths[i] for i in rows], inp.eval_transform, inp.device, digests=digests,
+                store=store, batch_size=cfg.train.eval_batch_size, num_workers=cfg.data.num_workers,
+                amp=_flag(cfg.train.amp, cuda), progress=progress,
+            )
         self._matrix = feats
         self._features = {int(r): j for j, r in enumerate(rows)}
         return {**stats, "cache": str(store.folder), "dim": int(inp.model.feature_dim)}

@@ -37,3 +37,40 @@ def test_torchrun_two_cpu_processes(tmp_path, tiny_data_root):
     # every event line was written once, by rank 0
     started = [e for e in runs.read_events(run_dir) if e["type"] == "run_started"]
     assert len(started) == 1
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_fill_one_feature_cache(tmp_path, tiny_data_root):
+    """A frozen tower under torchrun: the ranks share the extraction; the cache equals one process's."""
+    import numpy as np
+    import timm
+    import torch
+
+    from ofgr_core.features import FeatureStore, list_entries
+
+    torch.manual_seed(3)
+    tower = tmp_path / "tower.pth"
+    torch.save(timm.create_model("test_resnet", num_classes=0).state_dict(), tower)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        torchrun = Path(shutil.which("torchrun") or "torchrun")
+    caches = {}
+    for nproc in (2, 1):
+        cache = tmp_path / f"cache{nproc}"
+        cmd = [str(torchrun), "--standalone", "--nproc_per_node", str(nproc), "-m", "ofgr_core.cli", "run",
+               str(REPO / "configs" / "demo.yaml"), "--runs-dir", str(tmp_path / f"runs{nproc}"), "-q",
+               "--set", "device=cpu", "--set", f"model.pretrained={tower}", "--set", "model.freeze=all",
+               "--set", f"data.feature_cache={cache}"]
+        for o in tiny_overrides(tiny_data_root):
+            cmd += ["--set", o]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        (entry,) = list_entries(cache)
+        caches[nproc] = entry
+    two, one = caches[2], caches[1]
+    assert two.rows == one.rows > 0  # every image once, no duplicates from two writers
+    hashes = (one.path / "hashes.txt").read_text().split()
+    a = FeatureStore(two.path.parent, {k: v for k, v in two.key.items() if k != "dim"}, two.dim).read(hashes)
+    b = FeatureStore(one.path.parent, {k: v for k, v in one.key.items() if k != "dim"}, one.dim).read(hashes)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
