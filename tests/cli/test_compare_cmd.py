@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ofgr_testing import REPO, tiny_overrides
 from typer.testing import CliRunner
 
 from ofgr_core.cli import app
 from ofgr_core.compare import compare_runs
 from ofgr_core.metrics import paired_bootstrap_test
+from ofgr_testing import REPO, tiny_overrides
 
 runner = CliRunner()
 
