@@ -14,7 +14,7 @@ from rich.text import Text
 
 from ofgr_core import runs
 from ofgr_core.cli.app import app, err, handle_errors, out, print_json
-from ofgr_core.cli.tables import Column, fitted_table
+from ofgr_core.cli.tables import Column, fitted_table, rendered_width
 from ofgr_core.compare import Comparison
 from ofgr_core.errors import OfgrError
 from ofgr_core.reportfmt import (
@@ -121,7 +121,8 @@ def print_comparison(c: Comparison, width: int) -> None:
         out.print()
     for line in legend_lines(c):
         out.print(Text(line, style="dim"), width=width)
-    out.print(cost_table(c, width))
+    costs = cost_table(c, width)
+    out.print(costs, width=max(width, rendered_width(costs)), crop=False)
     if c.ratios:
         names = {rid: LETTERS[i] for i, rid in enumerate(c.run_ids)}
         out.print(Text("measured ratios (against A):", style="bold"))
