@@ -31,6 +31,7 @@ import numpy as np
 
 from ofgr_core.errors import DataError
 from ofgr_core.metrics import bootstrap_ci, metrics_from_hits, paired_bootstrap_tests
+from ofgr_core.runs import RunFolder
 
 METHODS = ("knn", "centroid")
 RCWF = "right_coarse_wrong_fine@1"
@@ -277,7 +278,7 @@ def _run_eval_settings(run_dir: Path) -> dict[str, Any]:
     from ofgr_core.config import EvalConfig
 
     try:
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        cfg = yaml.safe_load(RunFolder(run_dir).config.read_text()) or {}
     except (OSError, yaml.YAMLError):
         cfg = {}
     ev = cfg.get("eval") if isinstance(cfg.get("eval"), dict) else {}
@@ -319,13 +320,13 @@ def coarse_first_for_run(
     import json
 
     run_dir = Path(run_dir)
-    npy = run_dir / "embeddings" / f"{split}.npy"
-    csv_path = npy.with_suffix(".csv")
+    folder = RunFolder(run_dir)
+    npy, csv_path = folder.embeddings_npy(split), folder.embeddings_csv(split)
     if not npy.is_file() or not csv_path.is_file():
         return None
     settings = _run_eval_settings(run_dir)
-    pq_path = run_dir / "eval" / f"per_query_{split}.npz"
-    cache = run_dir / "eval" / f"coarse_first_{split}_{method}.npz"
+    pq_path = folder.per_query(split)
+    cache = folder.eval_dir / f"coarse_first_{split}_{method}.npz"
     sig = _signature([npy, csv_path, pq_path]) + f";k_vote={k_vote};v={CACHE_VERSION};{sorted(settings.items())}"
     cached = _load_cache(cache, sig) if use_cache else None
     if cached is None:
@@ -342,7 +343,7 @@ def coarse_first_for_run(
         qmask = np.ones(len(ids), bool)
         gmask = np.ones(len(ids), bool)
         try:
-            sp = json.loads((run_dir / "split.json").read_text())
+            sp = json.loads(folder.split.read_text())
         except (OSError, ValueError):
             sp = {}
         if sp.get("query") == "cross_domain" and "domain" in table:

@@ -376,7 +376,7 @@ def execute_run(
         cleanup(DistInfo(world_size=int(os.environ.get("WORLD_SIZE", "1"))))
     if metrics is not None:
         metrics["compute"] = meter.summary(metrics)
-        runs.atomic_write_json(run_dir / runs.METRICS_FILE, metrics)
+        runs.atomic_write_json(runs.RunFolder(run_dir).metrics, metrics)
     if metrics is None:
         if stop_file.exists():
             emit(RunInterrupted(reason="stop requested; resume with `ofgr resume " + run_dir.name + "`"))

@@ -324,9 +324,10 @@ def _compute_md(m: dict[str, Any], rows_out: list[dict[str, Any]], run_id: str) 
 
 
 def _what_was_run_md(run_dir: Path, m: dict[str, Any]) -> list[str]:
-    env = runs.read_json(run_dir / runs.ENV_FILE) or {}
-    split = runs.read_json(run_dir / runs.SPLIT_FILE) or {}
-    data_rep = runs.read_json(run_dir / runs.DATA_REPORT_FILE) or {}
+    folder = runs.RunFolder(run_dir)
+    env = runs.read_json(folder.env) or {}
+    split = runs.read_json(folder.split) or {}
+    data_rep = runs.read_json(folder.data_report) or {}
     d = m.get("data") or {}
     model = m.get("model") or {}
     tr = m.get("train") or {}
@@ -385,11 +386,11 @@ def write_report(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise OfgrError(f"{out}: exists and is not a folder; choose another -o")
-    if (out / runs.EVENTS_FILE).exists() or (out / runs.METRICS_FILE).exists():
+    if runs.RunFolder(out).is_run() or runs.RunFolder(out).metrics.exists():
         raise OfgrError(f"{out}: is a run folder; write the report somewhere else (-o)")
     all_m = []
     for d in dirs:
-        m = runs.read_json(d / runs.METRICS_FILE)
+        m = runs.read_json(runs.RunFolder(d).metrics)
         if not isinstance(m, dict):
             raise NotFoundError(f"{d.name}: no {runs.METRICS_FILE} (the run has not finished)")
         all_m.append(m)
@@ -441,7 +442,8 @@ def write_report(
     for i, (d, m) in enumerate(zip(dirs, all_m, strict=True)):
         letter, name = LETTERS[i], m.get("name") or d.name
         md += [f"## {letter}: `{d.name}`", "", "### What was run", "", *_what_was_run_md(d, m), ""]
-        cfg_text = (d / runs.CONFIG_FILE).read_text() if (d / runs.CONFIG_FILE).is_file() else ""
+        cfg_path = runs.RunFolder(d).config
+        cfg_text = cfg_path.read_text() if cfg_path.is_file() else ""
         if cfg_text:
             md += ["<details><summary>Resolved config (config.yaml)</summary>", "", "```yaml", cfg_text.rstrip(),
                    "```", "", "</details>", ""]
