@@ -408,12 +408,15 @@ def execute_run(
     import os
     import socket
 
+    from ofgr_core.compute import ComputeMeter
     from ofgr_core.events import RunStarted
     from ofgr_core.train.ddp import DistInfo, cleanup
 
     main = int(os.environ.get("RANK", "0")) == 0
+    meter = ComputeMeter()  # per-stage compute accounting from the stage events (metrics["compute"])
 
     def emit(event: Event) -> None:
+        meter.observe(event)
         if main and writer is not None:
             writer.write(event)
         if on_event is not None:
@@ -436,7 +439,11 @@ def execute_run(
         emit(RunFailed(error=f"{type(e).__name__}: {e}".splitlines()[0], traceback=traceback.format_exc()))
         raise
     finally:
+        meter.close()
         cleanup(DistInfo(world_size=int(os.environ.get("WORLD_SIZE", "1"))))
+    if metrics is not None:
+        metrics["compute"] = meter.summary(metrics)
+        runs.atomic_write_json(runs.RunFolder(run_dir).metrics, metrics)
     if metrics is None:
         if stop_file.exists():
             emit(RunInterrupted(reason="stop requested; resume with `ofgr resume " + run_dir.name + "`"))

@@ -236,27 +236,22 @@ def list_runs(
     if not infos:
         err.print(f"no runs in {runs_dir} (start one with `ofgr run`)")
         return
-    table = Table(title=f"runs in {runs_dir}", title_justify="left")
-    table.add_column("run", overflow="fold")
-    table.add_column("status", no_wrap=True, min_width=11)
-    for col in ("model", "dataset", "split"):
-        table.add_column(col, overflow="fold")
-    table.add_column("R@1 unseen", justify="right", no_wrap=True)
-    table.add_column("duration", justify="right", no_wrap=True)
-    table.add_column("started", overflow="fold")
+    from ofgr_core.cli.tables import Column, print_fitted
+
     colors = {"running": "cyan", "finished": "green", "failed": "red", "interrupted": "yellow"}
-    for i in infos:
-        table.add_row(
-            i.run_id,
-            f"[{colors[i.status]}]{i.status}[/]",
-            i.model,
-            i.dataset,
-            i.split,
-            f"{100 * i.recall_at_1_unseen:.1f}" if i.recall_at_1_unseen is not None else "-",
-            _fmt_duration(i.duration),
-            time.strftime("%Y-%m-%d %H:%M", time.localtime(i.started)) if i.started else "-",
-        )
-    out.print(table)
+    cols = [
+        Column("run", [i.run_id for i in infos]),  # never cut or wrapped: it is what a user copies
+        Column("status", [f"[{colors.get(i.status, 'white')}]{i.status}[/]" for i in infos], priority=1),
+        Column("R@1 unseen", [f"{100 * i.recall_at_1_unseen:.1f}" if i.recall_at_1_unseen is not None else "-"
+                              for i in infos], priority=2, justify="right"),
+        Column("model", [i.model for i in infos], priority=3, max_width=28),
+        Column("duration", [_fmt_duration(i.duration) for i in infos], priority=4, justify="right"),
+        Column("dataset", [i.dataset for i in infos], priority=5, max_width=28),
+        Column("split", [i.split for i in infos], priority=6),
+        Column("started", [time.strftime("%Y-%m-%d %H:%M", time.localtime(i.started)) if i.started else "-"
+                           for i in infos], priority=7),
+    ]
+    print_fitted(out, cols, title=f"runs in {runs_dir}")
 
 
 @app.command()

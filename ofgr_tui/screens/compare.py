@@ -52,6 +52,7 @@ class CompareScreen(OfgrScreen[None]):
         Binding("escape,backspace", "app.pop_screen", "Back"),
         Binding("v", "cycle_view", "Curves split/level"),
         Binding("b", "next_baseline", "Baseline"),
+        Binding("w", "write_report", "Write report"),
     ]
 
     @dataclass
@@ -116,6 +117,8 @@ class CompareScreen(OfgrScreen[None]):
             t.add_column(LETTERS[i], key=LETTERS[i])
         for row in c.rows:
             name = f"{row.split[:2]}/{row.level[:1]} {row.metric}"
+            if row.mode != "image":  # text->image and coarse-first rows (ofgr_core.compare.MODES)
+                name = f"{row.mode[:4]} {name}"
             t.add_row(name, *(delta_cell(row, i) for i in range(len(c.run_ids))))
         t.styles.height = min(t.row_count + 1, 30)
 
@@ -155,6 +158,21 @@ class CompareScreen(OfgrScreen[None]):
     def action_cycle_view(self) -> None:
         self.view = (self.view + 1) % len(VIEWS)
         self._show_plot()
+
+    def action_write_report(self) -> None:
+        # same folder layout as `ofgr report RUN... -o DIR`, beside the runs folder
+        import time
+
+        out = self.run_dirs[0].parent.parent / "reports" / f"{time.strftime('%Y%m%d-%H%M%S')}-compare"
+        self.notify(f"writing report to {out}…")
+        self._write_report(list(self.run_dirs), out)
+
+    @work(thread=True, exclusive=True, group="report", exit_on_error=False, name="report")
+    def _write_report(self, run_dirs: list[Path], out: Path) -> None:
+        from ofgr_core.report import write_report
+
+        path = write_report(run_dirs, out)
+        self.app.call_from_thread(self.notify, f"report written: {path}")
 
     def action_next_baseline(self) -> None:
         # rotate which run is A; the worker re-runs the paired tests against it
