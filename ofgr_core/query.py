@@ -40,6 +40,7 @@ class QueryResult:
     query_fine: str | None = None
     query_coarse: str | None = None
     index: dict[str, Any] = field(default_factory=dict)
+    space: str | None = None  # text queries: the image space searched (raw CLIP features or head embeddings)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -48,6 +49,7 @@ class QueryResult:
             "query_fine": self.query_fine,
             "query_coarse": self.query_coarse,
             "index": self.index,
+            "space": self.space,
             "results": [h.__dict__ for h in self.results],
         }
 
@@ -150,12 +152,7 @@ def query_run(
     if k < 1:
         raise ConfigError(f"k={k}: must be at least 1")
     if text is not None:
-        from ofgr_core.config import load_config
-
-        cfg = load_config(RunFolder(run_dir).config)
-        raise ConfigError(
-            f"text queries need a CLIP run (model.kind=clip); {run_dir.name} is {cfg.model.kind}:{cfg.model.name}"
-        )
+        return _query_text(run_dir, text, k=k, split=split)
     gallery = load_gallery(run_dir, split)
     self_row: int | None = None
     if item_id is not None:
@@ -192,3 +189,108 @@ def query_run(
             hit_coarse=(r.get("coarse") == q_coarse) if q_coarse is not None else None,
         ))
     return QueryResult(desc, split, hits, q_fine, q_coarse, index.info())
+
+
+# ------------------------------------------------------------------------------------------ text queries
+def _run_config(run_dir: str | Path) -> Any:
+    from ofgr_core.config import load_config
+
+    rd = RunFolder(run_dir)
+    if not rd.config.is_file():
+        raise NotFoundError(f"{rd.name}: no config.yaml (not a run folder?)")
+    return load_config(rd.config)
+
+
+def run_supports_text(run_dir: str | Path) -> bool:
+    """Whether a run's model can take text queries: the encoder class its config builds says so
+    (``Encoder.supports_text``), read without building the model."""
+    from ofgr_core.models import encoder_class
+
+    return bool(encoder_class(_run_config(run_dir).model).supports_text)
+
+
+@functools.lru_cache(maxsize=2)
+def _text_model(run_dir: str, mtime: float) -> Any:
+    """The run's encoder (tower from its weights source, trained head from the best/last checkpoint)."""
+    from ofgr_core.models import create_model
+    from ofgr_core.train.checkpoint import load_checkpoint
+
+    rd = RunFolder(run_dir)
+    cfg = _run_config(rd.path)
+    model = create_model(cfg.model, image_size=cfg.data.image_size)
+    ckpt = next((p for p in (rd.checkpoint("best"), rd.checkpoint("last")) if p.is_file()), None)
+    if ckpt is not None:
+        state = load_checkpoint(ckpt)["model"]
+        model.load_trainable_state_dict(state)
+    elif any(p.requires_grad for p in model.parameters()):
+        raise NotFoundError(f"{rd.name}: no checkpoint with the trained head (checkpoints/best.pt or last.pt)")
+    model.eval()
+    return model
+
+
+def _text_space(run_dir: Path, split: str, cfg: Any) -> str:
+    """``metrics.json``'s choice for the split (``text_to_image.space_for_free_text``), else the config's."""
+    import json
+
+    try:
+        metrics = json.loads(RunFolder(run_dir).metrics.read_text())
+        space = metrics.get(split, {}).get("text_to_image", {}).get("space_for_free_text")
+        if space in ("raw", "head"):
+            return space
+    except (OSError, ValueError, AttributeError):
+        pass
+    space = getattr(getattr(cfg.model, "text", None), "space", "raw")
+    return space if space in ("raw", "head") else "raw"
+
+
+def _raw_gallery(model: Any, cfg: Any, gallery: Gallery) -> np.ndarray:
+    """The gallery's raw tower features, from the shared feature cache (the tower runs only on misses)."""
+    import torch
+
+    from ofgr_core.features import FeatureStore, default_cache_root, extract_features
+    from ofgr_core.models import create_transforms
+
+    root = getattr(cfg.model, "feature_cache", None) or default_cache_root()
+    store = FeatureStore(root, model.feature_key(), model.feature_dim)
+    paths = [r["path"] for r in gallery.rows]
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise NotFoundError(f"gallery image {missing[0]} not found ({len(missing)} missing); the raw CLIP space "
+                            "needs the run's images")
+    with torch.no_grad():
+        feats, _ = extract_features(model, paths, create_transforms(model, train=False), "cpu", store=store)
+    return feats
+
+
+def _query_text(run_dir: Path, text: str, *, k: int, split: str) -> QueryResult:
+    from ofgr_core.text import encode_free_text
+
+    if not run_supports_text(run_dir):
+        cfg = _run_config(run_dir)
+        raise ConfigError(f"{run_dir.name}: its {cfg.model.kind} model ({cfg.model.name}) has no text encoder; "
+                          "text queries need a CLIP run (model.kind: clip)")
+    if not text.strip():
+        raise ConfigError("--text: empty query")
+    cfg = _run_config(run_dir)
+    gallery = load_gallery(run_dir, split)
+    rd = RunFolder(run_dir)
+    mtime = max((c.stat().st_mtime for c in (rd.checkpoint("best"), rd.checkpoint("last")) if c.is_file()),
+                default=0.0)
+    model = _text_model(str(run_dir.resolve()), mtime)
+    space = _text_space(run_dir, split, cfg)
+    q = encode_free_text(model, text, space)
+    if space == "raw":
+        from ofgr_core.index import build_index
+
+        feats = _raw_gallery(model, cfg, gallery)
+        index = build_index(np.ascontiguousarray(feats, dtype=np.float32), ids=np.arange(len(gallery.rows)))
+    else:
+        index = _searcher(run_dir, split, gallery)
+    scores, rows = index.search(np.ascontiguousarray(q, dtype=np.float32), k)
+    hits = [
+        QueryHit(rank=i + 1, id=gallery.rows[int(r)]["id"], path=gallery.rows[int(r)]["path"], score=float(s),
+                 fine=gallery.rows[int(r)].get("fine", ""), coarse=gallery.rows[int(r)].get("coarse", ""),
+                 hit_fine=None, hit_coarse=None)
+        for i, (s, r) in enumerate(zip(scores[0], rows[0], strict=True)) if r >= 0
+    ]
+    return QueryResult(f"text {text!r}", split, hits, None, None, index.info(), space=space)

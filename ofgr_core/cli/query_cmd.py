@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ofgr_core import runs
@@ -32,7 +33,9 @@ def query(
         print_json(res.to_dict())
         return
     label = f" ({res.query_coarse} / {res.query_fine})" if res.query_fine else ""
-    table = Table(title=f"{res.query}{label} — {split} gallery, {res.index.get('type')} index", title_justify="left")
+    space = {"raw": ", raw CLIP image space", "head": ", head embedding space"}.get(res.space or "", "")
+    table = Table(title=escape(f"{res.query}{label} — {split} gallery{space}, {res.index.get('type')} index"),
+                  title_justify="left")
     for col in ("#", "score", "fine", "coarse", "hit", "path"):
         table.add_column(col, justify="right" if col in ("#", "score") else "left")
     for h in res.results:

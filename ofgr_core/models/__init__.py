@@ -2,13 +2,21 @@
 
 from ofgr_core.models.backbone import create_timm_backbone, load_backbone_checkpoint, read_state_dict
 from ofgr_core.models.base import Encoder, FeatureHead, MLPHead
+from ofgr_core.models.clip import ClipEncoder  # registers model.kind=clip (open_clip is imported lazily)
 from ofgr_core.models.embedding import EmbeddingModel
-from ofgr_core.models.factory import MODELS, create_model, create_model_and_transforms, create_transforms
+from ofgr_core.models.factory import (
+    MODELS,
+    create_model,
+    create_model_and_transforms,
+    create_transforms,
+    encoder_class,
+)
 from ofgr_core.models.neck import EmbeddingNeck
 from ofgr_core.models.tiny_cnn import TinyCNN  # registers ofgr_tinycnn in timm
 
 __all__ = [
     "MODELS",
+    "ClipEncoder",
     "EmbeddingModel",
     "Encoder",
     "FeatureHead",
@@ -19,6 +27,7 @@ __all__ = [
     "create_model",
     "create_timm_backbone",
     "create_transforms",
+    "encoder_class",
     "load_backbone_checkpoint",
     "read_state_dict",
 ]

@@ -31,6 +31,21 @@ def create_model(cfg: ModelConfig, image_size: int | None = None) -> Encoder:
     return MODELS.create(cfg.kind, cfg=cfg, image_size=image_size)
 
 
+def encoder_class(cfg: ModelConfig) -> type[Encoder]:
+    """The ``Encoder`` subclass ``create_model(cfg)`` builds, read from its factory's return annotation.
+
+    Lets callers ask the contract (``supports_text``, ``family``) without building the model (and without
+    loading weights or importing open_clip).
+    """
+    import typing
+
+    factory = MODELS.get(cfg.kind)
+    cls = typing.get_type_hints(factory).get("return")
+    if not (isinstance(cls, type) and issubclass(cls, Encoder)):
+        raise TypeError(f"model factory {cfg.kind!r} must annotate its return type with an Encoder subclass")
+    return cls
+
+
 def create_model_and_transforms(
     cfg: ModelConfig, image_size: int | None = None, crop_scale: tuple[float, float] = (0.08, 1.0)
 ) -> tuple[Encoder, Callable, Callable]:
