@@ -154,6 +154,7 @@ class ArcFaceConfig(Section):
     scale: float = Field(16.0, gt=0.0)
     margin: float = Field(0.2, ge=0.0)  # additive angular margin in radians (0.5 rad = 28.6 deg)
     lr: float | None = None  # class-weight matrix learning rate; default 10x train.lr
+    subcenters: int = Field(1, ge=1)  # > 1: sub-center ArcFace (K centres per class; robust to label noise)
 
 
 class HTripletConfig(Section):

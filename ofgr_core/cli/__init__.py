@@ -4,7 +4,7 @@ from __future__ import annotations
 
 # Command modules register themselves on ``app`` when imported.
 import ofgr_core.cli.eval_cmd  # noqa: F401
-from ofgr_core.cli import data_cmd, query_cmd, run_cmd  # noqa: F401
+from ofgr_core.cli import data_cmd, hier_cmd, query_cmd, run_cmd  # noqa: F401
 from ofgr_core.cli.app import app
 
 
