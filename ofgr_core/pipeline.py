@@ -185,9 +185,10 @@ def run_pipeline(
     train_tf = create_transforms(model, train=True, crop_scale=cfg.data.crop_scale)
     eval_tf = create_transforms(model, train=False)
     tr = split.indices["train"]
-    train_fine, train_labels0 = np.unique(labels[tr, 0], return_inverse=True)
-    coarse_train = labels[tr, 1] if labels.shape[1] > 1 else np.zeros_like(train_labels0)
-    train_labels = np.stack([train_labels0, coarse_train], 1)
+    from ofgr_core.hierarchy import training_labels
+
+    train_fine, train_labels = training_labels(labels[tr])  # coarse-only rows keep fine id -1
+    coarse_train = train_labels[:, 1]
     sampler_cfg = cfg.sampler
     n_coarse = len(np.unique(coarse_train))
     if n_coarse < sampler_cfg.coarse_per_batch:

@@ -144,6 +144,7 @@ def _inspect_report(target: Path, check: bool) -> dict:
         "images": summary["images"],
         "images_found": rep["n_images_found"],
         "classes_per_level": summary["levels"],
+        "coarse_only_images": summary.get("coarse_only_images", 0),
         "images_per_fine_class": summary.get("images_per_fine_class"),
         "class_size_histogram": summary["class_size_histogram"],
         "per_split": summary.get("per_split", {}),
@@ -183,6 +184,8 @@ def _print_inspect(r: dict) -> None:
     out.print(f"[bold]found[/] {found}", highlight=False, soft_wrap=True)
     levels = ", ".join(f"{n} {lv}" for lv, n in r["classes_per_level"].items())
     out.print(f"{r['images']} usable images of {r['images_found']}; classes: {levels}", highlight=False)
+    if r.get("coarse_only_images"):
+        out.print(f"coarse-only images (no fine label): {r['coarse_only_images']}", highlight=False)
     if r["images_per_fine_class"]:
         s = r["images_per_fine_class"]
         out.print(f"images per fine class: min {s['min']}, median {s['median']:g}, max {s['max']}",
