@@ -23,7 +23,6 @@ import csv
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -172,20 +171,22 @@ def load_run_embeddings(run_dir: str | os.PathLike[str], parts: Sequence[str] | 
     Raises:
         DataError: the run has no stored embeddings (it did not finish), or a part's files disagree.
     """
-    folder = Path(run_dir) / "embeddings"
-    found = sorted(p.stem for p in folder.glob("*.npy")) if folder.is_dir() else []
+    from ofgr_core.runs import RunFolder
+
+    run = RunFolder(run_dir)
+    found = run.embedded_splits()
     wanted = list(parts) if parts else found
     missing = [p for p in wanted if p not in found]
     if not found or missing:
-        raise DataError(f"{run_dir}: no stored embeddings for {', '.join(missing) or 'any part'} in {folder} "
-                        "(finish the run first, or `ofgr resume` it)")
+        raise DataError(f"{run_dir}: no stored embeddings for {', '.join(missing) or 'any part'} in "
+                        f"{run.embeddings_dir} (finish the run first, or `ofgr resume` it)")
     embs, rows = [], []
     for part in wanted:
-        emb = np.load(folder / f"{part}.npy", mmap_mode="r")
-        with open(folder / f"{part}.csv", newline="") as f:
+        emb = np.load(run.embeddings_npy(part), mmap_mode="r")
+        with open(run.embeddings_csv(part), newline="") as f:
             part_rows = list(csv.DictReader(f))
         if len(part_rows) != len(emb):
-            raise DataError(f"{folder / (part + '.csv')} has {len(part_rows)} rows for {len(emb)} embeddings")
+            raise DataError(f"{run.embeddings_csv(part)} has {len(part_rows)} rows for {len(emb)} embeddings")
         embs.append(np.asarray(emb, dtype=np.float32))
         rows += [{**r, "split": r.get("split") or part} for r in part_rows]
     return np.concatenate(embs), rows
