@@ -282,3 +282,101 @@ def write_taxonomy(path: str | os.PathLike[str], induction: Induction, *, name: 
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, text)
     return out
+
+
+# ------------------------------------------------------------------------------------------ features
+@dataclass
+class ClassFeatures:
+    """Per-class centroids of a dataset and what produced them.
+
+    Attributes:
+        classes: fine class names (sorted).
+        centroids: ``(C, D)`` unit-norm centroids.
+        coarse: the dataset's own coarse label of each class ("" when it has none or several).
+        n_images: images used per class.
+        encoder: description of the encoder (for the report).
+    """
+
+    classes: list[str]
+    centroids: np.ndarray
+    coarse: list[str]
+    n_images: list[int]
+    encoder: dict[str, Any]
+
+
+def _sample_per_class(labels: Sequence[str], per_class: int | None, seed: int) -> np.ndarray:
+    """Row indices: at most ``per_class`` labelled rows of each fine class, drawn with ``seed``."""
+    rng = np.random.default_rng(seed)
+    by_class: dict[str, list[int]] = {}
+    for i, lab in enumerate(labels):
+        if lab:
+            by_class.setdefault(lab, []).append(i)
+    rows: list[int] = []
+    for lab in sorted(by_class):
+        idx = np.asarray(by_class[lab])
+        if per_class is not None and len(idx) > per_class:
+            idx = np.sort(rng.choice(idx, per_class, replace=False))
+        rows.extend(idx.tolist())
+    return np.asarray(rows, dtype=np.int64)
+
+
+def _load_encoder(model_cfg: Any, image_size: int | None, checkpoint: str | os.PathLike[str] | None
+                  ) -> tuple[Any, Any, dict[str, Any]]:
+    """A frozen encoder in eval mode, its eval transform, and a description."""
+    from ofgr_core.models import create_model, create_transforms
+
+    model = create_model(model_cfg, image_size=image_size)
+    info: dict[str, Any] = {"kind": model_cfg.kind, "name": model_cfg.name, "pretrained": model_cfg.pretrained}
+    if checkpoint is not None:
+        from ofgr_core.train.checkpoint import load_checkpoint
+
+        model.load_state_dict(load_checkpoint(checkpoint, map_location="cpu")["model"])
+        info["checkpoint"] = str(checkpoint)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, create_transforms(model, train=False), info
+
+
+def dataset_class_features(
+    prepared: Any,
+    model_cfg: Any,
+    *,
+    image_size: int | None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    per_class: int | None = 20,
+    seed: int = 0,
+    batch_size: int = 128,
+    progress: Any = None,
+) -> ClassFeatures:
+    """Centroids of a frozen encoder's image features for every fine class of a loaded dataset.
+
+    Args:
+        prepared: a :class:`ofgr_core.data.dataset.PreparedData`.
+        model_cfg: the ``model`` config section naming the encoder.
+        image_size: input resolution (``None``: the model's default).
+        checkpoint: weights to load (e.g. a run's ``best.pt``); ``None`` keeps the config's weights.
+        per_class: images per class to embed (``None``: all).
+        seed: which images are drawn when a class has more.
+        batch_size: images per forward pass.
+        progress: ``progress(done, total)``.
+    """
+    import torch
+
+    from ofgr_core.embed import embed_paths
+
+    table = prepared.table
+    fine = table.labels["fine"]
+    rows = _sample_per_class(fine, per_class, seed)
+    model, tf, info = _load_encoder(model_cfg, image_size, checkpoint)
+    feats = embed_paths(model, [table.paths[i] for i in rows], tf, torch.device("cpu"), progress=progress,
+                        batch_size=batch_size)
+    labels = [fine[i] for i in rows]
+    classes, cents = class_centroids(feats, labels)
+    coarse_of: dict[str, set[str]] = {}
+    if "coarse" in table.labels:
+        for i in rows:
+            coarse_of.setdefault(fine[i], set()).add(table.labels["coarse"][i])
+    counts = Counter(labels)
+    coarse = [next(iter(coarse_of[c])) if len(coarse_of.get(c, ())) == 1 else "" for c in classes]
+    return ClassFeatures(classes, cents, coarse, [counts[c] for c in classes], info)

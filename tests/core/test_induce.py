@@ -94,3 +94,33 @@ def test_bad_inputs_are_named() -> None:
         induce_groups(x, names, linkage="median")  # type: ignore[arg-type]
     with pytest.raises(DataError, match="at least 2"):
         induce_groups(x[:1], names[:1])
+
+
+def test_cli_induces_a_taxonomy_that_data_taxonomy_uses(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from ofgr_core.cli import app
+    from ofgr_core.config import DataConfig, SourceConfig
+    from ofgr_core.data import synthetic
+    from ofgr_core.data.dataset import load_dataset
+
+    world = synthetic.generate(tmp_path / "w", seed=0, num_coarse=3, fine_per_coarse=2, images_per_class=4,
+                               image_size=16)
+    out = tmp_path / "tax.yaml"
+    res = CliRunner().invoke(app, ["data", "hierarchy", str(world), "--out", str(out), "--groups", "3",
+                                   "--model", "test_resnet", "--image-size", "16", "--json"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout)
+    assert rep["n_groups"] == 3 and rep["criterion"] == "given" and sum(g["size"] for g in rep["groups"]) == 6
+    assert 0 <= rep["images_per_class"]["min"] <= 4
+    assert "adjusted_rand_index" in rep["agreement_with_dataset_coarse"]
+    assert Path(rep["report"]).is_file()
+    data = load_dataset(DataConfig(cache=False, taxonomy=str(out), sources=[
+        SourceConfig(type="manifest", root=str(world / "manifest.csv"))]))
+    placed = dict(zip(data.table.labels["fine"], data.table.labels["coarse"], strict=True))
+    expected = {m: g["name"] for g in rep["groups"] for m in g["members"]}
+    assert placed == expected  # every image's coarse label is its class's induced group
+    bad = CliRunner().invoke(app, ["data", "hierarchy", str(world), "--out", str(out), "--levels", "2"])
+    assert bad.exit_code != 0 and "--levels 1" in bad.output
