@@ -320,13 +320,17 @@ def _sample_per_class(labels: Sequence[str], per_class: int | None, seed: int) -
     return np.asarray(rows, dtype=np.int64)
 
 
-def _load_encoder(model_cfg: Any, image_size: int | None, checkpoint: str | os.PathLike[str] | None
-                  ) -> tuple[Any, Any, dict[str, Any]]:
-    """A frozen encoder in eval mode, its eval transform, and a description."""
-    from ofgr_core.models import create_model, create_transforms
+def load_encoder(model_cfg: Any, image_size: int | None, checkpoint: str | os.PathLike[str] | None = None
+                 ) -> tuple[Any, Any, dict[str, Any]]:
+    """A frozen encoder (any family, through ``create_model_and_transforms``) in eval mode, its eval
+    transform, and a description for reports. ``checkpoint``: a run's ``best.pt``/``last.pt`` to load."""
+    from ofgr_core.models import create_model_and_transforms
 
-    model = create_model(model_cfg, image_size=image_size)
-    info: dict[str, Any] = {"kind": model_cfg.kind, "name": model_cfg.name, "pretrained": model_cfg.pretrained}
+    if checkpoint is not None:
+        model_cfg = model_cfg.model_copy(update={"pretrained": False})
+    model, _, eval_tf = create_model_and_transforms(model_cfg, image_size=image_size)
+    info: dict[str, Any] = {"kind": model_cfg.kind, "name": model_cfg.name,
+                            "pretrained": getattr(model_cfg, "pretrained", None)}
     if checkpoint is not None:
         from ofgr_core.train.checkpoint import load_checkpoint
 
@@ -335,7 +339,58 @@ def _load_encoder(model_cfg: Any, image_size: int | None, checkpoint: str | os.P
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    return model, create_transforms(model, train=False), info
+    return model, eval_tf, info
+
+
+def image_features(
+    model: Any,
+    eval_tf: Any,
+    paths: Sequence[str],
+    *,
+    digests: Sequence[str] | None = None,
+    trained: bool = False,
+    cache_root: str | os.PathLike[str] | None = None,
+    batch_size: int = 128,
+    progress: Any = None,
+) -> tuple[np.ndarray, str]:
+    """Features of ``paths``: the tower's (frozen, through the content-hash feature cache) or, for a trained
+    model (``trained=True``), its embeddings (head included). Returns ``(features, which)``."""
+    import torch
+
+    if trained:
+        from ofgr_core.embed import embed_paths
+
+        feats = embed_paths(model, list(paths), eval_tf, torch.device("cpu"), progress=progress,
+                            batch_size=batch_size)
+        return feats, "embedding"
+    from ofgr_core.features import FeatureStore, default_cache_root, extract_features
+
+    store = None
+    if cache_root is not False:  # False: no cache
+        root = Path(cache_root) if cache_root else default_cache_root()
+        try:
+            store = FeatureStore(root, model.feature_key(), model.feature_dim)
+        except OSError:
+            store = None  # a read-only cache folder: compute without it
+    feats, _ = extract_features(model, list(paths), eval_tf, "cpu", digests=digests, store=store,
+                                batch_size=batch_size, progress=progress)
+    return np.asarray(feats, dtype=np.float32), "tower"
+
+
+def text_centroids(model: Any, classes: Sequence[str], template: str = "a photo of a {}.") -> np.ndarray:
+    """Unit-norm text embeddings of the class names (models with ``supports_text``, e.g. CLIP).
+
+    Raises:
+        ConfigError: the model cannot embed text.
+    """
+    import torch
+
+    if not getattr(model, "supports_text", False):
+        raise ConfigError(f"{type(model).__name__} cannot embed text; use a CLIP model (model.kind: clip) for "
+                          "--text, or induce from image features")
+    with torch.no_grad():
+        emb = model.encode_text(model.tokenize([template.format(c) for c in classes]))
+    return _unit(emb.float().cpu().numpy())
 
 
 def dataset_class_features(
@@ -346,33 +401,44 @@ def dataset_class_features(
     checkpoint: str | os.PathLike[str] | None = None,
     per_class: int | None = 20,
     seed: int = 0,
-    batch_size: int = 128,
+    text: bool = False,
+    cache_root: str | os.PathLike[str] | None = None,
     progress: Any = None,
 ) -> ClassFeatures:
-    """Centroids of a frozen encoder's image features for every fine class of a loaded dataset.
+    """Per-class vectors for every fine class of a loaded dataset.
+
+    Image mode (default): the mean L2-normalised feature of up to ``per_class`` images per class; the
+    features are the frozen tower's (cached by content hash), or a trained run's embeddings when
+    ``checkpoint`` is given. Text mode: the text embedding of each class name (CLIP-style models).
 
     Args:
         prepared: a :class:`ofgr_core.data.dataset.PreparedData`.
         model_cfg: the ``model`` config section naming the encoder.
         image_size: input resolution (``None``: the model's default).
-        checkpoint: weights to load (e.g. a run's ``best.pt``); ``None`` keeps the config's weights.
+        checkpoint: trained weights to load (a run's ``best.pt``).
         per_class: images per class to embed (``None``: all).
         seed: which images are drawn when a class has more.
-        batch_size: images per forward pass.
+        text: use class-name text embeddings instead of images.
+        cache_root: feature cache folder (default ``~/.cache/ofgr/features``).
         progress: ``progress(done, total)``.
     """
-    import torch
-
-    from ofgr_core.embed import embed_paths
-
     table = prepared.table
     fine = table.labels["fine"]
     rows = _sample_per_class(fine, per_class, seed)
-    model, tf, info = _load_encoder(model_cfg, image_size, checkpoint)
-    feats = embed_paths(model, [table.paths[i] for i in rows], tf, torch.device("cpu"), progress=progress,
-                        batch_size=batch_size)
+    model, tf, info = load_encoder(model_cfg, image_size, checkpoint)
     labels = [fine[i] for i in rows]
-    classes, cents = class_centroids(feats, labels)
+    if text:
+        classes = sorted(set(labels))
+        cents = text_centroids(model, classes)
+        info["features"] = "text"
+    else:
+        hashes = table.meta.get("content_hash") or {}
+        digests = [hashes.get(table.ids[i], "") for i in rows]
+        feats, which = image_features(model, tf, [table.paths[i] for i in rows],
+                                      digests=digests if all(digests) else None, trained=checkpoint is not None,
+                                      cache_root=cache_root, progress=progress)
+        info["features"] = which
+        classes, cents = class_centroids(feats, labels)
     coarse_of: dict[str, set[str]] = {}
     if "coarse" in table.labels:
         for i in rows:

@@ -62,6 +62,7 @@ def hierarchy(
     model: str = typer.Option(None, "--model", help="Encoder name (timm), overriding the config's model."),
     run_ref: str = typer.Option(None, "--run", help="Use a finished run's trained encoder (best checkpoint)."),
     per_class: int = typer.Option(20, "--per-class", help="Images embedded per class (0: all)."),
+    text: bool = typer.Option(False, "--text", help="Cluster text embeddings of the class names (CLIP models)."),
     image_size: int = typer.Option(None, "--image-size", help="Input resolution (default: config or 64)."),
     name: str = typer.Option(None, "--name", help="Taxonomy name (default: induced-<dataset folder>)."),
     report_path: Path = typer.Option(None, "--report", help="Report JSON (default: <out>.report.json)."),
@@ -100,12 +101,13 @@ def hierarchy(
     size = image_size or data_cfg.image_size
     prepared = load_dataset(data_cfg.model_copy(update={"cache": False}))
     feats = dataset_class_features(prepared, model_cfg, image_size=size, checkpoint=checkpoint,
-                                   per_class=per_class or None, seed=seed)
+                                   per_class=per_class or None, seed=seed, text=text)
     ind = induce_groups(feats.centroids, feats.classes, n_groups=groups, max_groups=max_groups,
                         linkage=linkage)  # type: ignore[arg-type]
     tax_name = name or f"induced-{Path(target).resolve().parent.name if target.is_file() else target.name}"
     written = write_taxonomy(out_path, ind, name=tax_name,
-                             description=f"induced by `ofgr data hierarchy` from {model_cfg.name} features")
+                             description=f"induced by `ofgr data hierarchy` from {model_cfg.name} "
+                                         f"{feats.encoder.get('features', '')} features")
     report = {"taxonomy": str(written), "target": str(target), "encoder": feats.encoder,
               "images_per_class": {"min": min(feats.n_images), "max": max(feats.n_images)}, **ind.report()}
     if any(feats.coarse) and all(feats.coarse):

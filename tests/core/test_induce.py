@@ -96,7 +96,7 @@ def test_bad_inputs_are_named() -> None:
         induce_groups(x[:1], names[:1])
 
 
-def test_cli_induces_a_taxonomy_that_data_taxonomy_uses(tmp_path: Path) -> None:
+def test_cli_induces_a_taxonomy_that_data_taxonomy_uses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import json
 
     from typer.testing import CliRunner
@@ -106,6 +106,7 @@ def test_cli_induces_a_taxonomy_that_data_taxonomy_uses(tmp_path: Path) -> None:
     from ofgr_core.data import synthetic
     from ofgr_core.data.dataset import load_dataset
 
+    monkeypatch.setenv("OFGR_CACHE", str(tmp_path / "cache"))  # the feature cache lands here, not in ~
     world = synthetic.generate(tmp_path / "w", seed=0, num_coarse=3, fine_per_coarse=2, images_per_class=4,
                                image_size=16)
     out = tmp_path / "tax.yaml"
@@ -117,6 +118,7 @@ def test_cli_induces_a_taxonomy_that_data_taxonomy_uses(tmp_path: Path) -> None:
     assert 0 <= rep["images_per_class"]["min"] <= 4
     assert "adjusted_rand_index" in rep["agreement_with_dataset_coarse"]
     assert Path(rep["report"]).is_file()
+    assert rep["encoder"]["features"] == "tower" and any((tmp_path / "cache" / "features").iterdir())
     data = load_dataset(DataConfig(cache=False, taxonomy=str(out), sources=[
         SourceConfig(type="manifest", root=str(world / "manifest.csv"))]))
     placed = dict(zip(data.table.labels["fine"], data.table.labels["coarse"], strict=True))
