@@ -40,13 +40,13 @@ import numpy as np
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from ofgr_core.config import ArcFaceConfig, EvalConfig, HTripletConfig, LossConfig, ModelConfig
+from ofgr_core.config import ArcFaceConfig, Config, EvalConfig, HTripletConfig, LossConfig
 from ofgr_core.data import synthetic
 from ofgr_core.embed import embed_paths
 from ofgr_core.evaluate import run_split
 from ofgr_core.induce import class_centroids, induce_groups
 from ofgr_core.losses import create_loss
-from ofgr_core.models import create_model, create_transforms
+from ofgr_core.models import create_model_and_transforms
 from ofgr_core.runs import RunFolder
 from ofgr_core.samplers import HierarchicalPKSampler
 from ofgr_core.suspects import find_suspects, precision_recall_at
@@ -58,11 +58,11 @@ def encode(paths: list[str], checkpoint: Path | None, image_size: int, cache: Pa
     if cache.is_file():
         return np.load(cache)
     torch.manual_seed(0)
-    model = create_model(ModelConfig(), image_size=image_size)
+    model, _, eval_tf = create_model_and_transforms(Config().model, image_size=image_size)  # ofgr_tinycnn
     if checkpoint is not None:
         model.load_state_dict(load_checkpoint(checkpoint, map_location="cpu")["model"])
     model.eval()
-    feats = embed_paths(model, paths, create_transforms(model, train=False), torch.device("cpu"), batch_size=128)
+    feats = embed_paths(model, paths, eval_tf, torch.device("cpu"), batch_size=128)
     np.save(cache, feats)
     return feats
 
