@@ -36,6 +36,7 @@ class DataConfig(Section):
     taxonomy: str | None = None  # taxonomy YAML mapping source labels to unified nodes
     unmapped: Literal["error", "drop"] = "error"
     dedup: bool = True  # drop exact duplicate images (content hash)
+    coarse_only: Literal["keep", "drop"] = "keep"  # rows with an empty fine label (coarse known)
     image_size: int | None = 64  # train/eval resolution; null = the model's default
     crop_scale: tuple[float, float] = (0.35, 1.0)  # train random-resized-crop area range (timm/ImageNet: 0.08)
     cache: bool = True  # decoded-and-resized uint8 cache (memory-mapped)
@@ -58,6 +59,9 @@ class SplitConfig(Section):
     query_domain: str | None = None
     unseen: list[str] | None = None  # protocol=file without a file: the held-out fine classes
     seen_test_fraction: float = Field(0.2, ge=0.0, lt=1.0)  # per seen class, if the source has no test split
+    # coarse-only rows (no fine label): trained on with the coarse terms, or coarse-level gallery items of
+    # the unseen part (never queries, never fine positives)
+    coarse_only: Literal["train", "gallery"] = "train"
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -154,6 +158,7 @@ class ArcFaceConfig(Section):
     scale: float = Field(16.0, gt=0.0)
     margin: float = Field(0.2, ge=0.0)  # additive angular margin in radians (0.5 rad = 28.6 deg)
     lr: float | None = None  # class-weight matrix learning rate; default 10x train.lr
+    subcenters: int = Field(1, ge=1)  # > 1: sub-center ArcFace (K centres per class; robust to label noise)
 
 
 class HTripletConfig(Section):
@@ -174,6 +179,7 @@ class SamplerConfig(Section):
     coarse_per_batch: int = Field(2, ge=1)  # C
     fine_per_coarse: int = Field(4, ge=1)  # P
     k: int = Field(4, ge=1)  # K images per fine class
+    coarse_only_k: int | None = Field(None, ge=0)  # coarse-only images per coarse class in a batch; default k
     batches_per_epoch: int | None = None  # per rank; default n_train // (C*P*K*world_size), >= one class pass
 
 

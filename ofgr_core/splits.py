@@ -35,7 +35,7 @@ import yaml
 from ofgr_core.config import SplitConfig
 from ofgr_core.data.base import DatasetTable
 from ofgr_core.errors import ConfigError, DataError
-from ofgr_core.hierarchy import Hierarchy
+from ofgr_core.hierarchy import COARSE_ONLY, Hierarchy
 
 PARTS = ("train", "val", "seen", "unseen")
 CARS196_SEEN_MAX = 98  # Stanford Cars class ids 1..98 are seen, 99..196 unseen
@@ -75,13 +75,15 @@ class Split:
         """Boolean query and gallery masks over ``indices[part]`` for the query protocol.
 
         A query must have at least one image of its fine class in the gallery besides itself; queries that do
-        not are left out of the query mask (counted by :meth:`excluded_queries`).
+        not are left out of the query mask (counted by :meth:`excluded_queries`). Coarse-only images (no fine
+        label) are never queries; they stay in the gallery, where they can only match at the coarse level.
         """
         q, g = self._raw_masks(part, table)
         idx = self.indices[part]
         if len(idx) == 0:
             return q, g
         fine = [table.labels["fine"][i] for i in idx]
+        q = q & np.fromiter((bool(f) for f in fine), dtype=bool, count=len(fine))
         classes, inverse = np.unique(np.asarray(fine, dtype=object), return_inverse=True)
         # positives of a query: gallery images of its class, minus itself when it is in the gallery too
         in_gallery = np.bincount(inverse[g], minlength=len(classes))
@@ -227,6 +229,8 @@ def _from_manifest(table: DatasetTable, hierarchy: Hierarchy, labels: np.ndarray
         raise DataError(f"split.protocol=manifest: unknown split value(s) {bad} "
                         f"(valid: {', '.join(_MANIFEST_ROLES)})")
     for c, s in zip(labels[:, 0], table.splits, strict=True):
+        if c == COARSE_ONLY:
+            continue  # placed by split.coarse_only, not by the manifest
         role = _MANIFEST_ROLES[s]
         roles.setdefault(int(c), set()).add("train" if role == "seen" else role)
     names = hierarchy.classes[0]
@@ -384,12 +388,22 @@ def _finish(
             train_list.extend(rows[n_test:])
         train_rows, seen_rows = np.array(train_list, np.int64), np.array(seen_list, np.int64)
     names = hierarchy.classes[0]
+    unseen_rows = np.flatnonzero(np.isin(fine, unseen_cls))
+    coarse_only = np.flatnonzero(fine == COARSE_ONLY)
+    if len(coarse_only):
+        # their fine class is unknown, so they cannot be placed by class: they train with the coarse terms,
+        # or serve as coarse-level gallery items of the unseen part (never both: that would leak them)
+        if cfg.coarse_only == "train":
+            train_rows = np.concatenate([train_rows, coarse_only])
+        else:
+            unseen_rows = np.sort(np.concatenate([unseen_rows, coarse_only]))
+        report["coarse_only"] = {"images": int(len(coarse_only)), "placed_in": cfg.coarse_only}
     split = Split(
         indices={
             "train": np.sort(train_rows).astype(np.int64),
             "val": np.flatnonzero(np.isin(fine, val_cls)),
             "seen": np.sort(seen_rows).astype(np.int64),
-            "unseen": np.flatnonzero(np.isin(fine, unseen_cls)),
+            "unseen": unseen_rows,
         },
         classes={
             "train": [names[c] for c in train_cls],
@@ -466,14 +480,16 @@ def check_split(split: Split, labels: np.ndarray, *, table: DatasetTable | None 
     """
     fine = labels[:, 0]
     for part in ("train", "val"):
-        leaked = np.intersect1d(fine[split.indices[part]], fine[split.indices["unseen"]])
+        leaked = np.setdiff1d(np.intersect1d(fine[split.indices[part]], fine[split.indices["unseen"]]),
+                              [COARSE_ONLY])
         if len(leaked):
             raise DataError(f"split leaks {len(leaked)} unseen fine classes into {part}")
-    if len(split.indices["train"]) == 0:
+    if not np.any(fine[split.indices["train"]] != COARSE_ONLY):
         raise DataError("split has no training images; lower split.unseen_fraction or add data")
     warnings: list[str] = []
     if table is None:
-        _, counts = np.unique(fine[split.indices["unseen"]], return_counts=True)
+        unseen_fine = fine[split.indices["unseen"]]
+        _, counts = np.unique(unseen_fine[unseen_fine != COARSE_ONLY], return_counts=True)
         usable = int(counts[counts >= 2].sum())
     else:
         hashes = table.meta.get("content_hash") or {}

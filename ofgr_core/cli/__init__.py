@@ -4,7 +4,16 @@ from __future__ import annotations
 
 # Command modules register themselves on ``app`` when imported.
 import ofgr_core.cli.eval_cmd  # noqa: F401
-from ofgr_core.cli import bench_cmd, compare_cmd, data_cmd, models_cmd, query_cmd, report_cmd, run_cmd  # noqa: F401
+from ofgr_core.cli import (  # noqa: F401
+    bench_cmd,
+    compare_cmd,
+    data_cmd,
+    hier_cmd,
+    models_cmd,
+    query_cmd,
+    report_cmd,
+    run_cmd,
+)
 from ofgr_core.cli.app import app
 
 

@@ -25,6 +25,10 @@ def synth(
     fine_per_coarse: int = typer.Option(8, "--fine-per-coarse", help="Make/model classes per body type."),
     images_per_class: int = typer.Option(100, "--images-per-class", help="Images per fine class."),
     size: int = typer.Option(64, "--size", help="Image side length in pixels."),
+    label_noise: float = typer.Option(
+        0.0, "--label-noise", metavar="P",
+        help="Share of images whose fine label is flipped to a sibling of the same coarse class "
+             "(truth in label_noise.csv beside the manifest)."),
     workers: int = typer.Option(None, "--workers", help="Processes to draw with (default: up to 2)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON document."),
 ) -> None:
@@ -52,6 +56,7 @@ def synth(
             fine_per_coarse=fine_per_coarse,
             images_per_class=images_per_class,
             image_size=size,
+            label_noise=label_noise,
             workers=workers,
             progress=progress,
         )
@@ -73,12 +78,20 @@ def _print_synth_summary(root: Path, seconds: float, as_json: bool) -> None:
         "seconds": round(seconds, 2),
         "options": table.meta.get("options", {}),
     }
+    noise = root / synthetic.NOISE_FILE
+    if table.meta.get("options", {}).get("label_noise") and noise.is_file():
+        truth = synthetic.load_noise_truth(root)
+        given = dict(zip(table.ids, fine, strict=True))
+        summary["flipped"] = sum(given[i] != t for i, t in truth.items())
+        summary["noise_truth"] = str(noise)
     if as_json:
         print_json(summary)
         return
     out.print(
         f"{summary['images']} images, {summary['coarse_classes']} coarse / {summary['fine_classes']} fine "
-        f"classes, domains {', '.join(summary['domains'])} -> {summary['manifest']} ({seconds:.1f} s)",
+        f"classes, domains {', '.join(summary['domains'])} -> {summary['manifest']} ({seconds:.1f} s)"
+        + (f"; {summary['flipped']} fine labels flipped (truth: {summary['noise_truth']})"
+           if "flipped" in summary else ""),
         highlight=False,
         soft_wrap=True,
     )
@@ -131,6 +144,7 @@ def _inspect_report(target: Path, check: bool) -> dict:
         "images": summary["images"],
         "images_found": rep["n_images_found"],
         "classes_per_level": summary["levels"],
+        "coarse_only_images": summary.get("coarse_only_images", 0),
         "images_per_fine_class": summary.get("images_per_fine_class"),
         "class_size_histogram": summary["class_size_histogram"],
         "per_split": summary.get("per_split", {}),
@@ -170,6 +184,8 @@ def _print_inspect(r: dict) -> None:
     out.print(f"[bold]found[/] {found}", highlight=False, soft_wrap=True)
     levels = ", ".join(f"{n} {lv}" for lv, n in r["classes_per_level"].items())
     out.print(f"{r['images']} usable images of {r['images_found']}; classes: {levels}", highlight=False)
+    if r.get("coarse_only_images"):
+        out.print(f"coarse-only images (no fine label): {r['coarse_only_images']}", highlight=False)
     if r["images_per_fine_class"]:
         s = r["images_per_fine_class"]
         out.print(f"images per fine class: min {s['min']}, median {s['median']:g}, max {s['max']}",

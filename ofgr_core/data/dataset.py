@@ -298,18 +298,21 @@ def describe(table: DatasetTable) -> dict[str, Any]:
         for i, v in enumerate(column):
             groups[v or "(none)"].append(i)
         return {
-            k: {"images": len(rows), "fine_classes": len({table.labels["fine"][i] for i in rows})}
+            k: {"images": len(rows), "fine_classes": len({table.labels["fine"][i] for i in rows} - {""})}
             for k, rows in sorted(groups.items())
         }
 
-    fine_counts = Counter(table.labels["fine"])
+    fine_counts = Counter(f for f in table.labels["fine"] if f)
     out: dict[str, Any] = {
         "images": len(table),
-        "levels": {lv: len(set(v)) for lv, v in table.labels.items()},
+        "levels": {lv: len(set(v) - {""}) for lv, v in table.labels.items()},
         "per_source": per(table.sources),
         "class_size_histogram": class_size_histogram(list(fine_counts.values())),
         "singleton_classes": sorted(c for c, n in fine_counts.items() if n == 1)[:_LIST_LIMIT],
     }
+    n_coarse_only = len(table) - sum(fine_counts.values())
+    if n_coarse_only:
+        out["coarse_only_images"] = n_coarse_only
     if any(table.splits):
         out["per_split"] = per(table.splits)
     if any(table.domains):
@@ -390,6 +393,13 @@ def load_dataset(cfg: DataConfig, *, progress: Progress | None = None, check: bo
                     f"{dup_info['groups']} groups of identical images kept (data.dedup: false); copies that "
                     "straddle the seen/unseen boundary are removed from training by the split check")
         report["duplicates"] = dup_info
+    coarse_only = [i for i in range(len(table)) if not table.labels["fine"][i] and i not in drop]
+    if coarse_only:
+        report["coarse_only"] = {"images": len(coarse_only), "policy": cfg.coarse_only}
+        if cfg.coarse_only == "drop":
+            drop.update(coarse_only)
+            report["warnings"].append(f"{len(coarse_only)} coarse-only images (no fine label) dropped "
+                                      "(data.coarse_only: drop)")
     keep = [i for i in range(len(table)) if i not in drop]
     hashes = {table.ids[i]: checks[i].digest for i in keep if checks[i].digest}
     sizes = [(checks[i].width, checks[i].height) for i in keep]
@@ -400,7 +410,7 @@ def load_dataset(cfg: DataConfig, *, progress: Progress | None = None, check: bo
     # the split stage adds its leakage findings here, so keep the report reachable from the table
     table.meta["report"] = report
 
-    fine_classes = set(table.labels["fine"])
+    fine_classes = set(table.labels["fine"]) - {""}
     report["n_images"] = len(table)
     report["summary"] = describe(table)
     hierarchy = Hierarchy.from_labels(table.labels)

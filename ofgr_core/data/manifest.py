@@ -3,6 +3,7 @@
 Columns: ``path`` (relative to the manifest's folder), ``fine``, ``coarse``, optional ``super`` (or any level
 names given in ``options.levels``), and optional ``domain``, ``split``, ``caption``, ``group``. Other columns
 are ignored (listed in the table's metadata). A path that resolves outside the manifest's folder is refused.
+An empty ``fine`` with a non-empty coarse label is a *coarse-only* image (see ``docs/hierarchy.md``).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def read_manifest(
     for line, row in enumerate(rows, start=2):  # line 1 is the header
         rel = (row.get("path") or "").strip()
         full = safe_join(base, rel, f"manifest {path} line {line}")
-        for lv in levels:
+        for lv in levels[1:] if levels[0] == "fine" else levels:  # an empty fine label = coarse-only image
             if not (row.get(lv) or "").strip():
                 raise DataError(f"manifest {path} line {line}: empty {lv!r} label for {rel!r}")
         if not full.is_file():

@@ -46,8 +46,10 @@ __all__ = [
     "SynthOptions",
     "build_classes",
     "default_root",
+    "flip_labels",
     "generate",
     "load_table",
+    "load_noise_truth",
     "render",
 ]
 
@@ -58,6 +60,10 @@ MANIFEST = "manifest.csv"
 SPEC_FILE = "synth.json"
 IMAGES = "images"
 MANIFEST_COLUMNS = ("path", "fine", "coarse", "caption", "color", "accessory", "domain")
+# With label noise, the true fine label of every image: path, true_fine (drawn), fine (as in the manifest),
+# coarse, flipped (0/1). Written before the manifest, so a finished world always has it.
+NOISE_FILE = "label_noise.csv"
+NOISE_COLUMNS = ("path", "true_fine", "fine", "coarse", "flipped")
 
 Point = tuple[float, float]
 
@@ -165,6 +171,8 @@ class SynthOptions(BaseModel):
     fine_per_coarse: int = Field(8, ge=1, le=64)
     images_per_class: int = Field(100, ge=1, le=100_000)
     image_size: int = Field(64, ge=16, le=1024)
+    # share of images whose fine label is replaced by another fine class of the same coarse class
+    label_noise: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 def _validate(options: dict[str, Any]) -> SynthOptions:
@@ -781,15 +789,58 @@ def _render_chunk(job: tuple[dict[str, Any], list[int], int, int, str]) -> list[
     return rows
 
 
+def _params(opts: SynthOptions) -> dict[str, Any]:
+    # label_noise is left out when 0 so that clean worlds keep the folder hash they had before it existed
+    params = opts.model_dump()
+    if not params["label_noise"]:
+        del params["label_noise"]
+    return params
+
+
 def _spec(opts: SynthOptions) -> dict[str, Any]:
-    return {"version": SYNTH_VERSION, "params": opts.model_dump()}
+    return {"version": SYNTH_VERSION, "params": _params(opts)}
+
+
+def flip_labels(rows: list[dict[str, str]], fraction: float, seed: int) -> list[int]:
+    """Replaces the fine label of ``round(fraction * len(rows))`` rows by another fine class of their coarse class.
+
+    The rows and the replacement classes are drawn from ``seed`` alone, uniformly: a flipped image gets any
+    other fine class of its coarse class with equal probability. Rows are changed in place.
+
+    Returns:
+        The indices of the flipped rows, sorted.
+
+    Raises:
+        ConfigError: a coarse class has a single fine class, so its labels cannot be flipped within it.
+    """
+    if fraction <= 0:
+        return []
+    siblings: dict[str, list[str]] = {}
+    for r in rows:
+        fines = siblings.setdefault(r["coarse"], [])
+        if r["fine"] not in fines:
+            fines.append(r["fine"])
+    lonely = [c for c, f in siblings.items() if len(f) < 2]
+    if lonely:
+        raise ConfigError(f"label_noise: coarse class {lonely[0]!r} has one fine class; flips stay within a "
+                          "coarse class, so use fine_per_coarse >= 2")
+    rng = _rng(seed, 0x4015E)
+    n = int(round(fraction * len(rows)))
+    chosen = np.sort(rng.choice(len(rows), size=n, replace=False))
+    for i in chosen:
+        r = rows[int(i)]
+        others = [f for f in siblings[r["coarse"]] if f != r["fine"]]
+        r["fine"] = others[int(rng.integers(len(others)))]
+    return [int(i) for i in chosen]
 
 
 def _is_complete(out: Path, opts: SynthOptions) -> bool:
     """True when ``out`` holds a finished world generated with exactly these options by this version."""
     try:
         spec = json.loads((out / SPEC_FILE).read_text())
-        if spec.get("version") != SYNTH_VERSION or spec.get("params") != opts.model_dump():
+        if spec.get("version") != SYNTH_VERSION or spec.get("params") != _params(opts):
+            return False
+        if opts.label_noise and not (out / NOISE_FILE).is_file():
             return False
         with open(out / MANIFEST, newline="") as f:
             rows = list(csv.DictReader(f))
@@ -806,7 +857,7 @@ def _prepare(out: Path) -> None:
         return
     if not out.is_dir():
         raise DataError(f"{out} exists and is not a folder")
-    ours = {IMAGES, MANIFEST, SPEC_FILE, MANIFEST + ".tmp", SPEC_FILE + ".tmp"}
+    ours = {IMAGES, MANIFEST, SPEC_FILE, NOISE_FILE, MANIFEST + ".tmp", SPEC_FILE + ".tmp", NOISE_FILE + ".tmp"}
     foreign = [e.name for e in out.iterdir() if e.name not in ours and not e.name.startswith(".")]
     if foreign:
         raise DataError(
@@ -814,7 +865,7 @@ def _prepare(out: Path) -> None:
             "choose a new or empty folder"
         )
     # The manifest goes first: without it the folder never counts as complete, even if we stop half-way.
-    for name in (MANIFEST, MANIFEST + ".tmp", SPEC_FILE, SPEC_FILE + ".tmp"):
+    for name in (MANIFEST, MANIFEST + ".tmp", SPEC_FILE, SPEC_FILE + ".tmp", NOISE_FILE, NOISE_FILE + ".tmp"):
         (out / name).unlink(missing_ok=True)
     shutil.rmtree(out / IMAGES, ignore_errors=True)
 
@@ -836,6 +887,7 @@ def generate(
     fine_per_coarse: int = 8,
     images_per_class: int = 100,
     image_size: int = 64,
+    label_noise: float = 0.0,
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
@@ -854,6 +906,9 @@ def generate(
         fine_per_coarse: make/model classes per body type.
         images_per_class: images drawn per fine class.
         image_size: side length of the square images in pixels.
+        label_noise: share of images (in [0, 1)) whose fine label in the manifest is flipped to another fine
+            class of the same coarse class (see :func:`flip_labels`); the images are those of the clean world
+            and the truth goes to ``label_noise.csv`` beside the manifest.
         workers: processes to draw with; ``None`` picks ``min(2, cpu count)`` for large worlds and 1 for
             small ones. The output does not depend on it.
         progress: called as ``progress(done, total)`` while images are written.
@@ -866,7 +921,8 @@ def generate(
         DataError: ``out_dir`` exists and holds something other than a synthetic world.
     """
     opts = _validate(dict(seed=seed, num_coarse=num_coarse, fine_per_coarse=fine_per_coarse,
-                          images_per_class=images_per_class, image_size=image_size))
+                          images_per_class=images_per_class, image_size=image_size,
+                          label_noise=label_noise))
     out = Path(out_dir)
     total = opts.num_coarse * opts.fine_per_coarse * opts.images_per_class
     if _is_complete(out, opts):
@@ -909,11 +965,21 @@ def generate(
                 if progress is not None:
                     progress(done, total)
 
+    all_rows = [r for rows in results for r in rows]
+    if opts.label_noise:
+        true_fine = [r["fine"] for r in all_rows]
+        flipped = set(flip_labels(all_rows, opts.label_noise, opts.seed))
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(NOISE_COLUMNS), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(dict(path=r["path"], true_fine=t, fine=r["fine"], coarse=r["coarse"],
+                              flipped=int(i in flipped))
+                         for i, (r, t) in enumerate(zip(all_rows, true_fine, strict=True)))
+        _write_atomic(out / NOISE_FILE, buf.getvalue())
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(MANIFEST_COLUMNS), lineterminator="\n")
     writer.writeheader()
-    for rows in results:
-        writer.writerows(rows)
+    writer.writerows(all_rows)
     _write_atomic(out / MANIFEST, buf.getvalue())
     return out
 
@@ -962,6 +1028,23 @@ def load_table(root: str | os.PathLike[str], name: str | None = None) -> Dataset
     )
 
 
+def load_noise_truth(root: str | os.PathLike[str], name: str | None = None) -> dict[str, str]:
+    """``{item id: true fine label}`` of a world generated with label noise (ids as :func:`load_table` names them).
+
+    Raises:
+        DataError: the world has no ``label_noise.csv`` (it was generated without noise).
+    """
+    root = Path(root).resolve()
+    try:
+        with open(root / NOISE_FILE, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise DataError(f"{root} has no {NOISE_FILE}: generate it with label noise "
+                        "(ofgr data synth --label-noise P)") from None
+    source = name or "synthetic"
+    return {f"{source}:{r['path']}": r["true_fine"] for r in rows}
+
+
 @ADAPTERS.register("synthetic")
 def synthetic_adapter(root: str | None = None, name: str | None = None, **options: Any) -> DatasetTable:
     """The built-in world as a dataset source: generates it on first use, then reuses it.
@@ -969,7 +1052,8 @@ def synthetic_adapter(root: str | None = None, name: str | None = None, **option
     Args:
         root: folder for the world; default ``data/synthetic-<hash of the options>``.
         name: source name (default ``synthetic``).
-        **options: ``seed``, ``num_coarse``, ``fine_per_coarse``, ``images_per_class``, ``image_size``.
+        **options: ``seed``, ``num_coarse``, ``fine_per_coarse``, ``images_per_class``, ``image_size``,
+            ``label_noise``.
 
     Raises:
         ConfigError: an unknown or out-of-range option.

@@ -5,6 +5,7 @@ from ofgr_core.losses.base import EmbeddingLoss
 from ofgr_core.losses.combined import CombinedLoss
 from ofgr_core.losses.factory import LOSSES, create_loss
 from ofgr_core.losses.hierarchical_triplet import MINING_MODES, HierarchicalTripletLoss
+from ofgr_core.losses.subcenter_arcface import SubCenterArcFaceLoss
 
 __all__ = [
     "LOSSES",
@@ -13,5 +14,6 @@ __all__ = [
     "CombinedLoss",
     "EmbeddingLoss",
     "HierarchicalTripletLoss",
+    "SubCenterArcFaceLoss",
     "create_loss",
 ]

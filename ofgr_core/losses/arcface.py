@@ -52,15 +52,26 @@ class ArcFaceLoss(EmbeddingLoss):
         self.scale = scale
         self.margin = margin
         self.lr = lr
-        self.pml = pml_losses.ArcFaceLoss(num_classes, embed_dim, margin=math.degrees(margin), scale=scale)
+        self.pml = self._make_pml(num_classes, embed_dim, math.degrees(margin), scale)
+
+    def _make_pml(self, num_classes: int, embed_dim: int, margin_degrees: float, scale: float
+                  ) -> pml_losses.ArcFaceLoss:
+        """The wrapped PML loss (subclasses swap in a variant with the same interface)."""
+        return pml_losses.ArcFaceLoss(num_classes, embed_dim, margin=margin_degrees, scale=scale)
 
     @property
     def weight(self) -> torch.nn.Parameter:
-        """The ``(embed_dim, num_classes)`` class-weight matrix (one column per class centre)."""
+        """The ``(embed_dim, num_classes * sub-centres)`` class-weight matrix (one column per class centre)."""
         return self.pml.W
 
     def compute_loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         fine = labels[:, 0]
+        # coarse-only rows (fine id -1) have no class centre: ArcFace has no coarse term, so it skips them
+        labelled = fine >= 0
+        if not bool(labelled.all()):
+            if not bool(labelled.any()):
+                return embeddings.sum() * 0.0 + self.weight.sum() * 0.0
+            embeddings, fine = embeddings[labelled], fine[labelled]
         # An out-of-range id is a device-side assert on CUDA, far from its cause; check it here.
         lo, hi = torch.stack([fine.min(), fine.max()]).tolist()
         if lo < 0 or hi >= self.num_classes:

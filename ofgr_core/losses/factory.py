@@ -8,6 +8,7 @@ from ofgr_core.losses.arcface import ArcFaceLoss
 from ofgr_core.losses.base import EmbeddingLoss
 from ofgr_core.losses.combined import CombinedLoss
 from ofgr_core.losses.hierarchical_triplet import HierarchicalTripletLoss
+from ofgr_core.losses.subcenter_arcface import SubCenterArcFaceLoss
 from ofgr_core.registry import Registry
 
 # Keyed by the LossConfig field name; factories take (cfg=<section>, num_classes=, embed_dim=).
@@ -16,6 +17,9 @@ LOSSES: Registry[EmbeddingLoss] = Registry("loss")
 
 @LOSSES.register("arcface")
 def _arcface(cfg: ArcFaceConfig, num_classes: int, embed_dim: int) -> EmbeddingLoss:
+    if cfg.subcenters > 1:
+        return SubCenterArcFaceLoss(num_classes, embed_dim, subcenters=cfg.subcenters, scale=cfg.scale,
+                                    margin=cfg.margin, lr=cfg.lr)
     return ArcFaceLoss(num_classes, embed_dim, scale=cfg.scale, margin=cfg.margin, lr=cfg.lr)
 
 

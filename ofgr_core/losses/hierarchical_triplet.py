@@ -47,6 +47,13 @@ class HierarchicalTripletLoss(EmbeddingLoss):
     - ``all``: every valid triplet with a positive loss; the loss is their mean ("batch all" averaged over
       the non-zero terms, so easy triplets do not dilute the gradient as training progresses).
 
+    Coarse-only rows (fine id ``-1``: fine label missing) are never positives or fine negatives of anyone
+    (their fine class is unknown and may be the anchor's), but they are coarse negatives of anchors from other
+    coarse classes. As anchors they get the coarse term only: positive = any other row of their coarse class,
+    negative = a row of another coarse class, margin ``margin_coarse - margin_fine`` (the gap between the two
+    levels: a sibling at the fine margin must still be closer than another coarse class at the coarse
+    margin). Mining is as above with these positives.
+
     A batch without any qualifying triplet gives a zero loss that is still connected to the embeddings.
     ``semi_hard`` and ``all`` build a ``(positive pairs, batch)`` matrix: ``B * (K - 1) * B`` entries for
     ``K`` images per class, small for P x K batches.
@@ -72,20 +79,31 @@ class HierarchicalTripletLoss(EmbeddingLoss):
         dist = 1.0 - x @ x.T
         fine = labels[:, 0]
         coarse = labels[:, 1] if labels.shape[1] > 1 else fine
-        same_fine = fine[:, None] == fine[None, :]
+        known = fine >= 0
+        both_known = known[:, None] & known[None, :]
+        same_fine = (fine[:, None] == fine[None, :]) & both_known
         same_coarse = coarse[:, None] == coarse[None, :]
         eye = torch.eye(len(fine), dtype=torch.bool, device=fine.device)
         positive = same_fine & ~eye
-        fine_negative = same_coarse & ~same_fine
+        fine_negative = same_coarse & ~same_fine & both_known
         coarse_negative = ~same_coarse
+        # coarse-only anchors: same-coarse positives, other-coarse negatives, the gap between the margins
+        coarse_positive = same_coarse & ~eye & ~known[:, None]
+        gap = max(self.margin_coarse - self.margin_fine, 0.0)
         if self.mining == "batch_hard":
-            return self._batch_hard(dist, positive, fine_negative, coarse_negative)
+            return self._batch_hard(dist, positive, fine_negative, coarse_negative, coarse_positive, gap)
 
-        anchor, pos = positive.nonzero(as_tuple=True)  # one row per (anchor, positive) pair
+        # one row per (anchor, positive) pair; a row can be a negative only if it is not the anchor's
+        # positive (or an unknown-fine row of its coarse class)
+        anchor, pos = (positive | coarse_positive).nonzero(as_tuple=True)
+        coarse_level = ~known[anchor]
         margins = dist.new_tensor([self.margin_coarse, self.margin_fine])  # in the distances' precision
-        margin = margins[same_coarse[anchor].long()]
-        losses = dist[anchor, pos][:, None] - dist[anchor] + margin  # (pairs, B): indexed by negative
-        keep = ~same_fine[anchor] & (losses > 0)
+        # (pairs, B), indexed by negative: fine margin for a sibling negative, coarse margin otherwise
+        margin = torch.where(coarse_level[:, None], dist.new_tensor(gap), margins[same_coarse[anchor].long()])
+        losses = dist[anchor, pos][:, None] - dist[anchor] + margin
+        negative = torch.where(coarse_level[:, None], coarse_negative[anchor],
+                               fine_negative[anchor] | coarse_negative[anchor])
+        keep = negative & (losses > 0)
         if self.mining == "semi_hard":
             keep &= losses < margin
         return _masked_mean(losses, keep)
@@ -96,14 +114,20 @@ class HierarchicalTripletLoss(EmbeddingLoss):
         positive: torch.Tensor,
         fine_negative: torch.Tensor,
         coarse_negative: torch.Tensor,
+        coarse_positive: torch.Tensor,
+        gap: float,
     ) -> torch.Tensor:
-        hardest_pos = torch.where(positive, dist, _BELOW_ANY_DISTANCE).amax(dim=1)
-        has_pos = positive.any(dim=1)
         terms, valid = [], []
-        for negative, margin in ((fine_negative, self.margin_fine), (coarse_negative, self.margin_coarse)):
-            hardest_neg = torch.where(negative, dist, _ABOVE_ANY_DISTANCE).amin(dim=1)
-            terms.append(F.relu(hardest_pos - hardest_neg + margin))
-            valid.append(has_pos & negative.any(dim=1))
+        for pos_mask, pairs in (
+            (positive, ((fine_negative, self.margin_fine), (coarse_negative, self.margin_coarse))),
+            (coarse_positive, ((coarse_negative, gap),)),
+        ):
+            hardest_pos = torch.where(pos_mask, dist, _BELOW_ANY_DISTANCE).amax(dim=1)
+            has_pos = pos_mask.any(dim=1)
+            for negative, margin in pairs:
+                hardest_neg = torch.where(negative, dist, _ABOVE_ANY_DISTANCE).amin(dim=1)
+                terms.append(F.relu(hardest_pos - hardest_neg + margin))
+                valid.append(has_pos & negative.any(dim=1))
         return _masked_mean(torch.stack(terms), torch.stack(valid))
 
 

@@ -21,7 +21,8 @@ def create_sampler(
 
     Args:
         cfg: the ``sampler`` config section.
-        labels: ``(N, L)`` training labels (column 0 fine, column 1 coarse), indexed like the dataset.
+        labels: ``(N, L)`` training labels (column 0 fine, ``-1`` for coarse-only rows; column 1 coarse),
+            indexed like the dataset.
         seed: the run's seed.
         rank: this process's rank.
         world_size: number of processes; each rank yields its own full batches.
@@ -59,4 +60,5 @@ def _hierarchical_pk(
         seed=seed,
         rank=rank,
         world_size=world_size,
+        coarse_only_k=cfg.coarse_only_k,
     )

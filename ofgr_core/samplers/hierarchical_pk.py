@@ -44,10 +44,17 @@ class HierarchicalPKSampler(Sampler[list[int]]):
     step, and all ranks yield the same number of batches. With ``world_size=1`` the sequence is the same
     global sequence, so rank batches interleaved reproduce a single-process run.
 
+    **Coarse-only images.** Rows whose fine id is negative (``-1``: fine label missing, coarse known) never
+    form fine groups, so they are never anyone's fine positive. Each group of a coarse class is followed by
+    ``coarse_only_k`` coarse-only images of that coarse class (cycled like the others), which the losses use
+    with their coarse terms only. Coarse-only rows of a coarse class without any labelled fine class are
+    never drawn (counted in ``unsampled_coarse_only``).
+
     Args:
-        labels: ``(N, L)`` integer labels, column 0 the fine class, column 1 the coarse class; each fine
-            class must belong to one coarse class. A ``(N,)`` or ``(N, 1)`` array puts every fine class in a
-            single coarse class (a flat P x K sampler; use ``coarse_per_batch=1``).
+        labels: ``(N, L)`` integer labels, column 0 the fine class (``-1`` for coarse-only rows), column 1
+            the coarse class; each fine class must belong to one coarse class. A ``(N,)`` or ``(N, 1)``
+            array puts every fine class in a single coarse class (a flat P x K sampler; use
+            ``coarse_per_batch=1``).
         coarse_per_batch: ``C``, distinct coarse classes per batch.
         fine_per_coarse: ``P``, fine classes per coarse class.
         k: ``K``, images per fine class.
@@ -56,6 +63,7 @@ class HierarchicalPKSampler(Sampler[list[int]]):
         seed: base seed; epoch ``e`` uses ``(seed, e)``.
         rank: this process's rank.
         world_size: number of processes.
+        coarse_only_k: coarse-only images per group; ``None`` = ``k``.
     """
 
     def __init__(
@@ -68,6 +76,7 @@ class HierarchicalPKSampler(Sampler[list[int]]):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        coarse_only_k: int | None = None,
     ) -> None:
         labels = np.asarray(labels)
         if labels.ndim == 1:
@@ -92,9 +101,16 @@ class HierarchicalPKSampler(Sampler[list[int]]):
         self.rank = rank
         self.world_size = world_size
         self.num_samples = len(labels)
+        self.coarse_only_k = k if coarse_only_k is None else int(coarse_only_k)
+        all_coarse = labels[:, 1] if labels.shape[1] > 1 else np.zeros(len(labels), dtype=np.int64)
+        labelled = np.flatnonzero(labels[:, 0] >= 0)
+        unlabelled = np.flatnonzero(labels[:, 0] < 0)
+        if len(labelled) == 0:
+            raise DataError("sampler labels: every row is coarse-only (no fine label); nothing to sample")
+        self.num_coarse_only = len(unlabelled)
 
-        fine_ids, fine = np.unique(labels[:, 0], return_inverse=True)
-        coarse_col = labels[:, 1] if labels.shape[1] > 1 else np.zeros(len(labels), dtype=np.int64)
+        fine_ids, fine = np.unique(labels[labelled, 0], return_inverse=True)
+        coarse_col = all_coarse[labelled]
         pairs = np.unique(np.stack([fine, coarse_col], axis=1), axis=0)
         if len(pairs) != len(fine_ids):
             twice = pairs[np.flatnonzero(np.diff(pairs[:, 0]) == 0)[0], 0]
@@ -109,8 +125,13 @@ class HierarchicalPKSampler(Sampler[list[int]]):
                 f"sampler.coarse_per_batch: {coarse_per_batch} but the training labels have only "
                 f"{len(coarse_ids)} coarse classes; set it to at most {len(coarse_ids)}"
             )
-        order = np.argsort(fine, kind="stable")
+        order = labelled[np.argsort(fine, kind="stable")]
         self._images = np.split(order, np.cumsum(np.bincount(fine))[:-1])  # per fine class (dense id)
+        dense = np.searchsorted(coarse_ids, all_coarse[unlabelled])
+        known = (dense < len(coarse_ids)) & (coarse_ids[np.minimum(dense, len(coarse_ids) - 1)]
+                                             == all_coarse[unlabelled])
+        self._coarse_only = [unlabelled[known & (dense == c)] for c in range(len(coarse_ids))]
+        self.unsampled_coarse_only = int((~known).sum())
         self._fines = [np.flatnonzero(coarse_of_fine == c) for c in range(len(coarse_ids))]
         self._groups = np.array([math.ceil(len(f) / fine_per_coarse) for f in self._fines])
         self.num_fine = len(fine_ids)
@@ -184,13 +205,17 @@ class HierarchicalPKSampler(Sampler[list[int]]):
         self._resume = (self.epoch, batch)
 
     def _layout(self) -> list[int]:
-        return [self.coarse_per_batch, self.fine_per_coarse, self.k, self.num_samples, self.num_fine]
+        layout = [self.coarse_per_batch, self.fine_per_coarse, self.k, self.num_samples, self.num_fine]
+        if self.num_coarse_only:
+            layout += [self.coarse_only_k, self.num_coarse_only]
+        return layout
 
     # ------------------------------------------------------------------------------------------ sequence
     def _global_batches(self, epoch: int) -> Iterator[list[int]]:
         """The endless batch sequence of one epoch, shared by all ranks."""
         rng = np.random.default_rng([self.seed % 2**63, epoch])
         images = _ImageCycler(self._images, self.k, rng)
+        coarse_only = _ImageCycler(self._coarse_only, self.coarse_only_k, rng) if self.coarse_only_k else None
         queues: list[deque[np.ndarray]] = [deque() for _ in self._fines]
         head_pass = np.zeros(self.num_coarse, dtype=np.int64)  # pass of each queue's next group
         head_left = np.zeros(self.num_coarse, dtype=np.int64)  # groups left in that pass
@@ -210,6 +235,8 @@ class HierarchicalPKSampler(Sampler[list[int]]):
             for c in order[: self.coarse_per_batch]:
                 for f in queues[c].popleft():
                     batch.append(images.take(f))
+                if coarse_only is not None and len(self._coarse_only[c]):
+                    batch.append(coarse_only.take(c))
                 head_left[c] -= 1
                 if head_left[c] == 0 and queues[c]:
                     head_pass[c] += 1

@@ -50,10 +50,12 @@ class FitInputs:
 
 
 def train_labels(labels: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, int]:
-    """(N, 2) training labels: contiguous fine ids (ArcFace's class index) and coarse ids; and the class count."""
-    fine, fine_codes = np.unique(labels[rows, 0], return_inverse=True)
-    coarse = labels[rows, 1] if labels.shape[1] > 1 else np.zeros_like(fine_codes)
-    return np.stack([fine_codes.reshape(-1), coarse], 1), len(fine)
+    """(N, 2) training labels: contiguous fine ids (ArcFace's class index; coarse-only rows keep
+    ``COARSE_ONLY``) and coarse ids; and the fine class count (``ofgr_core.hierarchy.training_labels``)."""
+    from ofgr_core.hierarchy import training_labels
+
+    classes, dense = training_labels(labels[rows])
+    return dense, len(classes)
 
 
 def _trainable(module: torch.nn.Module) -> bool:
