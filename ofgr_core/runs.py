@@ -304,7 +304,7 @@ def run_state(
     if end is not None:
         return _END_STATUS.get(str(end.get("type")), "interrupted"), None
     if lock is not None:
-        return "stale", f"no end event and its writer is gone ({lock.describe()}); resume with u / ofgr resume"
+        return "stale", f"no end event and its writer is gone ({lock.describe()}); resumable"
     started = events[last_start] if last_start >= 0 else None
     if started is None:
         if not events:
@@ -316,10 +316,18 @@ def run_state(
     if started.get("host") == host:
         if pid_ok and pid_alive(int(pid)):
             return "running", f"written by {who}"
-        return "stale", f"no end event and its writer is gone ({who}); resume with u / ofgr resume"
+        return "stale", f"no end event and its writer is gone ({who}); resumable"
     if now - (last_time or 0.0) < STALE_AFTER:
-        return "running", f"written by {who} (another host; last event {now - (last_time or 0.0):.0f} s ago)"
-    return "stale", f"no end event and no event for {(now - (last_time or 0.0)) / 60:.0f} min ({who})"
+        return "running", f"written by {who} (another host; last event {_ago(now - (last_time or 0.0))} ago)"
+    return "stale", f"no end event, last event {_ago(now - (last_time or 0.0))} ago ({who}, another host)"
+
+
+def _ago(seconds: float) -> str:
+    s = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if s >= size:
+            return f"{s // size} {unit}"
+    return f"{s} s"
 
 
 _END_STATUS = {"run_finished": "finished", "run_failed": "failed", "run_interrupted": "interrupted"}

@@ -12,12 +12,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.message import Message
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Header, Static
 from textual.worker import Worker
 
 from ofgr_core.compare import Comparison, MetricRow, Significance
 from ofgr_tui.format import fmt_count, fmt_seconds
 from ofgr_tui.screens.base import OfgrScreen
+from ofgr_tui.widgets.keybar import KeyBar
 from ofgr_tui.widgets.plots import PALETTE, CurvePlot
 
 LETTERS = "ABCD"
@@ -73,7 +74,7 @@ class CompareScreen(OfgrScreen[None]):
             yield CurvePlot("recall@K", xlabel="K", empty_text="no recall@K", id="compare-plot")
             yield DataTable(id="cost-table", cursor_type="none")
             yield Static(id="compare-notes")
-        yield Footer(compact=True)
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.title = "compare"

@@ -15,12 +15,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import Footer, Header, Static
+from textual.widgets import Header, Static
 from textual.worker import Worker
 
 from ofgr_core.tsne import TsneResult
 from ofgr_tui.messages import OpenRun
 from ofgr_tui.screens.base import OfgrScreen
+from ofgr_tui.widgets.keybar import KeyBar
 from ofgr_tui.widgets.plots import ScatterPlot
 
 # 256-colour indices that stay apart on dark and light backgrounds
@@ -92,7 +93,7 @@ class EmbeddingsScreen(OfgrScreen[None]):
             with Vertical(id="tsne-side"):
                 yield Static(id="tsne-info")
                 yield Static(id="tsne-legend")
-        yield Footer(compact=True)
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.title = self.run_dir.name

@@ -19,12 +19,13 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widget import Widget
-from textual.widgets import DataTable, Footer, Header, Input, OptionList, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Header, Input, OptionList, Static, TabbedContent, TabPane
 from textual.widgets.option_list import Option
 from textual.worker import Worker
 
 from ofgr_core.runs import RunFolder
 from ofgr_tui.screens.base import OfgrScreen
+from ofgr_tui.widgets.keybar import KeyBar
 from ofgr_tui.widgets.path_input import PathSuggester
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -99,7 +100,7 @@ class QueryScreen(OfgrScreen[None]):
                 yield Vertical(id="thumb-query", classes="thumb")
                 yield Static("result", classes="thumb-title", id="thumb-result-title")
                 yield Vertical(id="thumb-result", classes="thumb")
-        yield Footer(compact=True)
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.title = self.run_dir.name

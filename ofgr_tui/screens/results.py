@@ -11,12 +11,13 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Header, Static
 
 from ofgr_core.runs import METRICS_FILE, RunFolder, read_json
 from ofgr_tui.format import fmt_count, fmt_seconds
 from ofgr_tui.messages import OpenRun
 from ofgr_tui.screens.base import OfgrScreen
+from ofgr_tui.widgets.keybar import KeyBar
 
 SPLITS = ("unseen", "seen")
 LEVELS = ("fine", "coarse")
@@ -92,7 +93,7 @@ class ResultsScreen(OfgrScreen[None]):
                 yield DataTable(id="best-classes", cursor_type="none")
                 yield DataTable(id="worst-classes", cursor_type="none")
             yield Static(id="timings")
-        yield Footer(compact=True)
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.title = self.run_dir.name
