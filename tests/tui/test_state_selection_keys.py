@@ -176,3 +176,23 @@ async def test_broken_run_folders_are_listed_with_why(runs_dir: Path) -> None:
         await pilot.pause()
         assert not isinstance(app.screen, ConfirmDialog)
         assert any("not running" in n.message for n in app._notifications)
+
+
+async def test_idle_rescans_touch_no_cells(runs_dir: Path) -> None:
+    """The idle list's memory grew with every rescan: each rewrote the status cells, and every rewrite
+    adds entries to the table's render caches. Unchanged runs must cause no cell update at all."""
+    app = make_app(runs_dir, scan_interval=0.02)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.scanned)
+        screen = app.screen
+        assert isinstance(screen, RunsScreen)
+        await pilot.pause(0.3)
+        updates: list[object] = []
+        original = screen.table.update_cell
+        screen.table.update_cell = lambda *a, **k: (updates.append(a), original(*a, **k))[1]  # type: ignore[method-assign]
+        scans: list[int] = []
+        orig_scan = app._cache.scan
+        app._cache.scan = lambda *a: (scans.append(1), orig_scan(*a))[1]  # type: ignore[method-assign]
+        await wait_for(pilot, lambda: len(scans) >= 20)
+        await pilot.pause(0.1)
+        assert updates == []
