@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from textual.color import Color
 from textual_plotext import PlotextPlot
 
 # Plain ANSI colour names render the same in 16/256-colour terminals (SSH, tmux).
@@ -87,18 +88,26 @@ class ScatterPlot(PlotextPlot):
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
         self.title = ""
-        self.groups: list[tuple[str, str, list[float], list[float], str]] = []
+        self.groups: list[tuple[str, int, list[float], list[float], str]] = []
         self.empty_text = "computing…"
         self._draw()
 
     def set_groups(
-        self, groups: list[tuple[str, str, list[float], list[float], str]], *, title: str = ""
+        self, groups: list[tuple[str, int, list[float], list[float], str]], *, title: str = ""
     ) -> None:
         """``groups``: (label, color, xs, ys, marker) tuples drawn in order."""
         self.groups = groups
         self.title = title
         self._draw()
         self.refresh()
+
+    def background_rgb(self) -> tuple[int, int, int] | None:
+        """The colour points are drawn on (the app theme's surface, as textual-plotext uses it)."""
+        try:
+            color = Color.parse(self.app.theme_variables["surface"])
+        except (KeyError, ValueError, Exception):  # no app yet (unit use)
+            return None
+        return (color.r, color.g, color.b)
 
     def show_message(self, text: str) -> None:
         self.groups = []
