@@ -35,6 +35,7 @@ from ofgr_tui.messages import (
     RunsScanned,
     StopRun,
 )
+from ofgr_tui.query_client import QueryClient
 from ofgr_tui.screens.help import HelpScreen
 from ofgr_tui.screens.runs import RunsScreen
 
@@ -135,6 +136,7 @@ class OfgrApp(App[None]):
         self.scan_error: str | None = None
         self.launches: list[launcher.Launch] = []
         self._cache = RunCache()
+        self.query_client = QueryClient(python)  # started on the first query (torch/faiss live there)
 
     # --------------------------------------------------------------------------------- lifecycle
     def get_default_screen(self) -> RunsScreen:
@@ -144,6 +146,9 @@ class OfgrApp(App[None]):
         self.sub_title = str(self.runs_dir)
         self.rescan()
         self.set_interval(self.scan_interval, self.rescan, name="scan")
+
+    def on_unmount(self) -> None:
+        self.query_client.close()
 
     def rescan(self) -> None:
         self._scan()

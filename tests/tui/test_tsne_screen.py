@@ -79,11 +79,15 @@ async def test_split_key_filters_the_one_projection(runs_dir: Path) -> None:
         emb = await _open_tsne(app, pilot)
         result = emb.result
         assert result is not None and set(result.split) == {"seen", "unseen"}
-        all_points = {(round(x, 4), round(y, 4)) for g in emb.query_one(ScatterPlot).groups for x, y in zip(g[2], g[3])}
+        all_points = {
+            (round(x, 4), round(y, 4))
+            for g in emb.query_one(ScatterPlot).groups
+            for x, y in zip(g[2], g[3], strict=True)
+        }
         await pilot.press("s")  # -> unseen
         assert emb.split == "unseen" and emb.result is result  # nothing recomputed
         groups = emb.query_one(ScatterPlot).groups
-        unseen_points = {(round(x, 4), round(y, 4)) for g in groups for x, y in zip(g[2], g[3])}
+        unseen_points = {(round(x, 4), round(y, 4)) for g in groups for x, y in zip(g[2], g[3], strict=True)}
         assert len(unseen_points) == 60 and unseen_points < all_points  # the same places, a subset
         assert all(g[4] == "x" for g in groups)  # only the unseen marker
         assert "60 points of 120" in str(emb.query_one("#tsne-info", Static).render())
