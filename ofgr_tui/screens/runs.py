@@ -7,7 +7,6 @@ keeps the same run selected. ``/`` filters, ``T``/``U``/``M``/``A``/``N`` sort (
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 
 from rich.text import Text
@@ -21,6 +20,7 @@ from textual.widgets import Header, Input, Static
 from ofgr_core.runs import METRICS_FILE, RunFolder, RunInfo
 from ofgr_tui.format import fmt_pct, fmt_seconds, fmt_time, status_text
 from ofgr_tui.messages import CompareRuns, DeleteRun, LaunchRun, OpenRun, ResumeRun, StopRun
+from ofgr_tui.rundiff import overrides as run_overrides
 from ofgr_tui.screens.base import OfgrScreen
 from ofgr_tui.widgets.keybar import KeyBar
 from ofgr_tui.widgets.navtable import NavTable
@@ -289,7 +289,7 @@ class RunsScreen(OfgrScreen[None]):
             f"epochs {train.get('epochs', '-')}",
         ]
         lines.append("  ".join(parts) + "\n")
-        overrides = self._overrides(info)
+        overrides = run_overrides(info.path)
         if overrides:
             lines.append("set " + " ".join(overrides) + "\n", style="cyan")
         if info.status == "failed":
@@ -315,16 +315,6 @@ class RunsScreen(OfgrScreen[None]):
                 f"\nmarked for compare: {len(self.marked)} (c to compare, space to unmark)", style="cyan"
             )
         detail.update(lines)
-
-    @staticmethod
-    def _overrides(info: RunInfo) -> list[str]:
-        """The ``--set`` overrides the run was started with (env.json): what tells same-named runs apart."""
-        try:
-            env = json.loads(RunFolder(info.path).env.read_text())
-            got = env.get("overrides") or env.get("extra", {}).get("overrides") or []
-        except (OSError, ValueError, AttributeError):
-            return []
-        return [str(o) for o in got] if isinstance(got, list) else []
 
     # ----------------------------------------------------------------------------------- actions
     def action_open(self, view: str) -> None:

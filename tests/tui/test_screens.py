@@ -135,7 +135,8 @@ async def test_results_of_an_unfinished_run_explains(runs_dir: Path) -> None:
         await pilot.press("r")
         await wait_for(pilot, lambda: isinstance(app.screen, ResultsScreen))
         assert app.screen.metrics is None  # type: ignore[attr-defined]
-        assert "has not finished" in str(app.screen.query_one("#results-summary", Static).render())
+        # the selected run was killed: the panel says so instead of "has not finished"
+        assert "stopped without an end event" in str(app.screen.query_one("#results-summary", Static).render())
 
 
 async def test_compare_marks_two_runs_and_tests_significance(runs_dir: Path) -> None:

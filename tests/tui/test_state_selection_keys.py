@@ -171,6 +171,11 @@ async def test_broken_run_folders_are_listed_with_why(runs_dir: Path) -> None:
         _select(screen, "20251127-181500-trunc")
         await pilot.pause()
         assert "metrics.json: truncated" in str(screen.query_one("#run-detail", Static).render())
+        await pilot.press("r")  # results of the truncated run: broken, with why (not "has not finished")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ResultsScreen")
+        summary = str(app.screen.query_one("#results-summary", Static).render())
+        assert "broken" in summary and "truncated" in summary
+        await pilot.press("escape")
         _select(screen, "20251127-191500-empty")
         await pilot.press("s")  # an empty log is not a running run: no stop offered
         await pilot.pause()
