@@ -75,6 +75,7 @@ class LiveScreen(OfgrScreen[None]):
         with Horizontal(id="live-main"):
             with Vertical(id="live-plots"):
                 yield CurvePlot("loss", xlabel="epoch", empty_text="no training steps yet", id="main-plot")
+                yield Static(id="main-legend")
                 yield CurvePlot("learning rate", xlabel="epoch", empty_text="no steps yet", id="lr-plot")
             with Vertical(id="live-side"):
                 yield Static(id="live-stats")
@@ -204,6 +205,7 @@ class LiveScreen(OfgrScreen[None]):
             main.set_series(series, title="validation per epoch (p: next plot)")
         else:
             main.set_series({"lr": downsample(st.steps_x, list(st.lr))}, title="learning rate (p: next plot)")
+        self.query_one("#main-legend", Static).update(main.legend())
         self.query_one("#lr-plot", CurvePlot).set_series(
             {"lr": downsample(st.steps_x, list(st.lr))}, title="learning rate"
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from rich.text import Text
 from textual.color import Color
 from textual_plotext import PlotextPlot
 
@@ -51,6 +52,18 @@ class CurvePlot(PlotextPlot):
         self._draw()
         self.refresh()
 
+    def legend(self) -> Text:
+        """Each series' name in the colour of its curve (series without points are left out)."""
+        out = Text()
+        for i, (name, (_xs, ys)) in enumerate(self.series.items()):
+            if not any(y is not None and math.isfinite(y) for y in ys):
+                continue
+            if out.plain:
+                out.append("  ")
+            out.append("━━ ", style=PALETTE[i % len(PALETTE)])
+            out.append(name)
+        return out
+
     def _draw(self) -> None:
         plt = self.plt
         plt.clear_figure()
@@ -67,10 +80,11 @@ class CurvePlot(PlotextPlot):
             px, py = [p[0] for p in pts], [p[1] for p in pts]
             color = PALETTE[i % len(PALETTE)]
             marker = self.markers.get(name, "braille")
+            # no plotext legend: it is drawn over the curves; ``legend()`` gives one for beside the plot
             if len(pts) == 1:
-                plt.scatter(px, py, label=name, color=color, marker="dot" if marker == "braille" else marker)
+                plt.scatter(px, py, color=color, marker="dot" if marker == "braille" else marker)
             else:
-                plt.plot(px, py, label=name, color=color, marker=marker)
+                plt.plot(px, py, color=color, marker=marker)
             drawn += 1
         if self.log_y and drawn:
             plt.yscale("log")
