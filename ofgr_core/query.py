@@ -100,7 +100,7 @@ def _load_model(run_dir: str, mtime: float) -> tuple[Any, Any, Any]:
     cfg = load_config(rd.config)
     ckpt = next((p for p in (rd.checkpoint("best"), rd.checkpoint("last")) if p.is_file()), None)
     if ckpt is None:
-        raise NotFoundError(f"{rd.name}: no checkpoint to embed a new image with")
+        raise NotFoundError(f"{rd.run_id}: no checkpoint to embed a new image with")
     model = create_model(cfg.model.model_copy(update={"pretrained": False}), image_size=cfg.data.image_size)
     model.load_state_dict(load_checkpoint(ckpt)["model"])
     model.eval()

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from ofgr_core.runs import CONFIG_FILE, ENV_FILE, METRICS_FILE
+from ofgr_core.runs import RunFolder
 
 MISSING = "—"
 # keys that differ between every pair of runs without telling anything about the experiment
@@ -32,7 +32,7 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
 
 def read_config(run_dir: Path) -> dict[str, Any]:
     try:
-        cfg = yaml.safe_load((run_dir / CONFIG_FILE).read_text())
+        cfg = yaml.safe_load(RunFolder(run_dir).config.read_text())
     except (OSError, yaml.YAMLError, UnicodeDecodeError):
         return {}
     return cfg if isinstance(cfg, dict) else {}
@@ -55,7 +55,7 @@ def differing(configs: list[dict[str, Any]], limit: int | None = None) -> list[t
 def overrides(run_dir: Path) -> list[str]:
     """The ``--set`` overrides a run was started with (``env.json``), or ``[]``."""
     try:
-        env = json.loads((run_dir / ENV_FILE).read_text())
+        env = json.loads(RunFolder(run_dir).env.read_text())
     except (OSError, ValueError):
         return []
     if not isinstance(env, dict):
@@ -69,7 +69,7 @@ def overrides(run_dir: Path) -> list[str]:
 def resolved_device(run_dir: Path) -> str | None:
     """The device a run trained on (``metrics.json`` train.device, e.g. ``cuda:0``), not the config's ``auto``."""
     try:
-        metrics = json.loads((run_dir / METRICS_FILE).read_text())
+        metrics = json.loads(RunFolder(run_dir).metrics.read_text())
         device = metrics["train"]["device"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
