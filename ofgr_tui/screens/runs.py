@@ -72,7 +72,9 @@ class RunsScreen(OfgrScreen[None]):
     HELP_TITLE = "Runs"
     # in order of importance: the key bar shows as many as fit, ? Help lists them all
     BINDINGS = [
-        Binding("enter", "open('live')", "Live", priority=True),
+        # not a priority binding: those run before keys typed earlier are handled ("G enter" must open the
+        # last run); the table's own enter selects the row and on_data_table_row_selected opens it
+        Binding("enter", "open('live')", "Live"),
         Binding("space", "mark", "Mark"),
         Binding("c", "compare", "Compare"),
         Binding("n", "launch", "New"),

@@ -201,3 +201,20 @@ async def test_idle_rescans_touch_no_cells(runs_dir: Path) -> None:
         await wait_for(pilot, lambda: len(scans) >= 20)
         await pilot.pause(0.1)
         assert updates == []
+
+
+async def test_keys_typed_quickly_apply_in_order(runs_dir: Path) -> None:
+    """``G enter`` sent in one burst (a fast typist, tmux send-keys) opens the last run, not the first."""
+    from textual import events
+
+    app = make_app(runs_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.scanned)
+        screen = app.screen
+        assert isinstance(screen, RunsScreen)
+        last = screen.visible[-1].run_id
+        for key, char in (("G", "G"), ("enter", "\r")):
+            app.post_message(events.Key(key, char))
+        await wait_for(pilot, lambda: isinstance(app.screen, LiveScreen))
+        assert app.screen.run_dir.name == last
+        await pilot.pause(0.3)  # let the live screen finish mounting before the app is torn down
