@@ -21,6 +21,15 @@ import yaml
 
 from ofgr_core.errors import ConfigError, NotFoundError
 from ofgr_core.events import TERMINAL_TYPES, Event
+from ofgr_core.runlock import (
+    LOCK_FILE,
+    LockInfo,
+    LockUnreadableError,
+    lock_alive,
+    lock_dict,
+    pid_alive,
+    read_lock,
+)
 
 CONFIG_FILE = "config.yaml"
 ENV_FILE = "env.json"
@@ -29,8 +38,11 @@ METRICS_FILE = "metrics.json"
 SPLIT_FILE = "split.json"
 DATA_REPORT_FILE = "data_report.json"
 STOP_FILE = "stop"
+# LOCK_FILE (the one-writer lock, ofgr_core/runlock.py) is imported above
 
-STATUSES = ("running", "finished", "failed", "interrupted")
+# running: a live process writes it; finished/failed/interrupted: its last attempt ended so; stale: no end
+# event and no live writer (killed, power loss); broken: a file in it cannot be read (RunInfo.reason says which)
+STATUSES = ("running", "finished", "failed", "interrupted", "stale", "broken")
 SPLIT_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 
@@ -241,7 +253,7 @@ class EventTail:
                 continue
             try:
                 obj = json.loads(line)
-            except json.JSONDecodeError:
+            except ValueError:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
                 continue  # a corrupt line (e.g. a crash mid-write followed by more writes) is skipped
             if isinstance(obj, dict) and "type" in obj:
                 events.append(obj)
@@ -252,42 +264,95 @@ def read_events(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return EventTail(RunFolder(run_dir).events).read_new()
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie child of ours counts as gone
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
+STALE_AFTER = 600.0  # seconds without an event before a run held on another host is called stale
 
 
-def status_from_events(events: list[dict[str, Any]], now: float | None = None) -> str:
-    """Derive a run's status from its events alone (see docs/run-folder.md)."""
-    for ev in reversed(events):
-        t = ev.get("type")
-        if t in TERMINAL_TYPES:
-            return {"run_finished": "finished", "run_failed": "failed"}.get(t, "interrupted")
-    started = next((e for e in events if e.get("type") == "run_started"), None)
-    if started is None:
-        return "interrupted" if events else "running"
-    if started.get("host") == socket.gethostname():
-        return "running" if _pid_alive(int(started.get("pid", -1))) else "interrupted"
-    # another host: trust recent activity
+def run_state(
+    events: list[dict[str, Any]],
+    lock: LockInfo | None = None,
+    *,
+    now: float | None = None,
+    host: str | None = None,
+) -> tuple[str, str | None]:
+    """A run's status and why, from its events and its current lock (the one rule every front end uses).
+
+    The newest ``run_started`` opens the current attempt: an end event before it belongs to an earlier
+    attempt (the run was resumed). Within the attempt, an end event decides (``finished``, ``failed``,
+    ``interrupted``) unless a live lock was taken after it (a resume that has not written its start yet).
+    Without an end event the run is ``running`` while its writer lives and ``stale`` once it is gone. The
+    writer is the lock's holder, or for runs written before locks the ``run_started`` pid. On another host
+    liveness cannot be checked: recent activity counts as running.
+
+    Returns:
+        ``(status, reason)``; ``reason`` says what the status rests on (``None`` when the end event says it).
+    """
+    host = socket.gethostname() if host is None else host
     now = time.time() if now is None else now
-    return "running" if now - float(events[-1].get("time", 0)) < 600 else "interrupted"
+    last_start = max((i for i, e in enumerate(events) if e.get("type") == "run_started"), default=-1)
+    attempt = events[last_start + 1 :] if last_start >= 0 else events
+    end = next((e for e in reversed(attempt) if e.get("type") in TERMINAL_TYPES), None)
+    last_time = _num(events[-1].get("time")) if events else None
+
+    alive: bool | None = None
+    if lock is not None:
+        alive = lock_alive(lock) if lock.host == host else None
+        if alive is None:  # another host: trust recent activity
+            since = max(lock.started, last_time or 0.0)
+            alive = now - since < STALE_AFTER
+        if alive and (end is None or lock.started > (_num(end.get("time")) or 0.0)):
+            return "running", f"written by {lock.describe()}"
+    if end is not None:
+        return _END_STATUS.get(str(end.get("type")), "interrupted"), None
+    if lock is not None:
+        return "stale", f"no end event and its writer is gone ({lock.describe()}); resumable"
+    started = events[last_start] if last_start >= 0 else None
+    if started is None:
+        if not events:
+            return "stale", "no events yet and no process holds the run"
+        return "stale", "no run_started event and no process holds the run"
+    pid = started.get("pid")
+    pid_ok = isinstance(pid, int) and not isinstance(pid, bool)
+    who = f"pid {pid} on {started.get('host')}"
+    if started.get("host") == host:
+        if pid_ok and pid_alive(int(pid)):
+            return "running", f"written by {who}"
+        return "stale", f"no end event and its writer is gone ({who}); resumable"
+    if now - (last_time or 0.0) < STALE_AFTER:
+        return "running", f"written by {who} (another host; last event {_ago(now - (last_time or 0.0))} ago)"
+    return "stale", f"no end event, last event {_ago(now - (last_time or 0.0))} ago ({who}, another host)"
+
+
+def _ago(seconds: float) -> str:
+    s = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if s >= size:
+            return f"{s // size} {unit}"
+    return f"{s} s"
+
+
+_END_STATUS = {"run_finished": "finished", "run_failed": "failed", "run_interrupted": "interrupted"}
+
+
+def _num(x: Any) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return float(x)
+
+
+def status_from_events(
+    events: list[dict[str, Any]], lock: LockInfo | None = None, now: float | None = None
+) -> str:
+    """The status part of :func:`run_state`."""
+    return run_state(events, lock, now=now)[0]
 
 
 @dataclass
 class RunInfo:
-    """A summary of one run folder, cheap to compute (reads config, events, metrics)."""
+    """A summary of one run folder, cheap to compute (reads config, events, metrics, the lock).
+
+    ``status`` is one of :data:`STATUSES`; ``reason`` says what it rests on (why a run is stale or broken,
+    who writes a running one).
+    """
 
     run_id: str
     path: Path
@@ -300,6 +365,8 @@ class RunInfo:
     ended: float | None = None
     recall_at_1_unseen: float | None = None
     error: str | None = None
+    reason: str | None = None
+    lock: LockInfo | None = None
     config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] | None = None
 
@@ -309,11 +376,17 @@ class RunInfo:
             return None
         return (self.ended or time.time()) - self.started
 
+    @property
+    def live(self) -> bool:
+        """A process writes this run now: it must not be resumed or deleted."""
+        return self.status == "running"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
             "path": str(self.path),
             "status": self.status,
+            "reason": self.reason,
             "name": self.name,
             "model": self.model,
             "dataset": self.dataset,
@@ -322,6 +395,7 @@ class RunInfo:
             "duration": self.duration,
             "recall@1_unseen_fine": self.recall_at_1_unseen,
             "error": self.error,
+            "lock": lock_dict(self.lock),
         }
 
 
@@ -332,33 +406,108 @@ def read_json(path: Path) -> Any | None:
         return None
 
 
-def load_run(run_dir: str | os.PathLike[str]) -> RunInfo:
+def _read_config(path: Path) -> tuple[dict[str, Any], str | None]:
+    """The run's config as a dict, or ``({}, why)`` when it is missing or unreadable."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}, f"{CONFIG_FILE} is missing"
+    except OSError as e:
+        return {}, f"{CONFIG_FILE}: unreadable ({e.strerror or e})"
+    try:
+        obj = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return {}, f"{CONFIG_FILE}: not UTF-8 text"
+    except yaml.YAMLError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return {}, f"{CONFIG_FILE}: invalid YAML ({first})"
+    if obj is None:
+        return {}, f"{CONFIG_FILE} is empty"
+    if not isinstance(obj, dict):
+        return {}, f"{CONFIG_FILE}: expected a mapping, got {type(obj).__name__}"
+    return obj, None
+
+
+def _read_metrics(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None, None
+    except OSError as e:
+        return None, f"{METRICS_FILE}: unreadable ({e.strerror or e})"
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        what = "empty" if not raw.strip() else f"truncated or invalid JSON ({e})"
+        return None, f"{METRICS_FILE}: {what}"
+    if not isinstance(obj, dict):
+        return None, f"{METRICS_FILE}: expected a JSON object, got {type(obj).__name__}"
+    return obj, None
+
+
+def load_run(
+    run_dir: str | os.PathLike[str], *, now: float | None = None, ours: LockInfo | None = None
+) -> RunInfo:
+    """Summarise one run folder. Never raises for a damaged folder: it is listed as ``broken`` with why.
+
+    Args:
+        run_dir: The run folder.
+        now: The clock (tests).
+        ours: The caller's own lock (``ofgr resume`` after taking it): not counted as another writer.
+
+    Raises:
+        NotFoundError: ``run_dir`` is not a run folder at all.
+    """
     run_dir = Path(run_dir)
     folder = RunFolder(run_dir)
     if not folder.is_run():
         raise NotFoundError(f"{run_dir}: not a run folder (no {EVENTS_FILE} or {CONFIG_FILE})")
+    problems: list[str] = []
+    config, why = _read_config(folder.config)
+    tail = EventTail(folder.events)
     try:
-        config = yaml.safe_load(folder.config.read_text()) or {}
-    except (FileNotFoundError, yaml.YAMLError):
-        config = {}
-    events = read_events(run_dir)
-    metrics = read_json(folder.metrics)
-    info = RunInfo(run_id=run_dir.name, path=run_dir, status=status_from_events(events), config=config)
+        events = tail.read_new()
+    except OSError as e:
+        events = []
+        problems.append(f"{EVENTS_FILE}: unreadable ({e.strerror or e})")
+    if tail.offset and not events:
+        problems.append(f"{EVENTS_FILE}: no readable event in {tail.offset} bytes")
+    try:
+        lock = read_lock(run_dir)
+    except LockUnreadableError as e:
+        lock = None
+        problems.append(str(e).replace(str(run_dir / LOCK_FILE), LOCK_FILE))
+    if lock is not None and lock == ours:
+        lock = None
+    metrics, metrics_problem = _read_metrics(folder.metrics)
+    status, reason = run_state(events, lock, now=now)
+    if why is not None and not (status == "running" and why.endswith("is missing")):
+        problems.append(why)  # (a run that has just started may not have written its config yet)
+    if status == "finished" and metrics is None and metrics_problem is None:
+        metrics_problem = f"run_finished recorded but {METRICS_FILE} is missing"
+    if metrics_problem is not None and status != "running":
+        problems.append(metrics_problem)
+    if problems and status != "running":
+        status, reason = "broken", "; ".join(problems)
+    info = RunInfo(run_id=run_dir.name, path=run_dir, status=status, reason=reason, lock=lock, config=config)
     info.name = str(config.get("name", ""))
-    model = config.get("model", {}) or {}
+    model = config.get("model", {})
+    model = model if isinstance(model, dict) else {}
     info.model = f"{model.get('kind', '')}:{model.get('name', '')}".strip(":")
-    sources = (config.get("data", {}) or {}).get("sources", []) or []
+    data = config.get("data", {})
+    sources = data.get("sources", []) if isinstance(data, dict) else []
+    sources = sources if isinstance(sources, list) else []
     info.dataset = "+".join(str(s.get("name") or s.get("type")) for s in sources if isinstance(s, dict))
-    split = config.get("split", {}) or {}
-    info.split = str(split.get("protocol", ""))
+    split = config.get("split", {})
+    info.split = str(split.get("protocol", "")) if isinstance(split, dict) else ""
     if events:
-        info.started = float(events[0].get("time", 0)) or None
+        info.started = _num(events[0].get("time")) or None
         last = events[-1]
         if last.get("type") in TERMINAL_TYPES:
-            info.ended = float(last.get("time", 0))
+            info.ended = _num(last.get("time"))
         if last.get("type") == "run_failed":
-            info.error = last.get("error")
-    if isinstance(metrics, dict):
+            info.error = str(last.get("error"))
+    if metrics is not None:
         info.metrics = metrics
         with contextlib.suppress(KeyError, TypeError, ValueError):
             info.recall_at_1_unseen = float(metrics["unseen"]["fine"]["recall@1"])

@@ -6,16 +6,24 @@ Reads ``RUN/embeddings/<split>.npy`` + ``<split>.csv`` (docs/run-folder.md) and 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ofgr_core.errors import DataError, NotFoundError
+from ofgr_core.events import Event, StageFinished, StageProgress, StageStarted
 from ofgr_core.runs import RunFolder
+
+OnEvent = Callable[[Event], None]
+STAGE = "tsne"
 
 SPLITS = ("seen", "unseen")
 DEFAULT_MAX_POINTS = 2000
@@ -95,6 +103,7 @@ def compute_tsne(
     seed: int = 0,
     perplexity: float = 30.0,
     use_cache: bool = True,
+    on_event: OnEvent | None = None,
 ) -> TsneResult:
     """Project a run's stored embeddings to 2-D with t-SNE.
 
@@ -105,6 +114,9 @@ def compute_tsne(
         seed: Seeds both the subsample and t-SNE, so a cached and a fresh projection agree.
         perplexity: t-SNE perplexity; lowered automatically for tiny sets.
         use_cache: Read and write ``RUN/cache/tsne_<split>_<n>.npz``.
+        on_event: Receives ``stage_started``/``stage_progress``/``stage_finished`` events of stage ``tsne``
+            while a projection is computed (``done``/``total`` are optimisation iterations), so a front end
+            can show progress; nothing is emitted for a cache hit.
 
     Raises:
         NotFoundError: the run has no stored embeddings for ``split``.
@@ -146,7 +158,11 @@ def compute_tsne(
     cached = xy is not None
     if xy is None:
         x = np.concatenate([np.asarray(a, dtype=np.float32) for a in arrays])[idx]
-        xy = _project(x, seed=seed, perplexity=perplexity)
+        t0 = time.perf_counter()
+        emit = on_event or (lambda _e: None)
+        emit(StageStarted(stage=STAGE, total=TSNE_ITERATIONS))
+        xy = _project(x, seed=seed, perplexity=perplexity, on_event=emit)
+        emit(StageFinished(stage=STAGE, seconds=time.perf_counter() - t0))
         if use_cache:
             _save_cache(cache_path, xy=xy, idx=idx, sig=sig, seed=seed)
 
@@ -164,7 +180,10 @@ def compute_tsne(
     )
 
 
-def _project(x: np.ndarray, *, seed: int, perplexity: float) -> np.ndarray:
+TSNE_ITERATIONS = 1000  # scikit-learn's default max_iter, set explicitly so progress has a known total
+
+
+def _project(x: np.ndarray, *, seed: int, perplexity: float, on_event: OnEvent | None = None) -> np.ndarray:
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
@@ -172,8 +191,50 @@ def _project(x: np.ndarray, *, seed: int, perplexity: float) -> np.ndarray:
     if x.shape[1] > 50 and n > 50:  # the usual PCA-50 step: same neighbourhoods, much faster
         x = PCA(n_components=50, random_state=seed).fit_transform(x)
     perplexity = float(min(perplexity, max(1.0, (n - 1) / 3.0)))
-    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed)
-    return tsne.fit_transform(x).astype(np.float32)
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed,
+                max_iter=TSNE_ITERATIONS)  # fmt: skip
+    with _iteration_progress(on_event):
+        return tsne.fit_transform(x).astype(np.float32)
+
+
+_PATCH_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _iteration_progress(on_event: OnEvent | None, every: int = 10) -> Iterator[None]:
+    """Report t-SNE optimisation iterations while ``fit_transform`` runs.
+
+    scikit-learn has no progress callback; its optimiser calls the objective once per iteration, so the
+    objective is wrapped for the duration (``_gradient_descent`` is looked up at call time). Without that
+    private function (another scikit-learn version) the projection simply runs without progress.
+    """
+    try:
+        from sklearn.manifold import _t_sne
+    except ImportError:  # pragma: no cover
+        _t_sne = None
+    original = getattr(_t_sne, "_gradient_descent", None)
+    if on_event is None or original is None:
+        yield
+        return
+
+    def gradient_descent(objective, p0, it, max_iter, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        count = it
+
+        def counted(*a, **kw):  # noqa: ANN002, ANN003, ANN202
+            nonlocal count
+            count += 1
+            if count % every == 0:
+                on_event(StageProgress(stage=STAGE, done=min(count, TSNE_ITERATIONS), total=TSNE_ITERATIONS))
+            return objective(*a, **kw)
+
+        return original(counted, p0, it, max_iter, *args, **kwargs)
+
+    with _PATCH_LOCK:  # one patched projection at a time
+        _t_sne._gradient_descent = gradient_descent
+        try:
+            yield
+        finally:
+            _t_sne._gradient_descent = original
 
 
 def _load_cache(path: Path, sig: str, idx: np.ndarray, seed: int) -> np.ndarray | None:

@@ -22,6 +22,7 @@ from textual.worker import Worker, WorkerState
 
 from ofgr_core.errors import OfgrError
 from ofgr_core.gpu import GpuSnapshot
+from ofgr_core.runlock import LOCK_FILE
 from ofgr_core.runs import RunFolder, RunInfo, load_run, request_stop
 from ofgr_tui import launcher
 from ofgr_tui.messages import (
@@ -34,6 +35,7 @@ from ofgr_tui.messages import (
     RunsScanned,
     StopRun,
 )
+from ofgr_tui.query_client import QueryClient
 from ofgr_tui.screens.help import HelpScreen
 from ofgr_tui.screens.runs import RunsScreen
 
@@ -48,7 +50,7 @@ class RunCache:
     def _signature(run_dir: Path) -> tuple[float, ...]:
         sig: list[float] = []
         folder = RunFolder(run_dir)
-        for path in (folder.events, folder.metrics, folder.config):
+        for path in (folder.events, folder.metrics, folder.config, folder.path / LOCK_FILE):
             try:
                 st = path.stat()
                 sig += [st.st_mtime_ns, st.st_size]
@@ -56,11 +58,20 @@ class RunCache:
                 sig += [0, -1]
         return tuple(sig)
 
-    def scan(self, runs_dir: Path, now: float) -> list[RunInfo]:
+    def scan(self, runs_dir: Path, now: float) -> tuple[list[RunInfo], str | None]:
+        """Every run folder, newest first, and why the folder itself cannot be listed (else ``None``)."""
         try:
             dirs = sorted((p for p in runs_dir.iterdir() if p.is_dir()), key=lambda p: p.name, reverse=True)
-        except OSError:
-            return []
+        except FileNotFoundError:
+            self._seen.clear()
+            return [], (
+                f"The runs folder {runs_dir} does not exist. Start a run (n, or `ofgr run CONFIG "
+                f"--runs-dir {runs_dir}`) to create it, or restart with the right --runs-dir."
+            )
+        except NotADirectoryError:
+            return [], f"{runs_dir} is a file, not a runs folder: restart with the right --runs-dir."
+        except OSError as e:
+            return [], f"The runs folder {runs_dir} cannot be read ({e.strerror or e})."
         out: list[RunInfo] = []
         for d in dirs:
             if not RunFolder(d).is_run():
@@ -73,14 +84,14 @@ class RunCache:
                 info = cached[2]  # type: ignore[index]
             else:
                 try:
-                    info = load_run(d)
+                    info = load_run(d, now=now)
                 except (OfgrError, OSError):
                     continue  # deleted between listing and reading
                 self._seen[d] = (sig, now, info)
             out.append(info)
         for gone in set(self._seen) - set(dirs):
             del self._seen[gone]
-        return out
+        return out, None
 
 
 class OfgrApp(App[None]):
@@ -122,8 +133,10 @@ class OfgrApp(App[None]):
         self.python = python
         self.runs: list[RunInfo] = []
         self.scanned = False
+        self.scan_error: str | None = None
         self.launches: list[launcher.Launch] = []
         self._cache = RunCache()
+        self.query_client = QueryClient(python)  # started on the first query (torch/faiss live there)
 
     # --------------------------------------------------------------------------------- lifecycle
     def get_default_screen(self) -> RunsScreen:
@@ -134,19 +147,24 @@ class OfgrApp(App[None]):
         self.rescan()
         self.set_interval(self.scan_interval, self.rescan, name="scan")
 
+    def on_unmount(self) -> None:
+        self.query_client.close()
+
     def rescan(self) -> None:
         self._scan()
 
     @work(thread=True, exclusive=True, group="scan", exit_on_error=False)
     def _scan(self) -> None:
-        self.post_message(RunsScanned(self._cache.scan(self.runs_dir, self.clock())))
+        runs, error = self._cache.scan(self.runs_dir, self.clock())
+        self.post_message(RunsScanned(runs, error))
 
     def on_runs_scanned(self, message: RunsScanned) -> None:
         self.runs = message.runs
+        self.scan_error = message.error
         self.scanned = True
         for screen in self.screen_stack:
             if isinstance(screen, RunsScreen):
-                screen.set_runs(message.runs)
+                screen.set_runs(message.runs, message.error)
         self._check_launches()
 
     def run_info(self, run_dir: Path) -> RunInfo | None:
@@ -201,6 +219,14 @@ class OfgrApp(App[None]):
         self.rescan()
 
     def on_resume_run(self, message: ResumeRun) -> None:
+        try:
+            info = load_run(message.run_dir)
+        except (OfgrError, OSError) as e:
+            self.notify(str(e), severity="error")
+            return
+        if info.live:  # checked again on fresh files: the listing may be a scan old
+            self.notify(f"{info.run_id} is running ({info.reason}): not resumed", severity="warning")
+            return
         try:
             launch = launcher.resume_run(message.run_dir, python=self.python)
         except OSError as e:
@@ -257,6 +283,9 @@ class OfgrApp(App[None]):
 
     @work(thread=True, group="delete", exit_on_error=False)
     def _delete(self, run_dir: Path) -> None:
+        info = load_run(run_dir)
+        if info.live:  # checked again on fresh files: a resume may have started since the listing
+            raise OfgrError(f"{info.run_id} is running ({info.reason}): not deleted")
         shutil.rmtree(run_dir)
         self.call_from_thread(self.notify, f"deleted {run_dir.name}")
         self.call_from_thread(self.rescan)

@@ -13,6 +13,8 @@ STATUS_STYLE = {
     "finished": ("✓ finished", "green"),
     "failed": ("✗ failed", "bold red"),
     "interrupted": ("‖ interrupted", "magenta"),
+    "stale": ("? stale", "bold magenta"),
+    "broken": ("! broken", "bold red"),
 }
 
 

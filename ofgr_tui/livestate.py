@@ -18,7 +18,7 @@ RATE_WINDOW = 30  # recent train_step events used for the ETA
 @dataclass
 class StageState:
     name: str
-    state: str = "pending"  # pending | running | done
+    state: str = "pending"  # pending | running | done | stopped (ended by a stop, a kill or an error)
     done: int = 0
     total: int | None = None
     seconds: float | None = None
@@ -89,6 +89,7 @@ class LiveState:
         if self.first_time is None:
             self.first_time = now
         if t == "run_started":
+            self.terminal = None  # a new attempt (a resume): an earlier end event no longer decides
             self.run_id = str(ev.get("run_id", self.run_id))
             self.name = str(ev.get("name", self.name))
             return LogLine(now, "stage", f"run started (pid {ev.get('pid', '?')} on {ev.get('host', '?')})")
@@ -127,12 +128,24 @@ class LiveState:
             return LogLine(now, level, str(ev.get("message")))
         if t in ("run_finished", "run_failed", "run_interrupted"):
             self.terminal = ev
+            if t != "run_finished":
+                self._mark_stopped()
             if t == "run_finished":
                 return LogLine(now, "stage", f"run finished in {fmt_seconds(_f(ev.get('seconds')))}")
             if t == "run_failed":
                 return LogLine(now, "error", f"run failed: {ev.get('error', '')}")
             return LogLine(now, "warning", f"run interrupted: {ev.get('reason', '')}")
         return None
+
+    def _mark_stopped(self) -> None:
+        """A stop ends the train stage normally (it checkpoints), but training did not complete: say so."""
+        for st in self.stages.values():
+            if st.state == "running":
+                st.state = "stopped"
+        train = self.stages.get("train")
+        done_epochs = len(self.epoch_x) and int(max(self.epoch_x))
+        if train is not None and train.state == "done" and self.epochs and done_epochs < self.epochs:
+            train.state = "stopped"
 
     def _stage(self, ev: dict[str, Any]) -> StageState:
         name = str(ev.get("stage", "?"))
@@ -148,7 +161,8 @@ class LiveState:
         self.epoch, self.step, self.steps_per_epoch = epoch, step, spe
         if self.first_epoch is None:
             self.first_epoch = epoch
-        x = epoch + (step / spe if spe else 0.0)
+        # the axis counts epochs done: epoch e (1-based, as the trainer numbers them) spans (e-1, e]
+        x = epoch - self._epoch_base() + (step / spe if spe else 0.0)
         n = len(self.steps_x)
         self.steps_x.append(x)
         self.loss.append(loss)
@@ -170,7 +184,9 @@ class LiveState:
     def _train_epoch(self, ev: dict[str, Any], now: float) -> LogLine:
         epoch = _i(ev.get("epoch")) or 0
         self.epochs = _i(ev.get("epochs")) or self.epochs
-        self.epoch_x.append(float(epoch + 1))  # the end of the epoch, on the steps' axis
+        if self.first_epoch is None:
+            self.first_epoch = epoch
+        self.epoch_x.append(float(epoch - self._epoch_base() + 1))  # the end of the epoch, on the steps' axis
         self.epoch_loss.append(_f(ev.get("loss")) or 0.0)
         val = ev.get("val") or {}
         n = len(self.epoch_loss) - 1

@@ -22,6 +22,7 @@ class RunsScanned(Message):
     """A fresh listing of the runs folder (newest first). Posted every couple of seconds."""
 
     runs: list[RunInfo]
+    error: str | None = None  # the runs folder itself cannot be listed (missing, not a folder, no access)
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, RunsScanned)

@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 from rich import box
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -18,6 +19,7 @@ from ofgr_core import runs
 from ofgr_core.cli.app import app, err, handle_errors, out, print_json
 from ofgr_core.config import dump_config, load_config
 from ofgr_core.errors import ConfigError, ExitCode, NotFoundError
+from ofgr_core.runlock import RunLock
 
 DEFAULT_CONFIG = "configs/demo.yaml"
 
@@ -136,19 +138,33 @@ def timings_table(timings: dict[str, float]) -> Table:
     return table
 
 
-def _launch(cfg: Any, run_dir: Path, *, resume: bool, config_path: str | None, quiet: bool) -> None:
+def _launch(
+    cfg: Any, run_dir: Path, *, resume: bool, config_path: str | None, quiet: bool,
+    lock: RunLock | None = None,
+) -> None:
     from ofgr_core.pipeline import execute_run
 
     main = int(os.environ.get("RANK", "0")) == 0
-    writer = runs.EventWriter(runs.RunFolder(run_dir).events) if main else None
-    if main:
-        err.print(f"run folder: [bold]{run_dir}[/]", highlight=False)
+    if main and lock is None:
+        lock = RunLock(run_dir, "resume" if resume else "run")
+        lock.acquire()  # one writer per run folder, held until this process ends the run
     try:
-        with EventPrinter(quiet=quiet or not main) as printer:
-            status, metrics = execute_run(cfg, run_dir, writer, printer, resume=resume, config_path=config_path)
+        writer = runs.EventWriter(runs.RunFolder(run_dir).events) if main else None
+        if main:
+            err.print(f"run folder: [bold]{run_dir}[/]", highlight=False)
+            if lock is not None and lock.took_over is not None:
+                err.print(f"took over the stale lock of {lock.took_over.describe()} (process gone)",
+                          highlight=False)
+        try:
+            with EventPrinter(quiet=quiet or not main) as printer:
+                status, metrics = execute_run(cfg, run_dir, writer, printer, resume=resume,
+                                              config_path=config_path)
+        finally:
+            if writer is not None:
+                writer.close()
     finally:
-        if writer is not None:
-            writer.close()
+        if lock is not None:
+            lock.release()
     if not main:
         return
     if status == "interrupted":
@@ -204,15 +220,29 @@ def resume(
     from ofgr_core.train.ddp import init_distributed
 
     run_dir = runs.resolve_run(run_ref, runs_dir)
-    info = runs.load_run(run_dir)
-    if info.status == "running":
-        raise ConfigError(f"run {run_dir.name} is still running (pid alive); stop it first")
-    folder = runs.RunFolder(run_dir)
-    if info.status == "finished" and folder.metrics.is_file():
-        raise ConfigError(f"run {run_dir.name} already finished; nothing to resume")
-    cfg = load_config(folder.config)
-    init_distributed(cfg.device)
-    _launch(cfg, run_dir, resume=True, config_path=str(folder.config), quiet=quiet)
+    lock: RunLock | None = None
+    if int(os.environ.get("RANK", "0")) == 0:  # the other ranks of a DDP resume follow rank 0
+        # the lock first, then the status: between a check and a start another resume could slip in
+        lock = RunLock(run_dir, "resume")
+        lock.acquire()
+    try:
+        info = runs.load_run(run_dir, ours=lock.info if lock is not None else None)
+        if info.status == "running":  # a writer from before run locks existed, still alive
+            raise ConfigError(f"run {run_dir.name} is already running ({info.reason}); stop it first")
+        if info.status == "finished":
+            raise ConfigError(f"run {run_dir.name} already finished; nothing to resume")
+        problems = (info.reason or "").split("; ")
+        if info.status == "broken" and not all(runs.METRICS_FILE in p for p in problems):
+            # (a lost or truncated metrics.json is what a resume rewrites; other damage is not)
+            raise ConfigError(f"run {run_dir.name} cannot be resumed: {info.reason}")
+        folder = runs.RunFolder(run_dir)
+        cfg = load_config(folder.config)
+        init_distributed(cfg.device)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    _launch(cfg, run_dir, resume=True, config_path=str(folder.config), quiet=quiet, lock=lock)
 
 
 def _fmt_duration(s: float | None) -> str:
@@ -229,6 +259,8 @@ def list_runs(
     as_json: bool = typer.Option(False, "--json", help="One JSON list on stdout."),
 ) -> None:
     """List runs: status, model, dataset, split, R@1 on unseen classes, duration."""
+    if not runs_dir.is_dir():
+        raise NotFoundError(f"{runs_dir}: no such runs folder (create runs with `ofgr run`, or pass --runs-dir)")
     infos = list(runs.iter_runs(runs_dir))
     if as_json:
         print_json([i.to_dict() for i in infos])
@@ -238,7 +270,8 @@ def list_runs(
         return
     from ofgr_core.cli.tables import Column, print_fitted
 
-    colors = {"running": "cyan", "finished": "green", "failed": "red", "interrupted": "yellow"}
+    colors = {"running": "cyan", "finished": "green", "failed": "red", "interrupted": "yellow",
+              "stale": "magenta", "broken": "bold red"}
     cols = [
         Column("run", [i.run_id for i in infos]),  # never cut or wrapped: it is what a user copies
         Column("status", [f"[{colors.get(i.status, 'white')}]{i.status}[/]" for i in infos], priority=1),
@@ -273,6 +306,8 @@ def show(
               highlight=False)
     if info.error:
         err.print(f"[red]error:[/] {info.error}", highlight=False)
+    if info.reason:
+        err.print(f"[dim]{info.status}:[/] " + escape(info.reason), highlight=False)
     if info.metrics is None:
         err.print(f"no {runs.METRICS_FILE} yet")
         return

@@ -12,12 +12,14 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.message import Message
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Header, Static
 from textual.worker import Worker
 
 from ofgr_core.compare import Comparison, MetricRow, Significance
 from ofgr_tui.format import fmt_count, fmt_seconds
+from ofgr_tui.rundiff import differing, overrides, read_config, resolved_device
 from ofgr_tui.screens.base import OfgrScreen
+from ofgr_tui.widgets.keybar import KeyBar
 from ofgr_tui.widgets.plots import PALETTE, CurvePlot
 
 LETTERS = "ABCD"
@@ -70,11 +72,12 @@ class CompareScreen(OfgrScreen[None]):
         yield Header()
         with VerticalScroll(id="compare-body"):
             yield Static("comparing…", id="compare-legend")
+            yield Static(id="compare-diff")
             yield DataTable(id="compare-table", cursor_type="row", zebra_stripes=True)
             yield CurvePlot("recall@K", xlabel="K", empty_text="no recall@K", id="compare-plot")
             yield DataTable(id="cost-table", cursor_type="none")
             yield Static(id="compare-notes")
-        yield Footer(compact=True)
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.title = "compare"
@@ -103,11 +106,45 @@ class CompareScreen(OfgrScreen[None]):
             legend.append("  (baseline)\n" if i == 0 else "\n", style="dim")
         legend.append("Δ vs A; * p<0.05 ** p<0.01 *** p<0.001 (paired bootstrap); ? no test", style="dim")
         self.query_one("#compare-legend", Static).update(legend)
+        self._show_diff(c)
         self._show_table(c)
         self._show_plot()
         self._show_costs(c)
         notes = self.query_one("#compare-notes", Static)
         notes.update(Text("\n".join(c.notes), style="yellow") if c.notes else "")
+
+    def _dirs(self, c: Comparison) -> list[Path]:
+        by_id = {d.name: d for d in self.run_dirs}
+        return [by_id.get(run_id, Path(run_id)) for run_id in c.run_ids]
+
+    def _show_diff(self, c: Comparison, limit: int = 8) -> None:
+        """What differs between the runs' configs (model, epochs, overrides...): same-named runs told apart."""
+        from rich.table import Table
+
+        dirs = self._dirs(c)
+        diffs = differing([read_config(d) for d in dirs])
+        box = self.query_one("#compare-diff", Static)
+        table = Table(box=None, pad_edge=False, show_edge=False, padding=(0, 1), title_justify="left",
+                      title=Text("what differs" if diffs else "same resolved config",
+                                 style="bold"))  # fmt: skip
+        if not diffs:
+            box.update(table)
+            return
+        table.add_column("config key", style="dim", no_wrap=True, overflow="ellipsis", max_width=28)
+        for i in range(len(dirs)):
+            table.add_column(LETTERS[i], style=PALETTE[i], no_wrap=True, overflow="ellipsis", max_width=22)
+        for key, values in diffs[:limit]:
+            table.add_row(key, *values)
+        if len(diffs) > limit:
+            table.add_row(f"… {len(diffs) - limit} more", *[""] * len(dirs))
+        from rich.console import Group
+
+        sets = Text()
+        for i, d in enumerate(dirs):
+            if overrides(d):
+                sets.append(f"{LETTERS[i]} ", style=f"bold {PALETTE[i]}")
+                sets.append("--set " + " ".join(overrides(d)) + "\n", style="dim")
+        box.update(Group(table, sets) if sets.plain else table)
 
     def _show_table(self, c: Comparison) -> None:
         t = self.query_one("#compare-table", DataTable)
@@ -142,7 +179,9 @@ class CompareScreen(OfgrScreen[None]):
         t.clear(columns=True)
         for col in ("run", "params", "epochs", "images", "train", "total", "img/s", "device"):
             t.add_column(col, key=col)
+        dirs = self._dirs(c)
         for i, cost in enumerate(c.costs):
+            device = resolved_device(dirs[i]) or cost.device  # what it ran on, not the config's "auto"
             t.add_row(
                 Text(LETTERS[i], style=f"bold {PALETTE[i]}"),
                 fmt_count(cost.params),
@@ -151,7 +190,7 @@ class CompareScreen(OfgrScreen[None]):
                 fmt_seconds(cost.train_seconds),
                 fmt_seconds(cost.total_seconds),
                 fmt_count(cost.images_per_s),
-                cost.device or "-",
+                device or "-",
             )
         t.styles.height = t.row_count + 1
 

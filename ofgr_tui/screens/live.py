@@ -17,15 +17,17 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import Footer, Header, Static
+from textual.widgets import Header, Static
 
-from ofgr_core.runs import EventTail, RunFolder
+from ofgr_core.errors import OfgrError
+from ofgr_core.runs import EventTail, RunFolder, load_run
 from ofgr_tui.format import fmt_count, fmt_seconds, status_text
 from ofgr_tui.livestate import LiveState, downsample
 from ofgr_tui.messages import GpuSampled, OpenRun, StopRun
 from ofgr_tui.screens.base import OfgrScreen
 from ofgr_tui.widgets.event_log import EventLog
 from ofgr_tui.widgets.gpu_panel import GpuPanel
+from ofgr_tui.widgets.keybar import KeyBar
 from ofgr_tui.widgets.plots import CurvePlot
 from ofgr_tui.widgets.stages import StageProgress
 
@@ -73,13 +75,14 @@ class LiveScreen(OfgrScreen[None]):
         with Horizontal(id="live-main"):
             with Vertical(id="live-plots"):
                 yield CurvePlot("loss", xlabel="epoch", empty_text="no training steps yet", id="main-plot")
+                yield Static(id="main-legend")
                 yield CurvePlot("learning rate", xlabel="epoch", empty_text="no steps yet", id="lr-plot")
             with Vertical(id="live-side"):
                 yield Static(id="live-stats")
                 yield StageProgress(id="stages")
                 yield GpuPanel(id="gpu")
         yield EventLog(id="live-log")
-        yield Footer(compact=True)
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.state.epochs = _config_epochs(self.run_dir)
@@ -129,17 +132,29 @@ class LiveScreen(OfgrScreen[None]):
     # ---------------------------------------------------------------------------------- display
     @property
     def status(self) -> str:
+        """The end event of the current attempt as soon as the tail sees it; else the shared run state."""
         if self.state.terminal is not None:
             t = self.state.terminal.get("type")
             return {"run_finished": "finished", "run_failed": "failed"}.get(str(t), "interrupted")
         info = self.app.run_info(self.run_dir)  # type: ignore[attr-defined]
-        return info.status if info is not None else "running"
+        if info is not None:
+            return info.status
+        return self._fallback_status()
+
+    def _fallback_status(self) -> str:
+        # not listed yet (the scan runs every couple of seconds): ask the folder directly
+        try:
+            return load_run(self.run_dir).status
+        except (OfgrError, OSError):
+            return "broken"
 
     def _update_stats(self) -> None:
         st = self.state
         now = self.app.clock()  # type: ignore[attr-defined]
         status = self.status
-        self.query_one(StageProgress).failed = status in ("failed", "interrupted")
+        stages = self.query_one(StageProgress)
+        stages.failed = status in ("failed", "broken")
+        stages.halted = status != "running"
         out = Text()
         out.append_text(status_text(status))
         if st.current_stage and status == "running":
@@ -190,6 +205,7 @@ class LiveScreen(OfgrScreen[None]):
             main.set_series(series, title="validation per epoch (p: next plot)")
         else:
             main.set_series({"lr": downsample(st.steps_x, list(st.lr))}, title="learning rate (p: next plot)")
+        self.query_one("#main-legend", Static).update(main.legend())
         self.query_one("#lr-plot", CurvePlot).set_series(
             {"lr": downsample(st.steps_x, list(st.lr))}, title="learning rate"
         )

@@ -1,30 +1,33 @@
 """Query a run's gallery: an image path (with completion), an item picked from the run's dataset, or text.
 
 Shows ranked results with scores, hit/miss marks and labels, and thumbnails of the query and the highlighted
-result where the terminal can draw images. Queries run in a worker through ``ofgr_core.query.query_run``
-(the same function as ``ofgr query``); its one-line errors (e.g. text on a non-CLIP run) show in the panel.
+result where the terminal can draw images. Queries go through ``ofgr_core.query.query_run`` (the same
+function as ``ofgr query``) in the app's query worker process, so torch and faiss never load into the TUI;
+its one-line errors (e.g. text on a non-CLIP run) show in the panel and clear the previous results.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.text import Text
-from textual import work
+from textual import events, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widget import Widget
-from textual.widgets import DataTable, Footer, Header, Input, OptionList, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Header, Input, OptionList, Static, TabbedContent, TabPane
 from textual.widgets.option_list import Option
 from textual.worker import Worker
 
 from ofgr_core.runs import RunFolder
 from ofgr_tui.screens.base import OfgrScreen
+from ofgr_tui.widgets.keybar import KeyBar
 from ofgr_tui.widgets.path_input import PathSuggester
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -35,6 +38,28 @@ def mark(hit: bool | None) -> Text:
     if hit is None:
         return Text("·", style="dim")
     return Text("✓", style="bold green") if hit else Text("✗", style="bold red")
+
+
+def display_paths(paths: list[str], cwd: str | None = None) -> list[str]:
+    """Paths as short as they can be while telling them apart.
+
+    Under the working directory: relative to it. Elsewhere: the folder all of them share is left out
+    (``…/`` marks where), so the part that differs (class folder, file name) is what shows.
+    """
+    cwd = os.path.abspath(cwd or os.getcwd())
+    absolute = [os.path.abspath(p) if p else "" for p in paths]
+    if absolute and all(p and (p == cwd or p.startswith(cwd + os.sep)) for p in absolute):
+        return [os.path.relpath(p, cwd) for p in absolute]
+    real = [p for p in absolute if p]
+    if len(real) < 2:
+        return [("…/" + os.path.join(*Path(p).parts[-3:])) if len(Path(p).parts) > 3 else p for p in absolute]
+    try:
+        common = os.path.commonpath(real)
+    except ValueError:
+        return list(paths)
+    if common in ("", os.sep):
+        return list(paths)
+    return ["…/" + os.path.relpath(p, common) if p else "" for p in absolute]
 
 
 def read_items(run_dir: Path, split: str) -> list[dict[str, str]]:
@@ -86,7 +111,7 @@ class QueryScreen(OfgrScreen[None]):
                 )
             with TabPane("Dataset item", id="tab-item"):
                 yield Input(
-                    placeholder="filter by id, class or path; ↓ to pick, enter searches", id="item-filter"
+                    placeholder="filter by id, class or path; ↓↑ pick, enter searches", id="item-filter"
                 )
                 yield OptionList(id="item-list")
             with TabPane("Text", id="tab-text"):
@@ -99,7 +124,7 @@ class QueryScreen(OfgrScreen[None]):
                 yield Vertical(id="thumb-query", classes="thumb")
                 yield Static("result", classes="thumb-title", id="thumb-result-title")
                 yield Vertical(id="thumb-result", classes="thumb")
-        yield Footer(compact=True)
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.title = self.run_dir.name
@@ -169,6 +194,20 @@ class QueryScreen(OfgrScreen[None]):
                 if option.id:
                     self.search(item_id=option.id)
 
+    def on_key(self, event: events.Key) -> None:
+        """↓/↑ in the item filter move the highlight in the list below; typing stays in the filter."""
+        box = self.query_one("#item-filter", Input)
+        if not box.has_focus or event.key not in ("down", "up", "pagedown", "pageup"):
+            return
+        event.stop()
+        event.prevent_default()
+        ol = self.query_one("#item-list", OptionList)
+        if not ol.option_count:
+            return
+        step = {"down": 1, "up": -1, "pagedown": 5, "pageup": -5}[event.key]
+        current = ol.highlighted if ol.highlighted is not None else -1
+        ol.highlighted = max(0, min(ol.option_count - 1, current + step))
+
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         if event.option.id:
             self.search(item_id=event.option.id)
@@ -188,17 +227,21 @@ class QueryScreen(OfgrScreen[None]):
     def _search(
         self, item_id: str | None, image_path: str | None, text: str | None, split: str, qpath: str | None
     ) -> None:
-        try:
-            from ofgr_core.query import query_run
-        except ImportError as e:  # a build without the query engine
-            raise RuntimeError(f"query engine unavailable: {e}") from None
-        result = query_run(
-            self.run_dir, item_id=item_id, image_path=image_path, text=text, k=self.k, split=split
-        )
+        if image_path is not None:  # the worker may not share our idea of "." forever: send it resolved
+            image_path = str(Path(image_path).expanduser().absolute())
+        result = self.app.query_client.query(  # type: ignore[attr-defined]
+            run_dir=str(self.run_dir.absolute()), item_id=item_id, image_path=image_path, text=text,
+            k=self.k, split=split,
+        )  # fmt: skip
         self.post_message(self.Answered(result, qpath))
 
     def worker_failed(self, worker: Worker[None], text: str) -> None:
+        """A failed query leaves no results of an earlier one on screen."""
         self._status(Text(text, style="bold red"))
+        self.result = None
+        self.query_one("#query-results", DataTable).clear()
+        for box in ("#thumb-query", "#thumb-result"):
+            self.query_one(box, Vertical).remove_children()
 
     def on_query_screen_answered(self, message: Answered) -> None:
         self.result = r = message.result
@@ -213,7 +256,8 @@ class QueryScreen(OfgrScreen[None]):
         self._status(head)
         t = self.query_one("#query-results", DataTable)
         t.clear()
-        for h in r.results:
+        shown = display_paths([h.path for h in r.results])
+        for h, path in zip(r.results, shown, strict=True):
             t.add_row(
                 str(h.rank),
                 f"{h.score:.3f}",
@@ -221,7 +265,7 @@ class QueryScreen(OfgrScreen[None]):
                 mark(h.hit_coarse),
                 h.fine,
                 h.coarse,
-                h.path,
+                path,
                 key=str(h.rank),
             )
         self._thumb("#thumb-query", self.query_path)

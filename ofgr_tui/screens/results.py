@@ -11,12 +11,14 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Header, Static
 
-from ofgr_core.runs import METRICS_FILE, RunFolder, read_json
+from ofgr_core.errors import OfgrError
+from ofgr_core.runs import METRICS_FILE, RunFolder, load_run, read_json
 from ofgr_tui.format import fmt_count, fmt_seconds
 from ofgr_tui.messages import OpenRun
 from ofgr_tui.screens.base import OfgrScreen
+from ofgr_tui.widgets.keybar import KeyBar
 
 SPLITS = ("unseen", "seen")
 LEVELS = ("fine", "coarse")
@@ -92,24 +94,39 @@ class ResultsScreen(OfgrScreen[None]):
                 yield DataTable(id="best-classes", cursor_type="none")
                 yield DataTable(id="worst-classes", cursor_type="none")
             yield Static(id="timings")
-        yield Footer(compact=True)
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self.title = self.run_dir.name
         self.sub_title = "results"
         self.load()
 
+    def _why_no_metrics(self) -> Text:
+        """The honest reason there is nothing to show, from the shared run state."""
+        try:
+            info = load_run(self.run_dir)
+        except (OfgrError, OSError) as e:
+            return Text(str(e), style="bold red")
+        if info.status == "broken":
+            return Text(f"{self.run_dir.name} is broken: {info.reason}", style="bold red")
+        if info.status == "running":
+            return Text(f"{self.run_dir.name} is still running: results appear when it finishes (l: live view).",
+                        style="yellow")  # fmt: skip
+        if info.status == "failed":
+            return Text(f"{self.run_dir.name} failed: {info.error or 'unknown error'} (l: live view).", style="red")
+        why = {"interrupted": "was stopped before the end", "stale": "stopped without an end event (killed?)"}
+        return Text(
+            f"No {METRICS_FILE} in {self.run_dir.name}: it {why.get(info.status, 'has not finished')}; "
+            "u on the runs list resumes it.",
+            style="yellow",
+        )
+
     def load(self) -> None:
         m = read_json(RunFolder(self.run_dir).metrics)
         self.metrics = m if isinstance(m, dict) else None
         summary = self.query_one("#results-summary", Static)
         if self.metrics is None:
-            summary.update(
-                Text(
-                    f"No {METRICS_FILE} in {self.run_dir.name}: the run has not finished (l: live view).",
-                    style="yellow",
-                )
-            )
+            summary.update(self._why_no_metrics())
             for w in ("#recall-table", "#classes"):
                 self.query_one(w).display = False
             return

@@ -20,10 +20,20 @@ STYLES = {
 
 
 class EventLog(RichLog):
-    """Append ``LogLine``s with ``add_lines``; keeps the newest ``max_lines``."""
+    """Append ``LogLine``s with ``add_lines``; keeps the newest ``max_lines``.
+
+    Long lines wrap to the widget's width (``min_width`` would otherwise render them 78 cells wide and cut
+    them), and the log keeps following the newest line across resizes.
+    """
 
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
-        super().__init__(id=id, classes=classes, max_lines=1000, wrap=False, markup=False, auto_scroll=True)
+        super().__init__(
+            id=id, classes=classes, max_lines=1000, wrap=True, markup=False, auto_scroll=True, min_width=20
+        )
+
+    def on_resize(self) -> None:
+        # a resize re-wraps every line; without this the view stays where it was and stops following
+        self.call_after_refresh(self.scroll_end, animate=False)
 
     def add_lines(self, lines: list[LogLine]) -> None:
         for line in lines:

@@ -21,6 +21,24 @@ def bar(fraction: float | None, width: int) -> Text:
     return Text("█" * filled, style=style) + Text("░" * (width - filled), style="dim")
 
 
+def no_gpu_lines(reason: str | None) -> list[Text]:
+    """What the user needs to know first (no GPU: runs use the CPU), then the technical reason, dimmed."""
+    reason = (reason or "").strip()
+    if reason.startswith("no GPU monitoring"):
+        head = "GPU use not shown (nvidia-ml-py missing)"
+        detail = "pip install nvidia-ml-py to see GPU use here"
+    elif reason.startswith("no GPU") or not reason:
+        head = "No GPU found: runs here train on the CPU"
+        detail = reason.split(":", 1)[1].strip() if ":" in reason else ""
+    else:
+        head = "GPU not readable"
+        detail = reason.split(":", 1)[1].strip() if ":" in reason else reason
+    lines = [Text(head, style="bold")]
+    if detail:
+        lines.append(Text(f"({detail})", style="dim"))
+    return lines
+
+
 def _gib(mb: float | None) -> str:
     return "?" if mb is None else f"{mb / 1024:.1f}"
 
@@ -39,7 +57,7 @@ class GpuPanel(Widget):
         if snap is None:
             return Text("GPU: reading…", style="dim")
         if not snap.gpus:
-            return Text.assemble(("GPU ", "bold"), (snap.reason or "no GPU", "dim"))
+            return Group(*no_gpu_lines(snap.reason))
         width = max(20, self.size.width or 30)
         return Group(*(self._gpu(g, width) for g in snap.gpus))
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from rich.text import Text
+from textual.color import Color
 from textual_plotext import PlotextPlot
 
 # Plain ANSI colour names render the same in 16/256-colour terminals (SSH, tmux).
@@ -50,6 +52,18 @@ class CurvePlot(PlotextPlot):
         self._draw()
         self.refresh()
 
+    def legend(self) -> Text:
+        """Each series' name in the colour of its curve (series without points are left out)."""
+        out = Text()
+        for i, (name, (_xs, ys)) in enumerate(self.series.items()):
+            if not any(y is not None and math.isfinite(y) for y in ys):
+                continue
+            if out.plain:
+                out.append("  ")
+            out.append("━━ ", style=PALETTE[i % len(PALETTE)])
+            out.append(name)
+        return out
+
     def _draw(self) -> None:
         plt = self.plt
         plt.clear_figure()
@@ -66,10 +80,11 @@ class CurvePlot(PlotextPlot):
             px, py = [p[0] for p in pts], [p[1] for p in pts]
             color = PALETTE[i % len(PALETTE)]
             marker = self.markers.get(name, "braille")
+            # no plotext legend: it is drawn over the curves; ``legend()`` gives one for beside the plot
             if len(pts) == 1:
-                plt.scatter(px, py, label=name, color=color, marker="dot" if marker == "braille" else marker)
+                plt.scatter(px, py, color=color, marker="dot" if marker == "braille" else marker)
             else:
-                plt.plot(px, py, label=name, color=color, marker=marker)
+                plt.plot(px, py, color=color, marker=marker)
             drawn += 1
         if self.log_y and drawn:
             plt.yscale("log")
@@ -87,18 +102,26 @@ class ScatterPlot(PlotextPlot):
     def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
         self.title = ""
-        self.groups: list[tuple[str, str, list[float], list[float], str]] = []
+        self.groups: list[tuple[str, int, list[float], list[float], str]] = []
         self.empty_text = "computing…"
         self._draw()
 
     def set_groups(
-        self, groups: list[tuple[str, str, list[float], list[float], str]], *, title: str = ""
+        self, groups: list[tuple[str, int, list[float], list[float], str]], *, title: str = ""
     ) -> None:
         """``groups``: (label, color, xs, ys, marker) tuples drawn in order."""
         self.groups = groups
         self.title = title
         self._draw()
         self.refresh()
+
+    def background_rgb(self) -> tuple[int, int, int] | None:
+        """The colour points are drawn on (the app theme's surface, as textual-plotext uses it)."""
+        try:
+            color = Color.parse(self.app.theme_variables["surface"])
+        except (KeyError, ValueError, Exception):  # no app yet (unit use)
+            return None
+        return (color.r, color.g, color.b)
 
     def show_message(self, text: str) -> None:
         self.groups = []

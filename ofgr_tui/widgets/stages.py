@@ -10,7 +10,12 @@ from textual.widget import Widget
 from ofgr_tui.livestate import LiveState
 from ofgr_tui.widgets.gpu_panel import bar
 
-MARKS = {"done": ("✓", "green"), "running": ("▶", "bold yellow"), "pending": ("·", "dim")}
+MARKS = {
+    "done": ("✓", "green"),
+    "running": ("▶", "bold yellow"),
+    "pending": ("·", "dim"),
+    "stopped": ("‖", "magenta"),
+}
 
 
 class StageProgress(Widget):
@@ -22,6 +27,7 @@ class StageProgress(Widget):
 
     state: reactive[LiveState | None] = reactive(None, always_update=True, layout=True)
     failed: reactive[bool] = reactive(False)
+    halted: reactive[bool] = reactive(False)  # no process writes the run: nothing is "running"
 
     def render(self) -> RenderableType:
         st = self.state
@@ -30,12 +36,14 @@ class StageProgress(Widget):
         row = Text()
         for name, stage in st.stages.items():
             mark, style = MARKS.get(stage.state, ("?", ""))
-            if self.failed and stage.state == "running":
+            if self.failed and stage.state in ("running", "stopped"):
                 mark, style = "✗", "bold red"
+            elif self.halted and stage.state == "running":
+                mark, style = MARKS["stopped"]
             row.append(f"{mark}{name} ", style=style)
         lines: list[RenderableType] = [row]
         cur = st.stages.get(st.current_stage or "")
-        if cur is not None and cur.state == "running" and not st.finished:
+        if cur is not None and cur.state == "running" and not st.finished and not self.halted:
             frac = st.train_fraction() if cur.name == "train" else cur.fraction
             width = max(10, (self.size.width or 30) - 18)
             label = f"{cur.name:<8}"

@@ -60,18 +60,19 @@ def test_status_terminal(tail_events, expected):
     assert runs.status_from_events(events) == expected
 
 
-def test_status_running_vs_interrupted_by_pid():
+def test_status_running_vs_stale_by_pid():
     alive = [started(os.getpid()).to_dict(), StageStarted(stage="train").to_dict()]
     assert runs.status_from_events(alive) == "running"
     dead = [started(2**22 + 12345).to_dict()]
-    assert runs.status_from_events(dead) == "interrupted"
+    status, reason = runs.run_state(dead)
+    assert status == "stale" and "gone" in reason
 
 
 def test_status_other_host_uses_recency():
     now = time.time()
     ev = [started(1, host="elsewhere").to_dict() | {"time": now - 5}]
     assert runs.status_from_events(ev, now=now) == "running"
-    assert runs.status_from_events(ev, now=now + 3600) == "interrupted"
+    assert runs.status_from_events(ev, now=now + 3600) == "stale"
 
 
 def write_run(root, name, events, metrics=None):

@@ -58,3 +58,20 @@ def test_subsamples_large_sets_with_a_note(tmp_path: Path) -> None:
 def test_missing_embeddings_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError, match="has not reached the embed stage"):
         compute_tsne(tmp_path, "all")
+
+
+def test_progress_events_and_the_same_projection_with_or_without_them(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    write_split(run, "seen", 3, 10)
+    events = []
+    with_progress = compute_tsne(run, "seen", use_cache=False, on_event=events.append)
+    plain = compute_tsne(run, "seen", use_cache=False)
+    np.testing.assert_array_equal(with_progress.xy, plain.xy)  # reporting does not change the optimisation
+    types = [e.type for e in events]
+    assert types[0] == "stage_started" and types[-1] == "stage_finished"
+    done = [e.done for e in events if e.type == "stage_progress"]
+    assert len(done) >= 10 and done == sorted(done) and done[-1] <= events[0].total == 1000
+    # a cache hit computes nothing and reports nothing
+    compute_tsne(run, "seen")
+    events.clear()
+    assert compute_tsne(run, "seen", on_event=events.append).cached and events == []

@@ -47,7 +47,7 @@ def training_events(t0: float, epochs: int, spe: int, *, step_dt: float = 2.0, s
             trip = 0.4 * math.exp(-0.4 * x) + 0.02 * float(rng.random())
             out.append(
                 {
-                    "type": "train_step", "time": t, "epoch": epoch, "step": step, "steps_per_epoch": spe,
+                    "type": "train_step", "time": t, "epoch": epoch + 1, "step": step, "steps_per_epoch": spe,
                     "loss": arc + trip, "losses": {"arcface": arc, "htriplet": trip},
                     "lr": 1e-3 * min(1.0, x) * (0.5 + 0.5 * math.cos(math.pi * x / epochs)),
                     "images_per_s": 850.0 + 10 * step, "gpu_mem_mb": 2048.0,
@@ -56,7 +56,7 @@ def training_events(t0: float, epochs: int, spe: int, *, step_dt: float = 2.0, s
         t += 1.0
         out.append(
             {
-                "type": "train_epoch", "time": t, "epoch": epoch, "epochs": epochs, "loss": out[-1]["loss"],
+                "type": "train_epoch", "time": t, "epoch": epoch + 1, "epochs": epochs, "loss": out[-1]["loss"],
                 "losses": out[-1]["losses"], "lr": out[-1]["lr"], "val": {"recall@1": 0.3 + 0.1 * epoch},
                 "seconds": spe * step_dt, "best": True,
             }
@@ -82,7 +82,8 @@ def metrics(run_id: str, name: str, r1: float, *, model: str = "resnet18") -> di
         "schema_version": 1, "run_id": run_id, "name": name,
         "model": {"kind": "timm", "name": model, "embed_dim": 64, "params": 11_200_000},
         "data": {"dataset": "synthetic", "n_images": 240, "n_fine_seen": 12, "n_fine_unseen": 12},
-        "train": {"epochs": 3, "best_epoch": 2, "val_recall@1": 0.5, "seconds": 63.0, "images_seen": 7680},
+        "train": {"epochs": 3, "best_epoch": 2, "val_recall@1": 0.5, "seconds": 63.0, "images_seen": 7680,
+                  "device": "cuda:0"},
         "timings": {"data": 1.2, "split": 0.01, "train": 63.0, "embed": 5.0, "index": 0.1, "evaluate": 0.3},
         "index": {"type": "flat", "device": "cpu"},
         "unseen": block(r1), "seen": block(min(0.95, r1 + 0.2)),
@@ -201,7 +202,7 @@ def failed_run(runs: Path, run_id: str, *, t0: float = T0) -> Path:
 
 
 def interrupted_run(runs: Path, run_id: str, *, t0: float = T0, partial_last_line: bool = False) -> Path:
-    """Process gone without a terminal event (killed): status derives to interrupted."""
+    """Process gone without a terminal event (killed): status derives to stale."""
     name = run_id.split("-", 2)[-1]
     evs = [started(run_id, name, t0, DEAD_PID), stage("started", "train", t0 + 1)]
     evs += training_events(t0 + 1, 1, 10)[:7]

@@ -29,6 +29,32 @@ def test_zero_based_epochs() -> None:
     assert st.train_fraction() == 15 / 20
 
 
+def test_epoch_axis_of_a_three_epoch_run_ends_at_three() -> None:
+    """The trainer numbers epochs from 1: the axis counts epochs done, so it spans 0..3, not 1..4."""
+    st = LiveState(epochs=3)
+    st.feed(rundirs.training_events(0.0, 3, 10))
+    assert min(st.steps_x) > 0 and max(st.steps_x) == 3.0
+    assert st.epoch_x == [1.0, 2.0, 3.0]
+
+
+def test_a_resume_after_an_end_event_clears_it() -> None:
+    st = LiveState()
+    t0 = rundirs.T0
+    st.feed([rundirs.started("r", "n", t0, 1), {"type": "run_interrupted", "time": t0 + 1, "reason": "stop"}])
+    assert st.finished
+    st.feed([rundirs.started("r", "n", t0 + 5, 2)])
+    assert not st.finished and st.terminal is None
+
+
+def test_a_stop_during_training_does_not_tick_train_done() -> None:
+    st = LiveState(epochs=3)
+    t0 = rundirs.T0
+    st.feed([rundirs.stage("started", "train", t0)] + rundirs.training_events(t0, 3, 10)[:12])
+    st.feed([rundirs.stage("finished", "train", t0 + 30, seconds=30.0),
+             {"type": "run_interrupted", "time": t0 + 31, "reason": "stop"}])  # fmt: skip
+    assert st.stages["train"].state == "stopped"
+
+
 def test_components_align_with_steps_even_when_one_appears_late() -> None:
     st = LiveState()
     evs = steps(0, 3, 10, t0=0.0)

@@ -35,7 +35,7 @@ async def test_runs_screen_lists_every_run_with_status(runs_dir: Path) -> None:
         assert isinstance(screen, RunsScreen)
         status = {r.run_id: r.status for r in screen.runs}
         assert status == {
-            "20251127-131500-long": "interrupted",
+            "20251127-131500-long": "stale",  # killed: no end event, its process is gone
             "20251127-121500-cars": "failed",
             "20251127-111500-wide": "finished",
             "20251127-101500-demo": "finished",
@@ -66,7 +66,7 @@ async def test_enter_opens_live_view_and_escape_returns(runs_dir: Path) -> None:
         assert live.run_dir.name == "20251127-131500-long"
         # the interrupted run's file ends in a partial line: the 7 complete steps are read, nothing breaks
         await wait_for(pilot, lambda: len(live.state.loss) == 7)
-        assert live.status == "interrupted"
+        assert live.status == "stale"
         assert live.state.epochs == 3  # from config.yaml before any epoch finished
         await pilot.press("escape")
         assert isinstance(app.screen, RunsScreen)
@@ -135,7 +135,8 @@ async def test_results_of_an_unfinished_run_explains(runs_dir: Path) -> None:
         await pilot.press("r")
         await wait_for(pilot, lambda: isinstance(app.screen, ResultsScreen))
         assert app.screen.metrics is None  # type: ignore[attr-defined]
-        assert "has not finished" in str(app.screen.query_one("#results-summary", Static).render())
+        # the selected run was killed: the panel says so instead of "has not finished"
+        assert "stopped without an end event" in str(app.screen.query_one("#results-summary", Static).render())
 
 
 async def test_compare_marks_two_runs_and_tests_significance(runs_dir: Path) -> None:
@@ -173,7 +174,7 @@ async def test_compare_refuses_unfinished_runs(runs_dir: Path) -> None:
     app = make_app(runs_dir)
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_for(pilot, lambda: app.scanned)
-        await pilot.press("space", "space", "c")  # the interrupted and the failed run
+        await pilot.press("space", "j", "space", "c")  # the stale and the failed run
         await pilot.pause()
         assert isinstance(app.screen, RunsScreen)
         assert any("not finished" in n.message for n in app._notifications)

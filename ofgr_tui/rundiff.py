@@ -1,0 +1,76 @@
+"""What differs between runs: their resolved configs flattened to ``a.b.c`` keys, and the keys whose values
+are not all equal. Runs are often all named ``demo``; this is what tells them apart. No Textual here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ofgr_core.runs import RunFolder
+
+MISSING = "—"
+# keys that differ between every pair of runs without telling anything about the experiment
+IGNORED = ("name",)
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
+    """``{"train": {"epochs": 3}}`` -> ``{"train.epochs": "3"}``; lists of mappings are indexed (``a[0].b``)."""
+    out: dict[str, str] = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif isinstance(obj, list) and any(isinstance(v, dict) for v in obj):
+        for i, v in enumerate(obj):
+            out.update(flatten(v, f"{prefix}[{i}]"))
+    else:
+        out[prefix] = json.dumps(obj) if isinstance(obj, (list, dict)) else str(obj)
+    return out
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    try:
+        cfg = yaml.safe_load(RunFolder(run_dir).config.read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def differing(configs: list[dict[str, Any]], limit: int | None = None) -> list[tuple[str, list[str]]]:
+    """Keys whose values differ across ``configs`` (a missing key counts as a value), in config order."""
+    flat = [flatten(c) for c in configs]
+    keys: list[str] = []
+    for f in flat:
+        keys += [k for k in f if k not in keys]
+    out = [
+        (k, [f.get(k, MISSING) for f in flat])
+        for k in keys
+        if k not in IGNORED and len({f.get(k, MISSING) for f in flat}) > 1
+    ]
+    return out[:limit] if limit is not None else out
+
+
+def overrides(run_dir: Path) -> list[str]:
+    """The ``--set`` overrides a run was started with (``env.json``), or ``[]``."""
+    try:
+        env = json.loads(RunFolder(run_dir).env.read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(env, dict):
+        return []
+    got = env.get("overrides")
+    if got is None and isinstance(env.get("extra"), dict):
+        got = env["extra"].get("overrides")
+    return [str(o) for o in got] if isinstance(got, list) else []
+
+
+def resolved_device(run_dir: Path) -> str | None:
+    """The device a run trained on (``metrics.json`` train.device, e.g. ``cuda:0``), not the config's ``auto``."""
+    try:
+        metrics = json.loads(RunFolder(run_dir).metrics.read_text())
+        device = metrics["train"]["device"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return str(device) if device else None

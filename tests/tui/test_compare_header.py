@@ -1,0 +1,51 @@
+"""Compare: a header that says what differs between the runs, and the device they really ran on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+from textual.coordinate import Coordinate
+from textual.widgets import DataTable, Static
+
+from ofgr_tui.rundiff import differing
+from ofgr_tui.screens.compare import CompareScreen
+from ofgr_tui.screens.runs import RunsScreen
+from tui_testing import make_app, wait_for
+
+
+def test_differing_keys() -> None:
+    a = {"name": "demo", "train": {"epochs": 3, "lr": 0.1}, "data": {"sources": [{"type": "synthetic"}]}}
+    b = {"name": "demo", "train": {"epochs": 5, "lr": 0.1}, "data": {"sources": [{"type": "cars"}]}, "x": 1}
+    assert differing([a, b]) == [
+        ("train.epochs", ["3", "5"]),
+        ("data.sources[0].type", ["synthetic", "cars"]),
+        ("x", ["—", "1"]),
+    ]
+
+
+async def test_compare_header_shows_differences_and_resolved_device(runs_dir: Path) -> None:
+    env = runs_dir / "20251127-111500-wide" / "env.json"
+    env.write_text(json.dumps({"device": "auto", "overrides": ["model.name=resnet50", "seed=1"]}))
+    app = make_app(runs_dir)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.scanned)
+        screen = app.screen
+        assert isinstance(screen, RunsScreen)
+        for run_id in ("20251127-101500-demo", "20251127-111500-wide"):
+            screen.table.move_cursor(row=[r.run_id for r in screen.visible].index(run_id))
+            await pilot.press("space")
+        await pilot.press("c")
+        await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen))
+        cmp = app.screen
+        await wait_for(pilot, lambda: cmp.comparison is not None, timeout=30)
+        await pilot.pause()
+        console = Console(width=120, record=True)
+        console.print(cmp.query_one("#compare-diff", Static).content)
+        text = console.export_text()
+        assert "what differs" in text and "model.name" in text and "resnet50" in text
+        assert "--set" in text and "seed=1" in text
+        costs = cmp.query_one("#cost-table", DataTable)
+        last = len(costs.columns) - 1
+        assert [str(costs.get_cell_at(Coordinate(i, last))) for i in range(2)] == ["cuda:0", "cuda:0"]

@@ -1,0 +1,116 @@
+"""The query panel: ↓ from the filter, failed queries clear results, short paths, no torch in the TUI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from textual.widgets import DataTable, Input, OptionList, Static
+
+from ofgr_tui.screens.query import QueryScreen, display_paths
+from ofgr_tui.screens.runs import RunsScreen
+from tui_testing import make_app, wait_for
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+
+
+async def _open_query(app, pilot) -> QueryScreen:  # noqa: ANN001
+    await wait_for(pilot, lambda: app.scanned)
+    screen = app.screen
+    assert isinstance(screen, RunsScreen)
+    screen.table.move_cursor(row=[r.run_id for r in screen.visible].index("20251127-101500-demo"))
+    await pilot.press("f")
+    await wait_for(pilot, lambda: isinstance(app.screen, QueryScreen))
+    q = app.screen
+    await wait_for(pilot, lambda: len(q.items) == 60)
+    return q
+
+
+async def test_down_from_the_item_filter_moves_the_list(runs_dir: Path) -> None:
+    app = make_app(runs_dir)
+    async with app.run_test(size=(120, 40)) as pilot:
+        q = await _open_query(app, pilot)
+        await pilot.press("ctrl+g")  # the item tab, focus in its filter
+        box = q.query_one("#item-filter", Input)
+        await wait_for(pilot, lambda: box.has_focus)
+        await pilot.press(*"fine_2")
+        ol = q.query_one("#item-list", OptionList)
+        assert ol.option_count == 10
+        await pilot.press("down", "down", "down")
+        assert ol.highlighted == 2 and box.has_focus  # the list moved, typing still goes to the filter
+        await pilot.press("up")
+        assert ol.highlighted == 1
+        picked = ol.get_option_at_index(1).id
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: q.result is not None, timeout=30)
+        assert q.result.query == f"item {picked}"
+
+
+async def test_failed_query_clears_the_previous_results(runs_dir: Path) -> None:
+    app = make_app(runs_dir)
+    async with app.run_test(size=(120, 40)) as pilot:
+        q = await _open_query(app, pilot)
+        q.search(item_id="unseen-2-0")
+        await wait_for(pilot, lambda: q.result is not None, timeout=30)
+        table = q.query_one("#query-results", DataTable)
+        assert table.row_count == 10
+        # paths are shown relative to the working directory (the fixture's are), not made absolute
+        assert str(table.get_row_at(0)[6]).startswith("img/unseen/")
+        q.search(item_id="no-such-item")
+        status = q.query_one("#query-status", Static)
+        await wait_for(pilot, lambda: "not in" in str(status.render()), timeout=30)
+        assert table.row_count == 0 and q.result is None
+
+
+def test_display_paths_keep_the_part_that_differs(tmp_path: Path) -> None:
+    base = "/data/cars/train"
+    paths = [f"{base}/bmw_m3/0001.jpg", f"{base}/audi_a4/0002.jpg"]
+    assert display_paths(paths, cwd="/home/u") == ["…/bmw_m3/0001.jpg", "…/audi_a4/0002.jpg"]
+    inside = [str(tmp_path / "img" / "a.png"), str(tmp_path / "img" / "b.png")]
+    assert display_paths(inside, cwd=str(tmp_path)) == [os.path.join("img", "a.png"), os.path.join("img", "b.png")]
+
+
+def test_an_image_query_loads_no_torch_into_the_tui(runs_dir: Path, tmp_path: Path) -> None:
+    """Run in a fresh interpreter: this test session may have imported torch already."""
+    from PIL import Image
+
+    image = tmp_path / "query.png"
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(image)
+    script = f"""
+import asyncio, json, sys
+sys.path.insert(0, {str(HERE)!r})
+from pathlib import Path
+from tui_testing import make_app, wait_for
+from ofgr_tui.screens.query import QueryScreen
+from textual.widgets import Static
+
+async def main():
+    app = make_app(Path({str(runs_dir)!r}))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.scanned)
+        s = app.screen
+        s.table.move_cursor(row=[r.run_id for r in s.visible].index("20251127-101500-demo"))
+        await pilot.press("f")
+        await wait_for(pilot, lambda: isinstance(app.screen, QueryScreen))
+        q = app.screen
+        q.search(image_path={str(image)!r})
+        status = q.query_one("#query-status", Static)
+        await wait_for(pilot, lambda: "searching" not in str(status.render()), timeout=120)
+        worker_pid = app.query_client.pid
+        print(json.dumps({{"status": str(status.render()), "worker": worker_pid,
+                           "torch": "torch" in sys.modules, "faiss": "faiss" in sys.modules}}))
+
+asyncio.run(main())
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(HERE)])}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    # the hand-written run has no checkpoint: the worker loaded the engine and said so in one line
+    assert "checkpoint" in got["status"], got
+    assert got["worker"] is not None and got["worker"] != os.getpid()
+    assert got["torch"] is False and got["faiss"] is False
