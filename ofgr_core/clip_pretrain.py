@@ -211,7 +211,8 @@ def pretrain_clip(
         save_local_dir,
         tokenizer_for,
     )
-    from ofgr_core.train.loop import cosine_with_warmup, resolve_device
+    from ofgr_core.train.loop import resolve_device
+    from ofgr_core.train.optim import cosine_with_warmup
 
     oc = open_clip_module()
     dev = resolve_device(device)
