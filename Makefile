@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/ofgr run configs/demo.yaml
+	$(BIN)/ofgr demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider

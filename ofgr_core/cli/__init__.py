@@ -8,6 +8,7 @@ from ofgr_core.cli import (  # noqa: F401
     bench_cmd,
     compare_cmd,
     data_cmd,
+    demo_cmd,
     hier_cmd,
     models_cmd,
     query_cmd,

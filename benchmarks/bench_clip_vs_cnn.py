@@ -1,0 +1,93 @@
+"""CLIP head vs CNN fine-tuning: fit + evaluate wall time on the same data and split, feature cache cold and warm.
+
+    python benchmarks/bench_clip_vs_cnn.py                       # the demo world, the demo configs
+    python benchmarks/bench_clip_vs_cnn.py --cnn-config configs/resnet50_arcface_htriplet.yaml \\
+        --clip-config configs/clip_vitb32_head.yaml --data-root /data   # the study, on a GPU box
+
+Runs, in one process and one after the other: the CNN config; the CLIP config with an empty feature cache
+(cold: the image tower runs on every image); the CLIP config again on the now-filled cache (warm: only the head
+trains). All three use the CNN run's split. Prints, per run, the stage times that make up "fit + evaluate"
+(features + train + embed + evaluate) and the ratios CLIP / CNN. Goal of the CLIP issue: warm <= 1/20.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+FIT_EVAL = ("features", "train", "embed", "evaluate")
+
+
+def run(config: str, runs_dir: Path, overrides: list[str]) -> dict:
+    from ofgr_core import runs
+    from ofgr_core.bench import start_run
+    from ofgr_core.config import load_config
+    from ofgr_core.pipeline import execute_run
+
+    cfg = load_config(config, overrides)
+    run_dir = start_run(cfg, runs_dir, config_path=config, overrides=overrides)
+    with runs.EventWriter(runs.RunFolder(run_dir).events) as writer:
+        status, metrics = execute_run(cfg, run_dir, writer, None, config_path=config)
+    assert status == "finished" and metrics, f"{run_dir}: {status}"
+    metrics["_run_dir"] = str(run_dir)
+    return metrics
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cnn-config", default=str(REPO / "configs" / "demo.yaml"))
+    ap.add_argument("--clip-config", default=str(REPO / "configs" / "demo_clip.yaml"))
+    ap.add_argument("--data-root", default=None, help="sets data.sources.0.root (default: the configs' own)")
+    ap.add_argument("--clip-pretrained", default=None,
+                    help="model.pretrained for the CLIP runs (default: the config's; 'null' = random init, "
+                         "which times the same work)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="override for every run")
+    ap.add_argument("--out", default=None, help="write the results as JSON here")
+    a = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="ofgr-bench-clip-"))
+    common = list(a.overrides) + ([f"data.sources.0.root={a.data_root}"] if a.data_root else [])
+    cnn = run(a.cnn_config, work / "runs", common)
+    clip_over = [*common, f"split.reuse={cnn['_run_dir']}", f"data.feature_cache={work / 'features'}"]
+    if a.clip_pretrained:
+        clip_over.append(f"model.pretrained={a.clip_pretrained}")
+    cold = run(a.clip_config, work / "runs", clip_over)
+    warm = run(a.clip_config, work / "runs", clip_over)
+
+    def fit_eval(m: dict) -> float:
+        return sum(float(m["timings"].get(k, 0.0)) for k in FIT_EVAL)
+
+    rows = [("cnn", cnn), ("clip cold cache", cold), ("clip warm cache", warm)]
+    print(f"{'run':18s} {'features':>9s} {'train':>8s} {'embed':>7s} {'eval':>7s} {'fit+eval':>9s} "
+          f"{'unseen fine R@1':>16s} {'trained params':>15s}")
+    for name, m in rows:
+        t = m["timings"]
+        print(f"{name:18s} {t.get('features', 0.0):9.1f} {t.get('train', 0.0):8.1f} {t.get('embed', 0.0):7.1f} "
+              f"{t.get('evaluate', 0.0):7.1f} {fit_eval(m):9.1f} {100 * m['unseen']['fine']['recall@1']:15.1f}% "
+              f"{m['model']['trainable_params']:15,d}")
+    base = fit_eval(cnn)
+    result = {
+        "cnn_seconds": base,
+        "clip_cold_seconds": fit_eval(cold),
+        "clip_warm_seconds": fit_eval(warm),
+        "ratio_cold": fit_eval(cold) / base,
+        "ratio_warm": fit_eval(warm) / base,
+        "warm_features_computed": warm["fit"]["features"]["computed"],
+        "unseen_fine_r1": {n: m["unseen"]["fine"]["recall@1"] for n, m in rows},
+    }
+    print(f"CLIP fit+evaluate / CNN fit+evaluate: cold cache {result['ratio_cold']:.3f} "
+          f"(1/{1 / result['ratio_cold']:.1f}), warm cache {result['ratio_warm']:.3f} "
+          f"(1/{1 / result['ratio_warm']:.1f}); goal warm <= 1/20; warm run computed "
+          f"{result['warm_features_computed']} tower features")
+    if a.out:
+        Path(a.out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
