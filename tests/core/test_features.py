@@ -117,3 +117,24 @@ def test_non_finite_features_are_never_cached(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="non-finite"):
         store.append(["a"], np.array([[np.nan, 0, 0, 0]], np.float32))
     assert len(store) == 0
+
+
+def test_cache_cli_lists_and_clears(tmp_path: Path, encoder) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from ofgr_core.cli import app
+
+    model, tf = encoder
+    store = FeatureStore(tmp_path / "c", model.feature_key(), model.feature_dim)
+    extract_features(model, _images(tmp_path / "img", 3), tf, "cpu", store=store)
+    runner = CliRunner()
+    listed = runner.invoke(app, ["cache", "ls", "--root", str(tmp_path / "c"), "--json"])
+    assert listed.exit_code == 0, listed.output
+    (entry,) = json.loads(listed.stdout)
+    assert entry["rows"] == 3 and entry["key"]["arch"] == "test_resnet"
+    bad = runner.invoke(app, ["cache", "clear", "nope", "--root", str(tmp_path / "c"), "-y"])
+    assert bad.exit_code != 0 and "no feature cache entry 'nope'" in bad.output
+    ok = runner.invoke(app, ["cache", "clear", entry["digest"][:6], "--root", str(tmp_path / "c"), "-y"])
+    assert ok.exit_code == 0 and list_entries(tmp_path / "c") == []
