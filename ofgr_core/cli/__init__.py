@@ -6,6 +6,7 @@ from __future__ import annotations
 import ofgr_core.cli.eval_cmd  # noqa: F401
 from ofgr_core.cli import (  # noqa: F401
     bench_cmd,
+    clip_cmd,
     compare_cmd,
     data_cmd,
     hier_cmd,
