@@ -324,9 +324,8 @@ def _clip_run(tmp_path: Path, ck: str, world: Path) -> Path:
     run = tmp_path / "runs" / "clip-run"
     rd = RunFolder(run)
     rd.embeddings_dir.mkdir(parents=True)
-    cfg = {"name": "clip-run", "data": {"image_size": 32},
-           "model": {"kind": "clip", "name": TINY, "pretrained": ck, "head": "none",
-                     "feature_cache": str(tmp_path / "cache")}}
+    cfg = {"name": "clip-run", "data": {"image_size": 32, "feature_cache": str(tmp_path / "cache")},
+           "model": {"kind": "clip", "name": TINY, "pretrained": ck, "head": "none"}}
     import yaml
 
     rd.config.write_text(yaml.safe_dump(cfg))
@@ -394,3 +393,34 @@ def test_ofgr_models_json_lists_the_tiny_config(empty_caches):
     tags = {t["tag"]: t for t in vitb["tags"]}
     assert tags["openai"]["default"] and tags["openai"]["cached"] and tags["openai"]["quick_gelu"]
     assert not tags["laion2b_s34b_b79k"]["cached"]
+
+
+def test_clip_run_reports_text_to_image_in_both_spaces(tmp_path, tiny_data_root):
+    """``ofgr run`` with model.kind=clip: head trained on cached features, text -> image in metrics.json."""
+    from typer.testing import CliRunner
+
+    from ofgr_core.cli import app
+    from ofgr_testing import REPO, tiny_overrides
+
+    runs_dir = tmp_path / "runs"
+    args = ["run", str(REPO / "configs" / "demo.yaml"), "--runs-dir", str(runs_dir), "--name", "clip", "-q"]
+    overrides = [o for o in tiny_overrides(tiny_data_root) if not o.startswith("model.")]
+    overrides += ["model={kind: clip, name: ofgr-tiny-clip, pretrained: null, embed_dim: 32, head_width: 64}",
+                  f"data.feature_cache={tmp_path / 'cache'}"]
+    for o in overrides:
+        args += ["--set", o]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    (run,) = [p for p in runs_dir.iterdir() if p.is_dir()]
+    metrics = json.loads((run / "metrics.json").read_text())
+    t2i = metrics["unseen"]["text_to_image"]
+    assert set(t2i) >= {"raw", "head", "space_for_free_text", "selection"}
+    for space in ("raw", "head"):
+        assert 0.0 <= t2i[space]["fine"]["recall@1"] <= 1.0 and "recall@1" in t2i[space]["coarse"]
+        assert t2i[space]["n_queries"]["fine"] == metrics["data"]["n_fine_unseen"]
+    assert t2i["space_for_free_text"] in ("raw", "head")
+    assert t2i["selection"]["by"].startswith("auto")  # chosen on seen validation classes
+    from ofgr_core.query import query_run
+
+    res = query_run(run, text="a red sedan", k=3)
+    assert res.space == t2i["space_for_free_text"] and len(res.results) == 3
