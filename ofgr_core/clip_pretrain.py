@@ -19,7 +19,7 @@ with the same spec reuses it (``force=True`` retrains).
 API::
 
     pretrain_clip(manifest, out_dir, *, model="ofgr-tiny-clip", pretrained=None, epochs=10, batch_size=128,
-                  lr=1e-3, weight_decay=0.1, warmup_fraction=0.1, seed=0, image_size=None, device="auto",
+                  lr=5e-3, weight_decay=0.1, warmup_fraction=0.1, seed=0, image_size=None, device="auto",
                   force=False, stop=None) -> Iterator[Event]   # ends with PretrainFinished
 """
 
@@ -152,7 +152,7 @@ def pretrain_clip(
     pretrained: str | None = None,
     epochs: int = 10,
     batch_size: int = 128,
-    lr: float = 1e-3,
+    lr: float = 5e-3,
     weight_decay: float = 0.1,
     warmup_fraction: float = 0.1,
     seed: int = 0,
@@ -282,7 +282,7 @@ def pretrain_clip(
                 clip_model.logit_scale.clamp_(0, math.log(100))  # CLIP's cap on the temperature
                 correct += int((img_f @ txt_f.T).argmax(1).eq(torch.arange(len(idx), device=dev)).sum())
                 seen += len(idx)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             step += 1
             rate = len(idx) * (b + 1) / max(1e-9, time.perf_counter() - t_ep)
             yield TrainStep(epoch, b + 1, steps_per_epoch, float(loss), {"clip": float(loss)},

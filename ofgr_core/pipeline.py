@@ -299,6 +299,8 @@ def run_pipeline(
             continue
         with ctx.stage("evaluate", all_ranks=True) as st:
             block = evaluate_part(ctx, part, emb, labels[idx], table, idx, hier, q_mask, g_mask, st.progress)
+            if model.supports_text:
+                block["text_to_image"] = text_to_image_part(ctx, part, fitter, inp, idx, emb, hier)
         splits_out[part] = block
         for lv in hier.level_names:
             if lv in block:
@@ -389,6 +391,37 @@ def evaluate_part(
         ctx.emit(Log(f"{part}: {w.message}", level="warning"))
     save_per_query(ev_result, ctx.folder.per_query(part))
     return ev_result.block
+
+
+def text_to_image_part(
+    ctx: RunContext, part: str, fitter: Any, inp: Any, idx: np.ndarray, emb: np.ndarray, hier: Any,
+) -> dict[str, Any] | None:
+    """Zero-shot text -> image of one split (``ofgr_core.text``): class-name prompts against the split's images,
+    in the raw CLIP space and through the head; the free-text space is chosen on seen validation classes only."""
+    from ofgr_core.text import evaluate_text_to_image
+
+    raw = fitter.tower_features(idx)
+    if raw is None:  # an end-to-end fit keeps no tower features
+        return None
+    val = None
+    if len(inp.val_rows) >= 2:
+        val = (fitter.tower_features(inp.val_rows), fitter.embed(inp, inp.val_rows), inp.labels[inp.val_rows])
+    text_cfg = getattr(ctx.cfg.model, "text", None)
+    if text_cfg is None:
+        from ofgr_core.config import TextConfig
+
+        text_cfg = TextConfig()
+    block = evaluate_text_to_image(inp.model, raw, emb, inp.labels[idx], hier.classes, text_cfg, ctx.cfg.eval,
+                                   val=val, level_names=tuple(hier.level_names), seed=ctx.cfg.seed)
+    parts = []
+    for space in ("raw", "head"):
+        b = block.get(space)
+        if b:
+            parts.append(f"{space} fine {b['fine'].get('recall@1', 0):.3f} / coarse "
+                         f"{b.get('coarse', {}).get('recall@1', 0) or 0:.3f}")
+    ctx.emit(Log(f"{part} text->image R@1: {'; '.join(parts)}; free text searches the "
+                 f"{block['space_for_free_text']} space"))
+    return block
 
 
 def execute_run(

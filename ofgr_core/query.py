@@ -250,7 +250,7 @@ def _raw_gallery(model: Any, cfg: Any, gallery: Gallery) -> np.ndarray:
     from ofgr_core.features import FeatureStore, default_cache_root, extract_features
     from ofgr_core.models import create_transforms
 
-    root = getattr(cfg.model, "feature_cache", None) or default_cache_root()
+    root = Path(cfg.data.feature_cache).expanduser() if cfg.data.feature_cache else default_cache_root()
     store = FeatureStore(root, model.feature_key(), model.feature_dim)
     paths = [r["path"] for r in gallery.rows]
     missing = [p for p in paths if not Path(p).is_file()]

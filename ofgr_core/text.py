@@ -114,6 +114,7 @@ def class_text_embeddings(
         labels = labels[:, None]
     out: dict[str, TextQueries] = {}
     fine_codes = np.unique(labels[:, 0])
+    fine_codes = fine_codes[fine_codes >= 0]  # coarse-only images (fine id -1) are gallery items, not queries
     has_coarse = labels.shape[1] > 1 and len(class_names) > 1
 
     def name(level: int, code: int) -> str:
@@ -122,13 +123,15 @@ def class_text_embeddings(
     parent = {}
     if has_coarse:
         for f, c in zip(labels[:, 0], labels[:, 1], strict=True):
-            parent.setdefault(int(f), int(c))
+            if f >= 0:
+                parent.setdefault(int(f), int(c))
     sets = [build_prompts(text_cfg.templates, fine=name(0, f), coarse=name(1, parent[int(f)]) if has_coarse else
                           name(0, f)) for f in fine_codes]
     out["fine"] = TextQueries(encode_prompt_sets(encoder, sets), fine_codes.astype(np.int64),
                               [str(class_names[0][int(f)]) for f in fine_codes])
     if has_coarse:
         coarse_codes = np.unique(labels[:, 1])
+        coarse_codes = coarse_codes[coarse_codes >= 0]
         sets = [build_prompts(text_cfg.coarse_templates, coarse=name(1, c)) for c in coarse_codes]
         out["coarse"] = TextQueries(encode_prompt_sets(encoder, sets), coarse_codes.astype(np.int64),
                                     [str(class_names[1][int(c)]) for c in coarse_codes])
@@ -165,6 +168,8 @@ def _space_block(
 
     block: dict[str, Any] = {"n_queries": {}, "n_gallery": int(len(gallery)), "ci95": {}, "per_class": {}}
     for level, q in queries.items():
+        if len(q.labels) == 0:
+            continue
         col = 0 if level == "fine" else 1
         q_emb = transform(q.embeddings)
         with warnings.catch_warnings():

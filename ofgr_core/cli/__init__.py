@@ -7,6 +7,7 @@ import ofgr_core.cli.eval_cmd  # noqa: F401
 from ofgr_core.cli import (  # noqa: F401
     bench_cmd,
     cache_cmd,
+    clip_cmd,
     compare_cmd,
     data_cmd,
     demo_cmd,
