@@ -173,7 +173,7 @@ def finished_run(runs: Path, run_id: str, *, r1: float = 0.5, t0: float = T0, mo
     evs += tr
     t = tr[-1]["time"]
     evs.append(stage("finished", "train", t, seconds=63.0))
-    for s in ("embed", "index", "evaluate"):
+    for s in ("embed", "evaluate", "report"):  # the stages of ofgr_core/pipeline.py
         evs += [stage("started", s, t), stage("finished", s, t + 1, seconds=1.0)]
         t += 1
     evs.append(
