@@ -268,3 +268,29 @@ class LiveRun:
     def finish(self) -> None:
         self._stop.set()
         self.thread.join(5)
+
+
+def clip_run(runs: Path, run_id: str, images: Path, *, t0: float = T0 + 40000) -> Path:
+    """A finished run of the tiny built-in CLIP (random weights, frozen tower, no head): it takes text
+    queries. Its gallery images are real files, since the raw CLIP space embeds them."""
+    from PIL import Image
+
+    d = runs / run_id
+    rng = np.random.default_rng(0)
+    images.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for c in range(4):
+        for j in range(5):
+            p = images / f"{c}_{j}.png"
+            Image.fromarray((rng.random((64, 64, 3)) * 255).astype("uint8")).save(p)
+            rows.append(f"unseen-{c}-{j},{p},fine_{c},coarse_{c % 2}")
+    cfg = {"name": "clip", "model": {"kind": "clip", "name": "ofgr-tiny-clip", "pretrained": None, "head": "none"}}
+    evs = [started(run_id, "clip", t0, DEAD_PID)]
+    evs.append({"type": "run_finished", "time": t0 + 5, "seconds": 5.0, "metrics_path": "metrics.json"})
+    _write(d, evs, cfg)
+    folder = RunFolder(d)
+    folder.embeddings_dir.mkdir(exist_ok=True)
+    folder.embeddings_csv("unseen").write_text("id,path,fine,coarse\n" + "\n".join(rows) + "\n")
+    np.save(folder.embeddings_npy("unseen"), rng.normal(size=(len(rows), 32)).astype(np.float32))
+    folder.metrics.write_text(json.dumps(metrics(run_id, "clip", 0.3, model="ofgr-tiny-clip")))
+    return d
