@@ -293,6 +293,7 @@ def clip_run(runs: Path, run_id: str, images: Path, *, t0: float = T0 + 40000) -
     folder.embeddings_csv("unseen").write_text("id,path,fine,coarse\n" + "\n".join(rows) + "\n")
     np.save(folder.embeddings_npy("unseen"), rng.normal(size=(len(rows), 32)).astype(np.float32))
     m = metrics(run_id, "clip", 0.3, model="ofgr-tiny-clip")
+    m["model"]["kind"] = "clip"
     for split in ("unseen", "seen"):  # zero-shot text -> image, as a CLIP run's metrics.json carries it
         m[split]["text_to_image"] = {
             "fine": {"recall@1": 0.21, "map@r": 0.12}, "coarse": {"recall@1": 0.55, "map@r": 0.4},
