@@ -197,7 +197,7 @@ def _run_config(run_dir: str | Path) -> Any:
 
     rd = RunFolder(run_dir)
     if not rd.config.is_file():
-        raise NotFoundError(f"{rd.name}: no config.yaml (not a run folder?)")
+        raise NotFoundError(f"{rd.run_id}: no config.yaml (not a run folder?)")
     return load_config(rd.config)
 
 
@@ -223,7 +223,7 @@ def _text_model(run_dir: str, mtime: float) -> Any:
         state = load_checkpoint(ckpt)["model"]
         model.load_trainable_state_dict(state)
     elif any(p.requires_grad for p in model.parameters()):
-        raise NotFoundError(f"{rd.name}: no checkpoint with the trained head (checkpoints/best.pt or last.pt)")
+        raise NotFoundError(f"{rd.run_id}: no checkpoint with the trained head (checkpoints/best.pt or last.pt)")
     model.eval()
     return model
 

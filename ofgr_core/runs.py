@@ -370,11 +370,15 @@ class RunInfo:
     config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] | None = None
 
+    last_event: float | None = None
+
     @property
     def duration(self) -> float | None:
+        """Up to now while running; else to the end event, or to the last event of a run that vanished."""
         if self.started is None:
             return None
-        return (self.ended or time.time()) - self.started
+        end = self.ended if self.ended is not None else (None if self.live else self.last_event)
+        return (end if end is not None else time.time()) - self.started
 
     @property
     def live(self) -> bool:
@@ -503,6 +507,7 @@ def load_run(
     if events:
         info.started = _num(events[0].get("time")) or None
         last = events[-1]
+        info.last_event = _num(last.get("time"))
         if last.get("type") in TERMINAL_TYPES:
             info.ended = _num(last.get("time"))
         if last.get("type") == "run_failed":

@@ -83,10 +83,13 @@ def _splits_for(run_dir: Path, split: str) -> list[str]:
     else:
         raise ValueError(f"split must be one of {', '.join(SPLITS)} or 'all', got {split!r}")
     if not splits:
-        raise NotFoundError(
-            f"{run_dir.name}: no stored embeddings for {split!r} (embeddings/<split>.npy); "
-            "the run has not reached the embed stage"
+        which = "" if split == "all" else f" of the {split} split"
+        why = (
+            "the run finished without storing them"
+            if RunFolder(run_dir).metrics.is_file()
+            else "the run has not reached the embed stage"
         )
+        raise NotFoundError(f"{run_dir.name}: no stored embeddings{which} (embeddings/<split>.npy); {why}")
     return splits
 
 

@@ -322,12 +322,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     images = args.images
-    if images == "auto":
+    if images != "off":
         try:
-            # must run before Textual takes over the terminal: it asks the terminal for its cell size
+            # must run before Textual takes over the terminal: it asks the terminal for its cell size and
+            # graphics support, and an answer arriving later is read as typed keys (into the focused box)
             import textual_image.widget  # noqa: F401
         except Exception:
-            images = "halfcell"
+            images = "halfcell" if images == "auto" else "off"
     OfgrApp(args.runs_dir, args.configs_dir, images=images).run()
 
 

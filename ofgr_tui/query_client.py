@@ -58,6 +58,13 @@ class QueryClient:
 
     def query(self, **request: Any) -> SimpleNamespace:
         """Run one query in the worker; raises :class:`QueryFailed` with the engine's one-line error."""
+        return to_namespace(self._ask(request))
+
+    def supports_text(self, run_dir: str) -> bool:
+        """``ofgr_core.query.run_supports_text`` asked in the worker (it inspects the model family)."""
+        return bool(self._ask({"op": "supports_text", "run_dir": run_dir}))
+
+    def _ask(self, request: dict[str, Any]) -> Any:
         with self._lock:
             proc = self._start()
             assert proc.stdin is not None and proc.stdout is not None
@@ -73,7 +80,7 @@ class QueryClient:
         reply = json.loads(line)
         if "error" in reply:
             raise QueryFailed(reply["error"])
-        return to_namespace(reply["ok"])
+        return reply["ok"]
 
     def close(self) -> None:
         proc, self._proc = self._proc, None

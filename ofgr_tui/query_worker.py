@@ -4,8 +4,10 @@ The TUI never imports torch or faiss itself (an image query loads the model: ~80
 does it). It starts this module once (``python -m ofgr_tui.query_worker``), sends one request per line and
 reads one reply per line; the worker keeps the model and indexes loaded between queries. No Textual here.
 
-Request: ``{"run_dir", "item_id", "image_path", "text", "k", "split"}``.
-Reply: ``{"ok": QueryResult.to_dict()}`` or ``{"error": one line, "type": exception class, "known": bool}``.
+Request: ``{"run_dir", "item_id", "image_path", "text", "k", "split"}``, or ``{"op": "supports_text", "run_dir"}``
+(``ofgr_core.query.run_supports_text``: whether the run's model takes text queries).
+Reply: ``{"ok": QueryResult.to_dict()}`` (``{"ok": bool}`` for ``supports_text``) or
+``{"error": one line, "type": exception class, "known": bool}``.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from typing import Any
 
 def answer(request: dict[str, Any]) -> dict[str, Any]:
     from ofgr_core.errors import OfgrError
-    from ofgr_core.query import query_run
+    from ofgr_core.query import query_run, run_supports_text
 
     try:
+        if request.get("op") == "supports_text":
+            return {"ok": bool(run_supports_text(request["run_dir"]))}
         result = query_run(
             request["run_dir"],
             item_id=request.get("item_id"),

@@ -201,7 +201,7 @@ class EmbeddingsScreen(OfgrScreen[None]):
         self.query_one(ScatterPlot).show_message(f"computing t-SNE… {100 * frac:.0f}%")
 
     def worker_failed(self, worker: Worker[None], text: str) -> None:
-        self.query_one(ScatterPlot).show_message(text)
+        self.query_one(ScatterPlot).show_message("nothing to plot (why: on the right)")
         self.query_one("#tsne-info", Static).update(Text(text, style="yellow"))
 
     def on_embeddings_screen_computed(self, message: Computed) -> None:

@@ -98,6 +98,8 @@ class QueryScreen(OfgrScreen[None]):
         self.items: list[dict[str, str]] = []
         self.result: Any = None
         self.query_path: str | None = None
+        self.supports_text: bool | None = None  # ofgr_core.query.run_supports_text, asked when the tab opens
+        self._text_asked = False
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -138,6 +140,30 @@ class QueryScreen(OfgrScreen[None]):
         )
         self._load_items(self.split)
         self.query_one("#query-path", Input).focus()
+
+    # ------------------------------------------------------------------------------------ text
+    @dataclass
+    class TextSupport(Message):
+        supported: bool | None  # None: could not tell (the worker said why in ``why``)
+        why: str = ""
+
+    @work(thread=True, exclusive=True, group="text-support", exit_on_error=False, name="text support")
+    def _check_text(self) -> None:
+        """Ask the core (in the query worker: it looks at the model family) whether text queries work here."""
+        try:
+            ok: bool | None = self.app.query_client.supports_text(str(self.run_dir.absolute()))  # type: ignore[attr-defined]
+            why = ""
+        except Exception as e:  # noqa: BLE001  (an old run, a damaged config: the text box stays usable)
+            ok, why = None, str(e)
+        self.post_message(self.TextSupport(ok, why))
+
+    def on_query_screen_text_support(self, message: TextSupport) -> None:
+        self.supports_text = message.supported
+        box = self.query_one("#query-text", Input)
+        if message.supported:
+            box.placeholder = "a red convertible: describe what to find (this run's model reads text)"
+        elif message.supported is False:
+            box.placeholder = "this run's model has no text encoder: text queries need a CLIP run"
 
     def _subtitle(self) -> None:
         self.sub_title = f"query · {self.split} gallery"
@@ -183,7 +209,11 @@ class QueryScreen(OfgrScreen[None]):
             if value:
                 self.search(image_path=value)
         elif event.input.id == "query-text":
-            if value:
+            if value and self.supports_text is False:
+                # say it here at once; the engine would give the same answer after loading the model
+                self.worker_failed(None, "this run's model has no text encoder: text queries need a CLIP run "
+                                   "(model.kind: clip)")  # fmt: skip
+            elif value:
                 self.search(text=value)
         elif event.input.id == "item-filter":
             ol = self.query_one("#item-list", OptionList)
@@ -235,7 +265,7 @@ class QueryScreen(OfgrScreen[None]):
         )  # fmt: skip
         self.post_message(self.Answered(result, qpath))
 
-    def worker_failed(self, worker: Worker[None], text: str) -> None:
+    def worker_failed(self, worker: Worker[None] | None, text: str) -> None:
         """A failed query leaves no results of an earlier one on screen."""
         self._status(Text(text, style="bold red"))
         self.result = None
@@ -312,6 +342,11 @@ class QueryScreen(OfgrScreen[None]):
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
         # keep the keyboard in the active tab's input
         pane = event.pane.id or ""
+        if pane == "tab-text" and self.supports_text is None and not self._text_asked:
+            # asked only when the text tab opens: the answer imports the model code in the worker, which
+            # must not delay the first image or item query
+            self._text_asked = True
+            self._check_text()
         target = {"tab-path": "#query-path", "tab-item": "#item-filter", "tab-text": "#query-text"}.get(pane)
         if target:
             self.query_one(target, Input).focus()

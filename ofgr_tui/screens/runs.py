@@ -66,6 +66,12 @@ def matches(info: RunInfo, text: str) -> bool:
     return all(word in hay for word in text.lower().split())
 
 
+class RunsTable(NavTable):
+    """The runs table: its own enter (select the row, which opens the live view) is the one the key bar shows."""
+
+    BINDINGS = [Binding("enter", "select_cursor", "Live")]
+
+
 class RunsScreen(OfgrScreen[None]):
     """Runs table + details of the highlighted run. The app hands runs down with ``set_runs``."""
 
@@ -111,14 +117,14 @@ class RunsScreen(OfgrScreen[None]):
         yield Header()
         with Vertical(id="runs-body"):
             yield Input(placeholder="filter: words in id, name, status, model, data (esc clears)", id="runs-filter")
-            table = NavTable(id="runs-table", cursor_type="row", zebra_stripes=True)
-            table.loading = True
-            yield table
-            yield Static(id="run-detail")
+            # no table.loading: its overlay could leave the table with no region once removed (blank list)
+            yield RunsTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+            yield Static(Text("reading the runs folder…", style="dim"), id="run-detail")
         yield KeyBar()
 
     def on_mount(self) -> None:
         self.query_one("#runs-filter", Input).display = False
+        self.table.focus()
         self._build_columns()
         if self.app.scanned:  # type: ignore[attr-defined]
             self.set_runs(self.app.runs, self.app.scan_error)  # type: ignore[attr-defined]
@@ -139,10 +145,6 @@ class RunsScreen(OfgrScreen[None]):
             return
         present = {r.path for r in runs}
         self.marked = [p for p in self.marked if p in present]
-        if self.table.loading:
-            self.table.loading = False
-            if not self.query_one("#runs-filter", Input).has_focus:
-                self.table.focus()  # a loading widget cannot hold focus: give it back once the list is there
         self._fill()
 
     def select_run(self, run_dir: Path) -> None:

@@ -190,3 +190,9 @@ def test_lock_of_a_killed_process_is_stale(tmp_path):
     assert runs.run_state([started(p.pid, 1)], lk)[0] == "stale"
     with runlock.RunLock(tmp_path) as mine:
         assert mine.took_over == lk
+
+
+def test_duration_of_a_vanished_run_ends_at_its_last_event(tmp_path):
+    d = _folder(tmp_path, [started(DEAD_PID, 100.0), ev(RunInterrupted(reason="x"), 110.0) | {"type": "log"}])
+    info = runs.load_run(d)
+    assert info.status == "stale" and info.duration == 10.0  # not "until now"

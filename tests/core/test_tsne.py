@@ -58,6 +58,9 @@ def test_subsamples_large_sets_with_a_note(tmp_path: Path) -> None:
 def test_missing_embeddings_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError, match="has not reached the embed stage"):
         compute_tsne(tmp_path, "all")
+    (tmp_path / "metrics.json").write_text("{}")  # finished, but nothing was stored
+    with pytest.raises(NotFoundError, match=r"no stored embeddings \(.*finished without storing them"):
+        compute_tsne(tmp_path, "all")
 
 
 def test_progress_events_and_the_same_projection_with_or_without_them(tmp_path: Path) -> None:

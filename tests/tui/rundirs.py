@@ -173,7 +173,7 @@ def finished_run(runs: Path, run_id: str, *, r1: float = 0.5, t0: float = T0, mo
     evs += tr
     t = tr[-1]["time"]
     evs.append(stage("finished", "train", t, seconds=63.0))
-    for s in ("embed", "index", "evaluate"):
+    for s in ("embed", "evaluate", "report"):  # the stages of ofgr_core/pipeline.py
         evs += [stage("started", s, t), stage("finished", s, t + 1, seconds=1.0)]
         t += 1
     evs.append(
@@ -268,3 +268,36 @@ class LiveRun:
     def finish(self) -> None:
         self._stop.set()
         self.thread.join(5)
+
+
+def clip_run(runs: Path, run_id: str, images: Path, *, t0: float = T0 + 40000) -> Path:
+    """A finished run of the tiny built-in CLIP (random weights, frozen tower, no head): it takes text
+    queries. Its gallery images are real files, since the raw CLIP space embeds them."""
+    from PIL import Image
+
+    d = runs / run_id
+    rng = np.random.default_rng(0)
+    images.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for c in range(4):
+        for j in range(5):
+            p = images / f"{c}_{j}.png"
+            Image.fromarray((rng.random((64, 64, 3)) * 255).astype("uint8")).save(p)
+            rows.append(f"unseen-{c}-{j},{p},fine_{c},coarse_{c % 2}")
+    cfg = {"name": "clip", "model": {"kind": "clip", "name": "ofgr-tiny-clip", "pretrained": None, "head": "none"}}
+    evs = [started(run_id, "clip", t0, DEAD_PID)]
+    evs.append({"type": "run_finished", "time": t0 + 5, "seconds": 5.0, "metrics_path": "metrics.json"})
+    _write(d, evs, cfg)
+    folder = RunFolder(d)
+    folder.embeddings_dir.mkdir(exist_ok=True)
+    folder.embeddings_csv("unseen").write_text("id,path,fine,coarse\n" + "\n".join(rows) + "\n")
+    np.save(folder.embeddings_npy("unseen"), rng.normal(size=(len(rows), 32)).astype(np.float32))
+    m = metrics(run_id, "clip", 0.3, model="ofgr-tiny-clip")
+    m["model"]["kind"] = "clip"
+    for split in ("unseen", "seen"):  # zero-shot text -> image, as a CLIP run's metrics.json carries it
+        m[split]["text_to_image"] = {
+            "fine": {"recall@1": 0.21, "map@r": 0.12}, "coarse": {"recall@1": 0.55, "map@r": 0.4},
+            "n_queries": 12, "space_for_free_text": "raw",
+        }  # fmt: skip
+    folder.metrics.write_text(json.dumps(m))
+    return d

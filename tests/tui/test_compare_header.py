@@ -49,3 +49,28 @@ async def test_compare_header_shows_differences_and_resolved_device(runs_dir: Pa
         costs = cmp.query_one("#cost-table", DataTable)
         last = len(costs.columns) - 1
         assert [str(costs.get_cell_at(Coordinate(i, last))) for i in range(2)] == ["cuda:0", "cuda:0"]
+
+
+async def test_compare_puts_a_cnn_and_a_clip_run_side_by_side_with_text_rows(runs_dir: Path, tmp_path: Path) -> None:
+    import rundirs
+
+    clip = rundirs.clip_run(runs_dir, "20251127-210000-clip", tmp_path / "img")
+    app = make_app(runs_dir)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.scanned)
+        screen = app.screen
+        assert isinstance(screen, RunsScreen)
+        for run_id in ("20251127-101500-demo", clip.name):
+            screen.table.move_cursor(row=[r.run_id for r in screen.visible].index(run_id))
+            await pilot.press("space")
+        await pilot.press("c")
+        await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen))
+        cmp = app.screen
+        await wait_for(pilot, lambda: cmp.comparison is not None, timeout=30)
+        text_rows = [r for r in cmp.comparison.rows if r.mode == "text"]
+        assert text_rows, "no text->image rows"
+        r1 = next(r for r in text_rows if r.split == "unseen" and r.level == "fine" and r.metric == "recall@1")
+        assert r1.values == (None, 0.21)  # the CNN has no text tower: no value, not a zero
+        table = cmp.query_one("#compare-table", DataTable)
+        labels = [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
+        assert any(label.startswith("text") and "recall@1" in label for label in labels)

@@ -46,7 +46,7 @@ async def test_down_from_the_item_filter_moves_the_list(runs_dir: Path) -> None:
         assert ol.highlighted == 1
         picked = ol.get_option_at_index(1).id
         await pilot.press("enter")
-        await wait_for(pilot, lambda: q.result is not None, timeout=30)
+        await wait_for(pilot, lambda: q.result is not None, timeout=90)
         assert q.result.query == f"item {picked}"
 
 
@@ -55,7 +55,7 @@ async def test_failed_query_clears_the_previous_results(runs_dir: Path) -> None:
     async with app.run_test(size=(120, 40)) as pilot:
         q = await _open_query(app, pilot)
         q.search(item_id="unseen-2-0")
-        await wait_for(pilot, lambda: q.result is not None, timeout=30)
+        await wait_for(pilot, lambda: q.result is not None, timeout=90)
         table = q.query_one("#query-results", DataTable)
         assert table.row_count == 10
         # paths are shown relative to the working directory (the fixture's are), not made absolute
@@ -114,3 +114,43 @@ asyncio.run(main())
     assert "checkpoint" in got["status"], got
     assert got["worker"] is not None and got["worker"] != os.getpid()
     assert got["torch"] is False and got["faiss"] is False
+
+
+async def test_text_box_queries_a_clip_run_and_explains_other_runs(
+    runs_dir: Path, tmp_path: Path, monkeypatch
+) -> None:  # noqa: ANN001
+    import rundirs
+
+    monkeypatch.setenv("OFGR_CACHE", str(tmp_path / "cache"))  # the worker's feature cache, not ~/.cache
+    clip = rundirs.clip_run(runs_dir, "20251127-210000-clip", tmp_path / "img")
+    app = make_app(runs_dir)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.scanned)
+        screen = app.screen
+        assert isinstance(screen, RunsScreen)
+        screen.table.move_cursor(row=[r.run_id for r in screen.visible].index(clip.name))
+        await pilot.press("f")
+        await wait_for(pilot, lambda: isinstance(app.screen, QueryScreen))
+        q = app.screen
+        assert q.supports_text is None  # not asked before the text tab opens (it loads model code)
+        await pilot.press("ctrl+t")
+        await wait_for(pilot, lambda: q.supports_text is not None, timeout=120)
+        assert q.supports_text is True  # asked of ofgr_core.query.run_supports_text, in the worker
+        await pilot.press(*"a red car", "enter")
+        await wait_for(pilot, lambda: q.result is not None, timeout=180)
+        assert q.result.query == "text 'a red car'"
+        table = q.query_one("#query-results", DataTable)
+        assert table.row_count == 10 and str(table.get_row_at(0)[2]) == "·"  # a text query has no hit mark
+        await pilot.press("escape", "escape")
+        # a timm run: the box says so before anything is loaded, and a text query is refused with why
+        screen.table.move_cursor(row=[r.run_id for r in screen.visible].index("20251127-101500-demo"))
+        await pilot.press("f")
+        await wait_for(pilot, lambda: isinstance(app.screen, QueryScreen) and app.screen is not q)
+        q2 = app.screen
+        await pilot.press("ctrl+t")
+        await wait_for(pilot, lambda: q2.supports_text is not None, timeout=60)
+        assert q2.supports_text is False
+        assert "no text encoder" in q2.query_one("#query-text", Input).placeholder
+        await pilot.press(*"a red car", "enter")
+        await pilot.pause()
+        assert "text queries need a CLIP run" in str(q2.query_one("#query-status", Static).render())

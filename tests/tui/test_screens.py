@@ -219,7 +219,7 @@ async def test_query_screen_item_and_text_errors(runs_dir: Path) -> None:
         assert isinstance(q, QueryScreen)
         await wait_for(pilot, lambda: len(q.items) == 60)
         q.search(item_id="unseen-2-0")
-        await wait_for(pilot, lambda: q.result is not None, timeout=30)
+        await wait_for(pilot, lambda: q.result is not None, timeout=90)  # the first query starts the worker
         table = q.query_one("#query-results", DataTable)
         assert table.row_count == 10
         assert q.result.results[0].fine == "unseen_fine_2"  # tight synthetic clusters: top hit is a hit
@@ -227,7 +227,7 @@ async def test_query_screen_item_and_text_errors(runs_dir: Path) -> None:
         q.query_one("#query-text", Input).value = "a red car"
         q.search(text="a red car")
         await wait_for(
-            pilot, lambda: "CLIP" in str(q.query_one("#query-status", Static).render()), timeout=30
+            pilot, lambda: "CLIP" in str(q.query_one("#query-status", Static).render()), timeout=90
         )
 
 

@@ -89,6 +89,7 @@ def test_compare_screen(snap_compare, snap_runs: Path, size: tuple[int, int]) ->
         await pilot.press("space", "c")
         await wait_for(pilot, lambda: isinstance(pilot.app.screen, CompareScreen))
         await wait_for(pilot, lambda: pilot.app.screen.comparison is not None, timeout=20)
+        await pilot.pause(0.3)  # the header, tables and plot are filled in one handler: let layout settle
         await pilot.pause()
 
     assert snap_compare(app_for(snap_runs), terminal_size=size, run_before=go)

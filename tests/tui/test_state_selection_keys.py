@@ -143,7 +143,7 @@ async def test_footer_at_80_columns_keeps_help_and_resume(runs_dir: Path) -> Non
         bar = app.screen.query_one(KeyBar)
         line = bar.render().plain
         assert len(line) <= 80 and line.rstrip().endswith("? Help")
-        assert "u Resume" in line and "space Mark" in line
+        assert "enter Live" in line and "u Resume" in line and "space Mark" in line
         assert bar.region.y == 23 and bar.region.width == 80  # on the last row, across the whole screen
 
 
@@ -218,3 +218,13 @@ async def test_keys_typed_quickly_apply_in_order(runs_dir: Path) -> None:
         await wait_for(pilot, lambda: isinstance(app.screen, LiveScreen))
         assert app.screen.run_dir.name == last
         await pilot.pause(0.3)  # let the live screen finish mounting before the app is torn down
+
+
+async def test_the_list_is_drawn_after_the_first_scan(runs_dir: Path) -> None:
+    """With the app's own 2 s rescan the table once stayed blank (a loading overlay left it no region)."""
+    app = make_app(runs_dir, scan_interval=2.0, tail_interval=1.0, gpu_interval=2.0)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.scanned)
+        await pilot.pause(0.5)
+        table = app.screen.table
+        assert table.row_count == 4 and table.region.height > 4 and table.has_focus
