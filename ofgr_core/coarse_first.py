@@ -278,11 +278,12 @@ def _run_eval_settings(run_dir: Path) -> dict[str, Any]:
     from ofgr_core.config import EvalConfig
 
     try:
-        cfg = yaml.safe_load(RunFolder(run_dir).config.read_text()) or {}
+        loaded = yaml.safe_load(RunFolder(run_dir).config.read_text())
     except (OSError, yaml.YAMLError):
-        cfg = {}
-    ev = cfg.get("eval") if isinstance(cfg.get("eval"), dict) else {}
-    d = EvalConfig()
+        loaded = None
+    cfg: dict[str, Any] = loaded if isinstance(loaded, dict) else {}
+    ev: dict[str, Any] = cfg["eval"] if isinstance(cfg.get("eval"), dict) else {}
+    d = EvalConfig.model_validate({})
     return {
         "ks": sorted({int(k) for k in ev.get("ks", d.ks)}),
         "max_r": int(ev.get("max_r", d.max_r)),
@@ -395,7 +396,7 @@ def _save_cache(path: Path, sig: str, qids: np.ndarray, flat: Retrieval, cf: Ret
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
+                np.savez(f, **arrays)  # type: ignore[arg-type]
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

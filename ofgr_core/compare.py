@@ -194,7 +194,7 @@ class Comparison:
                         {
                             "run_id": rid,
                             "value": r.values[i],
-                            "ci95": list(r.ci[i]) if r.ci[i] else None,
+                            "ci95": _as_list(r.ci[i]),
                             "delta": r.deltas[i],
                             "test": None if r.tests[i] is None else asdict(r.tests[i])  # type: ignore[arg-type]
                             | {"ci": list(r.tests[i].ci)},  # type: ignore[union-attr]
@@ -230,6 +230,10 @@ class Comparison:
         return out
 
 
+def _as_list(ci: tuple[float, float] | None) -> list[float] | None:
+    return None if ci is None else list(ci)
+
+
 def _metric_order(name: str) -> tuple[int, int, str]:
     m = _RECALL.match(name)
     if m:
@@ -263,11 +267,12 @@ def _cost(run_dir: Path, metrics: dict[str, Any]) -> RunCost:
     model = metrics.get("model") or {}
     train = metrics.get("train") or {}
     timings = metrics.get("timings") or {}
-    comp = metrics.get("compute") if isinstance(metrics.get("compute"), dict) else {}
-    env = read_json(RunFolder(run_dir).env) or {}
+    raw_comp, raw_env = metrics.get("compute"), read_json(RunFolder(run_dir).env)
+    comp: dict[str, Any] = raw_comp if isinstance(raw_comp, dict) else {}
+    env: dict[str, Any] = raw_env if isinstance(raw_env, dict) else {}
     total = sum(v for v in (_num(t) for t in timings.values()) if v is not None) if timings else None
     device = comp.get("gpu_name") or comp.get("device")
-    if not device and isinstance(env, dict):
+    if not device:
         device = env.get("gpu_name") or train.get("device") or env.get("device")
     pflops = _num(train.get("train_pflops"))
     if pflops is None and _num(comp.get("train_flops")) is not None:
@@ -355,10 +360,27 @@ def _image_section(run_dir: Path, metrics: dict[str, Any], split: str) -> tuple[
     return (block if isinstance(block, dict) else None), _per_query(run_dir, split, "image")
 
 
+def text_block(split_block: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """The text->image metrics of a metrics.json split block, and the image space they were measured in.
+
+    Accepts ``text_to_image`` as ``{"fine": ..., "coarse": ...}`` directly, or per space as ofgr_core.text
+    writes it (``{"raw": B, "head": B | None, "space_for_free_text": ...}``): then the space free-text
+    queries use (else head, else raw).
+    """
+    t2i = split_block.get("text_to_image") if isinstance(split_block, dict) else None
+    if not isinstance(t2i, dict):
+        return None, None
+    if any(isinstance(t2i.get(lv), dict) for lv in LEVELS):
+        return t2i, t2i.get("space") if isinstance(t2i.get("space"), str) else None
+    for space in (t2i.get("space_for_free_text"), "head", "raw"):
+        if isinstance(space, str) and isinstance(t2i.get(space), dict):
+            return t2i[space], space
+    return None, None
+
+
 def _text_section(run_dir: Path, metrics: dict[str, Any], split: str) -> tuple[Any, Any]:
-    block = metrics.get(split)
-    t2i = block.get("text_to_image") if isinstance(block, dict) else None
-    return (t2i if isinstance(t2i, dict) else None), _per_query(run_dir, split, "text")
+    block, _ = text_block(metrics.get(split))
+    return block, _per_query(run_dir, split, "text")
 
 
 def _coarse_first_section(run_dir: Path, metrics: dict[str, Any], split: str) -> tuple[Any, Any]:

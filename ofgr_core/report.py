@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ofgr_core import runs
-from ofgr_core.compare import LEVELS, SPLITS, Comparison, compare_runs
+from ofgr_core.compare import LEVELS, SPLITS, Comparison, compare_runs, text_block
 from ofgr_core.errors import NotFoundError, OfgrError
 from ofgr_core.reportfmt import LETTERS, count, markdown_comparison, pct, seconds
 
@@ -249,12 +249,14 @@ def _results_md(m: dict[str, Any]) -> list[str]:
     rcwf = [(s, v) for s, v in rcwf if isinstance(v, (int, float))]
     if rcwf:
         lines += ["", "Right coarse, wrong fine @1: " + ", ".join(f"{s} {pct(v)}%" for s, v in rcwf)]
-    t2i = [(s, (m.get(s) or {}).get("text_to_image")) for s in SPLITS]
-    t2i = [(s, b) for s, b in t2i if isinstance(b, dict)]
+    t2i = [(s, *text_block(m.get(s))) for s in SPLITS]
+    t2i = [(s, b, space) for s, b, space in t2i if b is not None]
     if t2i:
-        lines += ["", "Text→image (class-name prompts as queries):", "",
+        spaces = sorted({space for _, _, space in t2i if space})
+        lines += ["", "Text→image (class-name prompts as queries" + (f", {'/'.join(spaces)} image space"
+                                                                     if spaces else "") + "):", "",
                   "| split | level | R@1 | R@5 | MAP@R |", "|---|---|---:|---:|---:|"]
-        for s, b in t2i:
+        for s, b, _ in t2i:
             for lv in LEVELS:
                 blk = b.get(lv) or {}
                 if blk:
@@ -480,8 +482,8 @@ def write_report(
                     metric_rows.append({"run_id": d.name, "mode": "image", "split": s, "level": lv, "metric": key,
                                         "value": v, "ci95_low": c[0] if c else None,
                                         "ci95_high": c[1] if c else None})
-            t2i = block.get("text_to_image")
-            if isinstance(t2i, dict):
+            t2i, _ = text_block(block)
+            if t2i is not None:
                 for lv in LEVELS:
                     for key, v in (t2i.get(lv) or {}).items():
                         metric_rows.append({"run_id": d.name, "mode": "text", "split": s, "level": lv,

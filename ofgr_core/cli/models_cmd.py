@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from ofgr_core.cli.app import app, handle_errors, out, print_json
 
@@ -35,22 +34,30 @@ def models(
     if as_json:
         print_json({"models": rows})
         return
-    table = Table(title="open_clip models for model.kind=clip", title_justify="left")
-    for col in ("arch", "px", "dim", "pretrained tag", "local weights"):
-        table.add_column(col, no_wrap=col != "local weights", justify="right" if col in ("px", "dim") else "left")
+    from ofgr_core.cli.tables import Column, print_fitted
+
+    # arch and tag are what a user copies into a config: never cut; the rest goes first on narrow terminals
+    cols = {"arch": Column("arch"), "px": Column("px", priority=3, justify="right"),
+            "dim": Column("dim", priority=2, justify="right"), "tag": Column("pretrained tag"),
+            "weights": Column("local weights", priority=1)}
+
+    def add(arch_cell: str, px: str, dim: str, tag: str, weights: str) -> None:
+        for key, value in zip(cols, (arch_cell, px, dim, tag, weights), strict=True):
+            cols[key].cells.append(value)
+
     for r in rows:
         name = r["arch"] + (" (default)" if r["default"] else "")
         first = [escape(name), str(r["image_size"]), str(r["embed_dim"])]
         if r["ofgr"]:
-            table.add_row(*first, "(ofgr config)", f"{r['params'] / 1e6:.1f}M params; `ofgr clip pretrain`")
+            add(*first, "(ofgr config)", f"{r['params'] / 1e6:.1f}M params; `ofgr clip pretrain`")
             continue
         tags = r.get("tags", [])
         if not tags:
-            table.add_row(*first, "-", "")
+            add(*first, "-", "")
         for i, t in enumerate(tags):
             label = t["tag"] + (" (default)" if t["default"] else "") + (" (quickgelu)" if t["quick_gelu"] else "")
-            table.add_row(*(first if i == 0 else ["", "", ""]), escape(label),
-                          f"cached, {_mb(t['bytes'])}" if t["cached"] else "")
-    out.print(table)
+            add(*(first if i == 0 else ["", "", ""]), escape(label),
+                f"cached, {_mb(t['bytes'])}" if t["cached"] else "")
+    print_fitted(out, list(cols.values()), title="open_clip models for model.kind=clip")
     out.print("Weights are looked up in the local caches only (--json adds towers and paths). quickgelu: "
               "trained with QuickGELU, which ofgr picks automatically.", markup=False, highlight=False)

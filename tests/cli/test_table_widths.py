@@ -48,3 +48,13 @@ def test_fit_columns_drops_least_important_first() -> None:
     assert [c.header for c in fit_columns(cols, 200)] == ["id", "a", "b"]
     assert [c.header for c in fit_columns(cols, 60)] == ["id", "a"]
     assert [c.header for c in fit_columns(cols, 10)] == ["id"]  # priority 0 always stays
+
+
+def test_models_table_fits_80_columns_with_whole_names() -> None:
+    narrow = runner.invoke(app, ["models", "ViT-B-32"], env={"COLUMNS": "80"})
+    assert narrow.exit_code == 0, narrow.output
+    lines = _lines(narrow.stdout)
+    assert max(len(line) for line in lines) <= 80
+    assert any(line.startswith("ViT-B-32") and "openai" in line for line in lines)  # arch and tag, whole
+    wide = runner.invoke(app, ["models", "ViT-B-32"], env={"COLUMNS": "160"})
+    assert "dim" in wide.stdout and "dim" not in narrow.stdout.split("\n", 2)[1]

@@ -185,3 +185,18 @@ def test_cost_ratios(tmp_path: Path) -> None:
     assert fit.sentence({"b": "B", "a": "A"}) == "B used 4.00x less fit wall time than A"
     # GPU-hours only known for b: no ratio claimed
     assert not any(r.quantity == "GPU-hours" for r in c.ratios)
+
+
+def test_text_to_image_per_space_layout_uses_the_free_text_space(tmp_path: Path) -> None:
+    a = make_run(tmp_path, "a", 0.5)
+    b = make_run(tmp_path, "b", 0.6)
+    for d, (raw, head) in ((a, (0.2, 0.4)), (b, (0.3, 0.1))):
+        m = json.loads((d / "metrics.json").read_text())
+        m["unseen"]["text_to_image"] = {
+            "raw": {"fine": {"recall@1": raw}, "coarse": {"recall@1": raw + 0.1}},
+            "head": {"fine": {"recall@1": head}, "coarse": {"recall@1": head + 0.1}},
+            "space_for_free_text": "head" if d is a else "raw",
+        }
+        (d / "metrics.json").write_text(json.dumps(m))
+    row = compare_runs([a, b], n_resamples=100).row("unseen", "fine", "recall@1", mode="text")
+    assert row is not None and row.values == (0.4, 0.3)
