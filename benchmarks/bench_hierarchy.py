@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -139,8 +140,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--hide", type=float, nargs="+", default=[0.5, 0.8])
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these tiny heads)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -179,6 +181,13 @@ def main() -> None:
     }
     seeds = range(args.seeds)
 
+    def checkpoint(section: str) -> None:
+        """Partial results after every section (a long run on a shared box can be read before it ends)."""
+        results["seconds"] = {"encode": round(t_enc, 1), "so_far": round(time.perf_counter() - t0, 1)}
+        print(f"[{results['seconds']['so_far']:.0f} s] {section} done", file=sys.stderr, flush=True)
+        if args.out:
+            args.out.write_text(json.dumps(results, indent=2) + "\n")
+
     # ---- A: induction agreement with the true body types
     flat_train = np.stack([fine_true[tr], np.zeros(len(tr), np.int64)], axis=1)
     trained_head = train_head(base[tr], flat_train, steps=args.steps, seed=0)
@@ -197,6 +206,7 @@ def main() -> None:
             induced_assignment = dict(zip(classes, auto.assignment.tolist(), strict=True))
             ari[name]["induced_groups_used_in_B"] = auto.n_groups
     results["A_induction_ari"] = ari
+    checkpoint("A")
 
     # ---- B: unseen fine R@1 with the true, induced and no hierarchy
     assert induced_assignment is not None
@@ -210,6 +220,7 @@ def main() -> None:
     }
     results["B_unseen_r1_by_hierarchy"]["frozen_pretrained_no_head"] = {"mean": unseen_r1(base[un],
                                                                                           true_labels[un])}
+    checkpoint("B")
 
     # ---- C: coarse-only images kept vs dropped
     c_res: dict[str, Any] = {}
@@ -223,6 +234,7 @@ def main() -> None:
         c_res[f"{int(share * 100)}%_hidden"] = {"coarse_only_images": int(hide.sum()),
                                                "kept": mean_sd(keep_r), "dropped": mean_sd(drop_r)}
     results["C_coarse_only"] = c_res
+    checkpoint("C")
 
     # ---- D: label noise: robust loss, suspects
     d_res: dict[str, Any] = {}
@@ -262,6 +274,8 @@ def main() -> None:
                 f"top_{m}": precision_recall_at(found, bad, top=m) for m in (len(bad) // 2, len(bad), 2 * len(bad))
             }
         d_res[f"noise_{int(p * 100)}%"] = entry
+        results["D_label_noise"] = d_res
+        checkpoint(f"D noise {p}")
     results["D_label_noise"] = d_res
     results["seconds"] = {"encode": round(t_enc, 1), "total": round(time.perf_counter() - t0, 1)}
     text = json.dumps(results, indent=2)

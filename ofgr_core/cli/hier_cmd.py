@@ -41,7 +41,9 @@ def suspects(
     t = Table(title=f"{len(found)} most suspect of {n_labelled} labelled images — {run_dir.name} (k={k})",
               title_justify="left")
     for col in ("#", "score", "agree", "label", "neighbours say", "split", "id"):
-        t.add_column(col, justify="right" if col in ("#", "score", "agree") else "left")
+        # ids are what a reviewer copies: fold them over lines rather than cut them
+        t.add_column(col, justify="right" if col in ("#", "score", "agree") else "left",
+                     overflow="fold" if col == "id" else "ellipsis")
     for i, s in enumerate(found, 1):
         t.add_row(str(i), f"{s.score:+.2f}", f"{s.agreement:.2f}", escape(s.label), escape(s.suggested),
                   s.split, escape(s.id))

@@ -200,17 +200,26 @@ def test_drop_policy_removes_and_reports_them(tmp_path: Path) -> None:
                                                                   data.report["warnings"])
 
 
-def test_run_end_to_end_with_coarse_only_images(tmp_path: Path) -> None:
+@pytest.mark.parametrize("placement", ["train", "gallery"])
+def test_run_end_to_end_with_coarse_only_images(tmp_path: Path, placement: str) -> None:
     manifest = _world(tmp_path / "w", hidden_per_class=1)
     args = ["run", str(REPO / "configs" / "demo.yaml"), "--runs-dir", str(tmp_path / "runs"), "--name", "co",
             "-q", "--set", f"data.sources=[{{type: manifest, root: {manifest}}}]", "--set", "data.image_size=32",
             "--set", "model.name=test_resnet", "--set", "model.embed_dim=16", "--set", "train.epochs=1",
             "--set", "sampler.coarse_per_batch=2", "--set", "sampler.fine_per_coarse=2", "--set", "sampler.k=2",
-            "--set", "split.val_fraction=0", "--set", "eval.bootstrap=0", "--set", "data.cache=false"]
+            "--set", "split.val_fraction=0", "--set", "eval.bootstrap=0", "--set", "data.cache=false",
+            "--set", f"split.coarse_only={placement}"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     (run,) = (tmp_path / "runs").iterdir()
     report = json.loads((run / "data_report.json").read_text())
-    assert report["coarse_only"]["images"] == 8 and report["split"]["coarse_only"]["placed_in"] == "train"
+    assert report["coarse_only"]["images"] == 8 and report["split"]["coarse_only"]["placed_in"] == placement
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["unseen"]["n_queries"] > 0
+    import csv
+
+    with open(run / "embeddings" / "unseen.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    n_co = sum(not r["fine"] for r in rows)
+    assert n_co == (8 if placement == "gallery" else 0)
+    # coarse-only gallery items are never queries: the unseen queries are the labelled unseen images
+    assert metrics["unseen"]["n_queries"] == len(rows) - n_co > 0
