@@ -81,6 +81,12 @@ class EmbeddingModel(Encoder):
     def tower_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(images)
 
+    @property
+    def tower_frozen(self) -> bool:
+        """Frozen for the whole run (``freeze: all``); a linear probe's temporary freeze does not count, so
+        checkpoints written during the probe still hold the backbone and features are never cached from it."""
+        return not self._backbone_frozen_now and super().tower_frozen
+
     def set_backbone_frozen(self, frozen: bool) -> None:
         """Freeze or release the whole backbone for a while (linear probe before fine-tuning).
 

