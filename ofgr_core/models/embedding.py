@@ -81,9 +81,22 @@ class EmbeddingModel(Encoder):
     def tower_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone(images)
 
+    @property
+    def tower_frozen(self) -> bool:
+        """Frozen for the whole run (``freeze: all``); a linear probe's temporary freeze does not count, so
+        checkpoints written during the probe still hold the backbone and features are never cached from it."""
+        return not self._backbone_frozen_now and super().tower_frozen
+
     def set_backbone_frozen(self, frozen: bool) -> None:
-        """Freeze or release the whole backbone for a while (linear probe before fine-tuning)."""
+        """Freeze or release the whole backbone for a while (linear probe before fine-tuning).
+
+        Frozen, the backbone runs in eval mode (BatchNorm statistics fixed) and its parameters stop
+        requiring gradients, so a probe epoch costs a forward pass through the backbone and no backward,
+        and the optimizer leaves the backbone (and its moment estimates) alone. Released, the parameters
+        the ``freeze`` mode trains require gradients again.
+        """
         self._backbone_frozen_now = frozen
+        self._apply_requires_grad()
         self.train(self.training)
 
     def train(self, mode: bool = True) -> EmbeddingModel:
@@ -120,10 +133,14 @@ class EmbeddingModel(Encoder):
                     f"model.trainable: {', '.join(map(repr, unknown))} match no backbone parameter; "
                     f"top-level names are {', '.join(_top_level(names))}"
                 )
+        self._apply_requires_grad()
+        self.train(self.training)
+
+    def _apply_requires_grad(self) -> None:
         partial = self.freeze == "partial"
         for name, param in self.backbone.named_parameters():
-            param.requires_grad_(self.freeze == "none" or (partial and self._is_trainable(name)))
-        self.train(self.training)
+            trains = self.freeze == "none" or (partial and self._is_trainable(name))
+            param.requires_grad_(trains and not self._backbone_frozen_now)
 
 
 def _under(name: str, prefix: str) -> bool:

@@ -26,7 +26,7 @@ from ofgr_core.embed import autocast_for
 from ofgr_core.events import Event, Log, TrainEpoch, TrainStep
 from ofgr_core.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ofgr_core.train.ddp import DistInfo, any_rank, barrier
-from ofgr_core.train.optim import create_optimizer, create_scheduler, param_groups
+from ofgr_core.train.optim import create_optimizer, create_scheduler, head_lr, param_groups
 
 
 @dataclass
@@ -132,7 +132,8 @@ def train(
     module: nn.Module = TrainModule(model, loss_fn)
     if dist_info.enabled:
         module = nn.parallel.DistributedDataParallel(
-            module, device_ids=[device.index] if cuda else None, find_unused_parameters=False
+            # a linear probe leaves the backbone without gradients for its first epochs
+            module, device_ids=[device.index] if cuda else None, find_unused_parameters=probe_epochs > 0
         )
 
     groups = param_groups(model, loss_fn, tc.lr, weight_decay=tc.weight_decay, backbone_lr_mult=backbone_lr_mult,
@@ -213,7 +214,7 @@ def train(
                     steps_per_epoch=steps_per_epoch,
                     loss=values["loss"],
                     losses={k: v for k, v in values.items() if k != "loss"},
-                    lr=optimizer.param_groups[0]["lr"],
+                    lr=head_lr(optimizer),
                     images_per_s=n_window / dt if dt > 0 else 0.0,
                     gpu_mem_mb=torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
                 )
@@ -264,7 +265,7 @@ def train(
                 epochs=tc.epochs,
                 loss=means.get("loss", float("nan")),
                 losses={k: v for k, v in means.items() if k != "loss"},
-                lr=optimizer.param_groups[0]["lr"],
+                lr=head_lr(optimizer),
                 val=val,
                 seconds=time.perf_counter() - t_epoch,
                 best=improved,

@@ -6,8 +6,9 @@ linear warmup for every group, times the group's scale, with the backbone held a
 
 - ``model.backbone_lr_mult``: the backbone learns at ``train.lr x mult`` (e.g. 0.1), the head at ``train.lr``.
 - ``model.layer_decay``: timm's layer-wise decay, each block below the top learns ``decay`` times slower.
-- ``model.probe_epochs``: head-only for the first epochs (the backbone's lr is 0 and its BatchNorm frozen),
-  then everything trains: the classic linear-probe-then-fine-tune that keeps a random head's first
+- ``model.probe_epochs``: head-only for the first epochs (the backbone's lr is 0, it gets no gradients and
+  its BatchNorm statistics stay fixed), then everything trains, the backbone on a warmup + cosine of its own
+  over the remaining epochs: the classic linear-probe-then-fine-tune that keeps a random head's first
   gradients from wrecking pretrained features.
 """
 
@@ -98,16 +99,38 @@ def create_optimizer(cfg: TrainConfig, groups: list[dict[str, Any]]) -> torch.op
     return torch.optim.SGD(clean, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
 
 
+def head_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The learning rate of the head group (what progress reports show: the backbone's is 0 during a probe)."""
+    for g in optimizer.param_groups:
+        if g.get("name") == "head":
+            return float(g["lr"])
+    return float(optimizer.param_groups[0]["lr"])
+
+
 def create_scheduler(
     optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int, probe_epochs: int = 0
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Cosine with warmup per step; the ``backbone`` groups stay at 0 for the first ``probe_epochs``."""
+    """Cosine with warmup per step; the ``backbone`` groups stay at 0 for the first ``probe_epochs``, then
+    follow a schedule of their own over the remaining epochs: warmup over ``train.warmup_epochs`` again (a
+    pretrained backbone released at full rate would take the largest steps of the run at once), then cosine.
+
+    Raises:
+        ConfigError: ``probe_epochs`` leaves no epoch in which the backbone trains.
+    """
+    if probe_epochs and probe_epochs >= cfg.epochs:
+        raise ConfigError(
+            f"model.probe_epochs={probe_epochs} >= train.epochs={cfg.epochs}: the backbone would never train; "
+            "lower model.probe_epochs, or set model.freeze=all to train only the head (on cached features)"
+        )
     total = max(1, steps_per_epoch * cfg.epochs)
-    base = cosine_with_warmup(total, int(cfg.warmup_epochs * steps_per_epoch))
+    warmup_steps = int(cfg.warmup_epochs * steps_per_epoch)
+    base = cosine_with_warmup(total, warmup_steps)
     probe_steps = probe_epochs * steps_per_epoch
 
+    after = cosine_with_warmup(max(1, total - probe_steps), warmup_steps)
+
     def probe(step: int) -> float:
-        return 0.0 if step < probe_steps else base(step)
+        return 0.0 if step < probe_steps else after(step - probe_steps)
 
     lambdas = [probe if g.get("name") == "backbone" and probe_steps else base for g in optimizer.param_groups]
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
