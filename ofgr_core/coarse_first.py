@@ -273,13 +273,16 @@ def _read_csv(path: Path) -> dict[str, np.ndarray]:
 
 
 def _run_eval_settings(run_dir: Path) -> dict[str, Any]:
-    import yaml
 
     from ofgr_core.config import EvalConfig
+    from ofgr_core.errors import OfgrError
+    from ofgr_core.textio import read_yaml_file
 
     try:
-        cfg = yaml.safe_load(RunFolder(run_dir).config.read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        cfg = read_yaml_file(RunFolder(run_dir).config) or {}
+    except OfgrError:
+        cfg = {}
+    if not isinstance(cfg, dict):
         cfg = {}
     ev = cfg.get("eval") if isinstance(cfg.get("eval"), dict) else {}
     d = EvalConfig()

@@ -42,7 +42,7 @@ def test_failure_is_an_unexpected_bug(tmp_path: Path, monkeypatch: pytest.Monkey
     assert r.exit_code == ExitCode.FAILURE and isinstance(r.exception, RuntimeError)
 
 
-@pytest.mark.parametrize("args", [["index", "build", "x", "--split", "../embeddings/unseen"], ["show"],
+@pytest.mark.parametrize("args", [["show"], ["eval-embeddings", "a.npy", "b.csv", "--k", "0"],
                                   ["eval-embeddings", "a.npy", "b.csv", "--index", "bogus"]])
 def test_usage(args: list[str]) -> None:
     assert runner.invoke(app, args).exit_code == ExitCode.USAGE

@@ -64,7 +64,7 @@ def test_runs_and_show_print_markup_literally(finished_run: Path, tmp_path: Path
     code, out = _invoke(["query", run_dir.name, "--id", text, "--runs-dir", str(runs_dir)])
     assert code == ExitCode.NOT_FOUND and text in out
     code, out = _invoke(["index", "build", run_dir.name, "--split", text, "--runs-dir", str(runs_dir)])
-    assert code == ExitCode.USAGE and text in out
+    assert code == ExitCode.CONFIG and text in out
 
 
 @pytest.mark.parametrize("text", MARKUP)

@@ -11,7 +11,7 @@ import torch
 
 import ofgr_core.losses as losses_pkg
 from ofgr_core import runs
-from ofgr_core.config import load_config
+from ofgr_core.config import dump_config, load_config
 from ofgr_core.errors import NonFiniteError
 from ofgr_core.pipeline import execute_run
 from ofgr_core.train.checkpoint import load_checkpoint
@@ -56,6 +56,7 @@ def _run(tmp_path: Path, data_root: Path, state: dict, extra: list[str]) -> tupl
     cfg = load_config(REPO / "configs" / "demo.yaml", tiny_overrides(data_root) + ["train.epochs=2", "device=cpu"]
                       + extra)
     run_dir = runs.create_run_dir(tmp_path / "runs", "nan")
+    (run_dir / runs.CONFIG_FILE).write_text(dump_config(cfg))
 
     def on_event(ev) -> None:  # noqa: ANN001
         if ev.type == "train_epoch":

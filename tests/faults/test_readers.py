@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from ofgr_core import runs
 from ofgr_core.cli import app
-from ofgr_core.errors import ExitCode, NotFoundError, UsageError
+from ofgr_core.errors import ConfigError, ExitCode, NotFoundError
 
 runner = CliRunner()
 
@@ -82,10 +82,10 @@ def test_empty_run_reference_is_refused(finished_run: Path, ref: str) -> None:
 
 @pytest.mark.parametrize("split", ["../../../x", "../embeddings/unseen", "/etc", "a/b", "", "unseen\x00"])
 def test_split_names_are_not_paths(finished_run: Path, split: str) -> None:
-    with pytest.raises(UsageError):
+    with pytest.raises(ConfigError):
         runs.check_split_name(split)
     r = runner.invoke(app, ["query", str(finished_run), "--split", split, "--id", "x"])
-    assert r.exit_code == ExitCode.USAGE
+    assert r.exit_code == ExitCode.CONFIG
     r = runner.invoke(app, ["index", "build", str(finished_run), "--split", split])
-    assert r.exit_code == ExitCode.USAGE
+    assert r.exit_code == ExitCode.CONFIG
     assert not (finished_run / "embeddings" / "index").exists()
