@@ -27,8 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ofgr_core import runs
 from ofgr_core.errors import ConfigError, NotFoundError, OfgrError
 from ofgr_core.events import Event, Log
@@ -105,10 +103,9 @@ def load_suite(ref: str | os.PathLike[str]) -> Suite:
         ConfigError: unknown keys, missing run names/configs, duplicate run names.
     """
     path = find_suite(str(ref))
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    from ofgr_core.textio import read_yaml_file
+
+    doc = read_yaml_file(path, error=ConfigError, what="suite file")  # bounded: a YAML bomb is refused
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected a mapping with 'name' and 'runs'")
     unknown = set(doc) - _SUITE_KEYS

@@ -273,13 +273,13 @@ def _read_csv(path: Path) -> dict[str, np.ndarray]:
 
 
 def _run_eval_settings(run_dir: Path) -> dict[str, Any]:
-    import yaml
-
     from ofgr_core.config import EvalConfig
+    from ofgr_core.errors import OfgrError
+    from ofgr_core.textio import read_yaml_file
 
     try:
-        loaded = yaml.safe_load(RunFolder(run_dir).config.read_text())
-    except (OSError, yaml.YAMLError):
+        loaded = read_yaml_file(RunFolder(run_dir).config)
+    except OfgrError:
         loaded = None
     cfg: dict[str, Any] = loaded if isinstance(loaded, dict) else {}
     ev: dict[str, Any] = cfg["eval"] if isinstance(cfg.get("eval"), dict) else {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -15,34 +16,47 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 
 from ofgr_core.errors import ConfigError
+from ofgr_core.textio import load_yaml, read_yaml_file
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: every float in a config is finite (``train.lr: .inf`` is a config error, not NaN weights)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding range; torch accepts it too
+DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]{1,3})?)$"
 
 
 # ----------------------------------------------------------------------------------------------- data
 class SourceConfig(Section):
     """One dataset source. ``options`` are validated by the adapter registered under ``type``."""
 
-    type: str = "synthetic"
+    type: str = Field("synthetic", min_length=1, max_length=64)
     root: str | None = None
-    name: str | None = None
+    name: str | None = Field(None, min_length=1, max_length=100)
     options: dict[str, Any] = Field(default_factory=dict)
 
 
 class DataConfig(Section):
-    sources: list[SourceConfig] = Field(default_factory=lambda: [SourceConfig()])
+    sources: list[SourceConfig] = Field(default_factory=lambda: [SourceConfig()], min_length=1, max_length=64)
     taxonomy: str | None = None  # taxonomy YAML mapping source labels to unified nodes
     unmapped: Literal["error", "drop"] = "error"
     dedup: bool = True  # drop exact duplicate images (content hash)
     coarse_only: Literal["keep", "drop"] = "keep"  # rows with an empty fine label (coarse known)
-    image_size: int | None = 64  # train/eval resolution; null = the model's default
+    image_size: int | None = Field(64, ge=8, le=4096)  # train/eval resolution; null = the model's default
     crop_scale: tuple[float, float] = (0.35, 1.0)  # train random-resized-crop area range (timm/ImageNet: 0.08)
     cache: bool = True  # decoded-and-resized uint8 cache (memory-mapped)
     cache_dir: str | None = None  # default: <first source root>/.ofgr_cache
     feature_cache: str | None = None  # frozen-tower features, shared across runs; default $OFGR_CACHE/features
-    num_workers: int = 0
+    num_workers: int = Field(0, ge=0, le=256)
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _crop_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 < v[0] <= v[1] <= 1.0:
+            raise ValueError("must be [low, high] with 0 < low <= high <= 1")
+        return v
 
 
 # ---------------------------------------------------------------------------------------------- split
@@ -50,7 +64,7 @@ class SplitConfig(Section):
     protocol: Literal["random", "cars196", "file", "manifest"] = "random"
     unseen_fraction: float = Field(0.5, gt=0.0, lt=1.0)
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0)  # of seen fine classes, held out for model selection
-    seed: int | None = None  # default: the run's seed
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)  # default: the run's seed
     file: str | None = None  # protocol=file: YAML/JSON with `seen`/`unseen` (and optional `val`) class lists
     reuse: str | None = None  # a run folder or split.json whose split to reuse (fair comparisons)
     query: Literal["leave_one_out", "files", "cross_domain", "manifest"] = "leave_one_out"
@@ -73,12 +87,12 @@ class TimmModelConfig(Section):
     name: str = "ofgr_tinycnn"  # the demo default; real-data configs name resnet50 / efficientnet_b0
     pretrained: bool | str = False  # false, true (hub weights), or a local .pth/.safetensors path
     head: Literal["neck", "none"] = "neck"  # neck: Linear -> BN -> L2; none: the pooled features themselves
-    embed_dim: int = Field(128, gt=0)  # the neck's width (head: none uses the backbone's feature width)
+    embed_dim: int = Field(128, gt=0, le=65536)  # the neck's width (head: none uses the backbone's feature width)
     freeze: Literal["none", "all", "partial"] = "none"
     trainable: list[str] = Field(default_factory=list)  # freeze=partial: parameter-name prefixes kept trainable
     key_map: dict[str, str] = Field(default_factory=dict)  # prefix remapping for foreign state dicts
     # fine-tuning recipes for pretrained backbones (docs/recipes in the README)
-    backbone_lr_mult: float = Field(1.0, ge=0.0)  # backbone learning rate = train.lr x this
+    backbone_lr_mult: float = Field(1.0, ge=0.0, le=100.0)  # backbone learning rate = train.lr x this
     layer_decay: float | None = Field(None, gt=0.0, le=1.0)  # layer-wise lr decay from the top block down
     probe_epochs: int = Field(0, ge=0)  # linear probe first: the backbone stays frozen for this many epochs
     freeze_bn: bool = False  # keep the backbone's BatchNorm statistics fixed while it trains
@@ -111,9 +125,9 @@ class ClipModelConfig(Section):
     pretrained: str | None = "openai"
     quick_gelu: bool | None = None  # null: what the weights need (OpenAI weights were trained with QuickGELU)
     head: Literal["mlp", "none"] = "mlp"  # none: evaluate the frozen CLIP image embeddings themselves
-    embed_dim: int = Field(256, gt=0)  # the head's output width
-    head_depth: int = Field(2, ge=1)
-    head_width: int = Field(1024, gt=0)
+    embed_dim: int = Field(256, gt=0, le=65536)  # the head's output width
+    head_depth: int = Field(2, ge=1, le=64)
+    head_width: int = Field(1024, gt=0, le=65536)
     head_dropout: float = Field(0.1, ge=0.0, lt=1.0)
     head_residual: bool = False  # x + mlp(x), identity at initialisation (needs embed_dim = feature width)
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # feature extraction; auto = fp16 on CUDA
@@ -154,17 +168,17 @@ MODEL_CLASSES: dict[str, type[BaseModel]] = {"timm": TimmModelConfig, "clip": Cl
 
 # ----------------------------------------------------------------------------------------------- loss
 class ArcFaceConfig(Section):
-    weight: float = Field(1.0, ge=0.0)
-    scale: float = Field(16.0, gt=0.0)
-    margin: float = Field(0.2, ge=0.0)  # additive angular margin in radians (0.5 rad = 28.6 deg)
-    lr: float | None = None  # class-weight matrix learning rate; default 10x train.lr
-    subcenters: int = Field(1, ge=1)  # > 1: sub-center ArcFace (K centres per class; robust to label noise)
+    weight: float = Field(1.0, ge=0.0, le=1e3)
+    scale: float = Field(16.0, gt=0.0, le=1024.0)  # logits scale s; exp(s) must stay finite in float32
+    margin: float = Field(0.2, ge=0.0, le=3.1416)  # additive angular margin in radians (0.5 rad = 28.6 deg)
+    lr: float | None = Field(None, gt=0.0, le=100.0)  # class-weight matrix learning rate; default 10x train.lr
+    subcenters: int = Field(1, ge=1, le=1024)  # > 1: sub-center ArcFace (K centres per class; robust to label noise)
 
 
 class HTripletConfig(Section):
-    weight: float = Field(1.0, ge=0.0)
-    margin_fine: float = Field(0.1, ge=0.0)
-    margin_coarse: float = Field(0.3, ge=0.0)
+    weight: float = Field(1.0, ge=0.0, le=1e3)
+    margin_fine: float = Field(0.1, ge=0.0, le=4.0)  # distances between unit vectors lie in [0, 2]
+    margin_coarse: float = Field(0.3, ge=0.0, le=4.0)
     mining: Literal["batch_hard", "semi_hard", "all"] = "batch_hard"
 
 
@@ -176,26 +190,28 @@ class LossConfig(Section):
 # -------------------------------------------------------------------------------------------- sampler
 class SamplerConfig(Section):
     type: str = "hierarchical_pk"
-    coarse_per_batch: int = Field(2, ge=1)  # C
-    fine_per_coarse: int = Field(4, ge=1)  # P
-    k: int = Field(4, ge=1)  # K images per fine class
-    coarse_only_k: int | None = Field(None, ge=0)  # coarse-only images per coarse class in a batch; default k
-    batches_per_epoch: int | None = None  # per rank; default n_train // (C*P*K*world_size), >= one class pass
+    coarse_per_batch: int = Field(2, ge=1, le=10_000)  # C
+    fine_per_coarse: int = Field(4, ge=1, le=10_000)  # P
+    k: int = Field(4, ge=1, le=10_000)  # K images per fine class
+    coarse_only_k: int | None = Field(None, ge=0, le=10_000)  # coarse-only images per coarse class per batch
+    # per rank; default n_train // (C*P*K*world_size), >= one class pass
+    batches_per_epoch: int | None = Field(None, ge=1)
 
 
 # ---------------------------------------------------------------------------------------------- train
 class TrainConfig(Section):
-    epochs: int = Field(12, ge=0)
+    epochs: int = Field(12, ge=0, le=100_000)
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(1e-3, gt=0.0)
-    weight_decay: float = Field(0.05, ge=0.0)
-    momentum: float = 0.9
-    warmup_epochs: float = Field(1.0, ge=0.0)
-    grad_clip: float | None = 5.0
+    lr: float = Field(1e-3, gt=0.0, le=100.0)
+    weight_decay: float = Field(0.05, ge=0.0, le=10.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    warmup_epochs: float = Field(1.0, ge=0.0, le=100_000)
+    grad_clip: float | None = Field(5.0, ge=0.0, le=1e6)  # max gradient norm; 0 or null = no clipping
+    nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/Inf loss or gradient: fail the run, or skip the step
     amp: Literal["auto", "on", "off"] = "auto"  # auto = on for CUDA
     channels_last: Literal["auto", "on", "off"] = "auto"
-    early_stopping: int | None = None  # patience in epochs on validation Recall@1
-    eval_batch_size: int = Field(256, ge=1)
+    early_stopping: int | None = Field(None, ge=1)  # patience in epochs on validation Recall@1; null = off
+    eval_batch_size: int = Field(256, ge=1, le=65536)
     log_every: int = Field(10, ge=1)
 
 
@@ -203,40 +219,43 @@ class TrainConfig(Section):
 class IndexConfig(Section):
     type: Literal["flat", "ivf_flat", "ivf_pq", "hnsw"] = "flat"
     device: Literal["auto", "cpu", "gpu"] = "auto"
-    nlist: int | None = None  # IVF lists; default ~4*sqrt(N)
-    nprobe: int = 16
-    pq_m: int = 16  # IVF-PQ sub-quantizers
-    pq_nbits: int = 8
-    refine_k_factor: int = Field(0, ge=0)  # IVF-PQ: re-rank k*factor candidates exactly; 0 = off
-    hnsw_m: int = 32
-    ef_construction: int = 200
-    ef_search: int = 128
+    nlist: int | None = Field(None, ge=1, le=1 << 24)  # IVF lists; default ~4*sqrt(N)
+    nprobe: int = Field(16, ge=1, le=1 << 24)
+    pq_m: int = Field(16, ge=1, le=1024)  # IVF-PQ sub-quantizers
+    pq_nbits: int = Field(8, ge=1, le=16)
+    refine_k_factor: int = Field(0, ge=0, le=1024)  # IVF-PQ: re-rank k*factor candidates exactly; 0 = off
+    hnsw_m: int = Field(32, ge=2, le=512)  # FAISS aborts the process on 0
+    ef_construction: int = Field(200, ge=1, le=1 << 16)
+    ef_search: int = Field(128, ge=1, le=1 << 16)
     exact_check: int = Field(10000, ge=0)  # approximate types: queries re-searched exactly (recall_vs_exact)
+
+
+MAX_K = 1_000_000
 
 
 class EvalConfig(Section):
     ks: list[int] = Field(default_factory=lambda: [1, 2, 4, 5, 8, 10])
     splits: list[Literal["unseen", "seen"]] = Field(default_factory=lambda: ["unseen", "seen"])
     index: IndexConfig = Field(default_factory=IndexConfig)
-    bootstrap: int = Field(1000, ge=0)  # resamples for confidence intervals; 0 = off
+    bootstrap: int = Field(1000, ge=0, le=100_000)  # resamples for confidence intervals; 0 = off
     confidence: float = Field(0.95, gt=0.0, lt=1.0)
     exclude_same_group: bool = False
     batch_size: int = Field(4096, ge=1)  # queries per search chunk
-    max_r: int = Field(1000, ge=1)  # cap on R, hence on k, for MAP@R / R-precision / mAP (docs/metrics.md)
+    max_r: int = Field(1000, ge=1, le=1_000_000)  # cap on R, hence on k, for MAP@R / R-precision / mAP
 
     @field_validator("ks")
     @classmethod
     def _positive_sorted(cls, v: list[int]) -> list[int]:
-        if not v or any(k < 1 for k in v):
-            raise ValueError("must be a non-empty list of positive integers")
+        if not v or any(k < 1 or k > MAX_K for k in v):
+            raise ValueError(f"must be a non-empty list of integers in 1..{MAX_K}")
         return sorted(set(v))
 
 
 # ---------------------------------------------------------------------------------------------- root
 class Config(Section):
-    name: str = "demo"
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    name: str = Field("demo", min_length=1, max_length=100)  # part of the run folder's name
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    device: str = Field("auto", pattern=DEVICE_PATTERN)  # auto | cpu | cuda | cuda:N | mps
     data: DataConfig = Field(default_factory=DataConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     model: ModelConfig = Field(default_factory=TimmModelConfig)
@@ -274,21 +293,25 @@ def _kind_of(value: Any) -> Any:
     return value.get("kind") if isinstance(value, dict) else value
 
 
+_UNION_TAG = re.compile(r"^(int|str|float|bool|none|[a-z][a-z_-]*\[.*\])$")
+
+
 def _dotted(path: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in path)
+    return ".".join(str(p) if str(p).isprintable() and str(p) else repr(p) for p in path)
 
 
 def _format_error(e: ValidationError, origin: str) -> str:
     msgs = []
     for item in e.errors():
-        loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and ("[" in p or p in ("int", "str"))))
+        # drop pydantic's union-member tags ("int", "list[int]", "function-after[...]"), keep user keys
+        loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and _UNION_TAG.match(p)))
         kind = None
         if len(loc) > 1 and loc[0] == "model" and loc[1] in MODEL_KINDS:  # the union's tag, not a key
             kind, loc = str(loc[1]), (loc[0], *loc[2:])
         where = _dotted(loc) or "<root>"
         if item["type"] == "model_kind":
             msgs.append(f"{where}.kind: must be one of {', '.join(MODEL_KINDS)}, got {_kind_of(item.get('input'))!r}")
-        elif item["type"] == "extra_forbidden":
+        elif item["type"] == "extra_forbidden" and loc:
             model = _model_at(loc, kind)
             hint = ""
             if model is not None:
@@ -301,7 +324,7 @@ def _format_error(e: ValidationError, origin: str) -> str:
             msgs.append(f"{where}: unknown key{hint}")
         else:
             value = item.get("input")
-            shown = repr(value) if not isinstance(value, dict) else "a mapping"
+            shown = _short(repr(value)) if not isinstance(value, dict) else "a mapping"
             msgs.append(f"{where}: {item['msg'].lower()}, got {shown}")
     # deduplicate (unions report one error per member)
     seen: list[str] = []
@@ -309,6 +332,10 @@ def _format_error(e: ValidationError, origin: str) -> str:
         if m not in seen:
             seen.append(m)
     return f"{origin}: " + "; ".join(seen)
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -320,8 +347,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not p for p in key.split(".")):
         raise ConfigError(f"--set {text!r}: empty key segment")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = load_yaml(raw, f"--set {text!r}") if raw.strip() else ""
+    except ConfigError as e:
+        if "refused" in str(e):
+            raise
         value = raw
     return key.split("."), value
 
@@ -362,12 +391,7 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{p}:{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    data = read_yaml_file(p, error=ConfigError, what="config file") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: top level must be a mapping of sections, got {type(data).__name__}")
     return data
@@ -402,7 +426,7 @@ def load_config(
         for text in overrides:
             parts, value = parse_override(text)
             _apply_override(tree, parts, value, text)
-        origin = f"{origin} with --set {' '.join(overrides)}"
+        origin = f"{origin} with --set {' '.join(_short(o) for o in overrides)}"
     try:
         return Config.model_validate(tree)
     except ValidationError as e:

@@ -18,8 +18,9 @@ import numpy as np
 
 from ofgr_core.config import EvalConfig
 from ofgr_core.errors import DataError
-from ofgr_core.index import SearchIndex, as_unit_float32, build_index, exact_searcher
+from ofgr_core.index import GPU_MAX_K, SearchIndex, as_unit_float32, build_index, exact_searcher
 from ofgr_core.metrics import bootstrap_ci, metrics_from_hits, paired_bootstrap_test
+from ofgr_core.ties import id_hash_keys, search_tiebroken
 
 Progress = Callable[[int, int], None]
 
@@ -92,10 +93,13 @@ class _Neighbours:
         searcher: SearchIndex,
         gallery_ids: np.ndarray,
         gallery_groups: np.ndarray | None,
+        tie_keys: np.ndarray | None = None,
     ) -> None:
         self.searcher = searcher
         self.gallery_ids = gallery_ids
         self.gallery_groups = gallery_groups
+        # ties broken by a hash of the item id, never by row order (ofgr_core/ties.py)
+        self.tie_keys = id_hash_keys(gallery_ids) if tie_keys is None else tie_keys
 
     def __call__(
         self, x: np.ndarray, k: int, n_excluded: int, query_ids: np.ndarray, query_groups: np.ndarray | None
@@ -104,7 +108,8 @@ class _Neighbours:
         # Every excluded item can occupy one slot of the raw result, so n_excluded extra slots guarantee k
         # survivors whatever their ranks (ties with duplicates included).
         kk = min(k + n_excluded, n_gallery)
-        _, rows = self.searcher.search_chunk(x, kk)
+        max_k = GPU_MAX_K if self.searcher.device == "gpu" else None
+        rows = search_tiebroken(self.searcher.search_chunk, x, kk, self.tie_keys, n_gallery, max_k)
         if n_excluded == 0:
             if kk == k:
                 return rows
@@ -264,7 +269,8 @@ def evaluate_retrieval(
         searcher = exact_searcher(gallery, ids=g_ids, device=cfg.index.device)
     else:
         searcher = build_index(gallery, cfg.index, ids=g_ids, seed=seed)
-    neighbours = _Neighbours(searcher, g_ids, gg_codes)
+    tie_keys = id_hash_keys(g_raw)  # ties broken by a hash of the item id, never by row order
+    neighbours = _Neighbours(searcher, g_ids, gg_codes, tie_keys)
     query_level = [c[q_rows] for c in level_q]
     q_ids = q_ids_all[q_rows]
     q_groups = qg_codes[q_rows] if qg_codes is not None else None
@@ -295,7 +301,8 @@ def evaluate_retrieval(
         for lv, name in enumerate(names):
             hits = (level_g[lv][safe] == query_level[lv][a:b, None]) & valid
             top_hits.append(hits[:, 0])
-            for key, vals in metrics_from_hits(hits, relevant[lv][a:b], ks).items():
+            # recall@1 always: per_class reports it even when --k leaves 1 out
+            for key, vals in metrics_from_hits(hits, relevant[lv][a:b], sorted({1, *ks})).items():
                 if key not in per_query[name]:
                     per_query[name][key] = np.empty(nq)
                 per_query[name][key][a:b] = vals
@@ -309,7 +316,7 @@ def evaluate_retrieval(
 
     index_info: dict[str, Any] = {**searcher.info(), "k": int(k)}
     if len(check_pos):
-        exact = _Neighbours(exact_searcher(gallery, ids=g_ids, device=cfg.index.device), g_ids, gg_codes)
+        exact = _Neighbours(exact_searcher(gallery, ids=g_ids, device=cfg.index.device), g_ids, gg_codes, tie_keys)
         exact_top = np.full_like(approx_top, -1)
         for a in range(0, len(check_pos), bs):
             pos = check_pos[a : a + bs]
@@ -469,7 +476,8 @@ def _assemble(
             key: _finite(float(per_query[name][key].mean())) if nq else None for key in keys
         }
     # one resampling for every headline number, so their intervals are mutually consistent
-    flat = {f"{name}/{key}": per_query[name][key] for name in names for key in keys}
+    # no queries (e.g. only singleton classes): no per-query arrays exist
+    flat = {f"{name}/{key}": per_query[name][key] for name in names for key in keys} if nq else {}
     if rcwf is not None:
         flat[RCWF] = rcwf
     ci = bootstrap_ci(flat, n_resamples=cfg.bootstrap, confidence=cfg.confidence, seed=seed) if nq else {}

@@ -113,4 +113,8 @@ class RunInterrupted(Event):
     reason: str
 
 
+class SignalInterrupt(KeyboardInterrupt):
+    """SIGINT or SIGTERM outside the training loop; its message names the signal (the interrupt reason)."""
+
+
 TERMINAL_TYPES = frozenset({RunFinished.type, RunFailed.type, RunInterrupted.type})

@@ -23,6 +23,7 @@ import numpy as np
 
 from ofgr_core import runs
 from ofgr_core.config import Config
+from ofgr_core.diskspace import ensure_free
 from ofgr_core.errors import OfgrError
 from ofgr_core.events import (
     EvalResult,
@@ -76,6 +77,7 @@ def write_embeddings(run_dir: Path, split: str, emb: np.ndarray, rows: list[dict
     folder = runs.RunFolder(run_dir)
     npy, csv_path = folder.embeddings_npy(split), folder.embeddings_csv(split)
     npy.parent.mkdir(exist_ok=True)
+    ensure_free(npy.parent, emb.size * 4 + 200 * len(rows), f"{split} embeddings")
     tmp = npy.with_name(f".{npy.name}.tmp")
     with open(tmp, "wb") as f:
         np.save(f, emb.astype(np.float32, copy=False))
@@ -462,8 +464,8 @@ def execute_run(
                     config_path=config_path))
     try:
         metrics = run_pipeline(cfg, run_dir, emit, stop=stop_file.exists, resume=resume)
-    except KeyboardInterrupt:
-        emit(RunInterrupted(reason="keyboard interrupt"))
+    except KeyboardInterrupt as e:
+        emit(RunInterrupted(reason=str(e) or "keyboard interrupt"))  # SignalInterrupt names its signal
         raise
     except OfgrError as e:
         emit(RunFailed(error=str(e), traceback=traceback.format_exc()))
@@ -479,7 +481,8 @@ def execute_run(
         runs.atomic_write_json(runs.RunFolder(run_dir).metrics, metrics)
     if metrics is None:
         if stop_file.exists():
-            emit(RunInterrupted(reason="stop requested; resume with `ofgr resume " + run_dir.name + "`"))
+            why = runs.stop_reason(run_dir) or "stop requested"
+            emit(RunInterrupted(reason=f"{why}; resume with `ofgr resume {run_dir.name}`"))
             return "interrupted", None
         return "finished", None  # non-zero rank
     emit(RunFinished(seconds=time.perf_counter() - t0, metrics_path=str(runs.RunFolder(run_dir).metrics)))

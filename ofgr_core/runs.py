@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -17,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ofgr_core.errors import ConfigError, NotFoundError
+from ofgr_core.diskspace import preallocate
+from ofgr_core.errors import ConfigError, DiskError, NotFoundError, OfgrError
 from ofgr_core.events import TERMINAL_TYPES, Event
 from ofgr_core.runlock import (
     LOCK_FILE,
@@ -30,6 +30,7 @@ from ofgr_core.runlock import (
     pid_alive,
     read_lock,
 )
+from ofgr_core.textio import dumps_strict, load_yaml
 
 CONFIG_FILE = "config.yaml"
 ENV_FILE = "env.json"
@@ -168,15 +169,8 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "tolist"):  # numpy scalars/arrays
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+    # strict JSON (RFC 8259): NaN/Infinity become null, so any JSON reader can parse every run file
+    atomic_write_text(path, dumps_strict(obj, indent=2) + "\n")
 
 
 def new_run_id(runs_dir: Path, name: str) -> str:
@@ -206,19 +200,71 @@ def create_run_dir(runs_dir: str | os.PathLike[str], name: str) -> Path:
 
 
 class EventWriter:
-    """Appends one JSON line per event and flushes it, so tails see each event as soon as it happens."""
+    """Appends one JSON line per event with one ``write`` call, so tails see each event as it happens.
+
+    A full disk must not lose how a run ended: the writer keeps a small preallocated reserve file next to the
+    log, released to make room for the terminal event (``run_failed``/``run_interrupted``/``run_finished``) when
+    a write fails with ENOSPC; if even that fails, the event goes to stderr as a last resort. Any other event
+    that cannot be written raises :class:`~ofgr_core.errors.DiskError` (the run then fails, and says so).
+    """
+
+    RESERVE_BYTES = 256 << 10
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._f = open(self.path, "a", buffering=1)  # noqa: SIM115  (closed in close())
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._reserve: Path | None = self.path.with_name(f".{self.path.name}.reserve")
+        try:
+            with open(self._reserve, "wb") as f:
+                preallocate(f, self.RESERVE_BYTES, self._reserve, "event log reserve")
+        except (OSError, OfgrError):
+            self._release()
+
+    def _raw_write(self, data: bytes) -> None:
+        assert self._fd is not None, "EventWriter is closed"
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+
+    def _release(self) -> bool:
+        if self._reserve is None:
+            return False
+        with contextlib.suppress(OSError):
+            self._reserve.unlink()
+        self._reserve = None
+        return True
 
     def write(self, event: Event | dict[str, Any]) -> None:
         obj = event.to_dict() if isinstance(event, Event) else event
-        self._f.write(json.dumps(obj, default=_json_default) + "\n")
-        self._f.flush()
+        line = (dumps_strict(obj) + "\n").encode("utf-8")
+        try:
+            self._raw_write(line)
+            return
+        except OSError as e:
+            failure = e
+        if obj.get("type") in TERMINAL_TYPES:
+            while True:  # free the reserve, then retry; a leading newline ends any partially written line
+                released = self._release()
+                try:
+                    self._raw_write(b"\n" + line)
+                    return
+                except OSError as e:
+                    failure = e
+                if not released:
+                    break
+            sys.stderr.write(f"ofgr: cannot write {self.path} ({failure.strerror or failure}); "
+                             f"this run's last event: {line.decode('utf-8')}")
+            sys.stderr.flush()
+            return
+        raise DiskError(f"{self.path}: cannot append an event ({failure.strerror or failure}); "
+                        "free some space, then `ofgr resume` the run") from None
 
     def close(self) -> None:
-        self._f.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._release()
 
     def __enter__(self) -> EventWriter:
         return self
@@ -241,7 +287,7 @@ class EventTail:
             with open(self.path, "rb") as f:
                 f.seek(self.offset)
                 chunk = f.read()
-        except FileNotFoundError:
+        except FileNotFoundError:  # other OSErrors reach load_run, which lists the run as broken
             return []
         self.offset += len(chunk)
         data = self._partial + chunk
@@ -253,11 +299,31 @@ class EventTail:
                 continue
             try:
                 obj = json.loads(line)
-            except ValueError:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
+            except (ValueError, RecursionError):  # JSON or UTF-8 errors, NUL bytes
                 continue  # a corrupt line (e.g. a crash mid-write followed by more writes) is skipped
-            if isinstance(obj, dict) and "type" in obj:
-                events.append(obj)
+            event = _clean_event(obj)
+            if event is not None:
+                events.append(event)
         return events
+
+
+def _clean_event(obj: Any) -> dict[str, Any] | None:
+    """An event whose fields readers rely on have the right types, or None for a line that is not one.
+
+    ``type`` must be a string and ``time`` a finite number; a ``pid`` that is not an integer becomes -1
+    (unknown), so that one hand-edited or corrupted file never breaks a listing of the others.
+    """
+    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+        return None
+    t = obj.get("time", 0.0)
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or t != t or t in (float("inf"), float("-inf")):
+        return None
+    if "pid" in obj and (isinstance(obj["pid"], bool) or not isinstance(obj["pid"], int)):
+        obj["pid"] = -1
+    for key in ("host", "error", "reason", "message"):
+        if key in obj and obj[key] is not None and not isinstance(obj[key], str):
+            obj[key] = str(obj[key])
+    return obj
 
 
 def read_events(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -404,9 +470,10 @@ class RunInfo:
 
 
 def read_json(path: Path) -> Any | None:
+    """A JSON file of a run folder, or None when it is missing or unreadable (readers tolerate both)."""
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        return json.loads(path.read_bytes().decode("utf-8-sig"))
+    except (OSError, ValueError, RecursionError):
         return None
 
 
@@ -419,12 +486,11 @@ def _read_config(path: Path) -> tuple[dict[str, Any], str | None]:
     except OSError as e:
         return {}, f"{CONFIG_FILE}: unreadable ({e.strerror or e})"
     try:
-        obj = yaml.safe_load(raw.decode("utf-8"))
+        obj = load_yaml(raw.decode("utf-8"), CONFIG_FILE)  # bounded: a YAML bomb is refused, not expanded
     except UnicodeDecodeError:
         return {}, f"{CONFIG_FILE}: not UTF-8 text"
-    except yaml.YAMLError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return {}, f"{CONFIG_FILE}: invalid YAML ({first})"
+    except ConfigError as e:
+        return {}, str(e)
     if obj is None:
         return {}, f"{CONFIG_FILE} is empty"
     if not isinstance(obj, dict):
@@ -524,22 +590,57 @@ def iter_runs(runs_dir: str | os.PathLike[str]) -> Iterator[RunInfo]:
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         return
-    for d in sorted((p for p in runs_dir.iterdir() if p.is_dir()), key=lambda p: p.name, reverse=True):
-        if RunFolder(d).is_run():
+    for d in sorted(_run_folders(runs_dir), key=_start_time, reverse=True):
+        try:
             yield load_run(d)
+        except Exception as e:  # noqa: BLE001  one unreadable run must never break the listing of the others
+            yield RunInfo(run_id=d.name, path=d, status="broken",
+                          reason=f"unreadable run folder ({type(e).__name__}: {str(e)[:200]})")
+
+
+def _run_folders(runs_dir: Path) -> list[Path]:
+    try:
+        entries = list(runs_dir.iterdir())
+    except OSError as e:
+        raise NotFoundError(f"{runs_dir}: cannot list runs ({e.strerror or type(e).__name__})") from None
+    out = []
+    for d in entries:
+        with contextlib.suppress(OSError):
+            if d.is_dir() and RunFolder(d).is_run():
+                out.append(d)
+    return out
+
+
+def _start_time(run_dir: Path) -> tuple[float, str]:
+    """When a run started: its first event's time, else its config's modification time (then its name)."""
+    try:
+        with open(RunFolder(run_dir).events, "rb") as f:
+            first = f.readline(65536)
+        t = json.loads(first).get("time")
+        if isinstance(t, (int, float)) and not isinstance(t, bool) and t == t:
+            return float(t), run_dir.name
+    except (OSError, ValueError, AttributeError, RecursionError):
+        pass
+    try:
+        return RunFolder(run_dir).config.stat().st_mtime, run_dir.name
+    except OSError:
+        return 0.0, run_dir.name
 
 
 def resolve_run(ref: str, runs_dir: str | os.PathLike[str] = "runs") -> Path:
     """A run folder from a path, an exact run id, a unique id prefix/suffix, or ``latest``."""
+    if not ref.strip() or "\x00" in ref:
+        raise NotFoundError(f"run {ref!r}: give a run folder, id, unique prefix, or 'latest'")
     p = Path(ref)
     if p.is_dir() and RunFolder(p).is_run():
         return p
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise NotFoundError(f"run {ref!r} not found: {runs_dir} does not exist (use --runs-dir)")
-    names = sorted(d.name for d in runs_dir.iterdir() if d.is_dir())
-    if ref == "latest" and names:
-        return runs_dir / names[-1]
+    folders = _run_folders(runs_dir)
+    names = sorted(d.name for d in folders)
+    if ref == "latest" and folders:
+        return max(folders, key=_start_time)  # newest by start time, not by name
     if ref in names:
         return runs_dir / ref
     matches = [n for n in names if n.startswith(ref) or n.endswith(ref)]
@@ -550,6 +651,17 @@ def resolve_run(ref: str, runs_dir: str | os.PathLike[str] = "runs") -> Path:
     raise NotFoundError(f"run {ref!r} not found in {runs_dir} (`ofgr runs` lists them)")
 
 
-def request_stop(run_dir: str | os.PathLike[str]) -> None:
-    """Ask a running run to stop cleanly after the current step (it checkpoints and can be resumed)."""
-    RunFolder(run_dir).stop_file.touch()
+def request_stop(run_dir: str | os.PathLike[str], reason: str = "") -> None:
+    """Ask a running run to stop cleanly after the current step (it checkpoints and can be resumed).
+
+    ``reason`` (e.g. ``SIGTERM received``) is written into the stop file and ends up in ``run_interrupted``.
+    """
+    RunFolder(run_dir).stop_file.write_text(reason)
+
+
+def stop_reason(run_dir: str | os.PathLike[str]) -> str:
+    """The reason written by :func:`request_stop` ("" when none or unreadable)."""
+    try:
+        return RunFolder(run_dir).stop_file.read_bytes()[:200].decode("utf-8", "replace").strip()
+    except OSError:
+        return ""

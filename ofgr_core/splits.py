@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from ofgr_core.config import SplitConfig
 from ofgr_core.data.base import DatasetTable
 from ofgr_core.errors import ConfigError, DataError
 from ofgr_core.hierarchy import COARSE_ONLY, Hierarchy
+from ofgr_core.textio import read_text, read_yaml_file
 
 PARTS = ("train", "val", "seen", "unseen")
 CARS196_SEEN_MAX = 98  # Stanford Cars class ids 1..98 are seen, 99..196 unseen
@@ -206,10 +206,7 @@ def _read_class_lists(path: str) -> dict[str, list[str]]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"split.file: {p} not found")
-    try:
-        obj = yaml.safe_load(p.read_text())  # YAML is a superset of JSON
-    except yaml.YAMLError as e:
-        raise ConfigError(f"split.file: {p}: invalid YAML/JSON ({getattr(e, 'problem', e)})") from None
+    obj = read_yaml_file(p, error=ConfigError, what="split file")  # YAML is a superset of JSON
     if not isinstance(obj, dict) or "unseen" not in obj:
         raise ConfigError(f"split.file: {p} must map 'unseen' (and 'seen', optional 'val') to class lists")
     extra = set(obj) - {"seen", "unseen", "val"}
@@ -247,7 +244,8 @@ def _read_id_list(path: str, what: str) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"split.{what}: {p} not found")
-    lines = [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    text = read_text(p, error=ConfigError, what=f"split.{what} list")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
     header = [h.strip() for h in lines[0].split(",")] if lines else []
     if "id" in header or "path" in header:  # a CSV with a header; plain lists hold one id or path per line
         key = "id" if "id" in header else "path"

@@ -6,7 +6,6 @@ Only ``ofgr_core.cli`` may import typer and rich. Data goes to stdout, diagnosti
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 from collections.abc import Callable
@@ -14,8 +13,11 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from ofgr_core.diskspace import disk_error_from
 from ofgr_core.errors import ExitCode, OfgrError
+from ofgr_core.textio import dumps_strict
 
 app = typer.Typer(
     name="ofgr",
@@ -45,16 +47,22 @@ def handle_errors(fn: F) -> F:
         except OfgrError as e:
             if os.environ.get("OFGR_DEBUG") == "1":
                 raise
-            err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False, soft_wrap=True)
             raise typer.Exit(int(e.exit_code)) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]")
             raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+        except OSError as e:  # a full, read-only or misplaced folder: one line, not a traceback
+            disk = disk_error_from(e, "file system error")
+            if disk is None or os.environ.get("OFGR_DEBUG") == "1":
+                raise
+            err.print(f"[bold red]error:[/] {escape(str(disk))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(int(disk.exit_code)) from None
 
     return wrapper  # type: ignore[return-value]
 
 
 def print_json(obj: Any) -> None:
     """Write one JSON document to stdout, nothing else."""
-    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    sys.stdout.write(dumps_strict(obj, indent=2, sort_keys=False) + "\n")  # NaN/Inf -> null: always valid JSON
     sys.stdout.flush()

@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ofgr_core.cli.app import data_app, err, handle_errors, out, print_json
+from ofgr_core.cli.app import data_app, err, escape, handle_errors, out, print_json
 
 
 # ------------------------------------------------------------------------------------------ data synth
@@ -93,6 +93,7 @@ def _print_synth_summary(root: Path, seconds: float, as_json: bool) -> None:
         + (f"; {summary['flipped']} fine labels flipped (truth: {summary['noise_truth']})"
            if "flipped" in summary else ""),
         highlight=False,
+        markup=False,
         soft_wrap=True,
     )
 
@@ -181,11 +182,12 @@ def _print_inspect(r: dict) -> None:
     d = r["detected"]
     found = (f"{d['layout']} ({d['type']}) at {d['root']}" if d["kind"] == "dataset"
              else "config with sources " + ", ".join(f"{s['type']}:{s['root']}" for s in d["sources"]))
-    out.print(f"[bold]found[/] {found}", highlight=False, soft_wrap=True)
+    out.print(f"[bold]found[/] {escape(found)}", highlight=False, soft_wrap=True)
     levels = ", ".join(f"{n} {lv}" for lv, n in r["classes_per_level"].items())
-    out.print(f"{r['images']} usable images of {r['images_found']}; classes: {levels}", highlight=False)
+    out.print(f"{r['images']} usable images of {r['images_found']}; classes: {levels}", highlight=False,
+              markup=False)
     if r.get("coarse_only_images"):
-        out.print(f"coarse-only images (no fine label): {r['coarse_only_images']}", highlight=False)
+        out.print(f"coarse-only images (no fine label): {r['coarse_only_images']}", highlight=False, markup=False)
     if r["images_per_fine_class"]:
         s = r["images_per_fine_class"]
         out.print(f"images per fine class: min {s['min']}, median {s['median']:g}, max {s['max']}",
@@ -197,7 +199,7 @@ def _print_inspect(r: dict) -> None:
             for col in (title, "images", "fine classes"):
                 t.add_column(col, justify="left" if col == title else "right")
             for name, v in r[key].items():
-                t.add_row(name, str(v["images"]), str(v["fine_classes"]))
+                t.add_row(escape(str(name)), str(v["images"]), str(v["fine_classes"]))
             out.print(t)
     hist = r["class_size_histogram"]
     top = max(hist.values()) or 1
@@ -206,22 +208,23 @@ def _print_inspect(r: dict) -> None:
     t.add_column("classes", justify="right")
     t.add_column("")
     for k, v in hist.items():
-        t.add_row(k, str(v), "█" * round(20 * v / top))
+        t.add_row(escape(str(k)), str(v), "█" * round(20 * v / top))
     out.print(t)
     if "open_set_split" in r:
         s = r["open_set_split"]
         out.print(f"open-set split ({s['protocol']}, queries {s['query']}): classes {s['classes']}, "
-                  f"images {s['images']}", highlight=False, soft_wrap=True)
+                  f"images {s['images']}", highlight=False, soft_wrap=True, markup=False)
     dup = r.get("duplicates") or {}
     if dup:
         out.print(f"duplicates: {dup['groups']} groups, {dup['removed']} images removed "
                   f"({dup['cross_source']} across sources, {len(dup['conflicting_labels'])} with conflicting "
-                  "labels)", highlight=False)
+                  "labels)", highlight=False, markup=False)
     if r["unmapped"]:
-        out.print(f"unmapped labels: {len(r['unmapped']['labels'])} ({r['unmapped']['images']} images)")
+        out.print(f"unmapped labels: {len(r['unmapped']['labels'])} ({r['unmapped']['images']} images)",
+                  markup=False)
     if r["unreadable"]:
         out.print(f"[bold red]unreadable:[/] {len(r['unreadable'])} files", highlight=False)
         for u in r["unreadable"][:10]:
-            out.print(f"  {u['path']}: {u['reason']}", highlight=False, soft_wrap=True)
+            out.print(f"  {u['path']}: {u['reason']}", highlight=False, soft_wrap=True, markup=False)
     for w in r["warnings"]:
-        err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]warning:[/] {escape(str(w))}", highlight=False, soft_wrap=True)

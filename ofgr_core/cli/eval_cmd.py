@@ -6,6 +6,7 @@ Heavy libraries (faiss, numpy's big paths) load inside the commands; this module
 from __future__ import annotations
 
 import csv
+import io
 import warnings
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,9 @@ import numpy as np
 import typer
 from rich.table import Table
 
-from ofgr_core.cli.app import app, err, handle_errors, index_app, out, print_json
-from ofgr_core.errors import DataError, NotFoundError
+from ofgr_core.cli.app import app, err, escape, handle_errors, index_app, out, print_json
+from ofgr_core.errors import DataError, NotFoundError, UsageError
+from ofgr_core.textio import read_text
 
 LABEL_COLUMNS = ("id", "fine", "coarse", "split", "domain", "group")
 INDEX_TYPES = ("flat", "ivf_flat", "ivf_pq", "hnsw")
@@ -42,7 +44,15 @@ def load_label_csv(path: Path, n_rows: int, *, required: tuple[str, ...] = ("id"
     """
     if not path.is_file():
         raise NotFoundError(f"{path}: label file not found")
-    with open(path, newline="", encoding="utf-8") as f:
+    text = read_text(path, what="label file")  # UTF-8 with or without BOM, UTF-16/32 with BOM
+    try:
+        return _parse_label_csv(path, text, n_rows, required)
+    except csv.Error as e:
+        raise DataError(f"{path}: malformed CSV ({e})") from None
+
+
+def _parse_label_csv(path: Path, text: str, n_rows: int, required: tuple[str, ...]) -> dict[str, Any]:
+    with io.StringIO(text, newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if not header:
@@ -77,6 +87,32 @@ def load_label_csv(path: Path, n_rows: int, *, required: tuple[str, ...] = ("id"
     return table
 
 
+def _options(build: Any, names: dict[str, str]) -> Any:
+    """Build a config from command-line values; a value out of range is a usage error naming the option."""
+    from pydantic import ValidationError
+
+    try:
+        return build()
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else ""
+        option = names.get(field, f"--{field.replace('_', '-')}")
+        raise UsageError(f"{option}: {first['msg'].lower()}, got {first.get('input')!r}") from None
+
+
+def _faiss_errors(call: Any, index: str, n: int) -> Any:
+    """FAISS reports impossible index parameters as a RuntimeError with a C++ location; keep its reason."""
+    try:
+        return call()
+    except RuntimeError as e:
+        text = str(e)
+        if "faiss" not in text.lower():
+            raise
+        reason = text.split("failed:", 1)[-1].strip().splitlines()[0] if "failed:" in text else text.splitlines()[0]
+        raise DataError(f"--index {index} cannot be built on {n} vectors ({reason[:200]}); use --index flat "
+                        "or more data") from None
+
+
 def _parse_ks(text: str) -> list[int]:
     try:
         ks = sorted({int(t) for t in text.split(",") if t.strip()})
@@ -102,21 +138,21 @@ def _print_tables(result: dict[str, dict[str, Any]]) -> None:
             f"{split}: {block['n_queries']} queries, gallery {block['n_gallery']}, "
             f"{block['n_skipped_queries']} skipped; {idx.get('type')} index on {idx.get('device')}"
         )
-        table = Table(title=title, title_justify="left")
+        table = Table(title=escape(title), title_justify="left")
         table.add_column("metric")
         for lv in levels:
             table.add_column(f"{lv} (95% CI)", justify="right")
         for key in block[levels[0]]:
             cells = [_fmt(block[lv][key], block.get("ci95", {}).get(lv, {}).get(key)) for lv in levels]
-            table.add_row(key, *cells)
+            table.add_row(escape(str(key)), *cells)
         out.print(table)
         rcwf = block.get("right_coarse_wrong_fine@1")
         if rcwf is not None:
             ci = block.get("right_coarse_wrong_fine@1_ci95")
-            out.print(f"right coarse, wrong fine @1: {_fmt(rcwf, ci)}")
+            out.print(f"right coarse, wrong fine @1: {_fmt(rcwf, ci)}", highlight=False)
         for key, value in idx.items():
             if key.startswith("recall_vs_exact"):
-                out.print(f"{key} (approximate vs exact index): {value:.4f}")
+                out.print(f"{escape(key)} (approximate vs exact index): {value:.4f}", highlight=False)
 
 
 @app.command("eval-embeddings")
@@ -134,31 +170,47 @@ def eval_embeddings(
         False, "--exclude-same-group", help="Do not let a query retrieve items of its own group."
     ),
     seed: int = typer.Option(0, "--seed", help="Bootstrap and index-training seed."),
+    drop_invalid: bool = typer.Option(
+        False, "--drop-invalid", help="Leave out NaN/Inf/all-zero embeddings (counted) instead of refusing them."
+    ),
     as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout (metrics.json blocks)."),
 ) -> None:
     """Retrieval metrics of stored embeddings, per split (leave-one-out within each split)."""
     from ofgr_core.config import EvalConfig, IndexConfig
+    from ofgr_core.embcheck import check_embeddings, degenerate_labels
     from ofgr_core.evaluate import evaluate_embeddings
 
     if index not in INDEX_TYPES:
         raise typer.BadParameter(f"--index must be one of {', '.join(INDEX_TYPES)}, got {index!r}")
     if device not in ("auto", "cpu", "gpu"):
         raise typer.BadParameter(f"--device must be auto, cpu or gpu, got {device!r}")
+    ks = _parse_ks(k)
+    cfg = _options(lambda: EvalConfig(ks=ks, bootstrap=bootstrap, exclude_same_group=exclude_same_group,
+                                      index=IndexConfig(type=index, device=device)),
+                   {"ks": "--k", "bootstrap": "--bootstrap"})
     emb = load_embeddings(embeddings)
     table = load_label_csv(labels, len(emb))
     if exclude_same_group and "group" not in table:
         raise DataError(f"{labels}: --exclude-same-group needs a 'group' column")
-    cfg = EvalConfig(
-        ks=_parse_ks(k),
-        bootstrap=bootstrap,
-        exclude_same_group=exclude_same_group,
-        index=IndexConfig(type=index, device=device),
-    )
+    keep, note = check_embeddings(emb, str(embeddings), drop_invalid=drop_invalid)
+    notes = [note] if note else []
+    if keep is not None:
+        emb = np.asarray(emb[keep])
+        table = {c: v[keep] for c, v in table.items()}
+    split_col = table.get("split")
+    for s in (sorted(set(split_col.tolist())) if split_col is not None else [None]):
+        fine = table["fine"] if s is None else table["fine"][split_col == s]
+        notes += degenerate_labels(fine, f"split {s!r}" if s is not None else str(labels))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = evaluate_embeddings(emb, table, cfg, seed=seed)
-    for w in caught:
-        err.print(f"[yellow]warning:[/] {w.message}", highlight=False)
+        result = _faiss_errors(lambda: evaluate_embeddings(emb, table, cfg, seed=seed), index, len(emb))
+    for msg in notes + [str(w.message) for w in caught]:
+        err.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False, soft_wrap=True)
+    if keep is not None:
+        for block in result.values():
+            block["n_dropped_invalid"] = int((~keep).sum())
+    if all(block.get("n_queries", 0) == 0 for block in result.values()):
+        raise DataError(f"{labels}: no query has another item of its fine class in its split; nothing to score")
     if as_json:
         print_json(result)
     else:
@@ -183,8 +235,10 @@ def index_build(
     """
     from ofgr_core import runs
     from ofgr_core.config import IndexConfig, load_config
+    from ofgr_core.embcheck import check_embeddings
     from ofgr_core.index import build_index
 
+    runs.check_split_name(split)
     run_dir = runs.resolve_run(run_ref, runs_dir)
     folder = runs.RunFolder(run_dir)
     npy, csv_path = folder.embeddings_npy(split), folder.embeddings_csv(split)
@@ -203,10 +257,12 @@ def index_build(
     if device is not None and device not in ("auto", "cpu", "gpu"):
         raise typer.BadParameter(f"--device must be auto, cpu or gpu, got {device!r}")
     icfg = icfg.model_copy(update=updates)
-    idx = build_index(emb, icfg, ids=np.arange(len(emb), dtype=np.int64))
+    check_embeddings(emb, str(npy))
+    idx = _faiss_errors(lambda: build_index(emb, icfg, ids=np.arange(len(emb), dtype=np.int64)), icfg.type, len(emb))
     saved = idx.save(folder.index_dir(split))
     info = {**idx.info(), "path": str(saved)}
     if as_json:
         print_json(info)
     else:
-        out.print(f"built {idx.type} index of {idx.ntotal} x {idx.dim} on {idx.device} -> {saved}")
+        out.print(f"built {idx.type} index of {idx.ntotal} x {idx.dim} on {idx.device} -> {saved}", markup=False,
+                  highlight=False)

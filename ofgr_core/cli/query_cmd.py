@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from ofgr_core import runs
-from ofgr_core.cli.app import app, handle_errors, out, print_json
+from ofgr_core.cli.app import app, escape, handle_errors, out, print_json
 
 
 @app.command()
@@ -27,6 +26,7 @@ def query(
     """Rank a run's gallery for an item id, an image file, or a text query."""
     from ofgr_core.query import query_run
 
+    runs.check_split_name(split)
     run_dir = runs.resolve_run(run_ref, runs_dir)
     res = query_run(run_dir, item_id=item, image_path=image, text=text, k=k, split=split)
     if as_json:
@@ -41,5 +41,6 @@ def query(
     for h in res.results:
         mark = "-" if h.hit_fine is None else ("[green]✓[/]" if h.hit_fine else
                                                 ("[yellow]~[/]" if h.hit_coarse else "[red]✗[/]"))
-        table.add_row(str(h.rank), f"{h.score:.3f}", h.fine, h.coarse, mark, h.path)
+        table.add_row(str(h.rank), f"{h.score:.3f}", escape(str(h.fine)), escape(str(h.coarse)), mark,
+                      escape(str(h.path)))
     out.print(table)

@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich import box
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ofgr_core import runs
-from ofgr_core.cli.app import app, err, handle_errors, out, print_json
+from ofgr_core.cli.app import app, err, escape, handle_errors, out, print_json
 from ofgr_core.config import dump_config, load_config
-from ofgr_core.errors import ConfigError, ExitCode, NotFoundError
+from ofgr_core.errors import ConfigError, DataError, ExitCode, NotFoundError
+from ofgr_core.events import RunInterrupted, SignalInterrupt
 from ofgr_core.runlock import RunLock
 
 DEFAULT_CONFIG = "configs/demo.yaml"
@@ -51,7 +54,7 @@ class EventPrinter:
 
     def _task(self, stage: str, total: int | None = None) -> Any:
         if stage not in self.tasks:
-            self.tasks[stage] = self.progress.add_task(stage, total=total, info="")
+            self.tasks[stage] = self.progress.add_task(escape(stage), total=total, info="")
         elif total is not None:
             self.progress.update(self.tasks[stage], total=total)
         return self.tasks[stage]
@@ -72,8 +75,8 @@ class EventPrinter:
             task = self._task("train")
             losses = " ".join(f"{k}={v:.3f}" for k, v in ev.losses.items())
             self.progress.update(
-                task, info=f"epoch {ev.epoch} step {ev.step}/{ev.steps_per_epoch} loss={ev.loss:.3f} {losses} "
-                f"{ev.images_per_s:.0f} img/s"
+                task, info=escape(f"epoch {ev.epoch} step {ev.step}/{ev.steps_per_epoch} loss={ev.loss:.3f} {losses} "
+                                  f"{ev.images_per_s:.0f} img/s")
             )
         elif t == "train_epoch":
             task = self._task("train", ev.epochs)
@@ -81,14 +84,14 @@ class EventPrinter:
             val = " ".join(f"val {k}={v:.3f}" for k, v in ev.val.items())
             mark = " [green]*best[/]" if ev.best else ""
             self.progress.console.print(
-                f"  epoch {ev.epoch}/{ev.epochs} loss={ev.loss:.4f} {val} ({ev.seconds:.1f}s){mark}",
+                f"  epoch {ev.epoch}/{ev.epochs} loss={ev.loss:.4f} {escape(val)} ({ev.seconds:.1f}s){mark}",
                 highlight=False,
             )
         elif t == "log":
             color = {"warning": "yellow", "error": "red"}.get(ev.level, "dim")
-            self.progress.console.print(f"[{color}]{ev.message}[/]", highlight=False)
+            self.progress.console.print(f"[{color}]{escape(str(ev.message))}[/]", highlight=False)
         elif t == "run_interrupted":
-            self.progress.console.print(f"[yellow]interrupted:[/] {ev.reason}")
+            self.progress.console.print(f"[yellow]interrupted:[/] {escape(str(ev.reason))}", highlight=False)
 
 
 def results_table(metrics: dict[str, Any], title: str | None = None) -> Table:
@@ -98,7 +101,7 @@ def results_table(metrics: dict[str, Any], title: str | None = None) -> Table:
         {int(k.split("@")[1]) for s in splits for lv in ("fine", "coarse")
          for k in metrics[s].get(lv, {}) if k.startswith("recall@")}
     )
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+    table = Table(title=escape(title) if title else None, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
                   caption="±: 95% bootstrap CI half-width (every CI is in metrics.json)", caption_justify="left")
     table.add_column("split")
     table.add_column("level")
@@ -123,8 +126,8 @@ def results_table(metrics: dict[str, Any], title: str | None = None) -> Table:
                     return f"{100 * v:.1f}[dim]±{100 * (hi - lo) / 2:.1f}[/]"
                 return f"{100 * v:.1f}"
 
-            table.add_row(s, lv, *[cell(f"recall@{k}", k == ks[0]) for k in ks], cell("map@r", False),
-                          str(block.get("n_queries", "")))
+            table.add_row(escape(str(s)), escape(str(lv)), *[cell(f"recall@{k}", k == ks[0]) for k in ks],
+                          cell("map@r", False), escape(str(block.get("n_queries", ""))))
     return table
 
 
@@ -133,9 +136,58 @@ def timings_table(timings: dict[str, float]) -> Table:
     table.add_column("stage")
     table.add_column("seconds", justify="right")
     for k, v in timings.items():
-        table.add_row(k, f"{v:.1f}")
+        table.add_row(escape(str(k)), f"{v:.1f}")
     table.add_row("[bold]total[/]", f"[bold]{sum(timings.values()):.1f}[/]")
     return table
+
+
+class SignalStop:
+    """SIGINT and SIGTERM handled alike while a run executes.
+
+    During training the first signal asks the loop to stop after the current step (through the run's stop
+    file, whose text names the signal, so the ``run_interrupted`` event says which one); in other stages it
+    interrupts at once (those stages are redone on resume). A second signal exits immediately, after a
+    best-effort ``run_interrupted`` line.
+    """
+
+    def __init__(self, run_dir: Path, writer: runs.EventWriter | None) -> None:
+        self.run_dir, self.writer = run_dir, writer
+        self.stage: str | None = None
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def on_event(self, ev: Any) -> None:
+        if ev.type == "stage_started":
+            self.stage = ev.stage
+        elif ev.type == "stage_finished" and ev.stage == self.stage:
+            self.stage = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.received is not None:
+            if self.writer is not None:
+                with contextlib.suppress(Exception):
+                    self.writer.write(RunInterrupted(reason=f"{self.received} then {name}: exited at once"))
+            os._exit(128 + signum)
+        self.received = name
+        if self.stage == "train":
+            runs.request_stop(self.run_dir, reason=f"{name} received")
+            return
+        raise SignalInterrupt(f"{name} received")
+
+    def __enter__(self) -> SignalStop:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.TERMINATED if self.received == "SIGTERM" else ExitCode.INTERRUPTED
 
 
 def _launch(
@@ -148,17 +200,25 @@ def _launch(
     if main and lock is None:
         lock = RunLock(run_dir, "resume" if resume else "run")
         lock.acquire()  # one writer per run folder, held until this process ends the run
+    signals = SignalStop(run_dir, None)
     try:
         writer = runs.EventWriter(runs.RunFolder(run_dir).events) if main else None
+        signals.writer = writer
         if main:
-            err.print(f"run folder: [bold]{run_dir}[/]", highlight=False)
+            err.print(f"run folder: [bold]{escape(str(run_dir))}[/]", highlight=False)
             if lock is not None and lock.took_over is not None:
-                err.print(f"took over the stale lock of {lock.took_over.describe()} (process gone)",
+                err.print(f"took over the stale lock of {escape(lock.took_over.describe())} (process gone)",
                           highlight=False)
         try:
-            with EventPrinter(quiet=quiet or not main) as printer:
-                status, metrics = execute_run(cfg, run_dir, writer, printer, resume=resume,
+            with EventPrinter(quiet=quiet or not main) as printer, signals:
+                def on_event(ev: Any) -> None:
+                    signals.on_event(ev)
+                    printer(ev)
+
+                status, metrics = execute_run(cfg, run_dir, writer, on_event, resume=resume,
                                               config_path=config_path)
+        except SignalInterrupt:
+            raise typer.Exit(int(signals.exit_code)) from None
         finally:
             if writer is not None:
                 writer.close()
@@ -168,11 +228,11 @@ def _launch(
     if not main:
         return
     if status == "interrupted":
-        raise typer.Exit(int(ExitCode.INTERRUPTED))
+        raise typer.Exit(int(signals.exit_code))
     if metrics:
-        out.print(results_table(metrics, title=f"{run_dir.name}: Recall@K and MAP@R (%)"))
-        out.print(timings_table(metrics.get("timings", {})))
-        out.print(f"metrics: {runs.RunFolder(run_dir).metrics}", highlight=False)
+        metrics_path = runs.RunFolder(run_dir).metrics
+        out.print(*_metrics_tables(metrics, metrics_path, f"{run_dir.name}: Recall@K and MAP@R (%)"))
+        out.print(f"metrics: {metrics_path}", highlight=False, markup=False)
 
 
 @app.command()
@@ -266,25 +326,25 @@ def list_runs(
         print_json([i.to_dict() for i in infos])
         return
     if not infos:
-        err.print(f"no runs in {runs_dir} (start one with `ofgr run`)")
+        err.print(f"no runs in {runs_dir} (start one with `ofgr run`)", markup=False, highlight=False)
         return
     from ofgr_core.cli.tables import Column, print_fitted
 
     colors = {"running": "cyan", "finished": "green", "failed": "red", "interrupted": "yellow",
               "stale": "magenta", "broken": "bold red"}
-    cols = [
-        Column("run", [i.run_id for i in infos]),  # never cut or wrapped: it is what a user copies
-        Column("status", [f"[{colors.get(i.status, 'white')}]{i.status}[/]" for i in infos], priority=1),
+    cols = [  # every user-controlled cell escaped: one run named "[/x]" must not break the listing
+        Column("run", [escape(i.run_id) for i in infos]),  # never cut or wrapped: it is what a user copies
+        Column("status", [f"[{colors.get(i.status, 'white')}]{escape(i.status)}[/]" for i in infos], priority=1),
         Column("R@1 unseen", [f"{100 * i.recall_at_1_unseen:.1f}" if i.recall_at_1_unseen is not None else "-"
                               for i in infos], priority=2, justify="right"),
-        Column("model", [i.model for i in infos], priority=3, max_width=28),
+        Column("model", [escape(i.model) for i in infos], priority=3, max_width=28),
         Column("duration", [_fmt_duration(i.duration) for i in infos], priority=4, justify="right"),
-        Column("dataset", [i.dataset for i in infos], priority=5, max_width=28),
-        Column("split", [i.split for i in infos], priority=6),
+        Column("dataset", [escape(i.dataset) for i in infos], priority=5, max_width=28),
+        Column("split", [escape(i.split) for i in infos], priority=6),
         Column("started", [time.strftime("%Y-%m-%d %H:%M", time.localtime(i.started)) if i.started else "-"
                            for i in infos], priority=7),
     ]
-    print_fitted(out, cols, title=f"runs in {runs_dir}")
+    print_fitted(out, cols, title=escape(f"runs in {runs_dir}"))
 
 
 @app.command()
@@ -302,26 +362,39 @@ def show(
             raise NotFoundError(f"{run_dir}: no {runs.METRICS_FILE} yet (status: {info.status})")
         print_json(info.metrics)
         return
-    err.print(f"[bold]{info.run_id}[/]  status={info.status}  model={info.model}  dataset={info.dataset}",
+    err.print(f"[bold]{escape(info.run_id)}[/]  "
+              + escape(f"status={info.status}  model={info.model}  dataset={info.dataset}"),
               highlight=False)
     if info.error:
-        err.print(f"[red]error:[/] {info.error}", highlight=False)
+        err.print(f"[red]error:[/] {escape(str(info.error))}", highlight=False)
     if info.reason:
         err.print(f"[dim]{info.status}:[/] " + escape(info.reason), highlight=False)
     if info.metrics is None:
-        err.print(f"no {runs.METRICS_FILE} yet")
+        err.print(f"no {runs.METRICS_FILE} yet", markup=False)
         return
-    out.print(results_table(info.metrics, title="Recall@K and MAP@R (%)"))
-    out.print(timings_table(info.metrics.get("timings", {})))
+    out.print(*_metrics_tables(info.metrics, run_dir / runs.METRICS_FILE, "Recall@K and MAP@R (%)"))
+
+
+def _metrics_tables(metrics: dict[str, Any], path: Path, title: str) -> tuple[Table, Table]:
+    """The results and timings tables; a metrics.json of another shape is a one-line error naming it."""
+    try:
+        return results_table(metrics, title=title), timings_table(metrics.get("timings") or {})
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as e:
+        raise DataError(f"{path}: unexpected content ({type(e).__name__}: {e}); `--json` prints it as is") from None
 
 
 @app.command()
+@handle_errors
 def tui(
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
 ) -> None:
     """Open the workbench (same as `ofgr-tui`)."""
     import shutil
 
+    from ofgr_core.errors import DependencyError
+
     exe = shutil.which("ofgr-tui") or str(Path(sys.executable).with_name("ofgr-tui"))
+    if not os.access(exe, os.X_OK):
+        raise DependencyError(f"{exe}: the ofgr-tui program is not installed (pip install -e . installs it)")
     # exec, not import: the CLI never imports the UI package
     os.execv(exe, [exe, "--runs-dir", str(runs_dir)])

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ofgr_core.diskspace import ensure_free, preallocate
+
 CROP_PCT = 0.875
 MAX_ASPECT = 4.0  # a longer side is clamped: panoramas would otherwise blow up the cache
 
@@ -95,17 +97,27 @@ class ImageCache:
         offsets = np.concatenate([[0], np.cumsum(nbytes)[:-1]]) if len(nbytes) else np.zeros(0, np.int64)
         index = np.column_stack([offsets, shapes]).astype(np.int64)
         total = int(nbytes.sum()) or 1
-        # sparse files: space is only used for the slots actually filled
+        # preallocated, not sparse: a memory-mapped write into a hole on a full disk is a SIGBUS
+        ensure_free(self.data_path, total + len(sizes), "image cache")
         for path, size in ((self.data_path, total), (self.ok_path, max(1, len(sizes)))):
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            with open(tmp, "wb") as f:
-                f.truncate(size)
+            try:
+                with open(tmp, "wb") as f:
+                    preallocate(f, size, path, "image cache")
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
             os.replace(tmp, path)
         tmp = self.index_path.with_name(f".{self.index_path.name}.{os.getpid()}.tmp.npy")
         np.save(tmp, index)
         os.replace(tmp, self.index_path)
 
     def _open(self) -> None:
+        for path in (self.data_path, self.ok_path):  # caches written sparse by older versions
+            st = path.stat()
+            if st.st_blocks * 512 < st.st_size:
+                with open(path, "r+b") as f:
+                    preallocate(f, st.st_size, path, "image cache")
         self._data = np.memmap(self.data_path, dtype=np.uint8, mode="r+")
         self._ok = np.memmap(self.ok_path, dtype=np.uint8, mode="r+")
 

@@ -9,6 +9,7 @@ An empty ``fine`` with a non-empty coarse label is a *coarse-only* image (see ``
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +17,7 @@ from typing import Any, Literal
 from ofgr_core.data.base import ADAPTERS, DatasetTable
 from ofgr_core.data.common import Options, parse_options, require_root, safe_join
 from ofgr_core.errors import DataError
+from ofgr_core.textio import read_text
 
 OPTIONAL_COLUMNS = ("domain", "split", "caption", "group")
 DEFAULT_FILE = "manifest.csv"
@@ -42,11 +44,15 @@ def read_manifest(
         raise DataError(f"manifest {path} not found")
     base = path.parent
     delim = delimiter or ("\t" if path.suffix.lower() == ".tsv" else ",")
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f, delimiter=delim)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        reader.fieldnames = header
-        rows = list(reader)
+    text = read_text(path, what="manifest")  # UTF-8 (BOM optional) or UTF-16/32 with BOM, else one line
+    try:
+        with io.StringIO(text, newline="") as f:
+            reader = csv.DictReader(f, delimiter=delim)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            reader.fieldnames = header
+            rows = list(reader)
+    except csv.Error as e:
+        raise DataError(f"manifest {path}: malformed CSV ({e})") from None
     if levels is None:
         levels = ["fine", "coarse"] + (["super"] if "super" in header else [])
     need = ["path", *levels]

@@ -34,6 +34,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from ofgr_core.errors import ConfigError
+from ofgr_core.textio import load_yaml, read_text
 
 SHIPPED = ("vehicles", "stanford_cars", "vehicle10")
 TAXONOMY_DIR = Path(__file__).parent / "taxonomies"  # shipped as package data
@@ -222,16 +223,13 @@ def load_taxonomy(ref: str | os.PathLike[str]) -> Taxonomy:
         text = (TAXONOMY_DIR / f"{ref}.yaml").read_text()
         where = f"taxonomy {ref!r} (shipped)"
     elif path.is_file():
-        text = path.read_text()
+        text = read_text(path, error=ConfigError, what="taxonomy")
         where = str(path)
     else:
         raise ConfigError(
             f"data.taxonomy: {str(ref)!r} is neither a file nor a shipped taxonomy ({', '.join(SHIPPED)})"
         )
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    data = load_yaml(text, where, error=ConfigError)
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: top level must be a mapping")
     return parse_taxonomy(data, where)

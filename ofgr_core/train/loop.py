@@ -5,12 +5,14 @@
 dataset it is given: a whole encoder on images (end-to-end fine-tuning) or a head on cached tower features
 (``ofgr_core.train.fit``). Every epoch ends with validation Recall@1 on held-out *seen* classes (never unseen
 ones), an atomic ``last.pt`` and, when validation improves, ``best.pt``.
-Stopping (a ``stop()`` callback, e.g. the run folder's ``stop`` file) finishes the current step and ends the
-run at the last completed epoch, which ``ofgr resume`` continues from.
+Stopping (a ``stop()`` callback, e.g. the run folder's ``stop`` file, which SIGINT/SIGTERM create) finishes the
+current step, writes ``last.pt`` with that step, and ends the run; ``ofgr resume`` continues at the next step
+(bit-identical on CPU with ``data.num_workers: 0``).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from torch import nn
 from ofgr_core.config import Config, EvalConfig, IndexConfig
 from ofgr_core.embed import autocast_for
 from ofgr_core.events import Event, Log, TrainEpoch, TrainStep
+from ofgr_core.train import guard
 from ofgr_core.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ofgr_core.train.ddp import DistInfo, any_rank, barrier
 from ofgr_core.train.optim import create_optimizer, create_scheduler, head_lr, param_groups
@@ -144,6 +147,7 @@ def train(
     set_frozen = getattr(model, "set_backbone_frozen", None)
 
     start_epoch, best_val, best_epoch, images_seen, history = 0, None, -1, 0, []
+    start_step, partial = 0, None
     bad_epochs = 0
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
     if resume_from is not None:
@@ -156,10 +160,35 @@ def train(
         sampler.load_state_dict(state["sampler"])
         set_rng_state(state["rng"])
         start_epoch = int(state["epoch"]) + 1
+        if state.get("step"):  # written when a stop arrived mid-epoch: continue that epoch at its next step
+            start_epoch, start_step = int(state["epoch"]), int(state["step"])
+            partial = (dict(state["sums"]), int(state["n_batches"]), state["rng"])
         best_val, best_epoch = state["best_val"], int(state["best_epoch"])
         images_seen, history, bad_epochs = int(state["images_seen"]), list(state["history"]), state["bad_epochs"]
         if dist_info.is_main:
-            yield Log(f"resumed from {resume_from} at epoch {start_epoch + 1}/{tc.epochs}")
+            at = f" step {start_step + 1}" if start_step else ""
+            yield Log(f"resumed from {resume_from} at epoch {start_epoch + 1}/{tc.epochs}{at}")
+
+    def checkpoint_state(epoch: int, step: int = 0, **extra: Any) -> dict[str, Any]:
+        """Everything to continue: ``step`` > 0 marks a checkpoint taken after that many steps of ``epoch``."""
+        return {
+            "model": save_state(),
+            "loss": loss_fn.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "sampler": sampler.state_dict(batches_done=step) if step else sampler.state_dict(),
+            "rng": rng_state(),
+            "epoch": epoch,
+            "step": step,
+            "best_val": best_val,
+            "best_epoch": best_epoch,
+            "bad_epochs": bad_epochs,
+            "images_seen": images_seen,
+            "history": history,
+            "config": cfg.model_dump(mode="json"),
+            **extra,
+        }
 
     t_start = time.perf_counter()
     stopped = False
@@ -181,9 +210,13 @@ def train(
         )
         module.train()
         sums: dict[str, float] = {}
-        n_batches = 0
+        n_batches = n_skipped = first_step = 0
+        if partial is not None and epoch == start_epoch:
+            sums, n_batches, rng = partial
+            set_rng_state(rng)  # the augmentation RNG where the stopped run left it (exact with num_workers=0)
+            first_step, partial = start_step, None
         t_window, n_window = time.perf_counter(), 0
-        for step, (images, labels, _) in enumerate(loader):
+        for step, (images, labels, _) in enumerate(loader, start=first_step):
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
             if channels_last and images.ndim == 4:
@@ -191,10 +224,30 @@ def train(
             with autocast_for(device, use_amp):
                 loss, parts = module(images, labels)
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if tc.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(module.parameters(), tc.grad_clip)
+            values = {"loss": float(loss.detach())} | {k: float(v.detach()) for k, v in parts.items()}
+            bad = guard.nonfinite_parts(values["loss"], {k: v for k, v in values.items() if k != "loss"})
+            what = "loss"
+            if not bad:
+                scaler.scale(loss).backward()
+                gnorm = 0.0
+                if tc.grad_clip:
+                    scaler.unscale_(optimizer)
+                    gnorm = float(torch.nn.utils.clip_grad_norm_(module.parameters(), tc.grad_clip))
+                elif not scaler.is_enabled():
+                    gnorm = guard.grad_norm(module.parameters())
+                # with fp16 loss scaling an inf gradient is routine: the scaler skips that step itself
+                if not scaler.is_enabled() and not math.isfinite(gnorm):
+                    bad, what = [f"gradient norm={gnorm}"], "gradient"
+            if any_rank(bool(bad), dist_info):
+                n_skipped += 1
+                msg = guard.describe(epoch + 1, step + 1, values["loss"], values, bad or ["loss on another rank"],
+                                     what=what, checkpoint=str(last_path) if last_path.is_file() else None)
+                if tc.nonfinite == "stop":
+                    guard.raise_nonfinite(msg)
+                optimizer.zero_grad(set_to_none=True)
+                if dist_info.is_main and n_skipped <= 10:
+                    yield Log(f"skipped step: {msg}", level="warning")
+                continue
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
@@ -203,7 +256,6 @@ def train(
             images_seen += n
             n_window += n
             n_batches += 1
-            values = {"loss": float(loss.detach())} | {k: float(v.detach()) for k, v in parts.items()}
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
             if dist_info.is_main and ((step + 1) % tc.log_every == 0 or step + 1 == steps_per_epoch):
@@ -221,9 +273,15 @@ def train(
                 t_window, n_window = time.perf_counter(), 0
             if any_rank(stop() if dist_info.is_main else False, dist_info):
                 stopped = True
+                if dist_info.is_main:  # finish the step, then checkpoint it: resume continues at the next one
+                    save_checkpoint(last_path, checkpoint_state(epoch, step + 1, sums=sums, n_batches=n_batches))
+                    yield Log(f"stopped after epoch {epoch + 1} step {step + 1}; checkpoint {last_path}")
                 break
         if stopped:
             break
+        if n_batches == 0 and steps_per_epoch > 0:
+            guard.raise_nonfinite(f"every step of epoch {epoch + 1} had a non-finite loss or gradient and was "
+                                  "skipped (train.nonfinite=skip); lower train.lr or loss.arcface.scale")
 
         # ---- validation on held-out seen classes (rank 0), then checkpoint
         means = {k: v / max(1, n_batches) for k, v in sums.items()}
@@ -240,23 +298,7 @@ def train(
                 bad_epochs += 1
             record = {"epoch": epoch + 1, "loss": means.get("loss"), "val": val}
             history.append(record)
-            state = {
-                "model": save_state(),
-                "loss": loss_fn.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "sampler": sampler.state_dict(),
-                "rng": rng_state(),
-                "epoch": epoch,
-                "best_val": best_val,
-                "best_epoch": best_epoch,
-                "bad_epochs": bad_epochs,
-                "images_seen": images_seen,
-                "history": history,
-                "config": cfg.model_dump(mode="json"),
-            }
-            save_checkpoint(last_path, state)
+            save_checkpoint(last_path, checkpoint_state(epoch))
             if improved:
                 save_checkpoint(best_path, {"model": save_state(), "epoch": epoch, "val": val,
                                             "config": cfg.model_dump(mode="json")})

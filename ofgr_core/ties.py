@@ -1,0 +1,71 @@
+"""Order-independent tie-breaking for kNN results.
+
+FAISS returns gallery items with equal scores in storage order, so duplicated or degenerate embeddings would
+be ranked by how the rows happen to be sorted (sorted by class, all-zero embeddings scored MAP@R 0.25). Here
+ties are broken by a hash of each item's id instead, which no ordering of rows can favour: results are
+re-sorted by (score descending, hash ascending), and when items tie across the k-th position, the search is
+widened until every item tied with the k-th one has been seen. Scores equal after rounding to ``DECIMALS``
+decimals count as tied (identical vectors can differ in the last float32 bit through BLAS blocking).
+See docs/metrics.md, "Ties".
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+DECIMALS = 6
+Search = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+
+
+def id_hash_keys(ids: Sequence[object] | np.ndarray) -> np.ndarray:
+    """A uint64 per item: the first 8 bytes of BLAKE2b of ``str(id)`` (stable across runs and machines)."""
+    values = np.asarray(ids)
+    uniq, codes = np.unique(values.astype(str), return_inverse=True)
+    hashed = np.fromiter(
+        (int.from_bytes(hashlib.blake2b(u.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+         for u in uniq.tolist()),
+        dtype=np.uint64, count=len(uniq),
+    )
+    return hashed[codes.reshape(-1)]
+
+
+def _order(scores: np.ndarray, rows: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sort each result row by (rounded score desc, key asc); empty slots (-1) last."""
+    s = np.round(scores.astype(np.float64), DECIMALS)
+    s = np.where(rows >= 0, s, -np.inf)
+    k = keys[np.maximum(rows, 0)]
+    order = np.lexsort((k, -s), axis=-1)
+    return np.take_along_axis(s, order, axis=-1), np.take_along_axis(rows, order, axis=-1)
+
+
+def search_tiebroken(search: Search, x: np.ndarray, k: int, keys: np.ndarray, n_gallery: int,
+                     max_k: int | None = None) -> np.ndarray:
+    """Top-``k`` gallery rows per query with ties broken by ``keys`` (see the module docstring).
+
+    Args:
+        search: ``search(x, k) -> (scores, rows)``, rows ``-1`` for empty slots.
+        x: Q x D queries.
+        k: Results wanted (``<= n_gallery``).
+        keys: Per gallery row, the tie-break key (``id_hash_keys``).
+        n_gallery: Gallery size.
+        max_k: Largest ``k`` the searcher accepts (GPU), if any.
+    """
+    limit = n_gallery if max_k is None else min(n_gallery, max_k)
+    want = min(k + 1, limit)
+    scores, rows = _order(*search(x, want), keys)
+    if want <= k:
+        return rows[:, :k]
+    out = rows[:, :k].copy()
+    tied = (rows[:, k] >= 0) & (scores[:, k] == scores[:, k - 1])
+    for i in np.flatnonzero(tied):  # rare: duplicates or degenerate vectors straddle the k-th position
+        w = want
+        while True:
+            w = min(limit, 2 * w)
+            si, ri = _order(*search(x[i : i + 1], w), keys)
+            if w >= limit or ri[0, w - 1] < 0 or si[0, w - 1] != si[0, k - 1]:
+                break
+        out[i] = ri[0, :k]
+    return out
