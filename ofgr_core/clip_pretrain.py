@@ -285,7 +285,7 @@ def pretrain_clip(
             losses.append(float(loss.detach()))
             step += 1
             rate = len(idx) * (b + 1) / max(1e-9, time.perf_counter() - t_ep)
-            yield TrainStep(epoch, b + 1, steps_per_epoch, float(loss), {"clip": float(loss)},
+            yield TrainStep(epoch, b + 1, steps_per_epoch, float(loss.detach()), {"clip": float(loss.detach())},
                             float(opt.param_groups[0]["lr"]), rate)
         epoch_loss = float(np.mean(losses))
         yield TrainEpoch(epoch, epochs, epoch_loss, {"clip": epoch_loss}, float(opt.param_groups[0]["lr"]),

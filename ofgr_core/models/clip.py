@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -341,16 +342,31 @@ def load_open_clip(
     if image_size is not None:
         kwargs["force_image_size"] = int(image_size)
     try:
-        if src.kind == "local-dir":
-            model = oc.create_model(src.arch, **kwargs)
-        else:
-            model = oc.create_model(src.arch, pretrained=src.checkpoint, force_quick_gelu=src.quick_gelu, **kwargs)
+        # random init is asked for explicitly (pretrained: null): open_clip's root-logger warning about it is noise
+        quiet = _root_log_level(logging.ERROR) if src.kind == "none" else contextlib.nullcontext()
+        with quiet:
+            if src.kind == "local-dir":
+                model = oc.create_model(src.arch, **kwargs)
+            else:
+                model = oc.create_model(src.arch, pretrained=src.checkpoint, force_quick_gelu=src.quick_gelu,
+                                        **kwargs)
     except (RuntimeError, ValueError, KeyError, OSError) as e:
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise ConfigError(f"model.pretrained: cannot load {src.describe} into {name} ({first}); "
                           "does the checkpoint match model.name?") from None
     model.eval()
     return model, src
+
+
+@contextlib.contextmanager
+def _root_log_level(level: int) -> Iterator[None]:
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(max(before, level))
+    try:
+        yield
+    finally:
+        root.setLevel(before)
 
 
 def tokenizer_for(source: ClipSource) -> Any:
