@@ -24,9 +24,9 @@ from ofgr_core import runs
 from ofgr_core.events import Event, StageFinished, StageProgress, StageStarted
 
 # the pretraining world: the demo's body types, other make/model classes (seed 1), fewer images per class
-PRETRAIN_WORLD: dict[str, int] = {"seed": 1, "num_coarse": 6, "fine_per_coarse": 8, "images_per_class": 50,
+PRETRAIN_WORLD: dict[str, int] = {"seed": 1, "num_coarse": 6, "fine_per_coarse": 8, "images_per_class": 30,
                                   "image_size": 64}
-PRETRAIN: dict[str, Any] = {"model": "ofgr-tiny-clip", "epochs": 12, "batch_size": 128, "seed": 0}
+PRETRAIN: dict[str, Any] = {"model": "ofgr-tiny-clip", "epochs": 8, "batch_size": 128, "seed": 0}
 CLIP_DIR = "clip-tiny"  # under the data root; configs/demo_clip*.yaml point at local-dir:data/clip-tiny
 
 

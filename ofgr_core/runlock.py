@@ -16,7 +16,6 @@ import fcntl
 import json
 import os
 import socket
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -148,16 +147,9 @@ def lock_alive(lock: LockInfo) -> bool | None:
 
 
 def _write_lock(path: Path, info: LockInfo) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(asdict(info)) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from ofgr_core.runs import atomic_write_text  # runs imports this module: import at call time
+
+    atomic_write_text(path, json.dumps(asdict(info)) + "\n")
 
 
 class RunLock:

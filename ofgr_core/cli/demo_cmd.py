@@ -31,8 +31,8 @@ def demo(
     overrides: list[str] = typer.Option([], "--set", help="Override a config key in every run."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     pretrain_images: int = typer.Option(None, "--pretrain-images-per-class",
-                                        help="Smaller CLIP pretraining world for a quick try (default 50)."),
-    pretrain_epochs: int = typer.Option(None, "--pretrain-epochs", help="CLIP pretraining epochs (default 12)."),
+                                        help="Images per class of the CLIP pretraining world (default 30)."),
+    pretrain_epochs: int = typer.Option(None, "--pretrain-epochs", help="CLIP pretraining epochs (default 8)."),
 ) -> None:
     """CNN fine-tuned vs frozen CLIP vs frozen CLIP + head on the synthetic world: one side-by-side table.
 

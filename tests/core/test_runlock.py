@@ -102,7 +102,7 @@ def test_unreadable_config_and_garbage_events_are_broken(tmp_path):
     (d / "events.jsonl").write_bytes(b"\x00\xff\xfe garbage\n")
     info = runs.load_run(d)
     assert info.status == "broken"
-    assert "config.yaml: invalid YAML" in info.reason and "no readable event" in info.reason
+    assert "config.yaml" in info.reason and "invalid YAML" in info.reason and "no readable event" in info.reason
 
 
 def test_corrupt_lock_is_broken_not_running(tmp_path):
