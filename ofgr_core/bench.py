@@ -5,7 +5,8 @@ A suite is a YAML file in ``configs/benchmarks/`` (or any path)::
     name: demo
     description: what it compares
     data: {0: synthetic-demo}     # with --data-root DIR: data.sources.0.root = DIR/synthetic-demo
-    set: [train.epochs=12]        # overrides for every run (before each run's own and the command line's)
+    set: [train.epochs=12]        # overrides for every run (before each run's own and the command line's);
+                                  # {data_root} stands for --data-root (default: data)
     runs:
       - name: tinycnn_arcface_htriplet
         config: configs/demo.yaml
@@ -136,11 +137,16 @@ def load_suite(ref: str | os.PathLike[str]) -> Suite:
 
 def run_overrides(suite: Suite, run: SuiteRun, data_root: str | os.PathLike[str] | None,
                   extra: list[str] | tuple[str, ...] = ()) -> list[str]:
-    """Overrides of one run: suite-wide, data roots under ``data_root``, the run's own, then the command line's."""
-    out = list(suite.overrides)
+    """Overrides of one run: suite-wide, data roots under ``data_root``, the run's own, then the command line's.
+
+    ``{data_root}`` in the suite's own overrides stands for ``data_root`` (``data`` when none is given), so a
+    suite can point a run at files that live beside its datasets (e.g. pretrained weights).
+    """
+    root = str(data_root) if data_root is not None else "data"
+    out = [o.replace("{data_root}", root) for o in suite.overrides]
     if data_root is not None:
         out += [f"data.sources.{i}.root={Path(data_root) / sub}" for i, sub in sorted(suite.data.items())]
-    return out + list(run.overrides) + list(extra)
+    return out + [o.replace("{data_root}", root) for o in run.overrides] + list(extra)
 
 
 def _read_state(runs_dir: Path) -> dict[str, Any]:

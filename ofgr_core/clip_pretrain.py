@@ -288,8 +288,9 @@ def pretrain_clip(
             yield TrainStep(epoch, b + 1, steps_per_epoch, float(loss.detach()), {"clip": float(loss.detach())},
                             float(opt.param_groups[0]["lr"]), rate)
         epoch_loss = float(np.mean(losses))
+        scale = float(clip_model.logit_scale.detach().exp())
         yield TrainEpoch(epoch, epochs, epoch_loss, {"clip": epoch_loss}, float(opt.param_groups[0]["lr"]),
-                         {"i2t_batch_acc": correct / max(1, seen), "logit_scale": float(clip_model.logit_scale.exp())},
+                         {"i2t_batch_acc": correct / max(1, seen), "logit_scale": scale},
                          time.perf_counter() - t_ep, False)
         yield StageProgress("pretrain", epoch, epochs)
     yield StageFinished("pretrain", time.perf_counter() - t_train)

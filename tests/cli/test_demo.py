@@ -30,7 +30,7 @@ def test_demo_compares_cnn_frozen_clip_and_clip_head_on_one_split(tmp_path: Path
     assert result.exit_code == 0, result.output
     for name in ("cnn_finetuned", "clip_frozen", "clip_head"):
         assert name in result.output
-    state = json.loads((tmp_path / "runs" / "bench.json").read_text())["demo"]
+    state = json.loads((tmp_path / "runs" / "bench.json").read_text())["runs"]
     dirs = [tmp_path / "runs" / state[n] for n in ("cnn_finetuned", "clip_frozen", "clip_head")]
     metrics = [json.loads(runs.RunFolder(d).metrics.read_text()) for d in dirs]
     splits = {runs.RunFolder(d).split.read_text() for d in dirs}
@@ -44,7 +44,7 @@ def test_demo_compares_cnn_frozen_clip_and_clip_head_on_one_split(tmp_path: Path
     # a second demo reuses the pretrained weights and every finished run
     again = runner.invoke(app, args)
     assert again.exit_code == 0, again.output
-    assert json.loads((tmp_path / "runs" / "bench.json").read_text())["demo"] == state
+    assert json.loads((tmp_path / "runs" / "bench.json").read_text())["runs"] == state
 
 
 def test_summary_rows_and_verdict(tmp_path: Path) -> None:
