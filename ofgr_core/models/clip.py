@@ -484,10 +484,13 @@ def _preprocess_cfg(model: nn.Module) -> dict[str, Any]:
 def create_clip_model(cfg: ClipModelConfig, image_size: int | None = None) -> ClipEncoder:
     """``model.kind: clip``: the open_clip model of ``cfg`` (frozen) with its head; see the module docstring."""
     clip_model, source = load_open_clip(cfg.name, cfg.pretrained, cfg.quick_gelu, image_size)
-    return ClipEncoder(
+    model = ClipEncoder(
         clip_model, source, head=cfg.head, embed_dim=cfg.embed_dim, depth=cfg.head_depth, width=cfg.head_width,
         dropout=cfg.head_dropout, residual=cfg.head_residual,
     )
+    # weights from a tag, a file or a local-dir are rebuilt from there: checkpoints then hold the head only
+    model.tower_from_weights = source.kind != "none"
+    return model
 
 
 # ------------------------------------------------------------------------------------------ local-dir
