@@ -100,6 +100,7 @@ class QueryScreen(OfgrScreen[None]):
         self.query_path: str | None = None
         self.supports_text: bool | None = None  # ofgr_core.query.run_supports_text, asked when the tab opens
         self._text_asked = False
+        self._text_query = False
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -276,6 +277,7 @@ class QueryScreen(OfgrScreen[None]):
     def on_query_screen_answered(self, message: Answered) -> None:
         self.result = r = message.result
         self.query_path = message.query_path
+        self._text_query = str(getattr(r, "query", "")).startswith("text ")
         hits = [h for h in r.results if h.hit_fine]
         head = Text(f"{r.query}", style="bold")
         if getattr(r, "query_fine", None):
@@ -324,7 +326,8 @@ class QueryScreen(OfgrScreen[None]):
             except Exception as e:  # unreadable image or unsupported terminal: say so, don't crash
                 widget = Static(Text(f"no preview: {e}", style="dim"))
         else:
-            widget = Static(Text("no image" if not path else f"not found: {path}", style="dim"))
+            empty = "a text query" if container_id == "#thumb-query" and self._text_query else "no image"
+            widget = Static(Text(empty if not path else f"not found: {path}", style="dim"))
         box.mount(widget)
 
     # ---------------------------------------------------------------------------------- actions

@@ -47,6 +47,7 @@ def select(run_id: str):  # noqa: ANN201
         screen = pilot.app.screen
         assert isinstance(screen, RunsScreen)
         screen.table.move_cursor(row=[r.run_id for r in screen.runs].index(run_id))
+        await pilot.pause(0.2)  # the detail line follows the cursor: let it render on a busy machine
         await pilot.pause()
 
     return go

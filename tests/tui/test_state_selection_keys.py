@@ -92,24 +92,25 @@ async def test_vim_keys_home_end_filter_and_sort(runs_dir: Path) -> None:
         assert isinstance(screen, RunsScreen)
         ids = [r.run_id for r in screen.visible]
         await pilot.press("j", "j")
-        assert screen.current_id == ids[2]
+        await wait_for(pilot, lambda: screen.current_id == ids[2], timeout=5)
         await pilot.press("k")
-        assert screen.current_id == ids[1]
+        await wait_for(pilot, lambda: screen.current_id == ids[1], timeout=5)
         await pilot.press("G")
-        assert screen.current_id == ids[-1]
+        await wait_for(pilot, lambda: screen.current_id == ids[-1], timeout=5)
         await pilot.press("g")
-        assert screen.current_id == ids[0]
+        await wait_for(pilot, lambda: screen.current_id == ids[0], timeout=5)
         await pilot.press("end")
-        assert screen.current_id == ids[-1]
+        await wait_for(pilot, lambda: screen.current_id == ids[-1], timeout=5)
         await pilot.press("home")
-        assert screen.current_id == ids[0]
+        await wait_for(pilot, lambda: screen.current_id == ids[0], timeout=5)
         # / filters; typed letters go to the box, not to the screen's keys (r = results, e = t-SNE)
         await pilot.press("slash", *"wide")
         assert isinstance(app.screen, RunsScreen)
+        await wait_for(pilot, lambda: screen.table.row_count == 1, timeout=5)
         assert [r.run_id for r in screen.visible] == ["20251127-111500-wide"]
-        assert screen.table.row_count == 1
         await pilot.press("escape")  # clears the filter
-        assert screen.table.row_count == 4 and not screen.query_one("#runs-filter", Input).display
+        await wait_for(pilot, lambda: screen.table.row_count == 4, timeout=5)
+        assert not screen.query_one("#runs-filter", Input).display
         # sort by R@1 (best first), then again: ascending
         await pilot.press("A")
         assert [r.run_id for r in screen.visible][:2] == ["20251127-111500-wide", "20251127-101500-demo"]

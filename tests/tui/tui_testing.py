@@ -36,8 +36,9 @@ def make_app(runs: Path, configs: Path | None = None, **kw: object) -> OfgrApp:
     return OfgrApp(runs, configs or runs.parent / "configs", **kw)  # type: ignore[arg-type]
 
 
-async def wait_for(pilot, predicate, timeout: float = 10.0, step: float = 0.05) -> None:  # noqa: ANN001
-    """Let the app run until ``predicate()`` holds (workers and timers need real time)."""
+async def wait_for(pilot, predicate, timeout: float = 30.0, step: float = 0.05) -> None:  # noqa: ANN001
+    """Let the app run until ``predicate()`` holds (workers and timers need real time; the generous default
+    timeout is for a loaded shared machine: a wrong behaviour still fails, only later)."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
