@@ -403,7 +403,7 @@ _SECTIONS: dict[str, SectionLoader] = {
 
 
 def compare_runs(
-    run_dirs: list[str | os.PathLike[str]],
+    run_dirs: Sequence[str | os.PathLike[str]],
     *,
     baseline: int = 0,
     n_resamples: int = 10000,

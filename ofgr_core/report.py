@@ -142,7 +142,7 @@ def fig_tsne(run_dir: Path, path: Path, *, max_points: int, title: str) -> tuple
 
 def fig_per_class(metrics: dict[str, Any], path: Path, *, n: int, title: str) -> str | None:
     per_class = (metrics.get("unseen") or {}).get("per_class") or {}
-    items = [(name, v.get("recall@1")) for name, v in per_class.items() if isinstance(v, dict)
+    items = [(str(name), float(v["recall@1"])) for name, v in per_class.items() if isinstance(v, dict)
              and isinstance(v.get("recall@1"), (int, float))]
     if not items:
         return None
@@ -178,7 +178,7 @@ def fig_training(run_dir: Path, path: Path, *, title: str) -> str | None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
-    val = [(h["epoch"], h.get("val_recall@1")) for h in hist if isinstance(h.get("val_recall@1"), (int, float))]
+    val = [(h["epoch"], float(h["val_recall@1"])) for h in hist if isinstance(h.get("val_recall@1"), (int, float))]
     if val:
         ax2 = ax.twinx()
         ax2.plot([e for e, _ in val], [100 * v for _, v in val], "s-", color="#d62728", label="seen-val R@1")
@@ -203,7 +203,8 @@ def fig_comparison(c: Comparison, labels: list[str], path: Path) -> str | None:
     width = 0.8 / n
     x = np.arange(len(bars))
     for i in range(n):
-        vals, err = [], [[], []]
+        vals: list[float] = []
+        err: list[list[float]] = [[], []]
         for s, lv, m in bars:
             r = c.row(s, lv, m)
             v = r.values[i] if r else None
@@ -258,7 +259,7 @@ def _results_md(m: dict[str, Any]) -> list[str]:
                   "| split | level | R@1 | R@5 | MAP@R |", "|---|---|---:|---:|---:|"]
         for s, b, _ in t2i:
             for lv in LEVELS:
-                blk = b.get(lv) or {}
+                blk = (b or {}).get(lv) or {}
                 if blk:
                     lines.append(f"| {s} | {lv} | {pct(blk.get('recall@1'))} | {pct(blk.get('recall@5'))} | "
                                  f"{pct(blk.get('map@r'))} |")

@@ -154,8 +154,8 @@ def markdown_comparison(c: Comparison, *, names: dict[str, str] | None = None) -
     lines += ["**Cost per run**", "", "| | " + " | ".join(h for h, _ in COST_FIELDS) + " |",
               "|---|" + "|".join("---:" for _ in COST_FIELDS) + "|"]
     for i, cost in enumerate(c.costs):
-        cells = cost_cells(cost)
-        lines.append(f"| {LETTERS[i]} | " + " | ".join(cells[k] for _, k in COST_FIELDS) + " |")
+        by_key = cost_cells(cost)
+        lines.append(f"| {LETTERS[i]} | " + " | ".join(by_key[k] for _, k in COST_FIELDS) + " |")
     if c.ratios:
         lines += ["", "**Measured ratios** (against the baseline, same metrics.json fields)", ""]
         letter = {rid: f"{LETTERS[i]} ({names.get(rid, c.costs[i].name)})" for i, rid in enumerate(c.run_ids)}

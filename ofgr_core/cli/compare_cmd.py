@@ -119,8 +119,8 @@ def print_comparison(c: Comparison, width: int) -> None:
     for t in metric_tables(c, width):
         out.print(t)
         out.print()
-    for line in legend_lines(c):
-        out.print(Text(line, style="dim"), width=width)
+    for legend in legend_lines(c):
+        out.print(Text(legend, style="dim"), width=width)
     costs = cost_table(c, width)
     out.print(costs, width=max(width, rendered_width(costs)), crop=False)
     if c.ratios:

@@ -47,7 +47,7 @@ def models(
 
     for r in rows:
         name = r["arch"] + (" (default)" if r["default"] else "")
-        first = [escape(name), str(r["image_size"]), str(r["embed_dim"])]
+        first = (escape(name), str(r["image_size"]), str(r["embed_dim"]))
         if r["ofgr"]:
             add(*first, "(ofgr config)", f"{r['params'] / 1e6:.1f}M params; `ofgr clip pretrain`")
             continue
@@ -56,8 +56,8 @@ def models(
             add(*first, "-", "")
         for i, t in enumerate(tags):
             label = t["tag"] + (" (default)" if t["default"] else "") + (" (quickgelu)" if t["quick_gelu"] else "")
-            add(*(first if i == 0 else ["", "", ""]), escape(label),
-                f"cached, {_mb(t['bytes'])}" if t["cached"] else "")
+            a, px, dim = first if i == 0 else ("", "", "")
+            add(a, px, dim, escape(label), f"cached, {_mb(t['bytes'])}" if t["cached"] else "")
     print_fitted(out, list(cols.values()), title="open_clip models for model.kind=clip")
     out.print("Weights are looked up in the local caches only (--json adds towers and paths). quickgelu: "
               "trained with QuickGELU, which ofgr picks automatically.", markup=False, highlight=False)
