@@ -274,9 +274,10 @@ def _cost(run_dir: Path, metrics: dict[str, Any]) -> RunCost:
     device = comp.get("gpu_name") or comp.get("device")
     if not device:
         device = env.get("gpu_name") or train.get("device") or env.get("device")
-    pflops = _num(train.get("train_pflops"))
-    if pflops is None and _num(comp.get("train_flops")) is not None:
-        pflops = float(comp["train_flops"]) / 1e15
+    # the compute block's estimate counts the backward pass through the trainable share only (a frozen tower
+    # with a head costs ~1x forward, not 3x); train.train_pflops (3x forward) is the fallback for older runs
+    flops = _num(comp.get("train_flops"))
+    pflops = flops / 1e15 if flops is not None else _num(train.get("train_pflops"))
     return RunCost(
         run_id=run_dir.name,
         name=str(metrics.get("name") or run_dir.name),

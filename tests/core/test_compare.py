@@ -200,3 +200,17 @@ def test_text_to_image_per_space_layout_uses_the_free_text_space(tmp_path: Path)
         (d / "metrics.json").write_text(json.dumps(m))
     row = compare_runs([a, b], n_resamples=100).row("unseen", "fine", "recall@1", mode="text")
     assert row is not None and row.values == (0.4, 0.3)
+
+
+def test_training_flops_prefer_the_compute_estimate(tmp_path: Path) -> None:
+    a = make_run(tmp_path, "a", 0.5)
+    b = make_run(tmp_path, "b", 0.5)
+    for d, frac_flops in ((a, 3e15), (b, 1.02e15)):
+        m = json.loads((d / "metrics.json").read_text())
+        m["train"]["train_pflops"] = 3.0  # 3x forward for both: what the pipeline's train block says
+        m["compute"] = {"train_flops": frac_flops}
+        (d / "metrics.json").write_text(json.dumps(m))
+    c = compare_runs([a, b], n_resamples=100)
+    assert c.costs[1].train_pflops == pytest.approx(1.02)
+    r = next(x for x in c.ratios if x.quantity == "training compute (FLOPs)")
+    assert r.less and r.factor == pytest.approx(3 / 1.02)
