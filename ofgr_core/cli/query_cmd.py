@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from ofgr_core import runs
 from ofgr_core.cli.app import app, escape, handle_errors, out, print_json
@@ -34,13 +33,16 @@ def query(
         return
     label = f" ({res.query_coarse} / {res.query_fine})" if res.query_fine else ""
     space = {"raw": ", raw CLIP image space", "head": ", head embedding space"}.get(res.space or "", "")
-    table = Table(title=escape(f"{res.query}{label} — {split} gallery{space}, {res.index.get('type')} index"),
-                  title_justify="left")
-    for col in ("#", "score", "fine", "coarse", "hit", "path"):
-        table.add_column(col, justify="right" if col in ("#", "score") else "left")
-    for h in res.results:
-        mark = "-" if h.hit_fine is None else ("[green]✓[/]" if h.hit_fine else
-                                                ("[yellow]~[/]" if h.hit_coarse else "[red]✗[/]"))
-        table.add_row(str(h.rank), f"{h.score:.3f}", escape(str(h.fine)), escape(str(h.coarse)), mark,
-                      escape(str(h.path)))
-    out.print(table)
+    from ofgr_core.cli.tables import Column, print_fitted
+
+    marks = ["-" if h.hit_fine is None else ("[green]✓[/]" if h.hit_fine else
+                                             ("[yellow]~[/]" if h.hit_coarse else "[red]✗[/]")) for h in res.results]
+    cols = [  # narrow terminals drop the path first, then the coarse class; the ranking itself always shows
+        Column("#", [str(h.rank) for h in res.results], justify="right"),
+        Column("score", [f"{h.score:.3f}" for h in res.results], justify="right"),
+        Column("hit", marks),
+        Column("fine", [escape(str(h.fine)) for h in res.results], max_width=40),
+        Column("coarse", [escape(str(h.coarse)) for h in res.results], priority=2, max_width=24),
+        Column("path", [escape(str(h.path)) for h in res.results], priority=3),
+    ]
+    print_fitted(out, cols, title=escape(f"{res.query}{label} — {split} gallery{space}, {res.index.get('type')} index"))

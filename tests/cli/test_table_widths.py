@@ -58,3 +58,18 @@ def test_models_table_fits_80_columns_with_whole_names() -> None:
     assert any(line.startswith("ViT-B-32") and "openai" in line for line in lines)  # arch and tag, whole
     wide = runner.invoke(app, ["models", "ViT-B-32"], env={"COLUMNS": "160"})
     assert "dim" in wide.stdout and "dim" not in narrow.stdout.split("\n", 2)[1]
+
+
+def test_query_table_fits_80_columns(finished_run: Path) -> None:
+    import csv
+
+    with open(finished_run / "embeddings" / "unseen.csv", newline="") as f:
+        first = next(csv.DictReader(f))
+    args = ["query", str(finished_run), "--id", first["id"], "--k", "5"]
+    narrow = runner.invoke(app, args, env={"COLUMNS": "80"})
+    assert narrow.exit_code == 0, narrow.output
+    lines = _lines(narrow.stdout)
+    assert max(len(line) for line in lines) <= 80
+    assert sum(1 for line in lines if line.lstrip()[:1].isdigit()) == 5  # one line per result
+    wide = runner.invoke(app, args, env={"COLUMNS": "250"})
+    assert "path" in wide.stdout and "fine" in narrow.stdout and "path" not in narrow.stdout.splitlines()[1]
