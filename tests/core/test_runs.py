@@ -126,3 +126,12 @@ def test_run_folder_owns_the_layout_and_refuses_escaping_split_names(tmp_path: P
             folder.embeddings_npy(bad)
     with pytest.raises(ValueError):
         folder.checkpoint("../best")
+
+
+def test_atomic_writes_get_the_umask_mode_not_0600(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        runs.atomic_write_json(tmp_path / "m.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o644
