@@ -275,7 +275,7 @@ def _model_at(path: tuple[Any, ...], model_kind: str | None = None) -> type[Base
     for part in path[:-1]:
         if isinstance(part, int):
             continue
-        field = model.model_fields.get(part) if isinstance(model, type) else None
+        field = getattr(model, "model_fields", {}).get(part) if isinstance(model, type) else None
         if field is None:
             return None
         ann = field.annotation

@@ -1,5 +1,5 @@
 """Quality gate that can fail: training must raise Recall@1 on *unseen* classes well above the same network
-untrained, on a reduced demo world, through the real pipeline (the check `0 <= R@1 <= 1` could never fail)."""
+untrained, on the demo world, through the real pipeline (the check `0 <= R@1 <= 1` could never fail)."""
 
 from __future__ import annotations
 
@@ -12,16 +12,12 @@ from ofgr_core.config import dump_config, load_config
 from ofgr_core.pipeline import execute_run
 from ofgr_testing import REPO
 
-# 6 body types x 8 classes x 40 images at 64 px: half the fine classes unseen. The full demo world (100 images
-# per class, 12 epochs) reaches 46.8 % unseen fine R@1 against 5.8 % untrained (README).
-WORLD = [
-    "data.sources.0.options={seed: 0, num_coarse: 6, fine_per_coarse: 8, images_per_class: 40, image_size: 64}",
-    "eval.bootstrap=0",
-    "eval.splits=[unseen]",
-    "device=cpu",
-    "data.num_workers=0",
-]
-EPOCHS = 8
+# The demo world and recipe of configs/demo.yaml (6 body types x 8 classes x 100 images at 64 px, 12 epochs),
+# measured on the project's 2-core CPU at 46.8 % unseen fine R@1 trained against 5.8 % untrained (README).
+# A smaller world is not a usable gate: 40 images per class, 8 epochs (144 steps) reached only 10.7 % against
+# 6.8 % untrained (measured in this session), too close for a threshold that must not flake.
+WORLD = ["eval.bootstrap=0", "eval.splits=[unseen]", "device=cpu", "data.num_workers=0"]
+EPOCHS = 12
 
 
 def _unseen_r1(tmp_path: Path, data_root: Path, epochs: int) -> dict:
@@ -36,12 +32,13 @@ def _unseen_r1(tmp_path: Path, data_root: Path, epochs: int) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~3 CPU minutes on an idle 2-core machine
 def test_training_beats_the_untrained_network_on_unseen_classes(tmp_path: Path) -> None:
     data_root = tmp_path / "world"
     untrained = _unseen_r1(tmp_path, data_root, 0)
     trained = _unseen_r1(tmp_path, data_root, EPOCHS)
     u, t = untrained["fine"]["recall@1"], trained["fine"]["recall@1"]
     print(f"\nunseen fine R@1: untrained {u:.3f}, trained {t:.3f} ({EPOCHS} epochs)")
-    assert t >= u + 0.10 and t >= 1.8 * u, (u, t)
+    assert t >= u + 0.20 and t >= 3 * u, (u, t)
     assert trained["fine"]["map@r"] > untrained["fine"]["map@r"] + 0.02
     assert trained["coarse"]["recall@1"] > untrained["coarse"]["recall@1"]
