@@ -6,7 +6,7 @@ FAISS ?= cpu
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ofgr-installed
 
-.PHONY: demo test lint install tui bench clean-runs
+.PHONY: demo test lint typecheck install tui bench clean-runs
 
 $(STAMP): pyproject.toml
 	@# keep an existing torch: if the base interpreter already has one, the venv sees it
@@ -29,6 +29,9 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy  # settings: pyproject.toml [tool.mypy]
 
 tui: $(STAMP)
 	$(BIN)/ofgr-tui

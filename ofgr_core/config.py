@@ -235,7 +235,7 @@ MAX_K = 1_000_000
 
 class EvalConfig(Section):
     ks: list[int] = Field(default_factory=lambda: [1, 2, 4, 5, 8, 10])
-    splits: list[Literal["unseen", "seen"]] = Field(default_factory=lambda: ["unseen", "seen"])
+    splits: list[Literal["unseen", "seen"]] = Field(default_factory=lambda: ["unseen", "seen"])  # type: ignore[arg-type]
     index: IndexConfig = Field(default_factory=IndexConfig)
     bootstrap: int = Field(1000, ge=0, le=100_000)  # resamples for confidence intervals; 0 = off
     confidence: float = Field(0.95, gt=0.0, lt=1.0)
@@ -270,12 +270,12 @@ def _model_at(path: tuple[Any, ...], model_kind: str | None = None) -> type[Base
     """The pydantic model that owns the key at ``path`` (to suggest valid keys)."""
     model: Any = Config
     if path and path[0] == "model":
-        model = MODEL_CLASSES.get(model_kind or "timm", TimmModelConfig)
+        model = MODEL_CLASSES.get(model_kind or "timm", TimmModelConfig)  # a class, typed Any
         path = path[1:]
     for part in path[:-1]:
         if isinstance(part, int):
             continue
-        field = model.model_fields.get(part) if isinstance(model, type) else None
+        field = getattr(model, "model_fields", {}).get(part) if isinstance(model, type) else None
         if field is None:
             return None
         ann = field.annotation

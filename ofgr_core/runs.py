@@ -389,7 +389,7 @@ def run_state(
     pid_ok = isinstance(pid, int) and not isinstance(pid, bool)
     who = f"pid {pid} on {started.get('host')}"
     if started.get("host") == host:
-        if pid_ok and pid_alive(int(pid)):
+        if pid_ok and isinstance(pid, int) and pid_alive(pid):
             return "running", f"written by {who}"
         return "stale", f"no end event and its writer is gone ({who}); resumable"
     if now - (last_time or 0.0) < STALE_AFTER:

@@ -49,7 +49,7 @@ class EventPrinter:
         self.progress.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self.progress.__exit__(*exc)
 
     def _task(self, stage: str, total: int | None = None) -> Any:

@@ -26,7 +26,7 @@ from ofgr_core.errors import CheckpointError, NotFoundError
 
 def rng_state() -> dict[str, Any]:
     """Python, numpy, torch (and CUDA) RNG states as tensors and plain data only."""
-    name, key, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+    name, key, pos, has_gauss, cached = np.random.get_state(legacy=True)
     version, internal, gauss = random.getstate()
     state: dict[str, Any] = {
         "python": [int(version), [int(v) for v in internal], gauss],

@@ -114,3 +114,21 @@ def test_training_log_messages_keep_brackets(monkeypatch: pytest.MonkeyPatch) ->
     printed = buf.getvalue()
     for text in MARKUP:
         assert f"split {text} warn" in printed and f"sig {text}" in printed
+
+
+@pytest.mark.parametrize("text", ["[/red]", "[bold]"])
+def test_compare_report_bench_models_print_markup_literally(finished_run: Path, tmp_path: Path, text: str) -> None:
+    runs_dir = tmp_path / "runs"
+    a = _hostile_run(finished_run, runs_dir, text)
+    b = runs_dir / "plain"
+    shutil.copytree(finished_run, b)
+    code, out = _invoke(["compare", str(a), str(b), "--runs-dir", str(runs_dir)])
+    assert code == 0, out
+    code, out = _invoke(["compare", text, str(b), "--runs-dir", str(runs_dir)])
+    assert code == ExitCode.NOT_FOUND and text in out
+    code, out = _invoke(["report", str(a), "--runs-dir", str(runs_dir), "--output", str(tmp_path / "rep")])
+    assert code in (0, ExitCode.DATA, ExitCode.NOT_FOUND), out
+    code, out = _invoke(["bench", str(tmp_path / f"{text}.yaml"), "--runs-dir", str(runs_dir)])
+    assert code in (ExitCode.CONFIG, ExitCode.NOT_FOUND) and text in out
+    code, out = _invoke(["models", text])
+    assert code in (0, ExitCode.USAGE, ExitCode.NOT_FOUND, ExitCode.CONFIG), out
