@@ -1,0 +1,109 @@
+"""Data preparation at scale: the process-pool check equals the per-file reference, the memo resumes an
+interrupted check, vectorised de-duplication equals the naive grouping, the manifest fast path keeps its
+refusals."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from datafix import corrupt, write_image
+
+from ofgr_core.data import dataset as ds
+from ofgr_core.data.base import DatasetTable
+
+
+def _images(root: Path, n: int) -> list[str]:
+    paths = [str(write_image(root / f"{i % 7}" / f"{i}.png", i, size=(12, 9))) for i in range(n)]
+    corrupt(Path(paths[3]), "truncate")
+    corrupt(Path(paths[10]), "text")
+    shutil.copy(paths[5], paths[6])  # same content twice
+    paths.append(str(root / "missing.png"))
+    return paths
+
+
+def test_process_pool_check_equals_per_file_reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = _images(tmp_path / "img", 40)
+    monkeypatch.setattr(ds, "PROCESS_MIN", 1)
+    monkeypatch.setattr(ds, "_CHUNK", 3)
+    got = ds.check_images(paths, workers=2)  # worker processes
+    threads = ds.check_images(paths, workers=1)  # thread pool
+    for i, p in enumerate(paths):
+        ref = ds.inspect_image(p)
+        assert got[i] == ref and threads[i] == ref
+    assert sorted(got.reasons) == [3, 10, 40] and got.reasons[40] == "missing file"
+    assert got.hexdigest(5) == got.hexdigest(6) != got.hexdigest(7)
+
+
+def test_memo_resumes_an_interrupted_check_and_rereads_changed_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = _images(tmp_path / "img", 60)
+    memo = tmp_path / "memo"
+    monkeypatch.setattr(ds, "_CHUNK", 5)
+    calls: list[str] = []
+    real = ds._inspect
+
+    def counting(path: str):
+        calls.append(path)
+        return real(path)
+
+    monkeypatch.setattr(ds, "_inspect", counting)
+
+    def stop_midway(done: int, total: int) -> None:
+        if done >= 30:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ds, "_PROGRESS_EVERY_S", 0.0)  # every chunk reported
+    with pytest.raises(KeyboardInterrupt):
+        ds.check_images(paths, stop_midway, workers=1, memo_dir=memo)
+    first = len(set(calls))
+    assert 30 <= first < len(paths)
+    calls.clear()
+    full = ds.check_images(paths, workers=1, memo_dir=memo)
+    # only files never checked (plus the missing one, which has no stamp) are read again
+    assert len(set(calls)) <= len(paths) - 30 + 1
+    assert all(full[i] == ds.inspect_image(p) for i, p in enumerate(paths))
+    calls.clear()
+    again = ds.check_images(paths, workers=1, memo_dir=memo)
+    assert calls == [paths[-1]]  # everything from the memo, bad files included, except the missing file
+    assert again.reasons == full.reasons and np.array_equal(again.digests, full.digests)
+    write_image(Path(paths[0]), 999, size=(20, 20))
+    os.utime(paths[0], ns=(1, 1))
+    calls.clear()
+    changed = ds.check_images(paths, workers=1, memo_dir=memo)
+    assert calls == [paths[0], paths[-1]] and changed[0].width == 20
+
+
+def test_memo_ignores_a_torn_last_record(tmp_path: Path) -> None:
+    paths = _images(tmp_path / "img", 12)
+    memo = tmp_path / "memo"
+    ds.check_images(paths, workers=1, memo_dir=memo)
+    with open(memo / ds.MEMO_FILE, "ab") as f:
+        f.write(b"\x01" * 7)  # a crash mid-write
+    again = ds.check_images(paths, workers=1, memo_dir=memo)
+    assert all(again[i] == ds.inspect_image(p) for i, p in enumerate(paths))
+
+
+def test_vectorised_duplicates_equal_naive_grouping() -> None:
+    rng = np.random.default_rng(0)
+    n = 500
+    pool = [os.urandom(16) for _ in range(300)]
+    raw = [pool[k] for k in rng.integers(0, len(pool), n)]
+    fine = [f"f{k}" for k in rng.integers(0, 3, n)]
+    table = DatasetTable(paths=[f"/p/{i}" for i in range(n)], labels={"fine": fine, "coarse": ["c"] * n},
+                         ids=[f"s:{i}" for i in range(n)], sources=["s"] * n)
+    drop_hex, info_hex = ds.find_duplicates(table, [d.hex() for d in raw])
+    drop_arr, info_arr = ds.find_duplicates(table, np.frombuffer(b"".join(raw), np.uint8).reshape(n, 16))
+    groups: dict[bytes, list[int]] = defaultdict(list)
+    for i, d in enumerate(raw):
+        groups[d].append(i)
+    naive: list[int] = []
+    for rows in groups.values():
+        if len(rows) > 1:
+            naive += rows[1:] if len({fine[i] for i in rows}) == 1 else rows
+    assert drop_hex == drop_arr == sorted(naive)
+    assert info_hex == info_arr and info_hex["groups"] == sum(len(r) > 1 for r in groups.values())
