@@ -29,6 +29,7 @@ from ofgr_core.events import (
     EvalResult,
     Event,
     Log,
+    RateMeter,
     RunFailed,
     RunFinished,
     RunInterrupted,
@@ -47,6 +48,7 @@ class _Stage:
 
     def __init__(self, name: str, emit: Emit, timings: dict[str, float], total: int | None = None) -> None:
         self.name, self.emit, self.timings, self.total = name, emit, timings, total
+        self.meter = RateMeter()
 
     def __enter__(self) -> _Stage:
         self.t0 = time.perf_counter()
@@ -54,7 +56,8 @@ class _Stage:
         return self
 
     def progress(self, done: int, total: int | None = None) -> None:
-        self.emit(StageProgress(stage=self.name, done=done, total=total))
+        rate, eta = self.meter(done, total)
+        self.emit(StageProgress(stage=self.name, done=done, total=total, rate=rate, eta_s=eta))
 
     def __exit__(self, exc_type: object, *_: object) -> None:
         if exc_type is None:

@@ -107,3 +107,49 @@ def test_vectorised_duplicates_equal_naive_grouping() -> None:
             naive += rows[1:] if len({fine[i] for i in rows}) == 1 else rows
     assert drop_hex == drop_arr == sorted(naive)
     assert info_hex == info_arr and info_hex["groups"] == sum(len(r) > 1 for r in groups.values())
+
+
+def test_manifest_fast_path_equals_naive_reading(tmp_path: Path) -> None:
+    import csv
+
+    from ofgr_core.data.common import safe_join
+    from ofgr_core.data.manifest import read_manifest
+    from ofgr_core.errors import DataError
+
+    root = tmp_path / "m"
+    for i in range(6):
+        write_image(root / "img" / f"{i}.png", i)
+    (root / "img" / "link.png").symlink_to(root / "img" / "0.png")
+    (root / "img" / "folder.png").mkdir()  # a folder named like an image is not a file
+    rows = ["img/0.png", "img/./1.png", "img//2.png", "img/sub/../3.png", " img/4.png ", "img/link.png",
+            "img/absent.png", "img/folder.png", "img\\5.png"]
+    (root / "manifest.csv").write_text("path,fine,coarse,split\n" + "".join(
+        f"{r},f{i % 2},c,{'Test' if i % 3 else 'train'}\n" for i, r in enumerate(rows)))
+    t = read_manifest(root / "manifest.csv", missing="skip")
+    naive_paths, naive_ids = [], []
+    with (root / "manifest.csv").open() as f:
+        for row in csv.DictReader(f):
+            full = safe_join(root, row["path"], "x")
+            if full.is_file():
+                naive_paths.append(str(full))
+                naive_ids.append(f"manifest:{Path(os.path.relpath(full, root)).as_posix()}")
+    assert t.paths == naive_paths and t.ids == naive_ids
+    assert t.meta["missing_files"] == ["img/absent.png", "img/folder.png", "img\\5.png"]
+    assert t.splits == ["train", "test", "test", "train", "test", "test"]
+    assert t.labels["fine"][0] is t.labels["fine"][2]  # one shared object per distinct value
+    for bad, msg in (("../x.png", "outside the dataset root"), ("/etc/passwd", "absolute path")):
+        (root / "bad.csv").write_text(f"path,fine,coarse\nimg/0.png,a,b\n{bad},a,b\n")
+        with pytest.raises(DataError, match=f"line 3: .*{msg}"):
+            read_manifest(root / "bad.csv")
+
+
+def test_rate_meter_measures_from_the_first_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ofgr_core import events
+
+    clock = iter([100.0, 110.0, 120.0])
+    monkeypatch.setattr(events.time, "monotonic", lambda: next(clock))
+    meter = events.RateMeter()
+    assert meter(500, 2000) == (None, None)  # 500 answered from the memo at once: not a rate
+    assert meter(1000, 2000) == (50.0, 20.0)
+    rate, eta = meter(1500, None)
+    assert rate == 50.0 and eta is None
