@@ -551,13 +551,15 @@ def build_tables(cfg: DataConfig) -> list[DatasetTable]:
     return tables
 
 
-def load_dataset(cfg: DataConfig, *, progress: Progress | None = None, check: bool = True) -> PreparedData:
+def load_dataset(cfg: DataConfig, *, progress: Progress | None = None, check: bool = True,
+                 workers: int | None = None) -> PreparedData:
     """Build, merge, check and de-duplicate every source of ``cfg``.
 
     Args:
         cfg: the ``data`` config section.
         progress: called with (images checked, total).
         check: decode every image (always on for training; ``ofgr data inspect`` may skip it).
+        workers: processes for the check (default: every core available).
 
     Raises:
         DataError: a source is missing or empty, labels are unmapped (policy ``error``), or nothing usable
@@ -581,7 +583,7 @@ def load_dataset(cfg: DataConfig, *, progress: Progress | None = None, check: bo
         cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir(
             [s.root for s in cfg.sources])
     n_found = len(table)
-    checks = check_images(table.paths, progress, memo_dir=cache_dir) if check else ImageChecks.empty(n_found)
+    checks = check_images(table.paths, progress, workers, cache_dir) if check else ImageChecks.empty(n_found)
     bad = sorted(checks.reasons)
     if bad:
         report["unreadable"] = [{"path": table.paths[i], "id": table.ids[i], "reason": checks.reasons[i]}

@@ -153,3 +153,23 @@ def test_rate_meter_measures_from_the_first_report(monkeypatch: pytest.MonkeyPat
     assert meter(1000, 2000) == (50.0, 20.0)
     rate, eta = meter(1500, None)
     assert rate == 50.0 and eta is None
+
+
+def test_cache_warm_in_processes_equals_lazy_fill(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ofgr_core.data import cache as cache_mod
+    from ofgr_core.data.cache import ImageCache
+
+    paths = [str(write_image(tmp_path / "img" / f"{i}.png", i, size=(30 + i % 5, 20))) for i in range(24)]
+    sizes = [(30 + i % 5, 20) for i in range(24)]
+    hashes = [ds.inspect_image(p).digest for p in paths]
+    lazy = ImageCache(paths, sizes, hashes, tmp_path / "a", 16)
+    expected = [np.asarray(lazy.get(p)) for p in paths]
+    monkeypatch.setattr(cache_mod, "_WARM_CHUNK", 5)
+    warm = ImageCache(paths, sizes, hashes, tmp_path / "b", 16)
+    warm.get(paths[7])  # one slot already filled: skipped, not redone
+    seen: list[int] = []
+    warm.warm(progress=lambda done, total: seen.append(done), workers=2)
+    assert warm.filled == 24 and seen[-1] == 24
+    fresh = ImageCache(paths, sizes, hashes, tmp_path / "b", 16)  # reopened: pixels are on disk
+    for p, ref in zip(paths, expected, strict=True):
+        assert np.array_equal(np.asarray(fresh.get(p)), ref)
