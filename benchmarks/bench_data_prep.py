@@ -12,7 +12,9 @@ that times, one after the other:
 
 and reports rows/s, wall seconds and the peak RSS reached after each stage, plus the table's own size.
 
-Run: ``.venv/bin/python benchmarks/bench_data_prep.py [--sizes 100000,1000000] [--dir /tmp/x] [--workers N]``
+Run: ``.venv/bin/python benchmarks/bench_data_prep.py [--sizes 100000,1000000] [--dir /tmp/x] [--workers N]
+[--baseline OLD_CHECKOUT]`` (e.g. ``git archive <commit> | tar -x -C /tmp/old``: the same stages with the old code,
+side by side, up to ``--baseline-max`` rows).
 """
 
 from __future__ import annotations
@@ -95,6 +97,9 @@ def main() -> None:
     ap.add_argument("--sizes", default="100000,1000000")
     ap.add_argument("--dir", default=None, help="folder for the generated files (kept; reused next time)")
     ap.add_argument("--workers", type=int, default=0, help="data.num_workers (0 = all cores)")
+    ap.add_argument("--baseline", default=None,
+                    help="a checkout of older ofgr code (e.g. `git archive main`) to run side by side")
+    ap.add_argument("--baseline-max", type=int, default=100_000, help="largest size to run the baseline at")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -109,13 +114,26 @@ def main() -> None:
         t0 = time.perf_counter()
         manifest = generate(root, n)
         gen_s = time.perf_counter() - t0
-        res = subprocess.run([sys.executable, __file__, "--child", str(manifest), str(args.workers)],
-                             check=True, capture_output=True, text=True)
-        r = json.loads(res.stdout.strip().splitlines()[-1])
-        for stage, key, rss in (("load (hash + decode + cache layout)", "load_s", "rss_load"),
-                                ("load again (memo file)", "memo_s", "rss_memo"),
-                                ("split", "split_s", "rss_split"), ("describe", "describe_s", "rss_describe")):
-            print(f"| {n:,} | {stage} | {r[key]:.1f} | {n / r[key]:,.0f} | {r[rss]:,.0f} |", flush=True)
+        variants = [("this code", None)]
+        if args.baseline and n <= args.baseline_max:
+            variants.append(("baseline", args.baseline))
+        results = {}
+        for label, code in variants:
+            env = dict(os.environ)
+            if code:
+                env["PYTHONPATH"] = str(Path(code).resolve())
+            res = subprocess.run([sys.executable, __file__, "--child", str(manifest), str(args.workers)],
+                                 check=True, capture_output=True, text=True, env=env)
+            r = results[label] = json.loads(res.stdout.strip().splitlines()[-1])
+            for stage, key, rss in (("load (hash + decode + cache layout)", "load_s", "rss_load"),
+                                    ("load again (memo file)", "memo_s", "rss_memo"),
+                                    ("split", "split_s", "rss_split"), ("describe", "describe_s", "rss_describe")):
+                print(f"| {n:,} | {label}: {stage} | {r[key]:.1f} | {n / r[key]:,.0f} | {r[rss]:,.0f} |", flush=True)
+        if len(results) == 2:
+            a, b = results["this code"], results["baseline"]
+            print(f"ratios baseline / this code at {n:,}: load {b['load_s'] / a['load_s']:.1f}x, memo load "
+                  f"{b['memo_s'] / a['memo_s']:.1f}x, split {b['split_s'] / a['split_s']:.1f}x, peak RSS "
+                  f"{b['rss_describe'] / a['rss_describe']:.2f}x", flush=True)
         print(f"(generated in {gen_s:.0f} s; interpreter + imports {r['rss_start']:.0f} MB)", flush=True)
     if not args.dir:
         shutil.rmtree(root, ignore_errors=True)
