@@ -78,13 +78,20 @@ def _drain(gen: Generator[Event, None, T], emit: Emit) -> T:
 def write_embeddings(run_dir: Path, split: str, emb: np.ndarray, rows: list[dict[str, str]]) -> None:
     """``embeddings/<split>.npy`` + ``<split>.csv`` (one row per embedding row)."""
     folder = runs.RunFolder(run_dir)
-    npy, csv_path = folder.embeddings_npy(split), folder.embeddings_csv(split)
+    npy = folder.embeddings_npy(split)
     npy.parent.mkdir(exist_ok=True)
     ensure_free(npy.parent, emb.size * 4 + 200 * len(rows), f"{split} embeddings")
     tmp = npy.with_name(f".{npy.name}.tmp")
     with open(tmp, "wb") as f:
         np.save(f, emb.astype(np.float32, copy=False))
     tmp.replace(npy)
+    write_embedding_rows(run_dir, split, rows)
+
+
+def write_embedding_rows(run_dir: Path, split: str, rows: list[dict[str, str]]) -> None:
+    """``embeddings/<split>.csv``: the item behind each row of ``<split>.npy``."""
+    csv_path = runs.RunFolder(run_dir).embeddings_csv(split)
+    csv_path.parent.mkdir(exist_ok=True)
     fields = list(rows[0]) if rows else ["id", "path", "fine", "coarse"]
     tmp_csv = csv_path.with_name(f".{csv_path.name}.tmp")
     with open(tmp_csv, "w", newline="") as f:
