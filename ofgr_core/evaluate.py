@@ -18,7 +18,7 @@ import numpy as np
 
 from ofgr_core.config import EvalConfig
 from ofgr_core.errors import DataError
-from ofgr_core.index import GPU_MAX_K, SearchIndex, as_unit_float32, build_index, exact_searcher
+from ofgr_core.index import GPU_MAX_K, SearchIndex, as_searchable, build_index, exact_searcher
 from ofgr_core.metrics import bootstrap_ci, metrics_from_hits, paired_bootstrap_test
 from ofgr_core.ties import id_hash_keys, search_tiebroken
 
@@ -263,8 +263,8 @@ def evaluate_retrieval(
         )
 
     # --- search structures; the gallery is the caller's array itself when it is unit-norm float32
-    gallery = as_unit_float32(gallery_emb)
-    queries = gallery if query_emb is gallery_emb else as_unit_float32(query_emb)
+    gallery = as_searchable(gallery_emb)  # unit-norm float16 stays float16 (searched in float32 blocks)
+    queries = gallery if query_emb is gallery_emb else as_searchable(query_emb)
     if cfg.index.type == "flat":
         searcher = exact_searcher(gallery, ids=g_ids, device=cfg.index.device)
     else:

@@ -106,6 +106,40 @@ def as_unit_float32(x: np.ndarray, *, chunk: int = 65536) -> np.ndarray:
     return out
 
 
+def as_searchable(x: np.ndarray, *, chunk: int = 65536) -> np.ndarray:
+    """Like ``as_unit_float32``, but a unit-norm float16 array is also kept as it is (no float32 copy).
+
+    The exact searcher reads a float16 gallery in blocks converted on the fly, so a 10M x 512 float16
+    memmap (10 GB) is searched without the 20 GB float32 copy.
+    """
+    if (x.ndim == 2 and x.dtype == np.float16 and x.flags.c_contiguous
+            and is_normalized(x, chunk=chunk, atol=2e-3)):
+        return x
+    return as_unit_float32(x, chunk=chunk)
+
+
+# Gallery rows per block when a float16 gallery is searched (a float32 block of 262k x 512 is 512 MB).
+HALF_BLOCK_ROWS = 1 << 18
+
+
+def _knn_blocked(knn: Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]], xq: np.ndarray,
+                 xb: np.ndarray, k: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k over a gallery that is not float32 (float16), one float32 block at a time, merged.
+
+    ``knn(queries, block, k)`` searches one in-memory block. Ties are ordered by row, as one pass would.
+    """
+    nq = len(xq)
+    best_d = np.full((nq, 0), -np.inf, dtype=np.float32)
+    best_i = np.full((nq, 0), -1, dtype=np.int64)
+    for a, b in iter_chunks(len(xb), block):
+        d, i = knn(xq, np.ascontiguousarray(xb[a:b], dtype=np.float32), min(k, b - a))
+        d = np.concatenate([best_d, d], axis=1)
+        i = np.concatenate([best_i, i + a], axis=1)
+        order = np.lexsort((i, -d), axis=1)[:, :k]
+        best_d, best_i = np.take_along_axis(d, order, axis=1), np.take_along_axis(i, order, axis=1)
+    return best_d, best_i
+
+
 def default_nlist(n: int) -> int:
     """About ``4 * sqrt(n)`` lists, but never fewer than 39 training points per list (faiss's minimum)."""
     return int(max(1, min(round(4 * math.sqrt(n)), n // 39)))
@@ -200,6 +234,13 @@ class SearchIndex:
             # np.asarray drops the memmap subclass without copying: faiss.contrib.torch_utils (imported by
             # pytorch-metric-learning) replaces faiss.knn*/knn_gpu with versions that reject subclasses.
             xb = np.asarray(self.vectors)
+            if xb.dtype != np.float32:  # a float16 gallery: searched block by block, never copied whole
+                res, ip = self._gpu_res, faiss.METRIC_INNER_PRODUCT
+                if self.device == "gpu":
+                    return _knn_blocked(lambda q, g, kk: faiss.knn_gpu(res, q, g, kk, metric=ip), x, xb, k,
+                                        HALF_BLOCK_ROWS)
+                return _knn_blocked(lambda q, g, kk: _knn_inner_product(faiss, q, g, kk), x, xb, k,
+                                    HALF_BLOCK_ROWS)
             if self.device == "gpu":
                 return faiss.knn_gpu(self._gpu_res, x, xb, k, metric=faiss.METRIC_INNER_PRODUCT)
             return _knn_inner_product(faiss, x, xb, k)
