@@ -20,6 +20,7 @@ from ofgr_core.config import EvalConfig
 from ofgr_core.errors import DataError
 from ofgr_core.index import GPU_MAX_K, SearchIndex, as_searchable, build_index, exact_searcher
 from ofgr_core.metrics import bootstrap_ci, metrics_from_hits, paired_bootstrap_test
+from ofgr_core.shard import QueryShard
 from ofgr_core.ties import id_hash_keys, search_tiebroken
 
 Progress = Callable[[int, int], None]
@@ -137,6 +138,7 @@ def evaluate_retrieval(
     cfg: EvalConfig | None = None,
     seed: int = 0,
     progress: Progress | None = None,
+    shard: QueryShard | None = None,
 ) -> SplitResult:
     """Retrieval metrics of queries against a gallery, which may come from different encoders.
 
@@ -162,6 +164,8 @@ def evaluate_retrieval(
         cfg: Cut-offs, index, bootstrap and exclusion settings.
         seed: Seed of the bootstrap and of approximate index training.
         progress: ``progress(done, total)`` after each chunk of queries.
+        shard: Under ``torchrun``, this rank's share of the query chunks (see ``ofgr_core.shard``); the
+            per-query values are gathered, so every rank returns the single-process result.
 
     Returns:
         The split block (counts, metrics per level, ``ci95``, ``right_coarse_wrong_fine@1``, ``per_class``,
@@ -288,8 +292,12 @@ def evaluate_retrieval(
     e_max = int(n_excl.max()) if nq else 0
     bs = max(64, min(cfg.batch_size, _CHUNK_ELEMENTS // max(k + e_max, 1)))
     contiguous = nq > 0 and q_rows[-1] - q_rows[0] == nq - 1
-    for a in range(0, nq, bs):
+    owned: list[tuple[int, int]] = []
+    for chunk_no, a in enumerate(range(0, nq, bs)):
+        if shard is not None and not shard.owns(chunk_no):
+            continue
         b = min(a + bs, nq)
+        owned.append((a, b))
         # a contiguous run of rows is read as a slice, which keeps memmap reads sequential
         x = queries[q_rows[a] : q_rows[b - 1] + 1] if contiguous else queries[q_rows[a:b]]
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -313,6 +321,8 @@ def evaluate_retrieval(
             approx_top[np.searchsorted(check_pos, sel)] = rows[sel - a, :k_check]
         if progress is not None:
             progress(b, nq)
+    if shard is not None:
+        _gather_shards(shard, owned, per_query, rcwf, check_pos, approx_top, nq)
 
     index_info: dict[str, Any] = {**searcher.info(), "k": int(k)}
     if len(check_pos):
@@ -349,6 +359,30 @@ def evaluate_retrieval(
     return SplitResult(block, out_ids, pq)
 
 
+def _gather_shards(shard: QueryShard, owned: list[tuple[int, int]], per_query: dict[str, dict[str, np.ndarray]],
+                   rcwf: np.ndarray, check_pos: np.ndarray, approx_top: np.ndarray, nq: int) -> None:
+    """Fill in, in place, the query chunks the other ranks searched (every rank ends with all of them)."""
+    mine = {
+        "ranges": owned,
+        "per_query": {name: {key: [vals[a:b] for a, b in owned] for key, vals in m.items()}
+                      for name, m in per_query.items()},
+        "rcwf": [rcwf[a:b] for a, b in owned],
+        "approx": {int(i): approx_top[i] for i, p in enumerate(check_pos)
+                   if any(a <= p < b for a, b in owned)},
+    }
+    for part in shard.all_gather(mine):
+        for name, metrics in part["per_query"].items():
+            for key, chunks in metrics.items():
+                if key not in per_query[name]:
+                    per_query[name][key] = np.empty(nq)
+                for (a, b), vals in zip(part["ranges"], chunks, strict=True):
+                    per_query[name][key][a:b] = vals
+        for (a, b), vals in zip(part["ranges"], part["rcwf"], strict=True):
+            rcwf[a:b] = vals
+        for i, row in part["approx"].items():
+            approx_top[i] = row
+
+
 def _as_label_matrix(labels: np.ndarray, n: int, name: str) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.ndim == 1:
@@ -374,6 +408,7 @@ def run_split(
     cfg: EvalConfig | None = None,
     seed: int = 0,
     progress: Progress | None = None,
+    shard: QueryShard | None = None,
 ) -> SplitResult:
     """Evaluate one split of a single embedding table: queries and gallery are rows of ``embeddings``.
 
@@ -396,6 +431,7 @@ def run_split(
         cfg: Cut-offs, index, bootstrap and exclusion settings.
         seed: Seed of the bootstrap and of approximate index training.
         progress: ``progress(done, total)`` after each chunk of queries.
+        shard: This rank's share of the queries under ``torchrun`` (see ``evaluate_retrieval``).
 
     Returns:
         A ``SplitResult`` whose ``block`` is the metrics.json split block (see ``evaluate_retrieval``).
@@ -443,6 +479,7 @@ def run_split(
         cfg=cfg,
         seed=seed,
         progress=progress,
+        shard=shard,
     )
 
 
@@ -578,6 +615,7 @@ def evaluate_embeddings(
     *,
     seed: int = 0,
     progress: Callable[[str, int, int], None] | None = None,
+    shard: QueryShard | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate every split of a labelled embedding table, leave-one-out within each split.
 
@@ -588,6 +626,7 @@ def evaluate_embeddings(
         cfg: Evaluation settings.
         seed: Bootstrap / index seed.
         progress: ``progress(split, done, total)``.
+        shard: This rank's share of the queries under ``torchrun``.
 
     Returns:
         ``{split: block}`` for each split value present (``cfg.splits`` order first, then any other values
@@ -631,5 +670,6 @@ def evaluate_embeddings(
             cfg=cfg,
             seed=seed,
             progress=cb,
+            shard=shard,
         ).block
     return result

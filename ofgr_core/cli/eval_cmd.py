@@ -113,6 +113,10 @@ def _faiss_errors(call: Any, index: str, n: int) -> Any:
                         "or more data") from None
 
 
+def _note(message: str) -> None:
+    err.print(f"[dim]{escape(message)}[/]", highlight=False)
+
+
 def _parse_ks(text: str) -> list[int]:
     try:
         ks = sorted({int(t) for t in text.split(",") if t.strip()})
@@ -173,20 +177,32 @@ def eval_embeddings(
     drop_invalid: bool = typer.Option(
         False, "--drop-invalid", help="Leave out NaN/Inf/all-zero embeddings (counted) instead of refusing them."
     ),
+    multi_gpu: str = typer.Option(None, "--multi-gpu",
+                                  help="shard | replicate the index over several GPUs (default shard)."),
+    exact_check: int = typer.Option(10000, "--exact-check", min=0,
+                                    help="Approximate indexes: queries also searched exactly to measure the error."),
     as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout (metrics.json blocks)."),
 ) -> None:
-    """Retrieval metrics of stored embeddings, per split (leave-one-out within each split)."""
+    """Retrieval metrics of stored embeddings, per split (leave-one-out within each split).
+
+    Under ``torchrun --nproc_per_node N`` the queries are shared out between the N processes and rank 0
+    prints exactly what one process prints.
+    """
     from ofgr_core.config import EvalConfig, IndexConfig
     from ofgr_core.embcheck import check_embeddings, degenerate_labels
     from ofgr_core.evaluate import evaluate_embeddings
+    from ofgr_core.shard import close_shard, init_shard_from_env
 
     if index not in INDEX_TYPES:
         raise typer.BadParameter(f"--index must be one of {', '.join(INDEX_TYPES)}, got {index!r}")
     if device not in ("auto", "cpu", "gpu"):
         raise typer.BadParameter(f"--device must be auto, cpu or gpu, got {device!r}")
+    if multi_gpu not in (None, "shard", "replicate"):
+        raise typer.BadParameter(f"--multi-gpu must be shard or replicate, got {multi_gpu!r}")
     ks = _parse_ks(k)
     cfg = _options(lambda: EvalConfig(ks=ks, bootstrap=bootstrap, exclude_same_group=exclude_same_group,
-                                      index=IndexConfig(type=index, device=device)),
+                                      index=IndexConfig(type=index, device=device, multi_gpu=multi_gpu,
+                                                        exact_check=exact_check)),
                    {"ks": "--k", "bootstrap": "--bootstrap"})
     emb = load_embeddings(embeddings)
     table = load_label_csv(labels, len(emb))
@@ -201,9 +217,26 @@ def eval_embeddings(
     for s in (sorted(set(split_col.tolist())) if split_col is not None else [None]):
         fine = table["fine"] if s is None else table["fine"][split_col == s]
         notes += degenerate_labels(fine, f"split {s!r}" if s is not None else str(labels))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = _faiss_errors(lambda: evaluate_embeddings(emb, table, cfg, seed=seed), index, len(emb))
+    # under torchrun each rank searches its share of the queries; rank 0 alone prints the (identical) result
+    shard = init_shard_from_env()
+    chunks = [0]
+
+    def count(split: str, done: int, total: int) -> None:
+        chunks[0] += 1
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = _faiss_errors(
+                lambda: evaluate_embeddings(emb, table, cfg, seed=seed, shard=shard, progress=count,
+                                            note=_note if shard is None or shard.is_main else None),
+                index, len(emb))
+    finally:
+        close_shard(shard)
+    if shard is not None:
+        err.print(f"rank {shard.rank} of {shard.world}: searched {chunks[0]} query chunks", highlight=False)
+        if not shard.is_main:
+            return
     for msg in notes + [str(w.message) for w in caught]:
         err.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     if keep is not None:

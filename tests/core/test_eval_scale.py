@@ -45,3 +45,30 @@ def test_blocked_knn_equals_one_pass_with_ties() -> None:
     assert np.array_equal(d1, d2)  # the same scores as one exact pass
     for r in range(len(q)):  # and within a tie, rows in order (a stable sort of the full score row)
         assert list(i2[r]) == list(np.argsort(-(g @ q[r]), kind="stable")[:25])
+
+
+def test_sharded_chunks_gathered_equal_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two simulated ranks (no process group): each searches its chunks, the gather fills in the others."""
+    from ofgr_core import evaluate as ev
+    from ofgr_core.shard import QueryShard
+
+    x, labels = _data(n=700)
+    cfg = EvalConfig(bootstrap=100, batch_size=64, index={"type": "ivf_flat", "nlist": 8, "nprobe": 2,
+                                                          "exact_check": 50})
+    monkeypatch.setattr(ev, "_CHUNK_ELEMENTS", 64 * 8)  # many small chunks
+    ref = run_split(x, labels, cfg=cfg)
+    mine: dict[int, dict] = {}
+
+    class FakeShard(QueryShard):
+        def all_gather(self, obj):  # noqa: ANN001, ANN202
+            mine[self.rank] = obj
+            if self.rank == 0:  # rank 1 has not run yet: run it to get its part
+                run_split(x, labels, cfg=cfg, shard=FakeShard(1, 2))
+            return [mine[0], mine[1]]
+
+    got = run_split(x, labels, cfg=cfg, shard=FakeShard(0, 2))
+    assert len(mine[0]["ranges"]) > 2 and len(mine[1]["ranges"]) > 2
+    assert got.block == ref.block
+    for lv in ref.per_query:
+        for key in ref.per_query[lv]:
+            assert np.array_equal(got.per_query[lv][key], ref.per_query[lv][key])
