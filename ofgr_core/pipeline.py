@@ -299,15 +299,15 @@ def run_pipeline(
     for part in cfg.eval.splits:
         idx = np.asarray(split.indices[part])
         if len(idx) < 2:
-            emit(Log(f"{part}: fewer than 2 images, not evaluated", level="warning"))
+            emit_main(Log(f"{part}: fewer than 2 images, not evaluated", level="warning"))
             continue
         with ctx.stage("embed", total=len(idx), all_ranks=True) as st:
             emb = fitter.embed(inp, idx, progress=st.progress)
             write_embeddings(run_dir, part, emb, embedding_rows(table, idx, part))
         q_mask, g_mask = split.query_gallery(part, table)
         if not np.any(q_mask):
-            emit(Log(f"{part}: no usable queries under the {cfg.split.query} protocol; not evaluated",
-                     level="warning"))
+            emit_main(Log(f"{part}: no usable queries under the {cfg.split.query} protocol; not evaluated",
+                          level="warning"))
             continue
         with ctx.stage("evaluate", all_ranks=True) as st:
             block = evaluate_part(ctx, part, emb, labels[idx], table, idx, hier, q_mask, g_mask, st.progress)
@@ -316,8 +316,8 @@ def run_pipeline(
         splits_out[part] = block
         for lv in hier.level_names:
             if lv in block:
-                emit(EvalResult(split=part, level=lv,
-                                metrics={k: v for k, v in block[lv].items() if isinstance(v, (int, float))}))
+                emit_main(EvalResult(split=part, level=lv, metrics={
+                    k: v for k, v in block[lv].items() if isinstance(v, (int, float))}))
 
     with ctx.stage("report", all_ranks=True):  # metrics["timings"] is this dict: it gains the report time
         total_params, trainable = model.num_params()
