@@ -9,6 +9,7 @@ no N x N matrix is ever formed. Definitions: ``docs/metrics.md``.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -325,14 +326,25 @@ def evaluate_retrieval(
         _gather_shards(shard, owned, per_query, rcwf, check_pos, approx_top, nq)
 
     index_info: dict[str, Any] = {**searcher.info(), "k": int(k)}
+    exact_sample: dict[str, dict[str, np.ndarray]] = {}
     if len(check_pos):
-        exact = _Neighbours(exact_searcher(gallery, ids=g_ids, device=cfg.index.device), g_ids, gg_codes, tie_keys)
+        # the sampled queries searched again exactly, at the full k: their exact metric values, beside the
+        # approximate ones, measure what the approximate index changed (reported in block["approximation"])
+        exact = _Neighbours(exact_searcher(gallery, ids=g_ids, device=cfg.index.device), g_ids, gg_codes,
+                            tie_keys)
         exact_top = np.full_like(approx_top, -1)
+        exact_sample = {name: {} for name in names}
         for a in range(0, len(check_pos), bs):
             pos = check_pos[a : a + bs]
             x = np.ascontiguousarray(queries[q_rows[pos]], dtype=np.float32)
             gr = q_groups[pos] if q_groups is not None else None
-            exact_top[a : a + len(pos)] = exact(x, k_check, int(n_excl[pos].max()), q_ids[pos], gr)
+            rows = exact(x, k, int(n_excl[pos].max()), q_ids[pos], gr)
+            exact_top[a : a + len(pos)] = rows[:, :k_check]
+            valid, safe = rows >= 0, np.maximum(rows, 0)
+            for lv, name in enumerate(names):
+                hits = (level_g[lv][safe] == query_level[lv][pos, None]) & valid
+                for key, vals in metrics_from_hits(hits, relevant[lv][pos], sorted({1, *ks})).items():
+                    exact_sample[name].setdefault(key, np.empty(len(check_pos)))[a : a + len(pos)] = vals
         index_info[f"recall_vs_exact@{k_check}"] = _overlap(approx_top, exact_top)
         index_info["exact_check_queries"] = len(check_pos)
 
@@ -351,12 +363,67 @@ def evaluate_retrieval(
         domains=None if query_domains is None else np.asarray(query_domains).reshape(-1)[q_rows],
     )
     block["index"] = index_info
+    block["index"]["exact"] = cfg.index.type == "flat"
+    if exact_sample:
+        block["approximation"] = approximation_error(
+            {name: {key: vals[check_pos] for key, vals in per_query[name].items()} for name in names},
+            exact_sample, block, nq, cfg.confidence)
     block["r_cap"] = {"max_r": cfg.max_r, "k": int(k), "n_capped": capped}
     pq = dict(per_query)
     if n_levels > 1:
         pq["_"] = {RCWF: rcwf}
     out_ids = (np.arange(n_gallery, n_gallery + nq_all) if q_raw is None else q_raw)[q_rows]
     return SplitResult(block, out_ids, pq)
+
+
+def approximation_error(
+    approx: dict[str, dict[str, np.ndarray]],
+    exact: dict[str, dict[str, np.ndarray]],
+    block: dict[str, Any],
+    n_queries: int,
+    confidence: float,
+) -> dict[str, Any]:
+    """How far the approximate search moved each metric, measured on a uniform sample of the queries.
+
+    For every sampled query both the approximate and the exact metric values are known; the mean paired
+    difference estimates (approximate - exact) over all queries without bias, with a normal interval whose
+    width includes the finite-population correction (sampling every query gives the exact difference).
+
+    Returns:
+        ``{"sample_queries", "confidence", "difference": {level: {metric: {"mean", "ci"}}},
+        "exact_estimate": {level: {metric: value}}, "max_abs_error": bound}``: ``max_abs_error`` is the
+        largest |end| of any headline interval, a bound on the error of every reported mean at that
+        confidence (per metric).
+    """
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    diff: dict[str, dict[str, Any]] = {}
+    estimate: dict[str, dict[str, float | None]] = {}
+    bound: float | None = 0.0
+    n = 0
+    for name, metrics in exact.items():
+        diff[name], estimate[name] = {}, {}
+        for key, ex in metrics.items():
+            if key not in block.get(name, {}):
+                continue
+            d = approx[name][key] - ex
+            n = len(d)
+            mean = float(d.mean())
+            fpc = math.sqrt(max(0.0, (n_queries - n) / max(n_queries - 1, 1)))
+            if n > 1 or n >= n_queries:
+                half = z * float(d.std(ddof=1)) / math.sqrt(n) * fpc if fpc > 0 else 0.0
+                lo, hi = mean - half, mean + half
+                diff[name][key] = {"mean": mean, "ci": [lo, hi]}
+                if bound is not None:
+                    bound = max(bound, abs(lo), abs(hi))
+            else:  # one sampled query out of many: no interval
+                diff[name][key] = {"mean": mean, "ci": None}
+                bound = None
+            full = block[name][key]
+            estimate[name][key] = None if full is None else float(full - mean)
+    return {"sample_queries": n, "confidence": confidence, "difference": diff, "exact_estimate": estimate,
+            "max_abs_error": bound}
 
 
 def _gather_shards(shard: QueryShard, owned: list[tuple[int, int]], per_query: dict[str, dict[str, np.ndarray]],

@@ -157,6 +157,18 @@ def _print_tables(result: dict[str, dict[str, Any]]) -> None:
         for key, value in idx.items():
             if key.startswith("recall_vs_exact"):
                 out.print(f"{escape(key)} (approximate vs exact index): {value:.4f}", highlight=False)
+        approx = block.get("approximation")
+        if approx:
+            conf = round(100 * approx["confidence"])
+            for lv in levels:
+                for key in ("recall@1", "map@r"):
+                    d = approx["difference"].get(lv, {}).get(key)
+                    if d is None:
+                        continue
+                    ci = "" if d["ci"] is None else f" [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]"
+                    out.print(f"approximate index: {lv} {key} differs from exact by {d['mean']:+.4f}{ci} "
+                              f"({conf}% CI, {approx['sample_queries']} queries searched exactly too)",
+                              highlight=False)
 
 
 @app.command("eval-embeddings")

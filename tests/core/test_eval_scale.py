@@ -72,3 +72,28 @@ def test_sharded_chunks_gathered_equal_one_process(monkeypatch: pytest.MonkeyPat
     for lv in ref.per_query:
         for key in ref.per_query[lv]:
             assert np.array_equal(got.per_query[lv][key], ref.per_query[lv][key])
+
+
+def test_approximate_evaluation_reports_its_error_against_exact() -> None:
+    x, labels = _data(n=900, classes=60)
+    exact = run_split(x, labels, cfg=EvalConfig(bootstrap=0))
+    assert exact.block["index"]["exact"] is True and "approximation" not in exact.block
+    ivf = {"type": "ivf_flat", "nlist": 30, "nprobe": 1}
+    # every query re-searched exactly: the estimate is the exact number and the interval has zero width
+    full = run_split(x, labels, cfg=EvalConfig(bootstrap=0, index={**ivf, "exact_check": 10**6})).block
+    assert full["index"]["exact"] is False
+    for key in ("recall@1", "map@r"):
+        d = full["approximation"]["difference"]["fine"][key]
+        assert d["mean"] == pytest.approx(full["fine"][key] - exact.block["fine"][key], abs=1e-12)
+        assert d["ci"][0] == d["ci"][1] == d["mean"]
+        assert full["approximation"]["exact_estimate"]["fine"][key] == pytest.approx(exact.block["fine"][key],
+                                                                                      abs=1e-12)
+    assert full["approximation"]["difference"]["fine"]["recall@1"]["mean"] < 0  # nprobe 1 loses neighbours
+    # a 300-query sample: the interval is wide enough to hold the true difference
+    part = run_split(x, labels, cfg=EvalConfig(bootstrap=0, index={**ivf, "exact_check": 300})).block
+    appr = part["approximation"]
+    assert appr["sample_queries"] == 300
+    true = part["fine"]["map@r"] - exact.block["fine"]["map@r"]
+    lo, hi = appr["difference"]["fine"]["map@r"]["ci"]
+    assert lo < hi and lo <= true <= hi
+    assert appr["max_abs_error"] >= max(abs(lo), abs(hi))
