@@ -188,7 +188,9 @@ class ImageCache:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
-        method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+        from ofgr_core.data.dataset import _start_method
+
+        method = _start_method()
         # the cache is sent once per worker (initializer), not with every chunk
         with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method),
                                  initializer=_warm_init, initargs=(self,)) as pool:

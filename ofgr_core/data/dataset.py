@@ -270,6 +270,15 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _start_method() -> str:
+    """``fork`` where available, as torch's DataLoader workers: children only read files and decode them,
+    and unlike ``spawn``/``forkserver`` a fork does not re-run the caller's script (a notebook or a script
+    without a ``__main__`` guard would otherwise start the whole job again in every worker)."""
+    import multiprocessing as mp
+
+    return "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+
+
 def check_images(paths: list[str], progress: Progress | None = None, workers: int | None = None,
                  memo_dir: Path | None = None) -> ImageChecks:
     """Hash and fully decode every image, answering from the memo file where the file is unchanged.
@@ -312,9 +321,7 @@ def check_images(paths: list[str], progress: Progress | None = None, workers: in
         if len(todo) >= PROCESS_MIN and workers > 1:
             import multiprocessing as mp
 
-            # forkserver: a clean child, not a fork of a process that may hold torch's threads and locks
-            method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method))
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(_start_method()))
         else:
             pool = ThreadPoolExecutor(max_workers=min(8, workers * 2))
         # a bounded window of chunks in flight keeps memory flat and results in order
@@ -594,7 +601,8 @@ def load_dataset(cfg: DataConfig, *, progress: Progress | None = None, check: bo
     keep_mask = usable.copy()
     if check:
         kept_rows = np.flatnonzero(usable)
-        dup_rows, dup_info = find_duplicates(table.subset(kept_rows), checks.digests[kept_rows])
+        dup_rows, dup_info = find_duplicates(table if len(kept_rows) == n_found else table.subset(kept_rows),
+                                             checks.digests[kept_rows])
         dup_info["removed_ids"] = _cut([table.ids[kept_rows[j]] for j in dup_rows])
         if cfg.dedup:
             keep_mask[kept_rows[dup_rows]] = False
@@ -617,7 +625,8 @@ def load_dataset(cfg: DataConfig, *, progress: Progress | None = None, check: bo
     hex_digests = [checks.hexdigest(int(i)) for i in keep] if check else []
     sizes = list(zip(checks.widths[keep].tolist(), checks.heights[keep].tolist(), strict=True))
     del checks
-    table = table.subset(keep)
+    if len(keep) < n_found:
+        table = table.subset(keep)
     if len(table) == 0:
         raise DataError("no usable images left after skipping unreadable files (see data_report.json)")
     hashes = {i: d for i, d in zip(table.ids, hex_digests, strict=False) if d}

@@ -89,9 +89,10 @@ def read_manifest(
     if not n_rows:
         raise DataError(f"manifest {path} has no rows")
 
-    fulls = [_resolve(base, rel, f"manifest {path} line {line}") for rel, line in zip(rels, lines, strict=True)]
-    exists = _files_exist(fulls)
     base_abs = os.path.abspath(base)
+    fulls = [_resolve(base_abs, base, rel, f"manifest {path} line {line}")
+             for rel, line in zip(rels, lines, strict=True)]
+    exists = _files_exist(fulls)
     paths: list[str] = []
     ids: list[str] = []
     keep: list[int] = []
@@ -153,10 +154,11 @@ def _csv_rows(reader: Any, path: Path) -> Iterator[list[str]]:
         raise DataError(f"manifest {path}: malformed CSV ({e})") from None
 
 
-def _resolve(base: Path, rel: str, what: str) -> str:
-    """``safe_join`` as a string, with a quick path for the common plain relative path."""
-    if rel and not rel.startswith(("/", "\\")) and ".." not in rel and ":" not in rel[1:2] and "\\" not in rel:
-        return os.path.normpath(os.path.join(os.path.abspath(base), rel))
+def _resolve(base_abs: str, base: Path, rel: str, what: str) -> str:
+    """``safe_join`` as a string, with a quick path for a plain relative path (no ``.``/``..`` parts)."""
+    if (rel and rel[0] not in "/\\." and "\\" not in rel and "//" not in rel and "/." not in rel
+            and ":" not in rel[1:2]):
+        return f"{base_abs}{os.sep}{rel}"
     return str(safe_join(base, rel, what))
 
 
