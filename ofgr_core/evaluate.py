@@ -140,6 +140,7 @@ def evaluate_retrieval(
     seed: int = 0,
     progress: Progress | None = None,
     shard: QueryShard | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> SplitResult:
     """Retrieval metrics of queries against a gallery, which may come from different encoders.
 
@@ -167,6 +168,8 @@ def evaluate_retrieval(
         progress: ``progress(done, total)`` after each chunk of queries.
         shard: Under ``torchrun``, this rank's share of the query chunks (see ``ofgr_core.shard``); the
             per-query values are gathered, so every rank returns the single-process result.
+        note: Receives one line before the index is built (GPU memory plan, or a multi-GPU setting that
+            runs on CPU here).
 
     Returns:
         The split block (counts, metrics per level, ``ci95``, ``right_coarse_wrong_fine@1``, ``per_class``,
@@ -271,9 +274,10 @@ def evaluate_retrieval(
     gallery = as_searchable(gallery_emb)  # unit-norm float16 stays float16 (searched in float32 blocks)
     queries = gallery if query_emb is gallery_emb else as_searchable(query_emb)
     if cfg.index.type == "flat":
-        searcher = exact_searcher(gallery, ids=g_ids, device=cfg.index.device)
+        searcher = exact_searcher(gallery, ids=g_ids, device=cfg.index.device, multi_gpu=cfg.index.multi_gpu,
+                                  note=note)
     else:
-        searcher = build_index(gallery, cfg.index, ids=g_ids, seed=seed)
+        searcher = build_index(gallery, cfg.index, ids=g_ids, seed=seed, note=note)
     tie_keys = id_hash_keys(g_raw)  # ties broken by a hash of the item id, never by row order
     neighbours = _Neighbours(searcher, g_ids, gg_codes, tie_keys)
     query_level = [c[q_rows] for c in level_q]
@@ -476,6 +480,7 @@ def run_split(
     seed: int = 0,
     progress: Progress | None = None,
     shard: QueryShard | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> SplitResult:
     """Evaluate one split of a single embedding table: queries and gallery are rows of ``embeddings``.
 
@@ -499,6 +504,7 @@ def run_split(
         seed: Seed of the bootstrap and of approximate index training.
         progress: ``progress(done, total)`` after each chunk of queries.
         shard: This rank's share of the queries under ``torchrun`` (see ``evaluate_retrieval``).
+        note: Receives the index memory plan before building (see ``evaluate_retrieval``).
 
     Returns:
         A ``SplitResult`` whose ``block`` is the metrics.json split block (see ``evaluate_retrieval``).
@@ -547,6 +553,7 @@ def run_split(
         seed=seed,
         progress=progress,
         shard=shard,
+        note=note,
     )
 
 
@@ -683,6 +690,7 @@ def evaluate_embeddings(
     seed: int = 0,
     progress: Callable[[str, int, int], None] | None = None,
     shard: QueryShard | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate every split of a labelled embedding table, leave-one-out within each split.
 
@@ -738,5 +746,6 @@ def evaluate_embeddings(
             seed=seed,
             progress=cb,
             shard=shard,
+            note=note,
         ).block
     return result

@@ -271,6 +271,7 @@ def index_build(
     ),
     split: str = typer.Option("unseen", "--split", help="Which stored embeddings to index."),
     device: str = typer.Option(None, "--device", help="auto | cpu | gpu (default: run config)."),
+    multi_gpu: str = typer.Option(None, "--multi-gpu", help="shard | replicate over several GPUs."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
     as_json: bool = typer.Option(False, "--json", help="Print the index description as JSON."),
 ) -> None:
@@ -296,7 +297,10 @@ def index_build(
     load_label_csv(csv_path, len(emb), required=("id",))  # the row <-> item contract must hold
     cfg_file = folder.config
     icfg = load_config(cfg_file).eval.index if cfg_file.is_file() else IndexConfig()
-    updates = {k: v for k, v in (("type", index_type), ("device", device)) if v is not None}
+    updates = {k: v for k, v in (("type", index_type), ("device", device), ("multi_gpu", multi_gpu))
+               if v is not None}
+    if multi_gpu not in (None, "shard", "replicate"):
+        raise typer.BadParameter(f"--multi-gpu must be shard or replicate, got {multi_gpu!r}")
     if index_type is not None and index_type not in INDEX_TYPES:
         raise typer.BadParameter(f"--type must be one of {', '.join(INDEX_TYPES)}, got {index_type!r}")
     if device is not None and device not in ("auto", "cpu", "gpu"):
