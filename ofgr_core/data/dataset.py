@@ -298,14 +298,15 @@ def check_images(paths: list[str], progress: Progress | None = None, workers: in
     keys = np.fromiter((_path_key(p) for p in paths), np.uint64, count=n)
     sizes, mtimes = _stamps(paths)
     hit = memo.lookup(keys, sizes, mtimes)
-    for i in np.flatnonzero(hit >= 0):
-        rec = memo.records[hit[i]]
-        if rec["bad"]:
-            reason = memo.reason(int(hit[i]))
-            if reason is None:  # the reason never reached the disk: check again
-                hit[i] = -1
-                continue
-            out.reasons[int(i)] = reason
+    bad_hits = np.flatnonzero(hit >= 0)
+    if len(memo.records):
+        bad_hits = bad_hits[memo.records["bad"][hit[bad_hits]] != 0]  # only the (few) unusable files loop here
+    for i in bad_hits:
+        reason = memo.reason(int(hit[i]))
+        if reason is None:  # the reason never reached the disk: check again
+            hit[i] = -1
+            continue
+        out.reasons[int(i)] = reason
     found = hit >= 0
     recs = memo.records[hit[found]]
     out.digests[found], out.widths[found], out.heights[found] = recs["digest"], recs["width"], recs["height"]
