@@ -31,23 +31,23 @@ from pathlib import Path
 import numpy as np
 
 
-def make(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def make(n: int, d: int, seed: int = 0, noise: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     n_fine = max(2, n // 20)
     fine = rng.integers(0, n_fine, n)
     coarse_centres = rng.normal(size=(n_fine // 10 + 1, d)).astype(np.float32)
     fine_centres = coarse_centres[np.arange(n_fine) // 10] + 0.8 * rng.normal(size=(n_fine, d)).astype(np.float32)
-    x = fine_centres[fine] + 0.9 * rng.normal(size=(n, d)).astype(np.float32)
+    x = fine_centres[fine] + noise * rng.normal(size=(n, d)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     return x.astype(np.float32), np.stack([fine, fine // 10], axis=1)
 
 
-def approx(n: int, d: int, nprobe: int, sample: int) -> None:
+def approx(n: int, d: int, nprobe: int, sample: int, noise: float) -> None:
     from ofgr_core.config import EvalConfig
     from ofgr_core.evaluate import run_split
     from ofgr_core.index import default_nlist
 
-    x, labels = make(n, d)
+    x, labels = make(n, d, noise=noise)
     nlist = default_nlist(n)
     t0 = time.perf_counter()
     exact = run_split(x, labels, cfg=EvalConfig(bootstrap=0, index={"device": "cpu"})).block
@@ -59,7 +59,7 @@ def approx(n: int, d: int, nprobe: int, sample: int) -> None:
     t_ivf = time.perf_counter() - t0
     t_sample = t_exact * sample / n  # exact cost is linear in the number of queries at fixed gallery size
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores (shared with other jobs)")
-    print(f"N = {n:,} x {d}, {labels[:, 0].max() + 1:,} fine classes; IVF-Flat nlist {nlist}, nprobe {nprobe}, "
+    print(f"N = {n:,} x {d} (noise {noise}), {labels[:, 0].max() + 1:,} fine classes; IVF-Flat nlist {nlist}, nprobe {nprobe}, "
           f"exact sample {sample:,} queries")
     print("| measurement | value |")
     print("| --- | ---: |")
@@ -125,11 +125,12 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--nprobe", type=int, default=8)
     ap.add_argument("--sample", type=int, default=10_000)
+    ap.add_argument("--noise", type=float, default=0.9, help="within-class spread (higher: harder data)")
     ap.add_argument("--sharded", action="store_true")
     ap.add_argument("--n-sharded", type=int, default=40_000)
     args = ap.parse_args()
     if args.approx:
-        approx(args.n, args.dim, args.nprobe, args.sample)
+        approx(args.n, args.dim, args.nprobe, args.sample, args.noise)
     if args.sharded:
         sharded(args.n_sharded, args.dim)
 
