@@ -59,8 +59,8 @@ def approx(n: int, d: int, nprobe: int, sample: int, noise: float) -> None:
     t_ivf = time.perf_counter() - t0
     t_sample = t_exact * sample / n  # exact cost is linear in the number of queries at fixed gallery size
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores (shared with other jobs)")
-    print(f"N = {n:,} x {d} (noise {noise}), {labels[:, 0].max() + 1:,} fine classes; IVF-Flat nlist {nlist}, nprobe {nprobe}, "
-          f"exact sample {sample:,} queries")
+    print(f"N = {n:,} x {d} (noise {noise}), {labels[:, 0].max() + 1:,} fine classes; IVF-Flat nlist {nlist}, "
+          f"nprobe {nprobe}, exact sample {sample:,} queries")
     print("| measurement | value |")
     print("| --- | ---: |")
     print(f"| exact evaluation (flat) | {t_exact:.1f} s |")
