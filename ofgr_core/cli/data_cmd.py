@@ -284,8 +284,6 @@ def prepare(
     if as_json:
         print_json(summary)
         return
-    from rich.markup import escape
-
     out.print(f"{summary['images']:,} images ready ({summary['unreadable']} unreadable, "
               f"{summary['duplicates_removed']} duplicates removed); {summary['cached']:,} cached in "
               f"{escape(str(summary['cache']))} — {summary['seconds']:.1f} s", highlight=False)

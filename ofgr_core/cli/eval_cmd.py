@@ -307,7 +307,8 @@ def index_build(
         raise typer.BadParameter(f"--device must be auto, cpu or gpu, got {device!r}")
     icfg = icfg.model_copy(update=updates)
     check_embeddings(emb, str(npy))
-    idx = _faiss_errors(lambda: build_index(emb, icfg, ids=np.arange(len(emb), dtype=np.int64)), icfg.type, len(emb))
+    idx = _faiss_errors(lambda: build_index(emb, icfg, ids=np.arange(len(emb), dtype=np.int64), note=_note),
+                        icfg.type, len(emb))
     saved = idx.save(folder.index_dir(split))
     info = {**idx.info(), "path": str(saved)}
     if as_json:
