@@ -228,6 +228,9 @@ class IndexConfig(Section):
     ef_construction: int = Field(200, ge=1, le=1 << 16)
     ef_search: int = Field(128, ge=1, le=1 << 16)
     exact_check: int = Field(10000, ge=0)  # approximate types: queries re-searched exactly (recall_vs_exact)
+    # several GPUs: split the vectors across them (shard: memory / n_gpus, every query visits all) or copy the
+    # index to each (replicate: full memory per GPU, queries divided); null = shard. Ignored, with a note, on CPU.
+    multi_gpu: Literal["shard", "replicate"] | None = None
 
 
 MAX_K = 1_000_000

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -66,17 +68,80 @@ def embed_paths(
     transform: Callable[..., Any],
     device: torch.device,
     progress: Callable[[int, int], None] | None = None,
+    *,
+    out: str | os.PathLike[str] | None = None,
+    dtype: Any = np.float32,
     **kwargs: Any,
 ) -> np.ndarray:
-    """All embeddings of ``paths`` as one (N, D) float32 array."""
-    out: np.ndarray | None = None
+    """All embeddings of ``paths`` as one (N, D) float32 array.
+
+    With ``out`` the rows stream into that ``.npy`` file instead (see :func:`embed_to_file`) and a read-only
+    memory map of it is returned.
+    """
+    if out is not None:
+        return embed_to_file(model, paths, transform, device, out, dtype=dtype, progress=progress, **kwargs)
+    result: np.ndarray | None = None
     for start, emb in iter_embed(model, paths, transform, device, **kwargs):
-        if out is None:
-            out = np.empty((len(paths), emb.shape[1]), dtype=np.float32)
-        out[start : start + len(emb)] = emb
+        if result is None:
+            result = np.empty((len(paths), emb.shape[1]), dtype=np.float32)
+        result[start : start + len(emb)] = emb
         if progress is not None:
             progress(start + len(emb), len(paths))
-    if out is None:
+    if result is None:
         dim = int(getattr(model, "embed_dim", 0))
-        out = np.empty((0, dim), dtype=np.float32)
-    return out
+        result = np.empty((0, dim), dtype=np.float32)
+    return result
+
+
+def embed_to_file(
+    model: torch.nn.Module,
+    paths: list[str],
+    transform: Callable[..., Any],
+    device: torch.device,
+    out: str | os.PathLike[str],
+    *,
+    dtype: Any = np.float32,
+    progress: Callable[[int, int], None] | None = None,
+    **kwargs: Any,
+) -> np.memmap:
+    """Stream the embeddings of ``paths`` into the ``.npy`` file ``out``, one batch at a time.
+
+    The file is written through a memory map next to ``out`` and renamed over it when complete, so memory
+    holds one batch whatever N is (10M x 512 float16 is a 10 GB file, not 10 GB of RAM) and a reader never
+    sees half a file. ``np.load(out, mmap_mode="r")`` reads it back.
+
+    Args:
+        dtype: ``float32`` (default) or ``float16`` (half the disk; rows are unit-norm to ~1e-3).
+
+    Returns:
+        A read-only memory map of the finished file.
+    """
+    dtype = np.dtype(dtype)
+    if dtype not in (np.dtype(np.float32), np.dtype(np.float16)):
+        raise ValueError(f"embedding files are float32 or float16, not {dtype}")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    mm: np.memmap | None = None
+    n = len(paths)
+    if n == 0:  # a zero-length file cannot be memory-mapped
+        dim = int(getattr(model, "embed_dim", 0))
+        with open(tmp, "wb") as f:
+            np.save(f, np.empty((0, dim), dtype=dtype))
+        os.replace(tmp, out)
+        return np.load(out)  # type: ignore[return-value]
+    try:
+        for start, emb in iter_embed(model, paths, transform, device, **kwargs):
+            if mm is None:
+                mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n, emb.shape[1]))
+            mm[start : start + len(emb)] = emb
+            if progress is not None:
+                progress(start + len(emb), n)
+        assert mm is not None
+        mm.flush()
+        del mm
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return np.load(out, mmap_mode="r")

@@ -9,6 +9,7 @@ no N x N matrix is ever formed. Definitions: ``docs/metrics.md``.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,8 +19,9 @@ import numpy as np
 
 from ofgr_core.config import EvalConfig
 from ofgr_core.errors import DataError
-from ofgr_core.index import GPU_MAX_K, SearchIndex, as_unit_float32, build_index, exact_searcher
+from ofgr_core.index import GPU_MAX_K, SearchIndex, as_searchable, build_index, exact_searcher
 from ofgr_core.metrics import bootstrap_ci, metrics_from_hits, paired_bootstrap_test
+from ofgr_core.shard import QueryShard
 from ofgr_core.ties import id_hash_keys, search_tiebroken
 
 Progress = Callable[[int, int], None]
@@ -137,6 +139,8 @@ def evaluate_retrieval(
     cfg: EvalConfig | None = None,
     seed: int = 0,
     progress: Progress | None = None,
+    shard: QueryShard | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> SplitResult:
     """Retrieval metrics of queries against a gallery, which may come from different encoders.
 
@@ -162,6 +166,10 @@ def evaluate_retrieval(
         cfg: Cut-offs, index, bootstrap and exclusion settings.
         seed: Seed of the bootstrap and of approximate index training.
         progress: ``progress(done, total)`` after each chunk of queries.
+        shard: Under ``torchrun``, this rank's share of the query chunks (see ``ofgr_core.shard``); the
+            per-query values are gathered, so every rank returns the single-process result.
+        note: Receives one line before the index is built (GPU memory plan, or a multi-GPU setting that
+            runs on CPU here).
 
     Returns:
         The split block (counts, metrics per level, ``ci95``, ``right_coarse_wrong_fine@1``, ``per_class``,
@@ -263,12 +271,13 @@ def evaluate_retrieval(
         )
 
     # --- search structures; the gallery is the caller's array itself when it is unit-norm float32
-    gallery = as_unit_float32(gallery_emb)
-    queries = gallery if query_emb is gallery_emb else as_unit_float32(query_emb)
+    gallery = as_searchable(gallery_emb)  # unit-norm float16 stays float16 (searched in float32 blocks)
+    queries = gallery if query_emb is gallery_emb else as_searchable(query_emb)
     if cfg.index.type == "flat":
-        searcher = exact_searcher(gallery, ids=g_ids, device=cfg.index.device)
+        searcher = exact_searcher(gallery, ids=g_ids, device=cfg.index.device, multi_gpu=cfg.index.multi_gpu,
+                                  note=note)
     else:
-        searcher = build_index(gallery, cfg.index, ids=g_ids, seed=seed)
+        searcher = build_index(gallery, cfg.index, ids=g_ids, seed=seed, note=note)
     tie_keys = id_hash_keys(g_raw)  # ties broken by a hash of the item id, never by row order
     neighbours = _Neighbours(searcher, g_ids, gg_codes, tie_keys)
     query_level = [c[q_rows] for c in level_q]
@@ -288,8 +297,12 @@ def evaluate_retrieval(
     e_max = int(n_excl.max()) if nq else 0
     bs = max(64, min(cfg.batch_size, _CHUNK_ELEMENTS // max(k + e_max, 1)))
     contiguous = nq > 0 and q_rows[-1] - q_rows[0] == nq - 1
-    for a in range(0, nq, bs):
+    owned: list[tuple[int, int]] = []
+    for chunk_no, a in enumerate(range(0, nq, bs)):
+        if shard is not None and not shard.owns(chunk_no):
+            continue
         b = min(a + bs, nq)
+        owned.append((a, b))
         # a contiguous run of rows is read as a slice, which keeps memmap reads sequential
         x = queries[q_rows[a] : q_rows[b - 1] + 1] if contiguous else queries[q_rows[a:b]]
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -313,16 +326,29 @@ def evaluate_retrieval(
             approx_top[np.searchsorted(check_pos, sel)] = rows[sel - a, :k_check]
         if progress is not None:
             progress(b, nq)
+    if shard is not None:
+        _gather_shards(shard, owned, per_query, rcwf, check_pos, approx_top, nq)
 
     index_info: dict[str, Any] = {**searcher.info(), "k": int(k)}
+    exact_sample: dict[str, dict[str, np.ndarray]] = {}
     if len(check_pos):
-        exact = _Neighbours(exact_searcher(gallery, ids=g_ids, device=cfg.index.device), g_ids, gg_codes, tie_keys)
+        # the sampled queries searched again exactly, at the full k: their exact metric values, beside the
+        # approximate ones, measure what the approximate index changed (reported in block["approximation"])
+        exact = _Neighbours(exact_searcher(gallery, ids=g_ids, device=cfg.index.device), g_ids, gg_codes,
+                            tie_keys)
         exact_top = np.full_like(approx_top, -1)
+        exact_sample = {name: {} for name in names}
         for a in range(0, len(check_pos), bs):
             pos = check_pos[a : a + bs]
             x = np.ascontiguousarray(queries[q_rows[pos]], dtype=np.float32)
             gr = q_groups[pos] if q_groups is not None else None
-            exact_top[a : a + len(pos)] = exact(x, k_check, int(n_excl[pos].max()), q_ids[pos], gr)
+            rows = exact(x, k, int(n_excl[pos].max()), q_ids[pos], gr)
+            exact_top[a : a + len(pos)] = rows[:, :k_check]
+            valid, safe = rows >= 0, np.maximum(rows, 0)
+            for lv, name in enumerate(names):
+                hits = (level_g[lv][safe] == query_level[lv][pos, None]) & valid
+                for key, vals in metrics_from_hits(hits, relevant[lv][pos], sorted({1, *ks})).items():
+                    exact_sample[name].setdefault(key, np.empty(len(check_pos)))[a : a + len(pos)] = vals
         index_info[f"recall_vs_exact@{k_check}"] = _overlap(approx_top, exact_top)
         index_info["exact_check_queries"] = len(check_pos)
 
@@ -341,12 +367,91 @@ def evaluate_retrieval(
         domains=None if query_domains is None else np.asarray(query_domains).reshape(-1)[q_rows],
     )
     block["index"] = index_info
+    block["index"]["exact"] = cfg.index.type == "flat"
+    if exact_sample:
+        block["approximation"] = approximation_error(
+            {name: {key: vals[check_pos] for key, vals in per_query[name].items()} for name in names},
+            exact_sample, block, nq, cfg.confidence)
     block["r_cap"] = {"max_r": cfg.max_r, "k": int(k), "n_capped": capped}
     pq = dict(per_query)
     if n_levels > 1:
         pq["_"] = {RCWF: rcwf}
     out_ids = (np.arange(n_gallery, n_gallery + nq_all) if q_raw is None else q_raw)[q_rows]
     return SplitResult(block, out_ids, pq)
+
+
+def approximation_error(
+    approx: dict[str, dict[str, np.ndarray]],
+    exact: dict[str, dict[str, np.ndarray]],
+    block: dict[str, Any],
+    n_queries: int,
+    confidence: float,
+) -> dict[str, Any]:
+    """How far the approximate search moved each metric, measured on a uniform sample of the queries.
+
+    For every sampled query both the approximate and the exact metric values are known; the mean paired
+    difference estimates (approximate - exact) over all queries without bias, with a normal interval whose
+    width includes the finite-population correction (sampling every query gives the exact difference).
+
+    Returns:
+        ``{"sample_queries", "confidence", "difference": {level: {metric: {"mean", "ci"}}},
+        "exact_estimate": {level: {metric: value}}, "max_abs_error": bound}``: ``max_abs_error`` is the
+        largest |end| of any headline interval, a bound on the error of every reported mean at that
+        confidence (per metric).
+    """
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    diff: dict[str, dict[str, Any]] = {}
+    estimate: dict[str, dict[str, float | None]] = {}
+    bound: float | None = 0.0
+    n = 0
+    for name, metrics in exact.items():
+        diff[name], estimate[name] = {}, {}
+        for key, ex in metrics.items():
+            if key not in block.get(name, {}):
+                continue
+            d = approx[name][key] - ex
+            n = len(d)
+            mean = float(d.mean())
+            fpc = math.sqrt(max(0.0, (n_queries - n) / max(n_queries - 1, 1)))
+            if n > 1 or n >= n_queries:
+                half = z * float(d.std(ddof=1)) / math.sqrt(n) * fpc if fpc > 0 else 0.0
+                lo, hi = mean - half, mean + half
+                diff[name][key] = {"mean": mean, "ci": [lo, hi]}
+                if bound is not None:
+                    bound = max(bound, abs(lo), abs(hi))
+            else:  # one sampled query out of many: no interval
+                diff[name][key] = {"mean": mean, "ci": None}
+                bound = None
+            full = block[name][key]
+            estimate[name][key] = None if full is None else float(full - mean)
+    return {"sample_queries": n, "confidence": confidence, "difference": diff, "exact_estimate": estimate,
+            "max_abs_error": bound}
+
+
+def _gather_shards(shard: QueryShard, owned: list[tuple[int, int]], per_query: dict[str, dict[str, np.ndarray]],
+                   rcwf: np.ndarray, check_pos: np.ndarray, approx_top: np.ndarray, nq: int) -> None:
+    """Fill in, in place, the query chunks the other ranks searched (every rank ends with all of them)."""
+    mine = {
+        "ranges": owned,
+        "per_query": {name: {key: [vals[a:b] for a, b in owned] for key, vals in m.items()}
+                      for name, m in per_query.items()},
+        "rcwf": [rcwf[a:b] for a, b in owned],
+        "approx": {int(i): approx_top[i] for i, p in enumerate(check_pos)
+                   if any(a <= p < b for a, b in owned)},
+    }
+    for part in shard.all_gather(mine):
+        for name, metrics in part["per_query"].items():
+            for key, chunks in metrics.items():
+                if key not in per_query[name]:
+                    per_query[name][key] = np.empty(nq)
+                for (a, b), vals in zip(part["ranges"], chunks, strict=True):
+                    per_query[name][key][a:b] = vals
+        for (a, b), vals in zip(part["ranges"], part["rcwf"], strict=True):
+            rcwf[a:b] = vals
+        for i, row in part["approx"].items():
+            approx_top[i] = row
 
 
 def _as_label_matrix(labels: np.ndarray, n: int, name: str) -> np.ndarray:
@@ -374,6 +479,8 @@ def run_split(
     cfg: EvalConfig | None = None,
     seed: int = 0,
     progress: Progress | None = None,
+    shard: QueryShard | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> SplitResult:
     """Evaluate one split of a single embedding table: queries and gallery are rows of ``embeddings``.
 
@@ -396,6 +503,8 @@ def run_split(
         cfg: Cut-offs, index, bootstrap and exclusion settings.
         seed: Seed of the bootstrap and of approximate index training.
         progress: ``progress(done, total)`` after each chunk of queries.
+        shard: This rank's share of the queries under ``torchrun`` (see ``evaluate_retrieval``).
+        note: Receives the index memory plan before building (see ``evaluate_retrieval``).
 
     Returns:
         A ``SplitResult`` whose ``block`` is the metrics.json split block (see ``evaluate_retrieval``).
@@ -443,6 +552,8 @@ def run_split(
         cfg=cfg,
         seed=seed,
         progress=progress,
+        shard=shard,
+        note=note,
     )
 
 
@@ -578,6 +689,8 @@ def evaluate_embeddings(
     *,
     seed: int = 0,
     progress: Callable[[str, int, int], None] | None = None,
+    shard: QueryShard | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate every split of a labelled embedding table, leave-one-out within each split.
 
@@ -588,6 +701,7 @@ def evaluate_embeddings(
         cfg: Evaluation settings.
         seed: Bootstrap / index seed.
         progress: ``progress(split, done, total)``.
+        shard: This rank's share of the queries under ``torchrun``.
 
     Returns:
         ``{split: block}`` for each split value present (``cfg.splits`` order first, then any other values
@@ -631,5 +745,7 @@ def evaluate_embeddings(
             cfg=cfg,
             seed=seed,
             progress=cb,
+            shard=shard,
+            note=note,
         ).block
     return result

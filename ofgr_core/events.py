@@ -39,10 +39,33 @@ class StageStarted(Event):
 
 @dataclass(frozen=True)
 class StageProgress(Event):
+    """``rate`` (items/s since the stage's first progress report) and ``eta_s`` are None until known."""
+
     type: ClassVar[str] = "stage_progress"
     stage: str
     done: int
     total: int | None = None
+    rate: float | None = None
+    eta_s: float | None = None
+
+
+class RateMeter:
+    """Items per second and time left, measured from the first report (work answered from a memo or a
+    cache before that does not inflate the rate)."""
+
+    def __init__(self) -> None:
+        self._first: tuple[float, int] | None = None
+
+    def __call__(self, done: int, total: int | None) -> tuple[float | None, float | None]:
+        now = time.monotonic()
+        if self._first is None:
+            self._first = (now, done)
+            return None, None
+        t0, d0 = self._first
+        if now <= t0 or done <= d0:
+            return None, None
+        rate = (done - d0) / (now - t0)
+        return rate, (max(0, total - done) / rate if total else None)
 
 
 @dataclass(frozen=True)

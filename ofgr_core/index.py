@@ -106,6 +106,75 @@ def as_unit_float32(x: np.ndarray, *, chunk: int = 65536) -> np.ndarray:
     return out
 
 
+def as_searchable(x: np.ndarray, *, chunk: int = 65536) -> np.ndarray:
+    """Like ``as_unit_float32``, but a unit-norm float16 array is also kept as it is (no float32 copy).
+
+    The exact searcher reads a float16 gallery in blocks converted on the fly, so a 10M x 512 float16
+    memmap (10 GB) is searched without the 20 GB float32 copy.
+    """
+    if (x.ndim == 2 and x.dtype == np.float16 and x.flags.c_contiguous
+            and is_normalized(x, chunk=chunk, atol=2e-3)):
+        return x
+    return as_unit_float32(x, chunk=chunk)
+
+
+# Gallery rows per block when a float16 gallery is searched (a float32 block of 262k x 512 is 512 MB).
+HALF_BLOCK_ROWS = 1 << 18
+
+
+def _knn_blocked(knn: Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]], xq: np.ndarray,
+                 xb: np.ndarray, k: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k over a gallery that is not float32 (float16), one float32 block at a time, merged.
+
+    ``knn(queries, block, k)`` searches one in-memory block. Ties are ordered by row, as one pass would.
+    """
+    nq = len(xq)
+    best_d = np.full((nq, 0), -np.inf, dtype=np.float32)
+    best_i = np.full((nq, 0), -1, dtype=np.int64)
+    for a, b in iter_chunks(len(xb), block):
+        d, i = knn(xq, np.ascontiguousarray(xb[a:b], dtype=np.float32), min(k, b - a))
+        d = np.concatenate([best_d, d], axis=1)
+        i = np.concatenate([best_i, i + a], axis=1)
+        order = np.lexsort((i, -d), axis=1)[:, :k]
+        best_d, best_i = np.take_along_axis(d, order, axis=1), np.take_along_axis(i, order, axis=1)
+    return best_d, best_i
+
+
+def index_bytes(n: int, d: int, cfg: IndexConfig) -> int:
+    """Approximate bytes an index of ``n`` x ``d`` vectors holds (vectors or codes, ids, lists, graph)."""
+    if cfg.type == "flat":
+        return n * d * 4
+    if cfg.type == "hnsw":
+        return n * d * 4 + n * cfg.hnsw_m * 2 * 4  # vectors + ~2M links per node on the base level
+    nlist = cfg.nlist or default_nlist(n)
+    codes = n * d * 4 if cfg.type == "ivf_flat" else n * cfg.pq_m * cfg.pq_nbits // 8
+    refine = n * d * 4 if cfg.type == "ivf_pq" and cfg.refine_k_factor > 0 else 0
+    return codes + n * 8 + nlist * d * 4 + refine
+
+
+def gpu_plan(n: int, d: int, cfg: IndexConfig, n_gpus: int) -> dict[str, Any]:
+    """How an index spreads over ``n_gpus`` GPUs under ``cfg.multi_gpu`` and what each GPU must hold."""
+    mode = cfg.multi_gpu or "shard"
+    total = index_bytes(n, d, cfg)
+    quantizer = (cfg.nlist or default_nlist(n)) * d * 4 if cfg.type in ("ivf_flat", "ivf_pq") else 0
+    per_gpu = total if mode == "replicate" or n_gpus <= 1 else (total - quantizer) // n_gpus + quantizer
+    return {"mode": mode if n_gpus > 1 else "single", "n_gpus": n_gpus, "bytes_total": total,
+            "bytes_per_gpu": per_gpu}
+
+
+def _gib(b: int) -> str:
+    return f"{b / 2**30:.2f} GiB" if b >= 2**27 else f"{b / 2**20:.1f} MiB"
+
+
+def describe_plan(plan: dict[str, Any], n: int, d: int, index_type: str) -> str:
+    """One line for the user, printed before the index is built."""
+    what = f"{index_type} index of {n:,} x {d}"
+    if plan["mode"] == "single":
+        return f"{what}: {_gib(plan['bytes_per_gpu'])} on 1 GPU"
+    return (f"{what}: {plan['mode']} over {plan['n_gpus']} GPUs, {_gib(plan['bytes_per_gpu'])} per GPU "
+            f"({_gib(plan['bytes_total'])} in all)")
+
+
 def default_nlist(n: int) -> int:
     """About ``4 * sqrt(n)`` lists, but never fewer than 39 training points per list (faiss's minimum)."""
     return int(max(1, min(round(4 * math.sqrt(n)), n // 39)))
@@ -200,6 +269,13 @@ class SearchIndex:
             # np.asarray drops the memmap subclass without copying: faiss.contrib.torch_utils (imported by
             # pytorch-metric-learning) replaces faiss.knn*/knn_gpu with versions that reject subclasses.
             xb = np.asarray(self.vectors)
+            if xb.dtype != np.float32:  # a float16 gallery: searched block by block, never copied whole
+                res, ip = self._gpu_res, faiss.METRIC_INNER_PRODUCT
+                if self.device == "gpu":
+                    return _knn_blocked(lambda q, g, kk: faiss.knn_gpu(res, q, g, kk, metric=ip), x, xb, k,
+                                        HALF_BLOCK_ROWS)
+                return _knn_blocked(lambda q, g, kk: _knn_inner_product(faiss, q, g, kk), x, xb, k,
+                                    HALF_BLOCK_ROWS)
             if self.device == "gpu":
                 return faiss.knn_gpu(self._gpu_res, x, xb, k, metric=faiss.METRIC_INNER_PRODUCT)
             return _knn_inner_product(faiss, x, xb, k)
@@ -245,8 +321,12 @@ def _knn_inner_product(faiss: Any, xq: np.ndarray, xb: np.ndarray, k: int) -> tu
     return dist, rows
 
 
-def _to_device(index: Any, device: str, index_type: str) -> tuple[Any, str, Any, int]:
-    """Move a CPU index to GPU(s) when asked and possible: ``(index, device, resources, n_gpus)``."""
+def _to_device(index: Any, device: str, index_type: str, multi_gpu: str | None = None
+               ) -> tuple[Any, str, Any, int]:
+    """Move a CPU index to GPU(s) when asked and possible: ``(index, device, resources, n_gpus)``.
+
+    With several GPUs the index is sharded (``multi_gpu`` ``shard``/None) or replicated (``replicate``).
+    """
     if device != "gpu":
         return index, "cpu", None, 0
     # faiss has no GPU HNSW, and a refine wrapper does not clone as a whole: these stay on CPU, and say so
@@ -262,14 +342,15 @@ def _to_device(index: Any, device: str, index_type: str) -> tuple[Any, str, Any,
         co.useFloat16 = False  # exactness over memory: metrics must match the CPU index
         return faiss.index_cpu_to_gpu(res, 0, index, co), "gpu", res, 1
     co = faiss.GpuMultipleClonerOptions()
-    co.shard = True  # split the database across GPUs instead of replicating it
+    co.shard = multi_gpu != "replicate"  # shard: split the database; replicate: a full copy per GPU
     co.common_ivf_quantizer = index_type != "flat"
     co.useFloat16 = False
     return faiss.index_cpu_to_all_gpus(index, co=co), "gpu", None, n
 
 
 def exact_searcher(
-    vectors: np.ndarray, *, ids: np.ndarray | None = None, device: str = "auto"
+    vectors: np.ndarray, *, ids: np.ndarray | None = None, device: str = "auto",
+    multi_gpu: str | None = None, note: Callable[[str], None] | None = None,
 ) -> SearchIndex:
     """An exact inner-product searcher that does not copy ``vectors`` (unit-norm float32, may be a memmap).
 
@@ -282,7 +363,11 @@ def exact_searcher(
     n = len(vectors)
     ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
     if dev == "gpu" and num_gpus() > 1:
-        return build_index(vectors, IndexConfig(type="flat", device="gpu"), ids=ids)
+        return build_index(vectors, IndexConfig(type="flat", device="gpu", multi_gpu=multi_gpu), ids=ids,
+                           note=note)
+    if multi_gpu is not None and note is not None:
+        note(f"eval.index.multi_gpu={multi_gpu}: {'one GPU' if dev == 'gpu' else 'no GPU'} here, "
+             f"searching on {dev.upper()}")
     params: dict[str, Any] = {}
     res = None
     if dev == "gpu":
@@ -300,6 +385,7 @@ def build_index(
     seed: int = 0,
     add_batch: int = 65536,
     progress: Progress | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> SearchIndex:
     """Build (train and fill) an index over ``embeddings``.
 
@@ -310,6 +396,8 @@ def build_index(
         seed: Seed for the training sample and the k-means initialisation.
         add_batch: Rows per ``index.add`` call (bounds the temporary float32 copy of a memmap).
         progress: Called as ``progress(rows_added, N)``.
+        note: Called with one line before building: the memory each GPU needs (sharded or replicated), or
+            that a multi-GPU setting runs on CPU here.
 
     Raises:
         ConfigError: Parameters that cannot work for this data (e.g. ``pq_m`` not dividing D).
@@ -326,6 +414,14 @@ def build_index(
     if len(np.unique(ids)) != n:
         raise DataError("item ids must be unique")
     device = resolve_device(cfg.device)
+    if note is not None:
+        gpus = num_gpus() if device == "gpu" and cfg.type != "hnsw" else 0
+        if gpus:
+            note(describe_plan(gpu_plan(n, d, cfg, gpus), n, d, cfg.type))
+        elif cfg.multi_gpu is not None:
+            why = "faiss has no GPU HNSW" if cfg.type == "hnsw" and device == "gpu" else "no GPU here"
+            note(f"eval.index.multi_gpu={cfg.multi_gpu}: {why}, building the {cfg.type} index on CPU "
+                 f"({_gib(index_bytes(n, d, cfg))})")
     params: dict[str, Any] = {}
     metric = faiss.METRIC_INNER_PRODUCT
     if cfg.type == "flat":
@@ -369,13 +465,16 @@ def build_index(
         index.add(normalized_chunk(embeddings[a:b]))
         if progress is not None:
             progress(b, n)
-    index, device, res, n_gpus = _to_device(index, device, cfg.type)
+    index, device, res, n_gpus = _to_device(index, device, cfg.type, cfg.multi_gpu)
     if n_gpus:
         params["n_gpus"] = n_gpus
+        if n_gpus > 1:
+            params["multi_gpu"] = cfg.multi_gpu or "shard"
     return SearchIndex(index, ids, cfg.type, device, d, params, _gpu_res=res)
 
 
-def load_index(folder: str | os.PathLike[str], *, device: str = "auto") -> SearchIndex:
+def load_index(folder: str | os.PathLike[str], *, device: str = "auto", multi_gpu: str | None = None
+               ) -> SearchIndex:
     """Load an index written by ``SearchIndex.save``, moved to ``device`` (``auto``: GPU if present).
 
     Raises:
@@ -399,13 +498,13 @@ def load_index(folder: str | os.PathLike[str], *, device: str = "auto") -> Searc
             f"and index.json says dim {meta.get('dim')}"
         )
     index_type = meta.get("type", "flat")
-    fixed = ("type", "device", "dim", "n", "metric", "normalized", "faiss", "n_gpus")
+    fixed = ("type", "device", "dim", "n", "metric", "normalized", "faiss", "n_gpus", "multi_gpu")
     params = {k: v for k, v in meta.items() if k not in fixed}
     if "nprobe" in params:
         faiss.extract_index_ivf(index).nprobe = int(params["nprobe"])
     if "ef_search" in params:
         index.hnsw.efSearch = int(params["ef_search"])
-    index, dev, res, n_gpus = _to_device(index, resolve_device(device), index_type)
+    index, dev, res, n_gpus = _to_device(index, resolve_device(device), index_type, multi_gpu)
     if n_gpus:
         params["n_gpus"] = n_gpus
     return SearchIndex(index, ids.astype(np.int64), index_type, dev, int(index.d), params, _gpu_res=res)

@@ -29,6 +29,7 @@ from ofgr_core.events import (
     EvalResult,
     Event,
     Log,
+    RateMeter,
     RunFailed,
     RunFinished,
     RunInterrupted,
@@ -47,6 +48,7 @@ class _Stage:
 
     def __init__(self, name: str, emit: Emit, timings: dict[str, float], total: int | None = None) -> None:
         self.name, self.emit, self.timings, self.total = name, emit, timings, total
+        self.meter = RateMeter()
 
     def __enter__(self) -> _Stage:
         self.t0 = time.perf_counter()
@@ -54,7 +56,8 @@ class _Stage:
         return self
 
     def progress(self, done: int, total: int | None = None) -> None:
-        self.emit(StageProgress(stage=self.name, done=done, total=total))
+        rate, eta = self.meter(done, total)
+        self.emit(StageProgress(stage=self.name, done=done, total=total, rate=rate, eta_s=eta))
 
     def __exit__(self, exc_type: object, *_: object) -> None:
         if exc_type is None:
@@ -75,13 +78,20 @@ def _drain(gen: Generator[Event, None, T], emit: Emit) -> T:
 def write_embeddings(run_dir: Path, split: str, emb: np.ndarray, rows: list[dict[str, str]]) -> None:
     """``embeddings/<split>.npy`` + ``<split>.csv`` (one row per embedding row)."""
     folder = runs.RunFolder(run_dir)
-    npy, csv_path = folder.embeddings_npy(split), folder.embeddings_csv(split)
+    npy = folder.embeddings_npy(split)
     npy.parent.mkdir(exist_ok=True)
     ensure_free(npy.parent, emb.size * 4 + 200 * len(rows), f"{split} embeddings")
     tmp = npy.with_name(f".{npy.name}.tmp")
     with open(tmp, "wb") as f:
         np.save(f, emb.astype(np.float32, copy=False))
     tmp.replace(npy)
+    write_embedding_rows(run_dir, split, rows)
+
+
+def write_embedding_rows(run_dir: Path, split: str, rows: list[dict[str, str]]) -> None:
+    """``embeddings/<split>.csv``: the item behind each row of ``<split>.npy``."""
+    csv_path = runs.RunFolder(run_dir).embeddings_csv(split)
+    csv_path.parent.mkdir(exist_ok=True)
     fields = list(rows[0]) if rows else ["id", "path", "fine", "coarse"]
     tmp_csv = csv_path.with_name(f".{csv_path.name}.tmp")
     with open(tmp_csv, "w", newline="") as f:
@@ -278,36 +288,49 @@ def run_pipeline(
     if result.stopped:
         return None
     barrier(dist_info)
-    if not ctx.main:
+    # under torchrun every rank takes part in the evaluation: rank 0 embeds (streamed to disk), then each
+    # rank searches its share of the queries (ofgr_core.shard) and rank 0 alone writes, the same files as
+    # one process would
+    from ofgr_core.shard import current_shard
+
+    shard = current_shard() if dist_info.enabled else None
+    if not ctx.main and shard is None:
         return None
 
-    # ---- final evaluation with the best checkpoint (rank 0 only)
-    if result.best_path is not None:
+    # ---- final evaluation with the best checkpoint
+    if result.best_path is not None and ctx.main:
         model.load_trainable_state_dict(load_checkpoint(result.best_path, map_location=device)["model"])
     model.eval()
     splits_out: dict[str, Any] = {}
     for part in cfg.eval.splits:
         idx = np.asarray(split.indices[part])
         if len(idx) < 2:
-            emit(Log(f"{part}: fewer than 2 images, not evaluated", level="warning"))
+            ctx.emit_main(Log(f"{part}: fewer than 2 images, not evaluated", level="warning"))
             continue
-        with ctx.stage("embed", total=len(idx), all_ranks=True) as st:
-            emb = fitter.embed(inp, idx, progress=st.progress)
-            write_embeddings(run_dir, part, emb, embedding_rows(table, idx, part))
+        if ctx.main:
+            with ctx.stage("embed", total=len(idx), all_ranks=True) as st:
+                emb = fitter.embed(inp, idx, progress=st.progress, out=folder.embeddings_npy(part))
+                write_embedding_rows(run_dir, part, embedding_rows(table, idx, part))
+        barrier(dist_info)
+        if not ctx.main:
+            emb = np.load(folder.embeddings_npy(part), mmap_mode="r")
         q_mask, g_mask = split.query_gallery(part, table)
         if not np.any(q_mask):
-            emit(Log(f"{part}: no usable queries under the {cfg.split.query} protocol; not evaluated",
-                     level="warning"))
+            ctx.emit_main(Log(f"{part}: no usable queries under the {cfg.split.query} protocol; not evaluated",
+                              level="warning"))
             continue
-        with ctx.stage("evaluate", all_ranks=True) as st:
-            block = evaluate_part(ctx, part, emb, labels[idx], table, idx, hier, q_mask, g_mask, st.progress)
-            if model.supports_text:
+        with ctx.stage("evaluate") as st:
+            block = evaluate_part(ctx, part, emb, labels[idx], table, idx, hier, q_mask, g_mask, st.progress,
+                                  shard=shard)
+            if model.supports_text and ctx.main:  # text queries are few: rank 0 alone
                 block["text_to_image"] = text_to_image_part(ctx, part, fitter, inp, idx, emb, hier)
         splits_out[part] = block
         for lv in hier.level_names:
             if lv in block:
-                emit(EvalResult(split=part, level=lv,
-                                metrics={k: v for k, v in block[lv].items() if isinstance(v, (int, float))}))
+                ctx.emit_main(EvalResult(split=part, level=lv, metrics={
+                    k: v for k, v in block[lv].items() if isinstance(v, (int, float))}))
+    if not ctx.main:
+        return None
 
     with ctx.stage("report", all_ranks=True):  # metrics["timings"] is this dict: it gains the report time
         total_params, trainable = model.num_params()
@@ -367,9 +390,12 @@ def embedding_rows(table: Any, idx: np.ndarray, part: str) -> list[dict[str, str
 
 def evaluate_part(
     ctx: RunContext, part: str, emb: np.ndarray, labels: np.ndarray, table: Any, idx: np.ndarray, hier: Any,
-    q_mask: np.ndarray, g_mask: np.ndarray, progress: Callable[[int, int], None],
+    q_mask: np.ndarray, g_mask: np.ndarray, progress: Callable[[int, int], None], *, shard: Any = None,
 ) -> dict[str, Any]:
-    """Image -> image metrics of one split (per-query values saved for paired tests); warnings become events."""
+    """Image -> image metrics of one split (per-query values saved for paired tests); warnings become events.
+
+    With ``shard`` (under torchrun) this rank searches its share of the queries; rank 0 writes.
+    """
     from ofgr_core.evaluate import run_split
 
     cfg = ctx.cfg
@@ -388,10 +414,13 @@ def evaluate_part(
             cfg=cfg.eval,
             seed=cfg.seed,
             progress=progress,
+            shard=shard,
+            note=lambda m: ctx.emit_main(Log(m)),
         )
     for w in caught:
-        ctx.emit(Log(f"{part}: {w.message}", level="warning"))
-    save_per_query(ev_result, ctx.folder.per_query(part))
+        ctx.emit_main(Log(f"{part}: {w.message}", level="warning"))
+    if ctx.main:
+        save_per_query(ev_result, ctx.folder.per_query(part))
     return ev_result.block
 
 

@@ -113,6 +113,10 @@ def _faiss_errors(call: Any, index: str, n: int) -> Any:
                         "or more data") from None
 
 
+def _note(message: str) -> None:
+    err.print(f"[dim]{escape(message)}[/]", highlight=False)
+
+
 def _parse_ks(text: str) -> list[int]:
     try:
         ks = sorted({int(t) for t in text.split(",") if t.strip()})
@@ -153,6 +157,18 @@ def _print_tables(result: dict[str, dict[str, Any]]) -> None:
         for key, value in idx.items():
             if key.startswith("recall_vs_exact"):
                 out.print(f"{escape(key)} (approximate vs exact index): {value:.4f}", highlight=False)
+        approx = block.get("approximation")
+        if approx:
+            conf = round(100 * approx["confidence"])
+            for lv in levels:
+                for key in ("recall@1", "map@r"):
+                    d = approx["difference"].get(lv, {}).get(key)
+                    if d is None:
+                        continue
+                    ci = "" if d["ci"] is None else f" [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]"
+                    out.print(f"approximate index: {lv} {key} differs from exact by {d['mean']:+.4f}{ci} "
+                              f"({conf}% CI, {approx['sample_queries']} queries searched exactly too)",
+                              highlight=False)
 
 
 @app.command("eval-embeddings")
@@ -173,20 +189,32 @@ def eval_embeddings(
     drop_invalid: bool = typer.Option(
         False, "--drop-invalid", help="Leave out NaN/Inf/all-zero embeddings (counted) instead of refusing them."
     ),
+    multi_gpu: str = typer.Option(None, "--multi-gpu",
+                                  help="shard | replicate the index over several GPUs (default shard)."),
+    exact_check: int = typer.Option(10000, "--exact-check", min=0,
+                                    help="Approximate indexes: queries also searched exactly to measure the error."),
     as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout (metrics.json blocks)."),
 ) -> None:
-    """Retrieval metrics of stored embeddings, per split (leave-one-out within each split)."""
+    """Retrieval metrics of stored embeddings, per split (leave-one-out within each split).
+
+    Under ``torchrun --nproc_per_node N`` the queries are shared out between the N processes and rank 0
+    prints exactly what one process prints.
+    """
     from ofgr_core.config import EvalConfig, IndexConfig
     from ofgr_core.embcheck import check_embeddings, degenerate_labels
     from ofgr_core.evaluate import evaluate_embeddings
+    from ofgr_core.shard import close_shard, init_shard_from_env
 
     if index not in INDEX_TYPES:
         raise typer.BadParameter(f"--index must be one of {', '.join(INDEX_TYPES)}, got {index!r}")
     if device not in ("auto", "cpu", "gpu"):
         raise typer.BadParameter(f"--device must be auto, cpu or gpu, got {device!r}")
+    if multi_gpu not in (None, "shard", "replicate"):
+        raise typer.BadParameter(f"--multi-gpu must be shard or replicate, got {multi_gpu!r}")
     ks = _parse_ks(k)
     cfg = _options(lambda: EvalConfig(ks=ks, bootstrap=bootstrap, exclude_same_group=exclude_same_group,
-                                      index=IndexConfig(type=index, device=device)),
+                                      index=IndexConfig(type=index, device=device, multi_gpu=multi_gpu,
+                                                        exact_check=exact_check)),
                    {"ks": "--k", "bootstrap": "--bootstrap"})
     emb = load_embeddings(embeddings)
     table = load_label_csv(labels, len(emb))
@@ -201,9 +229,26 @@ def eval_embeddings(
     for s in (sorted(set(split_col.tolist())) if split_col is not None else [None]):
         fine = table["fine"] if s is None else table["fine"][split_col == s]
         notes += degenerate_labels(fine, f"split {s!r}" if s is not None else str(labels))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        result = _faiss_errors(lambda: evaluate_embeddings(emb, table, cfg, seed=seed), index, len(emb))
+    # under torchrun each rank searches its share of the queries; rank 0 alone prints the (identical) result
+    shard = init_shard_from_env()
+    chunks = [0]
+
+    def count(split: str, done: int, total: int) -> None:
+        chunks[0] += 1
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = _faiss_errors(
+                lambda: evaluate_embeddings(emb, table, cfg, seed=seed, shard=shard, progress=count,
+                                            note=_note if shard is None or shard.is_main else None),
+                index, len(emb))
+    finally:
+        close_shard(shard)
+    if shard is not None:
+        err.print(f"rank {shard.rank} of {shard.world}: searched {chunks[0]} query chunks", highlight=False)
+        if not shard.is_main:
+            return
     for msg in notes + [str(w.message) for w in caught]:
         err.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     if keep is not None:
@@ -226,6 +271,7 @@ def index_build(
     ),
     split: str = typer.Option("unseen", "--split", help="Which stored embeddings to index."),
     device: str = typer.Option(None, "--device", help="auto | cpu | gpu (default: run config)."),
+    multi_gpu: str = typer.Option(None, "--multi-gpu", help="shard | replicate over several GPUs."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
     as_json: bool = typer.Option(False, "--json", help="Print the index description as JSON."),
 ) -> None:
@@ -251,14 +297,18 @@ def index_build(
     load_label_csv(csv_path, len(emb), required=("id",))  # the row <-> item contract must hold
     cfg_file = folder.config
     icfg = load_config(cfg_file).eval.index if cfg_file.is_file() else IndexConfig()
-    updates = {k: v for k, v in (("type", index_type), ("device", device)) if v is not None}
+    updates = {k: v for k, v in (("type", index_type), ("device", device), ("multi_gpu", multi_gpu))
+               if v is not None}
+    if multi_gpu not in (None, "shard", "replicate"):
+        raise typer.BadParameter(f"--multi-gpu must be shard or replicate, got {multi_gpu!r}")
     if index_type is not None and index_type not in INDEX_TYPES:
         raise typer.BadParameter(f"--type must be one of {', '.join(INDEX_TYPES)}, got {index_type!r}")
     if device is not None and device not in ("auto", "cpu", "gpu"):
         raise typer.BadParameter(f"--device must be auto, cpu or gpu, got {device!r}")
     icfg = icfg.model_copy(update=updates)
     check_embeddings(emb, str(npy))
-    idx = _faiss_errors(lambda: build_index(emb, icfg, ids=np.arange(len(emb), dtype=np.int64)), icfg.type, len(emb))
+    idx = _faiss_errors(lambda: build_index(emb, icfg, ids=np.arange(len(emb), dtype=np.int64), note=_note),
+                        icfg.type, len(emb))
     saved = idx.save(folder.index_dir(split))
     info = {**idx.info(), "path": str(saved)}
     if as_json:

@@ -27,6 +27,11 @@ from ofgr_core.runlock import RunLock
 DEFAULT_CONFIG = "configs/demo.yaml"
 
 
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
 class EventPrinter:
     """Renders pipeline events as rich progress on stderr."""
 
@@ -64,7 +69,9 @@ class EventPrinter:
         if t == "stage_started":
             self._task(ev.stage, ev.total)
         elif t == "stage_progress":
-            self.progress.update(self._task(ev.stage, ev.total), completed=ev.done)
+            info = "" if ev.rate is None else f"{ev.rate:,.0f}/s" + (
+                "" if ev.eta_s is None else f" · {_duration(ev.eta_s)} left")
+            self.progress.update(self._task(ev.stage, ev.total), completed=ev.done, info=info)
         elif t == "stage_finished":
             task = self._task(ev.stage)
             total = self.progress.tasks[task].total

@@ -161,19 +161,75 @@ class ImageCache:
         self._ok[i] = 1  # after the pixels: a reader never sees a flagged slot with missing data
         return img
 
-    def warm(self, progress: Any = None) -> None:
-        """Fill every slot now (threads; PIL releases the GIL while decoding and resizing)."""
-        from concurrent.futures import ThreadPoolExecutor
+    def warm(self, progress: Any = None, workers: int | None = None) -> None:
+        """Fill every empty slot now, in worker processes (decoding small images is GIL-bound in threads).
 
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            for k, _ in enumerate(pool.map(self._try_get, self.paths)):
-                if progress is not None and (k + 1) % 500 == 0:
-                    progress(k + 1, len(self.paths))
+        Slots already filled are skipped, so an interrupted warm-up resumes where it stopped.
+
+        Args:
+            progress: called with (slots filled, total) as chunks finish.
+            workers: processes (default: every core available); 1 fills in this process.
+        """
+        if self._ok is None:
+            self._open()
+        assert self._ok is not None
+        todo = np.flatnonzero(self._ok[: len(self.paths)] == 0)
+        total = len(self.paths)
+        done = total - len(todo)
+        chunks = [todo[k : k + _WARM_CHUNK] for k in range(0, len(todo), _WARM_CHUNK)]
+        workers = workers or _cores()
+        if workers <= 1 or len(todo) < _WARM_CHUNK:
+            for chunk in chunks:
+                _fill(self, chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, total)
+            return
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        from ofgr_core.data.dataset import _start_method
+
+        method = _start_method()
+        # the cache is sent once per worker (initializer), not with every chunk
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method),
+                                 initializer=_warm_init, initargs=(self,)) as pool:
+            for n in pool.map(_warm_chunk, chunks):
+                done += n
+                if progress is not None:
+                    progress(done, total)
 
     def _try_get(self, path: str) -> None:
         # unreadable files were reported at load time; leave their slot empty
         with contextlib.suppress(Exception):
             self.get(path)
+
+
+_WARM_CHUNK = 512
+_WARM_CACHE: ImageCache | None = None
+
+
+def _cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _fill(cache: ImageCache, rows: np.ndarray) -> int:
+    for i in rows:
+        cache._try_get(cache.paths[int(i)])
+    return len(rows)
+
+
+def _warm_init(cache: ImageCache) -> None:
+    global _WARM_CACHE
+    _WARM_CACHE = cache
+
+
+def _warm_chunk(rows: np.ndarray) -> int:
+    assert _WARM_CACHE is not None
+    return _fill(_WARM_CACHE, rows)
 
 
 # Caches opened by load_dataset in this process. ImageDataset(cache="auto") picks the one holding its paths,

@@ -8,13 +8,16 @@ dropped and why goes into ``PreparedData.report`` (the run's ``data_report.json`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+import re
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,27 +64,35 @@ class ImageCheck:
     height: int = 0
 
 
-def inspect_image(path: str) -> ImageCheck:
-    """Read one file once: hash its bytes and fully decode them (catches truncated and non-image files)."""
+def _inspect(path: str) -> tuple[str | None, bytes, int, int]:
+    """(reason or None, raw 16-byte blake2b digest or b"", width, height) of one file, read once."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except FileNotFoundError:
-        return ImageCheck("missing file")
+        return "missing file", b"", 0, 0
     except OSError as e:
-        return ImageCheck(f"cannot read: {e.strerror or e}")
-    digest = hashlib.blake2b(raw, digest_size=16).hexdigest()
+        return f"cannot read: {e.strerror or e}", b"", 0, 0
+    digest = hashlib.blake2b(raw, digest_size=16).digest()
     try:
         with Image.open(io.BytesIO(raw)) as im:
             width, height = im.size
             if width < 1 or height < 1:
-                return ImageCheck("empty image", digest)
+                return "empty image", digest, 0, 0
             # decoding at reduced scale still reads every byte of a JPEG, so truncation is caught, ~4x faster
             im.draft("RGB", (max(1, width // 8), max(1, height // 8)))
             im.load()
     except Exception as e:  # PIL raises many types for corrupt/truncated/non-image files
-        return ImageCheck(f"{type(e).__name__}: {e}".splitlines()[0][:200], digest)
-    return ImageCheck(None, digest, width, height)
+        # no object addresses in the reason: it must read the same in every process and every run
+        message = re.sub(r" ?<[^<>]* at 0x[0-9a-fA-F]+>", "", f"{type(e).__name__}: {e}")
+        return message.splitlines()[0][:200], digest, 0, 0
+    return None, digest, width, height
+
+
+def inspect_image(path: str) -> ImageCheck:
+    """Read one file once: hash its bytes and fully decode them (catches truncated and non-image files)."""
+    reason, digest, width, height = _inspect(path)
+    return ImageCheck(reason, digest.hex(), width, height)
 
 
 def check_image(path: str) -> str | None:
@@ -89,69 +100,262 @@ def check_image(path: str) -> str | None:
     return inspect_image(path).reason
 
 
-class _CheckMemo:
-    """Per-file check results kept across runs, keyed by path, size and mtime (a changed file is re-read)."""
+def _inspect_chunk(paths: list[str]) -> list[tuple[str | None, bytes, int, int]]:
+    return [_inspect(p) for p in paths]
+
+
+@dataclass
+class ImageChecks:
+    """Check results of N images as columns (a million rows cost ~30 MB, not a Python object per image).
+
+    Attributes:
+        digests: (N, 16) uint8 raw blake2b-128 content hashes (zeros when the file could not be read).
+        widths: (N,) int32 pixel widths (0 when unusable).
+        heights: (N,) int32.
+        reasons: row -> why the image is unusable; rows not in it are usable.
+    """
+
+    digests: np.ndarray
+    widths: np.ndarray
+    heights: np.ndarray
+    reasons: dict[int, str]
+
+    @classmethod
+    def empty(cls, n: int) -> ImageChecks:
+        return cls(np.zeros((n, 16), np.uint8), np.zeros(n, np.int32), np.zeros(n, np.int32), {})
+
+    def __len__(self) -> int:
+        return len(self.widths)
+
+    def hexdigest(self, i: int) -> str:
+        """Hex content hash of row ``i`` ("" when the file could not be read)."""
+        raw = self.digests[i].tobytes()
+        return raw.hex() if any(raw) else ""
+
+    def hexdigests(self) -> list[str]:
+        return [self.hexdigest(i) for i in range(len(self))]
+
+    def __getitem__(self, i: int) -> ImageCheck:
+        return ImageCheck(self.reasons.get(i), self.hexdigest(i), int(self.widths[i]), int(self.heights[i]))
+
+    def set(self, i: int, result: tuple[str | None, bytes, int, int]) -> None:
+        reason, digest, width, height = result
+        if digest:
+            self.digests[i] = np.frombuffer(digest, np.uint8)
+        self.widths[i], self.heights[i] = width, height
+        if reason is not None:
+            self.reasons[i] = reason
+
+
+# one fixed-size record per checked file, appended as results arrive (an interrupted check resumes from it)
+MEMO_DTYPE = np.dtype([("key", "<u8"), ("size", "<i8"), ("mtime", "<i8"), ("digest", "u1", (16,)),
+                       ("width", "<i4"), ("height", "<i4"), ("bad", "u1")])
+MEMO_FILE = "image_checks.bin"
+MEMO_REASONS = "image_checks_reasons.jsonl"
+_MEMO_FLUSH_S = 2.0
+
+
+def _path_key(path: str) -> int:
+    return int.from_bytes(hashlib.blake2b(path.encode("utf-8", "surrogateescape"), digest_size=8).digest(),
+                          "little")
+
+
+class CheckMemo:
+    """Per-file check results kept across runs in ``<folder>/image_checks.bin``.
+
+    Records are keyed by a 64-bit hash of the path and stamped with the file's size and mtime (a changed
+    file is re-read). They are appended in batches while checking, so a run killed after 600k of 1M images
+    re-reads only the other 400k. Reasons of unusable files go to a small JSON-lines side file.
+    """
 
     def __init__(self, folder: Path | None) -> None:
-        self.path = folder / "image_checks.json" if folder else None
-        self.entries: dict[str, list[Any]] = {}
-        self.dirty = False
-        if self.path and self.path.is_file():
-            try:
-                self.entries = json.loads(self.path.read_text())
-            except (OSError, ValueError):
-                self.entries = {}
+        self.folder = folder
+        self.path = folder / MEMO_FILE if folder else None
+        self._pending: list[np.ndarray] = []
+        self._pending_reasons: list[str] = []
+        self._last_flush = time.monotonic()
+        records = np.zeros(0, MEMO_DTYPE)
+        self.reasons: dict[tuple[int, int, int], str] = {}
+        if self.path is not None and self.path.is_file():
+            with contextlib.suppress(OSError, ValueError):
+                raw = self.path.read_bytes()
+                whole = len(raw) - len(raw) % MEMO_DTYPE.itemsize
+                records = np.frombuffer(raw[:whole], MEMO_DTYPE)
+                if whole < len(raw):  # a torn last record (killed mid-write): cut it so appends stay aligned
+                    os.truncate(self.path, whole)
+            reasons_path = folder / MEMO_REASONS  # type: ignore[operator]
+            if reasons_path.is_file():
+                with contextlib.suppress(OSError), reasons_path.open(encoding="utf-8") as f:
+                    for line in f:
+                        with contextlib.suppress(ValueError, KeyError, TypeError):
+                            r = json.loads(line)
+                            self.reasons[(int(r["key"]), int(r["size"]), int(r["mtime"]))] = str(r["reason"])
+        # the last record of a key wins (a re-checked file appends a newer one)
+        if len(records):
+            order = np.argsort(records["key"], kind="stable")
+            keys = records["key"][order]
+            last = np.r_[keys[1:] != keys[:-1], True]
+            records = records[order[last]]
+        self.records = records
+        self.superseded = 0
 
-    @staticmethod
-    def _stamp(path: str) -> str | None:
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        return f"{st.st_size}:{st.st_mtime_ns}"
+    def lookup(self, keys: np.ndarray, sizes: np.ndarray, mtimes: np.ndarray) -> np.ndarray:
+        """Index into ``records`` of each key whose stamp still matches, else -1."""
+        if not len(self.records) or not len(keys):
+            return np.full(len(keys), -1, np.int64)
+        pos = np.searchsorted(self.records["key"], keys).clip(0, len(self.records) - 1)
+        rec = self.records[pos]
+        ok = (rec["key"] == keys) & (rec["size"] == sizes) & (rec["mtime"] == mtimes) & (sizes >= 0)
+        return np.where(ok, pos, -1)
 
-    def get(self, path: str) -> ImageCheck | None:
-        hit = self.entries.get(path)
-        if hit is None or hit[0] != self._stamp(path):
-            return None
-        return ImageCheck(hit[1], hit[2], hit[3], hit[4])
+    def reason(self, index: int) -> str | None:
+        r = self.records[index]
+        return self.reasons.get((int(r["key"]), int(r["size"]), int(r["mtime"])))
 
-    def put(self, path: str, check: ImageCheck) -> None:
-        stamp = self._stamp(path)
-        if stamp is not None:
-            self.entries[path] = [stamp, check.reason, check.digest, check.width, check.height]
-            self.dirty = True
+    def add(self, key: int, size: int, mtime: int, result: tuple[str | None, bytes, int, int]) -> None:
+        if self.path is None or size < 0:
+            return
+        reason, digest, width, height = result
+        rec = np.zeros(1, MEMO_DTYPE)
+        rec["key"], rec["size"], rec["mtime"] = key, size, mtime
+        if digest:
+            rec["digest"][0] = np.frombuffer(digest, np.uint8)
+        rec["width"], rec["height"], rec["bad"] = width, height, reason is not None
+        self._pending.append(rec)
+        if reason is not None:
+            self._pending_reasons.append(json.dumps({"key": key, "size": size, "mtime": mtime,
+                                                     "reason": reason}))
+        if time.monotonic() - self._last_flush > _MEMO_FLUSH_S:
+            self.flush()
 
-    def save(self) -> None:
-        if self.path is None or not self.dirty:
+    def flush(self) -> None:
+        """Append pending records (reasons first: a record is only trusted once its reason is on disk)."""
+        self._last_flush = time.monotonic()
+        if self.path is None or not self._pending:
             return
         try:
-            from ofgr_core.runs import atomic_write_text
-
-            atomic_write_text(self.path, json.dumps(self.entries))
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self._pending_reasons:
+                with open(self.path.parent / MEMO_REASONS, "a", encoding="utf-8") as f:
+                    f.write("\n".join(self._pending_reasons) + "\n")
+            with open(self.path, "ab") as f:
+                f.write(np.concatenate(self._pending).tobytes())
         except OSError:
-            pass  # a read-only cache folder only costs a re-check next time
+            self.path = None  # a read-only or full cache folder only costs a re-check next time
+        self._pending, self._pending_reasons = [], []
+
+
+def _stamps(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    sizes = np.full(len(paths), -1, np.int64)
+    mtimes = np.zeros(len(paths), np.int64)
+    for i, p in enumerate(paths):
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        sizes[i], mtimes[i] = st.st_size, st.st_mtime_ns
+    return sizes, mtimes
+
+
+PROCESS_MIN = 2000  # below this many files a thread pool is quicker than starting processes
+_CHUNK = 256
+_PROGRESS_EVERY_S = 0.25  # progress callbacks at most this often
+
+
+def default_workers() -> int:
+    """Worker processes for data preparation: every core the process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _start_method() -> str:
+    """``fork`` where available, as torch's DataLoader workers: children only read files and decode them,
+    and unlike ``spawn``/``forkserver`` a fork does not re-run the caller's script (a notebook or a script
+    without a ``__main__`` guard would otherwise start the whole job again in every worker)."""
+    import multiprocessing as mp
+
+    return "fork" if "fork" in mp.get_all_start_methods() else "spawn"
 
 
 def check_images(paths: list[str], progress: Progress | None = None, workers: int | None = None,
-                 memo_dir: Path | None = None) -> list[ImageCheck]:
-    """Check every image (threads: file reads and PIL decoding release the GIL)."""
-    memo = _CheckMemo(memo_dir)
-    results: list[ImageCheck | None] = [memo.get(p) for p in paths]
-    todo = [i for i, r in enumerate(results) if r is None]
-    done = len(paths) - len(todo)
-    workers = workers or min(8, (os.cpu_count() or 1) * 2)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        checked = pool.map(inspect_image, [paths[i] for i in todo])
-        for k, (i, res) in enumerate(zip(todo, checked, strict=True)):
-            results[i] = res
-            memo.put(paths[i], res)
-            if progress is not None and (k + 1) % 500 == 0:
-                progress(done + k + 1, len(paths))
+                 memo_dir: Path | None = None) -> ImageChecks:
+    """Hash and fully decode every image, answering from the memo file where the file is unchanged.
+
+    Large batches run in worker processes (per-file Python work holds the GIL, so threads would use about one
+    core on small images); small ones in threads. Results are appended to the memo as they arrive.
+
+    Args:
+        paths: image files.
+        progress: called with (images done, total) at most a few times a second.
+        workers: processes (default: every core available).
+        memo_dir: folder of the memo file; None disables it.
+    """
+    n = len(paths)
+    out = ImageChecks.empty(n)
+    memo = CheckMemo(memo_dir)
+    keys = np.fromiter((_path_key(p) for p in paths), np.uint64, count=n)
+    sizes, mtimes = _stamps(paths)
+    hit = memo.lookup(keys, sizes, mtimes)
+    bad_hits = np.flatnonzero(hit >= 0)
+    if len(memo.records):
+        bad_hits = bad_hits[memo.records["bad"][hit[bad_hits]] != 0]  # only the (few) unusable files loop here
+    for i in bad_hits:
+        reason = memo.reason(int(hit[i]))
+        if reason is None:  # the reason never reached the disk: check again
+            hit[i] = -1
+            continue
+        out.reasons[int(i)] = reason
+    found = hit >= 0
+    recs = memo.records[hit[found]]
+    out.digests[found], out.widths[found], out.heights[found] = recs["digest"], recs["width"], recs["height"]
+    todo = np.flatnonzero(~found)
+    done = n - len(todo)
+    workers = workers or default_workers()
+    chunks = [todo[k : k + _CHUNK] for k in range(0, len(todo), _CHUNK)]
+    last_report = 0.0
     if progress is not None:
-        progress(len(paths), len(paths))
-    memo.save()
-    return [r for r in results if r is not None]
+        progress(done, n)
+    if chunks:
+        pool: Executor
+        if len(todo) >= PROCESS_MIN and workers > 1:
+            import multiprocessing as mp
+
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(_start_method()))
+        else:
+            pool = ThreadPoolExecutor(max_workers=min(8, workers * 2))
+        # a bounded window of chunks in flight keeps memory flat and results in order
+        window = max(4, workers * 4)
+        pending: list[tuple[np.ndarray, Any]] = []
+        try:
+            for k, chunk in enumerate(chunks):
+                pending.append((chunk, pool.submit(_inspect_chunk, [paths[i] for i in chunk])))
+                while pending and (len(pending) >= window or k == len(chunks) - 1):
+                    done = _collect(pending.pop(0), out, memo, keys, sizes, mtimes, done)
+                    if progress is not None and time.monotonic() - last_report >= _PROGRESS_EVERY_S:
+                        progress(done, n)
+                        last_report = time.monotonic()
+        finally:
+            # interrupted (Ctrl-C, an error, a cancelled run): keep what was checked for the next run
+            memo.flush()
+            for _, future in pending:
+                future.cancel()
+            pool.shutdown(wait=not pending, cancel_futures=True)
+    memo.flush()
+    if progress is not None:
+        progress(n, n)
+    return out
+
+
+def _collect(item: tuple[np.ndarray, Any], out: ImageChecks, memo: CheckMemo, keys: np.ndarray,
+             sizes: np.ndarray, mtimes: np.ndarray, done: int) -> int:
+    chunk, future = item
+    for i, res in zip(chunk, future.result(), strict=True):
+        i = int(i)
+        out.set(i, res)
+        memo.add(int(keys[i]), int(sizes[i]), int(mtimes[i]), res)
+    return done + len(chunk)
 
 
 # ---------------------------------------------------------------------------------------------- merging
@@ -239,22 +443,37 @@ def merge_tables(tables: list[DatasetTable], taxonomy_ref: str | None, unmapped:
 
 
 # ------------------------------------------------------------------------------------------------ dedup
-def find_duplicates(table: DatasetTable, digests: list[str]) -> tuple[list[int], dict[str, Any]]:
+def find_duplicates(table: DatasetTable, digests: list[str] | np.ndarray) -> tuple[list[int], dict[str, Any]]:
     """Rows to drop so each image content appears once.
 
     Copies with one fine label keep their first row. Copies that disagree on the fine label are all dropped:
     the image cannot be both classes, and if the classes fall on both sides of the seen/unseen boundary the
     copy would leak an unseen image into training.
+
+    Args:
+        table: the rows.
+        digests: per row, a hex content hash or an (N, 16) uint8 array of raw hashes.
     """
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, d in enumerate(digests):
-        groups[d].append(i)
+    if isinstance(digests, np.ndarray):
+        raw = np.ascontiguousarray(digests, dtype=np.uint8).reshape(len(digests), 16)
+    else:
+        raw = np.array([np.frombuffer(bytes.fromhex(d).ljust(16, b"\0")[:16], np.uint8) for d in digests],
+                       dtype=np.uint8).reshape(len(digests), 16)
+    words = raw.view("<u8")  # (N, 2)
+    groups: list[np.ndarray] = []
+    if len(words):
+        # vectorised grouping: only the (few) hashes seen more than once become Python lists
+        order = np.lexsort((words[:, 1], words[:, 0]))
+        w = words[order]
+        starts = np.flatnonzero(np.r_[True, (w[1:] != w[:-1]).any(axis=1)])
+        sizes = np.diff(np.r_[starts, len(w)])
+        groups = [np.sort(order[s : s + k]) for s, k in zip(starts[sizes > 1], sizes[sizes > 1], strict=True)]
+        groups.sort(key=lambda rows: int(rows[0]))
     fine = table.labels["fine"]
     drop: list[int] = []
     same, conflict = [], []
-    for rows in groups.values():
-        if len(rows) < 2:
-            continue
+    for rows_arr in groups:
+        rows = rows_arr.tolist()
         entry = {"ids": [table.ids[i] for i in rows], "fine": sorted({fine[i] for i in rows}),
                  "sources": sorted({table.sources[i] for i in rows})}
         if len({fine[i] for i in rows}) == 1:
@@ -340,13 +559,15 @@ def build_tables(cfg: DataConfig) -> list[DatasetTable]:
     return tables
 
 
-def load_dataset(cfg: DataConfig, *, progress: Progress | None = None, check: bool = True) -> PreparedData:
+def load_dataset(cfg: DataConfig, *, progress: Progress | None = None, check: bool = True,
+                 workers: int | None = None) -> PreparedData:
     """Build, merge, check and de-duplicate every source of ``cfg``.
 
     Args:
         cfg: the ``data`` config section.
         progress: called with (images checked, total).
         check: decode every image (always on for training; ``ofgr data inspect`` may skip it).
+        workers: processes for the check (default: every core available).
 
     Raises:
         DataError: a source is missing or empty, labels are unmapped (policy ``error``), or nothing usable
@@ -369,23 +590,23 @@ def load_dataset(cfg: DataConfig, *, progress: Progress | None = None, check: bo
 
         cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir(
             [s.root for s in cfg.sources])
-    checks = (check_images(table.paths, progress, memo_dir=cache_dir) if check
-              else [ImageCheck(None) for _ in table.paths])
-    bad = [i for i, c in enumerate(checks) if c.reason is not None]
+    n_found = len(table)
+    checks = check_images(table.paths, progress, workers, cache_dir) if check else ImageChecks.empty(n_found)
+    bad = sorted(checks.reasons)
     if bad:
-        report["unreadable"] = [{"path": table.paths[i], "id": table.ids[i], "reason": checks[i].reason}
+        report["unreadable"] = [{"path": table.paths[i], "id": table.ids[i], "reason": checks.reasons[i]}
                                 for i in bad]
-        report["warnings"].append(f"{len(bad)} of {len(table)} images are unreadable and were skipped")
-    drop = set(bad)
+        report["warnings"].append(f"{len(bad)} of {n_found} images are unreadable and were skipped")
+    usable = np.ones(n_found, dtype=bool)
+    usable[bad] = False
+    keep_mask = usable.copy()
     if check:
-        dup_rows, dup_info = find_duplicates(
-            table.subset([i for i in range(len(table)) if i not in drop]),
-            [c.digest for i, c in enumerate(checks) if i not in drop],
-        )
-        kept_rows = [i for i in range(len(table)) if i not in drop]
+        kept_rows = np.flatnonzero(usable)
+        dup_rows, dup_info = find_duplicates(table if len(kept_rows) == n_found else table.subset(kept_rows),
+                                             checks.digests[kept_rows])
         dup_info["removed_ids"] = _cut([table.ids[kept_rows[j]] for j in dup_rows])
         if cfg.dedup:
-            drop.update(kept_rows[j] for j in dup_rows)
+            keep_mask[kept_rows[dup_rows]] = False
         else:
             dup_info["removed"] = 0
             if dup_info["groups"]:
@@ -393,19 +614,23 @@ def load_dataset(cfg: DataConfig, *, progress: Progress | None = None, check: bo
                     f"{dup_info['groups']} groups of identical images kept (data.dedup: false); copies that "
                     "straddle the seen/unseen boundary are removed from training by the split check")
         report["duplicates"] = dup_info
-    coarse_only = [i for i in range(len(table)) if not table.labels["fine"][i] and i not in drop]
+    fine_col = table.labels["fine"]
+    coarse_only = [i for i in np.flatnonzero(keep_mask).tolist() if not fine_col[i]]
     if coarse_only:
         report["coarse_only"] = {"images": len(coarse_only), "policy": cfg.coarse_only}
         if cfg.coarse_only == "drop":
-            drop.update(coarse_only)
+            keep_mask[coarse_only] = False
             report["warnings"].append(f"{len(coarse_only)} coarse-only images (no fine label) dropped "
                                       "(data.coarse_only: drop)")
-    keep = [i for i in range(len(table)) if i not in drop]
-    hashes = {table.ids[i]: checks[i].digest for i in keep if checks[i].digest}
-    sizes = [(checks[i].width, checks[i].height) for i in keep]
-    table = table.subset(keep)
+    keep = np.flatnonzero(keep_mask)
+    hex_digests = [checks.hexdigest(int(i)) for i in keep] if check else []
+    sizes = list(zip(checks.widths[keep].tolist(), checks.heights[keep].tolist(), strict=True))
+    del checks
+    if len(keep) < n_found:
+        table = table.subset(keep)
     if len(table) == 0:
         raise DataError("no usable images left after skipping unreadable files (see data_report.json)")
+    hashes = {i: d for i, d in zip(table.ids, hex_digests, strict=False) if d}
     table.meta["content_hash"] = hashes
     # the split stage adds its leakage findings here, so keep the report reachable from the table
     table.meta["report"] = report
@@ -422,8 +647,7 @@ def load_dataset(cfg: DataConfig, *, progress: Progress | None = None, check: bo
         from ofgr_core.data.cache import ImageCache, register
 
         try:
-            cache = ImageCache(table.paths, sizes, [hashes.get(i, "") for i in table.ids], cache_dir,
-                               cfg.image_size)
+            cache = ImageCache(table.paths, sizes, hex_digests, cache_dir, cfg.image_size)
             register(cache)
             report["cache"] = {"path": str(cache.data_path), "short_side": cache.side}
         except OSError as e:  # no space or read-only: decoding from the files still works

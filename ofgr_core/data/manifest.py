@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,59 +46,84 @@ def read_manifest(
     base = path.parent
     delim = delimiter or ("\t" if path.suffix.lower() == ".tsv" else ",")
     text = read_text(path, what="manifest")  # UTF-8 (BOM optional) or UTF-16/32 with BOM, else one line
-    try:
-        with io.StringIO(text, newline="") as f:
-            reader = csv.DictReader(f, delimiter=delim)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            reader.fieldnames = header
-            rows = list(reader)
-    except csv.Error as e:
-        raise DataError(f"manifest {path}: malformed CSV ({e})") from None
-    if levels is None:
-        levels = ["fine", "coarse"] + (["super"] if "super" in header else [])
-    need = ["path", *levels]
-    absent = [c for c in need if c not in header]
-    if absent:
-        raise DataError(
-            f"manifest {path}: missing column(s) {', '.join(absent)} (found: {', '.join(header) or 'none'}); "
-            "a manifest needs path, fine, coarse"
-        )
-    if not rows:
+    with io.StringIO(text, newline="") as f:
+        reader = _csv_rows(csv.reader(f, delimiter=delim), path)
+        header = [h.strip() for h in next(reader, [])]
+        if levels is None:
+            levels = ["fine", "coarse"] + (["super"] if "super" in header else [])
+        need = ["path", *levels]
+        absent = [c for c in need if c not in header]
+        if absent:
+            raise DataError(
+                f"manifest {path}: missing column(s) {', '.join(absent)} (found: {', '.join(header) or 'none'}); "
+                "a manifest needs path, fine, coarse"
+            )
+        col = {h: i for i, h in enumerate(header)}  # a repeated name: the last column wins, as in DictReader
+        level_cols = [col[lv] for lv in levels]
+        extra_cols = [col.get(c) for c in OPTIONAL_COLUMNS]
+        path_col = col["path"]
+        # streamed row by row; label and optional values are shared strings (a million rows repeat a few
+        # thousand class names), so the table holds one object per distinct value, not per row
+        canon: dict[str, str] = {}
+        rels: list[str] = []
+        lines: list[int] = []
+        labels: dict[str, list[str]] = {lv: [] for lv in levels}
+        extra: dict[str, list[str]] = {c: [] for c in OPTIONAL_COLUMNS}
+        n_rows = 0
+        for line, row in enumerate(reader, start=2):  # line 1 is the header
+            if not row:
+                continue  # DictReader skips blank lines too
+            n_rows += 1
+            width = len(row)
+            rel = row[path_col].strip() if path_col < width else ""
+            for k, (lv, c) in enumerate(zip(levels, level_cols, strict=True)):
+                value = row[c].strip() if c < width else ""
+                if not value and not (k == 0 and lv == "fine"):  # an empty fine label = coarse-only image
+                    raise DataError(f"manifest {path} line {line}: empty {lv!r} label for {rel!r}")
+                labels[lv].append(canon.setdefault(value, value))
+            for c, ci in zip(OPTIONAL_COLUMNS, extra_cols, strict=True):
+                value = row[ci].strip() if ci is not None and ci < width else ""
+                extra[c].append(canon.setdefault(value, value))
+            rels.append(rel)
+            lines.append(line)
+    if not n_rows:
         raise DataError(f"manifest {path} has no rows")
 
+    base_abs = os.path.abspath(base)
+    fulls = [_resolve(base_abs, base, rel, f"manifest {path} line {line}")
+             for rel, line in zip(rels, lines, strict=True)]
+    exists = _files_exist(fulls)
     paths: list[str] = []
     ids: list[str] = []
-    labels: dict[str, list[str]] = {lv: [] for lv in levels}
-    extra: dict[str, list[str]] = {c: [] for c in OPTIONAL_COLUMNS}
+    keep: list[int] = []
     absent_files: list[str] = []
     seen_ids: dict[str, int] = {}
-    for line, row in enumerate(rows, start=2):  # line 1 is the header
-        rel = (row.get("path") or "").strip()
-        full = safe_join(base, rel, f"manifest {path} line {line}")
-        for lv in levels[1:] if levels[0] == "fine" else levels:  # an empty fine label = coarse-only image
-            if not (row.get(lv) or "").strip():
-                raise DataError(f"manifest {path} line {line}: empty {lv!r} label for {rel!r}")
-        if not full.is_file():
+    prefix = f"{name}:"
+    for k, full in enumerate(fulls):
+        if not exists[k]:
             if missing == "error":
                 raise DataError(
-                    f"manifest {path} line {line}: image {rel!r} not found at {full} "
+                    f"manifest {path} line {lines[k]}: image {rels[k]!r} not found at {full} "
                     "(set options.missing: skip to drop such rows)"
                 )
-            absent_files.append(rel)
+            absent_files.append(rels[k])
             continue
-        item_id = f"{name}:{Path(os.path.relpath(full, base)).as_posix()}"
+        rel_posix = full[len(base_abs) + 1 :] if full.startswith(base_abs + os.sep) else os.path.relpath(
+            full, base_abs)
+        item_id = prefix + rel_posix.replace(os.sep, "/")
         if item_id in seen_ids:
             raise DataError(
-                f"manifest {path} line {line}: {rel!r} is listed twice (first on line {seen_ids[item_id]})")
-        seen_ids[item_id] = line
-        paths.append(str(full))
+                f"manifest {path} line {lines[k]}: {rels[k]!r} is listed twice (first on line {seen_ids[item_id]})")
+        seen_ids[item_id] = lines[k]
+        paths.append(full)
         ids.append(item_id)
-        for lv in levels:
-            labels[lv].append(row[lv].strip())
-        for c in OPTIONAL_COLUMNS:
-            extra[c].append((row.get(c) or "").strip())
+        keep.append(k)
+    del seen_ids, fulls
+    if len(keep) < n_rows:
+        labels = {lv: [v[k] for k in keep] for lv, v in labels.items()}
+        extra = {c: [v[k] for k in keep] for c, v in extra.items()}
     if not paths:
-        raise DataError(f"manifest {path}: none of its {len(rows)} images exist")
+        raise DataError(f"manifest {path}: none of its {n_rows} images exist")
     ignored = [c for c in header if c not in (*need, *OPTIONAL_COLUMNS)]
     n = len(paths)
     return DatasetTable(
@@ -107,7 +133,7 @@ def read_manifest(
         sources=[name] * n,
         domains=extra["domain"],
         captions=extra["caption"],
-        splits=[s.lower() for s in extra["split"]],
+        splits=[canon.setdefault(s.lower(), s.lower()) for s in extra["split"]],
         groups=extra["group"],
         meta={
             "format": "manifest",
@@ -118,6 +144,41 @@ def read_manifest(
             "warnings": [f"{len(absent_files)} manifest rows skipped: image missing"] if absent_files else [],
         },
     )
+
+
+def _csv_rows(reader: Any, path: Path) -> Iterator[list[str]]:
+    """The reader's rows; a malformed CSV becomes a one-line DataError naming the file."""
+    try:
+        yield from reader
+    except csv.Error as e:
+        raise DataError(f"manifest {path}: malformed CSV ({e})") from None
+
+
+def _resolve(base_abs: str, base: Path, rel: str, what: str) -> str:
+    """``safe_join`` as a string, with a quick path for a plain relative path (no ``.``/``..`` parts)."""
+    if (rel and rel[0] not in "/\\." and "\\" not in rel and "//" not in rel and "/." not in rel
+            and ":" not in rel[1:2]):
+        return f"{base_abs}{os.sep}{rel}"
+    return str(safe_join(base, rel, what))
+
+
+def _files_exist(paths: list[str]) -> list[bool]:
+    """Whether each path is an existing file, listing each folder once instead of one stat per file."""
+    by_dir: dict[str, set[str]] = {}
+    out = []
+    for p in paths:
+        folder, fname = os.path.split(p)
+        names = by_dir.get(folder)
+        if names is None:
+            names = set()
+            try:
+                with os.scandir(folder) as it:
+                    names = {e.name for e in it if e.is_file()}  # follows symlinks, as Path.is_file
+            except OSError:
+                pass
+            by_dir[folder] = names
+        out.append(fname in names)
+    return out
 
 
 @ADAPTERS.register("manifest")

@@ -9,6 +9,9 @@ Files (found under the root by name unless given in the options):
 * the label hierarchy JSON (``bbox_labels_600_hierarchy.json``: nested
   ``{"LabelName", "Subcategory": [...]}``).
 
+The label CSVs are large (~9M rows for the train split): they are streamed through pyarrow's CSV reader and
+filtered to the subtree block by block (:func:`read_image_labels`), in seconds and bounded memory.
+
 Only images present on disk are used (annotations cover millions of images; a local subset is the norm).
 Fine = the deepest label of the subtree the image has; coarse = its ancestor ``coarse_depth`` levels below the
 subtree root (the label itself when it is not that deep). Images whose subtree labels lie on two branches are
@@ -107,6 +110,88 @@ def subtree_paths(hierarchy: dict[str, Any], root_id: str) -> dict[str, tuple[st
     return paths
 
 
+_NEED = ("ImageID", "LabelName", "Confidence")
+_BLOCK = 16 << 20  # bytes per CSV block: bounds memory whatever the file size
+
+
+def read_image_labels(files: list[Path], label_ids: set[str], min_confidence: float
+                      ) -> tuple[dict[str, set[str]], dict[str, str]]:
+    """Image id -> its labels among ``label_ids`` (confidence >= ``min_confidence``), and image id -> split.
+
+    The label CSVs run to ~9M rows per file; they are streamed block by block through Arrow's multi-threaded
+    CSV reader (only the three needed columns are parsed, labels dictionary-encoded) and each block is
+    filtered to the subtree before anything becomes a Python object, so time is seconds and memory is bounded
+    by the block size plus the (small) matching subset. An image keeps the split of the first file naming it.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+
+    per_image: dict[str, set[str]] = defaultdict(set)
+    split_of: dict[str, str] = {}
+    wanted = pa.array(sorted(label_ids), pa.string())
+    for lf in files:
+        split = _split_of(lf)
+        header = _header(lf)
+        lacking = [c for c in _NEED if c not in header]
+        if lacking:
+            raise DataError(f"openimages: {lf} lacks columns {lacking}")
+        convert = pacsv.ConvertOptions(
+            include_columns=list(_NEED),
+            column_types={"ImageID": pa.string(), "LabelName": pa.string(), "Confidence": pa.float64()},
+            strings_can_be_null=False,
+        )
+        try:
+            reader = pacsv.open_csv(lf, read_options=pacsv.ReadOptions(block_size=_BLOCK),
+                                    convert_options=convert)
+            for batch in reader:
+                conf = pc.fill_null(batch.column("Confidence"), 0.0)
+                keep = pc.and_(pc.is_in(batch.column("LabelName"), value_set=wanted),
+                               pc.greater_equal(conf, min_confidence))
+                if not pc.any(keep).as_py():
+                    continue
+                ids = pc.filter(batch.column("ImageID"), keep).to_pylist()
+                labs = pc.filter(batch.column("LabelName"), keep).to_pylist()
+                for image_id, lab in zip(ids, labs, strict=True):
+                    per_image[image_id].add(lab)
+                    if image_id not in split_of:
+                        split_of[image_id] = split
+        except (pa.ArrowInvalid, OSError) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise DataError(f"openimages: cannot read {lf}: {msg}") from None
+    return dict(per_image), split_of
+
+
+def _header(path: Path) -> list[str]:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            return next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"openimages: cannot read {path}: {e}") from None
+
+
+def read_image_labels_csv(files: list[Path], label_ids: set[str], min_confidence: float
+                          ) -> tuple[dict[str, set[str]], dict[str, str]]:
+    """Reference implementation of :func:`read_image_labels` with the ``csv`` module (row by row).
+
+    Kept for tests and ``benchmarks/bench_openimages.py``; about an order of magnitude slower.
+    """
+    per_image: dict[str, set[str]] = defaultdict(set)
+    split_of: dict[str, str] = {}
+    for lf in files:
+        split = _split_of(lf)
+        with lf.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            lacking = [c for c in _NEED if c not in (reader.fieldnames or [])]
+            if lacking:
+                raise DataError(f"openimages: {lf} lacks columns {lacking}")
+            for row in reader:
+                if row["LabelName"] in label_ids and float(row["Confidence"] or 0) >= min_confidence:
+                    per_image[row["ImageID"]].add(row["LabelName"])
+                    split_of.setdefault(row["ImageID"], split)
+    return dict(per_image), split_of
+
+
 @ADAPTERS.register("openimages")
 def openimages_adapter(root: str | None = None, name: str | None = None, **options: Any) -> DatasetTable:
     """Adapter: an OpenImages subtree (see the module docstring)."""
@@ -137,20 +222,7 @@ def openimages_adapter(root: str | None = None, name: str | None = None, **optio
     if not paths:
         raise DataError(f"openimages: subtree {opts.subtree!r} has no sub-labels in {hier_path}")
 
-    per_image: dict[str, set[str]] = defaultdict(set)
-    split_of: dict[str, str] = {}
-    for lf in label_files:
-        split = _split_of(lf)
-        with lf.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            need = {"ImageID", "LabelName", "Confidence"}
-            if not need <= set(reader.fieldnames or []):
-                lacking = sorted(need - set(reader.fieldnames or []))
-                raise DataError(f"openimages: {lf} lacks columns {lacking}")
-            for row in reader:
-                if row["LabelName"] in paths and float(row["Confidence"] or 0) >= opts.min_confidence:
-                    per_image[row["ImageID"]].add(row["LabelName"])
-                    split_of.setdefault(row["ImageID"], split)
+    per_image, split_of = read_image_labels(label_files, set(paths), opts.min_confidence)
 
     on_disk = {p.stem: p for p in walk_images(base)}
     rows: list[tuple[Path, str, str, str]] = []

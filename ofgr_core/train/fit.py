@@ -87,7 +87,10 @@ class Fitter:
     def fit(self, inp: FitInputs, loss_fn: torch.nn.Module, sampler: Any) -> Generator[Event, None, TrainResult]:
         raise NotImplementedError
 
-    def embed(self, inp: FitInputs, rows: np.ndarray, progress: Progress | None = None) -> np.ndarray:
+    def embed(self, inp: FitInputs, rows: np.ndarray, progress: Progress | None = None,
+              out: Path | None = None) -> np.ndarray:
+        """Embeddings of ``rows``; with ``out`` they are written to that ``.npy`` file (streamed where the
+        strategy allows) and a read-only memory map of it is returned."""
         raise NotImplementedError
 
     def tower_features(self, rows: np.ndarray) -> np.ndarray | None:
@@ -144,7 +147,8 @@ class EndToEnd(Fitter):
             layer_decay=getattr(mc, "layer_decay", None),
         ))
 
-    def embed(self, inp: FitInputs, rows: np.ndarray, progress: Progress | None = None) -> np.ndarray:
+    def embed(self, inp: FitInputs, rows: np.ndarray, progress: Progress | None = None,
+              out: Path | None = None) -> np.ndarray:
         from ofgr_core.embed import embed_paths
 
         cfg = inp.cfg
@@ -152,7 +156,7 @@ class EndToEnd(Fitter):
         return embed_paths(inp.model, [inp.paths[i] for i in rows], inp.eval_transform, inp.device,
                            progress=progress, batch_size=cfg.train.eval_batch_size,
                            num_workers=cfg.data.num_workers, amp=_flag(cfg.train.amp, cuda),
-                           channels_last=_flag(cfg.train.channels_last, cuda))
+                           channels_last=_flag(cfg.train.channels_last, cuda), out=out)
 
 
 class HeadOnFeatures(Fitter):
@@ -236,11 +240,22 @@ class HeadOnFeatures(Fitter):
             num_workers=0,
         ))
 
-    def embed(self, inp: FitInputs, rows: np.ndarray, progress: Progress | None = None) -> np.ndarray:
-        out = self._apply_head(inp, self.tower_features(rows))
+    def embed(self, inp: FitInputs, rows: np.ndarray, progress: Progress | None = None,
+              out: Path | None = None) -> np.ndarray:
+        emb = self._apply_head(inp, self.tower_features(rows))
         if progress is not None:
             progress(len(rows), len(rows))
-        return out
+        if out is not None:  # the tower features are in memory already; the file is written in one go
+            import os
+
+            out = Path(out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+            with open(tmp, "wb") as f:
+                np.save(f, np.asarray(emb, dtype=np.float32))
+            os.replace(tmp, out)
+            return np.load(out, mmap_mode="r") if len(emb) else np.load(out)
+        return emb
 
     def trains_anything(self, inp: FitInputs) -> bool:
         return _trainable(inp.model.head) and inp.cfg.train.epochs > 0

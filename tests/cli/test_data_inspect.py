@@ -56,3 +56,24 @@ def test_inspect_unknown_layout_is_one_line_error(tmp_path: Path) -> None:
 def test_cli_module_does_not_import_torch() -> None:
     code = "import sys, ofgr_core.cli.data_cmd; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_prepare_checks_and_fills_the_cache(tmp_path: Path) -> None:
+    make_manifest_world(tmp_path / "m", {"c": ["a", "b"], "d": ["e"]}, per_class=4)
+    corrupt(tmp_path / "m" / "images" / "c" / "a" / "0.png")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"data": {"sources": [{"type": "manifest", "root": str(tmp_path / "m")}],
+                                            "cache": True, "image_size": 16,
+                                            "cache_dir": str(tmp_path / "cache")}}))
+    res = runner.invoke(app, ["data", "prepare", str(cfg), "--json", "--workers", "2"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout)
+    assert rep["images"] == 11 and rep["unreadable"] == 1 and rep["cached"] == 11
+    assert (tmp_path / "cache" / "image_checks.bin").is_file()
+    plain = runner.invoke(app, ["data", "prepare", str(cfg)])
+    assert plain.exit_code == 0 and "11 images ready" in plain.stdout
+    off = tmp_path / "off.yaml"
+    off.write_text(yaml.safe_dump({"data": {"sources": [{"type": "manifest", "root": str(tmp_path / "m")}],
+                                            "cache": False}}))
+    bad = runner.invoke(app, ["data", "prepare", str(off)])
+    assert bad.exit_code != 0 and "data.cache is off" in bad.output

@@ -37,6 +37,26 @@ def test_torchrun_two_cpu_processes(tmp_path, tiny_data_root):
     # every event line was written once, by rank 0
     started = [e for e in runs.read_events(run_dir) if e["type"] == "run_started"]
     assert len(started) == 1
+    # the evaluation was sharded over the 2 ranks; its numbers are those of one process on the same embeddings
+    import csv
+
+    import numpy as np
+
+    from ofgr_core.config import load_config
+    from ofgr_core.evaluate import encode_labels, run_split
+
+    folder = runs.RunFolder(run_dir)
+    cfg = load_config(folder.config)
+    emb = np.load(folder.embeddings_npy("unseen"))
+    with open(folder.embeddings_csv("unseen"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    labels, _ = encode_labels({c: [r[c] for r in rows] for c in ("fine", "coarse")}, ["fine", "coarse"])
+    one = run_split(emb, labels, ids=np.array([r["id"] for r in rows]), cfg=cfg.eval, seed=cfg.seed)
+    stored = np.load(folder.per_query("unseen"))
+    assert list(stored["ids"]) == [str(i) for i in one.query_ids]
+    for key, values in one.per_query["fine"].items():
+        assert np.array_equal(stored[f"fine_{key}"], values)
+    assert metrics["unseen"]["fine"] == one.block["fine"] and metrics["unseen"]["ci95"] == one.block["ci95"]
 
 
 @pytest.mark.slow

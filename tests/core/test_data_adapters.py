@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from datafix import (
     STANFORD_NAMES,
@@ -175,3 +176,34 @@ def test_manifest_missing_file_named_or_skipped(tmp_path: Path) -> None:
         table_of("manifest", tmp_path / "m")
     t = table_of("manifest", tmp_path / "m", missing="skip")
     assert len(t) == 1 and t.meta["missing_files"] == ["nope.png"]
+
+
+def test_openimages_columnar_reader_equals_csv_reference(tmp_path: Path) -> None:
+    from ofgr_core.data.openimages import read_image_labels, read_image_labels_csv
+
+    rng = np.random.default_rng(0)
+    labels = [f"/m/{i:05x}" for i in range(40)]
+    lines = ["\ufeffImageID,Source,LabelName,Confidence"]  # a BOM, as some downloads have
+    for _ in range(3000):
+        conf = rng.choice(["1", "0", "", "0.7", "0.4"])
+        source = rng.choice(["verification", '"crowd,src"'])  # a quoted comma must not shift the columns
+        lines.append(f"{rng.integers(0, 800):016x},{source},{rng.choice(labels)},{conf}")
+    train = tmp_path / "oidv6-train-annotations-human-imagelabels.csv"
+    val = tmp_path / "validation-annotations-human-imagelabels.csv"
+    train.write_text("\n".join(lines[:2000]) + "\n", encoding="utf-8")
+    val.write_text("\n".join([lines[0][1:], *lines[2000:]]) + "\n", encoding="utf-8")
+    wanted = set(labels[:15])
+    for conf in (0.5, 0.0):
+        fast = read_image_labels([train, val], wanted, conf)
+        slow = read_image_labels_csv([train, val], wanted, conf)
+        assert fast == slow and len(fast[0]) > 100
+        assert set(fast[1].values()) == {"train", "val"}
+
+
+def test_openimages_reader_names_missing_column(tmp_path: Path) -> None:
+    from ofgr_core.data.openimages import read_image_labels
+
+    bad = tmp_path / "train-imagelabels.csv"
+    bad.write_text("ImageID,Source,Label,Confidence\nx,y,/m/1,1\n")
+    with pytest.raises(DataError, match=r"train-imagelabels.csv lacks columns \['LabelName'\]"):
+        read_image_labels([bad], {"/m/1"}, 0.5)

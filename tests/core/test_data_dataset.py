@@ -69,7 +69,7 @@ def test_check_memo_and_cache(tmp_path: Path) -> None:
     write_image(tmp_path / "m/images/c/a/0.png", 99, size=(300, 100))  # wide: aspect kept in the cache
     cfg = manifest_cfg(tmp_path / "m", cache=True, image_size=32, cache_dir=str(tmp_path / "cache"))
     p = load_dataset(cfg)
-    assert (tmp_path / "cache" / "image_checks.json").is_file()
+    assert (tmp_path / "cache" / "image_checks.bin").is_file()
     from ofgr_core.data.loader import ImageDataset
 
     ds = ImageDataset(p.table.paths, p.labels, lambda im: np.asarray(im))
