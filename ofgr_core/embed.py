@@ -129,7 +129,7 @@ def embed_to_file(
         with open(tmp, "wb") as f:
             np.save(f, np.empty((0, dim), dtype=dtype))
         os.replace(tmp, out)
-        return np.load(out)  # type: ignore[return-value]
+        return np.load(out)
     try:
         for start, emb in iter_embed(model, paths, transform, device, **kwargs):
             if mm is None:
