@@ -266,7 +266,11 @@ def _synth(root: Path, seed: int, **kw) -> Path:
 
 @pytest.mark.slow
 def test_pretrained_tiny_clip_retrieves_coarse_classes_from_text_above_chance(tmp_path):
-    """Contrastive pretraining on captions of one world; class-name prompts on another world's images."""
+    """Contrastive pretraining on attribute captions of one world; class-name prompts on another world.
+
+    The captions ("a red pickup") name colour and body type, never a fine class; the test world has other
+    fine classes of the same body types, so retrieving its body types from prompts is generalisation.
+    """
     from typer.testing import CliRunner
 
     from ofgr_core.cli import app
@@ -275,15 +279,22 @@ def test_pretrained_tiny_clip_retrieves_coarse_classes_from_text_above_chance(tm
     from ofgr_core.hierarchy import Hierarchy
     from ofgr_core.text import evaluate_text_to_image
 
-    pre = _synth(tmp_path / "pre", 1, num_coarse=4, fine_per_coarse=3, images_per_class=16)
-    test = _synth(tmp_path / "test", 2, num_coarse=4, fine_per_coarse=2, images_per_class=10)
+    pre = _synth(tmp_path / "pre", 1, num_coarse=4, fine_per_coarse=3, images_per_class=12)
+    test = _synth(tmp_path / "test", 2, num_coarse=4, fine_per_coarse=2, images_per_class=8)
+    with open(pre / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    manifest = pre / "captions.csv"  # paths are relative to the manifest's folder
+    with open(manifest, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "caption"])
+        w.writerows([r["path"], f"a {r['color']} {r['coarse']}"] for r in rows)
     out = tmp_path / "ck"
-    args = ["clip", "pretrain", str(pre), "--out", str(out), "--epochs", "15", "--batch-size", "32",
+    args = ["clip", "pretrain", str(manifest), "--out", str(out), "--epochs", "12", "--batch-size", "48",
             "--image-size", "32", "--json", "-q"]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)
-    assert res["pretrained"] == f"local-dir:{out}" and not res["reused"]
+    assert res["pretrained"] == f"local-dir:{out}" and not res["reused"] and res["images"] == 144
     again = CliRunner().invoke(app, args)  # same manifest and settings: reused, not retrained
     assert again.exit_code == 0 and json.loads(again.stdout)["reused"]
 
@@ -300,10 +311,9 @@ def test_pretrained_tiny_clip_retrieves_coarse_classes_from_text_above_chance(tm
         assert block["head"] is None and block["space_for_free_text"] == "raw"
         assert block["raw"]["n_queries"] == {"fine": 8, "coarse": 4}
         scores[name] = block["raw"]["coarse"]
-    chance = 1 / 4  # balanced coarse classes: a random ranking's precision
-    assert scores["pretrained"]["map"] > chance + 0.1
-    assert scores["pretrained"]["map"] > scores["random"]["map"]
+    chance = 1 / 4  # four coarse classes
     assert scores["pretrained"]["recall@1"] > chance
+    assert scores["pretrained"]["map@r"] > scores["random"]["map@r"]
 
 
 def test_pretrain_needs_captions(tmp_path):
