@@ -265,6 +265,7 @@ def _synth(root: Path, seed: int, **kw) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~1 min on an idle 2-core CPU; much longer on a shared one
 def test_pretrained_tiny_clip_retrieves_coarse_classes_from_text_above_chance(tmp_path):
     """Contrastive pretraining on attribute captions of one world; class-name prompts on another world.
 
