@@ -282,10 +282,11 @@ def pretrain_clip(
                 clip_model.logit_scale.clamp_(0, math.log(100))  # CLIP's cap on the temperature
                 correct += int((img_f @ txt_f.T).argmax(1).eq(torch.arange(len(idx), device=dev)).sum())
                 seen += len(idx)
-            losses.append(float(loss.detach()))
+            loss_value = float(loss.detach())
+            losses.append(loss_value)
             step += 1
             rate = len(idx) * (b + 1) / max(1e-9, time.perf_counter() - t_ep)
-            yield TrainStep(epoch, b + 1, steps_per_epoch, float(loss.detach()), {"clip": float(loss.detach())},
+            yield TrainStep(epoch, b + 1, steps_per_epoch, loss_value, {"clip": loss_value},
                             float(opt.param_groups[0]["lr"]), rate)
         epoch_loss = float(np.mean(losses))
         scale = float(clip_model.logit_scale.detach().exp())
