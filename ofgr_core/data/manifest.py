@@ -81,9 +81,9 @@ def read_manifest(
                 if not value and not (k == 0 and lv == "fine"):  # an empty fine label = coarse-only image
                     raise DataError(f"manifest {path} line {line}: empty {lv!r} label for {rel!r}")
                 labels[lv].append(canon.setdefault(value, value))
-            for name, ci in zip(OPTIONAL_COLUMNS, extra_cols, strict=True):
+            for column, ci in zip(OPTIONAL_COLUMNS, extra_cols, strict=True):
                 value = row[ci].strip() if ci is not None and ci < width else ""
-                extra[name].append(canon.setdefault(value, value))
+                extra[column].append(canon.setdefault(value, value))
             rels.append(rel)
             lines.append(line)
     if not n_rows:
