@@ -224,6 +224,8 @@ class RunsScreen(OfgrScreen[None]):
 
     def _fill(self) -> None:
         t = self.table
+        if self.is_current and self.app.focused is None:  # a rebuilt table can lose focus: keys must reach it
+            t.focus()
         if not t.columns:
             return
         shown = self.visible
