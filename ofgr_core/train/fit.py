@@ -127,21 +127,13 @@ class EndToEnd(Fitter):
                                amp=amp, channels_last=cl)
 
         mc = cfg.model
-        return (yield from train(
-            cfg,
+        return (yield from _train(
+            inp,
             model=inp.model,
             loss_fn=loss_fn,
             sampler=sampler,
             train_dataset=ImageDataset([inp.paths[i] for i in inp.train_rows], labels, inp.train_transform),
             val_embed=val_embed if len(val_paths) >= 2 else None,
-            val_labels=inp.labels[inp.val_rows],
-            device=inp.device,
-            ckpt_dir=inp.ckpt_dir,
-            dist_info=inp.dist_info,
-            stop=inp.stop,
-            resume_from=inp.resume_from,
-            state_dict=inp.model.trainable_state_dict,
-            load_state_dict=inp.model.load_trainable_state_dict,
             probe_epochs=getattr(mc, "probe_epochs", 0),
             backbone_lr_mult=getattr(mc, "backbone_lr_mult", 1.0),
             layer_decay=getattr(mc, "layer_decay", None),
@@ -234,21 +226,13 @@ class HeadOnFeatures(Fitter):
 
     def _train(self, inp: FitInputs, head: FeatureHead, loss_fn: torch.nn.Module, sampler: Any,
                labels: np.ndarray, val_x: np.ndarray) -> Generator[Event, None, TrainResult]:
-        return (yield from train(
-            inp.cfg,
+        return (yield from _train(
+            inp,
             model=head,
             loss_fn=loss_fn,
             sampler=sampler,
             train_dataset=FeatureDataset(self.tower_features(inp.train_rows), labels),
             val_embed=(lambda: self._apply_head(inp, val_x)) if len(val_x) >= 2 else None,
-            val_labels=inp.labels[inp.val_rows],
-            device=inp.device,
-            ckpt_dir=inp.ckpt_dir,
-            dist_info=inp.dist_info,
-            stop=inp.stop,
-            resume_from=inp.resume_from,
-            state_dict=inp.model.trainable_state_dict,
-            load_state_dict=inp.model.load_trainable_state_dict,
             num_workers=0,
         ))
 
@@ -271,6 +255,23 @@ class HeadOnFeatures(Fitter):
 
     def trains_anything(self, inp: FitInputs) -> bool:
         return _trainable(inp.model.head) and inp.cfg.train.epochs > 0
+
+
+def _train(inp: FitInputs, **kwargs: Any) -> Generator[Event, None, TrainResult]:
+    """``train`` with what every strategy takes from the run: validation labels, device, checkpoints (the
+    encoder's trainable state: a frozen tower built from weights is never saved), stop and resume."""
+    return (yield from train(
+        inp.cfg,
+        val_labels=inp.labels[inp.val_rows],
+        device=inp.device,
+        ckpt_dir=inp.ckpt_dir,
+        dist_info=inp.dist_info,
+        stop=inp.stop,
+        resume_from=inp.resume_from,
+        state_dict=inp.model.trainable_state_dict,
+        load_state_dict=inp.model.load_trainable_state_dict,
+        **kwargs,
+    ))
 
 
 def create_fitter(model: Encoder) -> Fitter:
