@@ -1,6 +1,6 @@
 """Approximate indexes vs exact search: speed-up at recall >= 0.95 of the exact top-10.
 
-Not a test. Builds IVF-PQ (with exact re-ranking) and HNSW through ``ofgr_core.index.build_index`` on
+Not a test. Builds IVF-PQ (with exact re-ranking) and HNSW through ``ofgr_core.retrieval.index.build_index`` on
 clustered unit vectors, then sweeps ``nprobe`` / ``ef_search`` and reports, for each sweep, the fastest
 setting whose recall of the exact top-10 is at least ``--target``.
 
@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from ofgr_core.config import IndexConfig
-from ofgr_core.index import build_index, exact_searcher, set_search_params
+from ofgr_core.retrieval.index import build_index, exact_searcher, set_search_params
 
 
 def clustered(n: int, d: int, n_centres: int, seed: int = 0) -> np.ndarray:

@@ -25,14 +25,15 @@ FIT_EVAL = ("features", "train", "embed", "evaluate")
 
 
 def run(config: str, runs_dir: Path, overrides: list[str]) -> dict:
-    from ofgr_core import runs
-    from ofgr_core.bench import start_run
     from ofgr_core.config import load_config
-    from ofgr_core.pipeline import execute_run
+    from ofgr_core.runs.eventlog import EventWriter
+    from ofgr_core.runs.folder import RunFolder
+    from ofgr_core.workflows.bench import start_run
+    from ofgr_core.workflows.pipeline import execute_run
 
     cfg = load_config(config, overrides)
     run_dir = start_run(cfg, runs_dir, config_path=config, overrides=overrides)
-    with runs.EventWriter(runs.RunFolder(run_dir).events) as writer:
+    with EventWriter(RunFolder(run_dir).events) as writer:
         status, metrics = execute_run(cfg, run_dir, writer, None, config_path=config)
     assert status == "finished" and metrics, f"{run_dir}: {status}"
     metrics["_run_dir"] = str(run_dir)

@@ -67,7 +67,7 @@ def rss_mb() -> float:
 def child(manifest: str, workers: int) -> None:
     from ofgr_core.config import DataConfig, SplitConfig
     from ofgr_core.data.dataset import describe, load_dataset
-    from ofgr_core.splits import make_split
+    from ofgr_core.data.splits import make_split
 
     cache = Path(tempfile.mkdtemp(prefix="ofgr_bench_cache_"))
     cfg = DataConfig.model_validate({"sources": [{"type": "manifest", "root": manifest}], "cache": True,

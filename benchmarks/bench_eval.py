@@ -64,7 +64,7 @@ def worker(kind: str, folder: Path, k: int, levels: int, queries: int, bootstrap
         import faiss  # noqa: F401
 
         from ofgr_core.config import EvalConfig
-        from ofgr_core.evaluate import run_split
+        from ofgr_core.retrieval.evaluate import run_split
     base = rss_mb()
     nbytes = emb.size * 4
     t0 = time.perf_counter()

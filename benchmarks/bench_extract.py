@@ -3,7 +3,7 @@
     python benchmarks/bench_extract.py                                   # tiny CLIP, 64 px, CPU
     python benchmarks/bench_extract.py --model ViT-B-32 --size 224 --n 2000 --workers 8 --device cuda
 
-"Pipeline" is ``ofgr_core.features.extract_features``: decode the files in DataLoader workers, preprocess,
+"Pipeline" is ``ofgr_core.embedding.features.extract_features``: decode the files in DataLoader workers, preprocess,
 run the frozen tower, write the cache. "Encoder alone" runs the same tower on the same images already decoded,
 preprocessed and on the device, at the same batch size. The ratio pipeline / encoder says how much of the
 tower's speed the data path keeps (goal >= 0.8: the encoder, not the loader, should be the bottleneck). Random
@@ -38,7 +38,7 @@ def main() -> None:
     from PIL import Image
 
     from ofgr_core.config import ClipModelConfig
-    from ofgr_core.features import FeatureStore, extract_features
+    from ofgr_core.embedding.features import FeatureStore, extract_features
     from ofgr_core.models import create_model_and_transforms
 
     work = Path(tempfile.mkdtemp(prefix="ofgr-bench-extract-"))
@@ -58,7 +58,7 @@ def main() -> None:
     with Image.open(paths[0]) as im:
         x = tf(im.convert("RGB"))
     batch = x.unsqueeze(0).repeat(a.batch_size, 1, 1, 1).to(device)
-    from ofgr_core.embed import autocast_for
+    from ofgr_core.embedding.embed import autocast_for
 
     with torch.no_grad(), autocast_for(device, amp):
         model.tower_features(batch)  # warm-up

@@ -43,15 +43,15 @@ from sklearn.metrics import adjusted_rand_score
 
 from ofgr_core.config import ArcFaceConfig, Config, EvalConfig, HTripletConfig, LossConfig
 from ofgr_core.data import synthetic
-from ofgr_core.embed import embed_paths
-from ofgr_core.evaluate import run_split
-from ofgr_core.induce import class_centroids, induce_groups
+from ofgr_core.embedding.embed import embed_paths
+from ofgr_core.hierarchy.induce import class_centroids, induce_groups
+from ofgr_core.hierarchy.suspects import find_suspects, precision_recall_at
 from ofgr_core.losses import create_loss
 from ofgr_core.models import create_model_and_transforms
-from ofgr_core.runs import RunFolder
+from ofgr_core.retrieval.evaluate import run_split
+from ofgr_core.runs.checkpoint import load_checkpoint
+from ofgr_core.runs.folder import RunFolder
 from ofgr_core.samplers import HierarchicalPKSampler
-from ofgr_core.suspects import find_suspects, precision_recall_at
-from ofgr_core.train.checkpoint import load_checkpoint
 
 
 # -------------------------------------------------------------------------------------------- encoders

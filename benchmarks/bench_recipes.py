@@ -88,7 +88,7 @@ def _line(x: str, r: dict, ref: float | None) -> str:
 def run_recipe(x: str, args: argparse.Namespace, work: Path) -> dict:
     """One recipe through the real pipeline (``execute_run``); its figures."""
     from ofgr_core.config import load_config
-    from ofgr_core.pipeline import execute_run
+    from ofgr_core.workflows.pipeline import execute_run
 
     base = {
         "seed": args.seed,

@@ -44,8 +44,8 @@ def make(n: int, d: int, seed: int = 0, noise: float = 0.9) -> tuple[np.ndarray,
 
 def approx(n: int, d: int, nprobe: int, sample: int, noise: float) -> None:
     from ofgr_core.config import EvalConfig
-    from ofgr_core.evaluate import run_split
-    from ofgr_core.index import default_nlist
+    from ofgr_core.retrieval.evaluate import run_split
+    from ofgr_core.retrieval.index import default_nlist
 
     x, labels = make(n, d, noise=noise)
     nlist = default_nlist(n)

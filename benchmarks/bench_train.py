@@ -25,9 +25,9 @@ import torch
 
 from ofgr_core.config import LossConfig, SamplerConfig, TimmModelConfig
 from ofgr_core.data.base import create_table
+from ofgr_core.data.labels import Hierarchy
 from ofgr_core.data.loader import ImageDataset
-from ofgr_core.embed import autocast_for
-from ofgr_core.hierarchy import Hierarchy
+from ofgr_core.embedding.embed import autocast_for
 from ofgr_core.losses import create_loss
 from ofgr_core.models import create_model, create_transforms
 from ofgr_core.samplers import create_sampler

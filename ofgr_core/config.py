@@ -15,8 +15,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 
-from ofgr_core.errors import ConfigError
-from ofgr_core.textio import load_yaml, read_yaml_file
+from ofgr_core.common.errors import ConfigError
+from ofgr_core.common.textio import load_yaml, read_yaml_file
 
 
 class Section(BaseModel):

@@ -20,10 +20,11 @@ from textual.app import App
 from textual.binding import Binding
 from textual.worker import Worker, WorkerState
 
-from ofgr_core.errors import OfgrError
-from ofgr_core.gpu import GpuSnapshot
-from ofgr_core.runlock import LOCK_FILE
-from ofgr_core.runs import RunFolder, RunInfo, load_run, request_stop
+from ofgr_core.common.errors import OfgrError
+from ofgr_core.common.gpu import GpuSnapshot
+from ofgr_core.runs.folder import RunFolder
+from ofgr_core.runs.lock import LOCK_FILE
+from ofgr_core.runs.state import RunInfo, load_run, request_stop
 from ofgr_tui import launcher
 from ofgr_tui.messages import (
     CompareRuns,
@@ -124,7 +125,7 @@ class OfgrApp(App[None]):
         self.configs_dir = Path(configs_dir)
         self.clock = clock
         if gpu_probe is None:
-            from ofgr_core.gpu import snapshot as gpu_probe
+            from ofgr_core.common.gpu import snapshot as gpu_probe
         self.gpu_probe = gpu_probe
         self.scan_interval = scan_interval
         self.tail_interval = tail_interval

@@ -14,7 +14,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ofgr_core.runs import RunFolder, read_events, read_json
+from ofgr_core.runs.eventlog import read_events
+from ofgr_core.runs.folder import RunFolder
+from ofgr_core.runs.state import read_json
 
 LOG_DIR = ".launch"  # inside the runs folder; not a run folder (no events.jsonl/config.yaml)
 

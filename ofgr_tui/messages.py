@@ -11,8 +11,8 @@ from pathlib import Path
 
 from textual.message import Message
 
-from ofgr_core.gpu import GpuSnapshot
-from ofgr_core.runs import RunInfo
+from ofgr_core.common.gpu import GpuSnapshot
+from ofgr_core.runs.state import RunInfo
 
 VIEWS = ("live", "results", "embeddings", "query")
 

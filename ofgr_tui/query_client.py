@@ -16,7 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from ofgr_core.errors import OfgrError
+from ofgr_core.common.errors import OfgrError
 
 
 class QueryFailed(OfgrError):
@@ -61,7 +61,7 @@ class QueryClient:
         return to_namespace(self._ask(request))
 
     def supports_text(self, run_dir: str) -> bool:
-        """``ofgr_core.query.run_supports_text`` asked in the worker (it inspects the model family)."""
+        """``ofgr_core.retrieval.query.run_supports_text`` asked in the worker (it inspects the model family)."""
         return bool(self._ask({"op": "supports_text", "run_dir": run_dir}))
 
     def _ask(self, request: dict[str, Any]) -> Any:

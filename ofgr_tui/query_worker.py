@@ -1,11 +1,11 @@
-"""A query worker process: answers ``ofgr_core.query.query_run`` requests over stdin/stdout as JSON lines.
+"""A query worker process: answers ``ofgr_core.retrieval.query.query_run`` requests over stdin/stdout as JSON lines.
 
 The TUI never imports torch or faiss itself (an image query loads the model: ~800 MB in the process that
 does it). It starts this module once (``python -m ofgr_tui.query_worker``), sends one request per line and
 reads one reply per line; the worker keeps the model and indexes loaded between queries. No Textual here.
 
 Request: ``{"run_dir", "item_id", "image_path", "text", "k", "split"}``, or ``{"op": "supports_text", "run_dir"}``
-(``ofgr_core.query.run_supports_text``: whether the run's model takes text queries).
+(``ofgr_core.retrieval.query.run_supports_text``: whether the run's model takes text queries).
 Reply: ``{"ok": QueryResult.to_dict()}`` (``{"ok": bool}`` for ``supports_text``) or
 ``{"error": one line, "type": exception class, "known": bool}``.
 """
@@ -18,8 +18,8 @@ from typing import Any
 
 
 def answer(request: dict[str, Any]) -> dict[str, Any]:
-    from ofgr_core.errors import OfgrError
-    from ofgr_core.query import query_run, run_supports_text
+    from ofgr_core.common.errors import OfgrError
+    from ofgr_core.retrieval.query import query_run, run_supports_text
 
     try:
         if request.get("op") == "supports_text":

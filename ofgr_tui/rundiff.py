@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from ofgr_core.runs import RunFolder
+from ofgr_core.runs.folder import RunFolder
 
 MISSING = "—"
 # keys that differ between every pair of runs without telling anything about the experiment

@@ -15,9 +15,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ofgr_core.diskspace import disk_error_from
-from ofgr_core.errors import ExitCode, OfgrError
-from ofgr_core.textio import dumps_strict
+from ofgr_core.common.diskspace import disk_error_from
+from ofgr_core.common.errors import ExitCode, OfgrError
+from ofgr_core.common.textio import dumps_strict
 
 app = typer.Typer(
     name="ofgr",

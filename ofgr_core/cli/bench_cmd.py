@@ -22,8 +22,8 @@ def bench(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Run a benchmark suite: finished runs are skipped, interrupted ones resumed; then the comparison report."""
-    from ofgr_core.bench import load_suite, run_overrides, run_suite
     from ofgr_core.cli.run_cmd import EventPrinter
+    from ofgr_core.workflows.bench import load_suite, run_overrides, run_suite
 
     suite = load_suite(suite_ref)
     runs_dir = runs_dir or Path("runs") / f"bench-{suite.name}"

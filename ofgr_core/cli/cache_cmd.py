@@ -1,4 +1,4 @@
-"""``ofgr cache ls|clear``: the shared feature cache of frozen towers (``ofgr_core.features``)."""
+"""``ofgr cache ls|clear``: the shared feature cache of frozen towers (``ofgr_core.embedding.features``)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def ls(
     as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
 ) -> None:
     """One line per cached encoder: architecture, weights hash, input size, images, size on disk."""
-    from ofgr_core.features import default_cache_root, list_entries
+    from ofgr_core.embedding.features import default_cache_root, list_entries
 
     entries = list_entries(root)
     if as_json:
@@ -62,7 +62,7 @@ def clear(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask."),
 ) -> None:
     """Delete cached features (all, or one encoder's); runs recompute them when needed."""
-    from ofgr_core import features
+    from ofgr_core.embedding import features
 
     entries = features.list_entries(root)
     if entry is not None:

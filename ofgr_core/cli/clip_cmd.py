@@ -38,7 +38,7 @@ def pretrain(
 
     Use the result with model.kind: clip and model.pretrained: local-dir:OUT.
     """
-    from ofgr_core.clip_pretrain import pretrain_clip
+    from ofgr_core.models.clip.pretrain import pretrain_clip
 
     events = pretrain_clip(manifest, out_dir, model=model, pretrained=pretrained, epochs=epochs,
                            batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,

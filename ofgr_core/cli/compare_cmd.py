@@ -12,12 +12,11 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from ofgr_core import runs
 from ofgr_core.cli.app import app, err, handle_errors, out, print_json
 from ofgr_core.cli.tables import Column, fitted_table, rendered_width
-from ofgr_core.compare import Comparison
-from ofgr_core.errors import OfgrError
-from ofgr_core.reportfmt import (
+from ofgr_core.common.errors import OfgrError
+from ofgr_core.reports.compare import Comparison
+from ofgr_core.reports.tables import (
     COST_FIELDS,
     LETTERS,
     cost_cells,
@@ -27,6 +26,7 @@ from ofgr_core.reportfmt import (
     section_title,
     value_cell,
 )
+from ofgr_core.runs.state import resolve_run
 
 LABEL_WIDTH = 19  # "unseen coarse MAP@R"
 
@@ -42,7 +42,7 @@ def _parse_ks(text: str) -> list[int]:
 
 
 def resolve_runs(refs: list[str], runs_dir: Path) -> list[Path]:
-    dirs = [runs.resolve_run(r, runs_dir) for r in refs]
+    dirs = [resolve_run(r, runs_dir) for r in refs]
     seen: set[Path] = set()
     for d in dirs:
         if d.resolve() in seen:
@@ -157,7 +157,7 @@ def compare(
     as_markdown: bool = typer.Option(False, "--markdown", help="GitHub markdown on stdout."),
 ) -> None:
     """Compare runs: Recall@K and MAP@R with CIs, deltas and paired tests against the first run, costs."""
-    from ofgr_core.compare import compare_runs
+    from ofgr_core.reports.compare import compare_runs
 
     if sum([as_json, as_csv, as_markdown]) > 1:
         raise typer.BadParameter("choose one of --json, --csv, --markdown")

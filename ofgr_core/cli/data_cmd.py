@@ -117,9 +117,9 @@ def inspect(
 
 
 def _inspect_report(target: Path, check: bool) -> dict:
+    from ofgr_core.common.errors import OfgrError
     from ofgr_core.config import DataConfig, SourceConfig, load_config
     from ofgr_core.data.dataset import detect_source, load_dataset
-    from ofgr_core.errors import OfgrError
 
     split_cfg, seed = None, 0
     if target.suffix.lower() in (".yaml", ".yml") and target.is_file():
@@ -158,7 +158,7 @@ def _inspect_report(target: Path, check: bool) -> dict:
         "warnings": list(rep["warnings"]),
     }
     if split_cfg is not None:
-        from ofgr_core.splits import make_split
+        from ofgr_core.data.splits import make_split
 
         try:
             split = make_split(prepared.table, prepared.hierarchy, prepared.labels, split_cfg, seed)
@@ -243,11 +243,11 @@ def prepare(
     Safe to interrupt: checked files are kept in the memo file and cached pixels in the cache, so running it
     again (or `ofgr run`) continues where it stopped.
     """
+    from ofgr_core.common.errors import ConfigError
     from ofgr_core.config import load_config
     from ofgr_core.data.cache import find_cache
     from ofgr_core.data.dataset import load_dataset
-    from ofgr_core.errors import ConfigError
-    from ofgr_core.events import RateMeter
+    from ofgr_core.runs.events import RateMeter
 
     cfg = load_config(config)
     if not (cfg.data.cache and cfg.data.image_size):

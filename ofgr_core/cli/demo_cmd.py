@@ -39,9 +39,9 @@ def demo(
     Pretrains the tiny CLIP stand-in first (cached in DATA_ROOT/clip-tiny), then runs the `demo` benchmark
     suite (finished runs are reused; delete RUNS_DIR/bench.json to start over).
     """
-    from ofgr_core.bench import load_suite, run_suite
     from ofgr_core.cli.run_cmd import EventPrinter
-    from ofgr_core.demo import prepare_clip, summary_rows, verdict
+    from ofgr_core.workflows.bench import load_suite, run_suite
+    from ofgr_core.workflows.demo import prepare_clip, summary_rows, verdict
 
     suite = load_suite("demo")
     with EventPrinter(quiet=quiet) as printer:

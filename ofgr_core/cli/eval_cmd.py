@@ -16,8 +16,8 @@ import typer
 from rich.table import Table
 
 from ofgr_core.cli.app import app, err, escape, handle_errors, index_app, out, print_json
-from ofgr_core.errors import DataError, NotFoundError, UsageError
-from ofgr_core.textio import read_text
+from ofgr_core.common.errors import DataError, NotFoundError, UsageError
+from ofgr_core.common.textio import read_text
 
 LABEL_COLUMNS = ("id", "fine", "coarse", "split", "domain", "group")
 INDEX_TYPES = ("flat", "ivf_flat", "ivf_pq", "hnsw")
@@ -201,9 +201,9 @@ def eval_embeddings(
     prints exactly what one process prints.
     """
     from ofgr_core.config import EvalConfig, IndexConfig
-    from ofgr_core.embcheck import check_embeddings, degenerate_labels
-    from ofgr_core.evaluate import evaluate_embeddings
-    from ofgr_core.shard import close_shard, init_shard_from_env
+    from ofgr_core.retrieval.embcheck import check_embeddings, degenerate_labels
+    from ofgr_core.retrieval.evaluate import evaluate_embeddings
+    from ofgr_core.retrieval.shard import close_shard, init_shard_from_env
 
     if index not in INDEX_TYPES:
         raise typer.BadParameter(f"--index must be one of {', '.join(INDEX_TYPES)}, got {index!r}")
@@ -279,14 +279,15 @@ def index_build(
 
     The index's ids are the row numbers of RUN/embeddings/<split>.csv, whose ``id`` column names the item.
     """
-    from ofgr_core import runs
     from ofgr_core.config import IndexConfig, load_config
-    from ofgr_core.embcheck import check_embeddings
-    from ofgr_core.index import build_index
+    from ofgr_core.retrieval.embcheck import check_embeddings
+    from ofgr_core.retrieval.index import build_index
+    from ofgr_core.runs.folder import RunFolder, check_split_name
+    from ofgr_core.runs.state import resolve_run
 
-    runs.check_split_name(split)
-    run_dir = runs.resolve_run(run_ref, runs_dir)
-    folder = runs.RunFolder(run_dir)
+    check_split_name(split)
+    run_dir = resolve_run(run_ref, runs_dir)
+    folder = RunFolder(run_dir)
     npy, csv_path = folder.embeddings_npy(split), folder.embeddings_csv(split)
     if not npy.is_file():
         have = folder.embedded_splits()

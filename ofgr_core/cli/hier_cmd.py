@@ -8,8 +8,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ofgr_core import runs
 from ofgr_core.cli.app import data_app, handle_errors, out, print_json
+from ofgr_core.runs.state import resolve_run
 
 
 # --------------------------------------------------------------------------------------- data suspects
@@ -24,11 +24,11 @@ def suspects(
     as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
 ) -> None:
     """Images whose fine label disagrees with their neighbourhood in the run's stored embeddings, ranked."""
-    from ofgr_core.suspects import find_suspects, load_run_embeddings
+    from ofgr_core.hierarchy.suspects import find_suspects, load_run_embeddings
 
     if top < 1:
         raise typer.BadParameter(f"--top must be >= 1, got {top}")
-    run_dir = runs.resolve_run(run_ref, runs_dir)
+    run_dir = resolve_run(run_ref, runs_dir)
     emb, rows = load_run_embeddings(run_dir, split or None)
     found = find_suspects(emb, [r.get("fine", "") for r in rows], [r["id"] for r in rows],
                           paths=[r.get("path", "") for r in rows], splits=[r["split"] for r in rows],
@@ -73,11 +73,12 @@ def hierarchy(
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON document on stdout."),
 ) -> None:
     """Induce a coarse level by clustering fine-class centroids of a frozen encoder's features."""
+    from ofgr_core.common.atomic import atomic_write_json
+    from ofgr_core.common.errors import ConfigError
     from ofgr_core.config import Config, DataConfig, SourceConfig, load_config
     from ofgr_core.data.dataset import detect_source, load_dataset
-    from ofgr_core.errors import ConfigError
-    from ofgr_core.induce import LINKAGES, dataset_class_features, induce_groups, write_taxonomy
-    from ofgr_core.runs import RunFolder, atomic_write_json
+    from ofgr_core.hierarchy.induce import LINKAGES, dataset_class_features, induce_groups, write_taxonomy
+    from ofgr_core.runs.folder import RunFolder
 
     if levels != 1:
         raise ConfigError(f"--levels {levels}: only one induced level (coarse) is supported; use --levels 1")
@@ -93,7 +94,7 @@ def hierarchy(
     model_cfg = cfg.model
     checkpoint = None
     if run_ref is not None:
-        run = RunFolder(runs.resolve_run(run_ref, runs_dir))
+        run = RunFolder(resolve_run(run_ref, runs_dir))
         model_cfg = load_config(run.config).model.model_copy(update={"pretrained": False})
         checkpoint = next((p for p in (run.checkpoint("best"), run.checkpoint("last")) if p.is_file()), None)
         if checkpoint is None:

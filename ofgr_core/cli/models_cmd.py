@@ -24,7 +24,7 @@ def models(
     Default: ViT-B-32 with tag openai (QuickGELU picked automatically). Weights are looked up in the local
     caches only; nothing is downloaded. ofgr's own configs (ofgr-tiny-clip, for the demo and tests) come first.
     """
-    from ofgr_core.models.clip import list_clip_models
+    from ofgr_core.models.clip.encoder import list_clip_models
 
     rows = list_clip_models()
     if arch:

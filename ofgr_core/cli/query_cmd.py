@@ -6,8 +6,9 @@ from pathlib import Path
 
 import typer
 
-from ofgr_core import runs
 from ofgr_core.cli.app import app, escape, handle_errors, out, print_json
+from ofgr_core.runs.folder import check_split_name
+from ofgr_core.runs.state import resolve_run
 
 
 @app.command()
@@ -23,10 +24,10 @@ def query(
     as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
 ) -> None:
     """Rank a run's gallery for an item id, an image file, or a text query."""
-    from ofgr_core.query import query_run
+    from ofgr_core.retrieval.query import query_run
 
-    runs.check_split_name(split)
-    run_dir = runs.resolve_run(run_ref, runs_dir)
+    check_split_name(split)
+    run_dir = resolve_run(run_ref, runs_dir)
     res = query_run(run_dir, item_id=item, image_path=image, text=text, k=k, split=split)
     if as_json:
         print_json(res.to_dict())

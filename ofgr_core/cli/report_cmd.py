@@ -23,7 +23,7 @@ def report(
     resamples: int = typer.Option(10000, "--resamples", min=100, help="Bootstrap resamples per paired test."),
 ) -> None:
     """Write report.md with config, data, split, environment, results, comparison, CSVs and figures."""
-    from ofgr_core.report import write_report
+    from ofgr_core.reports.report import write_report
 
     dirs = resolve_runs(run_refs, runs_dir)
     path = write_report(dirs, output, tsne=not no_tsne, tsne_points=tsne_points, n_resamples=resamples,

@@ -17,12 +17,15 @@ from rich import box
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ofgr_core import runs
 from ofgr_core.cli.app import app, err, escape, handle_errors, out, print_json
+from ofgr_core.common.atomic import atomic_write_json, atomic_write_text
+from ofgr_core.common.errors import ConfigError, DataError, ExitCode, NotFoundError
 from ofgr_core.config import dump_config, load_config
-from ofgr_core.errors import ConfigError, DataError, ExitCode, NotFoundError
-from ofgr_core.events import RunInterrupted, SignalInterrupt
-from ofgr_core.runlock import RunLock
+from ofgr_core.runs.eventlog import EventWriter
+from ofgr_core.runs.events import RunInterrupted, SignalInterrupt
+from ofgr_core.runs.folder import METRICS_FILE, RunFolder, create_run_dir
+from ofgr_core.runs.lock import RunLock
+from ofgr_core.runs.state import iter_runs, load_run, request_stop, resolve_run
 
 DEFAULT_CONFIG = "configs/demo.yaml"
 
@@ -157,7 +160,7 @@ class SignalStop:
     best-effort ``run_interrupted`` line.
     """
 
-    def __init__(self, run_dir: Path, writer: runs.EventWriter | None) -> None:
+    def __init__(self, run_dir: Path, writer: EventWriter | None) -> None:
         self.run_dir, self.writer = run_dir, writer
         self.stage: str | None = None
         self.received: str | None = None
@@ -178,7 +181,7 @@ class SignalStop:
             os._exit(128 + signum)
         self.received = name
         if self.stage == "train":
-            runs.request_stop(self.run_dir, reason=f"{name} received")
+            request_stop(self.run_dir, reason=f"{name} received")
             return
         raise SignalInterrupt(f"{name} received")
 
@@ -201,7 +204,7 @@ def _launch(
     cfg: Any, run_dir: Path, *, resume: bool, config_path: str | None, quiet: bool,
     lock: RunLock | None = None,
 ) -> None:
-    from ofgr_core.pipeline import execute_run
+    from ofgr_core.workflows.pipeline import execute_run
 
     main = int(os.environ.get("RANK", "0")) == 0
     if main and lock is None:
@@ -209,7 +212,7 @@ def _launch(
         lock.acquire()  # one writer per run folder, held until this process ends the run
     signals = SignalStop(run_dir, None)
     try:
-        writer = runs.EventWriter(runs.RunFolder(run_dir).events) if main else None
+        writer = EventWriter(RunFolder(run_dir).events) if main else None
         signals.writer = writer
         if main:
             err.print(f"run folder: [bold]{escape(str(run_dir))}[/]", highlight=False)
@@ -237,7 +240,7 @@ def _launch(
     if status == "interrupted":
         raise typer.Exit(int(signals.exit_code))
     if metrics:
-        metrics_path = runs.RunFolder(run_dir).metrics
+        metrics_path = RunFolder(run_dir).metrics
         out.print(*_metrics_tables(metrics, metrics_path, f"{run_dir.name}: Recall@K and MAP@R (%)"))
         out.print(f"metrics: {metrics_path}", highlight=False, markup=False)
 
@@ -252,7 +255,7 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Run an experiment end to end: data, split, train, embed, index, evaluate."""
-    from ofgr_core.envinfo import collect_env
+    from ofgr_core.common.envinfo import collect_env
     from ofgr_core.train.ddp import broadcast_object, init_distributed
 
     config_path: str | None = config
@@ -262,13 +265,13 @@ def run(
     if name:
         cfg.name = name
     dist_info = init_distributed(cfg.device)
-    run_dir = runs.create_run_dir(runs_dir, cfg.name) if dist_info.is_main else None
+    run_dir = create_run_dir(runs_dir, cfg.name) if dist_info.is_main else None
     run_dir = Path(broadcast_object(str(run_dir) if run_dir else None, dist_info))
     if dist_info.is_main:
-        runs.atomic_write_text(runs.RunFolder(run_dir).config, dump_config(cfg))
+        atomic_write_text(RunFolder(run_dir).config, dump_config(cfg))
         device = cfg.device
-        runs.atomic_write_json(
-            runs.RunFolder(run_dir).env,
+        atomic_write_json(
+            RunFolder(run_dir).env,
             collect_env(cfg.seed, device, {"config_path": config_path, "overrides": overrides,
                                            "world_size": dist_info.world_size, "pid": os.getpid(),
                                            "command_line": shlex.join(sys.argv)}),
@@ -286,23 +289,23 @@ def resume(
     """Continue a stopped or interrupted run from its last checkpoint, in the same run folder."""
     from ofgr_core.train.ddp import init_distributed
 
-    run_dir = runs.resolve_run(run_ref, runs_dir)
+    run_dir = resolve_run(run_ref, runs_dir)
     lock: RunLock | None = None
     if int(os.environ.get("RANK", "0")) == 0:  # the other ranks of a DDP resume follow rank 0
         # the lock first, then the status: between a check and a start another resume could slip in
         lock = RunLock(run_dir, "resume")
         lock.acquire()
     try:
-        info = runs.load_run(run_dir, ours=lock.info if lock is not None else None)
+        info = load_run(run_dir, ours=lock.info if lock is not None else None)
         if info.status == "running":  # a writer from before run locks existed, still alive
             raise ConfigError(f"run {run_dir.name} is already running ({info.reason}); stop it first")
         if info.status == "finished":
             raise ConfigError(f"run {run_dir.name} already finished; nothing to resume")
         problems = (info.reason or "").split("; ")
-        if info.status == "broken" and not all(runs.METRICS_FILE in p for p in problems):
+        if info.status == "broken" and not all(METRICS_FILE in p for p in problems):
             # (a lost or truncated metrics.json is what a resume rewrites; other damage is not)
             raise ConfigError(f"run {run_dir.name} cannot be resumed: {info.reason}")
-        folder = runs.RunFolder(run_dir)
+        folder = RunFolder(run_dir)
         cfg = load_config(folder.config)
         init_distributed(cfg.device)
     except BaseException:
@@ -328,7 +331,7 @@ def list_runs(
     """List runs: status, model, dataset, split, R@1 on unseen classes, duration."""
     if not runs_dir.is_dir():
         raise NotFoundError(f"{runs_dir}: no such runs folder (create runs with `ofgr run`, or pass --runs-dir)")
-    infos = list(runs.iter_runs(runs_dir))
+    infos = list(iter_runs(runs_dir))
     if as_json:
         print_json([i.to_dict() for i in infos])
         return
@@ -362,11 +365,11 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json on stdout, nothing else."),
 ) -> None:
     """Show a run's results."""
-    run_dir = runs.resolve_run(run_ref, runs_dir)
-    info = runs.load_run(run_dir)
+    run_dir = resolve_run(run_ref, runs_dir)
+    info = load_run(run_dir)
     if as_json:
         if info.metrics is None:
-            raise NotFoundError(f"{run_dir}: no {runs.METRICS_FILE} yet (status: {info.status})")
+            raise NotFoundError(f"{run_dir}: no {METRICS_FILE} yet (status: {info.status})")
         print_json(info.metrics)
         return
     err.print(f"[bold]{escape(info.run_id)}[/]  "
@@ -377,9 +380,9 @@ def show(
     if info.reason:
         err.print(f"[dim]{info.status}:[/] " + escape(info.reason), highlight=False)
     if info.metrics is None:
-        err.print(f"no {runs.METRICS_FILE} yet", markup=False)
+        err.print(f"no {METRICS_FILE} yet", markup=False)
         return
-    out.print(*_metrics_tables(info.metrics, run_dir / runs.METRICS_FILE, "Recall@K and MAP@R (%)"))
+    out.print(*_metrics_tables(info.metrics, run_dir / METRICS_FILE, "Recall@K and MAP@R (%)"))
 
 
 def _metrics_tables(metrics: dict[str, Any], path: Path, title: str) -> tuple[Table, Table]:
@@ -398,7 +401,7 @@ def tui(
     """Open the workbench (same as `ofgr-tui`)."""
     import shutil
 
-    from ofgr_core.errors import DependencyError
+    from ofgr_core.common.errors import DependencyError
 
     exe = shutil.which("ofgr-tui") or str(Path(sys.executable).with_name("ofgr-tui"))
     if not os.access(exe, os.X_OK):

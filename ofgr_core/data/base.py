@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ofgr_core.registry import Registry
+from ofgr_core.common.registry import Registry
 
 LEVELS = ("fine", "coarse")  # level 0 = finest; an optional third level "super" may follow
 
@@ -130,7 +130,6 @@ ADAPTERS: Registry[DatasetTable] = Registry("dataset type")
 
 
 def create_table(type: str, root: str | None, name: str | None = None, **options: Any) -> DatasetTable:
-    """Build the table of one source via the adapter registered under ``type``."""
-    from ofgr_core import data as _data  # noqa: F401  (registers the built-in adapters)
-
+    """Build the table of one source via the adapter registered under ``type`` (importing any module of
+    ``ofgr_core.data`` runs the package's ``__init__``, which registers the built-in adapters)."""
     return ADAPTERS.create(type, root=root, name=name, **options)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ofgr_core.diskspace import ensure_free, preallocate
+from ofgr_core.common.diskspace import ensure_free, preallocate
 
 CROP_PCT = 0.875
 MAX_ASPECT = 4.0  # a longer side is clamped: panoramas would otherwise blow up the cache
@@ -188,9 +188,9 @@ class ImageCache:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
-        from ofgr_core.data.dataset import _start_method
+        from ofgr_core.data.common import worker_start_method
 
-        method = _start_method()
+        method = worker_start_method()
         # the cache is sent once per worker (initializer), not with every chunk
         with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method),
                                  initializer=_warm_init, initargs=(self,)) as pool:

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ofgr_core.errors import ConfigError, DataError
+from ofgr_core.common.errors import ConfigError, DataError
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -96,3 +96,11 @@ def safe_join(root: Path, relative: str, what: str) -> Path:
 def relative_id(source: str, root: Path, path: Path) -> str:
     """Stable item id ``<source>:<path relative to root>`` with forward slashes."""
     return f"{source}:{Path(os.path.relpath(path, root)).as_posix()}"
+
+def worker_start_method() -> str:
+    """``fork`` where available, as torch's DataLoader workers: children only read files and decode them,
+    and unlike ``spawn``/``forkserver`` a fork does not re-run the caller's script (a notebook or a script
+    without a ``__main__`` guard would otherwise start the whole job again in every worker)."""
+    import multiprocessing as mp
+
+    return "fork" if "fork" in mp.get_all_start_methods() else "spawn"

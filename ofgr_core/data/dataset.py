@@ -25,10 +25,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ofgr_core.common.errors import DataError
 from ofgr_core.config import DataConfig
 from ofgr_core.data.base import DatasetTable, create_table
-from ofgr_core.errors import DataError
-from ofgr_core.hierarchy import Hierarchy
+from ofgr_core.data.common import worker_start_method
+from ofgr_core.data.labels import Hierarchy
 
 Progress = Callable[[int, int], None]
 
@@ -270,14 +271,6 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _start_method() -> str:
-    """``fork`` where available, as torch's DataLoader workers: children only read files and decode them,
-    and unlike ``spawn``/``forkserver`` a fork does not re-run the caller's script (a notebook or a script
-    without a ``__main__`` guard would otherwise start the whole job again in every worker)."""
-    import multiprocessing as mp
-
-    return "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-
 
 def check_images(paths: list[str], progress: Progress | None = None, workers: int | None = None,
                  memo_dir: Path | None = None) -> ImageChecks:
@@ -322,7 +315,7 @@ def check_images(paths: list[str], progress: Progress | None = None, workers: in
         if len(todo) >= PROCESS_MIN and workers > 1:
             import multiprocessing as mp
 
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(_start_method()))
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(worker_start_method()))
         else:
             pool = ThreadPoolExecutor(max_workers=min(8, workers * 2))
         # a bounded window of chunks in flight keeps memory flat and results in order

@@ -12,9 +12,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from ofgr_core.common.errors import DataError
 from ofgr_core.data.base import ADAPTERS, DatasetTable
 from ofgr_core.data.common import Options, list_dirs, parse_options, relative_id, require_root, walk_images
-from ofgr_core.errors import DataError
 
 SPLIT_DIRS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
               "test": "test", "testing": "test"}

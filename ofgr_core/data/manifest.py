@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+from ofgr_core.common.errors import DataError
+from ofgr_core.common.textio import read_text
 from ofgr_core.data.base import ADAPTERS, DatasetTable
 from ofgr_core.data.common import Options, parse_options, require_root, safe_join
-from ofgr_core.errors import DataError
-from ofgr_core.textio import read_text
 
 OPTIONAL_COLUMNS = ("domain", "split", "caption", "group")
 DEFAULT_FILE = "manifest.csv"

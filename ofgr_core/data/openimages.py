@@ -29,9 +29,9 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from ofgr_core.common.errors import DataError
 from ofgr_core.data.base import ADAPTERS, DatasetTable
 from ofgr_core.data.common import Options, parse_options, relative_id, require_root, walk_images
-from ofgr_core.errors import DataError
 
 VEHICLE = "/m/07yv9"
 

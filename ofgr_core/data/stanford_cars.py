@@ -32,10 +32,10 @@ import numpy as np
 from PIL import Image
 from pydantic import Field
 
+from ofgr_core.common.errors import DataError
 from ofgr_core.data.base import ADAPTERS, DatasetTable
 from ofgr_core.data.common import Options, parse_options, relative_id, require_root, walk_images
 from ofgr_core.data.taxonomy import normalize, shipped_fine_map
-from ofgr_core.errors import DataError
 
 # Makes whose name is more than one word; every other make is the first word of the class name.
 MULTIWORD_MAKES = ("AM General", "Aston Martin", "Land Rover")

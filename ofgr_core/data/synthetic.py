@@ -37,8 +37,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ofgr_core.common.errors import ConfigError, DataError
 from ofgr_core.data.base import ADAPTERS, DatasetTable
-from ofgr_core.errors import ConfigError, DataError
 
 __all__ = [
     "COARSE_TYPES",

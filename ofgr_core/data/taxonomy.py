@@ -33,8 +33,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from ofgr_core.errors import ConfigError
-from ofgr_core.textio import load_yaml, read_text
+from ofgr_core.common.errors import ConfigError
+from ofgr_core.common.textio import load_yaml, read_text
 
 SHIPPED = ("vehicles", "stanford_cars", "vehicle10")
 TAXONOMY_DIR = Path(__file__).parent / "taxonomies"  # shipped as package data

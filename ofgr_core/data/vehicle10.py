@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from ofgr_core.common.errors import DataError
 from ofgr_core.data.base import ADAPTERS, DatasetTable
 from ofgr_core.data.common import Options, parse_options, relative_id, require_root
 from ofgr_core.data.imagefolder import detect_split_dirs, scan
 from ofgr_core.data.taxonomy import load_taxonomy
-from ofgr_core.errors import DataError
 
 CLASSES = ("bicycle", "boat", "bus", "car", "helicopter", "minibus", "motorcycle", "taxi", "train", "truck")
 

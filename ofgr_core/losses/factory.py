@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from ofgr_core.common.errors import ConfigError
+from ofgr_core.common.registry import Registry
 from ofgr_core.config import ArcFaceConfig, HTripletConfig, LossConfig
-from ofgr_core.errors import ConfigError
 from ofgr_core.losses.arcface import ArcFaceLoss
 from ofgr_core.losses.base import EmbeddingLoss
 from ofgr_core.losses.combined import CombinedLoss
 from ofgr_core.losses.hierarchical_triplet import HierarchicalTripletLoss
 from ofgr_core.losses.subcenter_arcface import SubCenterArcFaceLoss
-from ofgr_core.registry import Registry
 
 # Keyed by the LossConfig field name; factories take (cfg=<section>, num_classes=, embed_dim=).
 LOSSES: Registry[EmbeddingLoss] = Registry("loss")

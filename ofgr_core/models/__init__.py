@@ -1,9 +1,7 @@
 """Encoders: ``create_model_and_transforms(cfg.model, image_size)`` -> an ``Encoder`` + its preprocessing."""
 
-from ofgr_core.models.backbone import create_timm_backbone, load_backbone_checkpoint, read_state_dict
 from ofgr_core.models.base import Encoder, FeatureHead, MLPHead
-from ofgr_core.models.clip import ClipEncoder  # registers model.kind=clip (open_clip is imported lazily)
-from ofgr_core.models.embedding import EmbeddingModel
+from ofgr_core.models.clip.encoder import ClipEncoder  # registers model.kind=clip (open_clip is imported lazily)
 from ofgr_core.models.factory import (
     MODELS,
     create_model,
@@ -11,8 +9,10 @@ from ofgr_core.models.factory import (
     create_transforms,
     encoder_class,
 )
-from ofgr_core.models.neck import EmbeddingNeck
-from ofgr_core.models.tiny_cnn import TinyCNN  # registers ofgr_tinycnn in timm
+from ofgr_core.models.timm.backbone import create_timm_backbone, load_backbone_checkpoint, read_state_dict
+from ofgr_core.models.timm.encoder import EmbeddingModel
+from ofgr_core.models.timm.neck import EmbeddingNeck
+from ofgr_core.models.timm.tiny_cnn import TinyCNN  # registers ofgr_tinycnn in timm
 
 __all__ = [
     "MODELS",

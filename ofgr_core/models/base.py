@@ -7,7 +7,7 @@ model is; they ask the model:
 - ``embed_dim``: width of the L2-normalised embeddings ``encode_images`` returns.
 - ``feature_dim``: width of the tower's features (the head's input).
 - ``tower_frozen``: the tower never changes during training, so its features can be computed once and
-  cached (``ofgr_core.features``) and only the head is trained on them.
+  cached (``ofgr_core.embedding.features``) and only the head is trained on them.
 - ``supports_text``: ``tokenize`` + ``encode_text`` map text into the same space as the tower's images.
 - ``trainable_state_dict()`` / ``load_trainable_state_dict()``: what a checkpoint holds; a frozen tower
   built from a weights source (hub tag, checkpoint file) is never written into checkpoints, it is rebuilt
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ofgr_core.errors import ConfigError
+from ofgr_core.common.errors import ConfigError
 
 
 class Encoder(nn.Module):

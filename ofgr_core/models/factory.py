@@ -1,7 +1,7 @@
 """``create_model_and_transforms``: one entry point for every encoder family, keyed by ``model.kind``.
 
 Each family registers a factory in ``MODELS`` from its own module (this one registers ``timm``;
-``ofgr_core.models.clip`` registers ``clip``); nothing else switches on the family's name.
+``ofgr_core.models.clip.encoder`` registers ``clip``); nothing else switches on the family's name.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from collections.abc import Callable
 import timm
 import timm.data
 
+from ofgr_core.common.registry import Registry
 from ofgr_core.config import ModelConfig, TimmModelConfig
-from ofgr_core.models.backbone import create_timm_backbone
 from ofgr_core.models.base import Encoder
-from ofgr_core.models.embedding import EmbeddingModel
-from ofgr_core.registry import Registry
+from ofgr_core.models.timm.backbone import create_timm_backbone
+from ofgr_core.models.timm.encoder import EmbeddingModel
 
 MODELS: Registry[Encoder] = Registry("model kind")
 

@@ -7,8 +7,8 @@ import warnings
 import numpy as np
 from torch.utils.data import Sampler
 
+from ofgr_core.common.registry import Registry
 from ofgr_core.config import SamplerConfig
-from ofgr_core.registry import Registry
 from ofgr_core.samplers.hierarchical_pk import HierarchicalPKSampler
 
 SAMPLERS: Registry[Sampler[list[int]]] = Registry("sampler")

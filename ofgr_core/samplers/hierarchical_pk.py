@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Sampler
 
-from ofgr_core.errors import ConfigError, DataError
+from ofgr_core.common.errors import ConfigError, DataError
 
 
 class HierarchicalPKSampler(Sampler[list[int]]):

@@ -71,3 +71,15 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+def resolve_device(pref: str, dist_info: DistInfo | None = None) -> torch.device:
+    if pref == "auto":
+        pref = "cuda" if torch.cuda.is_available() else "cpu"
+    if pref.startswith("cuda"):
+        if not torch.cuda.is_available():
+            from ofgr_core.common.errors import ConfigError
+
+            raise ConfigError(f"device={pref!r} but no CUDA GPU is visible; use --set device=cpu or auto")
+        if dist_info is not None and dist_info.enabled:
+            return torch.device(f"cuda:{dist_info.local_rank}")
+    return torch.device(pref)

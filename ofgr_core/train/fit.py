@@ -3,7 +3,7 @@
 - ``EndToEnd``: images through the whole encoder every step (timm backbones being fine-tuned).
 - ``HeadOnFeatures``: the encoder's tower is frozen (``model.tower_frozen``: a CLIP image tower, a timm
   backbone with ``freeze: all``), so its features are computed once through the content-addressed cache
-  (``ofgr_core.features``) and only the head trains on them. Retraining or re-evaluating a head never runs
+  (``ofgr_core.embedding.features``) and only the head trains on them. Retraining or re-evaluating a head never runs
   the tower again.
 
 Both train through ``ofgr_core.train.loop.train`` with the same losses, sampler, optimizer/schedule
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from ofgr_core.config import Config
-from ofgr_core.events import Event
 from ofgr_core.models.base import Encoder, FeatureHead
+from ofgr_core.runs.events import Event
 from ofgr_core.train.ddp import DistInfo
 from ofgr_core.train.loop import TrainResult, _flag, train
 
@@ -51,8 +51,8 @@ class FitInputs:
 
 def train_labels(labels: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, int]:
     """(N, 2) training labels: contiguous fine ids (ArcFace's class index; coarse-only rows keep
-    ``COARSE_ONLY``) and coarse ids; and the fine class count (``ofgr_core.hierarchy.training_labels``)."""
-    from ofgr_core.hierarchy import training_labels
+    ``COARSE_ONLY``) and coarse ids; and the fine class count (``ofgr_core.data.labels.training_labels``)."""
+    from ofgr_core.data.labels import training_labels
 
     classes, dense = training_labels(labels[rows])
     return dense, len(classes)
@@ -113,7 +113,7 @@ class EndToEnd(Fitter):
 
     def fit(self, inp: FitInputs, loss_fn: torch.nn.Module, sampler: Any) -> Generator[Event, None, TrainResult]:
         from ofgr_core.data.loader import ImageDataset
-        from ofgr_core.embed import embed_paths
+        from ofgr_core.embedding.embed import embed_paths
 
         cfg = inp.cfg
         labels, _ = train_labels(inp.labels, inp.train_rows)
@@ -141,7 +141,7 @@ class EndToEnd(Fitter):
 
     def embed(self, inp: FitInputs, rows: np.ndarray, progress: Progress | None = None,
               out: Path | None = None) -> np.ndarray:
-        from ofgr_core.embed import embed_paths
+        from ofgr_core.embedding.embed import embed_paths
 
         cfg = inp.cfg
         cuda = inp.device.type == "cuda"
@@ -161,7 +161,7 @@ class HeadOnFeatures(Fitter):
         self._matrix = np.empty((0, 0), np.float32)
 
     def prepare(self, inp: FitInputs, rows: np.ndarray, progress: Progress | None = None) -> dict[str, Any]:
-        from ofgr_core.features import FeatureStore, default_cache_root, extract_features
+        from ofgr_core.embedding.features import FeatureStore, default_cache_root, extract_features
 
         cfg = inp.cfg
         rows = np.unique(np.asarray(rows, dtype=np.int64))

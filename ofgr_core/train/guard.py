@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-from ofgr_core.errors import NonFiniteError
+from ofgr_core.common.errors import NonFiniteError
 
 
 def nonfinite_parts(loss: float, parts: Mapping[str, float]) -> list[str]:

@@ -24,10 +24,10 @@ import torch
 from torch import nn
 
 from ofgr_core.config import Config, EvalConfig, IndexConfig
-from ofgr_core.embed import autocast_for
-from ofgr_core.events import Event, Log, TrainEpoch, TrainStep
+from ofgr_core.embedding.embed import autocast_for
+from ofgr_core.runs.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ofgr_core.runs.events import Event, Log, TrainEpoch, TrainStep
 from ofgr_core.train import guard
-from ofgr_core.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ofgr_core.train.ddp import DistInfo, any_rank, barrier
 from ofgr_core.train.optim import create_optimizer, create_scheduler, head_lr, param_groups
 
@@ -57,18 +57,6 @@ class TrainModule(nn.Module):
         emb = self.model(inputs)
         return self.loss(emb.float(), labels)
 
-
-def resolve_device(pref: str, dist_info: DistInfo | None = None) -> torch.device:
-    if pref == "auto":
-        pref = "cuda" if torch.cuda.is_available() else "cpu"
-    if pref.startswith("cuda"):
-        if not torch.cuda.is_available():
-            from ofgr_core.errors import ConfigError
-
-            raise ConfigError(f"device={pref!r} but no CUDA GPU is visible; use --set device=cpu or auto")
-        if dist_info is not None and dist_info.enabled:
-            return torch.device(f"cuda:{dist_info.local_rank}")
-    return torch.device(pref)
 
 
 def _flag(value: str, cuda: bool) -> bool:
@@ -334,7 +322,7 @@ def train(
 
 def validate(embeddings: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Leave-one-out Recall@1 and MAP@R (fine) of validation embeddings, through the final metrics' engine."""
-    from ofgr_core.evaluate import run_split
+    from ofgr_core.retrieval.evaluate import run_split
 
     block = run_split(
         embeddings, labels, cfg=EvalConfig(ks=[1], bootstrap=0, index=IndexConfig(type="flat", device="cpu")),

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ofgr_core.common.errors import ConfigError
 from ofgr_core.config import TrainConfig
-from ofgr_core.errors import ConfigError
 
 
 def cosine_with_warmup(total_steps: int, warmup_steps: int) -> Callable[[int], float]:

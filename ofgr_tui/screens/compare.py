@@ -15,7 +15,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Header, Static
 from textual.worker import Worker
 
-from ofgr_core.compare import Comparison, MetricRow, Significance
+from ofgr_core.reports.compare import Comparison, MetricRow, Significance
 from ofgr_tui.format import fmt_count, fmt_seconds
 from ofgr_tui.rundiff import differing, overrides, read_config, resolved_device
 from ofgr_tui.screens.base import OfgrScreen
@@ -90,7 +90,7 @@ class CompareScreen(OfgrScreen[None]):
 
     @work(thread=True, exclusive=True, group="compare", exit_on_error=False, name="compare")
     def _compute(self, run_dirs: list[Path], baseline: int) -> None:
-        from ofgr_core.compare import compare_runs
+        from ofgr_core.reports.compare import compare_runs
 
         self.post_message(self.Computed(compare_runs(run_dirs, baseline=baseline)))
 
@@ -154,7 +154,7 @@ class CompareScreen(OfgrScreen[None]):
             t.add_column(LETTERS[i], key=LETTERS[i])
         for row in c.rows:
             name = f"{row.split[:2]}/{row.level[:1]} {row.metric}"
-            if row.mode != "image":  # text->image and coarse-first rows (ofgr_core.compare.MODES)
+            if row.mode != "image":  # text->image and coarse-first rows (ofgr_core.reports.compare.MODES)
                 name = f"{row.mode[:4]} {name}"
             t.add_row(name, *(delta_cell(row, i) for i in range(len(c.run_ids))))
         t.styles.height = min(t.row_count + 1, 30)
@@ -208,7 +208,7 @@ class CompareScreen(OfgrScreen[None]):
 
     @work(thread=True, exclusive=True, group="report", exit_on_error=False, name="report")
     def _write_report(self, run_dirs: list[Path], out: Path) -> None:
-        from ofgr_core.report import write_report
+        from ofgr_core.reports.report import write_report
 
         path = write_report(run_dirs, out)
         self.app.call_from_thread(self.notify, f"report written: {path}")

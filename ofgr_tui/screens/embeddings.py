@@ -19,7 +19,7 @@ from textual.message import Message
 from textual.widgets import Header, Static
 from textual.worker import Worker
 
-from ofgr_core.tsne import TsneResult
+from ofgr_core.reports.tsne import TsneResult
 from ofgr_tui.messages import OpenRun
 from ofgr_tui.screens.base import OfgrScreen
 from ofgr_tui.widgets.keybar import KeyBar
@@ -169,7 +169,7 @@ class EmbeddingsScreen(OfgrScreen[None]):
     def _compute(self, use_cache: bool) -> None:
         import time
 
-        from ofgr_core.tsne import compute_tsne
+        from ofgr_core.reports.tsne import compute_tsne
 
         t0 = time.monotonic()
 

@@ -15,7 +15,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from ofgr_core.errors import OfgrError
+from ofgr_core.common.errors import OfgrError
 from ofgr_tui.launcher import parse_overrides
 from ofgr_tui.widgets.path_input import PathSuggester
 

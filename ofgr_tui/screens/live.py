@@ -19,8 +19,10 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Header, Static
 
-from ofgr_core.errors import OfgrError
-from ofgr_core.runs import EventTail, RunFolder, load_run
+from ofgr_core.common.errors import OfgrError
+from ofgr_core.runs.eventlog import EventTail
+from ofgr_core.runs.folder import RunFolder
+from ofgr_core.runs.state import load_run
 from ofgr_tui.format import fmt_count, fmt_seconds, status_text
 from ofgr_tui.livestate import LiveState, downsample
 from ofgr_tui.messages import GpuSampled, OpenRun, StopRun

@@ -1,7 +1,7 @@
 """Query a run's gallery: an image path (with completion), an item picked from the run's dataset, or text.
 
 Shows ranked results with scores, hit/miss marks and labels, and thumbnails of the query and the highlighted
-result where the terminal can draw images. Queries go through ``ofgr_core.query.query_run`` (the same
+result where the terminal can draw images. Queries go through ``ofgr_core.retrieval.query.query_run`` (the same
 function as ``ofgr query``) in the app's query worker process, so torch and faiss never load into the TUI;
 its one-line errors (e.g. text on a non-CLIP run) show in the panel and clear the previous results.
 """
@@ -25,7 +25,7 @@ from textual.widgets import DataTable, Header, Input, OptionList, Static, Tabbed
 from textual.widgets.option_list import Option
 from textual.worker import Worker
 
-from ofgr_core.runs import RunFolder
+from ofgr_core.runs.folder import RunFolder
 from ofgr_tui.screens.base import OfgrScreen
 from ofgr_tui.widgets.keybar import KeyBar
 from ofgr_tui.widgets.path_input import PathSuggester
@@ -83,7 +83,7 @@ class QueryScreen(OfgrScreen[None]):
 
     @dataclass
     class Answered(Message):
-        result: Any  # ofgr_core.query.QueryResult
+        result: Any  # ofgr_core.retrieval.query.QueryResult
         query_path: str | None
 
     @dataclass
@@ -98,7 +98,7 @@ class QueryScreen(OfgrScreen[None]):
         self.items: list[dict[str, str]] = []
         self.result: Any = None
         self.query_path: str | None = None
-        self.supports_text: bool | None = None  # ofgr_core.query.run_supports_text, asked when the tab opens
+        self.supports_text: bool | None = None  # ofgr_core.retrieval.query.run_supports_text, asked when the tab opens
         self._text_asked = False
         self._text_query = False
 

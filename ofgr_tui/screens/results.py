@@ -13,8 +13,9 @@ from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import DataTable, Header, Static
 
-from ofgr_core.errors import OfgrError
-from ofgr_core.runs import METRICS_FILE, RunFolder, load_run, read_json
+from ofgr_core.common.errors import OfgrError
+from ofgr_core.runs.folder import METRICS_FILE, RunFolder
+from ofgr_core.runs.state import load_run, read_json
 from ofgr_tui.format import fmt_count, fmt_seconds
 from ofgr_tui.messages import OpenRun
 from ofgr_tui.screens.base import OfgrScreen

@@ -17,7 +17,8 @@ from textual.containers import Vertical
 from textual.coordinate import Coordinate
 from textual.widgets import Header, Input, Static
 
-from ofgr_core.runs import METRICS_FILE, RunFolder, RunInfo
+from ofgr_core.runs.folder import METRICS_FILE, RunFolder
+from ofgr_core.runs.state import RunInfo
 from ofgr_tui.format import fmt_pct, fmt_seconds, fmt_time, status_text
 from ofgr_tui.messages import CompareRuns, DeleteRun, LaunchRun, OpenRun, ResumeRun, StopRun
 from ofgr_tui.rundiff import overrides as run_overrides

@@ -7,7 +7,7 @@ from rich.text import Text
 from textual.reactive import reactive
 from textual.widget import Widget
 
-from ofgr_core.gpu import GpuSnapshot, GpuStats
+from ofgr_core.common.gpu import GpuSnapshot, GpuStats
 
 
 def bar(fraction: float | None, width: int) -> Text:

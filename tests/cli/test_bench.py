@@ -10,10 +10,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from ofgr_core import runs
-from ofgr_core.bench import load_suite, run_suite
 from ofgr_core.cli import app
-from ofgr_core.errors import ConfigError, NotFoundError
+from ofgr_core.common.errors import ConfigError, NotFoundError
+from ofgr_core.runs.folder import RunFolder
+from ofgr_core.runs.state import load_run
+from ofgr_core.workflows.bench import load_suite, run_suite
 from ofgr_testing import REPO, tiny_overrides
 
 runner = CliRunner()
@@ -52,9 +53,9 @@ def test_suite_resumes_after_interruption_without_rerunning_finished_runs(tmp_pa
     state = json.loads((runs_dir / "bench.json").read_text())
     first_dir = runs_dir / state["runs"]["first"]
     second_dir = runs_dir / state["runs"]["second"]
-    assert runs.load_run(first_dir).status == "finished"
-    assert runs.load_run(second_dir).status == "interrupted"
-    first_events = runs.RunFolder(first_dir).events.read_bytes()
+    assert load_run(first_dir).status == "finished"
+    assert load_run(second_dir).status == "interrupted"
+    first_events = RunFolder(first_dir).events.read_bytes()
     assert seen_runs == ["first", "second"]
 
     # second invocation, through the CLI: first is skipped, second completes, the report is written
@@ -62,16 +63,16 @@ def test_suite_resumes_after_interruption_without_rerunning_finished_runs(tmp_pa
                             str(tiny_data_root.parent), "-q"])
     assert r.exit_code == 0, r.output
     assert "skipped 1" in r.stderr and ("resumed 1" in r.stderr or "ran 1" in r.stderr)
-    assert runs.RunFolder(first_dir).events.read_bytes() == first_events  # not rerun
+    assert RunFolder(first_dir).events.read_bytes() == first_events  # not rerun
     state = json.loads((runs_dir / "bench.json").read_text())
     assert state["runs"]["first"] == first_dir.name
-    finished = [d for d in runs_dir.iterdir() if d.is_dir() and runs.RunFolder(d).metrics.is_file()]
+    finished = [d for d in runs_dir.iterdir() if d.is_dir() and RunFolder(d).metrics.is_file()]
     assert len(finished) == 2
-    assert runs.RunFolder(runs_dir / state["runs"]["second"]).metrics.is_file()
+    assert RunFolder(runs_dir / state["runs"]["second"]).metrics.is_file()
     md = (runs_dir / "report" / "report.md").read_text()
     assert first_dir.name in md and state["runs"]["second"] in md and "## Comparison" in md
     # the data root of the suite was applied
-    cfg = yaml.safe_load(runs.RunFolder(first_dir).config.read_text())
+    cfg = yaml.safe_load(RunFolder(first_dir).config.read_text())
     assert cfg["data"]["sources"][0]["root"] == str(tiny_data_root)
 
     # a third invocation runs nothing

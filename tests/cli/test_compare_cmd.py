@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from ofgr_core.cli import app
-from ofgr_core.compare import compare_runs
-from ofgr_core.metrics import paired_bootstrap_test
+from ofgr_core.reports.compare import compare_runs
+from ofgr_core.retrieval.metrics import paired_bootstrap_test
 from ofgr_testing import REPO, tiny_overrides
 
 runner = CliRunner()

@@ -8,8 +8,8 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from ofgr_core.cli.app import app
+from ofgr_core.common.errors import ExitCode
 from ofgr_core.data import synthetic
-from ofgr_core.errors import ExitCode
 
 ARGS = ["--num-coarse", "6", "--fine-per-coarse", "8", "--images-per-class", "2", "--size", "32"]
 

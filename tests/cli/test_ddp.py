@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from ofgr_core import runs
+from ofgr_core.runs.eventlog import read_events
+from ofgr_core.runs.folder import RunFolder
+from ofgr_core.runs.state import load_run
 from ofgr_testing import REPO, tiny_overrides
 
 
@@ -28,14 +30,14 @@ def test_torchrun_two_cpu_processes(tmp_path, tiny_data_root):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (run_dir,) = [p for p in runs_dir.iterdir() if p.is_dir()]  # one folder: only rank 0 creates it
-    assert runs.load_run(run_dir).status == "finished"
+    assert load_run(run_dir).status == "finished"
     env_json = json.loads((run_dir / "env.json").read_text())
     assert env_json["world_size"] == 2
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["train"]["world_size"] == 2
     assert 0 <= metrics["unseen"]["fine"]["recall@1"] <= 1
     # every event line was written once, by rank 0
-    started = [e for e in runs.read_events(run_dir) if e["type"] == "run_started"]
+    started = [e for e in read_events(run_dir) if e["type"] == "run_started"]
     assert len(started) == 1
     # the evaluation was sharded over the 2 ranks; its numbers are those of one process on the same embeddings
     import csv
@@ -43,9 +45,9 @@ def test_torchrun_two_cpu_processes(tmp_path, tiny_data_root):
     import numpy as np
 
     from ofgr_core.config import load_config
-    from ofgr_core.evaluate import encode_labels, run_split
+    from ofgr_core.retrieval.evaluate import encode_labels, run_split
 
-    folder = runs.RunFolder(run_dir)
+    folder = RunFolder(run_dir)
     cfg = load_config(folder.config)
     emb = np.load(folder.embeddings_npy("unseen"))
     with open(folder.embeddings_csv("unseen"), newline="") as f:
@@ -66,7 +68,7 @@ def test_torchrun_ranks_fill_one_feature_cache(tmp_path, tiny_data_root):
     import timm
     import torch
 
-    from ofgr_core.features import FeatureStore, list_entries
+    from ofgr_core.embedding.features import FeatureStore, list_entries
 
     torch.manual_seed(3)
     tower = tmp_path / "tower.pth"

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ofgr_core import runs
 from ofgr_core.cli import app
-from ofgr_core.demo import summary_rows, verdict
+from ofgr_core.runs.folder import RunFolder
+from ofgr_core.workflows.demo import summary_rows, verdict
 
 runner = CliRunner()
 
@@ -32,8 +32,8 @@ def test_demo_compares_cnn_frozen_clip_and_clip_head_on_one_split(tmp_path: Path
         assert name in result.output
     state = json.loads((tmp_path / "runs" / "bench.json").read_text())["runs"]
     dirs = [tmp_path / "runs" / state[n] for n in ("cnn_finetuned", "clip_frozen", "clip_head")]
-    metrics = [json.loads(runs.RunFolder(d).metrics.read_text()) for d in dirs]
-    splits = {runs.RunFolder(d).split.read_text() for d in dirs}
+    metrics = [json.loads(RunFolder(d).metrics.read_text()) for d in dirs]
+    splits = {RunFolder(d).split.read_text() for d in dirs}
     assert len(splits) == 1  # the three runs share one split
     cnn, frozen, head = metrics
     assert cnn["fit"]["strategy"] == "end_to_end"
@@ -51,7 +51,7 @@ def test_summary_rows_and_verdict(tmp_path: Path) -> None:
     def fake(name: str, r1: float, ci: float, params: int, t: float) -> Path:
         d = tmp_path / name
         d.mkdir()
-        runs.RunFolder(d).metrics.write_text(json.dumps({
+        RunFolder(d).metrics.write_text(json.dumps({
             "model": {"kind": "timm", "name": name, "trainable_params": params},
             "timings": {"data": 1.0, "train": t, "evaluate": 1.0},
             "unseen": {"fine": {"recall@1": r1}, "coarse": {"recall@1": r1 + 0.2},

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ofgr_core.cli import app
-from ofgr_core.errors import ExitCode
+from ofgr_core.common.errors import ExitCode
 
 runner = CliRunner()
 
@@ -123,7 +123,7 @@ def test_index_build_persists_into_the_run_folder(tmp_path: Path) -> None:
                               "--type", "ivf_flat"])
     assert res.exit_code == 0, res.output
     assert "on cpu" in res.stdout
-    from ofgr_core.index import load_index
+    from ofgr_core.retrieval.index import load_index
 
     idx = load_index(run / "index" / "unseen")
     assert idx.type == "ivf_flat" and idx.ntotal == 240
@@ -133,7 +133,8 @@ def test_index_build_persists_into_the_run_folder(tmp_path: Path) -> None:
 
 def test_command_module_imports_neither_torch_nor_faiss() -> None:
     code = (
-        "import sys, ofgr_core.cli.eval_cmd, ofgr_core.evaluate, ofgr_core.index, ofgr_core.metrics;"
+        "import sys, ofgr_core.cli.eval_cmd, ofgr_core.retrieval.evaluate, ofgr_core.retrieval.index;"
+        "import ofgr_core.retrieval.metrics;"
         "bad = [m for m in ('torch', 'faiss', 'textual') if m in sys.modules];"
         "print(bad); sys.exit(bool(bad))"
     )

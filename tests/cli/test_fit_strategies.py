@@ -11,10 +11,10 @@ import timm
 import torch
 from typer.testing import CliRunner
 
-from ofgr_core import runs
 from ofgr_core.cli import app
-from ofgr_core.query import embed_image
-from ofgr_core.train.checkpoint import load_checkpoint
+from ofgr_core.retrieval.query import embed_image
+from ofgr_core.runs.checkpoint import load_checkpoint
+from ofgr_core.runs.folder import RunFolder
 from ofgr_testing import REPO
 
 runner = CliRunner()
@@ -52,8 +52,8 @@ def test_frozen_tower_trains_its_head_on_cached_features(tmp_path: Path, tower_f
     baseline = _run(tmp_path, data, *frozen, "model.head=none", "train.epochs=0")
     trained = _run(tmp_path, data, *frozen, "model.head=neck", "model.embed_dim=32", "train.epochs=8",
                    "train.lr=0.003")
-    mb = json.loads(runs.RunFolder(baseline).metrics.read_text())
-    mt = json.loads(runs.RunFolder(trained).metrics.read_text())
+    mb = json.loads(RunFolder(baseline).metrics.read_text())
+    mt = json.loads(RunFolder(trained).metrics.read_text())
     assert mb["fit"]["strategy"] == mt["fit"]["strategy"] == "head_on_features"
     # the second run found every tower feature in the shared cache: the tower never ran again
     assert mt["fit"]["features"]["computed"] == 0 and mt["fit"]["features"]["hits"] > 0
@@ -62,17 +62,17 @@ def test_frozen_tower_trains_its_head_on_cached_features(tmp_path: Path, tower_f
     # the baseline's score is measured on the same validation set without training)
     assert mt["train"]["val_recall@1"] > mb["train"]["val_recall@1"] + 0.05, (mt["train"], mb["train"])
     # checkpoints hold the head only; the tower is rebuilt from its weights file
-    state = load_checkpoint(runs.RunFolder(trained).checkpoint("best"))["model"]
+    state = load_checkpoint(RunFolder(trained).checkpoint("best"))["model"]
     assert state and not any(k.startswith("backbone.") for k in state)
     # a new image embeds to exactly the vector the run stored for it (two paths, one number)
-    folder = runs.RunFolder(trained)
+    folder = RunFolder(trained)
     stored = np.load(folder.embeddings_npy("unseen"))
     path = folder.embeddings_csv("unseen").read_text().splitlines()[1].split(",")[1]
     np.testing.assert_allclose(embed_image(trained, path)[0], stored[0], atol=1e-4)
 
 
 def test_end_to_end_checkpoint_holds_the_whole_network(finished_run: Path) -> None:
-    state = load_checkpoint(runs.RunFolder(finished_run).checkpoint("last"))["model"]
+    state = load_checkpoint(RunFolder(finished_run).checkpoint("last"))["model"]
     assert any(k.startswith("backbone.") for k in state) and any(k.startswith("neck.") for k in state)
-    m = json.loads(runs.RunFolder(finished_run).metrics.read_text())
+    m = json.loads(RunFolder(finished_run).metrics.read_text())
     assert m["fit"]["strategy"] == "end_to_end" and m["model"]["trainable_params"] == m["model"]["params"]

@@ -4,10 +4,12 @@ import json
 
 from typer.testing import CliRunner
 
-from ofgr_core import runs
 from ofgr_core.cli import app
 from ofgr_core.config import dump_config, load_config
-from ofgr_core.pipeline import execute_run
+from ofgr_core.runs.eventlog import EventWriter, read_events
+from ofgr_core.runs.folder import CONFIG_FILE, EVENTS_FILE, METRICS_FILE, create_run_dir
+from ofgr_core.runs.state import load_run, request_stop
+from ofgr_core.workflows.pipeline import execute_run
 from ofgr_testing import REPO, tiny_overrides
 
 runner = CliRunner()
@@ -22,32 +24,32 @@ def test_stop_then_resume_matches_uninterrupted(tmp_path, tiny_data_root):
     cfg = two_epoch_config(tiny_data_root)
 
     # uninterrupted reference
-    ref_dir = runs.create_run_dir(tmp_path / "runs", "ref")
-    with runs.EventWriter(ref_dir / runs.EVENTS_FILE) as w:
+    ref_dir = create_run_dir(tmp_path / "runs", "ref")
+    with EventWriter(ref_dir / EVENTS_FILE) as w:
         status, ref_metrics = execute_run(cfg, ref_dir, w)
     assert status == "finished"
 
     # the same run, asked to stop as soon as epoch 1 is checkpointed
-    run_dir = runs.create_run_dir(tmp_path / "runs", "stopped")
-    (run_dir / runs.CONFIG_FILE).write_text(dump_config(cfg))
+    run_dir = create_run_dir(tmp_path / "runs", "stopped")
+    (run_dir / CONFIG_FILE).write_text(dump_config(cfg))
 
     def stop_after_first_epoch(ev):
         if ev.type == "train_epoch" and ev.epoch == 1:
-            runs.request_stop(run_dir)
+            request_stop(run_dir)
 
-    with runs.EventWriter(run_dir / runs.EVENTS_FILE) as w:
+    with EventWriter(run_dir / EVENTS_FILE) as w:
         status, metrics = execute_run(cfg, run_dir, w, stop_after_first_epoch)
     assert status == "interrupted" and metrics is None
-    info = runs.load_run(run_dir)
+    info = load_run(run_dir)
     assert info.status == "interrupted"
-    assert not (run_dir / runs.METRICS_FILE).exists()
+    assert not (run_dir / METRICS_FILE).exists()
 
     r = runner.invoke(app, ["resume", run_dir.name, "--runs-dir", str(tmp_path / "runs"), "-q"])
     assert r.exit_code == 0, r.output
-    assert runs.load_run(run_dir).status == "finished"
-    events = runs.read_events(run_dir)
+    assert load_run(run_dir).status == "finished"
+    events = read_events(run_dir)
     assert [e["epoch"] for e in events if e["type"] == "train_epoch"] == [1, 2]
-    resumed = json.loads((run_dir / runs.METRICS_FILE).read_text())
+    resumed = json.loads((run_dir / METRICS_FILE).read_text())
     for split in ("unseen", "seen"):
         for level in ("fine", "coarse"):
             for key in ("recall@1", "recall@5", "map@r"):

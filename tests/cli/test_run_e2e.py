@@ -6,9 +6,10 @@ import numpy as np
 import yaml
 from typer.testing import CliRunner
 
-from ofgr_core import runs
 from ofgr_core.cli import app
 from ofgr_core.config import load_config
+from ofgr_core.runs.eventlog import read_events
+from ofgr_core.runs.state import load_run
 
 runner = CliRunner()
 
@@ -28,7 +29,7 @@ def test_run_folder_contents(finished_run):
 
 
 def test_events_log_tells_the_whole_story(finished_run):
-    events = runs.read_events(finished_run)
+    events = read_events(finished_run)
     types = [e["type"] for e in events]
     assert types[0] == "run_started" and types[-1] == "run_finished"
     assert all("time" in e for e in events)
@@ -39,7 +40,7 @@ def test_events_log_tells_the_whole_story(finished_run):
     assert steps and {"arcface", "htriplet"} <= set(steps[0]["losses"])
     epochs = [e for e in events if e["type"] == "train_epoch"]
     assert len(epochs) == 1 and "recall@1" in epochs[0]["val"]
-    assert runs.load_run(finished_run).status == "finished"
+    assert load_run(finished_run).status == "finished"
 
 
 def test_metrics_schema(finished_run):

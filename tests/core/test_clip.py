@@ -15,10 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
+from ofgr_core.common.errors import ConfigError, DependencyError, NotFoundError
 from ofgr_core.config import ClipModelConfig, EvalConfig, TextConfig
-from ofgr_core.errors import ConfigError, DependencyError, NotFoundError
-from ofgr_core.models import clip as clipmod
 from ofgr_core.models import create_model, create_transforms
+from ofgr_core.models.clip import encoder as clipmod
 
 TINY = clipmod.TINY_ARCH
 
@@ -229,7 +229,7 @@ def test_local_dir_keeps_its_activation(tmp_path):
 
 # --------------------------------------------------------------------------------------------- prompts
 def test_prompt_ensemble_is_the_renormalised_mean_of_normalised_prompts():
-    from ofgr_core.text import build_prompts, encode_prompt_sets
+    from ofgr_core.retrieval.text import build_prompts, encode_prompt_sets
 
     enc = tiny()
     prompts = build_prompts(["a photo of a {fine}.", "a {fine}, a type of {coarse}."], fine="Orca X2",
@@ -248,7 +248,7 @@ def test_prompt_ensemble_is_the_renormalised_mean_of_normalised_prompts():
 
 
 def test_space_choice_never_looks_at_unseen_classes():
-    from ofgr_core.text import choose_space
+    from ofgr_core.retrieval.text import choose_space
 
     enc = tiny()
     names = (["a", "b"], ["c"])
@@ -275,10 +275,10 @@ def test_clip_pretrain_cli_writes_a_reusable_local_dir_that_text_evaluation_load
     from typer.testing import CliRunner
 
     from ofgr_core.cli import app
+    from ofgr_core.data.labels import Hierarchy
     from ofgr_core.data.synthetic import load_table
-    from ofgr_core.features import extract_features
-    from ofgr_core.hierarchy import Hierarchy
-    from ofgr_core.text import evaluate_text_to_image
+    from ofgr_core.embedding.features import extract_features
+    from ofgr_core.retrieval.text import evaluate_text_to_image
 
     pre = _synth(tmp_path / "pre", 1, num_coarse=4, fine_per_coarse=2, images_per_class=6)
     test = _synth(tmp_path / "test", 2, num_coarse=4, fine_per_coarse=2, images_per_class=4)
@@ -331,8 +331,8 @@ def test_pretrain_needs_captions(tmp_path):
 def _clip_run(tmp_path: Path, ck: str, world: Path) -> Path:
     """A run folder of a frozen CLIP (head: none) with stored unseen embeddings, as the pipeline writes it."""
     from ofgr_core.data.synthetic import load_table
-    from ofgr_core.features import extract_features
-    from ofgr_core.runs import RunFolder
+    from ofgr_core.embedding.features import extract_features
+    from ofgr_core.runs.folder import RunFolder
 
     run = tmp_path / "runs" / "clip-run"
     rd = RunFolder(run)
@@ -356,7 +356,7 @@ def _clip_run(tmp_path: Path, ck: str, world: Path) -> Path:
 
 
 def test_text_query_on_a_clip_run_ranks_images_in_the_raw_space(tmp_path):
-    from ofgr_core.query import query_run, run_supports_text
+    from ofgr_core.retrieval.query import query_run, run_supports_text
 
     enc = tiny(head="none")
     clipmod.save_local_dir(enc.clip, tmp_path / "ck", arch=TINY)
@@ -370,7 +370,7 @@ def test_text_query_on_a_clip_run_ranks_images_in_the_raw_space(tmp_path):
     # the scores are cosine similarities between the text and the raw image features
     q = enc.encode_text(enc.tokenize(["a red bus"])).detach().numpy()[0]
     stored = np.load(run / "embeddings" / "unseen.npy")
-    from ofgr_core.query import load_gallery
+    from ofgr_core.retrieval.query import load_gallery
 
     gal = load_gallery(run, "unseen")
     top = gal.row_of[res.results[0].id]
@@ -382,7 +382,7 @@ def test_text_query_on_a_timm_run_is_a_clear_error(finished_run):
     from typer.testing import CliRunner
 
     from ofgr_core.cli import app
-    from ofgr_core.query import run_supports_text
+    from ofgr_core.retrieval.query import run_supports_text
 
     assert not run_supports_text(finished_run)
     r = CliRunner().invoke(app, ["query", str(finished_run), "--text", "a red pickup"])
@@ -433,7 +433,7 @@ def test_clip_run_reports_text_to_image_in_both_spaces(tmp_path, tiny_data_root)
         assert t2i[space]["n_queries"]["fine"] == metrics["data"]["n_fine_unseen"]
     assert t2i["space_for_free_text"] in ("raw", "head")
     assert t2i["selection"]["by"].startswith("auto")  # chosen on seen validation classes
-    from ofgr_core.query import query_run
+    from ofgr_core.retrieval.query import query_run
 
     res = query_run(run, text="a red sedan", k=3)
     assert res.space == t2i["space_for_free_text"] and len(res.results) == 3

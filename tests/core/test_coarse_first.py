@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ofgr_core.coarse_first import coarse_first_for_run, evaluate_coarse_first
-from ofgr_core.errors import DataError
-from ofgr_core.evaluate import run_split
+from ofgr_core.common.errors import DataError
+from ofgr_core.retrieval.coarse_first import coarse_first_for_run, evaluate_coarse_first
+from ofgr_core.retrieval.evaluate import run_split
 
 
 def _world(seed: int = 0, n_coarse: int = 4, fine_per: int = 4, per_class: int = 6, coarse_sep: float = 3.0,

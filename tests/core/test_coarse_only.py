@@ -15,11 +15,11 @@ from typer.testing import CliRunner
 from ofgr_core.cli import app
 from ofgr_core.config import DataConfig, EvalConfig, SourceConfig, SplitConfig
 from ofgr_core.data.dataset import load_dataset
-from ofgr_core.evaluate import run_split
-from ofgr_core.hierarchy import COARSE_ONLY, Hierarchy, training_labels
+from ofgr_core.data.labels import COARSE_ONLY, Hierarchy, training_labels
+from ofgr_core.data.splits import make_split
 from ofgr_core.losses import ArcFaceLoss, HierarchicalTripletLoss
+from ofgr_core.retrieval.evaluate import run_split
 from ofgr_core.samplers import HierarchicalPKSampler
-from ofgr_core.splits import make_split
 from ofgr_testing import REPO
 
 

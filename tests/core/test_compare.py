@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ofgr_core.compare import compare_runs
-from ofgr_core.errors import NotFoundError, OfgrError
-from ofgr_core.runs import RunFolder
+from ofgr_core.common.errors import NotFoundError, OfgrError
+from ofgr_core.reports.compare import compare_runs
+from ofgr_core.runs.folder import RunFolder
 
 
 def make_run(root: Path, name: str, r1: float, *, hits: np.ndarray | None = None, split: str = "A",
@@ -121,7 +121,7 @@ def test_text_to_image_rows_when_present(tmp_path: Path) -> None:
 
 
 def test_holm_family_and_survival(tmp_path: Path) -> None:
-    from ofgr_core.metrics import holm_adjust
+    from ofgr_core.retrieval.metrics import holm_adjust
 
     rng = np.random.default_rng(1)
     a_hits = (rng.random(500) < 0.3).astype(float)
@@ -145,7 +145,7 @@ def test_holm_family_and_survival(tmp_path: Path) -> None:
 
 
 def test_holm_adjust_against_naive() -> None:
-    from ofgr_core.metrics import holm_adjust
+    from ofgr_core.retrieval.metrics import holm_adjust
 
     p = [0.01, 0.04, 0.03, 0.005]
     # naive: sort, multiply by (m - rank), running max, cap at 1
@@ -159,7 +159,7 @@ def test_holm_adjust_against_naive() -> None:
 
 
 def test_batched_paired_tests_equal_single() -> None:
-    from ofgr_core.metrics import paired_bootstrap_test, paired_bootstrap_tests
+    from ofgr_core.retrieval.metrics import paired_bootstrap_test, paired_bootstrap_tests
 
     rng = np.random.default_rng(3)
     a = {"x": rng.random(120), "y": (rng.random(120) < 0.4).astype(float)}

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ofgr_core.compute import ComputeMeter
-from ofgr_core.events import StageFinished, StageStarted
+from ofgr_core.runs.compute import ComputeMeter
+from ofgr_core.runs.events import StageFinished, StageStarted
 
 
 def _metrics(trainable: int) -> dict:

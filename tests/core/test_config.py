@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
+from ofgr_core.common.errors import ConfigError
 from ofgr_core.config import Config, dump_config, load_config, parse_override
-from ofgr_core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 

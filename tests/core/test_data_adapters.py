@@ -17,9 +17,9 @@ from datafix import (
 )
 
 import ofgr_core.data  # noqa: F401  (registers adapters)
+from ofgr_core.common.errors import ConfigError, DataError
 from ofgr_core.data.base import ADAPTERS
 from ofgr_core.data.dataset import detect_source
-from ofgr_core.errors import ConfigError, DataError
 
 
 def table_of(type_: str, root: Path, **options):

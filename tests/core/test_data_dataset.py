@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from datafix import corrupt, make_manifest_world, write_image
 
+from ofgr_core.common.errors import DataError
 from ofgr_core.config import DataConfig, SplitConfig
 from ofgr_core.data.dataset import class_size_histogram, load_dataset
-from ofgr_core.errors import DataError
-from ofgr_core.splits import make_split
+from ofgr_core.data.splits import make_split
 
 
 def manifest_cfg(root: Path, **kw) -> DataConfig:

@@ -112,9 +112,9 @@ def test_vectorised_duplicates_equal_naive_grouping() -> None:
 def test_manifest_fast_path_equals_naive_reading(tmp_path: Path) -> None:
     import csv
 
+    from ofgr_core.common.errors import DataError
     from ofgr_core.data.common import safe_join
     from ofgr_core.data.manifest import read_manifest
-    from ofgr_core.errors import DataError
 
     root = tmp_path / "m"
     for i in range(6):
@@ -144,7 +144,7 @@ def test_manifest_fast_path_equals_naive_reading(tmp_path: Path) -> None:
 
 
 def test_rate_meter_measures_from_the_first_report(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ofgr_core import events
+    from ofgr_core.runs import events
 
     clock = iter([100.0, 110.0, 120.0])
     monkeypatch.setattr(events.time, "monotonic", lambda: next(clock))

@@ -8,10 +8,10 @@ import pytest
 import yaml
 from datafix import make_manifest_world, stanford_devkit, write_image
 
+from ofgr_core.common.errors import ConfigError, DataError
 from ofgr_core.config import DataConfig
 from ofgr_core.data.dataset import load_dataset
 from ofgr_core.data.taxonomy import load_taxonomy, normalize, parse_taxonomy
-from ofgr_core.errors import ConfigError, DataError
 
 
 def test_normalize() -> None:

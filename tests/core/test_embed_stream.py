@@ -9,7 +9,7 @@ import pytest
 import torch
 from datafix import write_image
 
-from ofgr_core.embed import embed_paths, embed_to_file
+from ofgr_core.embedding.embed import embed_paths, embed_to_file
 
 
 class Tiny(torch.nn.Module):

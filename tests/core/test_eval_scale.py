@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ofgr_core import index as index_mod
 from ofgr_core.config import EvalConfig
-from ofgr_core.evaluate import run_split
+from ofgr_core.retrieval import index as index_mod
+from ofgr_core.retrieval.evaluate import run_split
 
 
 def _data(n: int = 600, d: int = 16, classes: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -49,8 +49,8 @@ def test_blocked_knn_equals_one_pass_with_ties() -> None:
 
 def test_sharded_chunks_gathered_equal_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
     """Two simulated ranks (no process group): each searches its chunks, the gather fills in the others."""
-    from ofgr_core import evaluate as ev
-    from ofgr_core.shard import QueryShard
+    from ofgr_core.retrieval import evaluate as ev
+    from ofgr_core.retrieval.shard import QueryShard
 
     x, labels = _data(n=700)
     cfg = EvalConfig(bootstrap=100, batch_size=64, index={"type": "ivf_flat", "nlist": 8, "nprobe": 2,

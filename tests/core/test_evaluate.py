@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from ofgr_core.common.errors import DataError
 from ofgr_core.config import EvalConfig, IndexConfig
-from ofgr_core.errors import DataError
-from ofgr_core.evaluate import compare_per_query, evaluate_embeddings, evaluate_retrieval, run_split
+from ofgr_core.retrieval.evaluate import compare_per_query, evaluate_embeddings, evaluate_retrieval, run_split
 
 KS = [1, 2, 4, 8]
 

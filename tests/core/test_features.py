@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from ofgr_core.common.errors import DataError
 from ofgr_core.config import TimmModelConfig
-from ofgr_core.errors import DataError
-from ofgr_core.features import FeatureStore, clear, extract_features, file_digest, key_digest, list_entries
+from ofgr_core.embedding.features import FeatureStore, clear, extract_features, file_digest, key_digest, list_entries
 from ofgr_core.models import create_model_and_transforms
 
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ofgr_core import gpu
+from ofgr_core.common import gpu
 
 
 class NVMLError(Exception):

@@ -25,7 +25,7 @@ def modules_after_import(module: str) -> set[str]:
 
 def test_library_modules_never_import_ui_or_cli_libraries():
     library = [m for m in core_modules() if not m.startswith("ofgr_core.cli")]
-    assert "ofgr_core.pipeline" in library
+    assert "ofgr_core.workflows.pipeline" in library
     loaded = modules_after_import(", ".join(library))
     for forbidden in ("textual", "typer", "rich"):
         assert forbidden not in loaded, f"a library module of ofgr_core imports {forbidden}"

@@ -9,10 +9,10 @@ import types
 import numpy as np
 import pytest
 
-import ofgr_core.index as index_mod
+import ofgr_core.retrieval.index as index_mod
+from ofgr_core.common.errors import ConfigError, DependencyError, NotFoundError
 from ofgr_core.config import IndexConfig
-from ofgr_core.errors import ConfigError, DependencyError, NotFoundError
-from ofgr_core.index import build_index, exact_searcher, load_index, resolve_device, set_search_params
+from ofgr_core.retrieval.index import build_index, exact_searcher, load_index, resolve_device, set_search_params
 
 
 def blobs(n: int, d: int, n_centres: int, seed: int = 0, noise: float = 0.35) -> np.ndarray:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 
+from ofgr_core.common.errors import ConfigError, DataError
 from ofgr_core.data.taxonomy import load_taxonomy
-from ofgr_core.errors import ConfigError, DataError
-from ofgr_core.induce import class_centroids, induce_groups, silhouette, taxonomy_dict, write_taxonomy
+from ofgr_core.hierarchy.induce import class_centroids, induce_groups, silhouette, taxonomy_dict, write_taxonomy
 
 
 def _planted(n_groups: int, per_group: int, spread: float, seed: int = 0) -> tuple[list[str], np.ndarray,

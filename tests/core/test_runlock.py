@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from ofgr_core import runlock, runs
-from ofgr_core.events import RunFinished, RunInterrupted, RunStarted
+from ofgr_core.runs import lock as runlock
+from ofgr_core.runs.events import RunFinished, RunInterrupted, RunStarted
+from ofgr_core.runs.state import load_run, run_state
 
 DEAD_PID = 2**22 + 12345
 HOST = socket.gethostname()
@@ -36,41 +37,41 @@ def lock_of(pid: int, t: float, host: str = HOST) -> runlock.LockInfo:
 def test_resumed_run_is_running_not_interrupted():
     """The newest run_started opens a new attempt: an end event before it no longer decides."""
     events = [started(DEAD_PID, 1), ev(RunInterrupted(reason="stop"), 2), started(os.getpid(), 3)]
-    assert runs.run_state(events)[0] == "running"
+    assert run_state(events)[0] == "running"
     # ... and once the resumed attempt ends, its own end event decides
     events.append(ev(RunFinished(seconds=1, metrics_path="m"), 4))
-    assert runs.run_state(events)[0] == "finished"
+    assert run_state(events)[0] == "finished"
 
 
 def test_resumed_and_killed_run_is_stale_even_if_first_pid_lives():
     # the first attempt's pid is alive (it is us) but the newest attempt's writer is gone
     events = [started(os.getpid(), 1), ev(RunInterrupted(reason="stop"), 2), started(DEAD_PID, 3)]
-    assert runs.run_state(events)[0] == "stale"
+    assert run_state(events)[0] == "stale"
 
 
 def test_live_lock_taken_after_the_end_event_means_running():
     """A resume holds the lock before it writes run_started: the run is running from that moment."""
     events = [started(DEAD_PID, 1), ev(RunInterrupted(reason="stop"), 2)]
-    assert runs.run_state(events, lock_of(os.getpid(), 5))[0] == "running"
+    assert run_state(events, lock_of(os.getpid(), 5))[0] == "running"
     # an older lock (the process wrote its end and is about to release) does not override the end event
-    assert runs.run_state(events, lock_of(os.getpid(), 1.5))[0] == "interrupted"
+    assert run_state(events, lock_of(os.getpid(), 1.5))[0] == "interrupted"
 
 
 def test_dead_lock_holder_is_stale_and_says_why():
-    status, reason = runs.run_state([started(DEAD_PID, 1)], lock_of(DEAD_PID, 1))
+    status, reason = run_state([started(DEAD_PID, 1)], lock_of(DEAD_PID, 1))
     assert status == "stale" and str(DEAD_PID) in reason
 
 
 def test_empty_event_log_is_stale_unless_a_live_process_holds_it():
-    assert runs.run_state([])[0] == "stale"
-    assert runs.run_state([], lock_of(os.getpid(), time.time()))[0] == "running"
+    assert run_state([])[0] == "stale"
+    assert run_state([], lock_of(os.getpid(), time.time()))[0] == "running"
 
 
 def test_lock_on_another_host_uses_recency():
     now = time.time()
     lk = lock_of(1, now - 5, host="elsewhere")
-    assert runs.run_state([started(1, now - 5, "elsewhere")], lk, now=now)[0] == "running"
-    assert runs.run_state([started(1, now - 5, "elsewhere")], lk, now=now + 3600)[0] == "stale"
+    assert run_state([started(1, now - 5, "elsewhere")], lk, now=now)[0] == "running"
+    assert run_state([started(1, now - 5, "elsewhere")], lk, now=now + 3600)[0] == "stale"
 
 
 # ---------------------------------------------------------------------------------------- broken folders
@@ -87,20 +88,20 @@ def _folder(tmp_path: Path, events: list[dict], metrics: str | None = None, conf
 def test_truncated_metrics_is_broken_not_finished(tmp_path):
     d = _folder(tmp_path, [started(DEAD_PID, 1), ev(RunFinished(seconds=1, metrics_path="m"), 2)],
                 metrics='{"unseen": {"fine": {"recall@1"')
-    info = runs.load_run(d)
+    info = load_run(d)
     assert info.status == "broken" and "metrics.json" in info.reason and "truncated" in info.reason
 
 
 def test_finished_without_metrics_is_broken(tmp_path):
     d = _folder(tmp_path, [started(DEAD_PID, 1), ev(RunFinished(seconds=1, metrics_path="m"), 2)])
-    info = runs.load_run(d)
+    info = load_run(d)
     assert info.status == "broken" and "metrics.json is missing" in info.reason
 
 
 def test_unreadable_config_and_garbage_events_are_broken(tmp_path):
     d = _folder(tmp_path, [], config="name: [unclosed\n")
     (d / "events.jsonl").write_bytes(b"\x00\xff\xfe garbage\n")
-    info = runs.load_run(d)
+    info = load_run(d)
     assert info.status == "broken"
     assert "config.yaml" in info.reason and "invalid YAML" in info.reason and "no readable event" in info.reason
 
@@ -108,7 +109,7 @@ def test_unreadable_config_and_garbage_events_are_broken(tmp_path):
 def test_corrupt_lock_is_broken_not_running(tmp_path):
     d = _folder(tmp_path, [started(DEAD_PID, 1)])
     (d / runlock.LOCK_FILE).write_text("{not json")
-    info = runs.load_run(d)
+    info = load_run(d)
     assert info.status == "broken" and runlock.LOCK_FILE in info.reason
 
 
@@ -173,7 +174,7 @@ def test_racing_takers_of_a_stale_lock_only_one_wins(tmp_path):
 def test_lock_of_a_killed_process_is_stale(tmp_path):
     """A writer killed with SIGKILL leaves its lock; the status says stale and the next taker takes it."""
     code = (
-        "import sys, time; from ofgr_core.runlock import RunLock\n"
+        "import sys, time; from ofgr_core.runs.lock import RunLock\n"
         f"RunLock({str(tmp_path)!r}, 'run').acquire(); print('held', flush=True); time.sleep(60)\n"
     )
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
@@ -182,17 +183,17 @@ def test_lock_of_a_killed_process_is_stale(tmp_path):
         assert p.stdout.readline().strip() == "held"
         lk = runlock.read_lock(tmp_path)
         assert lk.pid == p.pid and runlock.lock_alive(lk)
-        assert runs.run_state([started(p.pid, 1)], lk)[0] == "running"
+        assert run_state([started(p.pid, 1)], lk)[0] == "running"
     finally:
         p.kill()
         p.wait()
     assert runlock.lock_alive(lk) is False
-    assert runs.run_state([started(p.pid, 1)], lk)[0] == "stale"
+    assert run_state([started(p.pid, 1)], lk)[0] == "stale"
     with runlock.RunLock(tmp_path) as mine:
         assert mine.took_over == lk
 
 
 def test_duration_of_a_vanished_run_ends_at_its_last_event(tmp_path):
     d = _folder(tmp_path, [started(DEAD_PID, 100.0), ev(RunInterrupted(reason="x"), 110.0) | {"type": "log"}])
-    info = runs.load_run(d)
+    info = load_run(d)
     assert info.status == "stale" and info.duration == 10.0  # not "until now"

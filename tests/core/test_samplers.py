@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from ofgr_core.common.errors import ConfigError, DataError
 from ofgr_core.config import SamplerConfig
-from ofgr_core.errors import ConfigError, DataError
 from ofgr_core.samplers import HierarchicalPKSampler, create_sampler
 
 

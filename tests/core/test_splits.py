@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from datafix import STANFORD_NAMES
 
+from ofgr_core.common.errors import ConfigError, DataError
 from ofgr_core.config import SplitConfig
 from ofgr_core.data.base import DatasetTable
-from ofgr_core.errors import ConfigError, DataError
-from ofgr_core.hierarchy import Hierarchy
-from ofgr_core.splits import Split, check_split, make_split, save_split
+from ofgr_core.data.labels import Hierarchy
+from ofgr_core.data.splits import Split, check_split, make_split, save_split
 
 
 def table(fine_coarse: dict[str, str], per_class: int | dict[str, int] = 4, *,

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from ofgr_core.common.errors import ConfigError, DataError
 from ofgr_core.data import synthetic
 from ofgr_core.data.base import ADAPTERS, DatasetTable
-from ofgr_core.errors import ConfigError, DataError
 
 SMALL = dict(num_coarse=6, fine_per_coarse=8, images_per_class=3, image_size=32)
 

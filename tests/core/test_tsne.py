@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ofgr_core.errors import NotFoundError
-from ofgr_core.runs import RunFolder
-from ofgr_core.tsne import compute_tsne
+from ofgr_core.common.errors import NotFoundError
+from ofgr_core.reports.tsne import compute_tsne
+from ofgr_core.runs.folder import RunFolder
 
 
 def write_split(run: Path, split: str, n_classes: int, per_class: int, dim: int = 8, seed: int = 0) -> None:

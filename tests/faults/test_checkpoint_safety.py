@@ -14,8 +14,8 @@ import torch
 from typer.testing import CliRunner
 
 from ofgr_core.cli import app
-from ofgr_core.errors import CheckpointError, ExitCode
-from ofgr_core.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ofgr_core.common.errors import CheckpointError, ExitCode
+from ofgr_core.runs.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 runner = CliRunner()
 

@@ -11,11 +11,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ofgr_core import diskspace, runs
 from ofgr_core.cli import app
-from ofgr_core.errors import DiskError, ExitCode
-from ofgr_core.events import Log, RunFailed
-from ofgr_core.train.checkpoint import load_checkpoint, save_checkpoint
+from ofgr_core.common import diskspace
+from ofgr_core.common.errors import DiskError, ExitCode
+from ofgr_core.runs.checkpoint import load_checkpoint, save_checkpoint
+from ofgr_core.runs.eventlog import EventWriter, read_events
+from ofgr_core.runs.events import Log, RunFailed
+from ofgr_core.runs.folder import EVENTS_FILE
 from ofgr_testing import REPO, tiny_overrides
 
 runner = CliRunner()
@@ -65,7 +67,7 @@ def test_checkpoint_needs_free_space_and_keeps_the_old_one(tmp_path: Path, monke
 class _FullDisk:
     """``EventWriter._raw_write`` that fails with ENOSPC while the reserve file exists (it holds the space)."""
 
-    def __init__(self, writer: runs.EventWriter, always: bool = False) -> None:
+    def __init__(self, writer: EventWriter, always: bool = False) -> None:
         self.writer, self.always = writer, always
         self.original = writer._raw_write
 
@@ -76,20 +78,20 @@ class _FullDisk:
 
 
 def test_run_failed_is_written_when_the_disk_is_full(tmp_path: Path) -> None:
-    w = runs.EventWriter(tmp_path / "events.jsonl")
-    assert w._reserve is not None and w._reserve.stat().st_size == runs.EventWriter.RESERVE_BYTES
+    w = EventWriter(tmp_path / "events.jsonl")
+    assert w._reserve is not None and w._reserve.stat().st_size == EventWriter.RESERVE_BYTES
     w._raw_write = _FullDisk(w)  # type: ignore[method-assign]
     with pytest.raises(DiskError, match="cannot append"):
         w.write(Log("progress"))
     w.write(RunFailed(error="OSError: [Errno 28] No space left on device"))
     w.close()
-    events = runs.read_events(tmp_path)
+    events = read_events(tmp_path)
     assert events[-1]["type"] == "run_failed" and "Errno 28" in events[-1]["error"]
     assert not list(tmp_path.glob(".*.reserve"))
 
 
 def test_last_resort_is_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    w = runs.EventWriter(tmp_path / "events.jsonl")
+    w = EventWriter(tmp_path / "events.jsonl")
     w._raw_write = _FullDisk(w, always=True)  # type: ignore[method-assign]
     w.write(RunFailed(error="disk full"))
     w.close()
@@ -117,7 +119,7 @@ def test_enospc_during_training_fails_the_run_with_one_line_and_keeps_the_checkp
     assert r.exit_code == ExitCode.DISK, r.output
     assert "No space left on device" in r.output and "Traceback" not in r.output
     (run_dir,) = list((tmp_path / "runs").iterdir())
-    lines = (run_dir / runs.EVENTS_FILE).read_text().splitlines()
+    lines = (run_dir / EVENTS_FILE).read_text().splitlines()
     last = json.loads(lines[-1])
     assert last["type"] == "run_failed" and "No space left" in last["error"]
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"] == 0

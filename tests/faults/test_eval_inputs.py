@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from ofgr_core.cli import app
+from ofgr_core.common.errors import ExitCode
 from ofgr_core.config import EvalConfig
-from ofgr_core.errors import ExitCode
-from ofgr_core.evaluate import run_split
+from ofgr_core.retrieval.evaluate import run_split
 
 runner = CliRunner()
 
@@ -52,8 +52,8 @@ def test_shuffling_rows_leaves_metrics_unchanged(kind: str) -> None:
 
 def test_ties_at_the_cut_are_resolved_over_the_whole_tie_group() -> None:
     """Twenty identical gallery vectors tie at rank 1: which one is first depends only on the id hash."""
-    from ofgr_core.index import exact_searcher
-    from ofgr_core.ties import id_hash_keys, search_tiebroken
+    from ofgr_core.retrieval.index import exact_searcher
+    from ofgr_core.retrieval.ties import id_hash_keys, search_tiebroken
 
     gallery = np.tile(np.eye(4, dtype=np.float32)[:1], (20, 1))
     ids = np.array([f"g{i}" for i in range(20)])

@@ -14,9 +14,10 @@ import torch
 from typer.testing import CliRunner
 
 import ofgr_core.losses as losses_pkg
-from ofgr_core import pipeline, runs
 from ofgr_core.cli import app
-from ofgr_core.errors import ExitCode
+from ofgr_core.common.errors import ExitCode
+from ofgr_core.runs.eventlog import read_events
+from ofgr_core.workflows import pipeline
 from ofgr_testing import REPO, tiny_overrides
 
 runner = CliRunner()
@@ -37,7 +38,7 @@ def test_failure_is_an_unexpected_bug(tmp_path: Path, monkeypatch: pytest.Monkey
     def bug(*a, **k):  # noqa: ANN002, ANN003, ANN202
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(runs, "iter_runs", bug)
+    monkeypatch.setattr("ofgr_core.cli.run_cmd.iter_runs", bug)
     r = runner.invoke(app, ["runs", "--runs-dir", str(tmp_path)])
     assert r.exit_code == ExitCode.FAILURE and isinstance(r.exception, RuntimeError)
 
@@ -110,7 +111,7 @@ def test_signals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sig: int, code
     r = runner.invoke(app, ["run", "--runs-dir", str(tmp_path / "runs"), "-q"])
     assert r.exit_code == code, r.output
     (run_dir,) = list((tmp_path / "runs").iterdir())
-    last = runs.read_events(run_dir)[-1]
+    last = read_events(run_dir)[-1]
     assert last["type"] == "run_interrupted" and signal.Signals(sig).name in last["reason"]
 
 

@@ -23,8 +23,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ofgr_core.common.errors import OfgrError
 from ofgr_core.config import Config, load_config
-from ofgr_core.errors import OfgrError
 
 FUZZ = settings(
     max_examples=int(__import__("os").environ.get("OFGR_FUZZ_EXAMPLES", "100")),
@@ -161,8 +161,8 @@ def test_manifests(header: list[str], rows: list[list[str]], enc: str) -> None:
 @FUZZ
 @given(VALUES, st.booleans())
 def test_taxonomy_and_split_files(tree: Any, as_text: bool) -> None:
+    from ofgr_core.data.splits import _read_class_lists, _read_id_list
     from ofgr_core.data.taxonomy import load_taxonomy
-    from ofgr_core.splits import _read_class_lists, _read_id_list
 
     TRIED["taxonomy/split files"] += 1
     with tempfile.TemporaryDirectory() as d:

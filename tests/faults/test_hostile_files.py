@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from ofgr_core.cli import app
+from ofgr_core.common.errors import ConfigError, ExitCode
 from ofgr_core.config import load_config
-from ofgr_core.errors import ConfigError, ExitCode
 
 runner = CliRunner()
 

@@ -16,7 +16,7 @@ import yaml
 from typer.testing import CliRunner
 
 from ofgr_core.cli import app
-from ofgr_core.errors import ExitCode
+from ofgr_core.common.errors import ExitCode
 
 runner = CliRunner()
 MARKUP = ["[/red]", "[/x]", "[bold]", "[train]", "[link=file:///etc]x[/link]"]
@@ -103,7 +103,7 @@ def test_training_log_messages_keep_brackets(monkeypatch: pytest.MonkeyPatch) ->
     from rich.console import Console
 
     from ofgr_core.cli import run_cmd
-    from ofgr_core.events import Log, RunInterrupted
+    from ofgr_core.runs.events import Log, RunInterrupted
 
     buf = io.StringIO()
     monkeypatch.setattr(run_cmd, "err", Console(file=buf, width=200))

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from ofgr_core import runs
 from ofgr_core.config import dump_config, load_config
-from ofgr_core.pipeline import execute_run
+from ofgr_core.runs.eventlog import EventWriter
+from ofgr_core.runs.folder import CONFIG_FILE, EVENTS_FILE, create_run_dir
+from ofgr_core.workflows.pipeline import execute_run
 from ofgr_testing import REPO
 
 # The demo world and recipe of configs/demo.yaml (6 body types x 8 classes x 100 images at 64 px, 12 epochs),
@@ -23,9 +24,9 @@ EPOCHS = 12
 def _unseen_r1(tmp_path: Path, data_root: Path, epochs: int) -> dict:
     cfg = load_config(REPO / "configs" / "demo.yaml",
                       [f"data.sources.0.root={data_root}", *WORLD, f"train.epochs={epochs}"])
-    run_dir = runs.create_run_dir(tmp_path / "runs", f"e{epochs}")
-    (run_dir / runs.CONFIG_FILE).write_text(dump_config(cfg))
-    with runs.EventWriter(run_dir / runs.EVENTS_FILE) as w:
+    run_dir = create_run_dir(tmp_path / "runs", f"e{epochs}")
+    (run_dir / CONFIG_FILE).write_text(dump_config(cfg))
+    with EventWriter(run_dir / EVENTS_FILE) as w:
         status, metrics = execute_run(cfg, run_dir, w)
     assert status == "finished" and metrics is not None
     return metrics["unseen"]

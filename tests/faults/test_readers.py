@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ofgr_core import runs
 from ofgr_core.cli import app
-from ofgr_core.errors import ConfigError, ExitCode, NotFoundError
+from ofgr_core.common.errors import ConfigError, ExitCode, NotFoundError
+from ofgr_core.runs.folder import check_split_name
+from ofgr_core.runs.state import resolve_run
 
 runner = CliRunner()
 
@@ -71,19 +72,19 @@ def test_latest_is_newest_by_start_time_not_name(finished_run: Path, tmp_path: P
         first = json.loads(lines[0]) | {"time": t}
         (d / "events.jsonl").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
     os.symlink(old, runs_dir / "zzz-symlink")
-    assert runs.resolve_run("latest", runs_dir).name == "aa-newest"
+    assert resolve_run("latest", runs_dir).name == "aa-newest"
 
 
 @pytest.mark.parametrize("ref", ["", "   ", "\x00"])
 def test_empty_run_reference_is_refused(finished_run: Path, ref: str) -> None:
     with pytest.raises(NotFoundError):
-        runs.resolve_run(ref, finished_run.parent)
+        resolve_run(ref, finished_run.parent)
 
 
 @pytest.mark.parametrize("split", ["../../../x", "../embeddings/unseen", "/etc", "a/b", "", "unseen\x00"])
 def test_split_names_are_not_paths(finished_run: Path, split: str) -> None:
     with pytest.raises(ConfigError):
-        runs.check_split_name(split)
+        check_split_name(split)
     r = runner.invoke(app, ["query", str(finished_run), "--split", split, "--id", "x"])
     assert r.exit_code == ExitCode.CONFIG
     r = runner.invoke(app, ["index", "build", str(finished_run), "--split", split])

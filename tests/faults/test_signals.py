@@ -11,9 +11,11 @@ import sys
 import time
 from pathlib import Path
 
-from ofgr_core import runs
-from ofgr_core.errors import ExitCode
-from ofgr_core.train.checkpoint import load_checkpoint
+from ofgr_core.common.errors import ExitCode
+from ofgr_core.runs.checkpoint import load_checkpoint
+from ofgr_core.runs.eventlog import read_events
+from ofgr_core.runs.folder import EVENTS_FILE
+from ofgr_core.runs.state import load_run
 from ofgr_testing import REPO, tiny_overrides
 
 
@@ -33,7 +35,7 @@ def _wait_for_training(proc: subprocess.Popen, runs_dir: Path, timeout: float = 
     while time.time() - t0 < timeout:
         assert proc.poll() is None, proc.communicate()
         for d in runs_dir.glob("*"):
-            events = runs.read_events(d)
+            events = read_events(d)
             if sum(e["type"] == "train_step" for e in events) >= 2:
                 return d
         time.sleep(0.2)
@@ -48,15 +50,15 @@ def test_sigterm_finishes_the_step_checkpoints_and_records_the_signal(tmp_path: 
     out, errs = proc.communicate(timeout=120)
     assert proc.returncode == ExitCode.TERMINATED, errs.decode()
     assert b"Traceback" not in errs
-    events = runs.read_events(run_dir)
+    events = read_events(run_dir)
     last = events[-1]
     assert last["type"] == "run_interrupted" and "SIGTERM" in last["reason"], last
-    assert runs.load_run(run_dir).status == "interrupted"
+    assert load_run(run_dir).status == "interrupted"
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     steps = [e for e in events if e["type"] == "train_step"]
     # the checkpoint is at the step the signal let finish, not only at the last finished epoch
     assert (state["epoch"] + 1, state["step"]) >= (steps[-1]["epoch"], steps[-1]["step"])
-    for line in (run_dir / runs.EVENTS_FILE).read_text().splitlines():
+    for line in (run_dir / EVENTS_FILE).read_text().splitlines():
         json.loads(line)
 
 
@@ -67,6 +69,6 @@ def test_second_signal_exits_at_once(tmp_path: Path, tiny_data_root: Path) -> No
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=120)
     assert proc.returncode in (ExitCode.TERMINATED, ExitCode.INTERRUPTED)
-    reasons = [e["reason"] for e in runs.read_events(run_dir) if e["type"] == "run_interrupted"]
+    reasons = [e["reason"] for e in read_events(run_dir) if e["type"] == "run_interrupted"]
     # both signals are pending together: the second handler exits without waiting for the step
     assert reasons and "exited at once" in reasons[-1], reasons

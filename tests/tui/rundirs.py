@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from ofgr_core.runs import RunFolder
+from ofgr_core.runs.folder import RunFolder
 
 T0 = 1_764_238_500.0  # 2025-11-27 10:15:00 UTC
 HOST = socket.gethostname()
@@ -111,7 +111,7 @@ def write_embeddings(
 
 def write_tsne_cache(run_dir: Path, split: str = "all") -> None:
     """A fixed projection in the cache, so TUI tests and snapshots need no scikit-learn and never vary."""
-    from ofgr_core import tsne
+    from ofgr_core.reports import tsne
 
     splits = tsne._splits_for(run_dir, split)
     npy = [RunFolder(run_dir).embeddings_npy(s) for s in splits]
@@ -173,7 +173,7 @@ def finished_run(runs: Path, run_id: str, *, r1: float = 0.5, t0: float = T0, mo
     evs += tr
     t = tr[-1]["time"]
     evs.append(stage("finished", "train", t, seconds=63.0))
-    for s in ("embed", "evaluate", "report"):  # the stages of ofgr_core/pipeline.py
+    for s in ("embed", "evaluate", "report"):  # the stages of ofgr_core/workflows/pipeline.py
         evs += [stage("started", s, t), stage("finished", s, t + 1, seconds=1.0)]
         t += 1
     evs.append(

@@ -24,7 +24,7 @@ def test_importing_the_tui_does_not_import_heavy_libraries() -> None:
 def test_core_modules_owned_here_do_not_import_the_ui_or_heavy_libraries() -> None:
     code = (
         "import sys, json\n"
-        "import ofgr_core.gpu, ofgr_core.tsne, ofgr_core.compare\n"
+        "import ofgr_core.common.gpu, ofgr_core.reports.tsne, ofgr_core.reports.compare\n"
         f"print(json.dumps([m for m in {HEAVY + ('textual', 'rich')!r} if m in sys.modules]))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)

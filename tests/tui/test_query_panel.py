@@ -135,7 +135,7 @@ async def test_text_box_queries_a_clip_run_and_explains_other_runs(
         assert q.supports_text is None  # not asked before the text tab opens (it loads model code)
         await pilot.press("ctrl+t")
         await wait_for(pilot, lambda: q.supports_text is not None, timeout=120)
-        assert q.supports_text is True  # asked of ofgr_core.query.run_supports_text, in the worker
+        assert q.supports_text is True  # asked of ofgr_core.retrieval.query.run_supports_text, in the worker
         await pilot.press(*"a red car", "enter")
         await wait_for(pilot, lambda: q.result is not None, timeout=180)
         assert q.result.query == "text 'a red car'"

@@ -9,7 +9,7 @@ from pathlib import Path
 from textual.widgets import Input, Static
 
 import rundirs
-from ofgr_core.runlock import RunLock
+from ofgr_core.runs.lock import RunLock
 from ofgr_tui.screens.confirm import ConfirmDialog
 from ofgr_tui.screens.live import LiveScreen
 from ofgr_tui.screens.runs import RunsScreen

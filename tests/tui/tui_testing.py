@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 import rundirs
-from ofgr_core.gpu import GpuSnapshot, GpuStats
+from ofgr_core.common.gpu import GpuSnapshot, GpuStats
 from ofgr_tui.app import OfgrApp
 
 FIXED_NOW = rundirs.T0 + 4 * 3600

@@ -1,0 +1,3 @@
+"""Mechanisms every capability shares: errors, registries, atomic writes, safe text I/O, disk space, environment
+info, the GPU probe.
+"""

@@ -1,0 +1,3 @@
+"""Images -> vectors: batched embedding with a run's encoder, and the content-addressed cache of frozen-tower
+features.
+"""

@@ -1,0 +1,309 @@
+"""Content-addressed cache of frozen-tower features, shared across runs.
+
+A frozen tower (a CLIP image encoder, a timm backbone with ``freeze: all``) computes the same features for
+the same image every time, so ofgr computes them once. The cache is keyed by
+
+- the tower's ``feature_key()``: family, architecture, a hash of its weights, its preprocessing;
+- each image's **content hash** (never its file name: Stanford Cars reuses names between train and test).
+
+Layout (``ofgr cache ls`` lists it)::
+
+    <cache root>/<key digest>/
+        key.json        the feature key, readable
+        features.f32    float32 rows, appended; memory-mapped for reading
+        hashes.txt      one content hash per line, row i of features.f32 <-> line i
+        .lock           taken while appending (one writer at a time; readers never block)
+
+Filling is incremental and resumable: features are appended chunk by chunk (features first, then their
+hashes, each flushed), so an interrupted fill keeps every finished chunk; a features file longer than its
+hash list (a crash between the two writes) is truncated back on open. A change of any key part lands in
+another folder, so stale features are never read.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ofgr_core.common.errors import ConfigError, DataError
+
+CACHE_VERSION = 1
+Progress = Callable[[int, int], None]
+
+
+def default_cache_root() -> Path:
+    """``$OFGR_CACHE/features`` or ``~/.cache/ofgr/features``."""
+    base = os.environ.get("OFGR_CACHE")
+    return Path(base).expanduser() / "features" if base else Path.home() / ".cache" / "ofgr" / "features"
+
+
+def key_digest(key: dict[str, Any]) -> str:
+    blob = json.dumps({"v": CACHE_VERSION, **key}, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:24]
+
+
+def file_digest(path: str) -> str:
+    """The content hash ofgr's data layer uses (blake2b-128 of the file's bytes)."""
+    with open(path, "rb") as f:
+        return hashlib.blake2b(f.read(), digest_size=16).hexdigest()
+
+
+@dataclass
+class CacheEntry:
+    """One key's folder, as ``ofgr cache ls`` shows it."""
+
+    path: Path
+    key: dict[str, Any]
+    rows: int
+    dim: int
+    bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "digest": self.path.name, "key": self.key, "rows": self.rows,
+                "dim": self.dim, "bytes": self.bytes}
+
+
+class FeatureStore:
+    """The features of one tower (one key): lookup by content hash, append, memory-mapped reads."""
+
+    def __init__(self, root: str | os.PathLike[str], key: dict[str, Any], dim: int) -> None:
+        self.key, self.dim = key, int(dim)
+        self.folder = Path(root).expanduser() / key_digest(key)
+        self.features_path = self.folder / "features.f32"
+        self.hashes_path = self.folder / "hashes.txt"
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            key_file = self.folder / "key.json"
+            if not key_file.is_file():
+                key_file.write_text(json.dumps({"dim": self.dim, **key}, indent=2, default=str) + "\n")
+        except OSError as e:
+            raise ConfigError(f"feature cache {self.folder}: cannot write ({e.strerror}); set "
+                              "model.feature_cache or OFGR_CACHE to a writable folder") from None
+        self._rows: dict[str, int] = {}
+        self._load()
+
+    # ----------------------------------------------------------------------------------------- reading
+    def _load(self) -> None:
+        try:
+            lines = self.hashes_path.read_text().splitlines()
+        except FileNotFoundError:
+            lines = []
+        if lines and not lines[-1]:
+            lines.pop()
+        row_bytes = 4 * self.dim
+        size = self.features_path.stat().st_size if self.features_path.exists() else 0
+        n_feat = size // row_bytes
+        n = min(len(lines), n_feat)
+        # an interrupted append leaves more of one file than of the other: keep what both agree on
+        self._rows = {h: i for i, h in enumerate(lines[:n])}
+        self._n = n
+
+    def refresh(self) -> None:
+        """Re-read the index (other processes may have appended: torchrun ranks filling one cache)."""
+        self._load()
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __contains__(self, digest: object) -> bool:
+        return digest in self._rows
+
+    def missing(self, digests: Sequence[str]) -> list[int]:
+        """Positions in ``digests`` whose features are not cached (each distinct hash once)."""
+        seen: set[str] = set()
+        out = []
+        for i, d in enumerate(digests):
+            if d not in self._rows and d not in seen:
+                seen.add(d)
+                out.append(i)
+        return out
+
+    def read(self, digests: Sequence[str]) -> np.ndarray:
+        """Features of ``digests`` in order, ``(N, dim)`` float32 (all must be cached)."""
+        if not self._n:
+            if digests:
+                raise DataError(f"feature cache {self.folder}: empty, {len(digests)} rows requested")
+            return np.empty((0, self.dim), np.float32)
+        mm = np.memmap(self.features_path, dtype=np.float32, mode="r", shape=(self._n, self.dim))
+        try:
+            rows = np.fromiter((self._rows[d] for d in digests), dtype=np.int64, count=len(digests))
+        except KeyError as e:
+            raise DataError(f"feature cache {self.folder}: no features for content hash {e.args[0]}") from None
+        return np.asarray(mm[rows])
+
+    # ----------------------------------------------------------------------------------------- writing
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self.folder / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                self._load()  # another process may have appended meanwhile
+                self._repair()
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _repair(self) -> None:
+        row_bytes = 4 * self.dim
+        if self.features_path.exists() and self.features_path.stat().st_size != self._n * row_bytes:
+            with open(self.features_path, "r+b") as f:
+                f.truncate(self._n * row_bytes)
+        lines = self.hashes_path.read_text().splitlines() if self.hashes_path.exists() else []
+        if len(lines) != self._n:
+            self.hashes_path.write_text("".join(h + "\n" for h in lines[: self._n]))
+
+    def append(self, digests: Sequence[str], features: np.ndarray) -> None:
+        """Add rows (features first, then hashes, both flushed: a crash never maps a hash to a wrong row)."""
+        feats = np.ascontiguousarray(features, dtype=np.float32)
+        if feats.shape != (len(digests), self.dim):
+            raise DataError(f"feature cache: got features {feats.shape} for {len(digests)} images x {self.dim}")
+        if not np.isfinite(feats).all():
+            raise DataError("feature cache: the encoder produced non-finite features; nothing was cached")
+        with self._locked():
+            new = [(i, d) for i, d in enumerate(digests) if d not in self._rows]
+            if not new:
+                return
+            idx = [i for i, _ in new]
+            with open(self.features_path, "ab") as f:
+                f.write(feats[idx].tobytes())
+                f.flush()
+                os.fsync(f.fileno())
+            with open(self.hashes_path, "a") as f:
+                f.write("".join(d + "\n" for _, d in new))
+                f.flush()
+                os.fsync(f.fileno())
+            for _, d in new:
+                self._rows[d] = self._n
+                self._n += 1
+
+
+def list_entries(root: str | os.PathLike[str] | None = None) -> list[CacheEntry]:
+    """Every key folder under the cache root, largest first."""
+    root = Path(root).expanduser() if root else default_cache_root()
+    out = []
+    if not root.is_dir():
+        return out
+    for d in root.iterdir():
+        key_file = d / "key.json"
+        if not key_file.is_file():
+            continue
+        try:
+            key = json.loads(key_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            key = {"error": "unreadable key.json"}
+        dim = int(key.get("dim", 0) or 0)
+        size = (d / "features.f32").stat().st_size if (d / "features.f32").exists() else 0
+        try:
+            with open(d / "hashes.txt") as f:
+                n_hash = sum(1 for _ in f)
+        except OSError:
+            n_hash = 0
+        rows = min(n_hash, size // (4 * dim)) if dim else 0
+        total = sum(p.stat().st_size for p in d.iterdir() if p.is_file())
+        out.append(CacheEntry(d, key, rows, dim, total))
+    return sorted(out, key=lambda e: -e.bytes)
+
+
+def clear(root: str | os.PathLike[str] | None = None, digest: str | None = None) -> int:
+    """Delete every key folder (or the one whose digest starts with ``digest``); returns bytes freed."""
+    entries = list_entries(root)
+    if digest is not None:
+        entries = [e for e in entries if e.path.name.startswith(digest)]
+        if not entries:
+            raise ConfigError(f"no feature cache entry {digest!r} (`ofgr cache ls` lists them)")
+    freed = 0
+    for e in entries:
+        freed += e.bytes
+        shutil.rmtree(e.path, ignore_errors=True)
+    return freed
+
+
+def extract_features(
+    encoder: Any,
+    paths: Sequence[str],
+    transform: Callable[..., Any],
+    device: Any,
+    *,
+    digests: Sequence[str] | None = None,
+    store: FeatureStore | None = None,
+    batch_size: int = 256,
+    num_workers: int = 0,
+    amp: bool = False,
+    chunk: int = 4096,
+    progress: Progress | None = None,
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Tower features of ``paths`` (``encoder.tower_features``), through the cache when one is given.
+
+    Only images whose content hash is missing from the cache run through the tower; they are computed in
+    chunks of ``chunk`` images and appended after each chunk, so an interrupted fill resumes where it stopped.
+
+    Returns:
+        ``(features, stats)``: ``(N, feature_dim)`` float32 in the order of ``paths``, and
+        ``{"hits", "computed"}`` counts.
+    """
+    import torch
+
+    from ofgr_core.embedding.embed import iter_embed
+
+    n = len(paths)
+    dim = int(encoder.feature_dim)
+    if store is None:
+        out = np.empty((n, dim), np.float32)
+        for start, feats in iter_embed(_TowerOnly(encoder), list(paths), transform, torch.device(device),
+                                       batch_size=batch_size, num_workers=num_workers, amp=amp,
+                                       normalize=False):
+            out[start : start + len(feats)] = feats
+            if progress is not None:
+                progress(start + len(feats), n)
+        return out, {"hits": 0, "computed": n}
+    digests = list(digests) if digests is not None else [file_digest(p) for p in paths]
+    if len(digests) != n:
+        raise DataError(f"{len(digests)} content hashes for {n} images")
+    todo = store.missing(digests)
+    missing = {digests[i] for i in todo}
+    hits = sum(d not in missing for d in digests)
+    done = hits
+    if progress is not None:
+        progress(done, n)
+    tower = _TowerOnly(encoder)
+    for a in range(0, len(todo), chunk):
+        part = todo[a : a + chunk]
+        feats = np.empty((len(part), dim), np.float32)
+        for start, f in iter_embed(tower, [paths[i] for i in part], transform, torch.device(device),
+                                   batch_size=batch_size, num_workers=num_workers, amp=amp, normalize=False):
+            feats[start : start + len(f)] = f
+        store.append([digests[i] for i in part], feats)
+        done += len(part)
+        if progress is not None:
+            progress(done, n)
+    return store.read(digests), {"hits": hits, "computed": len(todo)}
+
+
+class _TowerOnly:
+    """Adapts an encoder so ``iter_embed`` runs its tower alone."""
+
+    def __init__(self, encoder: Any) -> None:
+        self.encoder = encoder
+        self.embed_dim = encoder.feature_dim
+        self.training = encoder.training
+
+    def __call__(self, images: Any) -> Any:
+        return self.encoder.tower_features(images)
+
+    def eval(self) -> _TowerOnly:
+        self.encoder.eval()
+        return self
+
+    def train(self, mode: bool = True) -> _TowerOnly:
+        self.encoder.train(mode)
+        return self

@@ -1,0 +1,3 @@
+"""The CLIP family (OpenCLIP): frozen towers + head, weights sources, contrastive pretraining, its architecture
+configs.
+"""

@@ -1,0 +1,1 @@
+"""The timm family: CNN backbones (pooled features) -> embedding neck, and ofgr's tiny CNN."""

@@ -1,0 +1,1 @@
+"""Reading finished runs side by side: comparison with paired tests, report folders, tables, t-SNE."""

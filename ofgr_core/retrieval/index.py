@@ -1,0 +1,524 @@
+"""FAISS indexes over L2-normalised embeddings: exact inner product, IVF-Flat, IVF-PQ and HNSW.
+
+All indexes score by inner product, which on unit vectors is cosine similarity and ranks exactly like
+L2 distance. An index answers in *rows* (positions of the vectors it was built from); ``SearchIndex.ids``
+maps rows to item ids, so a persisted index returns item ids without a FAISS ``IndexIDMap`` (which GPU
+indexes do not support for every type).
+
+The device is chosen once, here: ``auto`` means GPU exactly when ``faiss.get_num_gpus() > 0``, with the
+index sharded over all GPUs when there are several. No GPU function is called without that check, because
+faiss-gpu's ``index_cpu_to_all_gpus`` silently returns an empty index on a machine without GPUs.
+
+``faiss`` is imported inside functions so that ``ofgr --help`` does not pay for it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ofgr_core.common.errors import ConfigError, DataError, DependencyError, NotFoundError
+from ofgr_core.config import IndexConfig
+
+INDEX_FILE = "index.faiss"
+IDS_FILE = "ids.npy"
+META_FILE = "index.json"
+# faiss GPU k-selection is limited to this many neighbours per query (faiss >= 1.7.3).
+GPU_MAX_K = 2048
+
+Progress = Callable[[int, int], None]
+
+
+def import_faiss() -> Any:
+    """Import faiss or explain, in one line, how to install it."""
+    try:
+        import faiss
+    except ImportError:
+        raise DependencyError(
+            "faiss is not installed: pip install 'ofgr[cpu]' (or 'ofgr[gpu]' on a CUDA machine)"
+        ) from None
+    return faiss
+
+
+def num_gpus() -> int:
+    """GPUs faiss can use (0 for faiss-cpu builds, which lack the function or report none)."""
+    faiss = import_faiss()
+    get = getattr(faiss, "get_num_gpus", None)
+    return int(get()) if get is not None else 0
+
+
+def resolve_device(requested: str = "auto") -> str:
+    """``"gpu"`` or ``"cpu"`` for a requested ``auto``/``cpu``/``gpu``.
+
+    Raises:
+        ConfigError: ``gpu`` was requested but faiss sees no GPU.
+    """
+    if requested == "cpu":
+        return "cpu"
+    n = num_gpus()
+    if requested == "gpu" and n == 0:
+        raise ConfigError(
+            "eval.index.device=gpu but faiss reports no GPU (install 'ofgr[gpu]' on a CUDA host)"
+        )
+    return "gpu" if n > 0 else "cpu"
+
+
+def iter_chunks(n: int, size: int) -> Any:
+    """``(start, stop)`` pairs covering ``range(n)`` in steps of ``size``."""
+    for start in range(0, n, size):
+        yield start, min(start + size, n)
+
+
+def normalized_chunk(x: np.ndarray) -> np.ndarray:
+    """A C-contiguous float32 copy of ``x`` with unit rows (zero rows stay zero)."""
+    out = np.array(x, dtype=np.float32, order="C", copy=True)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    np.divide(out, norms, out=out, where=norms > 0)
+    return out
+
+
+def is_normalized(x: np.ndarray, *, chunk: int = 65536, atol: float = 1e-3) -> bool:
+    """Whether every row of ``x`` has unit L2 norm, read in chunks so memmaps stay on disk."""
+    for a, b in iter_chunks(len(x), chunk):
+        norms = np.linalg.norm(np.asarray(x[a:b], dtype=np.float32), axis=1)
+        if not np.all(np.abs(norms - 1.0) <= atol):
+            return False
+    return True
+
+
+def as_unit_float32(x: np.ndarray, *, chunk: int = 65536) -> np.ndarray:
+    """``x`` itself when it is already unit-norm C-contiguous float32 (no copy, memmaps stay memmaps),
+    otherwise a normalised float32 copy built chunk by chunk."""
+    if x.ndim != 2:
+        raise DataError(f"embeddings must be a 2-D array (N x D), got shape {tuple(x.shape)}")
+    if x.dtype == np.float32 and x.flags.c_contiguous and is_normalized(x, chunk=chunk):
+        return x
+    out = np.empty(x.shape, dtype=np.float32)
+    for a, b in iter_chunks(len(x), chunk):
+        out[a:b] = normalized_chunk(x[a:b])
+    return out
+
+
+def as_searchable(x: np.ndarray, *, chunk: int = 65536) -> np.ndarray:
+    """Like ``as_unit_float32``, but a unit-norm float16 array is also kept as it is (no float32 copy).
+
+    The exact searcher reads a float16 gallery in blocks converted on the fly, so a 10M x 512 float16
+    memmap (10 GB) is searched without the 20 GB float32 copy.
+    """
+    if (x.ndim == 2 and x.dtype == np.float16 and x.flags.c_contiguous
+            and is_normalized(x, chunk=chunk, atol=2e-3)):
+        return x
+    return as_unit_float32(x, chunk=chunk)
+
+
+# Gallery rows per block when a float16 gallery is searched (a float32 block of 262k x 512 is 512 MB).
+HALF_BLOCK_ROWS = 1 << 18
+
+
+def _knn_blocked(knn: Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray]], xq: np.ndarray,
+                 xb: np.ndarray, k: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k over a gallery that is not float32 (float16), one float32 block at a time, merged.
+
+    ``knn(queries, block, k)`` searches one in-memory block. Ties are ordered by row, as one pass would.
+    """
+    nq = len(xq)
+    best_d = np.full((nq, 0), -np.inf, dtype=np.float32)
+    best_i = np.full((nq, 0), -1, dtype=np.int64)
+    for a, b in iter_chunks(len(xb), block):
+        d, i = knn(xq, np.ascontiguousarray(xb[a:b], dtype=np.float32), min(k, b - a))
+        d = np.concatenate([best_d, d], axis=1)
+        i = np.concatenate([best_i, i + a], axis=1)
+        order = np.lexsort((i, -d), axis=1)[:, :k]
+        best_d, best_i = np.take_along_axis(d, order, axis=1), np.take_along_axis(i, order, axis=1)
+    return best_d, best_i
+
+
+def index_bytes(n: int, d: int, cfg: IndexConfig) -> int:
+    """Approximate bytes an index of ``n`` x ``d`` vectors holds (vectors or codes, ids, lists, graph)."""
+    if cfg.type == "flat":
+        return n * d * 4
+    if cfg.type == "hnsw":
+        return n * d * 4 + n * cfg.hnsw_m * 2 * 4  # vectors + ~2M links per node on the base level
+    nlist = cfg.nlist or default_nlist(n)
+    codes = n * d * 4 if cfg.type == "ivf_flat" else n * cfg.pq_m * cfg.pq_nbits // 8
+    refine = n * d * 4 if cfg.type == "ivf_pq" and cfg.refine_k_factor > 0 else 0
+    return codes + n * 8 + nlist * d * 4 + refine
+
+
+def gpu_plan(n: int, d: int, cfg: IndexConfig, n_gpus: int) -> dict[str, Any]:
+    """How an index spreads over ``n_gpus`` GPUs under ``cfg.multi_gpu`` and what each GPU must hold."""
+    mode = cfg.multi_gpu or "shard"
+    total = index_bytes(n, d, cfg)
+    quantizer = (cfg.nlist or default_nlist(n)) * d * 4 if cfg.type in ("ivf_flat", "ivf_pq") else 0
+    per_gpu = total if mode == "replicate" or n_gpus <= 1 else (total - quantizer) // n_gpus + quantizer
+    return {"mode": mode if n_gpus > 1 else "single", "n_gpus": n_gpus, "bytes_total": total,
+            "bytes_per_gpu": per_gpu}
+
+
+def _gib(b: int) -> str:
+    return f"{b / 2**30:.2f} GiB" if b >= 2**27 else f"{b / 2**20:.1f} MiB"
+
+
+def describe_plan(plan: dict[str, Any], n: int, d: int, index_type: str) -> str:
+    """One line for the user, printed before the index is built."""
+    what = f"{index_type} index of {n:,} x {d}"
+    if plan["mode"] == "single":
+        return f"{what}: {_gib(plan['bytes_per_gpu'])} on 1 GPU"
+    return (f"{what}: {plan['mode']} over {plan['n_gpus']} GPUs, {_gib(plan['bytes_per_gpu'])} per GPU "
+            f"({_gib(plan['bytes_total'])} in all)")
+
+
+def default_nlist(n: int) -> int:
+    """About ``4 * sqrt(n)`` lists, but never fewer than 39 training points per list (faiss's minimum)."""
+    return int(max(1, min(round(4 * math.sqrt(n)), n // 39)))
+
+
+@dataclass
+class SearchIndex:
+    """A FAISS index plus the item id of every row it holds.
+
+    Attributes:
+        index: The faiss index (CPU or GPU); ``None`` for the copy-free exact searcher, which keeps
+            ``vectors`` and calls ``faiss.knn``/``faiss.knn_gpu`` instead.
+        ids: int64 item id per row.
+        type: ``flat``, ``ivf_flat``, ``ivf_pq`` or ``hnsw``.
+        device: ``cpu`` or ``gpu`` (where searches actually run).
+        dim: Embedding dimension.
+        params: The parameters the index was built and is searched with (recorded in metadata).
+        vectors: Only for the copy-free exact searcher: the unit-norm float32 gallery (may be a memmap).
+    """
+
+    index: Any
+    ids: np.ndarray
+    type: str
+    device: str
+    dim: int
+    params: dict[str, Any] = field(default_factory=dict)
+    vectors: np.ndarray | None = None
+    _gpu_res: Any = None
+
+    @property
+    def ntotal(self) -> int:
+        return len(self.ids)
+
+    @property
+    def n_gpus(self) -> int:
+        return int(self.params.get("n_gpus", 0))
+
+    def info(self) -> dict[str, Any]:
+        """The JSON-able description recorded in metrics.json and ``index.json``."""
+        return {"type": self.type, "device": self.device, "dim": self.dim, "n": self.ntotal, **self.params}
+
+    def search_rows(
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        batch_size: int = 4096,
+        progress: Progress | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` rows by inner product for each query, searched chunk by chunk.
+
+        Args:
+            queries: Q x D unit-norm embeddings (a memmap is read one chunk at a time).
+            k: Neighbours per query; clipped to the index size, missing slots are row ``-1``.
+            batch_size: Queries per FAISS call.
+            progress: Called as ``progress(done, total)`` after each chunk.
+
+        Returns:
+            ``(scores, rows)``: Q x k float32 similarities (descending) and int64 rows.
+        """
+        nq = len(queries)
+        scores = np.full((nq, k), -np.inf, dtype=np.float32)
+        rows = np.full((nq, k), -1, dtype=np.int64)
+        kk = min(k, self.ntotal)
+        if kk == 0:
+            return scores, rows
+        for a, b in iter_chunks(nq, batch_size):
+            d, i = self.search_chunk(np.ascontiguousarray(queries[a:b], dtype=np.float32), kk)
+            scores[a:b, :kk] = d
+            rows[a:b, :kk] = i
+            if progress is not None:
+                progress(b, nq)
+        return scores, rows
+
+    def search(
+        self, queries: np.ndarray, k: int, *, batch_size: int = 4096, progress: Progress | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Like ``search_rows`` but answers item ids (``-1`` where fewer than ``k`` results exist)."""
+        scores, rows = self.search_rows(queries, k, batch_size=batch_size, progress=progress)
+        ids = np.where(rows >= 0, self.ids[np.maximum(rows, 0)], -1)
+        return scores, ids
+
+    def search_chunk(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """One FAISS call on an in-memory float32 chunk; ``k`` must not exceed ``ntotal``."""
+        faiss = import_faiss()
+        if self.device == "gpu" and k > GPU_MAX_K:
+            raise ConfigError(
+                f"GPU search supports at most k={GPU_MAX_K} neighbours, {k} needed: lower eval.max_r "
+                "or set eval.index.device=cpu"
+            )
+        if self.index is None:
+            # np.asarray drops the memmap subclass without copying: faiss.contrib.torch_utils (imported by
+            # pytorch-metric-learning) replaces faiss.knn*/knn_gpu with versions that reject subclasses.
+            xb = np.asarray(self.vectors)
+            if xb.dtype != np.float32:  # a float16 gallery: searched block by block, never copied whole
+                res, ip = self._gpu_res, faiss.METRIC_INNER_PRODUCT
+                if self.device == "gpu":
+                    return _knn_blocked(lambda q, g, kk: faiss.knn_gpu(res, q, g, kk, metric=ip), x, xb, k,
+                                        HALF_BLOCK_ROWS)
+                return _knn_blocked(lambda q, g, kk: _knn_inner_product(faiss, q, g, kk), x, xb, k,
+                                    HALF_BLOCK_ROWS)
+            if self.device == "gpu":
+                return faiss.knn_gpu(self._gpu_res, x, xb, k, metric=faiss.METRIC_INNER_PRODUCT)
+            return _knn_inner_product(faiss, x, xb, k)
+        return self.index.search(x, k)
+
+    def save(self, folder: str | os.PathLike[str]) -> Path:
+        """Write ``index.faiss``, ``ids.npy`` and ``index.json`` into ``folder`` (created if needed)."""
+        faiss = import_faiss()
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        index = self.index
+        if index is None:  # copy-free exact searcher: persist as a regular flat index
+            index = faiss.IndexFlatIP(self.dim)
+            for a, b in iter_chunks(len(self.vectors), 65536):
+                index.add(np.ascontiguousarray(self.vectors[a:b], dtype=np.float32))
+        elif self.device == "gpu":
+            index = faiss.index_gpu_to_cpu(index)
+        # tmp + replace so a reader never sees half an index
+        tmp = folder / (INDEX_FILE + ".tmp")
+        faiss.write_index(index, str(tmp))
+        os.replace(tmp, folder / INDEX_FILE)
+        with open(folder / (IDS_FILE + ".tmp"), "wb") as f:
+            np.save(f, self.ids.astype(np.int64))
+        os.replace(folder / (IDS_FILE + ".tmp"), folder / IDS_FILE)
+        meta = {**self.info(), "metric": "inner_product", "normalized": True, "faiss": faiss.__version__}
+        (folder / (META_FILE + ".tmp")).write_text(json.dumps(meta, indent=2) + "\n")
+        os.replace(folder / (META_FILE + ".tmp"), folder / META_FILE)
+        return folder
+
+
+def _knn_inner_product(faiss: Any, xq: np.ndarray, xb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by inner product through the C++ routine that ``IndexFlatIP.search`` uses, called on
+    ``xb`` in place (no copy of the gallery, unlike building an ``IndexFlatIP``)."""
+    xq = np.ascontiguousarray(xq, dtype=np.float32)
+    if xb.dtype != np.float32 or not xb.flags.c_contiguous:
+        raise ValueError("gallery must be C-contiguous float32")
+    nq, d = xq.shape
+    dist = np.empty((nq, k), dtype=np.float32)
+    rows = np.empty((nq, k), dtype=np.int64)
+    faiss.knn_inner_product(
+        faiss.swig_ptr(xq), faiss.swig_ptr(xb), d, nq, len(xb), k, faiss.swig_ptr(dist), faiss.swig_ptr(rows)
+    )
+    return dist, rows
+
+
+def _to_device(index: Any, device: str, index_type: str, multi_gpu: str | None = None
+               ) -> tuple[Any, str, Any, int]:
+    """Move a CPU index to GPU(s) when asked and possible: ``(index, device, resources, n_gpus)``.
+
+    With several GPUs the index is sharded (``multi_gpu`` ``shard``/None) or replicated (``replicate``).
+    """
+    if device != "gpu":
+        return index, "cpu", None, 0
+    # faiss has no GPU HNSW, and a refine wrapper does not clone as a whole: these stay on CPU, and say so
+    if index_type == "hnsw" or "Refine" in type(index).__name__:
+        return index, "cpu", None, 0
+    faiss = import_faiss()
+    n = num_gpus()
+    if n == 0:  # resolve_device already checked; keep the guard next to the GPU calls
+        return index, "cpu", None, 0
+    if n == 1:
+        res = faiss.StandardGpuResources()
+        co = faiss.GpuClonerOptions()
+        co.useFloat16 = False  # exactness over memory: metrics must match the CPU index
+        return faiss.index_cpu_to_gpu(res, 0, index, co), "gpu", res, 1
+    co = faiss.GpuMultipleClonerOptions()
+    co.shard = multi_gpu != "replicate"  # shard: split the database; replicate: a full copy per GPU
+    co.common_ivf_quantizer = index_type != "flat"
+    co.useFloat16 = False
+    return faiss.index_cpu_to_all_gpus(index, co=co), "gpu", None, n
+
+
+def exact_searcher(
+    vectors: np.ndarray, *, ids: np.ndarray | None = None, device: str = "auto",
+    multi_gpu: str | None = None, note: Callable[[str], None] | None = None,
+) -> SearchIndex:
+    """An exact inner-product searcher that does not copy ``vectors`` (unit-norm float32, may be a memmap).
+
+    On one GPU (or CPU) this calls ``faiss.knn_gpu``/``faiss.knn`` on the array directly, which ranks
+    exactly like ``IndexFlatIP.search`` without holding a second copy of the gallery; with several GPUs
+    it builds a sharded ``IndexFlatIP``.
+    """
+    import_faiss()
+    dev = resolve_device(device)
+    n = len(vectors)
+    ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
+    if dev == "gpu" and num_gpus() > 1:
+        return build_index(vectors, IndexConfig(type="flat", device="gpu", multi_gpu=multi_gpu), ids=ids,
+                           note=note)
+    if multi_gpu is not None and note is not None:
+        note(f"eval.index.multi_gpu={multi_gpu}: {'one GPU' if dev == 'gpu' else 'no GPU'} here, "
+             f"searching on {dev.upper()}")
+    params: dict[str, Any] = {}
+    res = None
+    if dev == "gpu":
+        faiss = import_faiss()
+        res = faiss.StandardGpuResources()
+        params["n_gpus"] = 1
+    return SearchIndex(None, ids, "flat", dev, vectors.shape[1], params, vectors=vectors, _gpu_res=res)
+
+
+def build_index(
+    embeddings: np.ndarray,
+    cfg: IndexConfig | None = None,
+    *,
+    ids: np.ndarray | None = None,
+    seed: int = 0,
+    add_batch: int = 65536,
+    progress: Progress | None = None,
+    note: Callable[[str], None] | None = None,
+) -> SearchIndex:
+    """Build (train and fill) an index over ``embeddings``.
+
+    Args:
+        embeddings: N x D embeddings, normalised here chunk by chunk if they are not unit-norm.
+        cfg: Index type and parameters; ``nlist=None`` picks ``default_nlist(N)``.
+        ids: N unique int64 item ids (default ``arange(N)``).
+        seed: Seed for the training sample and the k-means initialisation.
+        add_batch: Rows per ``index.add`` call (bounds the temporary float32 copy of a memmap).
+        progress: Called as ``progress(rows_added, N)``.
+        note: Called with one line before building: the memory each GPU needs (sharded or replicated), or
+            that a multi-GPU setting runs on CPU here.
+
+    Raises:
+        ConfigError: Parameters that cannot work for this data (e.g. ``pq_m`` not dividing D).
+        DataError: Empty input or duplicate ids.
+    """
+    faiss = import_faiss()
+    cfg = cfg or IndexConfig()
+    if embeddings.ndim != 2 or len(embeddings) == 0:
+        raise DataError(f"cannot index embeddings of shape {tuple(embeddings.shape)}: need N x D with N > 0")
+    n, d = embeddings.shape
+    ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
+    if ids.shape != (n,):
+        raise DataError(f"ids has shape {ids.shape}, expected ({n},)")
+    if len(np.unique(ids)) != n:
+        raise DataError("item ids must be unique")
+    device = resolve_device(cfg.device)
+    if note is not None:
+        gpus = num_gpus() if device == "gpu" and cfg.type != "hnsw" else 0
+        if gpus:
+            note(describe_plan(gpu_plan(n, d, cfg, gpus), n, d, cfg.type))
+        elif cfg.multi_gpu is not None:
+            why = "faiss has no GPU HNSW" if cfg.type == "hnsw" and device == "gpu" else "no GPU here"
+            note(f"eval.index.multi_gpu={cfg.multi_gpu}: {why}, building the {cfg.type} index on CPU "
+                 f"({_gib(index_bytes(n, d, cfg))})")
+    params: dict[str, Any] = {}
+    metric = faiss.METRIC_INNER_PRODUCT
+    if cfg.type == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif cfg.type == "hnsw":
+        index = faiss.IndexHNSWFlat(d, cfg.hnsw_m, metric)
+        index.hnsw.efConstruction = cfg.ef_construction
+        index.hnsw.efSearch = cfg.ef_search
+        params.update(hnsw_m=cfg.hnsw_m, ef_construction=cfg.ef_construction, ef_search=cfg.ef_search)
+    elif cfg.type in ("ivf_flat", "ivf_pq"):
+        nlist = cfg.nlist or default_nlist(n)
+        if nlist > n:
+            raise ConfigError(f"eval.index.nlist={nlist} exceeds the {n} vectors to index")
+        quantizer = faiss.IndexFlatIP(d)
+        if cfg.type == "ivf_flat":
+            index = faiss.IndexIVFFlat(quantizer, d, nlist, metric)
+        else:
+            if d % cfg.pq_m:
+                raise ConfigError(f"eval.index.pq_m={cfg.pq_m} must divide the embedding dimension {d}")
+            index = faiss.IndexIVFPQ(quantizer, d, nlist, cfg.pq_m, cfg.pq_nbits, metric)
+            index.pq.cp.seed = seed
+            params.update(pq_m=cfg.pq_m, pq_nbits=cfg.pq_nbits)
+        index.cp.seed = seed
+        # faiss wants at least 39 points per centroid; 64 per list keeps k-means cheap at 1M+ vectors
+        # and the PQ codebooks get their recommended 256 points per code.
+        need = max(nlist * 64, (2**cfg.pq_nbits) * 256 if cfg.type == "ivf_pq" else 0)
+        rng = np.random.default_rng(seed)
+        sample = np.sort(rng.choice(n, size=min(n, need), replace=False))
+        index.train(normalized_chunk(embeddings[sample]))
+        index.nprobe = min(cfg.nprobe, nlist)
+        params.update(nlist=nlist, nprobe=int(index.nprobe))
+        if cfg.type == "ivf_pq" and cfg.refine_k_factor > 0:
+            # PQ codes rank coarsely; re-scoring k * factor candidates with the raw vectors restores
+            # near-exact top-k at the cost of keeping those vectors in memory.
+            index = faiss.IndexRefineFlat(index)
+            index.k_factor = float(cfg.refine_k_factor)
+            params["refine_k_factor"] = cfg.refine_k_factor
+    else:  # pragma: no cover - IndexConfig validates the literal
+        raise ConfigError(f"unknown index type {cfg.type!r}")
+    for a, b in iter_chunks(n, add_batch):
+        index.add(normalized_chunk(embeddings[a:b]))
+        if progress is not None:
+            progress(b, n)
+    index, device, res, n_gpus = _to_device(index, device, cfg.type, cfg.multi_gpu)
+    if n_gpus:
+        params["n_gpus"] = n_gpus
+        if n_gpus > 1:
+            params["multi_gpu"] = cfg.multi_gpu or "shard"
+    return SearchIndex(index, ids, cfg.type, device, d, params, _gpu_res=res)
+
+
+def load_index(folder: str | os.PathLike[str], *, device: str = "auto", multi_gpu: str | None = None
+               ) -> SearchIndex:
+    """Load an index written by ``SearchIndex.save``, moved to ``device`` (``auto``: GPU if present).
+
+    Raises:
+        NotFoundError: The folder or one of its three files is missing.
+        DataError: The files disagree (row count, dimension) or the metadata is unreadable.
+    """
+    faiss = import_faiss()
+    folder = Path(folder)
+    for name in (INDEX_FILE, IDS_FILE, META_FILE):
+        if not (folder / name).is_file():
+            raise NotFoundError(f"{folder / name}: not found (build it with `ofgr index build`)")
+    try:
+        meta = json.loads((folder / META_FILE).read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{folder / META_FILE}: invalid JSON ({e.msg})") from None
+    index = faiss.read_index(str(folder / INDEX_FILE))
+    ids = np.load(folder / IDS_FILE)
+    if index.ntotal != len(ids) or index.d != meta.get("dim", index.d):
+        raise DataError(
+            f"{folder}: index holds {index.ntotal} x {index.d} vectors but ids.npy has {len(ids)} rows "
+            f"and index.json says dim {meta.get('dim')}"
+        )
+    index_type = meta.get("type", "flat")
+    fixed = ("type", "device", "dim", "n", "metric", "normalized", "faiss", "n_gpus", "multi_gpu")
+    params = {k: v for k, v in meta.items() if k not in fixed}
+    if "nprobe" in params:
+        faiss.extract_index_ivf(index).nprobe = int(params["nprobe"])
+    if "ef_search" in params:
+        index.hnsw.efSearch = int(params["ef_search"])
+    index, dev, res, n_gpus = _to_device(index, resolve_device(device), index_type, multi_gpu)
+    if n_gpus:
+        params["n_gpus"] = n_gpus
+    return SearchIndex(index, ids.astype(np.int64), index_type, dev, int(index.d), params, _gpu_res=res)
+
+
+def set_search_params(index: SearchIndex, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
+    """Change the speed/recall knobs of a built index in place (recorded in ``params``)."""
+    faiss = import_faiss()
+    if nprobe is not None and index.type in ("ivf_flat", "ivf_pq"):
+        if index.device == "gpu":
+            faiss.GpuParameterSpace().set_index_parameter(index.index, "nprobe", nprobe)
+        else:
+            faiss.extract_index_ivf(index.index).nprobe = nprobe
+        index.params["nprobe"] = nprobe
+    if ef_search is not None and index.type == "hnsw":
+        index.index.hnsw.efSearch = ef_search
+        index.params["ef_search"] = ef_search

@@ -1,0 +1,296 @@
+"""Query a run's stored embeddings: by dataset item, by image file, or (CLIP runs) by text.
+
+The gallery is a split's stored embeddings (``RUN/embeddings/<split>.npy`` + ``.csv``); a persisted index in
+``RUN/index/<split>/`` (``ofgr index build``) is used when present, an exact in-memory index otherwise.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ofgr_core.common.errors import ConfigError, DataError, NotFoundError
+from ofgr_core.runs.folder import RunFolder
+
+
+@dataclass(frozen=True)
+class QueryHit:
+    rank: int
+    id: str
+    path: str
+    score: float
+    fine: str
+    coarse: str
+    hit_fine: bool | None
+    hit_coarse: bool | None
+
+
+@dataclass
+class QueryResult:
+    """Ranked results; ``hit_*`` are None when the query's labels are unknown (an outside image, text)."""
+
+    query: str
+    split: str
+    results: list[QueryHit] = field(default_factory=list)
+    query_fine: str | None = None
+    query_coarse: str | None = None
+    index: dict[str, Any] = field(default_factory=dict)
+    space: str | None = None  # text queries: the image space searched (raw CLIP features or head embeddings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "query": self.query,
+            "split": self.split,
+            "query_fine": self.query_fine,
+            "query_coarse": self.query_coarse,
+            "index": self.index,
+            "space": self.space,
+            "results": [h.__dict__ for h in self.results],
+        }
+
+
+@dataclass
+class Gallery:
+    embeddings: np.ndarray
+    rows: list[dict[str, str]]
+    row_of: dict[str, int]
+
+
+def load_gallery(run_dir: Path, split: str) -> Gallery:
+    folder = RunFolder(run_dir)
+    npy, csv_path = folder.embeddings_npy(split), folder.embeddings_csv(split)
+    if not npy.is_file() or not csv_path.is_file():
+        available = folder.embedded_splits()
+        raise NotFoundError(
+            f"{run_dir.name}: no stored {split!r} embeddings"
+            + (f" (available: {', '.join(available)})" if available else " (the run has not reached evaluation)")
+        )
+    emb = np.load(npy, mmap_mode="r")
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if len(rows) != len(emb):
+        raise DataError(f"{csv_path}: {len(rows)} rows but {npy.name} has {len(emb)} embeddings")
+    return Gallery(emb, rows, {r["id"]: i for i, r in enumerate(rows)})
+
+
+def _searcher(run_dir: Path, split: str, gallery: Gallery) -> Any:
+    from ofgr_core.retrieval.index import build_index, load_index
+
+    folder = RunFolder(run_dir).index_dir(split)
+    if (folder / "index.json").is_file():
+        idx = load_index(folder)
+        if idx.ntotal == len(gallery.rows):
+            return idx
+    return build_index(np.ascontiguousarray(gallery.embeddings), ids=np.arange(len(gallery.rows)))
+
+
+@functools.lru_cache(maxsize=2)
+def _load_model(run_dir: str, mtime: float) -> tuple[Any, Any, Any]:
+    """The run's encoder with its best (else last) checkpoint + eval transform (cached per run and mtime)."""
+    import torch
+
+    from ofgr_core.config import load_config
+    from ofgr_core.models import create_model_and_transforms
+    from ofgr_core.runs.checkpoint import load_checkpoint
+
+    rd = RunFolder(run_dir)
+    cfg = load_config(rd.config)
+    ckpt = next((p for p in (rd.checkpoint("best"), rd.checkpoint("last")) if p.is_file()), None)
+    state = load_checkpoint(ckpt)["model"] if ckpt is not None else None
+    model_cfg = cfg.model
+    if state is not None and not cfg.model.tower_frozen:
+        # an end-to-end checkpoint holds the whole network: hub weights are not needed to rebuild it
+        model_cfg = cfg.model.model_copy(update={"pretrained": False})
+    model, _, eval_tf = create_model_and_transforms(model_cfg, image_size=cfg.data.image_size)
+    if state is not None:
+        model.load_trainable_state_dict(state)
+    elif not model.tower_from_weights or any(True for _ in model.head.parameters()):
+        # without a checkpoint only a weights-built tower with no head is reproducible
+        raise NotFoundError(f"{rd.run_id}: no checkpoint to embed a new image with")
+    model.eval()
+    return model, eval_tf, torch.device("cpu")
+
+
+def embed_image(run_dir: Path, image_path: str) -> np.ndarray:
+    import torch
+    from PIL import Image
+
+    p = Path(image_path).expanduser()
+    if not p.is_file():
+        raise NotFoundError(f"{p}: image not found")
+    try:
+        with Image.open(p) as im:
+            img = im.convert("RGB")
+    except Exception as e:
+        raise DataError(f"{p}: cannot read image ({type(e).__name__})") from None
+    ckpts = [RunFolder(run_dir).checkpoint(n) for n in ("best", "last")]
+    mtime = max((c.stat().st_mtime for c in ckpts if c.is_file()), default=0.0)
+    model, tf, device = _load_model(str(run_dir.resolve()), mtime)
+    with torch.no_grad():
+        emb = model.encode_images(tf(img).unsqueeze(0).to(device))
+    return torch.nn.functional.normalize(emb.float(), dim=1).numpy()
+
+
+def query_run(
+    run_dir: str | Path,
+    *,
+    item_id: str | None = None,
+    image_path: str | None = None,
+    text: str | None = None,
+    k: int = 10,
+    split: str = "unseen",
+) -> QueryResult:
+    """Rank the ``split`` gallery of a run for one query (exactly one of item_id, image_path, text)."""
+    run_dir = Path(run_dir)
+    if sum(x is not None for x in (item_id, image_path, text)) != 1:
+        raise ConfigError("give exactly one of an item id, an image path, or a text query")
+    if k < 1:
+        raise ConfigError(f"k={k}: must be at least 1")
+    if text is not None:
+        return _query_text(run_dir, text, k=k, split=split)
+    gallery = load_gallery(run_dir, split)
+    self_row: int | None = None
+    if item_id is not None:
+        if item_id not in gallery.row_of:
+            raise NotFoundError(f"item {item_id!r} is not in {run_dir.name}'s {split} embeddings")
+        self_row = gallery.row_of[item_id]
+        q = np.asarray(gallery.embeddings[self_row : self_row + 1], dtype=np.float32)
+        qrow = gallery.rows[self_row]
+        desc, q_fine, q_coarse = f"item {item_id}", qrow.get("fine"), qrow.get("coarse")
+    else:
+        assert image_path is not None
+        # an image that is in the gallery is matched by path so its labels are known and it is not its own hit
+        resolved = str(Path(image_path).expanduser().resolve())
+        self_row = next((i for i, r in enumerate(gallery.rows) if r["path"] == resolved), None)
+        q = embed_image(run_dir, image_path)
+        desc = f"image {image_path}"
+        q_fine = gallery.rows[self_row].get("fine") if self_row is not None else None
+        q_coarse = gallery.rows[self_row].get("coarse") if self_row is not None else None
+    index = _searcher(run_dir, split, gallery)
+    scores, rows = index.search(q, k + 1)
+    hits: list[QueryHit] = []
+    for score, row in zip(scores[0], rows[0], strict=True):
+        if row < 0 or row == self_row or len(hits) == k:
+            continue
+        r = gallery.rows[int(row)]
+        hits.append(QueryHit(
+            rank=len(hits) + 1,
+            id=r["id"],
+            path=r["path"],
+            score=float(score),
+            fine=r.get("fine", ""),
+            coarse=r.get("coarse", ""),
+            hit_fine=(r.get("fine") == q_fine) if q_fine is not None else None,
+            hit_coarse=(r.get("coarse") == q_coarse) if q_coarse is not None else None,
+        ))
+    return QueryResult(desc, split, hits, q_fine, q_coarse, index.info())
+
+
+# ------------------------------------------------------------------------------------------ text queries
+def _run_config(run_dir: str | Path) -> Any:
+    from ofgr_core.config import load_config
+
+    rd = RunFolder(run_dir)
+    if not rd.config.is_file():
+        raise NotFoundError(f"{rd.run_id}: no config.yaml (not a run folder?)")
+    return load_config(rd.config)
+
+
+def run_supports_text(run_dir: str | Path) -> bool:
+    """Whether a run's model can take text queries: the encoder class its config builds says so
+    (``Encoder.supports_text``), read without building the model."""
+    from ofgr_core.models import encoder_class
+
+    return bool(encoder_class(_run_config(run_dir).model).supports_text)
+
+
+@functools.lru_cache(maxsize=2)
+def _text_model(run_dir: str, mtime: float) -> Any:
+    """The run's encoder (tower from its weights source, trained head from the best/last checkpoint)."""
+    from ofgr_core.models import create_model
+    from ofgr_core.runs.checkpoint import load_checkpoint
+
+    rd = RunFolder(run_dir)
+    cfg = _run_config(rd.path)
+    model = create_model(cfg.model, image_size=cfg.data.image_size)
+    ckpt = next((p for p in (rd.checkpoint("best"), rd.checkpoint("last")) if p.is_file()), None)
+    if ckpt is not None:
+        state = load_checkpoint(ckpt)["model"]
+        model.load_trainable_state_dict(state)
+    elif any(p.requires_grad for p in model.parameters()):
+        raise NotFoundError(f"{rd.run_id}: no checkpoint with the trained head (checkpoints/best.pt or last.pt)")
+    model.eval()
+    return model
+
+
+def _text_space(run_dir: Path, split: str, cfg: Any) -> str:
+    """``metrics.json``'s choice for the split (``text_to_image.space_for_free_text``), else the config's."""
+    import json
+
+    try:
+        metrics = json.loads(RunFolder(run_dir).metrics.read_text())
+        space = metrics.get(split, {}).get("text_to_image", {}).get("space_for_free_text")
+        if space in ("raw", "head"):
+            return space
+    except (OSError, ValueError, AttributeError):
+        pass
+    space = getattr(getattr(cfg.model, "text", None), "space", "raw")
+    return space if space in ("raw", "head") else "raw"
+
+
+def _raw_gallery(model: Any, cfg: Any, gallery: Gallery) -> np.ndarray:
+    """The gallery's raw tower features, from the shared feature cache (the tower runs only on misses)."""
+    import torch
+
+    from ofgr_core.embedding.features import FeatureStore, default_cache_root, extract_features
+    from ofgr_core.models import create_transforms
+
+    root = Path(cfg.data.feature_cache).expanduser() if cfg.data.feature_cache else default_cache_root()
+    store = FeatureStore(root, model.feature_key(), model.feature_dim)
+    paths = [r["path"] for r in gallery.rows]
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise NotFoundError(f"gallery image {missing[0]} not found ({len(missing)} missing); the raw CLIP space "
+                            "needs the run's images")
+    with torch.no_grad():
+        feats, _ = extract_features(model, paths, create_transforms(model, train=False), "cpu", store=store)
+    return feats
+
+
+def _query_text(run_dir: Path, text: str, *, k: int, split: str) -> QueryResult:
+    from ofgr_core.retrieval.text import encode_free_text
+
+    if not run_supports_text(run_dir):
+        cfg = _run_config(run_dir)
+        raise ConfigError(f"{run_dir.name}: its {cfg.model.kind} model ({cfg.model.name}) has no text encoder; "
+                          "text queries need a CLIP run (model.kind: clip)")
+    if not text.strip():
+        raise ConfigError("--text: empty query")
+    cfg = _run_config(run_dir)
+    gallery = load_gallery(run_dir, split)
+    rd = RunFolder(run_dir)
+    mtime = max((c.stat().st_mtime for c in (rd.checkpoint("best"), rd.checkpoint("last")) if c.is_file()),
+                default=0.0)
+    model = _text_model(str(run_dir.resolve()), mtime)
+    space = _text_space(run_dir, split, cfg)
+    q = encode_free_text(model, text, space)
+    if space == "raw":
+        from ofgr_core.retrieval.index import build_index
+
+        feats = _raw_gallery(model, cfg, gallery)
+        index = build_index(np.ascontiguousarray(feats, dtype=np.float32), ids=np.arange(len(gallery.rows)))
+    else:
+        index = _searcher(run_dir, split, gallery)
+    scores, rows = index.search(np.ascontiguousarray(q, dtype=np.float32), k)
+    hits = [
+        QueryHit(rank=i + 1, id=gallery.rows[int(r)]["id"], path=gallery.rows[int(r)]["path"], score=float(s),
+                 fine=gallery.rows[int(r)].get("fine", ""), coarse=gallery.rows[int(r)].get("coarse", ""),
+                 hit_fine=None, hit_coarse=None)
+        for i, (s, r) in enumerate(zip(scores[0], rows[0], strict=True)) if r >= 0
+    ]
+    return QueryResult(f"text {text!r}", split, hits, None, None, index.info(), space=space)

@@ -1,0 +1,1 @@
+"""Run folders: paths, the one-writer lock, typed events and the event log, run state, compute accounting."""

@@ -1,0 +1,521 @@
+"""The end-to-end run: data -> split -> [features] -> train (fit) -> embed -> evaluate -> report.
+
+``run_pipeline`` is what ``ofgr run`` / ``ofgr resume`` (and so the TUI) execute. It composes small stage
+functions over a ``RunContext``; how the model trains comes from the model's capabilities
+(``ofgr_core.train.fit.create_fitter``: end-to-end fine-tuning, or a head on cached frozen-tower features).
+It reports through an ``emit(event)`` callback and writes nothing but the run folder; the front ends decide
+how events look.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from ofgr_core.common.atomic import atomic_write_json
+from ofgr_core.common.diskspace import ensure_free
+from ofgr_core.common.errors import OfgrError
+from ofgr_core.config import Config
+from ofgr_core.runs.eventlog import EventWriter
+from ofgr_core.runs.events import (
+    EvalResult,
+    Event,
+    Log,
+    RateMeter,
+    RunFailed,
+    RunFinished,
+    RunInterrupted,
+    StageFinished,
+    StageProgress,
+    StageStarted,
+)
+from ofgr_core.runs.folder import RunFolder
+from ofgr_core.runs.state import stop_reason
+
+Emit = Callable[[Event], None]
+T = TypeVar("T")
+HEADLINE = ("recall@1", "recall@5", "recall@10", "map@r")
+
+
+class _Stage:
+    """Times a stage and emits its start/finish events."""
+
+    def __init__(self, name: str, emit: Emit, timings: dict[str, float], total: int | None = None) -> None:
+        self.name, self.emit, self.timings, self.total = name, emit, timings, total
+        self.meter = RateMeter()
+
+    def __enter__(self) -> _Stage:
+        self.t0 = time.perf_counter()
+        self.emit(StageStarted(stage=self.name, total=self.total))
+        return self
+
+    def progress(self, done: int, total: int | None = None) -> None:
+        rate, eta = self.meter(done, total)
+        self.emit(StageProgress(stage=self.name, done=done, total=total, rate=rate, eta_s=eta))
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is None:
+            dt = time.perf_counter() - self.t0
+            self.timings[self.name] = self.timings.get(self.name, 0.0) + dt
+            self.emit(StageFinished(stage=self.name, seconds=dt))
+
+
+def _drain(gen: Generator[Event, None, T], emit: Emit) -> T:
+    """Forward a generator's events to ``emit`` and return its return value."""
+    while True:
+        try:
+            emit(next(gen))
+        except StopIteration as stop:
+            return stop.value
+
+
+def write_embeddings(run_dir: Path, split: str, emb: np.ndarray, rows: list[dict[str, str]]) -> None:
+    """``embeddings/<split>.npy`` + ``<split>.csv`` (one row per embedding row)."""
+    folder = RunFolder(run_dir)
+    npy = folder.embeddings_npy(split)
+    npy.parent.mkdir(exist_ok=True)
+    ensure_free(npy.parent, emb.size * 4 + 200 * len(rows), f"{split} embeddings")
+    tmp = npy.with_name(f".{npy.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, emb.astype(np.float32, copy=False))
+    tmp.replace(npy)
+    write_embedding_rows(run_dir, split, rows)
+
+
+def write_embedding_rows(run_dir: Path, split: str, rows: list[dict[str, str]]) -> None:
+    """``embeddings/<split>.csv``: the item behind each row of ``<split>.npy``."""
+    csv_path = RunFolder(run_dir).embeddings_csv(split)
+    csv_path.parent.mkdir(exist_ok=True)
+    fields = list(rows[0]) if rows else ["id", "path", "fine", "coarse"]
+    tmp_csv = csv_path.with_name(f".{csv_path.name}.tmp")
+    with open(tmp_csv, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    tmp_csv.replace(csv_path)
+
+
+def save_per_query(result: Any, path: Path) -> None:
+    """Per-query metric arrays (``ids`` + ``<level>_<metric>``) for paired tests between runs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"ids": np.asarray(result.query_ids).astype(str)}
+    for level, per_metric in result.per_query.items():
+        for metric, values in per_metric.items():
+            arrays[f"{level}_{metric}" if level != "_" else metric] = np.asarray(values)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)
+
+
+def count_flops_per_image(model: Any, image_size: int, device: Any) -> float | None:
+    """Forward FLOPs for one image (torch's FLOP counter); training compute ~ 3x forward per image."""
+    try:
+        import torch
+        from torch.utils.flop_counter import FlopCounterMode
+
+        was_training = model.training
+        model.eval()
+        x = torch.zeros(2, 3, image_size, image_size, device=device)
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(x)
+        model.train(was_training)
+        return counter.get_total_flops() / 2
+    except Exception:  # compute accounting must never fail a run
+        return None
+
+
+@dataclass
+class RunContext:
+    """What the stages share: the config, the run folder, event sinks, timings and the distributed setup."""
+
+    cfg: Config
+    folder: RunFolder
+    emit: Emit
+    timings: dict[str, float]
+    dist: Any
+    stop: Callable[[], bool]
+    resume: bool
+
+    @property
+    def main(self) -> bool:
+        return bool(self.dist.is_main)
+
+    def emit_main(self, event: Event) -> None:
+        if self.main:
+            self.emit(event)
+
+    def stage(self, name: str, total: int | None = None, *, all_ranks: bool = False) -> _Stage:
+        return _Stage(name, self.emit if all_ranks else self.emit_main, self.timings, total)
+
+
+def stage_data(ctx: RunContext) -> Any:
+    """Load, check and de-duplicate every source (rank 0 first: it may generate data or fill caches)."""
+    from ofgr_core.data.dataset import load_dataset
+    from ofgr_core.train.ddp import barrier
+
+    with ctx.stage("data") as st:
+        if ctx.main:
+            prepared = load_dataset(ctx.cfg.data, progress=st.progress)
+        barrier(ctx.dist)
+        if not ctx.main:
+            prepared = load_dataset(ctx.cfg.data)
+        rep = prepared.report
+        if ctx.main:
+            atomic_write_json(ctx.folder.data_report, rep)
+            if rep.get("unreadable"):
+                ctx.emit(Log(f"skipped {len(rep['unreadable'])} unreadable images "
+                             f"(listed in {ctx.folder.data_report.name})", level="warning"))
+            for w in rep.get("warnings", []):
+                ctx.emit(Log(str(w), level="warning"))
+            hier = prepared.hierarchy
+            ctx.emit(Log(f"{len(prepared.table)} images, {hier.num_classes(0)} fine / "
+                         f"{hier.num_classes(1) if len(hier.level_names) > 1 else 0} coarse classes"))
+    return prepared
+
+
+def stage_split(ctx: RunContext, prepared: Any) -> Any:
+    """The class-disjoint open-set split (reused from split.json on resume)."""
+    from ofgr_core.data.splits import Split, make_split, save_split
+
+    cfg, table = ctx.cfg, prepared.table
+    with ctx.stage("split"):
+        if ctx.resume and ctx.folder.split.is_file():
+            split = Split.from_json(json.loads(ctx.folder.split.read_text()), table)
+        else:
+            split = make_split(table, prepared.hierarchy, prepared.labels, cfg.split, cfg.seed, ks=cfg.eval.ks)
+            if ctx.main:
+                save_split(split, table, ctx.folder.split)
+                prepared.report["split"] = split.report
+                atomic_write_json(ctx.folder.data_report, prepared.report)
+                for w in split.report.get("warnings", []):
+                    ctx.emit(Log(f"split: {w}", level="warning"))
+        if ctx.main:
+            c = {p: len(v) for p, v in split.indices.items()}
+            ctx.emit(Log(f"split {split.protocol}: {len(split.classes['train'])} train / "
+                         f"{len(split.classes['val'])} val / {len(split.classes['unseen'])} unseen fine classes; "
+                         f"images {c}"))
+    return split
+
+
+def content_digests(table: Any) -> list[str]:
+    """Each image's content hash (from the data stage's check; hashed here when the check was skipped)."""
+    from ofgr_core.embedding.features import file_digest
+
+    known = table.meta.get("content_hash", {})
+    return [known.get(i) or file_digest(p) for i, p in zip(table.ids, table.paths, strict=True)]
+
+
+def run_pipeline(
+    cfg: Config,
+    run_dir: Path,
+    emit: Emit,
+    *,
+    stop: Callable[[], bool] = lambda: False,
+    resume: bool = False,
+) -> dict[str, Any] | None:
+    """Execute a whole run: data -> split -> [features] -> train (the fit) -> embed -> evaluate -> report.
+
+    Returns metrics (rank 0), or None when stopped or on other ranks.
+    """
+    import torch
+
+    from ofgr_core.losses import create_loss
+    from ofgr_core.models import create_model_and_transforms
+    from ofgr_core.runs.checkpoint import load_checkpoint
+    from ofgr_core.samplers import create_sampler
+    from ofgr_core.train.ddp import barrier, init_distributed, resolve_device
+    from ofgr_core.train.fit import FitInputs, _no_training, create_fitter, train_labels
+
+    folder = RunFolder(run_dir)
+    dist_info = init_distributed(cfg.device)
+    ctx = RunContext(cfg, folder, emit, {}, dist_info, stop, resume)
+    torch.manual_seed(cfg.seed)
+
+    prepared = stage_data(ctx)
+    table, hier, labels = prepared.table, prepared.hierarchy, prepared.labels
+    split = stage_split(ctx, prepared)
+
+    device = resolve_device(cfg.device, dist_info)
+    model, train_tf, eval_tf = create_model_and_transforms(cfg.model, image_size=cfg.data.image_size,
+                                                           crop_scale=cfg.data.crop_scale)
+    fitter = create_fitter(model)
+    last = folder.checkpoint("last")
+    inp = FitInputs(
+        cfg=cfg, model=model, train_transform=train_tf, eval_transform=eval_tf, device=device,
+        paths=table.paths, digests=content_digests(table) if model.tower_frozen else [], labels=labels,
+        train_rows=np.asarray(split.indices["train"]), val_rows=np.asarray(split.indices["val"]),
+        ckpt_dir=folder.checkpoints, dist_info=dist_info, stop=stop,
+        resume_from=last if resume and last.is_file() else None,
+    )
+    eval_parts = [p for p in cfg.eval.splits if len(split.indices[p]) >= 2]
+    fit_info: dict[str, Any] = {"strategy": fitter.name}
+    if fitter.name == "head_on_features":
+        rows = np.concatenate([inp.train_rows, inp.val_rows, *[np.asarray(split.indices[p]) for p in eval_parts]])
+        with ctx.stage("features", total=len(np.unique(rows)), all_ranks=False) as st:
+            fit_info["features"] = fitter.prepare(inp, rows, progress=st.progress)
+        if ctx.main:
+            f = fit_info["features"]
+            ctx.emit(Log(f"tower features: {f['hits']} cached, {f['computed']} computed ({f['cache']})"))
+
+    t_labels, n_train_fine = train_labels(labels, inp.train_rows)
+    size = cfg.data.image_size or int(model.data_config["input_size"][-1])
+    flops = count_flops_per_image(model, size, "cpu") if ctx.main and fitter.name == "end_to_end" else None
+    with ctx.stage("train", total=cfg.train.epochs):
+        if fitter.trains_anything(inp):
+            loss_fn = create_loss(cfg.loss, num_classes=n_train_fine, embed_dim=model.embed_dim)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                sampler = create_sampler(cfg.sampler, t_labels, seed=cfg.seed, rank=dist_info.rank,
+                                         world_size=dist_info.world_size)
+            for w in caught:
+                ctx.emit_main(Log(str(w.message), level="warning"))
+            result = _drain(fitter.fit(inp, loss_fn, sampler), ctx.emit_main)
+        else:
+            result = _no_training(inp)
+            if ctx.main and len(inp.val_rows) >= 2:  # the untrained model's score on the same validation set
+                from ofgr_core.train.loop import validate
+
+                result.best_val = validate(fitter.embed(inp, inp.val_rows), labels[inp.val_rows])["recall@1"]
+            ctx.emit_main(Log("nothing to train (train.epochs=0 or no trainable parameters): evaluating the "
+                              "encoder as it is"))
+    if result.stopped:
+        return None
+    barrier(dist_info)
+    # under torchrun every rank takes part in the evaluation: rank 0 embeds (streamed to disk), then each
+    # rank searches its share of the queries (ofgr_core.retrieval.shard) and rank 0 alone writes, the same files as
+    # one process would
+    from ofgr_core.retrieval.shard import current_shard
+
+    shard = current_shard() if dist_info.enabled else None
+    if not ctx.main and shard is None:
+        return None
+
+    # ---- final evaluation with the best checkpoint
+    if result.best_path is not None and ctx.main:
+        model.load_trainable_state_dict(load_checkpoint(result.best_path, map_location=device)["model"])
+    model.eval()
+    splits_out: dict[str, Any] = {}
+    for part in cfg.eval.splits:
+        idx = np.asarray(split.indices[part])
+        if len(idx) < 2:
+            ctx.emit_main(Log(f"{part}: fewer than 2 images, not evaluated", level="warning"))
+            continue
+        if ctx.main:
+            with ctx.stage("embed", total=len(idx), all_ranks=True) as st:
+                emb = fitter.embed(inp, idx, progress=st.progress, out=folder.embeddings_npy(part))
+                write_embedding_rows(run_dir, part, embedding_rows(table, idx, part))
+        barrier(dist_info)
+        if not ctx.main:
+            emb = np.load(folder.embeddings_npy(part), mmap_mode="r")
+        q_mask, g_mask = split.query_gallery(part, table)
+        if not np.any(q_mask):
+            ctx.emit_main(Log(f"{part}: no usable queries under the {cfg.split.query} protocol; not evaluated",
+                              level="warning"))
+            continue
+        with ctx.stage("evaluate") as st:
+            block = evaluate_part(ctx, part, emb, labels[idx], table, idx, hier, q_mask, g_mask, st.progress,
+                                  shard=shard)
+            if model.supports_text and ctx.main:  # text queries are few: rank 0 alone
+                block["text_to_image"] = text_to_image_part(ctx, part, fitter, inp, idx, emb, hier)
+        splits_out[part] = block
+        for lv in hier.level_names:
+            if lv in block:
+                ctx.emit_main(EvalResult(split=part, level=lv, metrics={
+                    k: v for k, v in block[lv].items() if isinstance(v, (int, float))}))
+    if not ctx.main:
+        return None
+
+    with ctx.stage("report", all_ranks=True):  # metrics["timings"] is this dict: it gains the report time
+        total_params, trainable = model.num_params()
+        head_params = sum(p.numel() for p in model.head.parameters())
+        fit_info["seconds"] = result.seconds
+        metrics: dict[str, Any] = {
+            "schema_version": 1,
+            "run_id": run_dir.name,
+            "name": cfg.name,
+            "model": {"kind": cfg.model.kind, "name": cfg.model.name, "family": model.family,
+                      "embed_dim": model.embed_dim, "feature_dim": model.feature_dim,
+                      "head": cfg.model.head, "tower_frozen": model.tower_frozen,
+                      "supports_text": model.supports_text, "params": total_params,
+                      "trainable_params": trainable if fitter.name == "end_to_end" else head_params,
+                      "image_size": size},
+            "data": {
+                "dataset": "+".join(s.name or s.type for s in cfg.data.sources),
+                "n_images": len(table),
+                "n_unreadable": len(prepared.report.get("unreadable", [])),
+                "n_fine_train": len(split.classes["train"]),
+                "n_fine_val": len(split.classes["val"]),
+                "n_fine_seen": len(split.classes["train"]) + len(split.classes["val"]),
+                "n_fine_unseen": len(split.classes["unseen"]),
+                "split_protocol": split.protocol,
+            },
+            "train": {
+                "epochs": result.epochs_done,
+                "best_epoch": result.best_epoch,
+                "val_recall@1": result.best_val,
+                "seconds": result.seconds,
+                "images_seen": result.images_seen,
+                "forward_gflops_per_image": flops / 1e9 if flops else None,
+                "train_pflops": 3 * flops * result.images_seen / 1e15 if flops else None,
+                "device": str(device),
+                "world_size": dist_info.world_size,
+            },
+            "fit": fit_info,
+            "timings": ctx.timings,
+            **splits_out,
+        }
+    atomic_write_json(folder.metrics, metrics)
+    return metrics
+
+
+def embedding_rows(table: Any, idx: np.ndarray, part: str) -> list[dict[str, str]]:
+    """One CSV row per embedding: id, path, labels, domain, group, split, and the caption when there is one."""
+    with_captions = any(table.captions[i] for i in idx)
+    rows = []
+    for i in idx:
+        row = {"id": table.ids[i], "path": table.paths[i], **{lv: table.labels[lv][i] for lv in table.labels},
+               "domain": table.domains[i], "group": table.groups[i], "split": part}
+        if with_captions:
+            row["caption"] = table.captions[i]
+        rows.append(row)
+    return rows
+
+
+def evaluate_part(
+    ctx: RunContext, part: str, emb: np.ndarray, labels: np.ndarray, table: Any, idx: np.ndarray, hier: Any,
+    q_mask: np.ndarray, g_mask: np.ndarray, progress: Callable[[int, int], None], *, shard: Any = None,
+) -> dict[str, Any]:
+    """Image -> image metrics of one split (per-query values saved for paired tests); warnings become events.
+
+    With ``shard`` (under torchrun) this rank searches its share of the queries; rank 0 writes.
+    """
+    from ofgr_core.retrieval.evaluate import run_split
+
+    cfg = ctx.cfg
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ev_result = run_split(
+            emb,
+            labels,
+            ids=np.asarray([table.ids[i] for i in idx]),
+            groups=np.asarray([table.groups[i] for i in idx]),
+            domains=np.asarray([table.domains[i] for i in idx]),
+            level_names=tuple(hier.level_names),
+            class_names=hier.classes[0],
+            query_mask=q_mask,
+            gallery_mask=g_mask,
+            cfg=cfg.eval,
+            seed=cfg.seed,
+            progress=progress,
+            shard=shard,
+            note=lambda m: ctx.emit_main(Log(m)),
+        )
+    for w in caught:
+        ctx.emit_main(Log(f"{part}: {w.message}", level="warning"))
+    if ctx.main:
+        save_per_query(ev_result, ctx.folder.per_query(part))
+    return ev_result.block
+
+
+def text_to_image_part(
+    ctx: RunContext, part: str, fitter: Any, inp: Any, idx: np.ndarray, emb: np.ndarray, hier: Any,
+) -> dict[str, Any] | None:
+    """Zero-shot text -> image of one split (``ofgr_core.retrieval.text``): class-name prompts against the split's
+    images, in the raw CLIP space and through the head; the free-text space is chosen on seen validation classes
+    only."""
+    from ofgr_core.retrieval.text import evaluate_text_to_image
+
+    raw = fitter.tower_features(idx)
+    if raw is None:  # an end-to-end fit keeps no tower features
+        return None
+    val = None
+    if len(inp.val_rows) >= 2:
+        val = (fitter.tower_features(inp.val_rows), fitter.embed(inp, inp.val_rows), inp.labels[inp.val_rows])
+    text_cfg = getattr(ctx.cfg.model, "text", None)
+    if text_cfg is None:
+        from ofgr_core.config import TextConfig
+
+        text_cfg = TextConfig()
+    block = evaluate_text_to_image(inp.model, raw, emb, inp.labels[idx], hier.classes, text_cfg, ctx.cfg.eval,
+                                   val=val, level_names=tuple(hier.level_names), seed=ctx.cfg.seed)
+    parts = []
+    for space in ("raw", "head"):
+        b = block.get(space)
+        if b:
+            parts.append(f"{space} fine {b['fine'].get('recall@1', 0):.3f} / coarse "
+                         f"{b.get('coarse', {}).get('recall@1', 0) or 0:.3f}")
+    ctx.emit(Log(f"{part} text->image R@1: {'; '.join(parts)}; free text searches the "
+                 f"{block['space_for_free_text']} space"))
+    return block
+
+
+def execute_run(
+    cfg: Config,
+    run_dir: Path,
+    writer: EventWriter | None,
+    on_event: Emit | None = None,
+    *,
+    resume: bool = False,
+    config_path: str | None = None,
+) -> tuple[str, dict[str, Any] | None]:
+    """Run the pipeline inside a run folder, turning its outcome into terminal events.
+
+    Returns ``(status, metrics)``. Known errors become ``run_failed`` with a one-line message; unexpected ones
+    too, with the traceback in the event. The exception is re-raised for the caller to report.
+    """
+    import os
+    import socket
+
+    from ofgr_core.runs.compute import ComputeMeter
+    from ofgr_core.runs.events import RunStarted
+    from ofgr_core.train.ddp import DistInfo, cleanup
+
+    main = int(os.environ.get("RANK", "0")) == 0
+    meter = ComputeMeter()  # per-stage compute accounting from the stage events (metrics["compute"])
+
+    def emit(event: Event) -> None:
+        meter.observe(event)
+        if main and writer is not None:
+            writer.write(event)
+        if on_event is not None:
+            on_event(event)
+
+    stop_file = RunFolder(run_dir).stop_file
+    stop_file.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    emit(RunStarted(run_id=run_dir.name, name=cfg.name, pid=os.getpid(), host=socket.gethostname(),
+                    config_path=config_path))
+    try:
+        metrics = run_pipeline(cfg, run_dir, emit, stop=stop_file.exists, resume=resume)
+    except KeyboardInterrupt as e:
+        emit(RunInterrupted(reason=str(e) or "keyboard interrupt"))  # SignalInterrupt names its signal
+        raise
+    except OfgrError as e:
+        emit(RunFailed(error=str(e), traceback=traceback.format_exc()))
+        raise
+    except Exception as e:
+        emit(RunFailed(error=f"{type(e).__name__}: {e}".splitlines()[0], traceback=traceback.format_exc()))
+        raise
+    finally:
+        meter.close()
+        cleanup(DistInfo(world_size=int(os.environ.get("WORLD_SIZE", "1"))))
+    if metrics is not None:
+        metrics["compute"] = meter.summary(metrics)
+        atomic_write_json(RunFolder(run_dir).metrics, metrics)
+    if metrics is None:
+        if stop_file.exists():
+            why = stop_reason(run_dir) or "stop requested"
+            emit(RunInterrupted(reason=f"{why}; resume with `ofgr resume {run_dir.name}`"))
+            return "interrupted", None
+        return "finished", None  # non-zero rank
+    emit(RunFinished(seconds=time.perf_counter() - t0, metrics_path=str(RunFolder(run_dir).metrics)))
+    return "finished", metrics
