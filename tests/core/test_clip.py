@@ -213,18 +213,55 @@ def test_quick_gelu_follows_the_weights_or_is_refused_with_the_fix(empty_caches)
 
 
 def test_local_dir_keeps_its_activation(tmp_path):
+    """A model built with QuickGELU (as `ofgr clip pretrain --pretrained openai` builds one) is saved as one:
+    the saved config describes the trained model, not the architecture's registry default (GELU)."""
     enc = tiny(quick_gelu=True, head="none")
     cfg_dir = tmp_path / "qg"
     clipmod.save_local_dir(enc.clip, cfg_dir, arch=TINY)
-    cfg = json.loads((cfg_dir / clipmod.CONFIG_FILE).read_text())
-    cfg["model_cfg"]["quick_gelu"] = True  # the saved arch config is the base one; the weights say QuickGELU
-    (cfg_dir / clipmod.CONFIG_FILE).write_text(json.dumps(cfg))
+    assert json.loads((cfg_dir / clipmod.CONFIG_FILE).read_text())["model_cfg"]["quick_gelu"] is True
     back = create_model(ClipModelConfig(name=TINY, pretrained=f"local-dir:{cfg_dir}", head="none"))
     assert _has_quick_gelu(back.clip)
     x = images()
     assert torch.allclose(enc.tower_features(x), back.tower_features(x), atol=1e-6)
     with pytest.raises(ConfigError, match="QuickGELU"):
         create_model(ClipModelConfig(name=TINY, pretrained=f"local-dir:{cfg_dir}", quick_gelu=False))
+    # and a GELU model is saved as GELU
+    plain = tmp_path / "gelu"
+    clipmod.save_local_dir(tiny(head="none").clip, plain, arch=TINY)
+    assert json.loads((plain / clipmod.CONFIG_FILE).read_text())["model_cfg"]["quick_gelu"] is False
+
+
+def test_checkpoint_file_reads_the_model_config_beside_it(tmp_path):
+    """A weights file with an open_clip_config.json beside it (a hub snapshot, a local-dir's file) is built with
+    that config's activation and input size, not only its preprocessing."""
+    enc = tiny(quick_gelu=True, head="none", image_size=32)
+    folder = tmp_path / "snap"
+    clipmod.save_local_dir(enc.clip, folder, arch=TINY)
+    weights = str(folder / clipmod.WEIGHTS_FILE)
+    back = create_model(ClipModelConfig(name=TINY, pretrained=weights, head="none"))
+    assert _has_quick_gelu(back.clip)
+    assert back.data_config["input_size"] == (3, 32, 32)
+    x = images(2, 32)
+    assert torch.allclose(enc.tower_features(x), back.tower_features(x), atol=1e-6)
+    with pytest.raises(ConfigError, match="trained with QuickGELU"):
+        clipmod.resolve_clip_source(TINY, weights, quick_gelu=False)
+
+
+def test_a_weights_source_that_loads_nothing_is_a_one_line_error(tmp_path):
+    """A local-dir without its weights file used to build a randomly initialised model and exit 0."""
+    folder = tmp_path / "ck"
+    clipmod.save_local_dir(tiny(head="none").clip, folder, arch=TINY)
+    (folder / clipmod.WEIGHTS_FILE).unlink()
+    (folder / "notes.txt").write_text("the weights were here")
+    with pytest.raises(NotFoundError) as e:
+        create_model(ClipModelConfig(name=TINY, pretrained=f"local-dir:{folder}", head="none"))
+    msg = str(e.value)
+    assert "\n" not in msg and "no weights" in msg and clipmod.WEIGHTS_FILE in msg and str(folder) in msg
+    # open_clip's own loader, asked for weights it cannot find, must not fall back to random ones either
+    import open_clip
+
+    with pytest.raises(RuntimeError):
+        open_clip.create_model(f"local-dir:{folder}", require_pretrained=True)
 
 
 # --------------------------------------------------------------------------------------------- prompts

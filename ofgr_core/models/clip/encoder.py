@@ -107,6 +107,7 @@ class ClipSource:
     quick_gelu: bool = False
     preprocess: dict[str, Any] = field(default_factory=dict)
     describe: str = ""
+    image_size: int | list[int] | None = None  # the input size the weights were saved with, when known
 
 
 def _hf_cache_dir() -> str:
@@ -271,15 +272,40 @@ def resolve_clip_source(name: str, pretrained: str | None, quick_gelu: bool | No
         )
     if p.suffix.lower() not in CHECKPOINT_SUFFIXES:
         raise ConfigError(f"model.pretrained: {str(p)!r} is not a checkpoint file ({', '.join(CHECKPOINT_SUFFIXES)})")
-    beside = p.parent / CONFIG_FILE  # a hub snapshot folder carries its preprocessing next to the weights
+    # a hub snapshot folder (or a local-dir) carries the model's config next to the weights: its preprocessing,
+    # its activation and its input size describe these weights better than the architecture's defaults
+    beside = p.parent / CONFIG_FILE
     preprocess = architecture_preprocess(arch)
+    needed_qg: bool | None = None
+    saved_size: int | list[int] | None = None
     if beside.is_file():
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            preprocess.update({k: v for k, v in json.loads(beside.read_text()).get("preprocess_cfg", {}).items()
-                               if k in PREPROCESS_KEYS and k != "size"})
-    qg = _resolve_quick_gelu(arch_qg, None, quick_gelu, "")
+        saved = _read_beside_config(beside)
+        preprocess.update({k: v for k, v in saved.get("preprocess_cfg", {}).items()
+                           if k in PREPROCESS_KEYS and k != "size"})
+        beside_model = saved.get("model_cfg", {})
+        if "quick_gelu" in beside_model:
+            needed_qg = bool(beside_model["quick_gelu"])
+        saved_size = beside_model.get("vision_cfg", {}).get("image_size")
+    qg = _resolve_quick_gelu(arch_qg, needed_qg, quick_gelu, f"the weights in {p.name} (per {beside.name} beside it)")
     return ClipSource(arch, "file", checkpoint=str(p), quick_gelu=qg, preprocess=preprocess,
-                      describe=f"{arch} from {p.name}")
+                      describe=f"{arch} from {p.name}", image_size=saved_size)
+
+
+def _read_beside_config(path: Path) -> dict[str, Any]:
+    """``{"model_cfg": {...}, "preprocess_cfg": {...}}`` of an ``open_clip_config.json`` (empty parts if unreadable)."""
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(cfg, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for part in ("model_cfg", "preprocess_cfg"):
+        value = cfg.get(part)
+        out[part] = dict(value) if isinstance(value, dict) else {}
+    vision = out["model_cfg"].get("vision_cfg")
+    out["model_cfg"]["vision_cfg"] = dict(vision) if isinstance(vision, dict) else {}
+    return out
 
 
 def _download_tag(arch: str, tag: str, pcfg: dict[str, Any]) -> str:
@@ -315,8 +341,10 @@ def _local_dir_source(path: str, quick_gelu: bool | None) -> ClipSource:
         model_cfg = cfg["model_cfg"]
     except (OSError, ValueError, KeyError, TypeError):
         raise ConfigError(f"model.pretrained: {str(cfg_file)!r} is not an open_clip config (needs model_cfg)") from None
-    if not any(folder.glob(ext) for ext in ("*.safetensors", "*.bin", "*.pth")):
-        raise NotFoundError(f"model.pretrained: no weights in {str(folder)!r} (expected {WEIGHTS_FILE})")
+    # open_clip takes any *.safetensors/*.bin/*.pth here; without one it would build random weights silently
+    if not any(p.is_file() for ext in ("*.safetensors", "*.bin", "*.pth") for p in folder.glob(ext)):
+        raise NotFoundError(f"model.pretrained: no weights in local-dir {str(folder)!r} (expected {WEIGHTS_FILE} "
+                            f"beside {CONFIG_FILE}); copy the weights file back or rerun `ofgr clip pretrain --out`")
     qg = bool(model_cfg.get("quick_gelu", False))
     _resolve_quick_gelu(qg, qg, quick_gelu, f"the weights in {folder}")
     arch = str(cfg.get("ofgr", {}).get("arch") or folder.name)
@@ -341,15 +369,19 @@ def load_open_clip(
     kwargs: dict[str, Any] = {"force_preprocess_cfg": {k: v for k, v in src.preprocess.items() if k != "size"}}
     if image_size is not None:
         kwargs["force_image_size"] = int(image_size)
+    elif src.image_size is not None:  # a checkpoint file's own config names its input size
+        size = src.image_size
+        kwargs["force_image_size"] = int(size) if isinstance(size, int) else tuple(int(v) for v in size)
     try:
         # random init is asked for explicitly (pretrained: null): open_clip's root-logger warning about it is noise
         quiet = _root_log_level(logging.ERROR) if src.kind == "none" else contextlib.nullcontext()
         with quiet:
+            # require_pretrained: a weights source that loads nothing is an error, never a random model
             if src.kind == "local-dir":
-                model = oc.create_model(src.arch, **kwargs)
+                model = oc.create_model(src.arch, require_pretrained=True, **kwargs)
             else:
                 model = oc.create_model(src.arch, pretrained=src.checkpoint, force_quick_gelu=src.quick_gelu,
-                                        **kwargs)
+                                        require_pretrained=src.kind != "none", **kwargs)
     except (RuntimeError, ValueError, KeyError, OSError) as e:
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise ConfigError(f"model.pretrained: cannot load {src.describe} into {name} ({first}); "
@@ -518,6 +550,12 @@ def save_local_dir(
         if model_cfg is None:
             raise ConfigError(f"unknown open_clip architecture {arch!r}")
     model_cfg = dict(model_cfg)
+    # the activation the model was built with, not the registry's default: a model built with
+    # force_quick_gelu (OpenAI weights) would otherwise reload with GELU and give other features
+    model_cfg["quick_gelu"] = uses_quick_gelu(clip_model)
+    if "timm_model_name" in model_cfg.get("vision_cfg", {}):
+        # the saved weights hold the whole timm tower: never fetch timm's own pretrained weights on load
+        model_cfg["vision_cfg"] = dict(model_cfg["vision_cfg"], timm_model_pretrained=False)
     visual = getattr(clip_model, "visual", None)
     model_cfg["vision_cfg"] = dict(model_cfg["vision_cfg"], image_size=getattr(visual, "image_size",
                                                                                model_cfg["vision_cfg"].get("image_size")))
@@ -532,6 +570,13 @@ def save_local_dir(
     os.replace(tmp_w, out / WEIGHTS_FILE)
     os.replace(tmp_c, out / CONFIG_FILE)
     return out
+
+
+def uses_quick_gelu(clip_model: nn.Module) -> bool:
+    """True when the model's transformer blocks use QuickGELU (OpenAI's activation) rather than GELU."""
+    from open_clip.transformer import QuickGELU
+
+    return any(isinstance(m, QuickGELU) for m in clip_model.modules())
 
 
 # -------------------------------------------------------------------------------------- ofgr models
