@@ -64,6 +64,21 @@ def build_prompts(templates: Sequence[str], *, fine: str | None = None, coarse: 
     return out
 
 
+def fine_only_templates(templates: Sequence[str]) -> list[str]:
+    """The templates that need no ``{coarse}``: single-level data has no parent class to name.
+
+    Filling ``{coarse}`` with the fine name would double it ("a photo of a X, a type of X.").
+
+    Raises:
+        ConfigError: every template names ``{coarse}``.
+    """
+    kept = [t for t in templates if "{coarse}" not in t]
+    if not kept:
+        raise ConfigError("model.text.templates: every template names {coarse}, but the data has one label level; "
+                          "add a template with only {fine}, e.g. 'a photo of a {fine}.'")
+    return kept
+
+
 def encode_prompt_sets(encoder: Any, prompt_sets: Sequence[Sequence[str]], *, batch_size: int = 256) -> np.ndarray:
     """One ensembled text embedding per prompt set: the mean of its L2-normalised prompt embeddings,
     renormalised (CLIP's prompt ensembling). Returns ``(len(prompt_sets), D)`` float32, in the raw CLIP space.
@@ -125,8 +140,10 @@ def class_text_embeddings(
         for f, c in zip(labels[:, 0], labels[:, 1], strict=True):
             if f >= 0:
                 parent.setdefault(int(f), int(c))
-    sets = [build_prompts(text_cfg.templates, fine=name(0, f), coarse=name(1, parent[int(f)]) if has_coarse else
-                          name(0, f)) for f in fine_codes]
+    if has_coarse:
+        sets = [build_prompts(text_cfg.templates, fine=name(0, f), coarse=name(1, parent[int(f)])) for f in fine_codes]
+    else:
+        sets = [build_prompts(fine_only_templates(text_cfg.templates), fine=name(0, f)) for f in fine_codes]
     out["fine"] = TextQueries(encode_prompt_sets(encoder, sets), fine_codes.astype(np.int64),
                               [str(class_names[0][int(f)]) for f in fine_codes])
     if has_coarse:

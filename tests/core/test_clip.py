@@ -284,6 +284,42 @@ def test_prompt_ensemble_is_the_renormalised_mean_of_normalised_prompts():
         build_prompts(["a {color} car"], fine="x", coarse="y")
 
 
+class RecordingText:
+    """A text encoder that records every prompt it is asked to encode (one random unit vector per prompt)."""
+
+    supports_text = True
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def tokenize(self, texts):
+        self.seen += list(texts)
+        return list(texts)
+
+    def encode_text(self, tokens):
+        g = torch.Generator().manual_seed(len(self.seen))
+        return torch.nn.functional.normalize(torch.randn(len(tokens), 8, generator=g), dim=-1)
+
+
+def test_single_level_data_never_doubles_the_class_name_in_prompts():
+    """With one label level there is no parent class: {coarse} templates are skipped, not filled with the fine
+    name ("a photo of a X, a type of X.")."""
+    from ofgr_core.retrieval.text import class_text_embeddings
+
+    enc = RecordingText()
+    labels = np.array([[0], [1], [1]])
+    out = class_text_embeddings(enc, [["Orca X2", "Vesta K1"]], labels, TextConfig())
+    assert set(out) == {"fine"} and out["fine"].names == ["Orca X2", "Vesta K1"]
+    assert enc.seen == ["a photo of a Orca X2.", "a photo of a Vesta K1."]
+    # two levels: the parent fills {coarse}
+    enc = RecordingText()
+    class_text_embeddings(enc, [["Orca X2"], ["van"]], np.array([[0, 0]]), TextConfig())
+    assert "a photo of a Orca X2, a type of van." in enc.seen and "a van: Orca X2." in enc.seen
+    with pytest.raises(ConfigError, match="every template names {coarse}.*one label level"):
+        class_text_embeddings(RecordingText(), [["Orca X2"]], np.array([[0]]),
+                              TextConfig(templates=["a {coarse}: {fine}."]))
+
+
 def test_space_choice_never_looks_at_unseen_classes():
     from ofgr_core.retrieval.text import choose_space
 
