@@ -38,7 +38,7 @@ def main() -> None:
     from PIL import Image
 
     from ofgr_core.config import ClipModelConfig
-    from ofgr_core.embedding.features import FeatureStore, extract_features
+    from ofgr_core.embedding.features import extract_features, open_feature_store
     from ofgr_core.models import create_model_and_transforms
 
     work = Path(tempfile.mkdtemp(prefix="ofgr-bench-extract-"))
@@ -73,7 +73,7 @@ def main() -> None:
             torch.cuda.synchronize()
         enc = done / (time.perf_counter() - t0)
 
-    store = FeatureStore(work / "cache", model.feature_key(), model.feature_dim)
+    store = open_feature_store(model, work / "cache", device=device, amp=amp)
     t0 = time.perf_counter()
     feats, stats = extract_features(model, paths, tf, device, store=store, batch_size=a.batch_size,
                                     num_workers=a.workers, amp=amp)

@@ -14,10 +14,17 @@ import torch
 from ofgr_core.data.loader import ImageDataset
 
 
-def autocast_for(device: torch.device, enabled: bool) -> Any:
+def autocast_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """The dtype ``autocast_for`` computes in (``None``: no autocast, float32). CPU never autocasts."""
     if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast_for(device: torch.device, enabled: bool) -> Any:
+    dtype = autocast_dtype(device, enabled)
+    if dtype is None:
         return nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast(device_type="cuda", dtype=dtype)
 
 

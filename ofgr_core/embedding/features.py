@@ -1,9 +1,15 @@
 """Content-addressed cache of frozen-tower features, shared across runs.
 
 A frozen tower (a CLIP image encoder, a timm backbone with ``freeze: all``) computes the same features for
-the same image every time, so ofgr computes them once. The cache is keyed by
+the same image every time, so ofgr computes them once. The cache is keyed by everything that changes a
+feature (``feature_cache_key``):
 
-- the tower's ``feature_key()``: family, architecture, a hash of its weights, its preprocessing;
+- the tower's ``feature_key()``: family, architecture, a hash of its weights, its preprocessing (input size,
+  mean, std, interpolation, crop), and what the family adds (CLIP: the activation, QuickGELU or GELU);
+- a hash of the tower's module structure (activations, layer types and shapes: two towers with equal weights
+  but another activation compute other features);
+- the extraction's autocast dtype (``fp32``, ``fp16``, ``bf16``) and ``EXTRACTION_VERSION``, ofgr's version of
+  the extraction code;
 - each image's **content hash** (never its file name: Stanford Cars reuses names between train and test).
 
 Layout (``ofgr cache ls`` lists it)::
@@ -38,6 +44,9 @@ import numpy as np
 from ofgr_core.common.errors import ConfigError, DataError
 
 CACHE_VERSION = 1
+# Bump when ofgr's extraction computes other numbers for the same tower (normalisation, dtype handling, batching
+# that changes results): features cached by an older extraction then land in another folder.
+EXTRACTION_VERSION = 1
 Progress = Callable[[int, int], None]
 
 
@@ -45,6 +54,35 @@ def default_cache_root() -> Path:
     """``$OFGR_CACHE/features`` or ``~/.cache/ofgr/features``."""
     base = os.environ.get("OFGR_CACHE")
     return Path(base).expanduser() / "features" if base else Path.home() / ".cache" / "ofgr" / "features"
+
+
+def autocast_name(device: Any, amp: bool) -> str:
+    """The dtype an extraction on ``device`` with ``amp`` computes in: ``fp32``, ``fp16`` or ``bf16``."""
+    import torch
+
+    from ofgr_core.embedding.embed import autocast_dtype
+
+    dtype = autocast_dtype(torch.device(device), amp)
+    return {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
+
+
+def structure_digest(module: Any) -> str:
+    """SHA-256 of a module's printed structure: layer types, shapes and activations (not its weights)."""
+    return hashlib.sha256(repr(module).encode()).hexdigest()[:24]
+
+
+def feature_cache_key(encoder: Any, *, autocast: str) -> dict[str, Any]:
+    """Everything that changes the tower's features: the encoder's ``feature_key()`` (architecture, weights hash,
+    preprocessing, family extras such as the activation), its module structure, the autocast dtype the
+    extraction runs in and ``EXTRACTION_VERSION``."""
+    return {**encoder.feature_key(), "structure": structure_digest(encoder.tower), "autocast": autocast,
+            "extraction": EXTRACTION_VERSION}
+
+
+def open_feature_store(encoder: Any, root: str | os.PathLike[str], *, device: Any, amp: bool) -> FeatureStore:
+    """The cache of ``encoder``'s tower features as extracted on ``device`` with ``amp`` (see ``feature_cache_key``)."""
+    key = feature_cache_key(encoder, autocast=autocast_name(device, amp))
+    return FeatureStore(root, key, int(encoder.feature_dim))
 
 
 def key_digest(key: dict[str, Any]) -> str:
@@ -266,6 +304,10 @@ def extract_features(
             if progress is not None:
                 progress(start + len(feats), n)
         return out, {"hits": 0, "computed": n}
+    cached_as = store.key.get("autocast")
+    if cached_as is not None and cached_as != autocast_name(device, amp):
+        raise ConfigError(f"feature cache {store.folder} holds {cached_as} features, but this extraction runs in "
+                          f"{autocast_name(device, amp)}; open the store with the extraction's device and amp")
     digests = list(digests) if digests is not None else [file_digest(p) for p in paths]
     if len(digests) != n:
         raise DataError(f"{len(digests)} content hashes for {n} images")

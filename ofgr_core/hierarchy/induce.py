@@ -363,13 +363,13 @@ def image_features(
         feats = embed_paths(model, list(paths), eval_tf, torch.device("cpu"), progress=progress,
                             batch_size=batch_size)
         return feats, "embedding"
-    from ofgr_core.embedding.features import FeatureStore, default_cache_root, extract_features
+    from ofgr_core.embedding.features import default_cache_root, extract_features, open_feature_store
 
     store = None
     if cache_root is not False:  # False: no cache
         root = Path(cache_root) if cache_root else default_cache_root()
         try:
-            store = FeatureStore(root, model.feature_key(), model.feature_dim)
+            store = open_feature_store(model, root, device="cpu", amp=False)
         except OSError:
             store = None  # a read-only cache folder: compute without it
     feats, _ = extract_features(model, list(paths), eval_tf, "cpu", digests=digests, store=store,

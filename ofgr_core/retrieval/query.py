@@ -247,11 +247,11 @@ def _raw_gallery(model: Any, cfg: Any, gallery: Gallery) -> np.ndarray:
     """The gallery's raw tower features, from the shared feature cache (the tower runs only on misses)."""
     import torch
 
-    from ofgr_core.embedding.features import FeatureStore, default_cache_root, extract_features
+    from ofgr_core.embedding.features import default_cache_root, extract_features, open_feature_store
     from ofgr_core.models import create_transforms
 
     root = Path(cfg.data.feature_cache).expanduser() if cfg.data.feature_cache else default_cache_root()
-    store = FeatureStore(root, model.feature_key(), model.feature_dim)
+    store = open_feature_store(model, root, device="cpu", amp=False)
     paths = [r["path"] for r in gallery.rows]
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:

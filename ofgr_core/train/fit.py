@@ -161,13 +161,13 @@ class HeadOnFeatures(Fitter):
         self._matrix = np.empty((0, 0), np.float32)
 
     def prepare(self, inp: FitInputs, rows: np.ndarray, progress: Progress | None = None) -> dict[str, Any]:
-        from ofgr_core.embedding.features import FeatureStore, default_cache_root, extract_features
+        from ofgr_core.embedding.features import default_cache_root, extract_features, open_feature_store
 
         cfg = inp.cfg
         rows = np.unique(np.asarray(rows, dtype=np.int64))
         root = Path(cfg.data.feature_cache).expanduser() if cfg.data.feature_cache else default_cache_root()
-        store = FeatureStore(root, inp.model.feature_key(), inp.model.feature_dim)
         cuda = inp.device.type == "cuda"
+        store = open_feature_store(inp.model, root, device=inp.device, amp=_flag(cfg.train.amp, cuda))
         digests = [inp.digests[i] for i in rows]
         dist = inp.dist_info
         if dist.enabled:

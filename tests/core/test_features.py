@@ -82,6 +82,55 @@ def test_any_key_part_changes_the_cache_folder(encoder) -> None:
     assert len({key_digest(key), key_digest(other_size), key_digest(other_weights.feature_key())}) == 3
 
 
+def test_every_feature_changing_factor_gives_a_new_cache_key(monkeypatch) -> None:
+    """Weights, activation, preprocessing, image size, autocast dtype and ofgr's extraction version each change the
+    features, so each must change the key (activation and autocast did not: two towers shared cached features)."""
+    from ofgr_core.config import ClipModelConfig
+    from ofgr_core.embedding import features
+    from ofgr_core.models import create_model
+
+    def clip(image_size=None, **kw):
+        torch.manual_seed(0)  # the same weights every time unless asked otherwise
+        return create_model(ClipModelConfig(name="ofgr-tiny-clip", pretrained=None, head="none", **kw),
+                            image_size=image_size)
+
+    base = clip()
+    quick = clip(quick_gelu=True)
+    assert base.feature_key()["weights"] == quick.feature_key()["weights"]  # only the activation differs
+    key = features.feature_cache_key(base, autocast="fp32")
+    variants = {
+        "activation": features.feature_cache_key(quick, autocast="fp32"),
+        "autocast": features.feature_cache_key(base, autocast="fp16"),
+        "image size": features.feature_cache_key(clip(image_size=32), autocast="fp32"),
+    }
+    torch.manual_seed(1)
+    variants["weights"] = features.feature_cache_key(
+        create_model(ClipModelConfig(name="ofgr-tiny-clip", pretrained=None, head="none")), autocast="fp32")
+    base.data_config = {**base.data_config, "mean": (0.5, 0.5, 0.5)}
+    variants["preprocessing"] = features.feature_cache_key(base, autocast="fp32")
+    base.data_config = clip().data_config
+    assert features.key_digest(features.feature_cache_key(base, autocast="fp32")) == features.key_digest(key)
+    monkeypatch.setattr(features, "EXTRACTION_VERSION", features.EXTRACTION_VERSION + 1)
+    variants["extraction version"] = features.feature_cache_key(base, autocast="fp32")
+    digests = {name: features.key_digest(k) for name, k in variants.items()}
+    same = [name for name, d in digests.items() if d == features.key_digest(key)]
+    assert not same, f"these factors do not change the cache key: {same}"
+    assert len(set(digests.values())) == len(digests)
+
+
+def test_extraction_refuses_a_store_opened_for_another_precision(tmp_path: Path, encoder) -> None:
+    from ofgr_core.common.errors import ConfigError
+    from ofgr_core.embedding.features import autocast_name, open_feature_store
+
+    model, tf = encoder
+    assert autocast_name("cpu", True) == "fp32"  # CPU never autocasts: the same features as amp off
+    store = open_feature_store(model, tmp_path / "cache", device="cpu", amp=False)
+    assert store.key["autocast"] == "fp32" and store.key["extraction"] >= 1
+    bf16 = FeatureStore(tmp_path / "cache", {**store.key, "autocast": "bf16"}, model.feature_dim)
+    with pytest.raises(ConfigError, match="holds bf16 features.*runs in fp32"):
+        extract_features(model, _images(tmp_path / "img", 2), tf, "cpu", store=bf16)
+
+
 def test_interrupted_fill_resumes_and_a_torn_append_is_repaired(tmp_path: Path, encoder) -> None:
     model, tf = encoder
     paths = _images(tmp_path / "img", 8)

@@ -474,6 +474,10 @@ class ClipEncoder(Encoder):
     def tower_features(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.clip.encode_image(images).float(), dim=-1)
 
+    def feature_key(self) -> dict[str, Any]:
+        """The base key plus the activation: equal weights under QuickGELU and GELU give other features."""
+        return {**super().feature_key(), "activation": "quick_gelu" if uses_quick_gelu(self.clip) else "gelu"}
+
     # ---------------------------------------------------------------------------------------- text
     @property
     def tokenizer(self) -> Any:
