@@ -327,7 +327,7 @@ def _per_query(run_dir: Path, split: str, mode: str = "image") -> dict[str, np.n
     if mode == "image":
         return _load_npz(folder.per_query(split))
     if mode == "text":
-        return _load_npz(folder.eval_dir / f"per_query_{split}_text_to_image.npz")
+        return _load_npz(folder.per_query_text(split))
     return None
 
 

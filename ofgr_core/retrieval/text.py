@@ -35,6 +35,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -179,7 +180,7 @@ def has_head(encoder: Any) -> bool:
 
 def _space_block(
     queries: dict[str, TextQueries], gallery: np.ndarray, labels: np.ndarray, transform: Any,
-    level_names: Sequence[str], eval_cfg: EvalConfig, seed: int,
+    level_names: Sequence[str], eval_cfg: EvalConfig, seed: int, per_query: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     from ofgr_core.retrieval.evaluate import evaluate_retrieval
 
@@ -201,10 +202,15 @@ def _space_block(
         block["ci95"][level] = res.block.get("ci95", {}).get(name, {})
         block["n_queries"][level] = int(res.block.get("n_queries", len(q.labels)))
         if level == "fine":
-            hit = res.per_query.get(name, {}).get("recall@1")
+            values = res.per_query.get(name, {})
+            rows = -1 - np.asarray(res.query_ids, dtype=np.int64)
+            hit = values.get("recall@1")
             if hit is not None:
-                rows = -1 - np.asarray(res.query_ids, dtype=np.int64)
                 block["per_class"] = {q.names[int(r)]: float(h) for r, h in zip(rows, hit, strict=True)}
+            if per_query is not None and len(rows):
+                # one query per fine class, identified by its name: comparable between runs on one split
+                per_query["ids"] = np.asarray([q.names[int(r)] for r in rows]).astype(str)
+                per_query.update({f"fine_{metric}": np.asarray(v, dtype=np.float64) for metric, v in values.items()})
     return block
 
 
@@ -220,6 +226,7 @@ def evaluate_text_to_image(
     val: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     level_names: Sequence[str] = ("fine", "coarse"),
     seed: int = 0,
+    per_query: dict[str, dict[str, np.ndarray]] | None = None,
 ) -> dict[str, Any]:
     """Zero-shot text -> image retrieval of one split, in the raw CLIP space and through the head.
 
@@ -235,6 +242,9 @@ def evaluate_text_to_image(
             free-text space when ``text_cfg.space`` is ``auto``.
         level_names: label column names.
         seed: bootstrap seed.
+        per_query: when given, filled with ``{space: {"ids": fine class names, "fine_<metric>": values}}``, the
+            per-query values of the fine-level queries (one per class) for paired tests between runs
+            (``save_text_per_query``). Coarse queries (one per coarse class) are too few to pair.
 
     Returns:
         ``{"raw": B, "head": B | None, "space_for_free_text": "raw"|"head", "selection": {...}}`` where each
@@ -259,12 +269,26 @@ def evaluate_text_to_image(
                         f"{n} labelled images")
     headed = has_head(encoder)
     queries = class_text_embeddings(encoder, class_names, labels, text_cfg)
+    pq: dict[str, dict[str, np.ndarray]] = {"raw": {}, "head": {}}
     raw_block = _space_block(queries, np.asarray(raw_features, np.float32), labels, lambda x: x, level_names,
-                             eval_cfg, seed)
+                             eval_cfg, seed, pq["raw"])
     head_block = (_space_block(queries, np.asarray(embeddings, np.float32), labels,
-                               lambda x: _to_head(encoder, x), level_names, eval_cfg, seed) if headed else None)
+                               lambda x: _to_head(encoder, x), level_names, eval_cfg, seed, pq["head"])
+                  if headed else None)
+    if per_query is not None:
+        per_query.update({space: arrays for space, arrays in pq.items() if arrays})
     space, selection = choose_space(encoder, text_cfg, class_names, val, level_names=level_names, seed=seed)
     return {"raw": raw_block, "head": head_block, "space_for_free_text": space, "selection": selection}
+
+
+def save_text_per_query(arrays: dict[str, np.ndarray], path: str | Path) -> None:
+    """Write one space's per-query text -> image values (``evaluate_text_to_image(per_query=...)``) as the
+    ``.npz`` ``ofgr compare`` pairs runs with (``ids`` + ``fine_<metric>``), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)
 
 
 def choose_space(

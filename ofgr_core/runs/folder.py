@@ -108,6 +108,10 @@ class RunFolder:
     def per_query(self, split: str) -> Path:
         return self.eval_dir / f"per_query_{check_split_name(split)}.npz"
 
+    def per_query_text(self, split: str) -> Path:
+        """Per-query text -> image values (one class-name query per fine class) for paired tests."""
+        return self.eval_dir / f"per_query_{check_split_name(split)}_text_to_image.npz"
+
     def index_dir(self, split: str) -> Path:
         return self.path / "index" / check_split_name(split)
 

@@ -432,7 +432,7 @@ def text_to_image_part(
     """Zero-shot text -> image of one split (``ofgr_core.retrieval.text``): class-name prompts against the split's
     images, in the raw CLIP space and through the head; the free-text space is chosen on seen validation classes
     only."""
-    from ofgr_core.retrieval.text import evaluate_text_to_image
+    from ofgr_core.retrieval.text import evaluate_text_to_image, save_text_per_query
 
     raw = fitter.tower_features(idx)
     if raw is None:  # an end-to-end fit keeps no tower features
@@ -445,8 +445,12 @@ def text_to_image_part(
         from ofgr_core.config import TextConfig
 
         text_cfg = TextConfig()
+    per_query: dict[str, Any] = {}
     block = evaluate_text_to_image(inp.model, raw, emb, inp.labels[idx], hier.classes, text_cfg, ctx.cfg.eval,
-                                   val=val, level_names=tuple(hier.level_names), seed=ctx.cfg.seed)
+                                   val=val, level_names=tuple(hier.level_names), seed=ctx.cfg.seed,
+                                   per_query=per_query)
+    if per_query.get(block["space_for_free_text"]):  # the space `ofgr compare` reports text -> image in
+        save_text_per_query(per_query[block["space_for_free_text"]], ctx.folder.per_query_text(part))
     parts = []
     for space in ("raw", "head"):
         b = block.get(space)

@@ -510,3 +510,21 @@ def test_clip_run_reports_text_to_image_in_both_spaces(tmp_path, tiny_data_root)
 
     res = query_run(run, text="a red sedan", k=3)
     assert res.space == t2i["space_for_free_text"] and len(res.results) == 3
+
+    # per-query text -> image values of the space free text uses: `ofgr compare` pairs runs on them
+    from ofgr_core.runs.folder import RunFolder
+
+    with np.load(RunFolder(run).per_query_text("unseen")) as z:
+        pq = {k: z[k] for k in z.files}
+    block = t2i[t2i["space_for_free_text"]]
+    assert len(pq["ids"]) == block["n_queries"]["fine"] and set(pq["ids"]) == set(block["per_class"])
+    assert pq["fine_recall@1"].mean() == pytest.approx(block["fine"]["recall@1"])
+    import shutil
+
+    from ofgr_core.reports.compare import compare_runs
+
+    twin = runs_dir / "twin"
+    shutil.copytree(run, twin)
+    rows = [r for r in compare_runs([run, twin], n_resamples=200).rows
+            if r.mode == "text" and r.split == "unseen" and r.level == "fine" and r.metric == "recall@1"]
+    assert rows and rows[0].tests[1] is not None  # a paired test, no longer "no per-query results"
