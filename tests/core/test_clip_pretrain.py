@@ -17,7 +17,7 @@ from ofgr_core.config import ClipModelConfig
 from ofgr_core.models import create_model
 from ofgr_core.models.clip import encoder as clipmod
 from ofgr_core.models.clip.lit import encode_text_trimmed, load_image_weights
-from ofgr_core.models.clip.pretrain import pretrain_clip
+from ofgr_core.train.clip_pretrain import pretrain_clip
 
 TIMM_ARCH = "ofgr-test-timm-clip"
 SIGLIP_ARCH = "ofgr-test-sigmoid"  # no "siglip" in the name: open_clip would pick the T5 tokenizer
@@ -189,3 +189,49 @@ def test_siglip_models_pretrain_with_the_sigmoid_loss_and_its_bias(tmp_path: Pat
     plain = list(pretrain_clip(corpus, tmp_path / "plain", model=clipmod.TINY_ARCH, epochs=1, batch_size=8,
                                image_size=32, device="cpu"))
     assert any(e.type == "log" and "InfoNCE" in e.message for e in plain)
+
+
+def test_standin_artifact_round_trip_and_its_checks(tmp_path: Path, test_archs: None) -> None:
+    """A LiT local-dir -> artifact without the locked trunk (float16) -> materialized local-dir that gives the
+    same features (up to float16 rounding of the trained weights) and text embeddings; tampering is refused."""
+    import timm
+
+    from ofgr_core.common.errors import DependencyError, NotFoundError
+    from ofgr_core.models.clip import standin
+
+    torch.manual_seed(5)
+    trunk_file = tmp_path / "trunk.pth"
+    torch.save(timm.create_model("test_efficientnet", num_classes=0).state_dict(), trunk_file)
+    corpus = _corpus(tmp_path / "corpus")
+    list(pretrain_clip(corpus, tmp_path / "lit", model=TIMM_ARCH, image_weights=str(trunk_file), lock_image=True,
+                       epochs=2, batch_size=8, lr=1e-2, device="cpu", feature_cache=tmp_path / "cache"))
+    art = standin.export_standin(tmp_path / "lit", tmp_path / "artifact", {"recipe": "test", "corpus_sha256": "x"})
+    from safetensors.torch import load_file
+
+    kept = load_file(str(art / standin.ARTIFACT_WEIGHTS))
+    assert kept and not any(k.startswith(standin.TRUNK_PREFIX) for k in kept)
+    assert all(v.dtype == torch.float16 for v in kept.values())
+    out = standin.materialize_standin(tmp_path / "mat", art)
+    stamp = (out / clipmod.WEIGHTS_FILE).stat().st_mtime_ns
+    assert standin.materialize_standin(tmp_path / "mat", art) == out  # reused
+    assert (out / clipmod.WEIGHTS_FILE).stat().st_mtime_ns == stamp
+    cfg = ClipModelConfig(name=TIMM_ARCH, head="none")
+    orig = create_model(cfg.model_copy(update={"pretrained": f"local-dir:{tmp_path / 'lit'}"}))
+    back = create_model(cfg.model_copy(update={"pretrained": f"local-dir:{out}"}))
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(orig.tower_features(x), back.tower_features(x), atol=5e-3)
+        t = orig.tokenize(["a red car number 3"])
+        assert torch.allclose(orig.encode_text(t), back.encode_text(t), atol=5e-3)
+    assert orig.data_config == back.data_config
+    # the trunk must be the recorded one: another file with the same source name is refused
+    doc = json.loads((art / standin.ARTIFACT_CONFIG).read_text())
+    doc["ofgr"]["standin"]["trunk"]["sha256"] = "0" * 64
+    (art / standin.ARTIFACT_CONFIG).write_text(json.dumps(doc))
+    with pytest.raises(DependencyError, match="not the ones the stand-in was trained on"):
+        standin.materialize_standin(tmp_path / "mat2", art)
+    (art / standin.ARTIFACT_WEIGHTS).write_bytes(b"tampered")
+    with pytest.raises(ConfigError, match="SHA-256"):
+        standin.materialize_standin(tmp_path / "mat3", art)
+    with pytest.raises(NotFoundError, match="make clip-standin"):
+        standin.materialize_standin(tmp_path / "mat4", tmp_path / "no-artifact")

@@ -539,13 +539,15 @@ def create_clip_model(cfg: ClipModelConfig, image_size: int | None = None) -> Cl
 
 # ------------------------------------------------------------------------------------------ local-dir
 def save_local_dir(
-    clip_model: nn.Module, out_dir: str | os.PathLike[str], *, arch: str, extra: dict[str, Any] | None = None
+    clip_model: nn.Module, out_dir: str | os.PathLike[str], *, arch: str, extra: dict[str, Any] | None = None,
+    model_cfg: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``open_clip_config.json`` (model_cfg + preprocess_cfg) and ``open_clip_model.safetensors``.
 
     ``model.pretrained: local-dir:OUT`` (or open_clip's ``create_model("local-dir:OUT")``) loads it back.
     Files are written under temporary names and renamed, so an interrupted save never leaves a half folder
-    that loads.
+    that loads. ``model_cfg`` (default: the architecture's, or the ``local-dir:`` folder's) is completed with
+    what the model itself says: its activation and its input size.
     """
     from safetensors.torch import save_file
 
@@ -553,7 +555,9 @@ def save_local_dir(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     base_arch = arch
-    if arch.startswith(LOCAL_DIR):
+    if model_cfg is not None:
+        model_cfg = json.loads(json.dumps(model_cfg))  # a deep copy: the caller's dict stays as it was
+    elif arch.startswith(LOCAL_DIR):
         model_cfg = json.loads((Path(arch[len(LOCAL_DIR):]) / CONFIG_FILE).read_text())["model_cfg"]
         base_arch = json.loads((Path(arch[len(LOCAL_DIR):]) / CONFIG_FILE).read_text()).get("ofgr", {}).get(
             "arch", arch)
