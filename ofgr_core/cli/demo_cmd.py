@@ -40,6 +40,8 @@ def demo(
     overrides: list[str] = typer.Option([], "--set", help="Override a config key in every run."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
     as_json: bool = typer.Option(False, "--json", help="Print runs/demo.json (table, gates, CPU) on stdout."),
+    standin: Path = typer.Option(None, "--standin", help="The CLIP stand-in's artifact folder (default: the one "
+                                 "ofgr ships; `ofgr clip standin --rebuild --artifact DIR` makes one)."),
 ) -> None:
     """CNN fine-tuned vs frozen CLIP vs frozen CLIP + head on the synthetic world: one side-by-side table.
 
@@ -53,22 +55,22 @@ def demo(
     from ofgr_core.workflows.demo import DEMO_FILE, run_demo, verdict
 
     with EventPrinter(quiet=quiet) as printer:
-        res = run_demo(runs_dir, data_root, overrides=overrides, emit=printer)
+        res = run_demo(runs_dir, data_root, overrides=overrides, emit=printer, artifact_dir=standin)
     if as_json:
         print_json(res.to_dict())
         return
     table = Table(title="unseen classes (%; ± = 95% bootstrap CI half-width)", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("run", "fine R@1", "coarse R@1", "text→img", "trained", "fit CPU s", "fit s", "run s"):
+    for col in ("run", "fine R@1", "coarse R@1", "text→img", "trained", "fit CPU s", "fit s"):
         table.add_column(col, justify="left" if col == "run" else "right", no_wrap=True)
     px = res.pixels
     table.add_row(f"pixels {px['size']}x{px['size']}", _pct(px.get("fine"), _half(px.get("fine_ci"))),
-                  _pct(px.get("coarse"), _half(px.get("coarse_ci"))), "-", "0", "-", "-", "-")
+                  _pct(px.get("coarse"), _half(px.get("coarse_ci"))), "-", "0", "-", "-")
     for r in res.rows:
         text = _pct(r["text_coarse_r1"]) + (f" {r['text_space']}" if r["text_space"] else "")
         table.add_row(r["name"], _pct(r["fine_r1"], r["fine_ci"]), _pct(r["coarse_r1"], r["coarse_ci"]),
                       text if r["text_coarse_r1"] is not None else "-", _params(r["trained_params"]),
-                      _cpu(r.get("fit_cpu_seconds")), f"{r['fit_seconds']:.0f}", f"{r['run_seconds']:.0f}")
+                      _cpu(r.get("fit_cpu_seconds")), f"{r['fit_seconds']:.0f}")
     out.print(table)
     ratio = (f"CLIP fit (features + head) / CNN fit, CPU time: {res.fit_ratio:.3f} (1/{1 / res.fit_ratio:.0f}); "
              if res.fit_ratio else "")

@@ -1,35 +1,78 @@
-"""`ofgr demo` end to end on a tiny world: pretrain the CLIP stand-in, run the three demo runs, one table."""
+"""`ofgr demo`: the stand-in, the three runs on one split, the pixel baseline, the gates; and the gates themselves
+on a reduced world, with the shipped stand-in and with one rebuilt from its recipe."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from ofgr_core.cli import app
 from ofgr_core.runs.folder import RunFolder
-from ofgr_core.workflows.demo import summary_rows, verdict
+from ofgr_core.workflows import demo as demo_mod
+from ofgr_core.workflows.demo import collapse_share, demo_gates, summary_rows, verdict
+from ofgr_testing import REPO
 
 runner = CliRunner()
+TINY_ARCH = {
+    "embed_dim": 16, "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    "vision_cfg": {"timm_model_name": "test_efficientnet", "timm_model_pretrained": False, "timm_pool": "avg",
+                   "timm_proj": "linear", "image_size": 32},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A stand-in artifact of a tiny LiT model (timm test tower from a local file), built like the real one."""
+    import csv
+
+    import timm
+    import torch
+    from PIL import Image
+
+    from ofgr_core.models.clip.encoder import open_clip_module
+    from ofgr_core.models.clip.standin import export_standin
+    from ofgr_core.train.clip_pretrain import pretrain_clip
+
+    root = tmp_path_factory.mktemp("standin")
+    (root / "archs").mkdir()
+    (root / "archs" / "ofgr-demo-test-lit.json").write_text(json.dumps(TINY_ARCH))
+    open_clip_module().add_model_config(root / "archs")
+    torch.manual_seed(0)
+    torch.save(timm.create_model("test_efficientnet", num_classes=0).state_dict(), root / "trunk.pth")
+    rng = np.random.default_rng(0)
+    with open(root / "manifest.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "caption"])
+        for i in range(16):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / f"{i}.png")
+            w.writerow([f"{i}.png", f"a {('red', 'blue')[i % 2]} pickup {i}"])
+    list(pretrain_clip(root, root / "lit", model="ofgr-demo-test-lit", image_weights=str(root / "trunk.pth"),
+                       lock_image=True, epochs=1, batch_size=8, device="cpu", feature_cache=root / "cache"))
+    return export_standin(root / "lit", root / "artifact", {"recipe": "test", "corpus_sha256": "0" * 64})
+
+
+TINY_WORLD = [
+    "data.sources.0.options={seed: 0, num_coarse: 3, fine_per_coarse: 4, images_per_class: 10, image_size: 32}",
+    "data.image_size=32", "sampler.coarse_per_batch=2", "sampler.fine_per_coarse=2", "sampler.k=2",
+    "train.epochs=1", "eval.bootstrap=20",
+]
 
 
 @pytest.mark.slow
-def test_demo_compares_cnn_frozen_clip_and_clip_head_on_one_split(tmp_path: Path) -> None:
-    tiny = [
-        "data.sources.0.options={seed: 0, num_coarse: 3, fine_per_coarse: 4, images_per_class: 10, image_size: 32}",
-        "data.image_size=32", "sampler.coarse_per_batch=2", "sampler.fine_per_coarse=2", "sampler.k=2",
-        "train.epochs=1", "eval.bootstrap=20",
-    ]
+def test_demo_compares_cnn_frozen_clip_and_clip_head_on_one_split(tmp_path: Path, tiny_artifact: Path) -> None:
     args = ["demo", "--runs-dir", str(tmp_path / "runs"), "--data-root", str(tmp_path / "data"), "-q",
-            "--pretrain-images-per-class", "4", "--pretrain-epochs", "1"]
-    for o in tiny:
+            "--standin", str(tiny_artifact)]
+    for o in TINY_WORLD:
         args += ["--set", o]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    for name in ("cnn_finetuned", "clip_frozen", "clip_head"):
+    for name in ("pixels 32x32", "cnn_finetuned", "clip_frozen", "clip_head", "stand-in gates", "CPU seconds"):
         assert name in result.output
+    assert result.output.count("PASS") + result.output.count("FAIL") == 4  # every gate is printed, pass or not
     state = json.loads((tmp_path / "runs" / "bench.json").read_text())["runs"]
     dirs = [tmp_path / "runs" / state[n] for n in ("cnn_finetuned", "clip_frozen", "clip_head")]
     metrics = [json.loads(RunFolder(d).metrics.read_text()) for d in dirs]
@@ -40,11 +83,82 @@ def test_demo_compares_cnn_frozen_clip_and_clip_head_on_one_split(tmp_path: Path
     assert frozen["fit"]["strategy"] == head["fit"]["strategy"] == "head_on_features"
     assert frozen["model"]["trainable_params"] == 0 < head["model"]["trainable_params"] < cnn["model"]["params"]
     assert head["fit"]["features"]["computed"] == 0  # the frozen run filled the feature cache already
-    assert (tmp_path / "data" / "clip-tiny" / "open_clip_config.json").is_file()
-    # a second demo reuses the pretrained weights and every finished run
+    assert (tmp_path / "data" / demo_mod.STANDIN_DIR / "open_clip_config.json").is_file()
+    doc = json.loads((tmp_path / "runs" / demo_mod.DEMO_FILE).read_text())
+    assert set(doc["cpu_seconds"]["runs"]) == {"cnn_finetuned", "clip_frozen", "clip_head"}
+    assert all(r["total"] > 0 for r in doc["cpu_seconds"]["runs"].values())
+    assert doc["cpu_seconds"]["runs"]["cnn_finetuned"]["stages"]["train"] > 0
+    assert doc["clip_fit_over_cnn_fit"] > 0 and doc["pixels"]["n"] == frozen["unseen"]["n_queries"]
+    assert len(doc["gates"]) == 4 and doc["attributes"]["n_queries"] > 0
+    # a second demo reuses the stand-in and every finished run
     again = runner.invoke(app, args)
     assert again.exit_code == 0, again.output
     assert json.loads((tmp_path / "runs" / "bench.json").read_text())["runs"] == state
+
+
+def test_pixel_baseline_equals_a_naive_leave_one_out(tmp_path: Path) -> None:
+    """The pixel row is the run's own evaluation of 32x32 mean-removed pixels: check R@1 against a direct count."""
+    import csv
+
+    import yaml
+    from PIL import Image
+
+    from ofgr_core.data.synthetic import generate, load_table
+
+    world = generate(tmp_path / "w", seed=0, num_coarse=2, fine_per_coarse=3, images_per_class=5, image_size=32,
+                     workers=1)
+    table = load_table(world)
+    run = tmp_path / "run"
+    rd = RunFolder(run)
+    rd.embeddings_dir.mkdir(parents=True)
+    rd.config.write_text(yaml.safe_dump({"name": "x", "eval": {"bootstrap": 50}}))
+    with open(rd.embeddings_csv("unseen"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["id", "path", "fine", "coarse"])
+        w.writeheader()
+        for i, p in enumerate(table.paths):
+            w.writerow({"id": table.ids[i], "path": p, "fine": table.labels["fine"][i],
+                        "coarse": table.labels["coarse"][i]})
+    got = demo_mod.pixel_baseline(run, size=16)
+    x = np.stack([np.asarray(Image.open(p).convert("RGB").resize((16, 16), Image.BOX), np.float32).ravel()
+                  for p in table.paths])
+    x -= x.mean(0)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    sims = x @ x.T
+    np.fill_diagonal(sims, -np.inf)
+    nn = sims.argmax(1)
+    for level in ("fine", "coarse"):
+        labels = np.asarray(table.labels[level])
+        assert got[level] == pytest.approx(float((labels[nn] == labels).mean()))
+        lo, hi = got[f"{level}_ci"]
+        assert lo <= got[level] <= hi
+    assert got["n"] == len(table.paths) == 30
+
+
+def test_collapse_share_counts_near_identical_pairs() -> None:
+    rng = np.random.default_rng(0)
+    spread = rng.normal(size=(50, 8))
+    assert collapse_share(spread) == 0.0
+    one_point = np.ones((10, 8)) + rng.normal(scale=1e-6, size=(10, 8))
+    assert collapse_share(one_point) == pytest.approx(1.0)
+    half = np.concatenate([spread[:10], np.ones((10, 8))])  # 10 identical rows: 45 of 190 pairs
+    assert collapse_share(half) == pytest.approx(45 / 190)
+
+
+def test_gates_pass_and_fail_on_their_figures() -> None:
+    frozen = {"fine_r1": 0.30, "fine_ci95": [0.28, 0.32], "text_raw_coarse_r1": 0.83}
+    head = {"fine_r1": 0.40, "fine_ci95": [0.38, 0.42]}
+    pixels = {"fine": 0.15, "fine_ci": [0.13, 0.17]}
+    attrs = {"colour_type_p@10": 0.7, "n_queries": 60,
+             "named": {"colour_type": 8, "with_accessory": 2, "in_gallery": 5}}
+    gates = demo_gates({"clip_frozen": frozen, "clip_head": head}, pixels, 0.0, attrs)
+    assert [g.passed for g in gates] == [True, True, True, True]
+    overlapping = demo_gates({"clip_frozen": frozen, "clip_head": {**head, "fine_ci95": [0.31, 0.49]}},
+                             {"fine": 0.27, "fine_ci": [0.25, 0.29]}, 0.02,
+                             {**attrs, "named": {"colour_type": 7}})
+    assert [g.passed for g in overlapping] == [False, False, True, False]
+    assert "0.830" in gates[2].detail and "60 queries: 0.70" in gates[3].detail
+    collapsed = demo_gates({"clip_frozen": frozen, "clip_head": head}, pixels, 0.01, attrs)
+    assert not collapsed[1].passed and "1.000%" in collapsed[1].detail
 
 
 def test_summary_rows_and_verdict(tmp_path: Path) -> None:
@@ -61,7 +175,50 @@ def test_summary_rows_and_verdict(tmp_path: Path) -> None:
 
     rows = summary_rows([fake("a", 0.40, 0.02, 10, 100.0), fake("b", 0.50, 0.02, 5, 5.0)], ["a", "b"])
     assert rows[0]["fit_seconds"] == 100.0 and rows[0]["run_seconds"] == 102.0
-    assert rows[1]["fine_ci"] == pytest.approx(0.02)
+    assert rows[1]["fine_ci"] == pytest.approx(0.02) and rows[1]["fine_ci95"] == pytest.approx([0.48, 0.52])
     assert verdict(rows).startswith("best unseen fine R@1: b (50.0%), clearly ahead of a (40.0%)")
     close = summary_rows([fake("c", 0.40, 0.05, 1, 1.0), fake("d", 0.42, 0.05, 1, 1.0)], ["c", "d"])
     assert "within the 95% intervals" in verdict(close)
+
+
+# ------------------------------------------------------------------------------ the gates, measured
+GATE_WORLD = "data.sources.0.options={seed: 0, num_coarse: 6, fine_per_coarse: 8, images_per_class: 40, image_size: 64}"
+
+
+def _clip_suite(tmp_path: Path) -> Path:
+    """The demo suite without the CNN (the gates are about the stand-in)."""
+    path = tmp_path / "clip_only.yaml"
+    path.write_text(
+        "name: clip_only\ndata: {0: synthetic-gates}\nruns:\n"
+        f"  - name: clip_frozen\n    config: {REPO / 'configs' / 'demo_clip_frozen.yaml'}\n"
+        "    set: ['model.pretrained=local-dir:{data_root}/clip-lit']\n"
+        f"  - name: clip_head\n    config: {REPO / 'configs' / 'demo_clip.yaml'}\n"
+        "    set: ['model.pretrained=local-dir:{data_root}/clip-lit']\n")
+    return path
+
+
+def _assert_gates(tmp_path: Path, artifact: Path | None) -> None:
+    res = demo_mod.run_demo(tmp_path / "runs", tmp_path / "data", overrides=[GATE_WORLD],
+                            suite=str(_clip_suite(tmp_path)), artifact_dir=artifact)
+    failed = [f"{g.name}: {g.detail}" for g in res.gates if not g.passed]
+    assert not failed, "stand-in gates failed on the reduced world: " + "; ".join(failed)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_the_shipped_standin_meets_the_gates_on_a_reduced_world(tmp_path: Path) -> None:
+    """Frozen stand-in above raw pixels, head above frozen without collapse, zero-shot coarse text -> image >= 0.8,
+    and 'red pickup with roof rack' with >= 8 red pickups in its top 10; on 6 x 8 classes x 40 images."""
+    _assert_gates(tmp_path, None)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(7200)
+def test_a_standin_rebuilt_from_its_recipe_meets_the_gates(tmp_path: Path) -> None:
+    """`make clip-standin` from scratch (corpus, LiT pretraining, export), then the same gates."""
+    events = list(demo_mod.build_standin(tmp_path / "build", tmp_path / "artifact",
+                                         feature_cache=tmp_path / "cache"))
+    assert events[-1].type == "log" and "stand-in artifact" in events[-1].message
+    size = sum(p.stat().st_size for p in (tmp_path / "artifact").iterdir())
+    assert size <= 10 * 2**20
+    _assert_gates(tmp_path, tmp_path / "artifact")
