@@ -8,8 +8,8 @@ feature (``feature_cache_key``):
   mean, std, interpolation, crop), and what the family adds (CLIP: the activation, QuickGELU or GELU);
 - a hash of the tower's module structure (activations, layer types and shapes: two towers with equal weights
   but another activation compute other features);
-- the extraction's autocast dtype (``fp32``, ``fp16``, ``bf16``) and ``EXTRACTION_VERSION``, ofgr's version of
-  the extraction code;
+- ``EXTRACTION_VERSION``, ofgr's version of the extraction code (the autocast dtype, ``fp32``, ``fp16`` or
+  ``bf16`` from ``model.precision``, is part of ``feature_key()``);
 - each image's **content hash** (never its file name: Stanford Cars reuses names between train and test).
 
 Layout (``ofgr cache ls`` lists it)::
@@ -57,33 +57,21 @@ def default_cache_root() -> Path:
     return Path(base).expanduser() / "features" if base else Path.home() / ".cache" / "ofgr" / "features"
 
 
-def autocast_name(device: Any, amp: bool) -> str:
-    """The dtype an extraction on ``device`` with ``amp`` computes in: ``fp32``, ``fp16`` or ``bf16``."""
-    import torch
-
-    from ofgr_core.embedding.embed import autocast_dtype
-
-    dtype = autocast_dtype(torch.device(device), amp)
-    return {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, str(dtype))
-
-
 def structure_digest(module: Any) -> str:
     """SHA-256 of a module's printed structure: layer types, shapes and activations (not its weights)."""
     return hashlib.sha256(repr(module).encode()).hexdigest()[:24]
 
 
-def feature_cache_key(encoder: Any, *, autocast: str) -> dict[str, Any]:
+def feature_cache_key(encoder: Any) -> dict[str, Any]:
     """Everything that changes the tower's features: the encoder's ``feature_key()`` (architecture, weights hash,
-    preprocessing, family extras such as the activation), its module structure, the autocast dtype the
-    extraction runs in and ``EXTRACTION_VERSION``."""
-    return {**encoder.feature_key(), "structure": structure_digest(encoder.tower), "autocast": autocast,
-            "extraction": EXTRACTION_VERSION}
+    preprocessing, the autocast dtype it runs in, family extras such as the activation), its module structure
+    and ``EXTRACTION_VERSION``."""
+    return {**encoder.feature_key(), "structure": structure_digest(encoder.tower), "extraction": EXTRACTION_VERSION}
 
 
-def open_feature_store(encoder: Any, root: str | os.PathLike[str], *, device: Any, amp: bool) -> FeatureStore:
-    """The cache of ``encoder``'s tower features as extracted on ``device`` with ``amp`` (see ``feature_cache_key``)."""
-    key = feature_cache_key(encoder, autocast=autocast_name(device, amp))
-    return FeatureStore(root, key, int(encoder.feature_dim))
+def open_feature_store(encoder: Any, root: str | os.PathLike[str]) -> FeatureStore:
+    """The cache of ``encoder``'s tower features (keyed by ``feature_cache_key``) under ``root``."""
+    return FeatureStore(root, feature_cache_key(encoder), int(encoder.feature_dim))
 
 
 def key_digest(key: dict[str, Any]) -> str:
@@ -277,7 +265,6 @@ def extract_features(
     store: FeatureStore | None = None,
     batch_size: int = 256,
     num_workers: int = 0,
-    amp: bool = False,
     chunk: int = 4096,
     progress: Progress | None = None,
 ) -> tuple[np.ndarray, dict[str, int]]:
@@ -285,6 +272,7 @@ def extract_features(
 
     Only images whose content hash is missing from the cache run through the tower; they are computed in
     chunks of ``chunk`` images and appended after each chunk, so an interrupted fill resumes where it stopped.
+    The tower runs under the encoder's own ``autocast_dtype``, the dtype its ``feature_key()`` names.
 
     Returns:
         ``(features, stats)``: ``(N, feature_dim)`` float32 in the order of ``paths``, and
@@ -299,16 +287,20 @@ def extract_features(
     if store is None:
         out = np.empty((n, dim), np.float32)
         for start, feats in iter_embed(_TowerOnly(encoder), list(paths), transform, torch.device(device),
-                                       batch_size=batch_size, num_workers=num_workers, amp=amp,
-                                       channels_last=True, normalize=False):
+                                       batch_size=batch_size, num_workers=num_workers,
+                                       autocast_dtype=encoder.autocast_dtype, channels_last=True,
+                                       normalize=False):
             out[start : start + len(feats)] = feats
             if progress is not None:
                 progress(start + len(feats), n)
         return out, {"hits": 0, "computed": n}
+    from ofgr_core.models.precision import precision_name
+
+    runs_as = precision_name(getattr(encoder, "autocast_dtype", None))
     cached_as = store.key.get("autocast")
-    if cached_as is not None and cached_as != autocast_name(device, amp):
+    if cached_as is not None and cached_as != runs_as:
         raise ConfigError(f"feature cache {store.folder} holds {cached_as} features, but this extraction runs in "
-                          f"{autocast_name(device, amp)}; open the store with the extraction's device and amp")
+                          f"{runs_as}; open the store with the encoder it extracts with (open_feature_store)")
     digests = list(digests) if digests is not None else [file_digest(p) for p in paths]
     if len(digests) != n:
         raise DataError(f"{len(digests)} content hashes for {n} images")
@@ -323,8 +315,8 @@ def extract_features(
         part = todo[a : a + chunk]
         feats = np.empty((len(part), dim), np.float32)
         for start, f in iter_embed(tower, [paths[i] for i in part], transform, torch.device(device),
-                                   batch_size=batch_size, num_workers=num_workers, amp=amp, channels_last=True,
-                                   normalize=False):
+                                   batch_size=batch_size, num_workers=num_workers,
+                                   autocast_dtype=encoder.autocast_dtype, channels_last=True, normalize=False):
             feats[start : start + len(f)] = f
         store.append([digests[i] for i in part], feats)
         done += len(part)

@@ -382,7 +382,7 @@ def _locked_image_features(
     lock_image_tower(clip_model)
     tower = LockedImageTower(clip_model, source.describe.split(" ", 1)[0], data_config)
     root = Path(feature_cache).expanduser() if feature_cache else default_cache_root()
-    store = open_feature_store(tower, root, device=dev, amp=False)
+    store = open_feature_store(tower, root)
     n = len(paths)
     yield StageStarted("features", total=n)
     t_feat = time.perf_counter()

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from ofgr_core.common.errors import DataError
-from ofgr_core.config import TimmModelConfig
 from ofgr_core.embedding.features import FeatureStore, clear, extract_features, file_digest, key_digest, list_entries
-from ofgr_core.models import create_model_and_transforms
+from ofgr_core.models.factory import create_model_and_transforms
+from ofgr_core.models.timm.config import TimmModelConfig
 
 
 def _images(root: Path, n: int, seed: int = 0) -> list[str]:
@@ -85,9 +85,9 @@ def test_any_key_part_changes_the_cache_folder(encoder) -> None:
 def test_every_feature_changing_factor_gives_a_new_cache_key(monkeypatch) -> None:
     """Weights, activation, preprocessing, image size, autocast dtype and ofgr's extraction version each change the
     features, so each must change the key (activation and autocast did not: two towers shared cached features)."""
-    from ofgr_core.config import ClipModelConfig
+    from ofgr_core.models.clip.config import ClipModelConfig
     from ofgr_core.embedding import features
-    from ofgr_core.models import create_model
+    from ofgr_core.models.factory import create_model
 
     def clip(image_size=None, **kw):
         torch.manual_seed(0)  # the same weights every time unless asked otherwise
@@ -97,21 +97,23 @@ def test_every_feature_changing_factor_gives_a_new_cache_key(monkeypatch) -> Non
     base = clip()
     quick = clip(quick_gelu=True)
     assert base.feature_key()["weights"] == quick.feature_key()["weights"]  # only the activation differs
-    key = features.feature_cache_key(base, autocast="fp32")
+    half = clip()
+    half.autocast_dtype = torch.float16  # model.precision: fp16 (resolved for a GPU)
+    key = features.feature_cache_key(base)
     variants = {
-        "activation": features.feature_cache_key(quick, autocast="fp32"),
-        "autocast": features.feature_cache_key(base, autocast="fp16"),
-        "image size": features.feature_cache_key(clip(image_size=32), autocast="fp32"),
+        "activation": features.feature_cache_key(quick),
+        "autocast": features.feature_cache_key(half),
+        "image size": features.feature_cache_key(clip(image_size=32)),
     }
     torch.manual_seed(1)
     variants["weights"] = features.feature_cache_key(
-        create_model(ClipModelConfig(name="ofgr-tiny-clip", pretrained=None, head="none")), autocast="fp32")
+        create_model(ClipModelConfig(name="ofgr-tiny-clip", pretrained=None, head="none")))
     base.data_config = {**base.data_config, "mean": (0.5, 0.5, 0.5)}
-    variants["preprocessing"] = features.feature_cache_key(base, autocast="fp32")
+    variants["preprocessing"] = features.feature_cache_key(base)
     base.data_config = clip().data_config
-    assert features.key_digest(features.feature_cache_key(base, autocast="fp32")) == features.key_digest(key)
+    assert features.key_digest(features.feature_cache_key(base)) == features.key_digest(key)
     monkeypatch.setattr(features, "EXTRACTION_VERSION", features.EXTRACTION_VERSION + 1)
-    variants["extraction version"] = features.feature_cache_key(base, autocast="fp32")
+    variants["extraction version"] = features.feature_cache_key(base)
     digests = {name: features.key_digest(k) for name, k in variants.items()}
     same = [name for name, d in digests.items() if d == features.key_digest(key)]
     assert not same, f"these factors do not change the cache key: {same}"
@@ -120,11 +122,10 @@ def test_every_feature_changing_factor_gives_a_new_cache_key(monkeypatch) -> Non
 
 def test_extraction_refuses_a_store_opened_for_another_precision(tmp_path: Path, encoder) -> None:
     from ofgr_core.common.errors import ConfigError
-    from ofgr_core.embedding.features import autocast_name, open_feature_store
+    from ofgr_core.embedding.features import open_feature_store
 
     model, tf = encoder
-    assert autocast_name("cpu", True) == "fp32"  # CPU never autocasts: the same features as amp off
-    store = open_feature_store(model, tmp_path / "cache", device="cpu", amp=False)
+    store = open_feature_store(model, tmp_path / "cache")
     assert store.key["autocast"] == "fp32" and store.key["extraction"] >= 1
     bf16 = FeatureStore(tmp_path / "cache", {**store.key, "autocast": "bf16"}, model.feature_dim)
     with pytest.raises(ConfigError, match="holds bf16 features.*runs in fp32"):

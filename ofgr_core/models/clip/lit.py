@@ -105,6 +105,7 @@ class LockedImageTower(nn.Module):
     """
 
     family = "clip-locked-image"
+    autocast_dtype: torch.dtype | None = None  # LiT extracts its locked features in float32
 
     def __init__(self, clip_model: nn.Module, arch: str, data_config: dict[str, Any]) -> None:
         super().__init__()
@@ -140,7 +141,7 @@ class LockedImageTower(nn.Module):
         keep = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
         return {"family": self.family, "arch": self.arch, "weights": weights_digest(self.frozen),
                 "preprocess": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.data_config.items()
-                               if k in keep}}
+                               if k in keep}, "autocast": "fp32"}
 
 
 def lock_image_tower(clip_model: nn.Module) -> None:
