@@ -112,7 +112,8 @@ def _existing_spec(out: Path) -> dict[str, Any] | None:
         return None
     if not (out / "open_clip_model.safetensors").is_file():
         return None
-    return cfg.get("ofgr", {}).get("pretrain_spec")
+    spec = cfg.get("ofgr", {}).get("pretrain_spec")
+    return spec if isinstance(spec, dict) else None
 
 
 def _check_out_dir(out: Path) -> None:
@@ -143,7 +144,8 @@ def _load_images(paths: list[str], transform: Callable[..., Any], out: Any) -> I
 
 
 def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
+    decay: list[Any] = []
+    no_decay: list[Any] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -236,7 +238,8 @@ def pretrain_clip(
     oc = open_clip_module()
     dev = resolve_device(device)
     torch.manual_seed(seed)
-    clip_model, source = load_open_clip(model, pretrained, None, image_size)
+    loaded, source = load_open_clip(model, pretrained, None, image_size)
+    clip_model: Any = loaded  # open_clip models are untyped (logit_scale, encode_text, ...)
     loaded_image: dict[str, Any] | None = None
     if image_weights is not None:
         from ofgr_core.models.clip.lit import load_image_weights

@@ -79,7 +79,8 @@ def build_standin(
     t0 = time.perf_counter()
     corpus = synthetic_corpus.generate_corpus(work / "corpus", **recipe["corpus"])
     yield StageFinished("corpus", time.perf_counter() - t0)
-    yield from pretrain_clip(corpus, work / "lit", device="cpu", force=force, feature_cache=feature_cache,
+    cache = Path(feature_cache) if feature_cache is not None else None
+    yield from pretrain_clip(corpus, work / "lit", device="cpu", force=force, feature_cache=cache,
                              **recipe["pretrain"])
     spec = {"recipe": recipe, "corpus_sha256": synthetic_corpus.corpus_hash(corpus),
             "corpus_version": synthetic_corpus.CORPUS_VERSION, "synth_version": synthetic.SYNTH_VERSION}
@@ -130,7 +131,7 @@ def pixel_baseline(run_dir: str | os.PathLike[str], *, split: str = "unseen", si
     pixels = np.empty((len(rows), size * size * 3), np.float32)
     for i, r in enumerate(rows):
         with Image.open(r["path"]) as im:
-            pixels[i] = np.asarray(im.convert("RGB").resize((size, size), Image.BOX), np.float32).reshape(-1)
+            pixels[i] = np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BOX), np.float32).reshape(-1)
     pixels -= pixels.mean(axis=0, keepdims=True)
     table = {"fine": [r["fine"] for r in rows], "id": [r["id"] for r in rows]}
     if rows and "coarse" in rows[0]:

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from ofgr_core.common.errors import ConfigError
-from ofgr_core.models.clip.config import ClipModelConfig
-from ofgr_core.models.factory import create_model
 from ofgr_core.models.clip import encoder as clipmod
+from ofgr_core.models.clip.config import ClipModelConfig
 from ofgr_core.models.clip.lit import encode_text_trimmed, load_image_weights
+from ofgr_core.models.factory import create_model
 from ofgr_core.train.clip_pretrain import pretrain_clip
 
 TIMM_ARCH = "ofgr-test-timm-clip"

@@ -85,8 +85,8 @@ def test_any_key_part_changes_the_cache_folder(encoder) -> None:
 def test_every_feature_changing_factor_gives_a_new_cache_key(monkeypatch) -> None:
     """Weights, activation, preprocessing, image size, autocast dtype and ofgr's extraction version each change the
     features, so each must change the key (activation and autocast did not: two towers shared cached features)."""
-    from ofgr_core.models.clip.config import ClipModelConfig
     from ofgr_core.embedding import features
+    from ofgr_core.models.clip.config import ClipModelConfig
     from ofgr_core.models.factory import create_model
 
     def clip(image_size=None, **kw):

@@ -38,7 +38,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import torch
@@ -202,7 +202,8 @@ def architecture_preprocess(arch: str) -> dict[str, Any]:
     if not cfgs:
         return {}
     counts = Counter(json.dumps(c, sort_keys=True) for c in cfgs)
-    return json.loads(counts.most_common(1)[0][0])
+    common: dict[str, Any] = json.loads(counts.most_common(1)[0][0])
+    return common
 
 
 def _resolve_quick_gelu(arch_default: bool, needed: bool | None, wanted: bool | None, what: str) -> bool:
@@ -486,7 +487,8 @@ class ClipEncoder(Encoder):
         return self
 
     def tower_features(self, images: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.clip.encode_image(images).float(), dim=-1)
+        clip: Any = self.clip  # open_clip models are untyped
+        return F.normalize(clip.encode_image(images).float(), dim=-1)
 
     def feature_key(self) -> dict[str, Any]:
         """The base key plus the activation: equal weights under QuickGELU and GELU give other features."""
@@ -502,12 +504,14 @@ class ClipEncoder(Encoder):
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         if isinstance(texts, str):
             texts = [texts]
-        return self.tokenizer(list(texts))
+        tokens: torch.Tensor = self.tokenizer(list(texts))
+        return tokens
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens -> L2-normalised text embeddings in the raw CLIP image space (``tower_features``)."""
-        device = next(self.clip.parameters()).device
-        return F.normalize(self.clip.encode_text(tokens.to(device)).float(), dim=-1)
+        clip: Any = self.clip  # open_clip models are untyped
+        device = next(clip.parameters()).device
+        return F.normalize(clip.encode_text(tokens.to(device)).float(), dim=-1)
 
 
 def _clip_embed_dim(model: nn.Module) -> int:
@@ -520,7 +524,7 @@ def _clip_embed_dim(model: nn.Module) -> int:
         with torch.no_grad():
             size = _preprocess_cfg(model).get("size", 224)
             s = (size, size) if isinstance(size, int) else tuple(size)
-            dim = model.encode_image(torch.zeros(1, 3, *s)).shape[-1]
+            dim = cast(Any, model).encode_image(torch.zeros(1, 3, *s)).shape[-1]
     return int(dim)
 
 
@@ -650,4 +654,5 @@ def list_clip_models(tags: bool = True) -> list[dict[str, Any]]:
 def _meta_model(oc: Any, cfg: dict[str, Any]) -> nn.Module:
     cfg = dict(cfg)
     cfg.pop("custom_text", None)
-    return oc.model.CLIP(**cfg)
+    model: nn.Module = oc.model.CLIP(**cfg)
+    return model

@@ -16,7 +16,7 @@ while its image features stay those of the pretrained network.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +67,7 @@ def load_image_weights(clip_model: nn.Module, source: str) -> dict[str, Any]:
     path = resolve_image_weights(source)
     if not Path(path).is_file():
         raise NotFoundError(f"--image-weights: {path!r} not found; give a weights file or {LITE0_SOURCE}")
-    trunk = clip_model.visual.trunk  # type: ignore[union-attr]  # checked by is_timm_tower
+    trunk = _trunk(clip_model)
     arch = str(getattr(trunk, "pretrained_cfg", {}).get("architecture", ""))
     keys = read_state_dict(path)
     key_map = LITE0_KEY_MAP if arch == LITE0_TIMM_NAME and any(k.startswith("_blocks.") for k in keys) else {}
@@ -80,12 +80,20 @@ def load_image_weights(clip_model: nn.Module, source: str) -> dict[str, Any]:
             "key_map": "lite0" if key_map else None}
 
 
+def _trunk(clip_model: nn.Module) -> nn.Module:
+    """The timm model inside open_clip's timm image tower (``visual.trunk``)."""
+    trunk = getattr(getattr(clip_model, "visual", None), "trunk", None)
+    if not isinstance(trunk, nn.Module):
+        raise ConfigError("this open_clip model has no timm image tower (vision_cfg.timm_model_name)")
+    return trunk
+
+
 def _take_trunk_preprocessing(clip_model: nn.Module) -> None:
     """The model's preprocessing := the timm trunk's normalisation and interpolation (the weights' own)."""
     from open_clip.model import get_model_preprocess_cfg, set_model_preprocess_cfg
-    from timm.data import resolve_model_data_config
+    from timm.data.config import resolve_model_data_config
 
-    dc = resolve_model_data_config(clip_model.visual.trunk)  # type: ignore[union-attr]
+    dc: dict[str, Any] = resolve_model_data_config(_trunk(clip_model))  # type: ignore[no-untyped-call]  # timm has no annotations here
     pp = dict(get_model_preprocess_cfg(clip_model))
     pp.update(mean=tuple(dc["mean"]), std=tuple(dc["std"]), interpolation=dc.get("interpolation", "bicubic"))
     set_model_preprocess_cfg(clip_model, pp)
@@ -109,14 +117,15 @@ class LockedImageTower(nn.Module):
 
     def __init__(self, clip_model: nn.Module, arch: str, data_config: dict[str, Any]) -> None:
         super().__init__()
-        visual = clip_model.visual
+        visual: Any = clip_model.visual  # open_clip towers are untyped
+        self.frozen: nn.Module
+        self.trainable_head: nn.Module
         if is_timm_tower(clip_model):
-            self.frozen: nn.Module = visual.trunk  # type: ignore[union-attr]
-            self.trainable_head: nn.Module = visual.head  # type: ignore[union-attr]
-            dim = int(self.frozen.num_features)  # type: ignore[union-attr]  # timm models have it
+            self.frozen, self.trainable_head = visual.trunk, visual.head
+            dim = int(visual.trunk.num_features)  # timm models have it
         else:
-            self.frozen, self.trainable_head = visual, nn.Identity()  # type: ignore[assignment]
-            dim = int(getattr(visual, "output_dim"))  # noqa: B009 - every open_clip image tower has it
+            self.frozen, self.trainable_head = visual, nn.Identity()
+            dim = int(visual.output_dim)  # every open_clip image tower has it
         self.frozen.requires_grad_(False)
         self.frozen.eval()
         self.feature_dim = dim
@@ -133,7 +142,8 @@ class LockedImageTower(nn.Module):
         return self
 
     def tower_features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.frozen(images).flatten(1).float()
+        out: torch.Tensor = self.frozen(images)
+        return out.flatten(1).float()
 
     def feature_key(self) -> dict[str, Any]:
         from ofgr_core.models.base import weights_digest
@@ -167,17 +177,17 @@ def encode_text_trimmed(clip_model: nn.Module, tokens: torch.Tensor) -> torch.Te
     from open_clip.model import CLIP
     from open_clip.transformer import text_global_pool
 
-    m: Any = clip_model
+    m: Any = clip_model  # open_clip models are untyped
     plain = (isinstance(m, CLIP) and getattr(m, "text_pool_type", None) == "argmax"
              and getattr(m, "attn_mask", None) is not None and not getattr(m, "text_no_grad", False))
     if not plain:
-        return F.normalize(m.encode_text(tokens), dim=-1)
+        return F.normalize(cast(torch.Tensor, m.encode_text(tokens)), dim=-1)
     n = int(tokens.argmax(dim=-1).max()) + 1
     t = tokens[:, :n]
-    cast = m.transformer.get_cast_dtype()
-    x = m.token_embedding(t).to(cast) + m.positional_embedding[:n].to(cast)
+    dtype = m.transformer.get_cast_dtype()
+    x = m.token_embedding(t).to(dtype) + m.positional_embedding[:n].to(dtype)
     x = m.transformer(x, attn_mask=m.attn_mask[:n, :n])
     x = m.ln_final(x)
     x = text_global_pool(x, t, m.text_pool_type)
     x = m.text_projection(x) if isinstance(m.text_projection, nn.Linear) else x @ m.text_projection
-    return F.normalize(x, dim=-1)
+    return F.normalize(cast(torch.Tensor, x), dim=-1)
