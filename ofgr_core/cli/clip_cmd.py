@@ -118,4 +118,4 @@ def standin(
     folder = materialize_standin(out_dir, art)
     spec = read_artifact(art)["ofgr"]["standin"]
     out.print(f"stand-in: model.pretrained: local-dir:{folder}  (corpus sha256 {spec['corpus_sha256'][:12]}, "
-              f"artifact sha256 {spec['weights_sha256'][:12]})", markup=False, highlight=False)
+              f"artifact sha256 {spec['weights_sha256'][:12]})", markup=False, highlight=False, soft_wrap=True)

@@ -248,6 +248,7 @@ def summary_rows(run_dirs: list[Path], names: list[str]) -> list[dict[str, Any]]
             "text_coarse_r1": ((t2i_block or {}).get("coarse") or {}).get("recall@1"),
             "text_fine_r1": ((t2i_block or {}).get("fine") or {}).get("recall@1"),
             "text_raw_coarse_r1": (raw_block.get("coarse") or {}).get("recall@1"),
+            "text_raw_fine_r1": (raw_block.get("fine") or {}).get("recall@1"),
             "text_space": space,
             "trained_params": model.get("trainable_params"),
             "fit_seconds": sum(float(timings.get(k, 0.0)) for k in ("features", "train")),

