@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ofgr_core.common.atomic import atomic_path, atomic_write_text
 from ofgr_core.common.errors import ConfigError, DependencyError, NotFoundError
 from ofgr_core.models.base import Encoder, MLPHead
 from ofgr_core.models.clip.config import ClipModelConfig
@@ -532,11 +533,9 @@ def save_local_dir(
     pp = {k: (list(v) if isinstance(v, tuple) else v) for k, v in _preprocess_cfg(clip_model).items()}
     config = {"model_cfg": model_cfg, "preprocess_cfg": pp, "ofgr": {"arch": base_arch, **(extra or {})}}
     state = {k: v.detach().cpu().contiguous() for k, v in clip_model.state_dict().items()}
-    tmp_w, tmp_c = out / (WEIGHTS_FILE + ".tmp"), out / (CONFIG_FILE + ".tmp")
-    save_file(state, str(tmp_w))
-    tmp_c.write_text(json.dumps(config, indent=2) + "\n")
-    os.replace(tmp_w, out / WEIGHTS_FILE)
-    os.replace(tmp_c, out / CONFIG_FILE)
+    with atomic_path(out / WEIGHTS_FILE) as tmp:  # weights first: a config alone never names missing weights
+        save_file(state, str(tmp))
+    atomic_write_text(out / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     return out
 
 

@@ -111,8 +111,7 @@ def _check_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: exists and is not a folder")
     if out.is_dir():
-        ours = {"open_clip_config.json", "open_clip_model.safetensors", "open_clip_config.json.tmp",
-                "open_clip_model.safetensors.tmp"}
+        ours = {"open_clip_config.json", "open_clip_model.safetensors"}  # (temporaries start with ".")
         foreign = [e.name for e in out.iterdir() if e.name not in ours and not e.name.startswith(".")]
         if foreign:
             raise ConfigError(f"--out {out}: not empty and not a CLIP checkpoint folder (found "
