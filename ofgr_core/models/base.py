@@ -98,9 +98,10 @@ class Encoder(nn.Module, ABC):
 
     @property
     def tower(self) -> nn.Module:
-        tower = getattr(self, self.tower_module_name)
-        if not isinstance(tower, nn.Module):
-            raise TypeError(f"{type(self).__name__}.{self.tower_module_name} is not a module")
+        # the submodule registry, not getattr: a family may name its tower attribute ``tower`` itself
+        tower = self._modules.get(self.tower_module_name)
+        if tower is None:
+            raise TypeError(f"{type(self).__name__}.{self.tower_module_name} is not a submodule")
         return tower
 
     @property

@@ -137,6 +137,20 @@ class RunMetrics(_Block):
         return cls.model_validate({**{k: v for k, v in doc.items() if k not in SPLITS}, "splits": splits})
 
 
+def describe_training(train: dict[str, Any]) -> str:
+    """How a run's evaluated epoch was kept, for reports: ``kept epoch 3 (best seen-validation recall@1:
+    51.0%)``. Documents older than schema 2 (no ``selection``) show their best epoch, and their validation
+    score only when it is one (they stored -loss there for runs without validation)."""
+    if isinstance(train.get(SELECTION), str):
+        try:
+            return TrainBlock.model_validate(train).describe()
+        except ValueError:
+            pass
+    val = train.get(VAL_RECALL_AT_1)
+    shown = f", seen-val R@1 {100 * val:.1f}%" if isinstance(val, (int, float)) and 0.0 <= val <= 1.0 else ""
+    return f"best epoch {train.get('best_epoch', '?')}{shown}"
+
+
 def unseen_fine_recall_at_1(doc: dict[str, Any]) -> float | None:
     """``unseen.fine.recall@1`` of a metrics document (the headline number), or ``None``."""
     try:
@@ -148,5 +162,5 @@ def unseen_fine_recall_at_1(doc: dict[str, Any]) -> float | None:
 __all__ = [
     "COMPUTE", "DATA", "FIT", "MODEL", "SCHEMA", "SCHEMA_VERSION", "SELECTED_UNTRAINED", "SELECTION", "SPLITS",
     "TEXT_TO_IMAGE", "TIMINGS", "TRAIN", "VAL_RECALL_AT_1", "DataBlock", "FitBlock", "ModelBlock", "RunMetrics",
-    "TrainBlock", "unseen_fine_recall_at_1",
+    "TrainBlock", "describe_training", "unseen_fine_recall_at_1",
 ]
