@@ -120,7 +120,8 @@ def embed_to_file(
     n = len(paths)
     if n == 0:  # a zero-length file cannot be memory-mapped
         atomic_save_npy(out, np.empty((0, int(getattr(model, "embed_dim", 0))), dtype=dtype))
-        return np.load(out)
+        empty: np.memmap[Any, Any] = np.load(out)  # (an ndarray: a zero-length file cannot be mapped)
+        return empty
     with atomic_path(out) as tmp:
         mm: np.memmap[Any, Any] | None = None
         for start, emb in iter_embed(model, paths, transform, device, **kwargs):
@@ -133,4 +134,5 @@ def embed_to_file(
             raise RuntimeError(f"embedding {n} images produced no batch")
         mm.flush()
         del mm
-    return np.load(out, mmap_mode="r")
+    mapped: np.memmap[Any, Any] = np.load(out, mmap_mode="r")
+    return mapped

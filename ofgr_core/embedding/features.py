@@ -31,11 +31,14 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ofgr_core.common.errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # torch is imported when features are extracted, not by `ofgr cache`
+    from ofgr_core.models.base import Encoder
 
 CACHE_VERSION = 1
 Progress = Callable[[int, int], None]
@@ -229,7 +232,7 @@ def clear(root: str | os.PathLike[str] | None = None, digest: str | None = None)
 
 
 def extract_features(
-    encoder: Any,
+    encoder: Encoder,
     paths: Sequence[str],
     transform: Callable[..., Any],
     device: Any,
@@ -254,12 +257,13 @@ def extract_features(
     import torch
 
     from ofgr_core.embedding.embed import iter_embed
+    from ofgr_core.models.base import TowerOnly
 
     n = len(paths)
     dim = int(encoder.feature_dim)
     if store is None:
         out = np.empty((n, dim), np.float32)
-        for start, feats in iter_embed(_TowerOnly(encoder), list(paths), transform, torch.device(device),
+        for start, feats in iter_embed(TowerOnly(encoder), list(paths), transform, torch.device(device),
                                        batch_size=batch_size, num_workers=num_workers,
                                        autocast_dtype=encoder.autocast_dtype,
                                        normalize=False):
@@ -276,7 +280,7 @@ def extract_features(
     done = hits
     if progress is not None:
         progress(done, n)
-    tower = _TowerOnly(encoder)
+    tower = TowerOnly(encoder)
     for a in range(0, len(todo), chunk):
         part = todo[a : a + chunk]
         feats = np.empty((len(part), dim), np.float32)
@@ -289,23 +293,3 @@ def extract_features(
         if progress is not None:
             progress(done, n)
     return store.read(digests), {"hits": hits, "computed": len(todo)}
-
-
-class _TowerOnly:
-    """Adapts an encoder so ``iter_embed`` runs its tower alone."""
-
-    def __init__(self, encoder: Any) -> None:
-        self.encoder = encoder
-        self.embed_dim = encoder.feature_dim
-        self.training = encoder.training
-
-    def __call__(self, images: Any) -> Any:
-        return self.encoder.tower_features(images)
-
-    def eval(self) -> _TowerOnly:
-        self.encoder.eval()
-        return self
-
-    def train(self, mode: bool = True) -> _TowerOnly:
-        self.encoder.train(mode)
-        return self

@@ -109,6 +109,17 @@ class Encoder(nn.Module, ABC):
         """True when no tower parameter trains: features can be cached and only the head is fitted."""
         return not any(p.requires_grad for p in self.tower.parameters())
 
+    def set_tower_frozen(self, frozen: bool) -> None:
+        """Freeze or release the whole tower for a while (``model.probe_epochs``: a linear probe first).
+
+        Families whose config offers probe epochs implement it (the frozen tower must keep computing the same
+        function: eval mode, no gradients).
+
+        Raises:
+            ConfigError: the family has no temporary freeze.
+        """
+        raise ConfigError(f"{self.family} models cannot freeze their tower for a probe (model.probe_epochs)")
+
     @property
     def has_head(self) -> bool:
         """The head changes the space (an identity head gives embeddings equal to the tower's features)."""
@@ -230,6 +241,19 @@ def _plain(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
 
+class TowerOnly(nn.Module):
+    """An encoder's tower alone, as a module: ``forward(images)`` is ``encoder.tower_features(images)``
+    (what feature extraction runs; train/eval reach the encoder, so a frozen tower stays in eval mode)."""
+
+    def __init__(self, encoder: Encoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.embed_dim = encoder.feature_dim
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encoder.tower_features(images)
+
+
 class FeatureHead(nn.Module):
     """Trains an encoder's head on cached tower features: ``forward(features)`` -> embeddings.
 
@@ -309,5 +333,5 @@ class MLPHead(nn.Module):
         self.residual = residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.mlp(x)
+        y: torch.Tensor = self.mlp(x)
         return x + y if self.residual else y

@@ -209,7 +209,7 @@ def _text_space(run_dir: Path, split: str, cfg: Config) -> str:
         metrics = json.loads(RunFolder(run_dir).metrics.read_text())
         space = metrics.get(split, {}).get("text_to_image", {}).get("space_for_free_text")
         if space in ("raw", "head"):
-            return space
+            return str(space)
     except (OSError, ValueError, AttributeError):
         pass
     space = cfg.model.text_config().space

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ofgr_core.config import Config, EvalConfig, IndexConfig
+from ofgr_core.models.base import Encoder
 from ofgr_core.models.precision import autocast
 from ofgr_core.runs.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ofgr_core.runs.events import Event, Log, TrainEpoch, TrainStep
@@ -352,9 +353,8 @@ class _Loop:
         # per-epoch seeding makes a resumed run replay the same augmentations and batches
         seed_everything(cfg.seed * 100_003 + epoch * 1009 + dist_info.rank)
         parts.sampler.set_epoch(epoch)
-        set_frozen = getattr(parts.model, "set_backbone_frozen", None)
-        if set_frozen is not None and self.probe_epochs:
-            set_frozen(epoch < self.probe_epochs)
+        if self.probe_epochs and isinstance(parts.model, Encoder):
+            parts.model.set_tower_frozen(epoch < self.probe_epochs)
         loader = torch.utils.data.DataLoader(
             dataset,
             batch_sampler=parts.sampler,

@@ -38,7 +38,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 from urllib.parse import urlparse
 
 import torch
@@ -202,7 +202,8 @@ def architecture_preprocess(arch: str) -> dict[str, Any]:
     if not cfgs:
         return {}
     counts = Counter(json.dumps(c, sort_keys=True) for c in cfgs)
-    return json.loads(counts.most_common(1)[0][0])
+    common: dict[str, Any] = json.loads(counts.most_common(1)[0][0])
+    return common
 
 
 def _resolve_quick_gelu(arch_default: bool, needed: bool | None, wanted: bool | None, what: str) -> bool:
@@ -447,7 +448,7 @@ class ClipEncoder(Encoder):
         return self
 
     def tower_features(self, images: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.clip.encode_image(images).float(), dim=-1)
+        return F.normalize(as_open_clip(self.clip).encode_image(images).float(), dim=-1)
 
     # ---------------------------------------------------------------------------------------- text
     @property
@@ -459,12 +460,28 @@ class ClipEncoder(Encoder):
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         if isinstance(texts, str):
             texts = [texts]
-        return self.tokenizer(list(texts))
+        tokens: torch.Tensor = self.tokenizer(list(texts))
+        return tokens
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens -> L2-normalised text embeddings in the raw CLIP image space (``tower_features``)."""
         device = next(self.clip.parameters()).device
-        return F.normalize(self.clip.encode_text(tokens.to(device)).float(), dim=-1)
+        return F.normalize(as_open_clip(self.clip).encode_text(tokens.to(device)).float(), dim=-1)
+
+
+class OpenClipModel(Protocol):
+    """The part of an open_clip ``CLIP`` model ofgr calls (open_clip ships no type information)."""
+
+    logit_scale: torch.Tensor
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor: ...
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor: ...
+
+
+def as_open_clip(model: nn.Module) -> OpenClipModel:
+    """``model`` (an open_clip model) typed by what ofgr calls on it."""
+    return cast(OpenClipModel, model)
 
 
 def _clip_embed_dim(model: nn.Module) -> int:
@@ -477,7 +494,7 @@ def _clip_embed_dim(model: nn.Module) -> int:
         with torch.no_grad():
             size = _preprocess_cfg(model).get("size", 224)
             s = (size, size) if isinstance(size, int) else tuple(size)
-            dim = model.encode_image(torch.zeros(1, 3, *s)).shape[-1]
+            dim = as_open_clip(model).encode_image(torch.zeros(1, 3, *s)).shape[-1]
     return int(dim)
 
 
@@ -588,4 +605,5 @@ def list_clip_models(tags: bool = True) -> list[dict[str, Any]]:
 def _meta_model(oc: Any, cfg: dict[str, Any]) -> nn.Module:
     cfg = dict(cfg)
     cfg.pop("custom_text", None)
-    return oc.model.CLIP(**cfg)
+    model: nn.Module = oc.model.CLIP(**cfg)
+    return model
