@@ -58,7 +58,7 @@ def decode_resized(path: str, height: int, width: int) -> Image.Image:
         im.draft("RGB", (width, height))  # JPEG: decode at 1/2, 1/4 or 1/8 scale if still large enough
         img = im.convert("RGB")
     if img.size != (width, height):
-        img = img.resize((width, height), Image.BILINEAR, reducing_gap=2.0)
+        img = img.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=2.0)
     return img
 
 
