@@ -48,7 +48,8 @@ class ImageDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor, in
         if self.cache is not None and path in self.cache:
             return self.cache.get(path)
         with Image.open(path) as im:
-            return im.convert("RGB")
+            rgb: Image.Image = im.convert("RGB")
+            return rgb
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         try:
