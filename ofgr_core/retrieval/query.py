@@ -10,12 +10,16 @@ import csv
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ofgr_core.common.errors import ConfigError, DataError, NotFoundError
 from ofgr_core.runs.folder import RunFolder
+
+if TYPE_CHECKING:
+    from ofgr_core.config import Config
+    from ofgr_core.retrieval.index import SearchIndex
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,7 @@ def load_gallery(run_dir: Path, split: str) -> Gallery:
     return Gallery(emb, rows, {r["id"]: i for i, r in enumerate(rows)})
 
 
-def _searcher(run_dir: Path, split: str, gallery: Gallery) -> Any:
+def _searcher(run_dir: Path, split: str, gallery: Gallery) -> SearchIndex:
     from ofgr_core.retrieval.index import build_index, load_index
 
     folder = RunFolder(run_dir).index_dir(split)
@@ -192,7 +196,7 @@ def query_run(
 
 
 # ------------------------------------------------------------------------------------------ text queries
-def _run_config(run_dir: str | Path) -> Any:
+def _run_config(run_dir: str | Path) -> Config:
     from ofgr_core.config import load_config
 
     rd = RunFolder(run_dir)
@@ -228,7 +232,7 @@ def _text_model(run_dir: str, mtime: float) -> Any:
     return model
 
 
-def _text_space(run_dir: Path, split: str, cfg: Any) -> str:
+def _text_space(run_dir: Path, split: str, cfg: Config) -> str:
     """``metrics.json``'s choice for the split (``text_to_image.space_for_free_text``), else the config's."""
     import json
 
@@ -236,14 +240,14 @@ def _text_space(run_dir: Path, split: str, cfg: Any) -> str:
         metrics = json.loads(RunFolder(run_dir).metrics.read_text())
         space = metrics.get(split, {}).get("text_to_image", {}).get("space_for_free_text")
         if space in ("raw", "head"):
-            return space
+            return str(space)
     except (OSError, ValueError, AttributeError):
         pass
-    space = getattr(getattr(cfg.model, "text", None), "space", "raw")
-    return space if space in ("raw", "head") else "raw"
+    configured = getattr(getattr(cfg.model, "text", None), "space", "raw")
+    return str(configured) if configured in ("raw", "head") else "raw"
 
 
-def _raw_gallery(model: Any, cfg: Any, gallery: Gallery) -> np.ndarray:
+def _raw_gallery(model: Any, cfg: Config, gallery: Gallery) -> np.ndarray:
     """The gallery's raw tower features, from the shared feature cache (the tower runs only on misses)."""
     import torch
 

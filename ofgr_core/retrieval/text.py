@@ -33,7 +33,7 @@ API::
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,7 +120,7 @@ def class_text_embeddings(
     def name(level: int, code: int) -> str:
         return str(class_names[level][int(code)]).replace("_", " ")
 
-    parent = {}
+    parent: dict[int, int] = {}
     if has_coarse:
         for f, c in zip(labels[:, 0], labels[:, 1], strict=True):
             if f >= 0:
@@ -148,7 +148,8 @@ def _to_head(encoder: Any, text_emb: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             device = next(encoder.head.parameters()).device if any(True for _ in encoder.head.parameters()) else "cpu"
             x = torch.from_numpy(np.ascontiguousarray(text_emb, dtype=np.float32)).to(device)
-            return encoder.encode_features(x).float().cpu().numpy()
+            out: np.ndarray = encoder.encode_features(x).float().cpu().numpy()
+            return out
     finally:
         encoder.train(was)
 
@@ -161,7 +162,8 @@ def has_head(encoder: Any) -> bool:
 
 
 def _space_block(
-    queries: dict[str, TextQueries], gallery: np.ndarray, labels: np.ndarray, transform: Any,
+    queries: dict[str, TextQueries], gallery: np.ndarray, labels: np.ndarray,
+    transform: Callable[[np.ndarray], np.ndarray],
     level_names: Sequence[str], eval_cfg: EvalConfig, seed: int,
 ) -> dict[str, Any]:
     from ofgr_core.retrieval.evaluate import evaluate_retrieval
