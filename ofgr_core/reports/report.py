@@ -22,7 +22,7 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
@@ -371,6 +371,15 @@ def _what_was_run_md(run_dir: Path, m: dict[str, Any]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ report
+class ReportOptions(TypedDict, total=False):
+    """The keyword options of :func:`write_report` a caller may pass through (``run_suite``'s ``report_kwargs``)."""
+
+    tsne: bool
+    tsne_points: int
+    n_classes: int
+    n_resamples: int
+
+
 def write_report(
     run_dirs: Sequence[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
