@@ -25,6 +25,8 @@ from ofgr_core.retrieval.shard import QueryShard
 from ofgr_core.retrieval.ties import id_hash_keys, search_tiebroken
 
 Progress = Callable[[int, int], None]
+# label columns of equal length: fine (required), coarse, id, split, domain, group
+LabelTable = Mapping[str, "Sequence[object] | np.ndarray"]
 
 HEADLINE = ("map@r", "r_precision", "map")  # reported after recall@K, in this order
 RCWF = "right_coarse_wrong_fine@1"
@@ -818,7 +820,7 @@ def compare_per_query(
     }
 
 
-def encode_labels(table: Mapping[str, Sequence[object]], columns: Sequence[str]) -> tuple[np.ndarray, list[list[str]]]:
+def encode_labels(table: LabelTable, columns: Sequence[str]) -> tuple[np.ndarray, list[list[str]]]:
     """Integer-code label columns (class names -> codes) for ``run_split``.
 
     Returns:
@@ -835,7 +837,7 @@ def encode_labels(table: Mapping[str, Sequence[object]], columns: Sequence[str])
 
 def evaluate_embeddings(
     embeddings: np.ndarray,
-    table: Mapping[str, Sequence[object]],
+    table: LabelTable,
     cfg: EvalConfig | None = None,
     *,
     seed: int = 0,
