@@ -13,7 +13,7 @@ from ofgr_core.cli.app import data_app, handle_errors, out, print_json
 from ofgr_core.runs.state import resolve_run
 
 if TYPE_CHECKING:
-    from ofgr_core.config import DataConfig, ModelConfig
+    from ofgr_core.config import DataConfig, ModelSection
     from ofgr_core.hierarchy.induce import Induction
 
 
@@ -66,10 +66,10 @@ def hierarchy(
     groups: int = typer.Option(None, "--groups", help="Number of coarse groups (default: by silhouette)."),
     max_groups: int = typer.Option(None, "--max-groups", help="Largest group count the silhouette search tries."),
     linkage: str = typer.Option("average", "--linkage", help="average | complete | single | ward."),
-    model: str = typer.Option(None, "--model", help="Encoder name (timm), overriding the config's model."),
+    model: str = typer.Option(None, "--model", help="Encoder name (model.name), overriding the config's model."),
     run_ref: str = typer.Option(None, "--run", help="Use a finished run's trained encoder (best checkpoint)."),
     per_class: int = typer.Option(20, "--per-class", help="Images embedded per class (0: all)."),
-    text: bool = typer.Option(False, "--text", help="Cluster text embeddings of the class names (CLIP models)."),
+    text: bool = typer.Option(False, "--text", help="Cluster text embeddings of class names (text-capable models)."),
     image_size: int = typer.Option(None, "--image-size", help="Input resolution (default: config or 64)."),
     name: str = typer.Option(None, "--name", help="Taxonomy name (default: induced-<dataset folder>)."),
     report_path: Path = typer.Option(None, "--report", help="Report JSON (default: <out>.report.json)."),
@@ -87,10 +87,10 @@ def hierarchy(
         raise ConfigError(f"--levels {levels}: only one induced level (coarse) is supported; use --levels 1")
     if linkage not in LINKAGES:
         raise ConfigError(f"--linkage {linkage!r} is unknown (valid: {', '.join(LINKAGES)})")
-    data_cfg, model_cfg, checkpoint = _hierarchy_inputs(target, model, run_ref, runs_dir)
+    data_cfg, model_cfg, run_dir = _hierarchy_inputs(target, model, run_ref, runs_dir)
     size = image_size or data_cfg.image_size
     prepared = load_dataset(data_cfg.model_copy(update={"cache": False}))
-    feats = dataset_class_features(prepared, model_cfg, image_size=size, checkpoint=checkpoint,
+    feats = dataset_class_features(prepared, model_cfg, image_size=size, run_dir=run_dir,
                                    per_class=per_class or None, seed=seed, text=text)
     ind = induce_groups(feats.centroids, feats.classes, n_groups=groups, max_groups=max_groups,
                         linkage=cast(Linkage, linkage))  # checked against LINKAGES above
@@ -117,8 +117,8 @@ def hierarchy(
 
 
 def _hierarchy_inputs(target: Path, model: str | None, run_ref: str | None, runs_dir: Path
-                      ) -> tuple[DataConfig, ModelConfig, Path | None]:
-    """``(data config, model config, checkpoint)`` for ``ofgr data hierarchy``: the data of a config YAML or a
+                      ) -> tuple[DataConfig, ModelSection, Path | None]:
+    """``(data config, model config, run folder)`` for ``ofgr data hierarchy``: the data of a config YAML or a
     detected dataset folder, and its model, a run's trained encoder (``--run``) or another name (``--model``)."""
     from ofgr_core.common.errors import ConfigError
     from ofgr_core.config import Config, DataConfig, SourceConfig, load_config
@@ -133,16 +133,15 @@ def _hierarchy_inputs(target: Path, model: str | None, run_ref: str | None, runs
         cfg = Config()
         data_cfg = DataConfig(sources=[SourceConfig(type=src["type"], root=src["root"])])
     model_cfg = cfg.model
-    checkpoint = None
+    run_dir = None
     if run_ref is not None:
         run = RunFolder(resolve_run(run_ref, runs_dir))
-        model_cfg = load_config(run.config).model.model_copy(update={"pretrained": False})
-        checkpoint = next((p for p in (run.checkpoint("best"), run.checkpoint("last")) if p.is_file()), None)
-        if checkpoint is None:
-            raise ConfigError(f"--run {run_ref}: {run.path} has no checkpoint")
+        model_cfg, run_dir = load_config(run.config).model, run.path
+        if model is not None:
+            raise ConfigError("--model with --run: a run's encoder is its own model; give one of them")
     if model is not None:
         model_cfg = model_cfg.model_copy(update={"name": model})
-    return data_cfg, model_cfg, checkpoint
+    return data_cfg, model_cfg, run_dir
 
 
 def _print_hierarchy(report: dict[str, Any], ind: Induction, linkage: str, written: Path, rep_path: Path) -> None:

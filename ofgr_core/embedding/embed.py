@@ -1,10 +1,9 @@
-"""Embedding images with a trained model (batched, no grad, AMP on GPU)."""
+"""Embedding images with a trained model (batched, no grad, under the encoder's autocast dtype)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypedDict
 
@@ -13,6 +12,7 @@ import numpy.typing as npt
 import torch
 
 from ofgr_core.data.loader import ImageDataset, ImageTransform
+from ofgr_core.models.precision import autocast
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -23,7 +23,7 @@ class EmbedOptions(TypedDict, total=False):
 
     batch_size: int
     num_workers: int
-    amp: bool
+    autocast_dtype: torch.dtype | None
     channels_last: bool
     normalize: bool
 
@@ -41,13 +41,6 @@ class Embedder(Protocol):
     def train(self, mode: bool = True) -> object: ...
 
 
-def autocast_for(device: torch.device, enabled: bool) -> AbstractContextManager[None]:
-    if not enabled or device.type != "cuda":
-        return nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
-
-
 @torch.no_grad()
 def iter_embed(
     model: Embedder,
@@ -57,11 +50,14 @@ def iter_embed(
     *,
     batch_size: int = 256,
     num_workers: int = 0,
-    amp: bool = False,
+    autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     normalize: bool = True,
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(start_row, embeddings)`` chunks in order; float32, L2-normalised unless ``normalize=False``."""
+    """Yield ``(start_row, embeddings)`` chunks in order; float32, L2-normalised unless ``normalize=False``.
+
+    ``autocast_dtype``: the forward pass's autocast dtype (an encoder's ``autocast_dtype``; None: float32).
+    """
     labels = np.zeros((len(paths), 1), dtype=np.int64)
     loader = torch.utils.data.DataLoader(
         ImageDataset(paths, labels, transform),
@@ -79,7 +75,7 @@ def iter_embed(
             images = images.to(device, non_blocking=True)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            with autocast_for(device, amp):
+            with autocast(device, autocast_dtype):
                 emb = model(images)
             emb = emb.float()
             rows: np.ndarray = (torch.nn.functional.normalize(emb, dim=1) if normalize else emb).cpu().numpy()
