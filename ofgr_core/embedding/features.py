@@ -38,6 +38,9 @@ import numpy as np
 from ofgr_core.common.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # torch is imported when features are extracted, not by `ofgr cache`
+    import torch
+
+    from ofgr_core.data.loader import ImageTransform
     from ofgr_core.models.base import Encoder
 
 CACHE_VERSION = 1
@@ -124,7 +127,7 @@ class FeatureStore:
     def missing(self, digests: Sequence[str]) -> list[int]:
         """Positions in ``digests`` whose features are not cached (each distinct hash once)."""
         seen: set[str] = set()
-        out = []
+        out: list[int] = []
         for i, d in enumerate(digests):
             if d not in self._rows and d not in seen:
                 seen.add(d)
@@ -193,7 +196,7 @@ class FeatureStore:
 def list_entries(root: str | os.PathLike[str] | None = None) -> list[CacheEntry]:
     """Every key folder under the cache root, largest first."""
     root = Path(root).expanduser() if root else default_cache_root()
-    out = []
+    out: list[CacheEntry] = []
     if not root.is_dir():
         return out
     for d in root.iterdir():
@@ -234,8 +237,8 @@ def clear(root: str | os.PathLike[str] | None = None, digest: str | None = None)
 def extract_features(
     encoder: Encoder,
     paths: Sequence[str],
-    transform: Callable[..., Any],
-    device: Any,
+    transform: ImageTransform,
+    device: str | torch.device,
     *,
     digests: Sequence[str] | None = None,
     store: FeatureStore | None = None,
