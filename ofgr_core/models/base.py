@@ -87,7 +87,7 @@ class Encoder(nn.Module, ABC):
 
     def encode_features(self, features: torch.Tensor) -> torch.Tensor:
         """Tower features -> L2-normalised embeddings ``(B, embed_dim)``."""
-        return F.normalize(self.head(features).float(), dim=-1)
+        return head_embeddings(self.head, features)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Images -> L2-normalised embeddings ``(B, embed_dim)``."""
@@ -213,6 +213,11 @@ class Encoder(nn.Module, ABC):
         return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
 
 
+def head_embeddings(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """A head applied to tower features: its output in float32, L2-normalised (every path computes this)."""
+    return F.normalize(head(features).float(), dim=-1)
+
+
 def _no_text(family: str) -> str:
     kinds = text_families()
     where = f"model.kind: {' or '.join(kinds)}" if kinds else "no registered family has one"
@@ -267,7 +272,7 @@ class FeatureHead(nn.Module):
         self.embed_dim = encoder.embed_dim
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.head(features).float(), dim=-1)
+        return head_embeddings(self.head, features)
 
 
 def apply_head(
