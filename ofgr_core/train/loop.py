@@ -246,7 +246,10 @@ def train(
             n_batches += 1
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
-            if dist_info.is_main and ((step + 1) % tc.log_every == 0 or step + 1 == steps_per_epoch):
+            logged = (step + 1) % tc.log_every == 0 or step + 1 == steps_per_epoch
+            stopping = any_rank(stop() if dist_info.is_main else False, dist_info)
+            # the step a stop ends on is always logged: the live view's "step" then matches the stop message
+            if dist_info.is_main and (logged or stopping):
                 dt = time.perf_counter() - t_window
                 yield TrainStep(
                     epoch=epoch + 1,
@@ -259,7 +262,7 @@ def train(
                     gpu_mem_mb=torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
                 )
                 t_window, n_window = time.perf_counter(), 0
-            if any_rank(stop() if dist_info.is_main else False, dist_info):
+            if stopping:
                 stopped = True
                 if dist_info.is_main:  # finish the step, then checkpoint it: resume continues at the next one
                     save_checkpoint(last_path, checkpoint_state(epoch, step + 1, sums=sums, n_batches=n_batches))
