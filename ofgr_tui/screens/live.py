@@ -91,9 +91,9 @@ class LiveScreen(OfgrScreen[None]):
         self.title = self.run_dir.name
         self.sub_title = "live"
         self._tick()
-        self.set_interval(self.app.tail_interval, self._tick, name="tail")  # type: ignore[attr-defined]
+        self.set_interval(self.ofgr.tail_interval, self._tick, name="tail")
         self._sample_gpu()
-        self.set_interval(self.app.gpu_interval, self._sample_gpu, name="gpu")  # type: ignore[attr-defined]
+        self.set_interval(self.ofgr.gpu_interval, self._sample_gpu, name="gpu")
         self._update_stats()
 
     def on_resize(self, event: events.Resize) -> None:
@@ -125,7 +125,7 @@ class LiveScreen(OfgrScreen[None]):
 
     @work(thread=True, exclusive=True, group="gpu", exit_on_error=False)
     def _sample_gpu(self) -> None:
-        self.post_message(GpuSampled(self.app.gpu_probe()))  # type: ignore[attr-defined]
+        self.post_message(GpuSampled(self.ofgr.gpu_probe()))
 
     def on_gpu_sampled(self, message: GpuSampled) -> None:
         message.stop()
@@ -138,7 +138,7 @@ class LiveScreen(OfgrScreen[None]):
         if self.state.terminal is not None:
             t = self.state.terminal.get("type")
             return {"run_finished": "finished", "run_failed": "failed"}.get(str(t), "interrupted")
-        info = self.app.run_info(self.run_dir)  # type: ignore[attr-defined]
+        info = self.ofgr.run_info(self.run_dir)
         if info is not None:
             return info.status
         return self._fallback_status()
@@ -152,7 +152,7 @@ class LiveScreen(OfgrScreen[None]):
 
     def _update_stats(self) -> None:
         st = self.state
-        now = self.app.clock()  # type: ignore[attr-defined]
+        now = self.ofgr.clock()
         status = self.status
         stages = self.query_one(StageProgress)
         stages.failed = status in ("failed", "broken")

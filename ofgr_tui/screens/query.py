@@ -135,7 +135,7 @@ class QueryScreen(OfgrScreen[None]):
         t = self.query_one("#query-results", DataTable)
         for col in ("#", "score", "fine", "coarse", "fine class", "coarse class", "path"):
             t.add_column(col, key=col)
-        self.query_one("#query-thumbs").display = self.app.images != "off"  # type: ignore[attr-defined]
+        self.query_one("#query-thumbs").display = self.ofgr.images != "off"
         self._status(
             Text("type an image path, pick a dataset item, or type text; enter searches", style="dim")
         )
@@ -152,7 +152,7 @@ class QueryScreen(OfgrScreen[None]):
     def _check_text(self) -> None:
         """Ask the core (in the query worker: it looks at the model family) whether text queries work here."""
         try:
-            ok: bool | None = self.app.query_client.supports_text(str(self.run_dir.absolute()))  # type: ignore[attr-defined]
+            ok: bool | None = self.ofgr.query_client.supports_text(str(self.run_dir.absolute()))
             why = ""
         except Exception as e:  # noqa: BLE001  (an old run, a damaged config: the text box stays usable)
             ok, why = None, str(e)
@@ -260,7 +260,7 @@ class QueryScreen(OfgrScreen[None]):
     ) -> None:
         if image_path is not None:  # the worker may not share our idea of "." forever: send it resolved
             image_path = str(Path(image_path).expanduser().absolute())
-        result = self.app.query_client.query(  # type: ignore[attr-defined]
+        result = self.ofgr.query_client.query(
             run_dir=str(self.run_dir.absolute()), item_id=item_id, image_path=image_path, text=text,
             k=self.k, split=split,
         )  # fmt: skip
@@ -310,7 +310,7 @@ class QueryScreen(OfgrScreen[None]):
             self._thumb("#thumb-result", self.result.results[event.cursor_row].path)
 
     def _thumb(self, container_id: str, path: str | None) -> None:
-        mode = self.app.images  # type: ignore[attr-defined]
+        mode = self.ofgr.images
         if mode == "off":
             return
         box = self.query_one(container_id, Vertical)

@@ -34,7 +34,7 @@ async def test_compare_header_shows_differences_and_resolved_device(runs_dir: Pa
         screen = app.screen
         assert isinstance(screen, RunsScreen)
         for run_id in ("20251127-101500-demo", "20251127-111500-wide"):
-            screen.table.move_cursor(row=[r.run_id for r in screen.visible].index(run_id))
+            screen.table.move_cursor(row=[r.run_id for r in screen.shown].index(run_id))
             await pilot.press("space")
         await pilot.press("c")
         await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen))
@@ -61,7 +61,7 @@ async def test_compare_puts_a_cnn_and_a_clip_run_side_by_side_with_text_rows(run
         screen = app.screen
         assert isinstance(screen, RunsScreen)
         for run_id in ("20251127-101500-demo", clip.name):
-            screen.table.move_cursor(row=[r.run_id for r in screen.visible].index(run_id))
+            screen.table.move_cursor(row=[r.run_id for r in screen.shown].index(run_id))
             await pilot.press("space")
         await pilot.press("c")
         await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen))

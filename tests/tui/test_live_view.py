@@ -22,7 +22,7 @@ async def _open_live(app, pilot, run_id: str = "20251127-101500-demo") -> LiveSc
     await wait_for(pilot, lambda: app.scanned)
     screen = app.screen
     assert isinstance(screen, RunsScreen)
-    screen.table.move_cursor(row=[r.run_id for r in screen.visible].index(run_id))
+    screen.table.move_cursor(row=[r.run_id for r in screen.shown].index(run_id))
     await pilot.press("enter")
     await wait_for(pilot, lambda: isinstance(app.screen, LiveScreen) and app.screen.state.terminal is not None)
     await pilot.pause()

@@ -18,7 +18,7 @@ from tui_testing import make_app, wait_for
 
 
 def _select(screen: RunsScreen, run_id: str) -> None:
-    keys = [r.run_id for r in screen.visible]
+    keys = [r.run_id for r in screen.shown]
     screen.table.move_cursor(row=keys.index(run_id))
 
 
@@ -90,7 +90,7 @@ async def test_vim_keys_home_end_filter_and_sort(runs_dir: Path) -> None:
         await wait_for(pilot, lambda: app.scanned)
         screen = app.screen
         assert isinstance(screen, RunsScreen)
-        ids = [r.run_id for r in screen.visible]
+        ids = [r.run_id for r in screen.shown]
         await pilot.press("j", "j")
         await wait_for(pilot, lambda: screen.current_id == ids[2], timeout=5)
         await pilot.press("k")
@@ -107,15 +107,15 @@ async def test_vim_keys_home_end_filter_and_sort(runs_dir: Path) -> None:
         await pilot.press("slash", *"wide")
         assert isinstance(app.screen, RunsScreen)
         await wait_for(pilot, lambda: screen.table.row_count == 1, timeout=5)
-        assert [r.run_id for r in screen.visible] == ["20251127-111500-wide"]
+        assert [r.run_id for r in screen.shown] == ["20251127-111500-wide"]
         await pilot.press("escape")  # clears the filter
         await wait_for(pilot, lambda: screen.table.row_count == 4, timeout=5)
         assert not screen.query_one("#runs-filter", Input).display
         # sort by R@1 (best first), then again: ascending
         await pilot.press("A")
-        assert [r.run_id for r in screen.visible][:2] == ["20251127-111500-wide", "20251127-101500-demo"]
+        assert [r.run_id for r in screen.shown][:2] == ["20251127-111500-wide", "20251127-101500-demo"]
         await pilot.press("A")
-        assert [r.run_id for r in screen.visible][-2:] == ["20251127-101500-demo", "20251127-111500-wide"]
+        assert [r.run_id for r in screen.shown][-2:] == ["20251127-101500-demo", "20251127-111500-wide"]
 
 
 async def test_down_from_the_filter_moves_the_list(runs_dir: Path) -> None:
@@ -125,9 +125,9 @@ async def test_down_from_the_filter_moves_the_list(runs_dir: Path) -> None:
         screen = app.screen
         assert isinstance(screen, RunsScreen)
         await pilot.press("slash", "f", "i")  # matches "finished" twice
-        assert screen.table.row_count == 2 and screen.current_id == screen.visible[0].run_id
+        assert screen.table.row_count == 2 and screen.current_id == screen.shown[0].run_id
         await pilot.press("down")
-        assert screen.table.has_focus and screen.current_id == screen.visible[1].run_id
+        assert screen.table.has_focus and screen.current_id == screen.shown[1].run_id
 
 
 def test_fit_keys_keeps_help_and_fits() -> None:
@@ -213,7 +213,7 @@ async def test_keys_typed_quickly_apply_in_order(runs_dir: Path) -> None:
         await wait_for(pilot, lambda: app.scanned)
         screen = app.screen
         assert isinstance(screen, RunsScreen)
-        last = screen.visible[-1].run_id
+        last = screen.shown[-1].run_id
         for key, char in (("G", "G"), ("enter", "\r")):
             app.post_message(events.Key(key, char))
         await wait_for(pilot, lambda: isinstance(app.screen, LiveScreen))
