@@ -54,6 +54,9 @@ def fit_keys(
                 line = Text(" ")
         if not placed:
             break
+    if line.cell_len + help_text.cell_len + 1 > width and len(lines) < max_lines - 1:
+        lines.append(line)  # the help item gets its own line rather than being cut
+        line = Text(" ")
     pad = max(0, width - line.cell_len - help_text.cell_len - 1)
     line.append(" " * pad)
     line.append_text(help_text)
