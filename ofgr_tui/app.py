@@ -110,9 +110,8 @@ class RunCache:
             sig = self._signature(d)
             cached = self._seen.get(d)
             # a running run's status also depends on its pid: re-check it every 5 s even when unchanged
-            fresh = cached and cached[0] == sig and (cached[2].status != "running" or now - cached[1] < 5)
-            if fresh:
-                info = cached[2]  # type: ignore[index]
+            if cached is not None and cached[0] == sig and (cached[2].status != "running" or now - cached[1] < 5):
+                info = cached[2]
             else:
                 try:
                     info = load_run(d, now=now)
@@ -155,8 +154,10 @@ class OfgrApp(App[None]):
         self.configs_dir = Path(configs_dir)
         self.clock = clock
         if gpu_probe is None:
-            from ofgr_core.common.gpu import snapshot as gpu_probe
-        self.gpu_probe = gpu_probe
+            from ofgr_core.common.gpu import snapshot
+
+            gpu_probe = snapshot
+        self.gpu_probe: Callable[[], GpuSnapshot] = gpu_probe
         self.scan_interval = scan_interval
         self.tail_interval = tail_interval
         self.gpu_interval = gpu_interval

@@ -6,6 +6,7 @@ so it works the same for runs launched here, by hand in another shell, or alread
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,6 +196,7 @@ class LiveScreen(OfgrScreen[None]):
             return
         self._plotted = key
         main = self.query_one("#main-plot", CurvePlot)
+        series: dict[str, tuple[Sequence[float], Sequence[float | None]]]
         if self.plot_kind == "loss":
             series = {"loss": downsample(st.steps_x, list(st.loss))}
             for name, ys in st.components.items():
