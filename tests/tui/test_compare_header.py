@@ -43,6 +43,14 @@ async def test_compare_header_shows_differences_and_resolved_device(runs_dir: Pa
         await pilot.pause()
         console = Console(width=120, record=True)
         console.print(cmp.query_one("#compare-diff", Static).content)
+        folded = console.export_text()
+        # folded: one line naming the difference; the --set lines wait for d
+        assert "what differs" in folded and "model.name resnet18 | resnet50" in folded
+        assert "--set" not in folded and len(folded.strip().splitlines()) == 1
+        await pilot.press("d")
+        await pilot.pause()
+        console = Console(width=120, record=True)
+        console.print(cmp.query_one("#compare-diff", Static).content)
         text = console.export_text()
         assert "what differs" in text and "model.name" in text and "resnet50" in text
         assert "--set" in text and "seed=1" in text
@@ -73,4 +81,9 @@ async def test_compare_puts_a_cnn_and_a_clip_run_side_by_side_with_text_rows(run
         assert r1.values == (None, 0.21)  # the CNN has no text tower: no value, not a zero
         table = cmp.query_one("#compare-table", DataTable)
         labels = [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
-        assert any(label.startswith("text") and "recall@1" in label for label in labels)
+        section = next(i for i, label in enumerate(labels) if label.startswith("text→image"))
+        assert labels[section + 1].strip() == "unseen fine R@1"
+        # ] jumps to the next section: from the image rows to the text->image rows
+        table.move_cursor(row=1)
+        await pilot.press("right_square_bracket")
+        assert table.cursor_row == section + 1

@@ -12,6 +12,7 @@ import rundirs
 from ofgr_core.runs.lock import RunLock
 from ofgr_tui.screens.confirm import ConfirmDialog
 from ofgr_tui.screens.live import LiveScreen
+from ofgr_tui.screens.results import ResultsScreen
 from ofgr_tui.screens.runs import RunsScreen
 from ofgr_tui.widgets.keybar import KeyBar, fit_keys
 from tui_testing import make_app, wait_for
@@ -79,9 +80,8 @@ async def test_selection_and_marks_follow_the_run_across_rescans(runs_dir: Path)
         assert screen.current_id == "20251127-111500-wide"
         assert screen.table.cursor_row == row_before + 1
         assert [p.name for p in screen.marked] == ["20251127-101500-demo"]
-        mark_col = list(screen.table.columns)[0]
-        assert str(screen.table.get_cell("20251127-101500-demo", mark_col)) == "●"
-        assert str(screen.table.get_cell("20251127-111500-wide", mark_col)).strip() == ""
+        assert str(screen.table.get_cell("20251127-101500-demo", "status")).startswith("●")
+        assert not str(screen.table.get_cell("20251127-111500-wide", "status")).startswith("●")
 
 
 async def test_vim_keys_home_end_filter_and_sort(runs_dir: Path) -> None:
@@ -142,10 +142,14 @@ async def test_footer_at_80_columns_keeps_help_and_resume(runs_dir: Path) -> Non
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_for(pilot, lambda: app.scanned)
         bar = app.screen.query_one(KeyBar)
-        line = bar.render().plain
-        assert len(line) <= 80 and line.rstrip().endswith("? Help")
-        assert "enter Live" in line and "u Resume" in line and "space Mark" in line
-        assert bar.region.y == 23 and bar.region.width == 80  # on the last row, across the whole screen
+        lines = bar.render().plain.split("\n")
+        assert len(lines) == 2 and all(len(line) <= 80 for line in lines)
+        assert lines[-1].rstrip().endswith("? Help")
+        text = " ".join(lines)
+        # every key of the screen is in sight (the second line holds those the first had no room for)
+        for item in ("enter Open", "u Resume", "space Mark", "r Results", "e t-SNE", "f Query", "q Quit"):
+            assert item in text, item
+        assert bar.region.y == 22 and bar.region.height == 2 and bar.region.width == 80  # the last two rows
 
 
 async def test_missing_runs_dir_says_so(tmp_path: Path) -> None:
@@ -205,7 +209,8 @@ async def test_idle_rescans_touch_no_cells(runs_dir: Path) -> None:
 
 
 async def test_keys_typed_quickly_apply_in_order(runs_dir: Path) -> None:
-    """``G enter`` sent in one burst (a fast typist, tmux send-keys) opens the last run, not the first."""
+    """``G enter`` sent in one burst (a fast typist, tmux send-keys) opens the last run, not the first (a
+    finished one: its results)."""
     from textual import events
 
     app = make_app(runs_dir)
@@ -216,9 +221,9 @@ async def test_keys_typed_quickly_apply_in_order(runs_dir: Path) -> None:
         last = screen.shown[-1].run_id
         for key, char in (("G", "G"), ("enter", "\r")):
             app.post_message(events.Key(key, char))
-        await wait_for(pilot, lambda: isinstance(app.screen, LiveScreen))
+        await wait_for(pilot, lambda: isinstance(app.screen, ResultsScreen))
         assert app.screen.run_dir.name == last
-        await pilot.pause(0.3)  # let the live screen finish mounting before the app is torn down
+        await pilot.pause(0.3)  # let the screen finish mounting before the app is torn down
 
 
 async def test_the_list_is_drawn_after_the_first_scan(runs_dir: Path) -> None:
