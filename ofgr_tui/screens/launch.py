@@ -48,8 +48,10 @@ class LaunchDialog(ModalScreen[tuple[Path, list[str]] | None]):
         with Vertical(id="launch-box", classes="dialog"):
             yield Static("New run", classes="dialog-title")
             if self.configs:
-                yield Label(f"Config: pick one in {self.configs_dir}/ (enter) or type a path (→ completes)")
-                yield OptionList(*(Option(p.name, id=str(p)) for p in self.configs), id="config-list")
+                yield Label("Config: enter picks one, or type a path (→ completes)")
+                configs = OptionList(*(Option(p.name, id=str(p)) for p in self.configs), id="config-list")
+                configs.border_title = f"{self.configs_dir}/"
+                yield configs
             else:
                 yield Label(f"Config: no configs in {self.configs_dir}/, type a path (→ completes)")
             yield Input(

@@ -140,6 +140,7 @@ class ResultsScreen(OfgrScreen[None]):
         m = read_json(RunFolder(self.run_dir).metrics)
         self.metrics = m if isinstance(m, dict) else None
         summary = self.query_one("#results-summary", Static)
+        self.refresh_bindings()
         if self.metrics is None:
             summary.update(self._why_no_metrics())
             for w in ("#recall-table", "#classes", "#t2i"):
@@ -227,7 +228,11 @@ class ResultsScreen(OfgrScreen[None]):
             t.add_column(f"{s} {lv}", key=f"{s}/{lv}")
         for space, by_split in spaces.items():
             for name in ("recall@1", "recall@5", "map@r"):
-                label = f"{space}{'*' if space == free and len(spaces) > 1 else ''} {name}"
+                if not any(isinstance((b.get(lv) or {}).get(name), (int, float)) for b in by_split.values()
+                           for lv in LEVELS):  # fmt: skip
+                    continue
+                star = "*" if space == free and len(spaces) > 1 else ""
+                label = name if space == "-" else f"{space}{star} {name}"  # "-": a block without spaces
                 row: list[Text | str] = [label]
                 for s, lv in cols:
                     block = by_split.get(s) or {}
@@ -277,6 +282,12 @@ class ResultsScreen(OfgrScreen[None]):
     def action_scroll_to(self, where: int) -> None:
         body = self.query_one("#results-body", VerticalScroll)
         body.scroll_to(y=0 if where == 0 else body.max_scroll_y, animate=False)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """No text->image key for runs without such results (the key bar then has room for others)."""
+        if action == "jump" and parameters == ("#t2i",) and self.metrics is not None:
+            return any(text_spaces(self.metrics.get(s)) for s in SPLITS)
+        return True
 
     def action_jump(self, selector: str) -> None:
         """Bring a block to the top of the page (or say that this run has none)."""
