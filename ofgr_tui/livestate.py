@@ -254,7 +254,8 @@ class LiveState:
 STOP_AT = {
     "train": "after the current training step (checkpointed: resume continues from it)",
     "embed": "at the next embedding batch (embed and evaluate are redone on resume)",
-    "evaluate": "at the next block of queries (evaluation is redone on resume)",
+    "evaluate": "at the next block of queries, or once the split's confidence intervals are done "
+    "(evaluation is redone on resume)",
     "features": "at the next batch of tower features (those done stay cached)",
     "data": "at the next image check (checks done stay cached)",
 }

@@ -134,7 +134,15 @@ class LaunchDialog(ModalScreen[tuple[Path, list[str]] | None]):
             overrides = parse_overrides(self.query_one("#overrides", Input).value)
             load_config(path, overrides)
         except (OfgrError, ValueError) as e:
-            self._error("#overrides-error", str(e))
+            self._error("#overrides-error", without_origin(str(e), str(path), overrides))
             self.query_one("#overrides", Input).focus()
             return
         self.dismiss((path, overrides))
+
+
+def without_origin(message: str, path: str, overrides: list[str]) -> str:
+    """The error without its ``CONFIG with --set ...:`` prefix (the two fields above show both), so the
+    reason is what fills the lines under the field; the whole message when it is not of that form."""
+    shown = " ".join(o if len(o) <= 80 else o[:77] + "..." for o in overrides)  # as ofgr_core.config names them
+    origin = f"{path} with --set {shown}: "
+    return message[len(origin) :] if message.startswith(origin) else message

@@ -223,6 +223,7 @@ class LiveScreen(OfgrScreen[None]):
         self.post_message(OpenRun(self.run_dir, view))
 
     def action_stop(self) -> None:
+        from ofgr_tui.livestate import stop_note
         from ofgr_tui.screens.confirm import ConfirmDialog
 
         if self.status != "running":
@@ -234,10 +235,5 @@ class LiveScreen(OfgrScreen[None]):
                 self.post_message(StopRun(self.run_dir))
 
         self.app.push_screen(
-            ConfirmDialog(
-                f"Stop {self.run_dir.name}?",
-                "It checkpoints and stops after the current step; it can be resumed.",
-                confirm="Stop",
-            ),
-            done,
+            ConfirmDialog(f"Stop {self.run_dir.name}?", f"{stop_note(self.run_dir)}.", confirm="Stop"), done
         )

@@ -173,6 +173,6 @@ def test_stop_note_names_the_stage(tmp_path: Path) -> None:
     assert current_stage([json.loads(x) for x in (d / "events.jsonl").read_text().splitlines() if x.startswith("{")
                           and x.endswith("}")]) == "evaluate"  # fmt: skip
     note = stop_note(d)
-    assert "is in evaluate" in note and "next block of queries" in note
+    assert "is in evaluate" in note and "next block of queries" in note and "confidence intervals" in note
     (d / "env.json").write_text(json.dumps({"world_size": 2}))
     assert "under torchrun a stop takes effect during training only" in stop_note(d)
