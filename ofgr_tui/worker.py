@@ -14,6 +14,9 @@ Requests (``op`` defaults to ``query``):
   stored split; progress lines carry ``{"done", "total"}`` (iterations).
 - ``{"op": "report", "run_dirs", "out"}``: ``ofgr_core.reports.report.write_report``; progress lines carry
   ``{"stage"}``; the reply names ``report.md`` and the cache files it wrote or updated in the run folders.
+- ``{"op": "compare", "run_dirs", "baseline"}``: ``ofgr_core.reports.compare.compare_runs`` (its paired
+  bootstrap holds ~100 MB while it runs); the reply is the ``Comparison`` pickled and base64-encoded (a
+  dataclass tree the TUI unpickles as is: this worker is a child of the TUI running the same code).
 
 Replies: any number of ``{"progress": {...}}`` lines, then one ``{"ok": value}`` or
 ``{"error": one line, "type": exception class, "known": bool}``.
@@ -88,7 +91,18 @@ def _report(request: dict[str, Any], send: Send) -> Any:
     return {"path": str(path), "caches": written}
 
 
+def _compare(request: dict[str, Any], send: Send) -> Any:
+    import base64
+    import pickle
+
+    from ofgr_core.reports.compare import compare_runs
+
+    c = compare_runs(request["run_dirs"], baseline=int(request.get("baseline", 0)))
+    return base64.b64encode(pickle.dumps(c)).decode("ascii")
+
+
 OPS: dict[str, Callable[[dict[str, Any], Send], Any]] = {
+    "compare": _compare,
     "query": _query,
     "supports_text": _supports_text,
     "tsne": _tsne,

@@ -1,5 +1,6 @@
 """2-4 runs side by side: metric table with deltas and paired significance, overlaid recall@K curves,
-training time and compute per run. The comparison is computed in a worker (bootstrap tests).
+training time and compute per run. The comparison (paired bootstrap tests) is computed in the app's query
+worker process.
 
 At 80x24: the run legend, one line of "what differs" (``d`` expands it: every differing config key, most
 telling first, and each run's ``--set`` overrides), then the metric table in the remaining height, in
@@ -23,6 +24,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.message import Message
+from textual.timer import Timer
 from textual.widgets import ContentSwitcher, DataTable, Header, Static
 from textual.worker import Worker
 
@@ -112,6 +114,7 @@ class CompareScreen(OfgrScreen[None]):
         self.diff_expanded = False
         self.sections: list[tuple[str, int]] = []  # (mode, row index of its header row)
         self.report_out: Path | None = None
+        self._report_clock: Timer | None = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -139,9 +142,17 @@ class CompareScreen(OfgrScreen[None]):
 
     @work(thread=True, exclusive=True, group="compare", exit_on_error=False, name="compare")
     def _compute(self, run_dirs: list[Path], baseline: int) -> None:
-        from ofgr_core.reports.compare import compare_runs
+        """The paired bootstrap runs in the query worker process (its arrays never grow the TUI)."""
+        import base64
+        import pickle
 
-        self.post_message(self.Computed(compare_runs(run_dirs, baseline=baseline)))
+        reply = self.ofgr.query_client.ask(
+            {"op": "compare", "run_dirs": [str(d.absolute()) for d in run_dirs], "baseline": baseline}
+        )
+        comparison = pickle.loads(base64.b64decode(reply))  # from our own child process, same code
+        if not isinstance(comparison, Comparison):
+            raise TypeError(f"the worker answered a {type(comparison).__name__}, not a Comparison")
+        self.post_message(self.Computed(comparison))
 
     def worker_failed(self, worker: Worker[None], text: str) -> None:
         self.query_one("#compare-legend", Static).update(Text(f"cannot compare: {text}", style="bold red"))
@@ -292,6 +303,15 @@ class CompareScreen(OfgrScreen[None]):
         out = self.run_dirs[0].parent.parent / "reports" / f"{time.strftime('%Y%m%d-%H%M%S')}-compare"
         self.report_out = out
         self.post_message(WriteReport(list(self.run_dirs), out))
+        # a stage can take minutes without a progress line (a report's t-SNE): the clock keeps ticking
+        if self._report_clock is not None:
+            self._report_clock.stop()
+        self._report_clock = self.set_interval(1.0, self._tick_report, name="report-clock")
+
+    def _tick_report(self) -> None:
+        job = self.ofgr.job("report", self.report_out) if self.report_out is not None else None
+        if job is not None:
+            self.job_updated(job)
 
     def job_updated(self, job: Any) -> None:
         """The app hands down its report job's progress (this screen's report only)."""
@@ -299,6 +319,9 @@ class CompareScreen(OfgrScreen[None]):
             return
         status = self.query_one("#compare-status", Static)
         status.display = True
+        if job.done and self._report_clock is not None:
+            self._report_clock.stop()
+            self._report_clock = None
         if job.error:
             status.update(Text(f"report failed: {job.error}", style="bold red"))
         elif job.done:
