@@ -228,7 +228,7 @@ async def test_query_screen_item_and_text_errors(runs_dir: Path) -> None:
         q.query_one("#query-text", Input).value = "a red car"
         q.search(text="a red car")
         await wait_for(
-            pilot, lambda: "CLIP" in str(q.query_one("#query-status", Static).render()), timeout=90
+            pilot, lambda: "text encoder" in str(q.query_one("#query-status", Static).render()), timeout=90
         )
 
 
