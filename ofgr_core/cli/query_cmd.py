@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
+from rich.text import Text
 
-from ofgr_core.cli.app import app, escape, handle_errors, out, print_json
+from ofgr_core.cli.app import app, handle_errors, out, print_json
 from ofgr_core.runs.folder import check_split_name
 from ofgr_core.runs.state import resolve_run
 
@@ -36,7 +38,7 @@ def query(
     space = {"raw": ", raw CLIP image space", "head": ", head embedding space"}.get(res.space or "", "")
     from ofgr_core.cli.tables import Column, print_fitted
 
-    marks = ["-" if h.hit_fine is None else ("[green]✓[/]" if h.hit_fine else
+    marks: list[str | Text] = ["-" if h.hit_fine is None else ("[green]✓[/]" if h.hit_fine else
                                              ("[yellow]~[/]" if h.hit_coarse else "[red]✗[/]")) for h in res.results]
     cols = [  # narrow terminals drop the path first, then the coarse class; the ranking itself always shows
         Column("#", [str(h.rank) for h in res.results], justify="right"),

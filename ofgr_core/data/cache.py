@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +57,9 @@ def decode_resized(path: str, height: int, width: int) -> Image.Image:
     """Decode ``path`` to an RGB image of the given size (JPEG: DCT-domain downscaling when possible)."""
     with Image.open(path) as im:
         im.draft("RGB", (width, height))  # JPEG: decode at 1/2, 1/4 or 1/8 scale if still large enough
-        img = im.convert("RGB")
+        img: Image.Image = im.convert("RGB")
     if img.size != (width, height):
-        img = img.resize((width, height), Image.BILINEAR, reducing_gap=2.0)
+        img = img.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=2.0)
     return img
 
 
@@ -161,7 +162,7 @@ class ImageCache:
         self._ok[i] = 1  # after the pixels: a reader never sees a flagged slot with missing data
         return img
 
-    def warm(self, progress: Any = None, workers: int | None = None) -> None:
+    def warm(self, progress: Callable[[int, int], None] | None = None, workers: int | None = None) -> None:
         """Fill every empty slot now, in worker processes (decoding small images is GIL-bound in threads).
 
         Slots already filled are skipped, so an interrupted warm-up resumes where it stopped.

@@ -31,11 +31,16 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ofgr_core.common.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    import torch
+
+    from ofgr_core.data.loader import ImageTransform
 
 CACHE_VERSION = 1
 Progress = Callable[[int, int], None]
@@ -121,7 +126,7 @@ class FeatureStore:
     def missing(self, digests: Sequence[str]) -> list[int]:
         """Positions in ``digests`` whose features are not cached (each distinct hash once)."""
         seen: set[str] = set()
-        out = []
+        out: list[int] = []
         for i, d in enumerate(digests):
             if d not in self._rows and d not in seen:
                 seen.add(d)
@@ -190,7 +195,7 @@ class FeatureStore:
 def list_entries(root: str | os.PathLike[str] | None = None) -> list[CacheEntry]:
     """Every key folder under the cache root, largest first."""
     root = Path(root).expanduser() if root else default_cache_root()
-    out = []
+    out: list[CacheEntry] = []
     if not root.is_dir():
         return out
     for d in root.iterdir():
@@ -231,8 +236,8 @@ def clear(root: str | os.PathLike[str] | None = None, digest: str | None = None)
 def extract_features(
     encoder: Any,
     paths: Sequence[str],
-    transform: Callable[..., Any],
-    device: Any,
+    transform: ImageTransform,
+    device: str | torch.device,
     *,
     digests: Sequence[str] | None = None,
     store: FeatureStore | None = None,
@@ -299,8 +304,9 @@ class _TowerOnly:
         self.embed_dim = encoder.feature_dim
         self.training = encoder.training
 
-    def __call__(self, images: Any) -> Any:
-        return self.encoder.tower_features(images)
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        features: torch.Tensor = self.encoder.tower_features(images)
+        return features
 
     def eval(self) -> _TowerOnly:
         self.encoder.eval()
