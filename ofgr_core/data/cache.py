@@ -19,12 +19,14 @@ import contextlib
 import hashlib
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from ofgr_core.common.atomic import atomic_save_npy, atomic_writer
 from ofgr_core.common.diskspace import ensure_free, preallocate
 
 CROP_PCT = 0.875
@@ -56,9 +58,9 @@ def decode_resized(path: str, height: int, width: int) -> Image.Image:
     """Decode ``path`` to an RGB image of the given size (JPEG: DCT-domain downscaling when possible)."""
     with Image.open(path) as im:
         im.draft("RGB", (width, height))  # JPEG: decode at 1/2, 1/4 or 1/8 scale if still large enough
-        img = im.convert("RGB")
+        img: Image.Image = im.convert("RGB")
     if img.size != (width, height):
-        img = img.resize((width, height), Image.BILINEAR, reducing_gap=2.0)
+        img = img.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=2.0)
     return img
 
 
@@ -100,17 +102,9 @@ class ImageCache:
         # preallocated, not sparse: a memory-mapped write into a hole on a full disk is a SIGBUS
         ensure_free(self.data_path, total + len(sizes), "image cache")
         for path, size in ((self.data_path, total), (self.ok_path, max(1, len(sizes)))):
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            try:
-                with open(tmp, "wb") as f:
-                    preallocate(f, size, path, "image cache")
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            os.replace(tmp, path)
-        tmp = self.index_path.with_name(f".{self.index_path.name}.{os.getpid()}.tmp.npy")
-        np.save(tmp, index)
-        os.replace(tmp, self.index_path)
+            with atomic_writer(path) as f:
+                preallocate(f, size, path, "image cache")
+        atomic_save_npy(self.index_path, index)
 
     def _open(self) -> None:
         for path in (self.data_path, self.ok_path):  # caches written sparse by older versions
@@ -161,7 +155,7 @@ class ImageCache:
         self._ok[i] = 1  # after the pixels: a reader never sees a flagged slot with missing data
         return img
 
-    def warm(self, progress: Any = None, workers: int | None = None) -> None:
+    def warm(self, progress: Callable[[int, int], None] | None = None, workers: int | None = None) -> None:
         """Fill every empty slot now, in worker processes (decoding small images is GIL-bound in threads).
 
         Slots already filled are skipped, so an interrupted warm-up resumes where it stopped.

@@ -37,11 +37,17 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ofgr_core.common.errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # torch is imported when features are extracted, not by `ofgr cache`
+    import torch
+
+    from ofgr_core.data.loader import ImageTransform
+    from ofgr_core.models.base import Encoder
 
 CACHE_VERSION = 1
 # Bump when ofgr's extraction computes other numbers for the same tower (normalisation, dtype handling, memory
@@ -148,7 +154,7 @@ class FeatureStore:
     def missing(self, digests: Sequence[str]) -> list[int]:
         """Positions in ``digests`` whose features are not cached (each distinct hash once)."""
         seen: set[str] = set()
-        out = []
+        out: list[int] = []
         for i, d in enumerate(digests):
             if d not in self._rows and d not in seen:
                 seen.add(d)
@@ -217,7 +223,7 @@ class FeatureStore:
 def list_entries(root: str | os.PathLike[str] | None = None) -> list[CacheEntry]:
     """Every key folder under the cache root, largest first."""
     root = Path(root).expanduser() if root else default_cache_root()
-    out = []
+    out: list[CacheEntry] = []
     if not root.is_dir():
         return out
     for d in root.iterdir():
@@ -256,10 +262,10 @@ def clear(root: str | os.PathLike[str] | None = None, digest: str | None = None)
 
 
 def extract_features(
-    encoder: Any,
+    encoder: Encoder,
     paths: Sequence[str],
-    transform: Callable[..., Any],
-    device: Any,
+    transform: ImageTransform,
+    device: str | torch.device,
     *,
     digests: Sequence[str] | None = None,
     store: FeatureStore | None = None,
@@ -281,12 +287,13 @@ def extract_features(
     import torch
 
     from ofgr_core.embedding.embed import iter_embed
+    from ofgr_core.models.base import TowerOnly
 
     n = len(paths)
     dim = int(encoder.feature_dim)
     if store is None:
         out = np.empty((n, dim), np.float32)
-        for start, feats in iter_embed(_TowerOnly(encoder), list(paths), transform, torch.device(device),
+        for start, feats in iter_embed(TowerOnly(encoder), list(paths), transform, torch.device(device),
                                        batch_size=batch_size, num_workers=num_workers,
                                        autocast_dtype=encoder.autocast_dtype, channels_last=True,
                                        normalize=False):
@@ -310,7 +317,7 @@ def extract_features(
     done = hits
     if progress is not None:
         progress(done, n)
-    tower = _TowerOnly(encoder)
+    tower = TowerOnly(encoder)
     for a in range(0, len(todo), chunk):
         part = todo[a : a + chunk]
         feats = np.empty((len(part), dim), np.float32)
@@ -323,23 +330,3 @@ def extract_features(
         if progress is not None:
             progress(done, n)
     return store.read(digests), {"hits": hits, "computed": len(todo)}
-
-
-class _TowerOnly:
-    """Adapts an encoder so ``iter_embed`` runs its tower alone."""
-
-    def __init__(self, encoder: Any) -> None:
-        self.encoder = encoder
-        self.embed_dim = encoder.feature_dim
-        self.training = encoder.training
-
-    def __call__(self, images: Any) -> Any:
-        return self.encoder.tower_features(images)
-
-    def eval(self) -> _TowerOnly:
-        self.encoder.eval()
-        return self
-
-    def train(self, mode: bool = True) -> _TowerOnly:
-        self.encoder.train(mode)
-        return self

@@ -33,7 +33,7 @@ API::
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -139,7 +139,7 @@ def class_text_embeddings(
     def name(level: int, code: int) -> str:
         return str(class_names[level][int(code)]).replace("_", " ")
 
-    parent = {}
+    parent: dict[int, int] = {}
     if has_coarse:
         for f, c in zip(labels[:, 0], labels[:, 1], strict=True):
             if f >= 0:
@@ -172,8 +172,9 @@ def has_head(encoder: Encoder) -> bool:
 
 
 def _space_block(
-    queries: dict[str, TextQueries], gallery: np.ndarray, labels: np.ndarray, transform: Any,
-    level_names: Sequence[str], eval_cfg: EvalConfig, seed: int, per_query: dict[str, np.ndarray] | None = None,
+    queries: dict[str, TextQueries], gallery: np.ndarray, labels: np.ndarray,
+    transform: Callable[[np.ndarray], np.ndarray], level_names: Sequence[str], eval_cfg: EvalConfig, seed: int,
+    per_query: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     from ofgr_core.retrieval.evaluate import evaluate_retrieval
 
@@ -276,11 +277,12 @@ def evaluate_text_to_image(
 def save_text_per_query(arrays: dict[str, np.ndarray], path: str | Path) -> None:
     """Write one space's per-query text -> image values (``evaluate_text_to_image(per_query=...)``) as the
     ``.npz`` ``ofgr compare`` pairs runs with (``ids`` + ``fine_<metric>``), atomically."""
+    from ofgr_core.common.atomic import atomic_writer
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
+    with atomic_writer(path) as f:
+        np.savez_compressed(f, **arrays)  # type: ignore[arg-type]  # numpy's stubs type **kwds as one ArrayLike
 
 
 def choose_space(

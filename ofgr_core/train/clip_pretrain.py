@@ -42,13 +42,16 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
 
 from ofgr_core.common.errors import ConfigError, DataError
 from ofgr_core.data.common import safe_join
 from ofgr_core.runs.events import Event, Log, StageFinished, StageProgress, StageStarted, TrainEpoch, TrainStep
+
+if TYPE_CHECKING:  # torch itself is imported when pretraining starts
+    import torch
 
 DEFAULT_MANIFEST = "manifest.csv"
 PRELOAD_LIMIT_BYTES = 2 << 30
@@ -120,8 +123,7 @@ def _check_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: exists and is not a folder")
     if out.is_dir():
-        ours = {"open_clip_config.json", "open_clip_model.safetensors", "open_clip_config.json.tmp",
-                "open_clip_model.safetensors.tmp"}
+        ours = {"open_clip_config.json", "open_clip_model.safetensors"}  # (temporaries start with ".")
         foreign = [e.name for e in out.iterdir() if e.name not in ours and not e.name.startswith(".")]
         if foreign:
             raise ConfigError(f"--out {out}: not empty and not a CLIP checkpoint folder (found "
@@ -143,9 +145,9 @@ def _load_images(paths: list[str], transform: Callable[..., Any], out: Any) -> I
             yield StageProgress("load", i + 1, n)
 
 
-def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
-    decay: list[Any] = []
-    no_decay: list[Any] = []
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue

