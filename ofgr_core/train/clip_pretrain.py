@@ -156,6 +156,9 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+ImageEmbedder = Callable[[Any], Any]
+
+
 def pretrain_clip(
     manifest: str | Path,
     out_dir: str | Path,
@@ -204,44 +207,88 @@ def pretrain_clip(
     Raises:
         DataError: manifest problems. ConfigError: bad arguments or output folder. DependencyError: weights.
     """
+    _check_args(epochs, batch_size, lr)
+    t0 = time.perf_counter()
+    out = Path(out_dir).expanduser()
+    _check_out_dir(out)
+    paths, captions, manifest_file = read_captions(manifest)
+    spec = _spec(manifest_file, model=model, pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr,
+                 weight_decay=weight_decay, warmup_fraction=warmup_fraction, seed=seed, image_size=image_size,
+                 **({"lock_image": True} if lock_image else {}), **_image_weights_spec(image_weights))
+    if not force and _existing_spec(out) == spec:
+        yield Log(f"{out} already holds this pretraining (same manifest and settings); reusing it")
+        saved = json.loads((out / "open_clip_config.json").read_text())
+        yield PretrainFinished(str(out), f"local-dir:{out}", len(paths), epochs,
+                               float(saved["ofgr"].get("loss", 0.0)), time.perf_counter() - t0, True)
+        return
+    job = yield from _prepare(model, pretrained, image_size, image_weights, seed, device, paths, captions,
+                              lock_image=lock_image, preload_limit_bytes=preload_limit_bytes,
+                              feature_cache=feature_cache)
+    loss = yield from _train(job, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                             warmup_fraction=warmup_fraction, seed=seed, stop=stop)
+    if loss is None:
+        return
+    yield StageStarted("save")
+    extra: dict[str, Any] = {"pretrain_spec": spec, "loss": loss, "images": len(paths), "loss_kind":
+                             "siglip" if job.sigmoid else "clip", "seconds": round(time.perf_counter() - t0, 2)}
+    if lock_image:
+        extra["lock_image"] = True
+    if job.loaded_image is not None:
+        extra["image_weights"] = job.loaded_image
+    _save(job, out, model, extra)
+    yield StageFinished("save", 0.0)
+    yield PretrainFinished(str(out), f"local-dir:{out}", len(paths), epochs, loss, time.perf_counter() - t0, False)
+
+
+def _check_args(epochs: int, batch_size: int, lr: float) -> None:
     if epochs < 1:
         raise ConfigError(f"--epochs {epochs}: must be at least 1")
     if batch_size < 2:
         raise ConfigError(f"--batch-size {batch_size}: contrastive training needs at least 2")
     if not lr > 0:
         raise ConfigError(f"--lr {lr}: must be positive")
-    t0 = time.perf_counter()
-    out = Path(out_dir).expanduser()
-    _check_out_dir(out)
-    paths, captions, manifest_file = read_captions(manifest)
-    weights_sha = None
-    if image_weights is not None:
-        from ofgr_core.models.clip.lit import resolve_image_weights
-        from ofgr_core.models.timm.lite0 import file_sha256
 
-        resolved = Path(resolve_image_weights(image_weights))
-        weights_sha = file_sha256(resolved) if resolved.is_file() else None
-    spec = _spec(manifest_file, model=model, pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr,
-                 weight_decay=weight_decay, warmup_fraction=warmup_fraction, seed=seed, image_size=image_size,
-                 **({"lock_image": True} if lock_image else {}),
-                 **({"image_weights_sha256": weights_sha} if image_weights is not None else {}))
-    if not force and _existing_spec(out) == spec:
-        yield Log(f"{out} already holds this pretraining (same manifest and settings); reusing it")
-        yield PretrainFinished(str(out), f"local-dir:{out}", len(paths), epochs,
-                               float(json.loads((out / "open_clip_config.json").read_text())["ofgr"].get("loss", 0.0)),
-                               time.perf_counter() - t0, True)
-        return
 
+def _image_weights_spec(image_weights: str | None) -> dict[str, Any]:
+    """The image weights' hash for the training spec (a changed file means another pretraining)."""
+    if image_weights is None:
+        return {}
+    from ofgr_core.models.clip.lit import resolve_image_weights
+    from ofgr_core.models.timm.lite0 import file_sha256
+
+    resolved = Path(resolve_image_weights(image_weights))
+    return {"image_weights_sha256": file_sha256(resolved) if resolved.is_file() else None}
+
+
+@dataclass
+class _Job:
+    """What a pretraining works on: the model, its captions' tokens, the image embedder and the loss."""
+
+    clip_model: Any  # an open_clip model (untyped: logit_scale, logit_bias, encode_text, ...)
+    source: Any
+    loaded_image: dict[str, Any] | None
+    tokens: Any
+    embed_images: ImageEmbedder
+    dev: Any
+    n: int
+    sigmoid: bool
+
+
+def _prepare(
+    model: str, pretrained: str | None, image_size: int | None, image_weights: str | None, seed: int, device: str,
+    paths: list[str], captions: list[str], *, lock_image: bool, preload_limit_bytes: int,
+    feature_cache: str | Path | None,
+) -> Generator[Event, None, _Job]:
+    """Build the model (with its image weights), tokenize the captions, make the images' embedder."""
     import torch
 
-    from ofgr_core.models.clip.encoder import load_open_clip, open_clip_module, save_local_dir, tokenizer_for
+    from ofgr_core.models.clip.encoder import load_open_clip, tokenizer_for
     from ofgr_core.train.ddp import resolve_device
 
-    oc = open_clip_module()
     dev = resolve_device(device)
     torch.manual_seed(seed)
     loaded, source = load_open_clip(model, pretrained, None, image_size)
-    clip_model: Any = loaded  # open_clip models are untyped (logit_scale, encode_text, ...)
+    clip_model: Any = loaded
     loaded_image: dict[str, Any] | None = None
     if image_weights is not None:
         from ofgr_core.models.clip.lit import load_image_weights
@@ -250,38 +297,45 @@ def pretrain_clip(
         yield Log(f"image tower trunk from {loaded_image['file']} (sha256 {loaded_image['sha256'][:12]})")
     clip_model.to(dev)
     tokens = tokenizer_for(source)(captions)
-    n = len(paths)
     if lock_image:
         embed_images = yield from _locked_image_features(clip_model, source, paths, dev, feature_cache)
     else:
         embed_images = yield from _preloaded_images(clip_model, paths, dev, preload_limit_bytes)
-    n_unique = len(set(captions))
     trainable = sum(p.numel() for p in clip_model.parameters() if p.requires_grad)
-    yield Log(f"{n} images, {n_unique} distinct captions; model {source.describe}, "
+    yield Log(f"{len(paths)} images, {len(set(captions))} distinct captions; model {source.describe}, "
               f"{sum(p.numel() for p in clip_model.parameters()) / 1e6:.2f}M parameters "
               f"({trainable / 1e6:.2f}M trained{', image tower locked' if lock_image else ''}), device {dev}")
-
-    sigmoid = getattr(clip_model, "logit_bias", None) is not None
     # SigLIP-family models are trained with the pairwise sigmoid loss and its learnable bias; InfoNCE would
     # leave the bias untouched and train them with a loss they were not built for
+    sigmoid = getattr(clip_model, "logit_bias", None) is not None
+    yield Log(f"loss: {'sigmoid (SigLIP) with logit bias' if sigmoid else 'symmetric InfoNCE (CLIP)'}")
+    return _Job(clip_model, source, loaded_image, tokens, embed_images, dev, len(paths), sigmoid)
+
+
+def _train(
+    job: _Job, *, epochs: int, batch_size: int, lr: float, weight_decay: float, warmup_fraction: float, seed: int,
+    stop: Callable[[], bool] | None,
+) -> Generator[Event, None, float | None]:
+    """The contrastive training loop; the last epoch's mean loss, or None when ``stop`` ended it."""
+    import torch
     from open_clip.loss import SigLipLoss
 
-    loss_fn = SigLipLoss() if sigmoid else oc.ClipLoss()
-    yield Log(f"loss: {'sigmoid (SigLIP) with logit bias' if sigmoid else 'symmetric InfoNCE (CLIP)'}")
-    opt = torch.optim.AdamW(_param_groups(clip_model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    from ofgr_core.models.clip.encoder import open_clip_module
+    from ofgr_core.models.clip.lit import encode_text_trimmed
+    from ofgr_core.train.optim import cosine_with_warmup
+
+    m, dev, n = job.clip_model, job.dev, job.n
+    loss_fn = SigLipLoss() if job.sigmoid else open_clip_module().ClipLoss()
+    opt = torch.optim.AdamW(_param_groups(m, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
     bs = min(batch_size, n)
     steps_per_epoch = max(1, n // bs)  # drop the last partial batch: tiny batches make InfoNCE noisy
     total = steps_per_epoch * epochs
-    from ofgr_core.train.optim import cosine_with_warmup
-
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(total, int(warmup_fraction * total)))
     gen = torch.Generator().manual_seed(seed)
-    from ofgr_core.models.clip.lit import encode_text_trimmed
-
     yield StageStarted("pretrain", total=epochs)
     t_train = time.perf_counter()
     epoch_loss = float("nan")
-    trained_params = [p for p in clip_model.parameters() if p.requires_grad]
+    trained_params = [p for p in m.parameters() if p.requires_grad]
     for epoch in range(1, epochs + 1):
         t_ep = time.perf_counter()
         order = torch.randperm(n, generator=gen)
@@ -289,12 +343,12 @@ def pretrain_clip(
         for b in range(steps_per_epoch):
             if stop is not None and stop():
                 yield Log("pretraining stopped; nothing saved", level="warning")
-                return
+                return None
             idx = order[b * bs : (b + 1) * bs]
-            img_f = embed_images(idx)
-            txt_f = encode_text_trimmed(clip_model, tokens[idx].to(dev, non_blocking=True))
-            scale = clip_model.logit_scale.exp()
-            loss = loss_fn(img_f, txt_f, scale, clip_model.logit_bias) if sigmoid else loss_fn(img_f, txt_f, scale)
+            img_f = job.embed_images(idx)
+            txt_f = encode_text_trimmed(m, job.tokens[idx].to(dev, non_blocking=True))
+            scale = m.logit_scale.exp()
+            loss = loss_fn(img_f, txt_f, scale, m.logit_bias) if job.sigmoid else loss_fn(img_f, txt_f, scale)
             if not torch.isfinite(loss):
                 raise DataError(f"pretraining diverged at epoch {epoch} step {b + 1} (loss {loss.item()}); "
                                 "lower --lr")
@@ -304,37 +358,28 @@ def pretrain_clip(
             opt.step()
             sched.step()
             with torch.no_grad():
-                clip_model.logit_scale.clamp_(0, math.log(100))  # CLIP's cap on the temperature
+                m.logit_scale.clamp_(0, math.log(100))  # CLIP's cap on the temperature
                 correct += int((img_f @ txt_f.T).argmax(1).eq(torch.arange(len(idx), device=dev)).sum())
                 seen += len(idx)
-            loss_value = float(loss.detach())
-            losses.append(loss_value)
+            losses.append(float(loss.detach()))
             rate = len(idx) * (b + 1) / max(1e-9, time.perf_counter() - t_ep)
-            yield TrainStep(epoch, b + 1, steps_per_epoch, loss_value, {"clip": loss_value},
+            yield TrainStep(epoch, b + 1, steps_per_epoch, losses[-1], {"clip": losses[-1]},
                             float(opt.param_groups[0]["lr"]), rate)
         epoch_loss = float(np.mean(losses))
-        scale_value = float(clip_model.logit_scale.detach().exp())
         yield TrainEpoch(epoch, epochs, epoch_loss, {"clip": epoch_loss}, float(opt.param_groups[0]["lr"]),
-                         {"i2t_batch_acc": correct / max(1, seen), "logit_scale": scale_value},
+                         {"i2t_batch_acc": correct / max(1, seen), "logit_scale": float(m.logit_scale.detach().exp())},
                          time.perf_counter() - t_ep, False)
         yield StageProgress("pretrain", epoch, epochs)
     yield StageFinished("pretrain", time.perf_counter() - t_train)
-
-    yield StageStarted("save")
-    clip_model.eval()
-    extra: dict[str, Any] = {"pretrain_spec": spec, "loss": epoch_loss, "images": n, "loss_kind":
-                             "siglip" if sigmoid else "clip", "seconds": round(time.perf_counter() - t0, 2)}
-    if lock_image:
-        extra["lock_image"] = True
-    if loaded_image is not None:
-        extra["image_weights"] = loaded_image
-    save_local_dir(clip_model.cpu(), out, arch=model if not source.arch.startswith("local-dir:") else source.arch,
-                   extra=extra)
-    yield StageFinished("save", 0.0)
-    yield PretrainFinished(str(out), f"local-dir:{out}", n, epochs, epoch_loss, time.perf_counter() - t0, False)
+    return epoch_loss
 
 
-ImageEmbedder = Callable[[Any], Any]
+def _save(job: _Job, out: Path, model: str, extra: dict[str, Any]) -> None:
+    from ofgr_core.models.clip.encoder import save_local_dir
+
+    job.clip_model.eval()
+    arch = job.source.arch if job.source.arch.startswith("local-dir:") else model
+    save_local_dir(job.clip_model.cpu(), out, arch=arch, extra=extra)
 
 
 def _eval_transform(clip_model: Any) -> tuple[Callable[..., Any], dict[str, Any]]:

@@ -235,3 +235,21 @@ def test_standin_artifact_round_trip_and_its_checks(tmp_path: Path, test_archs: 
         standin.materialize_standin(tmp_path / "mat3", art)
     with pytest.raises(NotFoundError, match="make clip-standin"):
         standin.materialize_standin(tmp_path / "mat4", tmp_path / "no-artifact")
+
+
+def test_a_stop_request_ends_pretraining_without_saving(tmp_path: Path, test_archs: None) -> None:
+    """``stop`` is polled between steps: the run ends with a warning and writes nothing (no half-trained model
+    that a later call would reuse)."""
+    corpus = _corpus(tmp_path / "corpus", n=16)
+    polls: list[int] = []
+
+    def stop() -> bool:
+        polls.append(1)
+        return len(polls) > 2  # two steps train, the third is refused
+
+    events = list(pretrain_clip(corpus, tmp_path / "out", model=TIMM_ARCH, epochs=2, batch_size=4, device="cpu",
+                                stop=stop, feature_cache=tmp_path / "cache", lock_image=True))
+    assert [e.type for e in events if e.type == "train_step"] == ["train_step"] * 2
+    assert events[-1].type == "log" and events[-1].message == "pretraining stopped; nothing saved"
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert not any(e.type == "clip_pretrain_finished" for e in events)
