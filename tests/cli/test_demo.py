@@ -4,6 +4,7 @@ on a reduced world, with the shipped stand-in and with one rebuilt from its reci
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -236,3 +237,39 @@ def test_clip_standin_command_unpacks_the_shipped_artifact(tmp_path: Path) -> No
     assert f"local-dir:{tmp_path / 'clip-lit'}" in r.output and spec["corpus_sha256"][:12] in r.output
     saved = json.loads((tmp_path / "clip-lit" / "open_clip_config.json").read_text())
     assert saved["ofgr"]["image_weights"]["file"] == "efficientnet-lite0-57934424.pth"
+
+
+def test_the_demo_table_fits_80_columns_and_compares_clip_fit_with_the_cnn_fit() -> None:
+    """Every column whole (no '…') in an 80-column terminal; the clip_head row's fit is the features (extracted by
+    clip_frozen) + the head, and its share of the CNN's fit is what the ratio column and demo.json say."""
+    from rich.console import Console
+
+    from ofgr_core.cli.demo_cmd import demo_notes, demo_table
+    from ofgr_core.workflows.demo import DemoResult, _CpuMeter, add_fit_cpu
+
+    def row(name: str, r1: float, text: float | None, space: str | None, params: int) -> dict[str, object]:
+        return {"name": name, "run_id": f"20261205-160143-{name}", "fine_r1": r1, "fine_ci": 0.0196,
+                "fine_ci95": [r1 - 0.02, r1 + 0.02], "coarse_r1": 0.723, "coarse_ci": 0.0188,
+                "text_coarse_r1": text, "text_space": space, "trained_params": params, "fit_seconds": 85.0}
+
+    rows = [row("cnn_finetuned", 0.452, None, None, 421920), row("clip_frozen", 0.258, 1.0, "raw", 0),
+            row("clip_head", 0.330, 0.667, "head", 722176)]
+    meter = _CpuMeter()
+    meter.totals = {"runs": {"cnn_finetuned": {"stages": {"features": 0.0, "train": 1000.0}},
+                             "clip_frozen": {"stages": {"features": 56.5, "train": 0.1}},
+                             "clip_head": {"stages": {"features": 0.04, "train": 13.06}}}}
+    ratio = add_fit_cpu(rows, meter)
+    assert rows[2]["fit_cpu_seconds"] == pytest.approx(56.5 + 13.1) and ratio == pytest.approx(0.0696)
+    assert rows[1]["fit_vs_cnn"] == pytest.approx(0.0566) and rows[0]["fit_vs_cnn"] == 1.0
+    res = DemoResult(rows, {"size": 32, "fine": 0.127, "fine_ci": [0.114, 0.141], "coarse": 0.388,
+                            "coarse_ci": [0.368, 0.406]}, 0.0, None, [], {}, ratio)
+    console = Console(width=80, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    console.print(demo_table(res))
+    for line in demo_notes(res):
+        console.print(line)
+    text = console.export_text()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    head_line = next(line for line in text.splitlines() if line.startswith("clip_head"))
+    assert head_line.split()[-2:] == ["70", "0.07"] and "33.0±2.0" in head_line and "66.7 head" in head_line
+    assert "CLIP fit (features + head) / CNN fit: 0.070" in text
+    assert "best unseen fine R@1: cnn_finetuned (45.2%), clearly ahead of clip_head (33.0%)" in text
