@@ -188,14 +188,18 @@ class LossConfig(Section):
 
 
 # -------------------------------------------------------------------------------------------- sampler
+MAX_BATCHES_PER_EPOCH = 1_000_000
+
+
 class SamplerConfig(Section):
     type: str = "hierarchical_pk"
     coarse_per_batch: int = Field(2, ge=1, le=10_000)  # C
     fine_per_coarse: int = Field(4, ge=1, le=10_000)  # P
     k: int = Field(4, ge=1, le=10_000)  # K images per fine class
     coarse_only_k: int | None = Field(None, ge=0, le=10_000)  # coarse-only images per coarse class per batch
-    # per rank; default n_train // (C*P*K*world_size), >= one class pass
-    batches_per_epoch: int | None = Field(None, ge=1)
+    # per rank; default n_train // (C*P*K*world_size), >= one class pass; at most a million (an epoch of 10^12
+    # batches never ends, and every epoch ends in a validation and a checkpoint)
+    batches_per_epoch: int | None = Field(None, ge=1, le=MAX_BATCHES_PER_EPOCH)
 
 
 # ---------------------------------------------------------------------------------------------- train
@@ -213,6 +217,9 @@ class TrainConfig(Section):
     early_stopping: int | None = Field(None, ge=1)  # patience in epochs on validation Recall@1; null = off
     eval_batch_size: int = Field(256, ge=1, le=65536)
     log_every: int = Field(10, ge=1)
+    # the memory plan before a run (ofgr_core/train/memplan.py): check = refuse a training step that does not
+    # fit (and lower eval_batch_size to one that does), warn = say so and run anyway, off = no plan
+    memory_check: Literal["check", "warn", "off"] = "check"
 
 
 # ----------------------------------------------------------------------------------------------- eval
@@ -238,6 +245,7 @@ MAX_K = 1_000_000
 
 class EvalConfig(Section):
     ks: list[int] = Field(default_factory=lambda: [1, 2, 4, 5, 8, 10])
+    # must include unseen: Recall@1 on unseen classes is the headline metric (ofgr runs, compare, reports)
     splits: list[Literal["unseen", "seen"]] = Field(default_factory=lambda: ["unseen", "seen"])  # type: ignore[arg-type]
     index: IndexConfig = Field(default_factory=IndexConfig)
     bootstrap: int = Field(1000, ge=0, le=100_000)  # resamples for confidence intervals; 0 = off
@@ -251,7 +259,17 @@ class EvalConfig(Section):
     def _positive_sorted(cls, v: list[int]) -> list[int]:
         if not v or any(k < 1 or k > MAX_K for k in v):
             raise ValueError(f"must be a non-empty list of integers in 1..{MAX_K}")
+        if 1 not in v:
+            raise ValueError("must include 1: Recall@1 is the headline metric (ofgr runs, compare, reports)")
         return sorted(set(v))
+
+    @field_validator("splits")
+    @classmethod
+    def _headline_split(cls, v: list[str]) -> list[str]:
+        if "unseen" not in v:
+            raise ValueError("must include unseen: Recall@1 on unseen classes is the headline metric; "
+                             "e.g. [unseen] or [unseen, seen]")
+        return list(dict.fromkeys(v))
 
 
 # ---------------------------------------------------------------------------------------------- root
@@ -434,6 +452,14 @@ def load_config(
         return Config.model_validate(tree)
     except ValidationError as e:
         raise ConfigError(_format_error(e, origin)) from None
+
+
+def set_run_name(cfg: Config, name: str) -> None:
+    """Replace the run name (``ofgr run --name``); a name the schema refuses is a one-line ``ConfigError``."""
+    try:
+        cfg.name = name
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, f"--name {_short(repr(name))}")) from None
 
 
 def dump_config(cfg: Config) -> str:

@@ -18,6 +18,7 @@ from rich.table import Table
 from ofgr_core.cli.app import app, err, escape, handle_errors, index_app, out, print_json
 from ofgr_core.common.errors import DataError, NotFoundError, UsageError
 from ofgr_core.common.textio import read_text
+from ofgr_core.config import MAX_SEED
 
 LABEL_COLUMNS = ("id", "fine", "coarse", "split", "domain", "group")
 INDEX_TYPES = ("flat", "ivf_flat", "ivf_pq", "hnsw")
@@ -185,7 +186,7 @@ def eval_embeddings(
     exclude_same_group: bool = typer.Option(
         False, "--exclude-same-group", help="Do not let a query retrieve items of its own group."
     ),
-    seed: int = typer.Option(0, "--seed", help="Bootstrap and index-training seed."),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Bootstrap and index-training seed."),
     drop_invalid: bool = typer.Option(
         False, "--drop-invalid", help="Leave out NaN/Inf/all-zero embeddings (counted) instead of refusing them."
     ),

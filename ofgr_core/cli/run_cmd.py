@@ -20,7 +20,7 @@ from rich.table import Table
 from ofgr_core.cli.app import app, err, escape, handle_errors, out, print_json
 from ofgr_core.common.atomic import atomic_write_json, atomic_write_text
 from ofgr_core.common.errors import ConfigError, DataError, ExitCode, NotFoundError
-from ofgr_core.config import dump_config, load_config
+from ofgr_core.config import dump_config, load_config, set_run_name
 from ofgr_core.runs.eventlog import EventWriter
 from ofgr_core.runs.events import RunInterrupted, SignalInterrupt
 from ofgr_core.runs.folder import METRICS_FILE, RunFolder, create_run_dir
@@ -263,7 +263,7 @@ def run(
         config_path = None  # outside a checkout: the built-in defaults are the demo
     cfg = load_config(config_path, overrides)
     if name:
-        cfg.name = name
+        set_run_name(cfg, name)
     dist_info = init_distributed(cfg.device)
     run_dir = create_run_dir(runs_dir, cfg.name) if dist_info.is_main else None
     run_dir = Path(broadcast_object(str(run_dir) if run_dir else None, dist_info))

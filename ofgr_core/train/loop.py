@@ -246,7 +246,9 @@ def train(
             n_batches += 1
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
-            if dist_info.is_main and ((step + 1) % tc.log_every == 0 or step + 1 == steps_per_epoch):
+            # the very first step is logged too: its pace gives an ETA within seconds (ofgr_core/workflows/checks)
+            first = epoch == start_epoch and step == first_step
+            if dist_info.is_main and ((step + 1) % tc.log_every == 0 or step + 1 == steps_per_epoch or first):
                 dt = time.perf_counter() - t_window
                 yield TrainStep(
                     epoch=epoch + 1,

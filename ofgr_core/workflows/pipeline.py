@@ -23,7 +23,7 @@ import numpy as np
 
 from ofgr_core.common.atomic import atomic_write_json
 from ofgr_core.common.diskspace import ensure_free
-from ofgr_core.common.errors import OfgrError
+from ofgr_core.common.errors import DataError, OfgrError
 from ofgr_core.config import Config
 from ofgr_core.runs.eventlog import EventWriter
 from ofgr_core.runs.events import (
@@ -234,9 +234,11 @@ def run_pipeline(
     from ofgr_core.samplers import create_sampler
     from ofgr_core.train.ddp import barrier, init_distributed, resolve_device
     from ofgr_core.train.fit import FitInputs, _no_training, create_fitter, train_labels
+    from ofgr_core.workflows.checks import EtaLine, flag_degenerate, memory_preflight
 
     folder = RunFolder(run_dir)
     dist_info = init_distributed(cfg.device)
+    device = resolve_device(cfg.device, dist_info)  # before any work: device=mps on a build without MPS
     ctx = RunContext(cfg, folder, emit, {}, dist_info, stop, resume)
     torch.manual_seed(cfg.seed)
 
@@ -244,10 +246,12 @@ def run_pipeline(
     table, hier, labels = prepared.table, prepared.hierarchy, prepared.labels
     split = stage_split(ctx, prepared)
 
-    device = resolve_device(cfg.device, dist_info)
     model, train_tf, eval_tf = create_model_and_transforms(cfg.model, image_size=cfg.data.image_size,
                                                            crop_scale=cfg.data.crop_scale)
     fitter = create_fitter(model)
+    size = cfg.data.image_size or int(model.data_config["input_size"][-1])
+    memory = memory_preflight(cfg, model, device, image_size=size, emit=ctx.emit_main, max_rows=len(table),
+                              trains_images=fitter.name == "end_to_end" and cfg.train.epochs > 0)
     last = folder.checkpoint("last")
     inp = FitInputs(
         cfg=cfg, model=model, train_transform=train_tf, eval_transform=eval_tf, device=device,
@@ -265,9 +269,10 @@ def run_pipeline(
         if ctx.main:
             f = fit_info["features"]
             ctx.emit(Log(f"tower features: {f['hits']} cached, {f['computed']} computed ({f['cache']})"))
+            for note in f.pop("notes", []):  # a damaged feature cache, rebuilt or repaired
+                ctx.emit(Log(note, level="warning"))
 
     t_labels, n_train_fine = train_labels(labels, inp.train_rows)
-    size = cfg.data.image_size or int(model.data_config["input_size"][-1])
     flops = count_flops_per_image(model, size, "cpu") if ctx.main and fitter.name == "end_to_end" else None
     with ctx.stage("train", total=cfg.train.epochs):
         if fitter.trains_anything(inp):
@@ -278,7 +283,7 @@ def run_pipeline(
                                          world_size=dist_info.world_size)
             for w in caught:
                 ctx.emit_main(Log(str(w.message), level="warning"))
-            result = _drain(fitter.fit(inp, loss_fn, sampler), ctx.emit_main)
+            result = _drain(fitter.fit(inp, loss_fn, sampler), EtaLine(ctx.emit_main, cfg.train.epochs))
         else:
             result = _no_training(inp)
             if ctx.main and len(inp.val_rows) >= 2:  # the untrained model's score on the same validation set
@@ -304,6 +309,7 @@ def run_pipeline(
         model.load_trainable_state_dict(load_checkpoint(result.best_path, map_location=device)["model"])
     model.eval()
     splits_out: dict[str, Any] = {}
+    run_warnings: list[str] = list(memory["warnings"])
     for part in cfg.eval.splits:
         idx = np.asarray(split.indices[part])
         if len(idx) < 2:
@@ -324,6 +330,9 @@ def run_pipeline(
         with ctx.stage("evaluate") as st:
             block = evaluate_part(ctx, part, emb, labels[idx], table, idx, hier, q_mask, g_mask, st.progress,
                                   shard=shard)
+            if ctx.main:
+                block["embedding_health"], bad = flag_degenerate(part, emb, q_mask, ctx.emit, seed=cfg.seed)
+                run_warnings += bad
             if model.supports_text and ctx.main:  # text queries are few: rank 0 alone
                 block["text_to_image"] = text_to_image_part(ctx, part, fitter, inp, idx, emb, hier)
         splits_out[part] = block
@@ -333,6 +342,9 @@ def run_pipeline(
                     k: v for k, v in block[lv].items() if isinstance(v, (int, float))}))
     if not ctx.main:
         return None
+    if "unseen" not in splits_out:  # the headline metric: a run without it has not produced its result
+        raise DataError(f"the unseen split could not be evaluated ({len(split.indices['unseen'])} images, "
+                        f"query protocol {cfg.split.query}); see the warnings above and split.json")
 
     with ctx.stage("report", all_ranks=True):  # metrics["timings"] is this dict: it gains the report time
         total_params, trainable = model.num_params()
@@ -370,6 +382,8 @@ def run_pipeline(
                 "world_size": dist_info.world_size,
             },
             "fit": fit_info,
+            "memory_plan": memory["plan"],
+            "warnings": run_warnings,
             "timings": ctx.timings,
             **splits_out,
         }

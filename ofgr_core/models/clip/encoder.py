@@ -45,7 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ofgr_core.common.errors import ConfigError, DependencyError, NotFoundError
+from ofgr_core.common.diskspace import DISK_ERRNOS, make_dir
+from ofgr_core.common.errors import ConfigError, DependencyError, DiskError, NotFoundError
 from ofgr_core.config import ClipModelConfig
 from ofgr_core.models.base import Encoder, MLPHead
 from ofgr_core.models.factory import MODELS
@@ -506,8 +507,7 @@ def save_local_dir(
     from safetensors.torch import save_file
 
     oc = open_clip_module()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_dir(out_dir, "CLIP checkpoint folder")
     base_arch = arch
     if arch.startswith(LOCAL_DIR):
         model_cfg = json.loads((Path(arch[len(LOCAL_DIR):]) / CONFIG_FILE).read_text())["model_cfg"]
@@ -527,8 +527,17 @@ def save_local_dir(
     config = {"model_cfg": model_cfg, "preprocess_cfg": pp, "ofgr": {"arch": base_arch, **(extra or {})}}
     state = {k: v.detach().cpu().contiguous() for k, v in clip_model.state_dict().items()}
     tmp_w, tmp_c = out / (WEIGHTS_FILE + ".tmp"), out / (CONFIG_FILE + ".tmp")
-    save_file(state, str(tmp_w))
-    tmp_c.write_text(json.dumps(config, indent=2) + "\n")
+    try:
+        save_file(state, str(tmp_w))
+        tmp_c.write_text(json.dumps(config, indent=2) + "\n")
+    except Exception as e:  # safetensors reports a full disk as its own error type, not an OSError
+        tmp_w.unlink(missing_ok=True)
+        tmp_c.unlink(missing_ok=True)
+        full = isinstance(e, OSError) and e.errno in DISK_ERRNOS or "StorageFull" in str(e) or "os error 28" in str(e)
+        if not full:
+            raise
+        raise DiskError(f"{out}: no space left on the device while writing the CLIP checkpoint; nothing was "
+                        "saved") from None
     os.replace(tmp_w, out / WEIGHTS_FILE)
     os.replace(tmp_c, out / CONFIG_FILE)
     return out

@@ -38,6 +38,7 @@ from typing import Any, ClassVar, cast
 
 import numpy as np
 
+from ofgr_core.common.diskspace import ensure_free, make_dir
 from ofgr_core.common.errors import ConfigError, DataError
 from ofgr_core.data.common import safe_join
 from ofgr_core.runs.events import Event, Log, StageFinished, StageProgress, StageStarted, TrainEpoch, TrainStep
@@ -218,6 +219,10 @@ def pretrain_clip(
     dev = resolve_device(device)
     torch.manual_seed(seed)
     clip_model, source = load_open_clip(model, pretrained, None, image_size)
+    # the checkpoint's folder and space first: a full disk is one line before training, not after it
+    weight_bytes = sum(t.numel() * t.element_size() for t in clip_model.state_dict().values())
+    make_dir(out, "--out")
+    ensure_free(out, weight_bytes + (1 << 20), f"--out {out}: the CLIP checkpoint")
     clip_model.to(dev)
     from open_clip.model import get_model_preprocess_cfg
 
