@@ -26,15 +26,9 @@ INDEX_TYPES = ("flat", "ivf_flat", "ivf_pq", "hnsw")
 
 def load_embeddings(path: Path) -> np.ndarray:
     """An N x D ``.npy`` opened as a read-only memmap (nothing is read until searched)."""
-    if not path.is_file():
-        raise NotFoundError(f"{path}: embeddings file not found")
-    try:
-        emb = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise DataError(f"{path}: not a readable .npy array ({e})") from None
-    if emb.ndim != 2 or not np.issubdtype(emb.dtype, np.floating):
-        raise DataError(f"{path}: expected an N x D float array, got shape {emb.shape} dtype {emb.dtype}")
-    return emb
+    from ofgr_core.embedding.stored import load_embeddings as load
+
+    return load(path)
 
 
 def load_label_csv(path: Path, n_rows: int, *, required: tuple[str, ...] = ("id", "fine")) -> dict[str, Any]:
@@ -103,8 +97,12 @@ def _options(build: Any, names: dict[str, str]) -> Any:
 
 def _faiss_errors(call: Any, index: str, n: int) -> Any:
     """FAISS reports impossible index parameters as a RuntimeError with a C++ location; keep its reason."""
+    from ofgr_core.retrieval.index import IndexBuildError
+
     try:
         return call()
+    except IndexBuildError as e:
+        raise IndexBuildError(e.index_type, e.n, e.reason, option="--index {}") from None
     except RuntimeError as e:
         text = str(e)
         if "faiss" not in text.lower():

@@ -70,7 +70,8 @@ def hierarchy(
     name: str = typer.Option(None, "--name", help="Taxonomy name (default: induced-<dataset folder>)."),
     report_path: Path = typer.Option(None, "--report", help="Report JSON (default: <out>.report.json)."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
-    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Which images are drawn when a class has more than --per-class."),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED,
+                             help="Which images are drawn when a class has more than --per-class."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON document on stdout."),
 ) -> None:
     """Induce a coarse level by clustering fine-class centroids of a frozen encoder's features."""

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from ofgr_core.cli.app import app, err, escape, handle_errors, out, print_json
 from ofgr_core.common.atomic import atomic_write_json, atomic_write_text
-from ofgr_core.common.errors import ConfigError, DataError, ExitCode, NotFoundError
+from ofgr_core.common.errors import ConfigError, ConflictError, DataError, ExitCode, NotFoundError
 from ofgr_core.config import dump_config, load_config, set_run_name
 from ofgr_core.runs.eventlog import EventWriter
 from ofgr_core.runs.events import RunInterrupted, SignalInterrupt
@@ -243,6 +243,7 @@ def _launch(
         metrics_path = RunFolder(run_dir).metrics
         out.print(*_metrics_tables(metrics, metrics_path, f"{run_dir.name}: Recall@K and MAP@R (%)"))
         out.print(f"metrics: {metrics_path}", highlight=False, markup=False)
+        print_result_warnings(metrics)
 
 
 @app.command()
@@ -298,7 +299,7 @@ def resume(
     try:
         info = load_run(run_dir, ours=lock.info if lock is not None else None)
         if info.status == "running":  # a writer from before run locks existed, still alive
-            raise ConfigError(f"run {run_dir.name} is already running ({info.reason}); stop it first")
+            raise ConflictError(f"run {run_dir.name} is already running ({info.reason}); stop it first")
         if info.status == "finished":
             raise ConfigError(f"run {run_dir.name} already finished; nothing to resume")
         problems = (info.reason or "").split("; ")
@@ -369,6 +370,8 @@ def show(
     info = load_run(run_dir)
     if as_json:
         if info.metrics is None:
+            if info.status == "broken":
+                raise DataError(f"{run_dir}: no readable {METRICS_FILE} ({info.reason})")
             raise NotFoundError(f"{run_dir}: no {METRICS_FILE} yet (status: {info.status})")
         print_json(info.metrics)
         return
@@ -380,9 +383,19 @@ def show(
     if info.reason:
         err.print(f"[dim]{info.status}:[/] " + escape(info.reason), highlight=False)
     if info.metrics is None:
-        err.print(f"no {METRICS_FILE} yet", markup=False)
+        err.print(f"no readable {METRICS_FILE}" if info.status == "broken" else f"no {METRICS_FILE} yet",
+                  markup=False)
         return
     out.print(*_metrics_tables(info.metrics, run_dir / METRICS_FILE, "Recall@K and MAP@R (%)"))
+    print_result_warnings(info.metrics)
+
+
+def print_result_warnings(metrics: dict[str, Any]) -> None:
+    """``metrics["warnings"]`` (degenerate embeddings, a lowered batch) as loud lines after the results, also
+    with ``-q``: a result that finished is not a result that can be trusted."""
+    warnings = metrics.get("warnings")
+    for w in warnings if isinstance(warnings, list) else []:
+        err.print(f"[bold yellow]warning:[/] {escape(str(w))}", highlight=False, soft_wrap=True)
 
 
 def _metrics_tables(metrics: dict[str, Any], path: Path, title: str) -> tuple[Table, Table]:

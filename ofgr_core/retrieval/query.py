@@ -6,7 +6,6 @@ The gallery is a split's stored embeddings (``RUN/embeddings/<split>.npy`` + ``.
 
 from __future__ import annotations
 
-import csv
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,11 +69,10 @@ def load_gallery(run_dir: Path, split: str) -> Gallery:
             f"{run_dir.name}: no stored {split!r} embeddings"
             + (f" (available: {', '.join(available)})" if available else " (the run has not reached evaluation)")
         )
-    emb = np.load(npy, mmap_mode="r")
-    with open(csv_path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if len(rows) != len(emb):
-        raise DataError(f"{csv_path}: {len(rows)} rows but {npy.name} has {len(emb)} embeddings")
+    from ofgr_core.embedding.stored import load_embedding_rows, load_embeddings
+
+    emb = load_embeddings(npy)
+    rows = load_embedding_rows(csv_path, len(emb))
     return Gallery(emb, rows, {r["id"]: i for i, r in enumerate(rows)})
 
 

@@ -10,7 +10,6 @@ how events look.
 from __future__ import annotations
 
 import csv
-import json
 import time
 import traceback
 import warnings
@@ -184,12 +183,12 @@ def stage_data(ctx: RunContext) -> Any:
 
 def stage_split(ctx: RunContext, prepared: Any) -> Any:
     """The class-disjoint open-set split (reused from split.json on resume)."""
-    from ofgr_core.data.splits import Split, make_split, save_split
+    from ofgr_core.data.splits import make_split, read_split, save_split
 
     cfg, table = ctx.cfg, prepared.table
     with ctx.stage("split"):
         if ctx.resume and ctx.folder.split.is_file():
-            split = Split.from_json(json.loads(ctx.folder.split.read_text()), table)
+            split = read_split(ctx.folder.split, table)
         else:
             split = make_split(table, prepared.hierarchy, prepared.labels, cfg.split, cfg.seed, ks=cfg.eval.ks)
             if ctx.main:

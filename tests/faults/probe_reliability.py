@@ -506,12 +506,22 @@ def build_cases(p: Probe) -> list[Case]:
     add(Case("silent/duplicate_nested_key", "silent", lambda w: ["data", "inspect", str(w / "c.yaml"), "--no-check"],
              refused(3, text="epochs"), setup=dup_nested))
 
-    def dup_taxonomy(work: Path) -> None:
-        _write(work / "c.yaml", "data:\n  sources: []\ndata:\n  image_size: 32\n")
+    def dup_run_config(work: Path) -> None:
+        _write(work / "c.yaml", f"""
+data:
+  sources: [{{type: synthetic, root: {p.synth}, options: {SYNTH_OPTS}}}]
+  image_size: 32
+  cache_dir: {work / 'cache'}
+model: {{name: test_resnet, embed_dim: 32}}
+sampler: {{coarse_per_batch: 2, fine_per_coarse: 2, k: 2}}
+train: {{epochs: 1, lr: 0.5}}
+eval: {{bootstrap: 0}}
+train: {{epochs: 1}}
+""")
 
     add(Case("silent/duplicate_key_run", "silent", lambda w: ["run", str(w / "c.yaml"), "--runs-dir",
                                                               str(w / "runs"), "-q"],
-             refused(3, text="data"), setup=dup_taxonomy))
+             refused(3, text="train"), setup=dup_run_config))
 
     def symlink_manifest(work: Path) -> None:
         d = work / "ds"
@@ -545,28 +555,31 @@ def build_cases(p: Probe) -> list[Case]:
     add(Case("silent/manifest_symlinked_folder_outside", "silent", lambda w: ["data", "inspect", str(w / "ds")],
              refused(4, text="outside"), setup=symlink_dir_manifest))
 
+    names = ["[bold]x[/bold]", "Škoda Octavia", "[red]", "日本車", ":car:"]
+
     def markup_classes(work: Path) -> None:
         d = work / "ds"
         d.mkdir()
-        imgs = sorted(p.synth.rglob("*.png"))[:8]
-        names = ["[bold]x[/bold]", "Škoda Octavia", "[red]", "日本車"]
-        rows = ["path,fine,coarse"]
+        imgs = sorted(p.synth.rglob("*.png"))[:10]
+        rows = ["path,fine,coarse,domain"]
         for i, img in enumerate(imgs):
             shutil.copy(img, d / f"{i}.png")
-            rows.append(f'{i}.png,"{names[i % 4]}",c{i % 2}')
+            rows.append(f'{i}.png,"{names[i % 5] if i < 5 else "f" + str(i % 2)}",c{i % 2},"{names[i % 5]}"')
         (d / "manifest.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
 
-    def literal_names(r: Result, work: Path) -> str | None:
-        missing = [n for n in ("[bold]x[/bold]", "Škoda Octavia", "[red]", "日本車") if n not in r.stdout]
-        return f"class names not printed literally: {missing}" if missing else None
+    def literal(r: Result, work: Path) -> str | None:
+        missing = [n for n in names if n not in r.stdout]
+        return f"names not printed literally: {missing}" if missing else None
 
-    add(Case("silent/inspect_markup_class_names", "silent", lambda w: ["data", "inspect", str(w / "ds"), "--classes"],
-             refused_or(literal_names), setup=markup_classes))
+    add(Case("silent/inspect_markup_names_text", "silent", lambda w: ["data", "inspect", str(w / "ds")],
+             refused_or(literal), setup=markup_classes))
+    add(Case("silent/inspect_markup_names_json", "silent", lambda w: ["data", "inspect", str(w / "ds"), "--json"],
+             refused_or(literal), setup=markup_classes))
 
     def emb_scaled(scale: float, dtype: str) -> Callable[[Path], None]:
         def setup(work: Path) -> None:
             rng = np.random.default_rng(1)
-            emb = (rng.integers(-64, 64, size=(60, 16)) / 8).astype(dtype)  # few mantissa bits: exact scaling
+            emb = (rng.integers(-64, 64, size=(60, 16)) / 64).astype(dtype)  # |x| <= 1, few mantissa bits
             emb[emb == 0] = 1
             labels = "id,fine,coarse\n" + "".join(f"i{i},f{i % 6},c{i % 2}\n" for i in range(60))
             _write(work / "l.csv", labels)
@@ -691,8 +704,7 @@ def build_cases(p: Probe) -> list[Case]:
 
     def index_random(work: Path) -> None:
         d = p.copy_run(work)
-        r = p.cli(["index", "build", str(d), "--index", "flat", "--runs-dir", str(work / "runs")], cwd=work,
-                  timeout=120)
+        r = p.cli(["index", "build", str(d), "--runs-dir", str(work / "runs")], cwd=work, timeout=120)
         assert r.rc == 0, r.output
         for f in (d / "index").rglob("*"):
             if f.is_file():
@@ -927,6 +939,9 @@ def main(argv: list[str] | None = None) -> int:
                 if case.setup is not None:
                     case.setup(work)
                 argv_ = case.args(work) if callable(case.args) else list(case.args)
+            except Exception as e:  # the probe's own preparation failed: recorded, never counted as a result
+                outcome, detail, seconds = "setup-failed", f"{type(e).__name__}: {str(e)[:150]}", 0.0
+            else:
                 r = probe.cli(argv_, cwd=work, timeout=case.timeout, env=case.env)
                 outcome, detail = classify(case, r, work)
                 seconds = r.seconds
@@ -938,15 +953,14 @@ def main(argv: list[str] | None = None) -> int:
         results.append({"id": case.id, "class": case.klass, "outcome": outcome, "detail": detail,
                         "seconds": round(seconds, 1)})
         print(f"{outcome:12} {case.id:48} {seconds:6.1f}s  {detail[:150]}", flush=True)
-    print("\nclass        " + "  ".join(f"{k:>12}" for k in ("ok", "traceback", "hang", "silent-wrong", "wrong-code",
-                                                              "skipped")))
+    kinds = ("ok", "traceback", "hang", "silent-wrong", "wrong-code", "skipped", "setup-failed")
+    print("\nclass        " + "  ".join(f"{k:>12}" for k in kinds))
     for klass, c in sorted(by_class.items()):
-        print(f"{klass:12} " + "  ".join(f"{c[k]:>12}" for k in ("ok", "traceback", "hang", "silent-wrong",
-                                                                  "wrong-code", "skipped")))
+        print(f"{klass:12} " + "  ".join(f"{c[k]:>12}" for k in kinds))
     print(f"total: {len(cases)} inputs; " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     if args.json:
         args.json.write_text(json.dumps({"counts": counts, "results": results}, indent=2) + "\n")
-    return 0 if counts["ok"] + counts["skipped"] == len(cases) else 1
+    return 0 if counts["ok"] + counts["skipped"] == len(cases) else 1  # setup-failed counts as a failure
 
 
 if __name__ == "__main__":

@@ -272,6 +272,10 @@ def resolve_clip_source(name: str, pretrained: str | None, quick_gelu: bool | No
         )
     if p.suffix.lower() not in CHECKPOINT_SUFFIXES:
         raise ConfigError(f"model.pretrained: {str(p)!r} is not a checkpoint file ({', '.join(CHECKPOINT_SUFFIXES)})")
+    if p.suffix.lower() == ".safetensors":
+        from ofgr_core.models.weights import check_safetensors
+
+        check_safetensors(p)
     beside = p.parent / CONFIG_FILE  # a hub snapshot folder carries its preprocessing next to the weights
     preprocess = architecture_preprocess(arch)
     if beside.is_file():
@@ -311,13 +315,14 @@ def _local_dir_source(path: str, quick_gelu: bool | None) -> ClipSource:
     if not cfg_file.is_file():
         raise NotFoundError(f"model.pretrained: {str(cfg_file)!r} missing; a local-dir folder holds "
                             f"{CONFIG_FILE} and {WEIGHTS_FILE}")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-        model_cfg = cfg["model_cfg"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise ConfigError(f"model.pretrained: {str(cfg_file)!r} is not an open_clip config (needs model_cfg)") from None
+    from ofgr_core.models.weights import check_safetensors, read_open_clip_config
+
+    cfg = read_open_clip_config(cfg_file)  # strict JSON, bounded, model_cfg of the right types
+    model_cfg = cfg["model_cfg"]
     if not any(folder.glob(ext) for ext in ("*.safetensors", "*.bin", "*.pth")):
         raise NotFoundError(f"model.pretrained: no weights in {str(folder)!r} (expected {WEIGHTS_FILE})")
+    for weights in folder.glob("*.safetensors"):
+        check_safetensors(weights)  # header and byte ranges, before open_clip maps it
     qg = bool(model_cfg.get("quick_gelu", False))
     _resolve_quick_gelu(qg, qg, quick_gelu, f"the weights in {folder}")
     arch = str(cfg.get("ofgr", {}).get("arch") or folder.name)
@@ -351,7 +356,7 @@ def load_open_clip(
             else:
                 model = oc.create_model(src.arch, pretrained=src.checkpoint, force_quick_gelu=src.quick_gelu,
                                         **kwargs)
-    except (RuntimeError, ValueError, KeyError, OSError) as e:
+    except Exception as e:  # noqa: BLE001  torch.load, safetensors and open_clip raise many types for a bad file
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise ConfigError(f"model.pretrained: cannot load {src.describe} into {name} ({first}); "
                           "does the checkpoint match model.name?") from None

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import time
@@ -40,6 +41,7 @@ import numpy as np
 
 from ofgr_core.common.diskspace import ensure_free, make_dir
 from ofgr_core.common.errors import ConfigError, DataError
+from ofgr_core.common.textio import read_text
 from ofgr_core.data.common import safe_join
 from ofgr_core.runs.events import Event, Log, StageFinished, StageProgress, StageStarted, TrainEpoch, TrainStep
 
@@ -69,11 +71,15 @@ def read_captions(manifest: str | Path) -> tuple[list[str], list[str], Path]:
     if not p.is_file():
         raise DataError(f"manifest {p} not found; give a CSV with path and caption columns (ofgr data synth "
                         "writes one)")
-    with p.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f, delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
+    # UTF-8 (BOM optional) or UTF-16/32 with a BOM; NUL bytes (a binary file, a caption with \x00) are refused
+    text = read_text(p, what="manifest")
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
         header = [h.strip() for h in (reader.fieldnames or [])]
         reader.fieldnames = header
         rows = list(reader)
+    except csv.Error as e:  # e.g. a caption over csv's 128 KiB field limit
+        raise DataError(f"manifest {p} line {reader.line_num}: malformed CSV ({e})") from None
     absent = [c for c in ("path", "caption") if c not in header]
     if absent:
         raise DataError(f"manifest {p}: missing column(s) {', '.join(absent)} (found: {', '.join(header) or 'none'});"
