@@ -37,9 +37,9 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from ofgr_core.config import ClipModelConfig
     from ofgr_core.embedding.features import FeatureStore, extract_features
-    from ofgr_core.models import create_model_and_transforms
+    from ofgr_core.models.clip.config import ClipModelConfig
+    from ofgr_core.models.factory import create_model_and_transforms
 
     work = Path(tempfile.mkdtemp(prefix="ofgr-bench-extract-"))
     rng = np.random.default_rng(0)
@@ -52,15 +52,15 @@ def main() -> None:
         ClipModelConfig(name=a.model, pretrained=None, head="none", precision=a.precision), image_size=a.size)
     device = torch.device(a.device)
     model.to(device).eval()
-    amp = device.type == "cuda"
+    from ofgr_core.models.precision import autocast, resolve_autocast
+
+    model.autocast_dtype = resolve_autocast(a.precision, "auto", device)
 
     # encoder alone: preprocessed tensors already on the device
     with Image.open(paths[0]) as im:
         x = tf(im.convert("RGB"))
     batch = x.unsqueeze(0).repeat(a.batch_size, 1, 1, 1).to(device)
-    from ofgr_core.embedding.embed import autocast_for
-
-    with torch.no_grad(), autocast_for(device, amp):
+    with torch.no_grad(), autocast(device, model.autocast_dtype):
         model.tower_features(batch)  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -76,7 +76,7 @@ def main() -> None:
     store = FeatureStore(work / "cache", model.feature_key(), model.feature_dim)
     t0 = time.perf_counter()
     feats, stats = extract_features(model, paths, tf, device, store=store, batch_size=a.batch_size,
-                                    num_workers=a.workers, amp=amp)
+                                    num_workers=a.workers)
     pipe = a.n / (time.perf_counter() - t0)
     assert stats["computed"] == a.n and feats.shape == (a.n, model.feature_dim)
     t0 = time.perf_counter()

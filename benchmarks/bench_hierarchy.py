@@ -47,7 +47,7 @@ from ofgr_core.embedding.embed import embed_paths
 from ofgr_core.hierarchy.induce import class_centroids, induce_groups
 from ofgr_core.hierarchy.suspects import find_suspects, precision_recall_at
 from ofgr_core.losses import create_loss
-from ofgr_core.models import create_model_and_transforms
+from ofgr_core.models.factory import create_model_and_transforms
 from ofgr_core.retrieval.evaluate import run_split
 from ofgr_core.runs.checkpoint import load_checkpoint
 from ofgr_core.runs.folder import RunFolder

@@ -23,13 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ofgr_core.config import LossConfig, SamplerConfig, TimmModelConfig
+from ofgr_core.config import LossConfig, SamplerConfig
 from ofgr_core.data.base import create_table
 from ofgr_core.data.labels import Hierarchy
 from ofgr_core.data.loader import ImageDataset
-from ofgr_core.embedding.embed import autocast_for
 from ofgr_core.losses import create_loss
-from ofgr_core.models import create_model, create_transforms
+from ofgr_core.models.factory import create_model, create_transforms
+from ofgr_core.models.precision import autocast, resolve_autocast
+from ofgr_core.models.timm.config import TimmModelConfig
 from ofgr_core.samplers import create_sampler
 from ofgr_core.train.loop import TrainModule
 
@@ -53,7 +54,7 @@ def bench_backbone(name: str, args: argparse.Namespace, table, labels: np.ndarra
         images = images.to(device, non_blocking=True)
         if cuda:
             images = images.contiguous(memory_format=torch.channels_last)
-        with autocast_for(device, cuda):
+        with autocast(device, resolve_autocast("auto", "auto", device)):
             total, _ = module(images, y.to(device))
         opt.zero_grad(set_to_none=True)
         total.backward()

@@ -2,18 +2,27 @@
 
 Every section is a pydantic model with ``extra="forbid"``: an unknown key is an error that names its path and
 the closest valid key; a wrong type names the path, the value and the expected type.
+
+The ``model`` section belongs to the encoder family ``model.kind`` names: each family's folder
+(``ofgr_core/models/<family>/config.py``) defines a ``ModelSection`` subclass and registers it with
+``register_model_family``; this module imports those config modules when it loads (``_load_families``), so
+the schema names no family itself.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 import os
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from ofgr_core.common.errors import ConfigError
 from ofgr_core.common.textio import load_yaml, read_yaml_file
@@ -79,31 +88,40 @@ class SplitConfig(Section):
 
 
 # ---------------------------------------------------------------------------------------------- model
-class TimmModelConfig(Section):
-    """Any timm model, fine-tuned end to end (or frozen: ``freeze: all`` trains only the head, on cached
-    features)."""
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
-    kind: Literal["timm"] = "timm"
-    name: str = "ofgr_tinycnn"  # the demo default; real-data configs name resnet50 / efficientnet_b0
-    pretrained: bool | str = False  # false, true (hub weights), or a local .pth/.safetensors path
-    head: Literal["neck", "none"] = "neck"  # neck: Linear -> BN -> L2; none: the pooled features themselves
-    embed_dim: int = Field(128, gt=0, le=65536)  # the neck's width (head: none uses the backbone's feature width)
-    freeze: Literal["none", "all", "partial"] = "none"
-    trainable: list[str] = Field(default_factory=list)  # freeze=partial: parameter-name prefixes kept trainable
-    key_map: dict[str, str] = Field(default_factory=dict)  # prefix remapping for foreign state dicts
-    # fine-tuning recipes for pretrained backbones (docs/recipes in the README)
-    backbone_lr_mult: float = Field(1.0, ge=0.0, le=100.0)  # backbone learning rate = train.lr x this
-    layer_decay: float | None = Field(None, gt=0.0, le=1.0)  # layer-wise lr decay from the top block down
-    probe_epochs: int = Field(0, ge=0)  # linear probe first: the backbone stays frozen for this many epochs
-    freeze_bn: bool = False  # keep the backbone's BatchNorm statistics fixed while it trains
+
+class ModelSection(Section):
+    """The ``model`` section every encoder family's config class extends (``models/<family>/config.py``).
+
+    A family's class narrows ``kind`` to its ``Literal`` name and adds its own keys; ``model.kind`` picks the
+    class (``register_model_family``), so a key of another family is an unknown key.
+    """
+
+    kind: str
+    name: str = Field(min_length=1, max_length=300)
+    # the dtype of the encoder's forward passes (training, feature extraction, embedding): auto = bf16 where
+    # the GPU supports it, else fp16, when train.amp is on (auto: on CUDA); fp32 = no autocast. CPU runs
+    # fp32 or bf16 (torch's CPU autocast); fp16 needs CUDA.
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
 
     @property
     def tower_frozen(self) -> bool:
-        return self.freeze == "all"
+        """The tower never trains: its features are cached and only the head is fitted."""
+        return False
+
+    def without_weights(self) -> ModelSection:
+        """The same architecture built without loading pretrained weights (a checkpoint that holds the whole
+        network supplies them). Families whose weights come from a source override it."""
+        return self
+
+    def text_config(self) -> TextConfig:
+        """The class-name prompts of text-capable families (``TextConfig`` defaults otherwise)."""
+        return TextConfig()
 
 
 class TextConfig(Section):
-    """Class-name prompts for zero-shot text -> image retrieval (CLIP runs)."""
+    """Class-name prompts for zero-shot text -> image retrieval (families with a text encoder)."""
 
     templates: list[str] = Field(default_factory=lambda: [
         "a photo of a {fine}.",
@@ -114,56 +132,100 @@ class TextConfig(Section):
     space: Literal["auto", "raw", "head"] = "auto"  # which image space free-text queries search (see README)
 
 
-class ClipModelConfig(Section):
-    """A frozen OpenCLIP image tower + a light head trained on its cached features."""
+@dataclass(frozen=True)
+class ModelFamily:
+    """One registry entry per encoder family: what ``model.kind`` selects, readable without building a model.
 
-    kind: Literal["clip"] = "clip"
-    name: str = "ViT-B-32"  # any open_clip architecture (`ofgr models` lists them)
-    # an open_clip pretrained tag (openai, laion2b_s34b_b79k, ...), a local checkpoint file, a
-    # `local-dir:PATH` folder (open_clip_config.json + open_clip_model.safetensors), or null/false (random
-    # init: only useful in tests and for `ofgr clip pretrain`)
-    pretrained: str | None = "openai"
-    quick_gelu: bool | None = None  # null: what the weights need (OpenAI weights were trained with QuickGELU)
-    head: Literal["mlp", "none"] = "mlp"  # none: evaluate the frozen CLIP image embeddings themselves
-    embed_dim: int = Field(256, gt=0, le=65536)  # the head's output width
-    head_depth: int = Field(2, ge=1, le=64)
-    head_width: int = Field(1024, gt=0, le=65536)
-    head_dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    head_residual: bool = False  # x + mlp(x), identity at initialisation (needs embed_dim = feature width)
-    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"  # feature extraction; auto = fp16 on CUDA
-    text: TextConfig = Field(default_factory=TextConfig)
+    Attributes:
+        kind: the ``model.kind`` value.
+        config: the family's ``ModelSection`` subclass (its keys, defaults and checks).
+        factory: ``"package.module:function"`` building the encoder from that config; imported on first use,
+            so reading a config never imports torch or the family's libraries.
+        supports_text: the family's encoders embed text in the image space (text queries, text -> image).
+        default: the family used when ``model.kind`` is not given (exactly one).
+        summary: one line for listings.
+    """
 
-    @field_validator("pretrained", mode="before")
-    @classmethod
-    def _false_is_none(cls, v: Any) -> Any:
-        if v is False:
-            return None
-        if v is True:
-            raise ValueError("give a pretrained tag (e.g. openai), a checkpoint file or local-dir:PATH")
-        return v
-
-    @property
-    def tower_frozen(self) -> bool:
-        return True
+    kind: str
+    config: type[ModelSection]
+    factory: str
+    supports_text: bool = False
+    default: bool = False
+    summary: str = ""
 
 
-MODEL_KINDS = ("timm", "clip")
+_FAMILIES: dict[str, ModelFamily] = {}
 
 
-def _model_kind(value: Any) -> str:
-    kind = value.get("kind", "timm") if isinstance(value, dict) else getattr(value, "kind", "timm")
-    return kind if kind in MODEL_KINDS else str(kind)
+def register_model_family(family: ModelFamily) -> ModelFamily:
+    """Add a family (called by ``models/<family>/config.py`` at import, or by a plugin module).
+
+    Raises:
+        ValueError: the kind is taken, or a second family claims to be the default.
+    """
+    if family.kind in _FAMILIES:
+        raise ValueError(f"model family {family.kind!r} is already registered")
+    if family.default and any(f.default for f in _FAMILIES.values()):
+        raise ValueError(f"model family {family.kind!r}: another family is already the default")
+    _FAMILIES[family.kind] = family
+    return family
 
 
-ModelConfig = Annotated[
-    Annotated[TimmModelConfig, Tag("timm")] | Annotated[ClipModelConfig, Tag("clip")],
-    Discriminator(
-        _model_kind,
-        custom_error_type="model_kind",
-        custom_error_message=f"model.kind must be one of {', '.join(MODEL_KINDS)}",
-    ),
-]
-MODEL_CLASSES: dict[str, type[BaseModel]] = {"timm": TimmModelConfig, "clip": ClipModelConfig}
+def unregister_model_family(kind: str) -> None:
+    """Remove a family (tests and plugins that register one for a while)."""
+    _FAMILIES.pop(kind, None)
+
+
+def model_families() -> list[ModelFamily]:
+    """Every registered family, the default first."""
+    return sorted(_FAMILIES.values(), key=lambda f: not f.default)
+
+
+def model_kinds() -> list[str]:
+    return [f.kind for f in model_families()]
+
+
+def model_family(kind: str) -> ModelFamily:
+    """The registry entry of ``model.kind``.
+
+    Raises:
+        ConfigError: no family of that kind (naming the registered ones).
+    """
+    try:
+        return _FAMILIES[kind]
+    except KeyError:
+        raise ConfigError(f"model.kind: must be one of {', '.join(model_kinds())}, got {kind!r}") from None
+
+
+def default_model_kind() -> str:
+    return next((f.kind for f in _FAMILIES.values() if f.default), "")
+
+
+def text_families() -> list[str]:
+    """The kinds whose encoders embed text (for messages that tell a user where text queries work)."""
+    return [f.kind for f in model_families() if f.supports_text]
+
+
+def _default_model() -> ModelSection:
+    return model_family(default_model_kind()).config.model_validate({})
+
+
+def _load_families() -> None:
+    """Import every family's config module (``ofgr_core/models/<family>/config.py``, which registers it) and
+    the plugin modules named in ``$OFGR_PLUGINS`` (comma-separated; they register families of their own).
+
+    The folders are found on disk, so a new family is a folder: nothing here names one. The config modules
+    import only this module (no torch), so reading a config stays light.
+    """
+    models_dir = Path(__file__).with_name("models")
+    for folder in sorted(models_dir.iterdir()):
+        if (folder / "config.py").is_file() and (folder / "__init__.py").is_file():
+            importlib.import_module(f"{__package__}.models.{folder.name}.config")
+    for name in filter(None, (p.strip() for p in os.environ.get("OFGR_PLUGINS", "").split(","))):
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ConfigError(f"OFGR_PLUGINS: cannot import {name!r} ({e}); fix the module name or unset it") from None
 
 
 # ----------------------------------------------------------------------------------------------- loss
@@ -279,19 +341,37 @@ class Config(Section):
     device: str = Field("auto", pattern=DEVICE_PATTERN)  # auto | cpu | cuda | cuda:N | mps
     data: DataConfig = Field(default_factory=DataConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
-    model: ModelConfig = Field(default_factory=TimmModelConfig)
+    # the family's own class, chosen by model.kind (register_model_family); dumped with all its keys
+    model: SerializeAsAny[ModelSection] = Field(default_factory=_default_model)
     loss: LossConfig = Field(default_factory=LossConfig)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_family(cls, value: Any) -> Any:
+        """A mapping becomes the config class of its ``kind``'s family (errors keep their key paths)."""
+        if not isinstance(value, Mapping):
+            return value
+        kind = value.get("kind", default_model_kind())
+        family = _FAMILIES.get(kind) if isinstance(kind, str) else None
+        if family is None:
+            raise PydanticCustomError("model_kind", "model.kind must be one of {kinds}",
+                                      {"kinds": ", ".join(model_kinds())})
+        return family.config.model_validate(dict(value))
+
 
 # ------------------------------------------------------------------------------------- load / errors
-def _model_at(path: tuple[Any, ...], model_kind: str | None = None) -> type[BaseModel] | None:
+def _model_at(path: tuple[Any, ...], model_kind: Any = None) -> type[BaseModel] | None:
     """The pydantic model that owns the key at ``path`` (to suggest valid keys)."""
     model: Any = Config
     if path and path[0] == "model":
-        model = MODEL_CLASSES.get(model_kind or "timm", TimmModelConfig)  # a class, typed Any
+        kind = model_kind if isinstance(model_kind, str) else default_model_kind()
+        family = _FAMILIES.get(kind)
+        if family is None:
+            return None
+        model = family.config
         path = path[1:]
     for part in path[:-1]:
         if isinstance(part, int):
@@ -321,17 +401,16 @@ def _dotted(path: tuple[Any, ...]) -> str:
     return ".".join(str(p) if str(p).isprintable() and str(p) else repr(p) for p in path)
 
 
-def _format_error(e: ValidationError, origin: str) -> str:
+def _format_error(e: ValidationError, origin: str, tree: Mapping[str, Any] | None = None) -> str:
+    model_tree = (tree or {}).get("model")
+    kind = model_tree.get("kind") if isinstance(model_tree, Mapping) else None
     msgs = []
     for item in e.errors():
         # drop pydantic's union-member tags ("int", "list[int]", "function-after[...]"), keep user keys
         loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and _UNION_TAG.match(p)))
-        kind = None
-        if len(loc) > 1 and loc[0] == "model" and loc[1] in MODEL_KINDS:  # the union's tag, not a key
-            kind, loc = str(loc[1]), (loc[0], *loc[2:])
         where = _dotted(loc) or "<root>"
         if item["type"] == "model_kind":
-            msgs.append(f"{where}.kind: must be one of {', '.join(MODEL_KINDS)}, got {_kind_of(item.get('input'))!r}")
+            msgs.append(f"{where}.kind: must be one of {', '.join(model_kinds())}, got {_kind_of(item.get('input'))!r}")
         elif item["type"] == "extra_forbidden" and loc:
             model = _model_at(loc, kind)
             hint = ""
@@ -438,7 +517,7 @@ def load_config(
         try:
             validated = Config.model_validate(tree)
         except ValidationError as e:
-            raise ConfigError(_format_error(e, origin)) from None
+            raise ConfigError(_format_error(e, origin, tree)) from None
         tree = validated.model_dump(mode="json")
         # the model section keeps only what was written, so `--set model.kind=clip` does not carry the
         # other family's defaults into a section where they are unknown keys
@@ -451,7 +530,7 @@ def load_config(
     try:
         return Config.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(_format_error(e, origin)) from None
+        raise ConfigError(_format_error(e, origin, tree)) from None
 
 
 def set_run_name(cfg: Config, name: str) -> None:
@@ -464,3 +543,6 @@ def set_run_name(cfg: Config, name: str) -> None:
 
 def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+_load_families()

@@ -62,10 +62,10 @@ def hierarchy(
     groups: int = typer.Option(None, "--groups", help="Number of coarse groups (default: by silhouette)."),
     max_groups: int = typer.Option(None, "--max-groups", help="Largest group count the silhouette search tries."),
     linkage: str = typer.Option("average", "--linkage", help="average | complete | single | ward."),
-    model: str = typer.Option(None, "--model", help="Encoder name (timm), overriding the config's model."),
+    model: str = typer.Option(None, "--model", help="Encoder name (model.name), overriding the config's model."),
     run_ref: str = typer.Option(None, "--run", help="Use a finished run's trained encoder (best checkpoint)."),
     per_class: int = typer.Option(20, "--per-class", min=0, help="Images embedded per class (0: all)."),
-    text: bool = typer.Option(False, "--text", help="Cluster text embeddings of the class names (CLIP models)."),
+    text: bool = typer.Option(False, "--text", help="Cluster text embeddings of class names (text-capable models)."),
     image_size: int = typer.Option(None, "--image-size", help="Input resolution (default: config or 64)."),
     name: str = typer.Option(None, "--name", help="Taxonomy name (default: induced-<dataset folder>)."),
     report_path: Path = typer.Option(None, "--report", help="Report JSON (default: <out>.report.json)."),
@@ -94,18 +94,17 @@ def hierarchy(
         cfg = Config()
         data_cfg = DataConfig(sources=[SourceConfig(type=src["type"], root=src["root"])])
     model_cfg = cfg.model
-    checkpoint = None
+    run_dir = None
     if run_ref is not None:
         run = RunFolder(resolve_run(run_ref, runs_dir))
-        model_cfg = load_config(run.config).model.model_copy(update={"pretrained": False})
-        checkpoint = next((p for p in (run.checkpoint("best"), run.checkpoint("last")) if p.is_file()), None)
-        if checkpoint is None:
-            raise ConfigError(f"--run {run_ref}: {run.path} has no checkpoint")
+        model_cfg, run_dir = load_config(run.config).model, run.path
+        if model is not None:
+            raise ConfigError("--model with --run: a run's encoder is its own model; give one of them")
     if model is not None:
         model_cfg = model_cfg.model_copy(update={"name": model})
     size = image_size or data_cfg.image_size
     prepared = load_dataset(data_cfg.model_copy(update={"cache": False}))
-    feats = dataset_class_features(prepared, model_cfg, image_size=size, checkpoint=checkpoint,
+    feats = dataset_class_features(prepared, model_cfg, image_size=size, run_dir=run_dir,
                                    per_class=per_class or None, seed=seed, text=text)
     ind = induce_groups(feats.centroids, feats.classes, n_groups=groups, max_groups=max_groups,
                         linkage=linkage)  # type: ignore[arg-type]

@@ -1,10 +1,9 @@
-"""Embedding images with a trained model (batched, no grad, AMP on GPU)."""
+"""Embedding images with a trained model (batched, no grad, under the encoder's autocast dtype)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +11,7 @@ import numpy as np
 import torch
 
 from ofgr_core.data.loader import ImageDataset
-
-
-def autocast_for(device: torch.device, enabled: bool) -> Any:
-    if not enabled or device.type != "cuda":
-        return nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
+from ofgr_core.models.precision import autocast
 
 
 @torch.no_grad()
@@ -30,11 +23,14 @@ def iter_embed(
     *,
     batch_size: int = 256,
     num_workers: int = 0,
-    amp: bool = False,
+    autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     normalize: bool = True,
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(start_row, embeddings)`` chunks in order; float32, L2-normalised unless ``normalize=False``."""
+    """Yield ``(start_row, embeddings)`` chunks in order; float32, L2-normalised unless ``normalize=False``.
+
+    ``autocast_dtype``: the forward pass's autocast dtype (an encoder's ``autocast_dtype``; None: float32).
+    """
     labels = np.zeros((len(paths), 1), dtype=np.int64)
     loader = torch.utils.data.DataLoader(
         ImageDataset(paths, labels, transform),
@@ -52,7 +48,7 @@ def iter_embed(
             images = images.to(device, non_blocking=True)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            with autocast_for(device, amp):
+            with autocast(device, autocast_dtype):
                 emb = model(images)
             emb = emb.float()
             emb = (torch.nn.functional.normalize(emb, dim=1) if normalize else emb).cpu().numpy()

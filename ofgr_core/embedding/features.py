@@ -345,7 +345,6 @@ def extract_features(
     store: FeatureStore | None = None,
     batch_size: int = 256,
     num_workers: int = 0,
-    amp: bool = False,
     chunk: int = 4096,
     progress: Progress | None = None,
 ) -> tuple[np.ndarray, dict[str, int]]:
@@ -353,6 +352,7 @@ def extract_features(
 
     Only images whose content hash is missing from the cache run through the tower; they are computed in
     chunks of ``chunk`` images and appended after each chunk, so an interrupted fill resumes where it stopped.
+    The tower runs under the encoder's own ``autocast_dtype``, the dtype its ``feature_key()`` names.
 
     Returns:
         ``(features, stats)``: ``(N, feature_dim)`` float32 in the order of ``paths``, and
@@ -367,7 +367,8 @@ def extract_features(
     if store is None:
         out = np.empty((n, dim), np.float32)
         for start, feats in iter_embed(_TowerOnly(encoder), list(paths), transform, torch.device(device),
-                                       batch_size=batch_size, num_workers=num_workers, amp=amp,
+                                       batch_size=batch_size, num_workers=num_workers,
+                                       autocast_dtype=encoder.autocast_dtype,
                                        normalize=False):
             out[start : start + len(feats)] = feats
             if progress is not None:
@@ -388,7 +389,8 @@ def extract_features(
         part = todo[a : a + chunk]
         feats = np.empty((len(part), dim), np.float32)
         for start, f in iter_embed(tower, [paths[i] for i in part], transform, torch.device(device),
-                                   batch_size=batch_size, num_workers=num_workers, amp=amp, normalize=False):
+                                   batch_size=batch_size, num_workers=num_workers,
+                                   autocast_dtype=encoder.autocast_dtype, normalize=False):
             feats[start : start + len(f)] = f
         store.append([digests[i] for i in part], feats)
         done += len(part)

@@ -26,12 +26,16 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import yaml
 
 from ofgr_core.common.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from ofgr_core.config import ModelSection
+    from ofgr_core.models.base import Encoder, Transform
 
 Linkage = Literal["average", "complete", "single", "ward"]
 LINKAGES: tuple[str, ...] = ("average", "complete", "single", "ward")
@@ -321,31 +325,37 @@ def _sample_per_class(labels: Sequence[str], per_class: int | None, seed: int) -
     return np.asarray(rows, dtype=np.int64)
 
 
-def load_encoder(model_cfg: Any, image_size: int | None, checkpoint: str | os.PathLike[str] | None = None
-                 ) -> tuple[Any, Any, dict[str, Any]]:
-    """A frozen encoder (any family, through ``create_model_and_transforms``) in eval mode, its eval
-    transform, and a description for reports. ``checkpoint``: a run's ``best.pt``/``last.pt`` to load."""
-    from ofgr_core.models import create_model_and_transforms
+def load_encoder(
+    model_cfg: ModelSection, image_size: int | None, run_dir: str | os.PathLike[str] | None = None,
+) -> tuple[Encoder, Transform, dict[str, Any]]:
+    """A frozen encoder in eval mode, its eval transform, and a description for reports.
 
-    if checkpoint is not None:
-        model_cfg = model_cfg.model_copy(update={"pretrained": False})
-    model, _, eval_tf = create_model_and_transforms(model_cfg, image_size=image_size)
-    info: dict[str, Any] = {"kind": model_cfg.kind, "name": model_cfg.name,
-                            "pretrained": getattr(model_cfg, "pretrained", None)}
-    if checkpoint is not None:
-        from ofgr_core.runs.checkpoint import load_checkpoint
+    Without ``run_dir``: the encoder ``model_cfg`` describes, as built (any family, through
+    ``create_model_and_transforms``). With ``run_dir``: that run's trained encoder
+    (``ofgr_core.models.run_encoder.load_run_encoder``; ``model_cfg`` is then the run's own).
+    """
+    if run_dir is not None:
+        from ofgr_core.models.run_encoder import load_run_encoder
 
-        model.load_state_dict(load_checkpoint(checkpoint, map_location="cpu")["model"])
-        info["checkpoint"] = str(checkpoint)
+        run = load_run_encoder(run_dir, "cpu")
+        model, eval_tf, model_cfg = run.model, run.transform, run.config.model
+        info: dict[str, Any] = {"kind": model_cfg.kind, "name": model_cfg.name, "run": str(run_dir),
+                                "checkpoint": str(run.checkpoint) if run.checkpoint else None}
+    else:
+        from ofgr_core.models.factory import create_model_and_transforms
+
+        model, _, eval_tf = create_model_and_transforms(model_cfg, image_size=image_size)
+        info = {"kind": model_cfg.kind, "name": model_cfg.name}
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
+    info["provenance"] = model.provenance()
     return model, eval_tf, info
 
 
 def image_features(
-    model: Any,
-    eval_tf: Any,
+    model: Encoder,
+    eval_tf: Transform,
     paths: Sequence[str],
     *,
     digests: Sequence[str] | None = None,
@@ -362,6 +372,7 @@ def image_features(
         from ofgr_core.embedding.embed import embed_paths
 
         feats = embed_paths(model, list(paths), eval_tf, torch.device("cpu"), progress=progress,
+                            autocast_dtype=model.autocast_dtype,
                             batch_size=batch_size)
         return feats, "embedding"
     from ofgr_core.embedding.features import FeatureStore, default_cache_root, extract_features
@@ -378,17 +389,20 @@ def image_features(
     return np.asarray(feats, dtype=np.float32), "tower"
 
 
-def text_centroids(model: Any, classes: Sequence[str], template: str = "a photo of a {}.") -> np.ndarray:
-    """Unit-norm text embeddings of the class names (models with ``supports_text``, e.g. CLIP).
+def text_centroids(model: Encoder, classes: Sequence[str], template: str = "a photo of a {}.") -> np.ndarray:
+    """Unit-norm text embeddings of the class names (models with ``supports_text``).
 
     Raises:
         ConfigError: the model cannot embed text.
     """
     import torch
 
-    if not getattr(model, "supports_text", False):
-        raise ConfigError(f"{type(model).__name__} cannot embed text; use a CLIP model (model.kind: clip) for "
-                          "--text, or induce from image features")
+    if not model.supports_text:
+        from ofgr_core.config import text_families
+
+        kinds = " or ".join(text_families()) or "none is registered"
+        raise ConfigError(f"{model.family} models cannot embed text; --text needs a family with a text encoder "
+                          f"(model.kind: {kinds}), or induce from image features")
     with torch.no_grad():
         emb = model.encode_text(model.tokenize([template.format(c) for c in classes]))
     return _unit(emb.float().cpu().numpy())
@@ -396,10 +410,10 @@ def text_centroids(model: Any, classes: Sequence[str], template: str = "a photo 
 
 def dataset_class_features(
     prepared: Any,
-    model_cfg: Any,
+    model_cfg: ModelSection,
     *,
     image_size: int | None,
-    checkpoint: str | os.PathLike[str] | None = None,
+    run_dir: str | os.PathLike[str] | None = None,
     per_class: int | None = 20,
     seed: int = 0,
     text: bool = False,
@@ -410,13 +424,13 @@ def dataset_class_features(
 
     Image mode (default): the mean L2-normalised feature of up to ``per_class`` images per class; the
     features are the frozen tower's (cached by content hash), or a trained run's embeddings when
-    ``checkpoint`` is given. Text mode: the text embedding of each class name (CLIP-style models).
+    ``run_dir`` is given. Text mode: the text embedding of each class name (families with a text encoder).
 
     Args:
         prepared: a :class:`ofgr_core.data.dataset.PreparedData`.
         model_cfg: the ``model`` config section naming the encoder.
         image_size: input resolution (``None``: the model's default).
-        checkpoint: trained weights to load (a run's ``best.pt``).
+        run_dir: a run whose trained encoder to use (its best, else last, checkpoint).
         per_class: images per class to embed (``None``: all).
         seed: which images are drawn when a class has more.
         text: use class-name text embeddings instead of images.
@@ -426,7 +440,7 @@ def dataset_class_features(
     table = prepared.table
     fine = table.labels["fine"]
     rows = _sample_per_class(fine, per_class, seed)
-    model, tf, info = load_encoder(model_cfg, image_size, checkpoint)
+    model, tf, info = load_encoder(model_cfg, image_size, run_dir)
     labels = [fine[i] for i in rows]
     if text:
         classes = sorted(set(labels))
@@ -436,7 +450,7 @@ def dataset_class_features(
         hashes = table.meta.get("content_hash") or {}
         digests = [hashes.get(table.ids[i], "") for i in rows]
         feats, which = image_features(model, tf, [table.paths[i] for i in rows],
-                                      digests=digests if all(digests) else None, trained=checkpoint is not None,
+                                      digests=digests if all(digests) else None, trained=run_dir is not None,
                                       cache_root=cache_root, progress=progress)
         info["features"] = which
         classes, cents = class_centroids(feats, labels)

@@ -1,33 +1,7 @@
-"""Encoders: ``create_model_and_transforms(cfg.model, image_size)`` -> an ``Encoder`` + its preprocessing."""
+"""Encoders. ``base.py`` is the contract every family implements, ``factory.py`` builds the family that
+``model.kind`` names (``create_model_and_transforms``), ``run_encoder.py`` rebuilds a run's encoder from its
+folder; each family is one folder (``timm/``, ``clip/``, ...) whose ``config.py`` registers it.
 
-from ofgr_core.models.base import Encoder, FeatureHead, MLPHead
-from ofgr_core.models.clip.encoder import ClipEncoder  # registers model.kind=clip (open_clip is imported lazily)
-from ofgr_core.models.factory import (
-    MODELS,
-    create_model,
-    create_model_and_transforms,
-    create_transforms,
-    encoder_class,
-)
-from ofgr_core.models.timm.backbone import create_timm_backbone, load_backbone_checkpoint, read_state_dict
-from ofgr_core.models.timm.encoder import EmbeddingModel
-from ofgr_core.models.timm.neck import EmbeddingNeck
-from ofgr_core.models.timm.tiny_cnn import TinyCNN  # registers ofgr_tinycnn in timm
-
-__all__ = [
-    "MODELS",
-    "ClipEncoder",
-    "EmbeddingModel",
-    "Encoder",
-    "FeatureHead",
-    "MLPHead",
-    "create_model_and_transforms",
-    "EmbeddingNeck",
-    "TinyCNN",
-    "create_model",
-    "create_timm_backbone",
-    "create_transforms",
-    "encoder_class",
-    "load_backbone_checkpoint",
-    "read_state_dict",
-]
+This package's ``__init__`` imports nothing, so reading a config (which imports the families' ``config.py``)
+never imports torch.
+"""

@@ -1,4 +1,4 @@
-"""Query a run's stored embeddings: by dataset item, by image file, or (CLIP runs) by text.
+"""Query a run's stored embeddings: by dataset item, by image file, or by text (runs of a text-capable family).
 
 The gallery is a split's stored embeddings (``RUN/embeddings/<split>.npy`` + ``.csv``); a persisted index in
 ``RUN/index/<split>/`` (``ofgr index build``) is used when present, an exact in-memory index otherwise.
@@ -9,12 +9,17 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ofgr_core.common.errors import ConfigError, DataError, NotFoundError
+from ofgr_core.config import Config, model_family, text_families
 from ofgr_core.runs.folder import RunFolder
+
+if TYPE_CHECKING:  # torch is imported only by queries that run the encoder
+    from ofgr_core.models.base import Encoder
+    from ofgr_core.models.run_encoder import RunEncoder
 
 
 @dataclass(frozen=True)
@@ -88,30 +93,19 @@ def _searcher(run_dir: Path, split: str, gallery: Gallery) -> Any:
 
 
 @functools.lru_cache(maxsize=2)
-def _load_model(run_dir: str, mtime: float) -> tuple[Any, Any, Any]:
-    """The run's encoder with its best (else last) checkpoint + eval transform (cached per run and mtime)."""
-    import torch
+def _run_encoder(run_dir: str, mtime: float) -> RunEncoder:
+    """The run's encoder on the CPU (``load_run_encoder``), cached per run and checkpoint time."""
+    from ofgr_core.models.run_encoder import load_run_encoder
 
-    from ofgr_core.config import load_config
-    from ofgr_core.models import create_model_and_transforms
-    from ofgr_core.runs.checkpoint import load_checkpoint
+    return load_run_encoder(run_dir, "cpu")
 
-    rd = RunFolder(run_dir)
-    cfg = load_config(rd.config)
-    ckpt = next((p for p in (rd.checkpoint("best"), rd.checkpoint("last")) if p.is_file()), None)
-    state = load_checkpoint(ckpt)["model"] if ckpt is not None else None
-    model_cfg = cfg.model
-    if state is not None and not cfg.model.tower_frozen:
-        # an end-to-end checkpoint holds the whole network: hub weights are not needed to rebuild it
-        model_cfg = cfg.model.model_copy(update={"pretrained": False})
-    model, _, eval_tf = create_model_and_transforms(model_cfg, image_size=cfg.data.image_size)
-    if state is not None:
-        model.load_trainable_state_dict(state)
-    elif not model.tower_from_weights or any(True for _ in model.head.parameters()):
-        # without a checkpoint only a weights-built tower with no head is reproducible
-        raise NotFoundError(f"{rd.run_id}: no checkpoint to embed a new image with")
-    model.eval()
-    return model, eval_tf, torch.device("cpu")
+
+def run_encoder(run_dir: str | Path) -> RunEncoder:
+    """The run's encoder, rebuilt once per run and checkpoint modification time."""
+    from ofgr_core.models.run_encoder import checkpoint_mtime
+
+    path = Path(run_dir).resolve()
+    return _run_encoder(str(path), checkpoint_mtime(path))
 
 
 def embed_image(run_dir: Path, image_path: str) -> np.ndarray:
@@ -126,11 +120,11 @@ def embed_image(run_dir: Path, image_path: str) -> np.ndarray:
             img = im.convert("RGB")
     except Exception as e:
         raise DataError(f"{p}: cannot read image ({type(e).__name__})") from None
-    ckpts = [RunFolder(run_dir).checkpoint(n) for n in ("best", "last")]
-    mtime = max((c.stat().st_mtime for c in ckpts if c.is_file()), default=0.0)
-    model, tf, device = _load_model(str(run_dir.resolve()), mtime)
-    with torch.no_grad():
-        emb = model.encode_images(tf(img).unsqueeze(0).to(device))
+    from ofgr_core.models.precision import autocast
+
+    enc = run_encoder(run_dir)
+    with torch.no_grad(), autocast(enc.device, enc.model.autocast_dtype):
+        emb = enc.model.encode_images(enc.transform(img).unsqueeze(0).to(enc.device))
     return torch.nn.functional.normalize(emb.float(), dim=1).numpy()
 
 
@@ -190,7 +184,7 @@ def query_run(
 
 
 # ------------------------------------------------------------------------------------------ text queries
-def _run_config(run_dir: str | Path) -> Any:
+def _run_config(run_dir: str | Path) -> Config:
     from ofgr_core.config import load_config
 
     rd = RunFolder(run_dir)
@@ -200,33 +194,12 @@ def _run_config(run_dir: str | Path) -> Any:
 
 
 def run_supports_text(run_dir: str | Path) -> bool:
-    """Whether a run's model can take text queries: the encoder class its config builds says so
-    (``Encoder.supports_text``), read without building the model."""
-    from ofgr_core.models import encoder_class
-
-    return bool(encoder_class(_run_config(run_dir).model).supports_text)
+    """Whether a run's model can take text queries: its family's registry entry says so
+    (``ModelFamily.supports_text``), read without building the model."""
+    return model_family(_run_config(run_dir).model.kind).supports_text
 
 
-@functools.lru_cache(maxsize=2)
-def _text_model(run_dir: str, mtime: float) -> Any:
-    """The run's encoder (tower from its weights source, trained head from the best/last checkpoint)."""
-    from ofgr_core.models import create_model
-    from ofgr_core.runs.checkpoint import load_checkpoint
-
-    rd = RunFolder(run_dir)
-    cfg = _run_config(rd.path)
-    model = create_model(cfg.model, image_size=cfg.data.image_size)
-    ckpt = next((p for p in (rd.checkpoint("best"), rd.checkpoint("last")) if p.is_file()), None)
-    if ckpt is not None:
-        state = load_checkpoint(ckpt)["model"]
-        model.load_trainable_state_dict(state)
-    elif any(p.requires_grad for p in model.parameters()):
-        raise NotFoundError(f"{rd.run_id}: no checkpoint with the trained head (checkpoints/best.pt or last.pt)")
-    model.eval()
-    return model
-
-
-def _text_space(run_dir: Path, split: str, cfg: Any) -> str:
+def _text_space(run_dir: Path, split: str, cfg: Config) -> str:
     """``metrics.json``'s choice for the split (``text_to_image.space_for_free_text``), else the config's."""
     import json
 
@@ -237,24 +210,24 @@ def _text_space(run_dir: Path, split: str, cfg: Any) -> str:
             return space
     except (OSError, ValueError, AttributeError):
         pass
-    space = getattr(getattr(cfg.model, "text", None), "space", "raw")
+    space = cfg.model.text_config().space
     return space if space in ("raw", "head") else "raw"
 
 
-def _raw_gallery(model: Any, cfg: Any, gallery: Gallery) -> np.ndarray:
+def _raw_gallery(model: Encoder, cfg: Config, gallery: Gallery) -> np.ndarray:
     """The gallery's raw tower features, from the shared feature cache (the tower runs only on misses)."""
     import torch
 
     from ofgr_core.embedding.features import FeatureStore, default_cache_root, extract_features
-    from ofgr_core.models import create_transforms
+    from ofgr_core.models.factory import create_transforms
 
     root = Path(cfg.data.feature_cache).expanduser() if cfg.data.feature_cache else default_cache_root()
     store = FeatureStore(root, model.feature_key(), model.feature_dim)
     paths = [r["path"] for r in gallery.rows]
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
-        raise NotFoundError(f"gallery image {missing[0]} not found ({len(missing)} missing); the raw CLIP space "
-                            "needs the run's images")
+        raise NotFoundError(f"gallery image {missing[0]} not found ({len(missing)} missing); the raw tower "
+                            "space needs the run's images")
     with torch.no_grad():
         feats, _ = extract_features(model, paths, create_transforms(model, train=False), "cpu", store=store)
     return feats
@@ -265,16 +238,14 @@ def _query_text(run_dir: Path, text: str, *, k: int, split: str) -> QueryResult:
 
     if not run_supports_text(run_dir):
         cfg = _run_config(run_dir)
+        kinds = " or ".join(text_families()) or "none is registered"
         raise ConfigError(f"{run_dir.name}: its {cfg.model.kind} model ({cfg.model.name}) has no text encoder; "
-                          "text queries need a CLIP run (model.kind: clip)")
+                          f"text queries need a run of a family with one (model.kind: {kinds})")
     if not text.strip():
         raise ConfigError("--text: empty query")
     cfg = _run_config(run_dir)
     gallery = load_gallery(run_dir, split)
-    rd = RunFolder(run_dir)
-    mtime = max((c.stat().st_mtime for c in (rd.checkpoint("best"), rd.checkpoint("last")) if c.is_file()),
-                default=0.0)
-    model = _text_model(str(run_dir.resolve()), mtime)
+    model = run_encoder(run_dir).model
     space = _text_space(run_dir, split, cfg)
     q = encode_free_text(model, text, space)
     if space == "raw":

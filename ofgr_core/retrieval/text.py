@@ -35,13 +35,16 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ofgr_core.common.errors import ConfigError, DataError
 from ofgr_core.config import EvalConfig, TextConfig
 from ofgr_core.retrieval.index import unit_rows
+
+if TYPE_CHECKING:
+    from ofgr_core.models.base import Encoder
 
 SPACES = ("raw", "head")
 
@@ -65,7 +68,7 @@ def build_prompts(templates: Sequence[str], *, fine: str | None = None, coarse: 
     return out
 
 
-def encode_prompt_sets(encoder: Any, prompt_sets: Sequence[Sequence[str]], *, batch_size: int = 256) -> np.ndarray:
+def encode_prompt_sets(encoder: Encoder, prompt_sets: Sequence[Sequence[str]], *, batch_size: int = 256) -> np.ndarray:
     """One ensembled text embedding per prompt set: the mean of its L2-normalised prompt embeddings,
     renormalised (CLIP's prompt ensembling). Returns ``(len(prompt_sets), D)`` float32, in the raw CLIP space.
     """
@@ -100,7 +103,7 @@ class TextQueries:
 
 
 def class_text_embeddings(
-    encoder: Any, class_names: Sequence[Sequence[str]], labels: np.ndarray, text_cfg: TextConfig,
+    encoder: Encoder, class_names: Sequence[Sequence[str]], labels: np.ndarray, text_cfg: TextConfig,
 ) -> dict[str, TextQueries]:
     """Prompt-ensembled queries for the classes present in ``labels``: ``{"fine": ..., "coarse": ...}``.
 
@@ -137,26 +140,16 @@ def class_text_embeddings(
     return out
 
 
-def _to_head(encoder: Any, text_emb: np.ndarray) -> np.ndarray:
+def _to_head(encoder: Encoder, text_emb: np.ndarray) -> np.ndarray:
     """Text embeddings through the trained head (what the head does to image features, applied to text)."""
-    import torch
+    from ofgr_core.models.base import apply_head
 
-    was = encoder.training
-    encoder.eval()
-    try:
-        with torch.no_grad():
-            device = next(encoder.head.parameters()).device if any(True for _ in encoder.head.parameters()) else "cpu"
-            x = torch.from_numpy(np.ascontiguousarray(text_emb, dtype=np.float32)).to(device)
-            return encoder.encode_features(x).float().cpu().numpy()
-    finally:
-        encoder.train(was)
+    return apply_head(encoder, text_emb)
 
 
-def has_head(encoder: Any) -> bool:
+def has_head(encoder: Encoder) -> bool:
     """True when the encoder's head changes the space (an identity head gives ``head`` == ``raw``)."""
-    from torch import nn
-
-    return not isinstance(encoder.head, nn.Identity)
+    return encoder.has_head
 
 
 def _space_block(
@@ -191,7 +184,7 @@ def _space_block(
 
 
 def evaluate_text_to_image(
-    encoder: Any,
+    encoder: Encoder,
     raw_features: np.ndarray,
     embeddings: np.ndarray,
     labels: np.ndarray,
@@ -228,9 +221,8 @@ def evaluate_text_to_image(
         ConfigError: the encoder has no text tower.
         DataError: shapes do not match.
     """
-    if not getattr(encoder, "supports_text", False):
-        raise ConfigError(f"{getattr(encoder, 'family', 'this')} models have no text encoder; text -> image "
-                          "needs model.kind=clip")
+    if not encoder.supports_text:
+        encoder.tokenize([])  # raises the ConfigError that names the text-capable families
     eval_cfg = eval_cfg or EvalConfig()
     labels = np.asarray(labels)
     if labels.ndim == 1:
@@ -250,7 +242,7 @@ def evaluate_text_to_image(
 
 
 def choose_space(
-    encoder: Any, text_cfg: TextConfig, class_names: Sequence[Sequence[str]],
+    encoder: Encoder, text_cfg: TextConfig, class_names: Sequence[Sequence[str]],
     val: tuple[np.ndarray, np.ndarray, np.ndarray] | None, *, level_names: Sequence[str] = ("fine", "coarse"),
     seed: int = 0,
 ) -> tuple[str, dict[str, Any]]:
@@ -278,7 +270,7 @@ def choose_space(
                   "val": scores}
 
 
-def encode_free_text(encoder: Any, text: str, space: str) -> np.ndarray:
+def encode_free_text(encoder: Encoder, text: str, space: str) -> np.ndarray:
     """A free-text query as a ``(1, D)`` unit vector in ``space`` (``raw`` or ``head``)."""
     if space not in SPACES:
         raise ConfigError(f"text space {space!r} is not one of {', '.join(SPACES)}")

@@ -14,6 +14,7 @@ from typing import Any
 
 from ofgr_core.common.errors import ConfigError, NotFoundError
 from ofgr_core.common.textio import load_yaml
+from ofgr_core.config import default_model_kind
 from ofgr_core.runs.eventlog import EventTail
 from ofgr_core.runs.events import TERMINAL_TYPES
 from ofgr_core.runs.folder import CONFIG_FILE, EVENTS_FILE, METRICS_FILE, RunFolder
@@ -152,6 +153,15 @@ class RunInfo:
     def live(self) -> bool:
         """A process writes this run now: it must not be resumed or deleted."""
         return self.status == "running"
+
+    @property
+    def model_label(self) -> str:
+        """``model.name`` alone for the default family (the common case, ``model.kind`` may be left out),
+        ``kind:name`` for the others; ``-`` when the config names no model."""
+        kind, _, name = self.model.partition(":")
+        if not name:
+            return kind or "-"
+        return name if kind == default_model_kind() else self.model
 
     def to_dict(self) -> dict[str, Any]:
         return {

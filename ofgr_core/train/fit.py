@@ -117,14 +117,13 @@ class EndToEnd(Fitter):
 
         cfg = inp.cfg
         labels, _ = train_labels(inp.labels, inp.train_rows)
-        cuda = inp.device.type == "cuda"
-        amp, cl = _flag(cfg.train.amp, cuda), _flag(cfg.train.channels_last, cuda)
+        cl = _flag(cfg.train.channels_last, inp.device.type == "cuda")
         val_paths = [inp.paths[i] for i in inp.val_rows]
 
         def val_embed() -> np.ndarray:
             return embed_paths(inp.model, val_paths, inp.eval_transform, inp.device,
                                batch_size=cfg.train.eval_batch_size, num_workers=cfg.data.num_workers,
-                               amp=amp, channels_last=cl)
+                               autocast_dtype=inp.model.autocast_dtype, channels_last=cl)
 
         mc = cfg.model
         return (yield from _train(
@@ -147,7 +146,7 @@ class EndToEnd(Fitter):
         cuda = inp.device.type == "cuda"
         return embed_paths(inp.model, [inp.paths[i] for i in rows], inp.eval_transform, inp.device,
                            progress=progress, batch_size=cfg.train.eval_batch_size,
-                           num_workers=cfg.data.num_workers, amp=_flag(cfg.train.amp, cuda),
+                           num_workers=cfg.data.num_workers, autocast_dtype=inp.model.autocast_dtype,
                            channels_last=_flag(cfg.train.channels_last, cuda), out=out)
 
 
@@ -167,7 +166,6 @@ class HeadOnFeatures(Fitter):
         rows = np.unique(np.asarray(rows, dtype=np.int64))
         root = Path(cfg.data.feature_cache).expanduser() if cfg.data.feature_cache else default_cache_root()
         store = FeatureStore(root, inp.model.feature_key(), inp.model.feature_dim)
-        cuda = inp.device.type == "cuda"
         digests = [inp.digests[i] for i in rows]
         dist = inp.dist_info
         if dist.enabled:
@@ -180,7 +178,7 @@ class HeadOnFeatures(Fitter):
             extract_features(
                 inp.model, [inp.paths[rows[j]] for j in mine], inp.eval_transform, inp.device,
                 digests=[digests[j] for j in mine], store=store, batch_size=cfg.train.eval_batch_size,
-                num_workers=cfg.data.num_workers, amp=_flag(cfg.train.amp, cuda), progress=progress,
+                num_workers=cfg.data.num_workers, progress=progress,
             )
             barrier(dist)
             store.refresh()
@@ -189,7 +187,7 @@ class HeadOnFeatures(Fitter):
             feats, stats = extract_features(
                 inp.model, [inp.paths[i] for i in rows], inp.eval_transform, inp.device, digests=digests,
                 store=store, batch_size=cfg.train.eval_batch_size, num_workers=cfg.data.num_workers,
-                amp=_flag(cfg.train.amp, cuda), progress=progress,
+                progress=progress,
             )
         self._matrix = feats
         self._features = {int(r): j for j, r in enumerate(rows)}
@@ -270,6 +268,7 @@ def _train(inp: FitInputs, **kwargs: Any) -> Generator[Event, None, TrainResult]
         resume_from=inp.resume_from,
         state_dict=inp.model.trainable_state_dict,
         load_state_dict=inp.model.load_trainable_state_dict,
+        autocast_dtype=inp.model.autocast_dtype,
         **kwargs,
     ))
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ofgr_core.config import Config, EvalConfig, IndexConfig
-from ofgr_core.embedding.embed import autocast_for
+from ofgr_core.models.precision import autocast
 from ofgr_core.runs.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ofgr_core.runs.events import Event, Log, TrainEpoch, TrainStep
 from ofgr_core.train import guard
@@ -91,6 +91,7 @@ def train(
     probe_epochs: int = 0,
     backbone_lr_mult: float = 1.0,
     layer_decay: float | None = None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> Generator[Event, None, TrainResult]:
     """Train ``model`` with ``loss_fn`` on batches of ``train_dataset`` drawn by ``sampler``.
 
@@ -105,16 +106,16 @@ def train(
             whole state; an encoder passes ``trainable_state_dict`` so a frozen tower is never saved).
         num_workers: data-loading processes (default ``data.num_workers``; 0 for in-memory features).
         probe_epochs, backbone_lr_mult, layer_decay: the fine-tuning recipe (``ofgr_core.train.optim``).
+        autocast_dtype: the forward pass's autocast dtype (the encoder's, from ``model.precision``).
     """
     tc = cfg.train
     cuda = device.type == "cuda"
-    use_amp = _flag(tc.amp, cuda)
     channels_last = _flag(tc.channels_last, cuda)
     save_state = state_dict or model.state_dict
     load_state = load_state_dict or model.load_state_dict
     workers = cfg.data.num_workers if num_workers is None else num_workers
-    # fp16 needs loss scaling; bf16 (Ampere and newer) does not
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and cuda and not torch.cuda.is_bf16_supported())
+    # fp16 needs loss scaling; bf16 does not
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
 
     model.to(device)
     loss_fn.to(device)
@@ -209,7 +210,7 @@ def train(
             labels = labels.to(device, non_blocking=True)
             if channels_last and images.ndim == 4:
                 images = images.contiguous(memory_format=torch.channels_last)
-            with autocast_for(device, use_amp):
+            with autocast(device, autocast_dtype):
                 loss, parts = module(images, labels)
             optimizer.zero_grad(set_to_none=True)
             values = {"loss": float(loss.detach())} | {k: float(v.detach()) for k, v in parts.items()}

@@ -228,7 +228,8 @@ def run_pipeline(
     import torch
 
     from ofgr_core.losses import create_loss
-    from ofgr_core.models import create_model_and_transforms
+    from ofgr_core.models.factory import create_model_and_transforms
+    from ofgr_core.models.precision import resolve_autocast
     from ofgr_core.runs.checkpoint import load_checkpoint
     from ofgr_core.samplers import create_sampler
     from ofgr_core.train.ddp import barrier, init_distributed, resolve_device
@@ -247,6 +248,7 @@ def run_pipeline(
 
     model, train_tf, eval_tf = create_model_and_transforms(cfg.model, image_size=cfg.data.image_size,
                                                            crop_scale=cfg.data.crop_scale)
+    model.autocast_dtype = resolve_autocast(cfg.model.precision, cfg.train.amp, device)
     fitter = create_fitter(model)
     size = cfg.data.image_size or int(model.data_config["input_size"][-1])
     memory = memory_preflight(cfg, model, device, image_size=size, emit=ctx.emit_main, max_rows=len(table),
@@ -291,6 +293,8 @@ def run_pipeline(
                 result.best_val = validate(fitter.embed(inp, inp.val_rows), labels[inp.val_rows])["recall@1"]
             ctx.emit_main(Log("nothing to train (train.epochs=0 or no trainable parameters): evaluating the "
                               "encoder as it is"))
+            if ctx.main:
+                save_untrained(folder, model, cfg)
     if result.stopped:
         return None
     barrier(dist_info)
@@ -390,6 +394,17 @@ def run_pipeline(
     return metrics
 
 
+def save_untrained(folder: RunFolder, model: Any, cfg: Config) -> None:
+    """Nothing trained: the encoder as evaluated becomes ``best.pt`` when its weights source cannot rebuild it
+    (a random-init tower, an untrained head), so queries and ``--run`` get the run's exact model back."""
+    from ofgr_core.runs.checkpoint import save_checkpoint
+
+    state = model.trainable_state_dict()
+    if state:
+        save_checkpoint(folder.checkpoint("best"), {"model": state, "epoch": -1, "val": {}, "untrained": True,
+                                                    "config": cfg.model_dump(mode="json")})
+
+
 def embedding_rows(table: Any, idx: np.ndarray, part: str) -> list[dict[str, str]]:
     """One CSV row per embedding: id, path, labels, domain, group, split, and the caption when there is one."""
     with_captions = any(table.captions[i] for i in idx)
@@ -453,12 +468,8 @@ def text_to_image_part(
     val = None
     if len(inp.val_rows) >= 2:
         val = (fitter.tower_features(inp.val_rows), fitter.embed(inp, inp.val_rows), inp.labels[inp.val_rows])
-    text_cfg = getattr(ctx.cfg.model, "text", None)
-    if text_cfg is None:
-        from ofgr_core.config import TextConfig
-
-        text_cfg = TextConfig()
-    block = evaluate_text_to_image(inp.model, raw, emb, inp.labels[idx], hier.classes, text_cfg, ctx.cfg.eval,
+    block = evaluate_text_to_image(inp.model, raw, emb, inp.labels[idx], hier.classes, ctx.cfg.model.text_config(),
+                                   ctx.cfg.eval,
                                    val=val, level_names=tuple(hier.level_names), seed=ctx.cfg.seed)
     parts = []
     for space in ("raw", "head"):

@@ -54,11 +54,9 @@ def display_duration(info: RunInfo, now: float) -> float | None:
 
 
 def model_name(info: RunInfo) -> str:
-    """``resnet18`` for timm models (the common case), ``clip:ViT-B-32`` for other families."""
-    kind, _, name = info.model.partition(":")
-    if not name:
-        return kind or "-"
-    return name if kind == "timm" else info.model
+    """The model column: ``RunInfo.model_label`` (the name alone for the default family, ``kind:name``
+    otherwise)."""
+    return info.model_label
 
 
 def matches(info: RunInfo, text: str) -> bool:

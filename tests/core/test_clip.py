@@ -16,9 +16,10 @@ import torch
 from PIL import Image
 
 from ofgr_core.common.errors import ConfigError, DependencyError, NotFoundError
-from ofgr_core.config import ClipModelConfig, EvalConfig, TextConfig
-from ofgr_core.models import create_model, create_transforms
+from ofgr_core.config import EvalConfig, TextConfig
 from ofgr_core.models.clip import encoder as clipmod
+from ofgr_core.models.clip.config import ClipModelConfig
+from ofgr_core.models.factory import create_model, create_transforms
 
 TINY = clipmod.TINY_ARCH
 

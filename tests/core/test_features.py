@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from ofgr_core.common.errors import DataError
-from ofgr_core.config import TimmModelConfig
 from ofgr_core.embedding.features import FeatureStore, clear, extract_features, file_digest, key_digest, list_entries
-from ofgr_core.models import create_model_and_transforms
+from ofgr_core.models.factory import create_model_and_transforms
+from ofgr_core.models.timm.config import TimmModelConfig
 
 
 def _images(root: Path, n: int, seed: int = 0) -> list[str]:

@@ -13,8 +13,10 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from ofgr_core.common.errors import ConfigError, DependencyError, NotFoundError
-from ofgr_core.config import TimmModelConfig, load_config
-from ofgr_core.models import EmbeddingModel, create_model, create_transforms
+from ofgr_core.config import load_config
+from ofgr_core.models.factory import create_model, create_transforms
+from ofgr_core.models.timm.config import TimmModelConfig
+from ofgr_core.models.timm.encoder import EmbeddingModel
 
 torch.set_num_threads(2)
 

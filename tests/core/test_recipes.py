@@ -15,9 +15,10 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ofgr_core.common.errors import ConfigError
-from ofgr_core.config import TimmModelConfig, load_config
+from ofgr_core.config import load_config
 from ofgr_core.losses import create_loss
-from ofgr_core.models.factory import create_timm_model
+from ofgr_core.models.timm.config import TimmModelConfig
+from ofgr_core.models.timm.factory import create_timm_model
 from ofgr_core.runs.checkpoint import load_checkpoint
 from ofgr_core.runs.events import TrainEpoch
 from ofgr_core.samplers import create_sampler

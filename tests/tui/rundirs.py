@@ -300,4 +300,14 @@ def clip_run(runs: Path, run_id: str, images: Path, *, t0: float = T0 + 40000) -
             "n_queries": 12, "space_for_free_text": "raw",
         }  # fmt: skip
     folder.metrics.write_text(json.dumps(m))
+    # its random-init tower, as the pipeline saves an untrained encoder (a rebuild needs the weights)
+    import torch
+
+    from ofgr_core.config import Config
+    from ofgr_core.models.factory import create_model
+    from ofgr_core.runs.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    enc = create_model(Config.model_validate({"model": cfg["model"]}).model)
+    save_checkpoint(folder.checkpoint("best"), {"model": enc.trainable_state_dict()})
     return d

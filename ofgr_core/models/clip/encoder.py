@@ -22,7 +22,7 @@ QuickGELU: OpenAI's (and LAION-400M's) weights were trained with QuickGELU; open
 activation does not match. ofgr uses QuickGELU whenever the tag needs it (``model.quick_gelu: null``), and
 refuses a contradicting ``model.quick_gelu`` with the fix.
 
-open_clip is imported inside functions only, so ``import ofgr_core.models`` (and the CLI) stays light. ofgr's
+open_clip is imported inside functions only, so importing this module (and the CLI) stays light. ofgr's
 own architecture configs (``configs/*.json``, e.g. ``ofgr-tiny-clip``: a ~0.4M-parameter 64 px ViT
 image tower + a 2-layer text tower) are registered with ``open_clip.add_model_config`` on first use.
 """
@@ -47,9 +47,8 @@ from torch import nn
 
 from ofgr_core.common.diskspace import DISK_ERRNOS, make_dir
 from ofgr_core.common.errors import ConfigError, DependencyError, DiskError, NotFoundError
-from ofgr_core.config import ClipModelConfig
 from ofgr_core.models.base import Encoder, MLPHead
-from ofgr_core.models.factory import MODELS
+from ofgr_core.models.clip.config import ClipModelConfig
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 TINY_ARCH = "ofgr-tiny-clip"
@@ -440,6 +439,13 @@ class ClipEncoder(Encoder):
         self.data_config = data_config_from_preprocess(_preprocess_cfg(clip_model))
         self._tokenizer: Any = None
 
+    def weights_source(self) -> tuple[str, str | None]:
+        src = self.source
+        if src.kind == "local-dir":
+            folder = Path(src.arch[len(LOCAL_DIR):])
+            return src.describe, str((folder / WEIGHTS_FILE).resolve())
+        return src.describe, str(Path(src.checkpoint).resolve()) if src.checkpoint else None
+
     def train(self, mode: bool = True) -> ClipEncoder:
         super().train(mode)
         self.clip.eval()  # the tower is frozen: no dropout, fixed statistics, whatever the head does
@@ -486,9 +492,9 @@ def _preprocess_cfg(model: nn.Module) -> dict[str, Any]:
     return dict(get_model_preprocess_cfg(model))
 
 
-@MODELS.register("clip")
 def create_clip_model(cfg: ClipModelConfig, image_size: int | None = None) -> ClipEncoder:
-    """``model.kind: clip``: the open_clip model of ``cfg`` (frozen) with its head; see the module docstring."""
+    """``model.kind: clip``'s factory (``ModelFamily.factory``): the open_clip model of ``cfg`` (frozen) with
+    its head; see the module docstring."""
     clip_model, source = load_open_clip(cfg.name, cfg.pretrained, cfg.quick_gelu, image_size)
     model = ClipEncoder(
         clip_model, source, head=cfg.head, embed_dim=cfg.embed_dim, depth=cfg.head_depth, width=cfg.head_width,

@@ -68,11 +68,16 @@ class EmbeddingModel(Encoder):
         self.freeze_bn = freeze_bn
         self.trainable = tuple(trainable)
         self.arch = arch or type(backbone).__name__
+        self.source: str = "random init"  # set by the factory from model.pretrained
+        self.source_file: str | None = None  # set by the factory from model.pretrained
         self._backbone_frozen_now = False
         self._apply_freeze()
 
     family = "timm"
     tower_module_name = "backbone"
+
+    def weights_source(self) -> tuple[str, str | None]:
+        return self.source, self.source_file
 
     @property
     def head(self) -> nn.Module:  # type: ignore[override]
