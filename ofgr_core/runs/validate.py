@@ -129,3 +129,69 @@ def read_run_json(path: str | Path, spec: Any = Any) -> tuple[Any | None, str | 
     if bad is not None:
         return None, f"{p.name}: unexpected content at {bad}"
     return obj, None
+
+
+# ------------------------------------------------------------------------------------------------ events
+def _spec_of(hint: Any) -> Any:
+    """A spec from a type annotation of an event field (``float | None``, ``dict[str, float]``, ...)."""
+    import types
+    import typing
+
+    origin = typing.get_origin(hint)
+    if hint is int:
+        return NUM
+    if hint is float:  # run files write NaN and infinities as null (strict JSON)
+        return OPT_NUM
+    if hint in (str, bool):
+        return hint
+    if hint is type(None):
+        return type(None)
+    if origin in (typing.Union, types.UnionType):
+        parts = [_spec_of(a) for a in typing.get_args(hint)]
+        if all(isinstance(p, (type, tuple)) for p in parts):
+            flat: list[type] = []
+            for p in parts:
+                flat += list(p) if isinstance(p, tuple) else [p]
+            return tuple(dict.fromkeys(flat))
+        return Any
+    if origin is dict:
+        args = typing.get_args(hint)
+        return {"*": _spec_of(args[1]) if len(args) == 2 else Any}
+    if origin is list:
+        args = typing.get_args(hint)
+        return [_spec_of(args[0]) if args else Any]
+    return Any
+
+
+_EVENT_SPECS: dict[str, dict[str, Any]] = {}
+
+
+def event_spec(event_type: str) -> dict[str, Any] | None:
+    """The field spec of an event type, from its dataclass in ``ofgr_core.runs.events`` (None if unknown)."""
+    if not _EVENT_SPECS:
+        import dataclasses
+        import typing
+
+        from ofgr_core.runs.events import Event
+
+        todo: list[type] = [Event]
+        while todo:
+            cls = todo.pop()
+            todo += cls.__subclasses__()
+            if not dataclasses.is_dataclass(cls):
+                continue
+            try:
+                hints = typing.get_type_hints(cls)
+            except Exception:  # noqa: BLE001  an annotation that cannot be resolved: that type goes unchecked
+                continue
+            _EVENT_SPECS[str(cls.type)] = {f.name: _spec_of(hints.get(f.name, Any)) for f in dataclasses.fields(cls)}
+    return _EVENT_SPECS.get(event_type)
+
+
+def event_problem(obj: dict[str, Any]) -> str | None:
+    """Whether a decoded ``events.jsonl`` line of a known type has fields of the wrong type (None if fine).
+
+    Missing fields are allowed (older runs wrote fewer); present ones must have their declared types.
+    """
+    spec = event_spec(str(obj.get("type")))
+    return None if spec is None else problem(obj, spec)
