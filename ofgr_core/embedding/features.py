@@ -385,17 +385,20 @@ def extract_features(
     if progress is not None:
         progress(done, n)
     tower = _TowerOnly(encoder)
-    for a in range(0, len(todo), chunk):
-        part = todo[a : a + chunk]
-        feats = np.empty((len(part), dim), np.float32)
-        for start, f in iter_embed(tower, [paths[i] for i in part], transform, torch.device(device),
-                                   batch_size=batch_size, num_workers=num_workers,
-                                   autocast_dtype=encoder.autocast_dtype, normalize=False):
-            feats[start : start + len(f)] = f
-        store.append([digests[i] for i in part], feats)
-        done += len(part)
-        if progress is not None:
-            progress(done, n)
+    # the data loader draws a seed from torch's global generator: computing features must not move it, or a
+    # run's head would train differently depending on whether the cache was warm
+    with torch.random.fork_rng(devices=[]):
+        for a in range(0, len(todo), chunk):
+            part = todo[a : a + chunk]
+            feats = np.empty((len(part), dim), np.float32)
+            for start, f in iter_embed(tower, [paths[i] for i in part], transform, torch.device(device),
+                                       batch_size=batch_size, num_workers=num_workers,
+                                       autocast_dtype=encoder.autocast_dtype, normalize=False):
+                feats[start : start + len(f)] = f
+            store.append([digests[i] for i in part], feats)
+            done += len(part)
+            if progress is not None:
+                progress(done, n)
     return store.read(digests), {"hits": hits, "computed": len(todo)}
 
 
