@@ -94,14 +94,17 @@ def unit_rows(x: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
     Scaling first keeps every finite non-zero row's direction; a row scaled by a power of two normalises to
     exactly the same bits as the unscaled row.
     """
-    out = np.array(x, dtype=dtype, order="C", copy=True)
+    src = np.asarray(x)
+    # scale in the wider of the two types: float64 rows of 1e300 would overflow in a float32 copy
+    work = np.result_type(src.dtype, dtype) if src.dtype.kind == "f" else np.dtype(dtype)
+    out = np.array(src, dtype=work, order="C", copy=True)
     if out.ndim != 2 or not out.size:
-        return out
+        return out.astype(dtype, copy=False)
     peak = np.max(np.abs(out), axis=1, keepdims=True)
     np.divide(out, peak, out=out, where=(peak > 0) & np.isfinite(peak))
     norms = np.linalg.norm(out, axis=1, keepdims=True)
     np.divide(out, norms, out=out, where=norms > 0)
-    return out
+    return np.ascontiguousarray(out, dtype=dtype)
 
 
 def normalized_chunk(x: np.ndarray) -> np.ndarray:
