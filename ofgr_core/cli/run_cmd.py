@@ -307,6 +307,9 @@ def resume(
             # (a lost or truncated metrics.json is what a resume rewrites; other damage is not)
             raise ConfigError(f"run {run_dir.name} cannot be resumed: {info.reason}")
         folder = RunFolder(run_dir)
+        for path in (folder.metrics, folder.stop_file, folder.events):  # found now, not after hours of training
+            if path.exists() and not path.is_file():
+                raise DataError(f"{path}: a folder where the run writes a file; remove it, then resume")
         cfg = load_config(folder.config)
         init_distributed(cfg.device)
     except BaseException:

@@ -66,9 +66,10 @@ def preallocate(f: IO[bytes], size: int, path: str | os.PathLike[str], what: str
 
 def disk_error_from(e: OSError, doing: str) -> DiskError | None:
     """The one-line :class:`DiskError` for an ``OSError`` caused by a full or read-only disk, else None."""
-    if e.errno in DISK_ERRNOS or e.errno in (errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST):
+    if e.errno in DISK_ERRNOS or e.errno in (errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
         where = f" {e.filename}" if e.filename else ""
         hint = " (a file is where a folder is expected)" if e.errno in (errno.ENOTDIR, errno.EEXIST) else ""
+        hint = " (a folder is where a file is expected; remove it)" if e.errno == errno.EISDIR else hint
         return DiskError(f"{doing}:{where}: {os.strerror(e.errno) if e.errno else e}{hint}")
     return None
 

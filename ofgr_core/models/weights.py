@@ -64,6 +64,7 @@ def check_safetensors(path: str | os.PathLike[str]) -> None:
     if not isinstance(header, dict):
         raise _bad(p, "its header is not a JSON object")
     data = size - 8 - n
+    ranges: list[tuple[int, int]] = []
     for name, spec in header.items():
         if name == "__metadata__":
             continue
@@ -81,6 +82,14 @@ def check_safetensors(path: str | os.PathLike[str]) -> None:
             raise _bad(p, f"tensor {name!r}: byte range {offsets!r} outside the file's {data} data bytes")
         if offsets[1] - offsets[0] != math.prod(shape) * _DTYPE_BYTES[dtype]:
             raise _bad(p, f"tensor {name!r}: {offsets[1] - offsets[0]} bytes for shape {shape} {dtype}")
+        ranges.append((offsets[0], offsets[1]))
+    end = 0
+    for start, stop in sorted(ranges):  # safetensors' own rule: the tensors tile the data, no gap, no overlap
+        if start != end:
+            raise _bad(p, f"tensor data is not contiguous at byte {end}")
+        end = stop
+    if end != data:
+        raise _bad(p, f"{data - end} bytes after the last tensor")
 
 
 def read_open_clip_config(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -522,12 +522,22 @@ def load_index(folder: str | os.PathLike[str], *, device: str = "auto", multi_gp
     for name in (INDEX_FILE, IDS_FILE, META_FILE):
         if not (folder / name).is_file():
             raise NotFoundError(f"{folder / name}: not found (build it with `ofgr index build`)")
+    from ofgr_core.runs.validate import NUM, OPT_STR, read_run_json
+
+    meta, why = read_run_json(folder / META_FILE, {"dim": NUM, "type": OPT_STR, "nprobe": NUM, "ef_search": NUM})
+    if why is not None or not isinstance(meta, dict):
+        raise DataError(f"{folder / META_FILE}: {(why or 'expected a JSON object').split(': ', 1)[-1]}")
     try:
-        meta = json.loads((folder / META_FILE).read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{folder / META_FILE}: invalid JSON ({e.msg})") from None
-    index = faiss.read_index(str(folder / INDEX_FILE))
-    ids = np.load(folder / IDS_FILE)
+        index = faiss.read_index(str(folder / INDEX_FILE))
+    except RuntimeError as e:  # faiss's C++ message with a source location: keep its reason
+        raise DataError(f"{folder / INDEX_FILE}: not a readable faiss index "
+                        f"({str(e).split('failed:', 1)[-1].strip().splitlines()[0][:120]})") from None
+    try:
+        ids = np.load(folder / IDS_FILE, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f"{folder / IDS_FILE}: not a readable .npy ({str(e).splitlines()[0][:120]})") from None
+    if not isinstance(ids, np.ndarray) or ids.ndim != 1 or ids.dtype.kind not in "iu":
+        raise DataError(f"{folder / IDS_FILE}: expected a 1-D integer array of ids")
     if index.ntotal != len(ids) or index.d != meta.get("dim", index.d):
         raise DataError(
             f"{folder}: index holds {index.ntotal} x {index.d} vectors but ids.npy has {len(ids)} rows "

@@ -86,8 +86,11 @@ def _searcher(run_dir: Path, split: str, gallery: Gallery) -> Any:
 
     folder = RunFolder(run_dir).index_dir(split)
     if (folder / "index.json").is_file():
-        idx = load_index(folder)
-        if idx.ntotal == len(gallery.rows):
+        try:
+            idx = load_index(folder)
+        except DataError:  # a damaged saved index is derived data: search an exact one built from the embeddings
+            idx = None
+        if idx is not None and idx.ntotal == len(gallery.rows):
             return idx
     return build_index(np.ascontiguousarray(gallery.embeddings), ids=np.arange(len(gallery.rows)))
 

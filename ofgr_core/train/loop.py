@@ -45,6 +45,11 @@ class TrainResult:
     history: list[dict[str, Any]]
 
 
+# what a resume reads from last.pt (a foreign file without them is one line, not a KeyError)
+RESUME_KEYS = ("model", "loss", "optimizer", "scheduler", "scaler", "sampler", "rng", "epoch", "best_val",
+               "best_epoch", "images_seen", "history", "bad_epochs")
+
+
 class TrainModule(nn.Module):
     """Model + loss in one module, so DDP synchronises the ArcFace class weights with the backbone."""
 
@@ -140,7 +145,7 @@ def train(
     bad_epochs = 0
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
     if resume_from is not None:
-        state = load_checkpoint(resume_from, map_location=device)
+        state = load_checkpoint(resume_from, map_location=device, require=RESUME_KEYS)
         load_state(state["model"])
         loss_fn.load_state_dict(state["loss"])
         optimizer.load_state_dict(state["optimizer"])

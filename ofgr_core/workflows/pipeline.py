@@ -309,7 +309,8 @@ def run_pipeline(
 
     # ---- final evaluation with the best checkpoint
     if result.best_path is not None and ctx.main:
-        model.load_trainable_state_dict(load_checkpoint(result.best_path, map_location=device)["model"])
+        best = load_checkpoint(result.best_path, map_location=device, require=("model",))
+        model.load_trainable_state_dict(best["model"])
     model.eval()
     splits_out: dict[str, Any] = {}
     run_warnings: list[str] = list(memory["warnings"])

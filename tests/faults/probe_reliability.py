@@ -698,9 +698,26 @@ train: {{epochs: 1}}
             fn(p.copy_run(work, "base", "r"))
             p.copy_run(work, "base", "good")
 
-        add(Case(f"run-folder/compare_{name}", "run-folder",
+        add(Case(f"run-folder/compare_{name}", "run-folder",  # compare reads metrics and per-query files only
                  lambda w: ["compare", str(w / "runs" / "good"), str(w / "runs" / "r"), "--runs-dir", str(w / "runs")],
-                 refused(4, 5), setup=two_runs, timeout=240))
+                 refused_or(finished_ok, 4, 5), setup=two_runs, timeout=240))
+
+    def per_query_damage(how: str) -> Callable[[Path], None]:
+        def setup(work: Path) -> None:
+            d = p.copy_run(work, "base", "r")
+            p.copy_run(work, "base", "good")
+            f = d / "eval" / "per_query_unseen.npz"
+            if how == "random":
+                f.write_bytes(os.urandom(f.stat().st_size))
+            else:
+                np.savez(f, ids=np.array([{"a": 1}] * 3, dtype=object), **{"fine_recall@1": np.ones((3, 2))})
+
+        return setup
+
+    for how in ("random", "object"):
+        add(Case(f"run-folder/compare_per_query_{how}", "run-folder",
+                 lambda w: ["compare", str(w / "runs" / "good"), str(w / "runs" / "r"), "--runs-dir", str(w / "runs")],
+                 refused(4, text="per_query_unseen.npz"), setup=per_query_damage(how), timeout=240))
 
     def index_random(work: Path) -> None:
         d = p.copy_run(work)
@@ -739,13 +756,15 @@ train: {{epochs: 1}}
                          ("stop_file", "stop")):
         add(Case(f"run-folder/resume_{name}_is_dir", "run-folder", in_run("resume", "RUN", "-q"),
                  refused_or(finished_ok, 4, 8, 9),
-                 setup=corrupt(lambda d, t=target: interrupted(d, lambda d: (d / t).mkdir(exist_ok=True)))))
+                 setup=corrupt(lambda d, t=target: interrupted(d, lambda d: _folder_in_place(d / t)))))
 
     def broken_compare(work: Path) -> None:
+        """Four runs whose metrics.json is intact but which are broken otherwise (status ``broken``)."""
         p.copy_run(work, "base", "good")
-        for i, fn in enumerate((lambda d: (d / "metrics.json").unlink(), lambda d: _write(d / "metrics.json", "[1]"),
-                                lambda d: _write(d / "metrics.json", "{bad"), lambda d: shutil.rmtree(
-                                    d / "embeddings"))):
+        for i, fn in enumerate((lambda d: _write(d / "events.jsonl", b"\x00\xff garbage\n"),
+                                lambda d: _write(d / "config.yaml", "- 1\n- 2\n"),
+                                lambda d: _write(d / "run.lock", "{not a lock"),
+                                lambda d: _write(d / "metrics.json", json.dumps({"unseen": {"fine": "high"}})))):
             fn(p.copy_run(work, "base", f"bad{i}"))
 
     def compare_says(r: Result, work: Path) -> str | None:
@@ -806,10 +825,10 @@ train: {{epochs: 1}}
         return setup
 
     add(Case("weights/timm_pretrained_random_bytes", "weights",
-             lambda w: tiny(w, f"model.pretrained={w / 'w.pth'}"), refused(4, 6, text="w.pth"),
+             lambda w: tiny(w, f"model.pretrained={w / 'w.pth'}"), refused(3, 4, 6, text="w.pth"),
              setup=weights(os.urandom(5000))))
     add(Case("weights/timm_pretrained_crafted_pickle", "weights",
-             lambda w: tiny(w, f"model.pretrained={w / 'w.pth'}"), refused(4, text="w.pth"),
+             lambda w: tiny(w, f"model.pretrained={w / 'w.pth'}"), refused(3, 4, text="w.pth"),
              setup=lambda w: _write(w / "w.pth", _pickle_payload(w / "PWNED"))))
 
     def local_dir(safetensors: bytes | None, config: str | None) -> Callable[[Path], None]:
@@ -839,7 +858,7 @@ train: {{epochs: 1}}
                           ("config_wrong_types", b"", '{"model_cfg": ["x"], "preprocess_cfg": 3}')):
         add(Case(f"weights/clip_local_dir_{name}", "weights",
                  lambda w: tiny(w, "model=" + clip_ld.replace("CK", str(w / "ck"))),
-                 refused(4, 6), setup=local_dir(st, cfg), timeout=240))
+                 refused(3, 4, 6, text="model.pretrained"), setup=local_dir(st, cfg), timeout=240))
 
     # ------------------------------------------------------------------------------- captions, clip pretrain
     add(Case("silent/clip_pretrain_nul_caption", "silent",
@@ -864,6 +883,12 @@ train: {{epochs: 1}}
                         "--epochs", "1", "-q", "--batch-size", "2"],
              refused(8), setup=mount_full, cleanup=umount_full, needs_root=True, timeout=240))
     return cases
+
+
+def _folder_in_place(path: Path) -> None:
+    if path.is_file():
+        path.unlink()
+    path.mkdir(exist_ok=True)
 
 
 def _eval_json(p: Probe, work: Path, npy: str) -> dict[str, Any]:
