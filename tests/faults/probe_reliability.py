@@ -23,6 +23,7 @@ The summary counts outcomes per class; docs/reliability.md records a run before 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -345,7 +346,8 @@ def build_cases(p: Probe) -> list[Case]:
     for name, fn in (("idx_wrong_shape", idx_wrong_shape), ("idx_zeros", idx_zero), ("idx_truncated", idx_short),
                      ("idx_object_array", idx_object), ("idx_random_bytes", idx_random),
                      ("pixels_overwritten", u8_random)):
-        add(Case(f"cache/pixel_{name}", "cache", lambda w: tiny(w), refused_or(same_as(lambda: p.base_runs / "base"), 3, 4, text=("cache",)),
+        clean = same_as(lambda: p.base_runs / "base")
+        add(Case(f"cache/pixel_{name}", "cache", lambda w: tiny(w), refused_or(clean, 3, 4, text=("cache",)),
                  setup=pixel_cache(fn)))
 
     def memo(mutate: Callable[[Path], None]) -> Callable[[Path], None]:
@@ -382,8 +384,9 @@ def build_cases(p: Probe) -> list[Case]:
 
     for name, fn in (("random", memo_random), ("zeroed_fields", memo_zero_sizes), ("huge_sizes", memo_big_sizes),
                      ("text", memo_text)):
-        add(Case(f"cache/image_checks_{name}", "cache", lambda w: tiny(w), refused_or(same_as(lambda: p.base_runs / "base"), 3, 4, text=("image_checks", "cache")),
-                 setup=memo(fn)))
+        clean = same_as(lambda: p.base_runs / "base")
+        add(Case(f"cache/image_checks_{name}", "cache", lambda w: tiny(w),
+                 refused_or(clean, 3, 4, text=("image_checks", "cache")), setup=memo(fn)))
 
     def feature_cache(mutate: Callable[[Path], None]) -> Callable[[Path], None]:
         def setup(work: Path) -> None:
@@ -420,7 +423,8 @@ def build_cases(p: Probe) -> list[Case]:
                      ("hashes_reordered", feat_hashes_shuffled), ("hashes_garbage", feat_hashes_garbage),
                      ("features_truncated", feat_truncated), ("key_json_broken", feat_keyjson)):
         add(Case(f"cache/feature_{name}", "cache",
-                 lambda w: tiny(w, "model.freeze=all", "train.epochs=2"), refused_or(same_as(lambda: p.base_runs / "frozen"), 3, 4, text=("cache",)),
+                 lambda w: tiny(w, "model.freeze=all", "train.epochs=2"),
+                 refused_or(same_as(lambda: p.base_runs / "frozen"), 3, 4, text=("cache",)),
                  setup=feature_cache(fn)))
 
     # -------------------------------------------------------------------------------- degenerate results
@@ -797,10 +801,8 @@ train: {{epochs: 1}}
     def kill_sleeper(work: Path) -> None:
         pid_file = work / "sleeper.pid"
         if pid_file.is_file():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid_file.read_text()), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def conflict(r: Result, work: Path) -> tuple[str, str]:
         if r.rc == 1 and "Traceback" not in r.output:

@@ -19,16 +19,15 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
+from test_fuzz import FUZZ, TRIED, _report
 from typer.testing import CliRunner
 
-from ofgr_core.common.integrity import CacheCorrupt, header_path
 from ofgr_core.data import dataset as ds
 from ofgr_core.data.cache import ImageCache, decode_resized, stored_shape
 from ofgr_core.embedding.features import FeatureStore, extract_features
 from ofgr_core.models.factory import create_model_and_transforms
 from ofgr_core.models.timm.config import TimmModelConfig
 from ofgr_testing import REPO, tiny_overrides
-from test_fuzz import FUZZ, TRIED, _report
 
 runner = CliRunner()
 
@@ -234,7 +233,7 @@ def test_a_cold_cache_leaves_the_rng_where_a_warm_one_does(tower, pixel_world, t
 
 
 def test_a_corrupt_header_is_one_line(tmp_path: Path) -> None:
-    from ofgr_core.common.integrity import read_header
+    from ofgr_core.common.integrity import CacheCorrupt, header_path, read_header
 
     p = tmp_path / "x.bin"
     header_path(p).write_text("[" * 100_000)

@@ -11,15 +11,13 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from test_fuzz import FUZZ, TRIED, _report
 from typer.testing import CliRunner
 
 from ofgr_core.cli import app
 from ofgr_core.common.errors import ConfigError, ExitCode
 from ofgr_core.config import load_config
-from ofgr_core.retrieval.embcheck import embedding_health
-from ofgr_core.retrieval.index import unit_rows
 from ofgr_testing import REPO, tiny_overrides
-from test_fuzz import FUZZ, TRIED, _report
 
 runner = CliRunner()
 
@@ -78,6 +76,8 @@ def test_eval_splits_empty_is_refused_by_run(tmp_path: Path, tiny_data_root: Pat
 @FUZZ
 @given(st.integers(20, 300), st.integers(8, 64), st.integers(0, 2**32 - 1))
 def test_spread_embeddings_are_not_flagged(n: int, d: int, seed: int) -> None:
+    from ofgr_core.retrieval.embcheck import embedding_health
+
     TRIED["embedding health"] += 1
     x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
     stats, warnings = embedding_health(x, "unseen")
@@ -87,6 +87,8 @@ def test_spread_embeddings_are_not_flagged(n: int, d: int, seed: int) -> None:
 @FUZZ
 @given(st.integers(20, 300), st.integers(1, 64), st.floats(0, 1e-4), st.integers(0, 2**32 - 1))
 def test_collapsed_embeddings_are_flagged(n: int, d: int, noise: float, seed: int) -> None:
+    from ofgr_core.retrieval.embcheck import embedding_health
+
     TRIED["embedding health"] += 1
     rng = np.random.default_rng(seed)
     centre = rng.standard_normal(d)
@@ -132,6 +134,8 @@ def test_a_scaled_row_changes_no_metric(tmp_path: Path, scale: float, dtype: str
 @FUZZ
 @given(st.integers(-126, 126), st.integers(0, 2**32 - 1))
 def test_unit_rows_is_scale_invariant_to_the_bit(exponent: int, seed: int) -> None:
+    from ofgr_core.retrieval.index import unit_rows
+
     TRIED["normalisation"] += 1
     x = (np.random.default_rng(seed).integers(-64, 64, size=(5, 12)) / 64).astype(np.float32)
     x[~x.any(axis=1), 0] = 1

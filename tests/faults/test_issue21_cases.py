@@ -24,13 +24,13 @@ import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
+from test_fuzz import FUZZ, TRIED, _one_line, _report
 from typer.testing import CliRunner
 
 from ofgr_core.cli import app
 from ofgr_core.common.errors import ConfigError, ExitCode, OfgrError
 from ofgr_core.config import load_config
 from ofgr_testing import REPO, tiny_overrides
-from test_fuzz import FUZZ, TRIED, _one_line, _report
 
 runner = CliRunner()
 

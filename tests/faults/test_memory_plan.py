@@ -13,14 +13,13 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from test_fuzz import FUZZ, TRIED, _one_line, _report
 from typer.testing import CliRunner
 
 from ofgr_core.cli import app
 from ofgr_core.common.errors import ConfigError, ExitCode
-from ofgr_core.common.memory import MemoryBudget, host_budget, parse_size
 from ofgr_core.config import load_config
 from ofgr_testing import REPO, tiny_overrides
-from test_fuzz import FUZZ, TRIED, _one_line, _report
 
 runner = CliRunner()
 
@@ -62,6 +61,7 @@ def test_warn_runs_anyway_and_records_the_plan(tmp_path: Path, tiny_data_root: P
 
 def test_eval_batch_is_lowered_not_refused(tiny_data_root: Path) -> None:
     """Embeddings do not depend on the eval batch: a batch that does not fit is lowered (a power of two)."""
+    from ofgr_core.common.memory import MemoryBudget
     from ofgr_core.models.factory import create_model_and_transforms
     from ofgr_core.train.memplan import plan_run
 
@@ -104,6 +104,8 @@ def test_an_eta_line_arrives_within_seconds(tmp_path: Path, tiny_data_root: Path
 
 
 def test_budget_reads_limits() -> None:
+    from ofgr_core.common.memory import host_budget, parse_size
+
     b = host_budget()
     assert b is not None and b.bytes > 0
     assert parse_size("6G") == 6 << 30 and parse_size("512m") == 512 << 20 and parse_size("1048576") == 1 << 20
@@ -127,6 +129,7 @@ def test_plan_refuses_in_one_line_or_fits(tiny_model, size: int, k: int, c: int,
                                           mode: str) -> None:
     """Any legal batch, resolution and budget: refused with one line naming the settings, or a plan whose
     training step fits the budget and whose embedding batch fits it (lowered if needed)."""
+    from ofgr_core.common.memory import MemoryBudget
     from ofgr_core.train.memplan import plan_run
 
     TRIED["memory plans"] += 1
