@@ -59,8 +59,8 @@ class CacheHeader:
 def crc32(data: bytes | bytearray | memoryview | np.ndarray, prev: int = 0) -> int:
     """CRC-32 of ``data`` (an array's raw bytes), continuing from ``prev``: ``crc32(b, crc32(a)) == crc32(a + b)``."""
     if isinstance(data, np.ndarray):
-        data = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
-    return zlib.crc32(memoryview(data).cast("B") if not isinstance(data, bytes) else data, prev) & 0xFFFFFFFF
+        data = np.ascontiguousarray(data).view(np.uint8).reshape(-1).data  # a buffer, no copy
+    return zlib.crc32(data if isinstance(data, bytes) else memoryview(data).cast("B"), prev) & 0xFFFFFFFF
 
 
 def checksum(data: bytes | bytearray | memoryview | np.ndarray, prev: str | None = None) -> str:

@@ -202,9 +202,9 @@ class CheckMemo:
                 records = self._read_verified(self.path)
             except CacheCorrupt as e:
                 self.rebuilt = rebuild_note(self.path, f"{e}; every image is checked again")
-                for f in (header_path(self.path), self.path, self.path.parent / MEMO_REASONS):
+                for stale in (header_path(self.path), self.path, self.path.parent / MEMO_REASONS):
                     with contextlib.suppress(OSError):
-                        f.unlink()
+                        stale.unlink()
             reasons_path = self.path.parent / MEMO_REASONS
             if len(records) and reasons_path.is_file():
                 with contextlib.suppress(OSError), reasons_path.open(encoding="utf-8", errors="replace") as f:
@@ -240,7 +240,8 @@ class CheckMemo:
         if whole < len(raw):  # a torn append (killed mid-write, before the header): cut it
             with contextlib.suppress(OSError):
                 os.truncate(path, whole)
-        return np.frombuffer(raw[:whole], MEMO_DTYPE).copy()
+        records: np.ndarray = np.frombuffer(raw[:whole], MEMO_DTYPE).copy()
+        return records
 
     def lookup(self, keys: np.ndarray, sizes: np.ndarray, mtimes: np.ndarray) -> np.ndarray:
         """Index into ``records`` of each key whose stamp still matches, else -1."""

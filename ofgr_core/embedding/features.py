@@ -315,7 +315,8 @@ def list_entries(root: str | os.PathLike[str] | None = None) -> list[CacheEntry]
         dim = h.shape[0] if h is not None and h.shape else 0
         rows = h.count if h is not None else 0  # without a header the folder is rebuilt on next use
         if not dim:
-            dim = key.get("dim") if isinstance(key.get("dim"), int) else 0
+            key_dim = key.get("dim")
+            dim = key_dim if isinstance(key_dim, int) else 0
         total = sum(p.stat().st_size for p in d.iterdir() if p.is_file())
         out.append(CacheEntry(d, key, rows, dim, total))
     return sorted(out, key=lambda e: -e.bytes)

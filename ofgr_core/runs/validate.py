@@ -184,7 +184,8 @@ def event_spec(event_type: str) -> dict[str, Any] | None:
                 hints = typing.get_type_hints(cls)
             except Exception:  # noqa: BLE001  an annotation that cannot be resolved: that type goes unchecked
                 continue
-            _EVENT_SPECS[str(cls.type)] = {f.name: _spec_of(hints.get(f.name, Any)) for f in dataclasses.fields(cls)}
+            name = str(getattr(cls, "type", ""))
+            _EVENT_SPECS[name] = {f.name: _spec_of(hints.get(f.name, Any)) for f in dataclasses.fields(cls)}
     return _EVENT_SPECS.get(event_type)
 
 
