@@ -4,7 +4,9 @@ first step gives an ETA line within seconds (issue 21, "Legal settings that cras
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -24,11 +26,25 @@ from ofgr_testing import REPO, tiny_overrides
 runner = CliRunner()
 
 
+@contextlib.contextmanager
+def _address_space(extra: int = 8 << 30):  # noqa: ANN202
+    """Cap this process's address space while a test asks for absurd memory: should the plan ever let such a run
+    through, the allocator fails in this test instead of the kernel's OOM killer ending processes on the box."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    vm = int(Path("/proc/self/status").read_text().split("VmSize:")[1].split()[0]) * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (vm + extra, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
 def _run(tmp_path: Path, data_root: Path, *extra: str, env: dict[str, str] | None = None):  # noqa: ANN202
     args = ["run", str(REPO / "configs" / "demo.yaml"), "--runs-dir", str(tmp_path / "runs"), "-q"]
     for o in [*tiny_overrides(data_root), "device=cpu", *extra]:
         args += ["--set", o]
-    return runner.invoke(app, args, env=env or {})
+    with _address_space():
+        return runner.invoke(app, args, env=env or {})
 
 
 def test_demo_at_2048_px_is_refused_before_training(tmp_path: Path, tiny_data_root: Path) -> None:
