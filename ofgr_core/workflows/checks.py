@@ -66,9 +66,9 @@ class EtaLine:
         now = time.perf_counter()
         steps_per_epoch = int(getattr(event, "steps_per_epoch", 0))
         done = (int(getattr(event, "epoch", 1)) - 1) * steps_per_epoch + int(getattr(event, "step", 0))
-        if self.first is None:
+        if self.first is None:  # the loop logs the first step this process runs (also after a resume)
             self.first = (now, done)
-            per_step = (now - self.t0) / max(1, done)
+            per_step = now - self.t0
         elif now - self.first[0] >= self.refine_after and done > self.first[1]:
             per_step = (now - self.first[0]) / (done - self.first[1])
         else:
