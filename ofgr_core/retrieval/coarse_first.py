@@ -320,7 +320,6 @@ def coarse_first_for_run(
     Raises:
         DataError: the stored embeddings and their CSV disagree.
     """
-    import json
 
     run_dir = Path(run_dir)
     folder = RunFolder(run_dir)
@@ -344,10 +343,10 @@ def coarse_first_for_run(
         ids = table["id"]
         qmask = np.ones(len(ids), bool)
         gmask = np.ones(len(ids), bool)
-        try:
-            sp = json.loads(folder.split.read_text())
-        except (OSError, ValueError):
-            sp = {}
+        from ofgr_core.runs.validate import read_run_json
+
+        sp = read_run_json(folder.split, {"query": (str, type(None)), "gallery_ids": list})[0]
+        sp = sp if isinstance(sp, dict) else {}
         if sp.get("query") == "cross_domain" and "domain" in table:
             qmask = table["domain"] == str(sp.get("query_domain"))
             gmask = ~qmask

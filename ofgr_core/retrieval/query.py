@@ -204,15 +204,14 @@ def run_supports_text(run_dir: str | Path) -> bool:
 
 def _text_space(run_dir: Path, split: str, cfg: Config) -> str:
     """``metrics.json``'s choice for the split (``text_to_image.space_for_free_text``), else the config's."""
-    import json
+    from ofgr_core.runs.validate import METRICS, read_run_json
 
-    try:
-        metrics = json.loads(RunFolder(run_dir).metrics.read_text())
-        space = metrics.get(split, {}).get("text_to_image", {}).get("space_for_free_text")
-        if space in ("raw", "head"):
-            return space
-    except (OSError, ValueError, AttributeError):
-        pass
+    metrics, _ = read_run_json(RunFolder(run_dir).metrics, METRICS)  # strict, bounded, typed: None if damaged
+    block = metrics.get(split) if isinstance(metrics, dict) else None
+    t2i = block.get("text_to_image") if isinstance(block, dict) else None
+    space = t2i.get("space_for_free_text") if isinstance(t2i, dict) else None
+    if space in ("raw", "head"):
+        return str(space)
     space = cfg.model.text_config().space
     return space if space in ("raw", "head") else "raw"
 
