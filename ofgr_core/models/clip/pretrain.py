@@ -79,7 +79,7 @@ def read_captions(manifest: str | Path) -> tuple[list[str], list[str], Path]:
         reader.fieldnames = header
         rows = list(reader)
     except csv.Error as e:  # e.g. a caption over csv's 128 KiB field limit
-        raise DataError(f"manifest {p} line {reader.line_num}: malformed CSV ({e})") from None
+        raise DataError(f"manifest {p} after line {reader.line_num}: malformed CSV ({e})") from None
     absent = [c for c in ("path", "caption") if c not in header]
     if absent:
         raise DataError(f"manifest {p}: missing column(s) {', '.join(absent)} (found: {', '.join(header) or 'none'});"
