@@ -271,10 +271,6 @@ def resolve_clip_source(name: str, pretrained: str | None, quick_gelu: bool | No
         )
     if p.suffix.lower() not in CHECKPOINT_SUFFIXES:
         raise ConfigError(f"model.pretrained: {str(p)!r} is not a checkpoint file ({', '.join(CHECKPOINT_SUFFIXES)})")
-    if p.suffix.lower() == ".safetensors":
-        from ofgr_core.models.weights import check_safetensors
-
-        check_safetensors(p)
     beside = p.parent / CONFIG_FILE  # a hub snapshot folder carries its preprocessing next to the weights
     preprocess = architecture_preprocess(arch)
     if beside.is_file():
@@ -314,14 +310,12 @@ def _local_dir_source(path: str, quick_gelu: bool | None) -> ClipSource:
     if not cfg_file.is_file():
         raise NotFoundError(f"model.pretrained: {str(cfg_file)!r} missing; a local-dir folder holds "
                             f"{CONFIG_FILE} and {WEIGHTS_FILE}")
-    from ofgr_core.models.weights import check_safetensors, read_open_clip_config
+    from ofgr_core.models.weights import read_open_clip_config
 
     cfg = read_open_clip_config(cfg_file)  # strict JSON, bounded, model_cfg of the right types
     model_cfg = cfg["model_cfg"]
     if not any(folder.glob(ext) for ext in ("*.safetensors", "*.bin", "*.pth")):
         raise NotFoundError(f"model.pretrained: no weights in {str(folder)!r} (expected {WEIGHTS_FILE})")
-    for weights in folder.glob("*.safetensors"):
-        check_safetensors(weights)  # header and byte ranges, before open_clip maps it
     qg = bool(model_cfg.get("quick_gelu", False))
     _resolve_quick_gelu(qg, qg, quick_gelu, f"the weights in {folder}")
     arch = str(cfg.get("ofgr", {}).get("arch") or folder.name)
@@ -341,8 +335,16 @@ def load_open_clip(
     Returns:
         ``(open_clip model in eval mode, its ClipSource)``.
     """
+    from ofgr_core.models.weights import check_safetensors
+
     oc = open_clip_module()
     src = resolve_clip_source(name, pretrained, quick_gelu)
+    # weights files checked (header, byte ranges) before open_clip or safetensors parse them
+    if src.kind == "local-dir":
+        for weights in Path(src.arch[len(LOCAL_DIR):]).glob("*.safetensors"):
+            check_safetensors(weights)
+    elif src.kind == "file" and str(src.checkpoint).lower().endswith(".safetensors"):
+        check_safetensors(str(src.checkpoint))
     kwargs: dict[str, Any] = {"force_preprocess_cfg": {k: v for k, v in src.preprocess.items() if k != "size"}}
     if image_size is not None:
         kwargs["force_image_size"] = int(image_size)
