@@ -326,8 +326,8 @@ def _checked_metrics(run_dir: Path) -> dict[str, Any]:
         raise DataError(f"{path}: cannot compare it ({why.split(': ', 1)[-1]})")
     if not isinstance(m, dict):
         raise NotFoundError(f"{run_dir.name}: no {METRICS_FILE} (the run has not finished)")
-    info = load_run(run_dir)
-    if info.status == "broken":
+    info = load_run(run_dir) if RunFolder(run_dir).is_run() else None  # (a bare folder of result files is fine)
+    if info is not None and info.status == "broken":
         raise DataError(f"run {run_dir.name} is broken ({info.reason}); leave it out of the comparison")
     return m
 
