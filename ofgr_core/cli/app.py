@@ -9,7 +9,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -35,14 +35,15 @@ app.add_typer(index_app, name="index")
 out = Console(emoji=False)  # data (tables, JSON) -> stdout
 err = Console(stderr=True, emoji=False)  # progress and diagnostics -> stderr
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-def handle_errors(fn: F) -> F:
+def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """Turn known errors into one red line and an exit code; tracebacks only with OFGR_DEBUG=1."""
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
         except OfgrError as e:
@@ -60,10 +61,10 @@ def handle_errors(fn: F) -> F:
             err.print(f"[bold red]error:[/] {escape(str(disk))}", highlight=False, soft_wrap=True)
             raise typer.Exit(int(disk.exit_code)) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
-def print_json(obj: Any) -> None:
+def print_json(obj: object) -> None:
     """Write one JSON document to stdout, nothing else; non-ASCII text (class names) as written, in UTF-8."""
     text = dumps_strict(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n"  # NaN/Inf -> null
     try:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich import box
+from rich.console import JustifyMethod
 from rich.markup import escape
 from rich.table import Table
 
@@ -17,11 +18,11 @@ app.add_typer(cache_app, name="cache")
 ROOT_HELP = "Cache root (default: $OFGR_CACHE/features or ~/.cache/ofgr/features; a run's data.feature_cache)."
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
+        n /= 1024
     return str(n)
 
 
@@ -43,9 +44,10 @@ def ls(
         err.print(f"no cached features in {escape(str(where))}", highlight=False)
         return
     table = Table(title=f"feature cache {escape(str(where))}", title_justify="left", box=box.SIMPLE_HEAD)
-    for col, justify in (("id", "left"), ("encoder", "left"), ("px", "right"), ("images", "right"),
-                         ("dim", "right"), ("size", "right")):
-        table.add_column(col, justify=justify, no_wrap=col in ("id", "images", "size"))  # type: ignore[arg-type]
+    columns: tuple[tuple[str, JustifyMethod], ...] = (("id", "left"), ("encoder", "left"), ("px", "right"),
+                                                       ("images", "right"), ("dim", "right"), ("size", "right"))
+    for col, justify in columns:
+        table.add_column(col, justify=justify, no_wrap=col in ("id", "images", "size"))
     for e in entries:
         size = (e.key.get("preprocess") or {}).get("input_size") or ["?"]
         table.add_row(e.path.name[:12], escape(f"{e.key.get('family', '?')}:{e.key.get('arch', '?')} "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from ofgr_core.cli.app import app, err, handle_errors, out, print_json
 from ofgr_core.config import MAX_SEED
@@ -39,7 +39,8 @@ def pretrain(
 
     Use the result with model.kind: clip and model.pretrained: local-dir:OUT.
     """
-    from ofgr_core.models.clip.pretrain import pretrain_clip
+    from ofgr_core.models.clip.pretrain import PretrainFinished, pretrain_clip
+    from ofgr_core.runs.events import Log, StageFinished, StageProgress, StageStarted, TrainEpoch
 
     events = pretrain_clip(manifest, out_dir, model=model, pretrained=pretrained, epochs=epochs,
                            batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
@@ -48,21 +49,21 @@ def pretrain(
     with Progress(TextColumn("[bold]{task.description}[/]"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err, disable=quiet,
                   transient=False) as progress:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
         for e in events:
-            if e.type == "stage_started":
+            if isinstance(e, StageStarted):
                 tasks[e.stage] = progress.add_task(e.stage, total=e.total, info="")
-            elif e.type == "stage_progress" and e.stage in tasks:
+            elif isinstance(e, StageProgress) and e.stage in tasks:
                 progress.update(tasks[e.stage], completed=e.done)
-            elif e.type == "train_epoch" and "pretrain" in tasks:
+            elif isinstance(e, TrainEpoch) and "pretrain" in tasks:
                 progress.update(tasks["pretrain"], completed=e.epoch,
                                 info=f"loss {e.loss:.3f}, batch i2t acc {e.val.get('i2t_batch_acc', 0):.2f}")
-            elif e.type == "stage_finished" and e.stage in tasks:
+            elif isinstance(e, StageFinished) and e.stage in tasks:
                 t = progress.tasks[tasks[e.stage]]
                 progress.update(tasks[e.stage], completed=t.total or t.completed)
-            elif e.type == "log" and not quiet:
+            elif isinstance(e, Log) and not quiet:
                 progress.console.print(e.message, markup=False, highlight=False)
-            elif e.type == "clip_pretrain_finished":
+            elif isinstance(e, PretrainFinished):
                 done = e
     if done is None:
         return

@@ -7,12 +7,15 @@ progress on stderr and prints a summary on stdout. No torch import here: ``ofgr 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ofgr_core.cli.app import data_app, err, escape, handle_errors, out, print_json
+from ofgr_core.cli.app import data_app, err, handle_errors, out, print_json
 from ofgr_core.config import MAX_SEED
 
 
@@ -117,7 +120,7 @@ def inspect(
         _print_inspect(report)
 
 
-def _inspect_report(target: Path, check: bool) -> dict:
+def _inspect_report(target: Path, check: bool) -> dict[str, Any]:
     from ofgr_core.common.errors import OfgrError
     from ofgr_core.config import DataConfig, SourceConfig, load_config
     from ofgr_core.data.dataset import detect_source, load_dataset
@@ -177,7 +180,7 @@ def _inspect_report(target: Path, check: bool) -> dict:
     return report
 
 
-def _print_inspect(r: dict) -> None:
+def _print_inspect(r: dict[str, Any]) -> None:
     from rich.table import Table
 
     d = r["detected"]
@@ -258,7 +261,7 @@ def prepare(
     with Progress(TextColumn("[bold]{task.description}[/]"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err, transient=True) as bar:
 
-        def reporter(name: str):  # noqa: ANN202
+        def reporter(name: str) -> Callable[[int, int], None]:
             task, meter = bar.add_task(name, total=None, info=""), RateMeter()
 
             def progress(done: int, total: int) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich import box
+from rich.console import JustifyMethod
 from rich.table import Table
 
 from ofgr_core.cli.app import app, err, escape, handle_errors, out
@@ -54,9 +55,11 @@ def demo(
     rows = summary_rows(result.run_dirs, [r.name for r in suite.runs])
     table = Table(title="unseen classes (%; ± = 95% bootstrap CI half-width)", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False)
-    for col, justify in (("run", "left"), ("fine R@1", "right"), ("coarse R@1", "right"),
-                         ("text→img", "right"), ("trained", "right"), ("fit s", "right"), ("run s", "right")):
-        table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("run", "left"), ("fine R@1", "right"), ("coarse R@1", "right"), ("text→img", "right"),
+        ("trained", "right"), ("fit s", "right"), ("run s", "right"))
+    for col, justify in columns:
+        table.add_column(col, justify=justify, no_wrap=True)
     for r in rows:
         text = _pct(r["text_coarse_r1"]) + (f" {r['text_space']}" if r["text_space"] else "")
         table.add_row(r["name"], _pct(r["fine_r1"], r["fine_ci"]), _pct(r["coarse_r1"], r["coarse_ci"]),

@@ -8,20 +8,23 @@ from __future__ import annotations
 import csv
 import io
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from ofgr_core.cli.app import app, err, escape, handle_errors, index_app, out, print_json
+from ofgr_core.cli.app import app, err, handle_errors, index_app, out, print_json
 from ofgr_core.common.errors import DataError, NotFoundError, UsageError
 from ofgr_core.common.textio import read_text
 from ofgr_core.config import MAX_SEED
 
 LABEL_COLUMNS = ("id", "fine", "coarse", "split", "domain", "group")
 INDEX_TYPES = ("flat", "ivf_flat", "ivf_pq", "hnsw")
+T = TypeVar("T")
 
 
 def load_embeddings(path: Path) -> np.ndarray:
@@ -31,7 +34,7 @@ def load_embeddings(path: Path) -> np.ndarray:
     return load(path)
 
 
-def load_label_csv(path: Path, n_rows: int, *, required: tuple[str, ...] = ("id", "fine")) -> dict[str, Any]:
+def load_label_csv(path: Path, n_rows: int, *, required: tuple[str, ...] = ("id", "fine")) -> dict[str, np.ndarray]:
     """Read a label CSV (one row per embedding row) into columns, with one-line errors naming file/row/column.
 
     Returns:
@@ -46,7 +49,7 @@ def load_label_csv(path: Path, n_rows: int, *, required: tuple[str, ...] = ("id"
         raise DataError(f"{path}: malformed CSV ({e})") from None
 
 
-def _parse_label_csv(path: Path, text: str, n_rows: int, required: tuple[str, ...]) -> dict[str, Any]:
+def _parse_label_csv(path: Path, text: str, n_rows: int, required: tuple[str, ...]) -> dict[str, np.ndarray]:
     with io.StringIO(text, newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
@@ -82,7 +85,7 @@ def _parse_label_csv(path: Path, text: str, n_rows: int, required: tuple[str, ..
     return table
 
 
-def _options(build: Any, names: dict[str, str]) -> Any:
+def _options(build: Callable[[], T], names: dict[str, str]) -> T:
     """Build a config from command-line values; a value out of range is a usage error naming the option."""
     from pydantic import ValidationError
 
@@ -95,7 +98,7 @@ def _options(build: Any, names: dict[str, str]) -> Any:
         raise UsageError(f"{option}: {first['msg'].lower()}, got {first.get('input')!r}") from None
 
 
-def _faiss_errors(call: Any, index: str, n: int) -> Any:
+def _faiss_errors(call: Callable[[], T], index: str, n: int) -> T:
     """FAISS reports impossible index parameters as a RuntimeError with a C++ location; keep its reason."""
     from ofgr_core.retrieval.index import IndexBuildError
 
@@ -200,7 +203,6 @@ def eval_embeddings(
     prints exactly what one process prints.
     """
     from ofgr_core.config import EvalConfig, IndexConfig
-    from ofgr_core.retrieval.embcheck import check_embeddings, degenerate_labels
     from ofgr_core.retrieval.evaluate import evaluate_embeddings
     from ofgr_core.retrieval.shard import close_shard, init_shard_from_env
 
@@ -215,19 +217,7 @@ def eval_embeddings(
                                       index=IndexConfig(type=index, device=device, multi_gpu=multi_gpu,
                                                         exact_check=exact_check)),
                    {"ks": "--k", "bootstrap": "--bootstrap"})
-    emb = load_embeddings(embeddings)
-    table = load_label_csv(labels, len(emb))
-    if exclude_same_group and "group" not in table:
-        raise DataError(f"{labels}: --exclude-same-group needs a 'group' column")
-    keep, note = check_embeddings(emb, str(embeddings), drop_invalid=drop_invalid)
-    notes = [note] if note else []
-    if keep is not None:
-        emb = np.asarray(emb[keep])
-        table = {c: v[keep] for c, v in table.items()}
-    split_col = table.get("split")
-    for s in (sorted(set(split_col.tolist())) if split_col is not None else [None]):
-        fine = table["fine"] if s is None else table["fine"][split_col == s]
-        notes += degenerate_labels(fine, f"split {s!r}" if s is not None else str(labels))
+    emb, table, keep, notes = _eval_inputs(embeddings, labels, exclude_same_group, drop_invalid)
     # under torchrun each rank searches its share of the queries; rank 0 alone prints the (identical) result
     shard = init_shard_from_env()
     chunks = [0]
@@ -259,6 +249,27 @@ def eval_embeddings(
         print_json(result)
     else:
         _print_tables(result)
+
+
+def _eval_inputs(embeddings: Path, labels: Path, exclude_same_group: bool, drop_invalid: bool
+                 ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | None, list[str]]:
+    """``(embeddings, label columns, rows kept or None for all, warnings)`` after the input checks."""
+    from ofgr_core.retrieval.embcheck import check_embeddings, degenerate_labels
+
+    emb = load_embeddings(embeddings)
+    table = load_label_csv(labels, len(emb))
+    if exclude_same_group and "group" not in table:
+        raise DataError(f"{labels}: --exclude-same-group needs a 'group' column")
+    keep, note = check_embeddings(emb, str(embeddings), drop_invalid=drop_invalid)
+    notes = [note] if note else []
+    if keep is not None:
+        emb = np.asarray(emb[keep])
+        table = {c: v[keep] for c, v in table.items()}
+    split_col = table.get("split")
+    for s in (sorted(set(split_col.tolist())) if split_col is not None else [None]):
+        fine = table["fine"] if s is None else table["fine"][split_col == s]
+        notes += degenerate_labels(fine, f"split {s!r}" if s is not None else str(labels))
+    return emb, table, keep, notes
 
 
 @index_app.command("build")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import typer
 from rich.markup import escape
@@ -11,6 +12,10 @@ from rich.table import Table
 from ofgr_core.cli.app import data_app, handle_errors, out, print_json
 from ofgr_core.config import MAX_SEED
 from ofgr_core.runs.state import resolve_run
+
+if TYPE_CHECKING:
+    from ofgr_core.config import DataConfig, ModelSection
+    from ofgr_core.hierarchy.induce import Induction
 
 
 # --------------------------------------------------------------------------------------- data suspects
@@ -77,37 +82,20 @@ def hierarchy(
     """Induce a coarse level by clustering fine-class centroids of a frozen encoder's features."""
     from ofgr_core.common.atomic import atomic_write_json
     from ofgr_core.common.errors import ConfigError
-    from ofgr_core.config import Config, DataConfig, SourceConfig, load_config
-    from ofgr_core.data.dataset import detect_source, load_dataset
-    from ofgr_core.hierarchy.induce import LINKAGES, dataset_class_features, induce_groups, write_taxonomy
-    from ofgr_core.runs.folder import RunFolder
+    from ofgr_core.data.dataset import load_dataset
+    from ofgr_core.hierarchy.induce import LINKAGES, Linkage, dataset_class_features, induce_groups, write_taxonomy
 
     if levels != 1:
         raise ConfigError(f"--levels {levels}: only one induced level (coarse) is supported; use --levels 1")
     if linkage not in LINKAGES:
         raise ConfigError(f"--linkage {linkage!r} is unknown (valid: {', '.join(LINKAGES)})")
-    if target.suffix.lower() in (".yaml", ".yml") and target.is_file():
-        cfg = load_config(target)
-        data_cfg = cfg.data
-    else:
-        src = detect_source(target)
-        cfg = Config()
-        data_cfg = DataConfig(sources=[SourceConfig(type=src["type"], root=src["root"])])
-    model_cfg = cfg.model
-    run_dir = None
-    if run_ref is not None:
-        run = RunFolder(resolve_run(run_ref, runs_dir))
-        model_cfg, run_dir = load_config(run.config).model, run.path
-        if model is not None:
-            raise ConfigError("--model with --run: a run's encoder is its own model; give one of them")
-    if model is not None:
-        model_cfg = model_cfg.model_copy(update={"name": model})
+    data_cfg, model_cfg, run_dir = _hierarchy_inputs(target, model, run_ref, runs_dir)
     size = image_size or data_cfg.image_size
     prepared = load_dataset(data_cfg.model_copy(update={"cache": False}))
     feats = dataset_class_features(prepared, model_cfg, image_size=size, run_dir=run_dir,
                                    per_class=per_class or None, seed=seed, text=text)
     ind = induce_groups(feats.centroids, feats.classes, n_groups=groups, max_groups=max_groups,
-                        linkage=linkage)  # type: ignore[arg-type]
+                        linkage=cast(Linkage, linkage))  # checked against LINKAGES above
     tax_name = name or f"induced-{Path(target).resolve().parent.name if target.is_file() else target.name}"
     written = write_taxonomy(out_path, ind, name=tax_name,
                              description=f"induced by `ofgr data hierarchy` from {model_cfg.name} "
@@ -127,6 +115,38 @@ def hierarchy(
     if as_json:
         print_json(report)
         return
+    _print_hierarchy(report, ind, linkage, written, rep_path)
+
+
+def _hierarchy_inputs(target: Path, model: str | None, run_ref: str | None, runs_dir: Path
+                      ) -> tuple[DataConfig, ModelSection, Path | None]:
+    """``(data config, model config, run folder)`` for ``ofgr data hierarchy``: the data of a config YAML or a
+    detected dataset folder, and its model, a run's trained encoder (``--run``) or another name (``--model``)."""
+    from ofgr_core.common.errors import ConfigError
+    from ofgr_core.config import Config, DataConfig, SourceConfig, load_config
+    from ofgr_core.data.dataset import detect_source
+    from ofgr_core.runs.folder import RunFolder
+
+    if target.suffix.lower() in (".yaml", ".yml") and target.is_file():
+        cfg = load_config(target)
+        data_cfg = cfg.data
+    else:
+        src = detect_source(target)
+        cfg = Config()
+        data_cfg = DataConfig(sources=[SourceConfig(type=src["type"], root=src["root"])])
+    model_cfg = cfg.model
+    run_dir = None
+    if run_ref is not None:
+        run = RunFolder(resolve_run(run_ref, runs_dir))
+        model_cfg, run_dir = load_config(run.config).model, run.path
+        if model is not None:
+            raise ConfigError("--model with --run: a run's encoder is its own model; give one of them")
+    if model is not None:
+        model_cfg = model_cfg.model_copy(update={"name": model})
+    return data_cfg, model_cfg, run_dir
+
+
+def _print_hierarchy(report: dict[str, Any], ind: Induction, linkage: str, written: Path, rep_path: Path) -> None:
     out.print(f"{report['n_classes']} fine classes -> {ind.n_groups} groups ({ind.criterion}, {linkage} linkage) "
               f"-> {escape(str(written))}", highlight=False, soft_wrap=True)
     t = Table(title="induced groups", title_justify="left")

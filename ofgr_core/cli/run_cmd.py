@@ -9,25 +9,40 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import typer
 from rich import box
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ofgr_core.cli.app import app, err, escape, handle_errors, out, print_json
+from ofgr_core.cli.app import app, err, handle_errors, out, print_json
 from ofgr_core.common.atomic import atomic_write_json, atomic_write_text
 from ofgr_core.common.errors import ConfigError, ConflictError, DataError, ExitCode, NotFoundError
-from ofgr_core.config import dump_config, load_config, set_run_name
+from ofgr_core.config import Config, dump_config, load_config, set_run_name
 from ofgr_core.runs.eventlog import EventWriter
-from ofgr_core.runs.events import RunInterrupted, SignalInterrupt
+from ofgr_core.runs.events import (
+    Event,
+    Log,
+    RunInterrupted,
+    SignalInterrupt,
+    StageFinished,
+    StageProgress,
+    StageStarted,
+    TrainEpoch,
+    TrainStep,
+)
 from ofgr_core.runs.folder import METRICS_FILE, RunFolder, create_run_dir
 from ofgr_core.runs.lock import RunLock
 from ofgr_core.runs.state import iter_runs, load_run, request_stop, resolve_run
 
 DEFAULT_CONFIG = "configs/demo.yaml"
+# what signal.signal returns: the previous handler, to put back
+Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 
 def _duration(seconds: float) -> str:
@@ -50,45 +65,44 @@ class EventPrinter:
             transient=False,
             disable=quiet,
         )
-        self.tasks: dict[str, Any] = {}
+        self.tasks: dict[str, TaskID] = {}
         self.timings: dict[str, float] = {}
 
     def __enter__(self) -> EventPrinter:
         self.progress.__enter__()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: Any) -> None:  # passed on to rich's Progress as received
         self.progress.__exit__(*exc)
 
-    def _task(self, stage: str, total: int | None = None) -> Any:
+    def _task(self, stage: str, total: int | None = None) -> TaskID:
         if stage not in self.tasks:
             self.tasks[stage] = self.progress.add_task(escape(stage), total=total, info="")
         elif total is not None:
             self.progress.update(self.tasks[stage], total=total)
         return self.tasks[stage]
 
-    def __call__(self, ev: Any) -> None:
-        t = ev.type
-        if t == "stage_started":
+    def __call__(self, ev: Event) -> None:
+        if isinstance(ev, StageStarted):
             self._task(ev.stage, ev.total)
-        elif t == "stage_progress":
+        elif isinstance(ev, StageProgress):
             info = "" if ev.rate is None else f"{ev.rate:,.0f}/s" + (
                 "" if ev.eta_s is None else f" · {_duration(ev.eta_s)} left")
             self.progress.update(self._task(ev.stage, ev.total), completed=ev.done, info=info)
-        elif t == "stage_finished":
+        elif isinstance(ev, StageFinished):
             task = self._task(ev.stage)
             total = self.progress.tasks[task].total
             if total is None or self.progress.tasks[task].completed < total:
                 self.progress.update(task, total=total or 1, completed=total or 1)
             self.timings[ev.stage] = self.timings.get(ev.stage, 0.0) + ev.seconds
-        elif t == "train_step":
+        elif isinstance(ev, TrainStep):
             task = self._task("train")
             losses = " ".join(f"{k}={v:.3f}" for k, v in ev.losses.items())
             self.progress.update(
                 task, info=escape(f"epoch {ev.epoch} step {ev.step}/{ev.steps_per_epoch} loss={ev.loss:.3f} {losses} "
                                   f"{ev.images_per_s:.0f} img/s")
             )
-        elif t == "train_epoch":
+        elif isinstance(ev, TrainEpoch):
             task = self._task("train", ev.epochs)
             self.progress.update(task, completed=ev.epoch)
             val = " ".join(f"val {k}={v:.3f}" for k, v in ev.val.items())
@@ -97,10 +111,10 @@ class EventPrinter:
                 f"  epoch {ev.epoch}/{ev.epochs} loss={ev.loss:.4f} {escape(val)} ({ev.seconds:.1f}s){mark}",
                 highlight=False,
             )
-        elif t == "log":
+        elif isinstance(ev, Log):
             color = {"warning": "yellow", "error": "red"}.get(ev.level, "dim")
             self.progress.console.print(f"[{color}]{escape(str(ev.message))}[/]", highlight=False)
-        elif t == "run_interrupted":
+        elif isinstance(ev, RunInterrupted):
             self.progress.console.print(f"[yellow]interrupted:[/] {escape(str(ev.reason))}", highlight=False)
 
 
@@ -164,15 +178,15 @@ class SignalStop:
         self.run_dir, self.writer = run_dir, writer
         self.stage: str | None = None
         self.received: str | None = None
-        self._previous: dict[int, Any] = {}
+        self._previous: dict[int, Handler] = {}
 
-    def on_event(self, ev: Any) -> None:
-        if ev.type == "stage_started":
+    def on_event(self, ev: Event) -> None:
+        if isinstance(ev, StageStarted):
             self.stage = ev.stage
-        elif ev.type == "stage_finished" and ev.stage == self.stage:
+        elif isinstance(ev, StageFinished) and ev.stage == self.stage:
             self.stage = None
 
-    def _handle(self, signum: int, frame: Any) -> None:
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         if self.received is not None:
             if self.writer is not None:
@@ -201,7 +215,7 @@ class SignalStop:
 
 
 def _launch(
-    cfg: Any, run_dir: Path, *, resume: bool, config_path: str | None, quiet: bool,
+    cfg: Config, run_dir: Path, *, resume: bool, config_path: str | None, quiet: bool,
     lock: RunLock | None = None,
 ) -> None:
     from ofgr_core.workflows.pipeline import execute_run
@@ -221,7 +235,7 @@ def _launch(
                           highlight=False)
         try:
             with EventPrinter(quiet=quiet or not main) as printer, signals:
-                def on_event(ev: Any) -> None:
+                def on_event(ev: Event) -> None:
                     signals.on_event(ev)
                     printer(ev)
 

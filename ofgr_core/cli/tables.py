@@ -7,9 +7,9 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from rich import box
+from rich.console import Console, JustifyMethod
 from rich.table import Table
 from rich.text import Text
 
@@ -21,7 +21,7 @@ class Column:
     header: str
     cells: list[str | Text] = field(default_factory=list)
     priority: int = 0
-    justify: str = "left"
+    justify: JustifyMethod = "left"
     max_width: int | None = None  # cells longer than this are cut with an ellipsis (never the run id)
 
     def natural_width(self) -> int:
@@ -32,8 +32,6 @@ class Column:
 
 def rendered_width(table: Table) -> int:
     """Width of the widest line of ``table`` rendered without a width limit."""
-    from rich.console import Console
-
     console = Console(width=10_000, record=False, color_system=None, file=io.StringIO())
     with console.capture() as cap:
         console.print(table)
@@ -64,7 +62,7 @@ def _build(shown: Sequence[Column], title: str | None, caption: str | None) -> T
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, caption=caption,
                   caption_justify="left", show_edge=False)
     for c in shown:
-        table.add_column(c.header, justify=c.justify, no_wrap=True,  # type: ignore[arg-type]
+        table.add_column(c.header, justify=c.justify, no_wrap=True,
                          overflow="ellipsis" if c.max_width else "fold", max_width=c.max_width)
     n = max((len(c.cells) for c in shown), default=0)
     for i in range(n):
@@ -77,7 +75,7 @@ def dropped(columns: Sequence[Column], width: int) -> list[str]:
     return [c.header for c in columns if c not in shown]
 
 
-def print_fitted(console: Any, columns: Sequence[Column], *, title: str | None = None,
+def print_fitted(console: Console, columns: Sequence[Column], *, title: str | None = None,
                  caption: str | None = None) -> None:
     """Print the columns that fit the console; if even the priority-0 columns are wider (a very long run id
     on a very narrow terminal), print at their width rather than break the id."""

@@ -9,12 +9,14 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 _lock = threading.Lock()
 _initialised = False
 _init_error: str | None = None
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ class GpuSnapshot:
     time: float = field(default_factory=time.time)
 
 
-def _nvml() -> Any:
+def _nvml() -> Any:  # the pynvml module (untyped)
     import pynvml  # nvidia-ml-py; imported lazily so that importing this module never touches the driver
 
     return pynvml
@@ -78,7 +80,7 @@ def _ensure_init(nvml: Any) -> str | None:
     return None
 
 
-def _read(fn: Any, *args: Any) -> Any:
+def _read(fn: Callable[..., T], *args: object) -> T | None:
     try:
         return fn(*args)
     except Exception:  # a field this GPU/driver does not support

@@ -11,7 +11,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -167,11 +167,11 @@ class _NonStandard(ValueError):
     pass
 
 
-def _refuse_constant(name: str) -> Any:
+def _refuse_constant(name: str) -> NoReturn:
     raise _NonStandard(f"non-standard constant {name}")
 
 
-def json_safe(obj: Any) -> Any:
+def json_safe(obj: object) -> Any:
     """A copy of ``obj`` that ``json.dumps(..., allow_nan=False)`` accepts: non-finite floats become None.
 
     Numpy scalars and arrays become Python numbers and lists; paths become strings.
@@ -191,6 +191,6 @@ def json_safe(obj: Any) -> Any:
     return str(obj)
 
 
-def dumps_strict(obj: Any, **kwargs: Any) -> str:
+def dumps_strict(obj: object, **kwargs: Any) -> str:
     """``json.dumps`` that always produces valid JSON (RFC 8259): NaN/Inf are written as null."""
     return json.dumps(json_safe(obj), allow_nan=False, **kwargs)

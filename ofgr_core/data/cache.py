@@ -27,12 +27,14 @@ import contextlib
 import hashlib
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from ofgr_core.common.atomic import atomic_save_npy, atomic_writer
 from ofgr_core.common.diskspace import ensure_free, preallocate
 from ofgr_core.common.integrity import (
     CacheCorrupt,
@@ -85,9 +87,9 @@ def decode_resized(path: str, height: int, width: int) -> Image.Image:
     """Decode ``path`` to an RGB image of the given size (JPEG: DCT-domain downscaling when possible)."""
     with Image.open(path) as im:
         im.draft("RGB", (width, height))  # JPEG: decode at 1/2, 1/4 or 1/8 scale if still large enough
-        img = im.convert("RGB")
+        img: Image.Image = im.convert("RGB")
     if img.size != (width, height):
-        img = img.resize((width, height), Image.BILINEAR, reducing_gap=2.0)
+        img = img.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=2.0)
     return img
 
 
@@ -166,17 +168,9 @@ class ImageCache:
         # preallocated, not sparse: a memory-mapped write into a hole on a full disk is a SIGBUS
         ensure_free(self.data_path, total + 5 * n, "image cache")
         for path, size in ((self.data_path, total), (self.ok_path, max(1, n)), (self.crc_path, 4 * max(1, n))):
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            try:
-                with open(tmp, "wb") as f:
-                    preallocate(f, size, path, "image cache")
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            os.replace(tmp, path)
-        tmp = self.index_path.with_name(f".{self.index_path.name}.{os.getpid()}.tmp.npy")
-        np.save(tmp, index)
-        os.replace(tmp, self.index_path)
+            with atomic_writer(path) as f:
+                preallocate(f, size, path, "image cache")
+        atomic_save_npy(self.index_path, index)
         write_header(self.index_path, CacheHeader(CACHE_KIND, CACHE_VERSION, "int64", (n, 3), n, checksum(index)))
 
     def _open(self) -> None:
@@ -262,7 +256,7 @@ class ImageCache:
         self._ok[i] = 1  # after the pixels and their CRC: a reader never sees a flagged slot with missing data
         return img
 
-    def warm(self, progress: Any = None, workers: int | None = None) -> None:
+    def warm(self, progress: Callable[[int, int], None] | None = None, workers: int | None = None) -> None:
         """Fill every empty slot now, in worker processes (decoding small images is GIL-bound in threads).
 
         Slots already filled are skipped, so an interrupted warm-up resumes where it stopped.

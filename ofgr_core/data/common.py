@@ -68,7 +68,7 @@ def list_dirs(folder: Path) -> list[Path]:
 
 def walk_images(root: Path) -> list[Path]:
     """Every image under ``root`` (recursive, hidden folders such as caches skipped), sorted."""
-    out = []
+    out: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         out.extend(Path(dirpath) / f for f in filenames if not f.startswith(".") and is_image(f))

@@ -18,10 +18,10 @@ import re
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -41,6 +41,9 @@ from ofgr_core.config import DataConfig
 from ofgr_core.data.base import DatasetTable, create_table
 from ofgr_core.data.common import worker_start_method
 from ofgr_core.data.labels import Hierarchy
+
+if TYPE_CHECKING:
+    from ofgr_core.data.taxonomy import Taxonomy
 
 Progress = Callable[[int, int], None]
 
@@ -76,7 +79,11 @@ class ImageCheck:
     height: int = 0
 
 
-def _inspect(path: str) -> tuple[str | None, bytes, int, int]:
+# One image's check: (reason it is unusable or None, content digest, width, height).
+_Check = tuple[str | None, bytes, int, int]
+
+
+def _inspect(path: str) -> _Check:
     """(reason or None, raw 16-byte blake2b digest or b"", width, height) of one file, read once."""
     try:
         with open(path, "rb") as f:
@@ -112,7 +119,7 @@ def check_image(path: str) -> str | None:
     return inspect_image(path).reason
 
 
-def _inspect_chunk(paths: list[str]) -> list[tuple[str | None, bytes, int, int]]:
+def _inspect_chunk(paths: list[str]) -> list[_Check]:
     return [_inspect(p) for p in paths]
 
 
@@ -202,10 +209,10 @@ class CheckMemo:
                 records = self._read_verified(self.path)
             except CacheCorrupt as e:
                 self.rebuilt = rebuild_note(self.path, f"{e}; every image is checked again")
-                for stale in (header_path(self.path), self.path, self.path.parent / MEMO_REASONS):
+                for stale in (header_path(self.path), self.path, self.path.with_name(MEMO_REASONS)):
                     with contextlib.suppress(OSError):
                         stale.unlink()
-            reasons_path = self.path.parent / MEMO_REASONS
+            reasons_path = self.path.with_name(MEMO_REASONS)
             if len(records) and reasons_path.is_file():
                 with contextlib.suppress(OSError), reasons_path.open(encoding="utf-8", errors="replace") as f:
                     for line in f:
@@ -391,7 +398,7 @@ def check_images(paths: list[str], progress: Progress | None = None, workers: in
             pool = ThreadPoolExecutor(max_workers=min(8, workers * 2))
         # a bounded window of chunks in flight keeps memory flat and results in order
         window = max(4, workers * 4)
-        pending: list[tuple[np.ndarray, Any]] = []
+        pending: list[tuple[np.ndarray, Future[list[_Check]]]] = []
         try:
             for k, chunk in enumerate(chunks):
                 pending.append((chunk, pool.submit(_inspect_chunk, [paths[i] for i in chunk])))
@@ -412,7 +419,7 @@ def check_images(paths: list[str], progress: Progress | None = None, workers: in
     return out
 
 
-def _collect(item: tuple[np.ndarray, Any], out: ImageChecks, memo: CheckMemo, keys: np.ndarray,
+def _collect(item: tuple[np.ndarray, Future[list[_Check]]], out: ImageChecks, memo: CheckMemo, keys: np.ndarray,
              sizes: np.ndarray, mtimes: np.ndarray, done: int) -> int:
     chunk, future = item
     for i, res in zip(chunk, future.result(), strict=True):
@@ -423,7 +430,7 @@ def _collect(item: tuple[np.ndarray, Any], out: ImageChecks, memo: CheckMemo, ke
 
 
 # ---------------------------------------------------------------------------------------------- merging
-def _apply_taxonomy(table: DatasetTable, taxonomy: Any, policy: str) -> tuple[DatasetTable, dict[str, Any]]:
+def _apply_taxonomy(table: DatasetTable, taxonomy: Taxonomy, policy: str) -> tuple[DatasetTable, dict[str, Any]]:
     """Relabel ``table`` onto the taxonomy's levels; unmapped rows raise or are dropped (``policy``)."""
     out: dict[str, list[str]] = {lv: [] for lv in taxonomy.levels}
     keep: list[int] = []
@@ -556,9 +563,12 @@ def find_duplicates(table: DatasetTable, digests: list[str] | np.ndarray) -> tup
     return sorted(drop), info
 
 
-def _cut(items: list[Any]) -> list[Any]:
+_T = TypeVar("_T")
+
+
+def _cut(items: list[_T]) -> list[_T | str]:
     if len(items) <= _LIST_LIMIT:
-        return items
+        return list(items)
     return [*items[:_LIST_LIMIT], f"... {len(items) - _LIST_LIMIT} more"]
 
 
@@ -610,7 +620,8 @@ def describe(table: DatasetTable) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------- loading
 def build_tables(cfg: DataConfig) -> list[DatasetTable]:
     """Every source's table, through its adapter; source names must be unique (they prefix item ids)."""
-    tables, names = [], Counter()
+    tables: list[DatasetTable] = []
+    names: Counter[str] = Counter()
     for src in cfg.sources:
         t = create_table(src.type, src.root, name=src.name, **src.options)
         if len(t) == 0:
@@ -637,17 +648,7 @@ def load_dataset(cfg: DataConfig, *, progress: Progress | None = None, check: bo
         DataError: a source is missing or empty, labels are unmapped (policy ``error``), or nothing usable
             is left.
     """
-    table, merge_info = merge_tables(build_tables(cfg), cfg.taxonomy, cfg.unmapped)
-    if len(table) == 0:
-        raise DataError("the dataset is empty: no images found in "
-                        + ", ".join(str(s.root or s.type) for s in cfg.sources))
-    report: dict[str, Any] = {"n_images_found": len(table), **merge_info, "unreadable": [], "warnings": []}
-    for name, meta in table.meta["sources"].items():
-        report["warnings"] += [f"{name}: {w}" for w in meta.get("warnings", [])]
-    if merge_info.get("unmapped"):
-        report["warnings"].append(f"{merge_info['unmapped']['images']} images with unmapped labels dropped "
-                                  "(data.unmapped: drop)")
-
+    table, report = _merge_sources(cfg)
     cache_dir = None
     if cfg.cache:
         from ofgr_core.data.cache import default_cache_dir
@@ -656,37 +657,11 @@ def load_dataset(cfg: DataConfig, *, progress: Progress | None = None, check: bo
             [s.root for s in cfg.sources])
     n_found = len(table)
     checks = check_images(table.paths, progress, workers, cache_dir) if check else ImageChecks.empty(n_found)
-    report["warnings"] += checks.notes
-    bad = sorted(checks.reasons)
-    if bad:
-        report["unreadable"] = [{"path": table.paths[i], "id": table.ids[i], "reason": checks.reasons[i]}
-                                for i in bad]
-        report["warnings"].append(f"{len(bad)} of {n_found} images are unreadable and were skipped")
-    usable = np.ones(n_found, dtype=bool)
-    usable[bad] = False
-    keep_mask = usable.copy()
+    report["warnings"] += checks.notes  # the check memo rebuilt, and why
+    keep_mask = _readable_rows(table, checks, report)
     if check:
-        kept_rows = np.flatnonzero(usable)
-        dup_rows, dup_info = find_duplicates(table if len(kept_rows) == n_found else table.subset(kept_rows),
-                                             checks.digests[kept_rows])
-        dup_info["removed_ids"] = _cut([table.ids[kept_rows[j]] for j in dup_rows])
-        if cfg.dedup:
-            keep_mask[kept_rows[dup_rows]] = False
-        else:
-            dup_info["removed"] = 0
-            if dup_info["groups"]:
-                report["warnings"].append(
-                    f"{dup_info['groups']} groups of identical images kept (data.dedup: false); copies that "
-                    "straddle the seen/unseen boundary are removed from training by the split check")
-        report["duplicates"] = dup_info
-    fine_col = table.labels["fine"]
-    coarse_only = [i for i in np.flatnonzero(keep_mask).tolist() if not fine_col[i]]
-    if coarse_only:
-        report["coarse_only"] = {"images": len(coarse_only), "policy": cfg.coarse_only}
-        if cfg.coarse_only == "drop":
-            keep_mask[coarse_only] = False
-            report["warnings"].append(f"{len(coarse_only)} coarse-only images (no fine label) dropped "
-                                      "(data.coarse_only: drop)")
+        _mark_duplicates(table, checks, keep_mask, cfg.dedup, report)
+    _apply_coarse_only(table, keep_mask, cfg.coarse_only, report)
     keep = np.flatnonzero(keep_mask)
     hex_digests = [checks.hexdigest(int(i)) for i in keep] if check else []
     sizes = list(zip(checks.widths[keep].tolist(), checks.heights[keep].tolist(), strict=True))
@@ -709,17 +684,81 @@ def load_dataset(cfg: DataConfig, *, progress: Progress | None = None, check: bo
         report["warnings"].append(f"only {len(fine_classes)} fine class: retrieval needs at least 2")
 
     if cfg.cache and cfg.image_size and check and cache_dir is not None:
-        from ofgr_core.data.cache import ImageCache, register
-
-        try:
-            cache = ImageCache(table.paths, sizes, hex_digests, cache_dir, cfg.image_size)
-            register(cache)
-            report["cache"] = {"path": str(cache.data_path), "short_side": cache.side}
-            if cache.rebuilt:
-                report["warnings"].append(cache.rebuilt)
-        except OSError as e:  # no space or read-only: decoding from the files still works
-            report["warnings"].append(f"image cache disabled: {e}")
+        _open_pixel_cache(table, sizes, hex_digests, cache_dir, cfg.image_size, report)
     return PreparedData(table=table, hierarchy=hierarchy, labels=labels, report=report)
+
+
+def _merge_sources(cfg: DataConfig) -> tuple[DatasetTable, dict[str, Any]]:
+    """Every source merged into one table, and the data report started with the merge's findings."""
+    table, merge_info = merge_tables(build_tables(cfg), cfg.taxonomy, cfg.unmapped)
+    if len(table) == 0:
+        raise DataError("the dataset is empty: no images found in "
+                        + ", ".join(str(s.root or s.type) for s in cfg.sources))
+    report: dict[str, Any] = {"n_images_found": len(table), **merge_info, "unreadable": [], "warnings": []}
+    for name, meta in table.meta["sources"].items():
+        report["warnings"] += [f"{name}: {w}" for w in meta.get("warnings", [])]
+    if merge_info.get("unmapped"):
+        report["warnings"].append(f"{merge_info['unmapped']['images']} images with unmapped labels dropped "
+                                  "(data.unmapped: drop)")
+    return table, report
+
+
+def _readable_rows(table: DatasetTable, checks: ImageChecks, report: dict[str, Any]) -> np.ndarray:
+    """A keep-mask over ``table`` with the unreadable images off; they are listed in ``report``."""
+    n_found = len(table)
+    bad = sorted(checks.reasons)
+    if bad:
+        report["unreadable"] = [{"path": table.paths[i], "id": table.ids[i], "reason": checks.reasons[i]}
+                                for i in bad]
+        report["warnings"].append(f"{len(bad)} of {n_found} images are unreadable and were skipped")
+    usable = np.ones(n_found, dtype=bool)
+    usable[bad] = False
+    return usable
+
+
+def _mark_duplicates(table: DatasetTable, checks: ImageChecks, keep_mask: np.ndarray, dedup: bool,
+                     report: dict[str, Any]) -> None:
+    """Finds identical images among the kept rows; with ``dedup`` turns the copies off in ``keep_mask``."""
+    kept_rows = np.flatnonzero(keep_mask)
+    dup_rows, dup_info = find_duplicates(table if len(kept_rows) == len(table) else table.subset(kept_rows),
+                                         checks.digests[kept_rows])
+    dup_info["removed_ids"] = _cut([table.ids[kept_rows[j]] for j in dup_rows])
+    if dedup:
+        keep_mask[kept_rows[dup_rows]] = False
+    else:
+        dup_info["removed"] = 0
+        if dup_info["groups"]:
+            report["warnings"].append(
+                f"{dup_info['groups']} groups of identical images kept (data.dedup: false); copies that "
+                "straddle the seen/unseen boundary are removed from training by the split check")
+    report["duplicates"] = dup_info
+
+
+def _apply_coarse_only(table: DatasetTable, keep_mask: np.ndarray, policy: str, report: dict[str, Any]) -> None:
+    """Counts kept images without a fine label; policy ``drop`` turns them off in ``keep_mask``."""
+    fine_col = table.labels["fine"]
+    coarse_only = [i for i in np.flatnonzero(keep_mask).tolist() if not fine_col[i]]
+    if coarse_only:
+        report["coarse_only"] = {"images": len(coarse_only), "policy": policy}
+        if policy == "drop":
+            keep_mask[coarse_only] = False
+            report["warnings"].append(f"{len(coarse_only)} coarse-only images (no fine label) dropped "
+                                      "(data.coarse_only: drop)")
+
+
+def _open_pixel_cache(table: DatasetTable, sizes: list[tuple[int, int]], hex_digests: list[str], cache_dir: Path,
+                      image_size: int, report: dict[str, Any]) -> None:
+    """Opens (and registers for the loaders) the resized-pixel cache; a disk error only disables it."""
+    from ofgr_core.data.cache import ImageCache, register
+
+    try:
+        cache = ImageCache(table.paths, sizes, hex_digests, cache_dir, image_size)
+        register(cache)
+        report["cache"] = {"path": str(cache.data_path), "short_side": cache.side}
+        if cache.rebuilt:  # a damaged cache was rebuilt (or slots emptied): one line says which and why
+            report["warnings"].append(cache.rebuilt)
+    except OSError as e:  # no space or read-only: decoding from the files still works
+        report["warnings"].append(f"image cache disabled: {e}")
 
 
 # ---------------------------------------------------------------------------------------------- detection

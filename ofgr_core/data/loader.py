@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -11,8 +11,11 @@ from PIL import Image
 
 from ofgr_core.data.cache import ImageCache, find_cache
 
+# A model's preprocessing: a PIL image to the tensor the model takes.
+ImageTransform = Callable[[Image.Image], torch.Tensor]
 
-class ImageDataset(torch.utils.data.Dataset):
+
+class ImageDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
     """Images by row; returns ``(image_tensor, labels_row, index)``.
 
     With a cache (``cache="auto"`` picks the one ``load_dataset`` opened for these paths, if any) the image is
@@ -28,7 +31,7 @@ class ImageDataset(torch.utils.data.Dataset):
         cache: an :class:`ImageCache`, ``"auto"``, or None to always decode the files.
     """
 
-    def __init__(self, paths: list[str], labels: np.ndarray, transform: Callable[[Image.Image], Any],
+    def __init__(self, paths: list[str], labels: np.ndarray, transform: ImageTransform,
                  cache: ImageCache | Literal["auto"] | None = "auto") -> None:
         self.paths = paths
         self.labels = torch.as_tensor(labels, dtype=torch.long)
@@ -45,9 +48,10 @@ class ImageDataset(torch.utils.data.Dataset):
         if self.cache is not None and path in self.cache:
             return self.cache.get(path)
         with Image.open(path) as im:
-            return im.convert("RGB")
+            rgb: Image.Image = im.convert("RGB")
+            return rgb
 
-    def __getitem__(self, i: int) -> tuple[Any, torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         try:
             img = self.load(i)
         except Exception:

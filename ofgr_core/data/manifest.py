@@ -13,7 +13,8 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +40,19 @@ def manifest_path(root: str | os.PathLike[str] | None, file: str = DEFAULT_FILE)
     return path / file if path.is_dir() else path
 
 
+@dataclass
+class _Rows:
+    """A manifest's rows as read: relative paths, their line numbers, labels and optional columns."""
+
+    header: list[str]
+    levels: list[str]
+    rels: list[str]
+    lines: list[int]
+    labels: dict[str, list[str]]
+    extra: dict[str, list[str]]
+    canon: dict[str, str]  # one shared string per distinct value
+
+
 def read_manifest(
     path: Path, *, name: str = "manifest", levels: list[str] | None = None, missing: str = "error",
     delimiter: str | None = None, links: str = "inside",
@@ -48,6 +62,42 @@ def read_manifest(
         raise DataError(f"manifest {path} not found")
     base = path.parent
     delim = delimiter or ("\t" if path.suffix.lower() == ".tsv" else ",")
+    rows = _read_rows(path, delim, levels)
+    n_rows = len(rows.rels)
+    if not n_rows:
+        raise DataError(f"manifest {path} has no rows")
+    paths, ids, keep, absent_files = _locate_images(path, base, name, rows, missing, links)
+    labels, extra = rows.labels, rows.extra
+    if len(keep) < n_rows:
+        labels = {lv: [v[k] for k in keep] for lv, v in labels.items()}
+        extra = {c: [v[k] for k in keep] for c, v in extra.items()}
+    if not paths:
+        raise DataError(f"manifest {path}: none of its {n_rows} images exist")
+    ignored = [c for c in rows.header if c not in ("path", *rows.levels, *OPTIONAL_COLUMNS)]
+    n = len(paths)
+    canon = rows.canon
+    return DatasetTable(
+        paths=paths,
+        labels=labels,
+        ids=ids,
+        sources=[name] * n,
+        domains=extra["domain"],
+        captions=extra["caption"],
+        splits=[canon.setdefault(s.lower(), s.lower()) for s in extra["split"]],
+        groups=extra["group"],
+        meta={
+            "format": "manifest",
+            "root": str(base),
+            "file": str(path),
+            "ignored_columns": ignored,
+            "missing_files": absent_files,
+            "warnings": [f"{len(absent_files)} manifest rows skipped: image missing"] if absent_files else [],
+        },
+    )
+
+
+def _read_rows(path: Path, delim: str, levels: list[str] | None) -> _Rows:
+    """Parses the header and every non-blank row; a missing column or an empty label is a DataError."""
     text = read_text(path, what="manifest")  # UTF-8 (BOM optional) or UTF-16/32 with BOM, else one line
     with io.StringIO(text, newline="") as f:
         reader = _csv_rows(csv.reader(f, delimiter=delim), path)
@@ -72,11 +122,9 @@ def read_manifest(
         lines: list[int] = []
         labels: dict[str, list[str]] = {lv: [] for lv in levels}
         extra: dict[str, list[str]] = {c: [] for c in OPTIONAL_COLUMNS}
-        n_rows = 0
         for line, row in enumerate(reader, start=2):  # line 1 is the header
             if not row:
                 continue  # DictReader skips blank lines too
-            n_rows += 1
             width = len(row)
             rel = row[path_col].strip() if path_col < width else ""
             for k, (lv, c) in enumerate(zip(levels, level_cols, strict=True)):
@@ -89,10 +137,18 @@ def read_manifest(
                 extra[column].append(canon.setdefault(value, value))
             rels.append(rel)
             lines.append(line)
-    if not n_rows:
-        raise DataError(f"manifest {path} has no rows")
+    return _Rows(header, levels, rels, lines, labels, extra, canon)
 
+
+def _locate_images(path: Path, base: Path, name: str, rows: _Rows, missing: str, links: str = "inside"
+                   ) -> tuple[list[str], list[str], list[int], list[str]]:
+    """``(paths, ids, kept row positions, missing files)``: each row's image resolved under ``base``.
+
+    A missing image is a DataError unless ``missing == "skip"``; a file listed twice is always one; a symbolic
+    link resolving outside ``base`` is one unless ``links == "follow"``.
+    """
     base_abs = os.path.abspath(base)
+    rels, lines = rows.rels, rows.lines
     fulls = [_resolve(base_abs, base, rel, f"manifest {path} line {line}")
              for rel, line in zip(rels, lines, strict=True)]
     exists, linked = _files_exist(fulls)
@@ -123,35 +179,10 @@ def read_manifest(
         paths.append(full)
         ids.append(item_id)
         keep.append(k)
-    del seen_ids, fulls
-    if len(keep) < n_rows:
-        labels = {lv: [v[k] for k in keep] for lv, v in labels.items()}
-        extra = {c: [v[k] for k in keep] for c, v in extra.items()}
-    if not paths:
-        raise DataError(f"manifest {path}: none of its {n_rows} images exist")
-    ignored = [c for c in header if c not in (*need, *OPTIONAL_COLUMNS)]
-    n = len(paths)
-    return DatasetTable(
-        paths=paths,
-        labels=labels,
-        ids=ids,
-        sources=[name] * n,
-        domains=extra["domain"],
-        captions=extra["caption"],
-        splits=[canon.setdefault(s.lower(), s.lower()) for s in extra["split"]],
-        groups=extra["group"],
-        meta={
-            "format": "manifest",
-            "root": str(base),
-            "file": str(path),
-            "ignored_columns": ignored,
-            "missing_files": absent_files,
-            "warnings": [f"{len(absent_files)} manifest rows skipped: image missing"] if absent_files else [],
-        },
-    )
+    return paths, ids, keep, absent_files
 
 
-def _csv_rows(reader: Any, path: Path) -> Iterator[list[str]]:
+def _csv_rows(reader: Iterable[list[str]], path: Path) -> Iterator[list[str]]:
     """The reader's rows; a malformed CSV becomes a one-line DataError naming the file."""
     try:
         yield from reader

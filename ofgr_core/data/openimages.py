@@ -99,9 +99,10 @@ def subtree_paths(hierarchy: dict[str, Any], root_id: str) -> dict[str, tuple[st
     if top is None:
         return {}
     paths: dict[str, tuple[str, ...]] = {}
-    frontier = [(child, (child["LabelName"],)) for child in top.get("Subcategory", [])]
+    frontier: list[tuple[dict[str, Any], tuple[str, ...]]] = [
+        (child, (child["LabelName"],)) for child in top.get("Subcategory", [])]
     while frontier:  # breadth first, so a label listed under two parents keeps its shallowest place
-        nxt = []
+        nxt: list[tuple[dict[str, Any], tuple[str, ...]]] = []
         for node, path in frontier:
             if node["LabelName"] not in paths:
                 paths[node["LabelName"]] = path

@@ -271,7 +271,9 @@ def _from_manifest(table: DatasetTable, hierarchy: Hierarchy, labels: np.ndarray
     if mixed:
         raise DataError(f"split.protocol=manifest: {len(mixed)} fine classes have images in more than one of "
                         f"train/val/unseen (first: {mixed[0]!r}); the split column must be class-disjoint")
-    pick = lambda role: np.array(sorted(c for c, r in roles.items() if role in r), dtype=np.int64)  # noqa: E731
+    def pick(role: str) -> np.ndarray:
+        return np.array(sorted(c for c, r in roles.items() if role in r), dtype=np.int64)
+
     return pick("train"), pick("val"), pick("unseen")
 
 
@@ -298,7 +300,8 @@ def _resolve_ids(entries: list[str], table: DatasetTable, what: str) -> list[str
     by_suffix: dict[str, str] = {}
     for i in table.ids:
         by_suffix.setdefault(i.split(":", 1)[-1], i)
-    out, unknown = [], []
+    out: list[str] = []
+    unknown: list[str] = []
     for e in entries:
         hit = e if e in by_id else by_path.get(os.path.normpath(e)) or by_suffix.get(Path(e).as_posix())
         (out if hit else unknown).append(hit or e)

@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 from pydantic import Field
 
+from ofgr_core.common.atomic import atomic_writer
 from ofgr_core.common.errors import DataError
 from ofgr_core.data.base import ADAPTERS, DatasetTable
 from ofgr_core.data.common import Options, parse_options, relative_id, require_root, walk_images
@@ -83,7 +84,8 @@ def _loadmat(path: Path) -> dict[str, Any]:
     from scipy.io import loadmat  # scipy is heavy to import; only this adapter needs it
 
     try:
-        return loadmat(str(path), squeeze_me=True)
+        mat: dict[str, Any] = loadmat(str(path), squeeze_me=True)
+        return mat
     except Exception as e:
         raise DataError(f"stanford_cars: cannot read {path}: {type(e).__name__}: {e}") from None
 
@@ -106,8 +108,9 @@ def _image_dir(root: Path, split: str) -> Path:
 
 
 def _mat_rows(path: Path, split: str, image_dir: Path | None, root: Path) -> list[_Row]:
-    ann = np.atleast_1d(_loadmat(path).get("annotations"))
-    if ann.dtype.names is None:
+    raw = _loadmat(path).get("annotations")
+    ann = np.atleast_1d(raw) if raw is not None else None
+    if ann is None or ann.dtype.names is None:
         raise DataError(f"stanford_cars: {path} has no 'annotations' struct array")
     x1, y1, x2, y2 = (_field(ann, f"bbox_{k}", path) for k in ("x1", "y1", "x2", "y2"))
     cls = _field(ann, "class", path)
@@ -167,7 +170,8 @@ def _read_anno_csv(path: Path, split: str) -> list[tuple[str, int, tuple[int, in
     rows = _csv_rows(path)
     if not rows:
         return []
-    cols = {"image": 0, "class": len(rows[0]) - 1, "box": (1, 2, 3, 4) if len(rows[0]) >= 6 else None}
+    image_col, class_col = 0, len(rows[0]) - 1
+    box_cols: tuple[int, ...] | None = (1, 2, 3, 4) if len(rows[0]) >= 6 else None
     if not _is_int(rows[0][-1]):  # header row: find the columns by name
         header = [h.lower() for h in rows.pop(0)]
 
@@ -177,13 +181,19 @@ def _read_anno_csv(path: Path, split: str) -> list[tuple[str, int, tuple[int, in
         image, klass = col("image", "fname", "filename", "file", "path"), col("class", "class_id", "label")
         if image is None or klass is None:
             raise DataError(f"stanford_cars: {path}: header {header} lacks an image or class column")
-        box = tuple(col(k, f"bbox_{k}") for k in ("x1", "y1", "x2", "y2"))
-        cols = {"image": image, "class": klass, "box": box if None not in box else None}
-    out = []
+        found = [col(k, f"bbox_{k}") for k in ("x1", "y1", "x2", "y2")]
+        image_col, class_col = image, klass
+        box_cols = tuple(c for c in found if c is not None)
+        if len(box_cols) != len(found):
+            box_cols = None
+    out: list[tuple[str, int, tuple[int, int, int, int] | None]] = []
     for line, r in enumerate(rows, start=1):
         try:
-            box = tuple(int(float(r[i])) for i in cols["box"]) if cols["box"] else None
-            out.append((r[cols["image"]], int(r[cols["class"]]), box))
+            box: tuple[int, int, int, int] | None = None
+            if box_cols:
+                x1, y1, x2, y2 = (int(float(r[i])) for i in box_cols)
+                box = (x1, y1, x2, y2)
+            out.append((r[image_col], int(r[class_col]), box))
         except (ValueError, IndexError):
             raise DataError(f"stanford_cars: {path} row {line}: cannot parse {r}") from None
     return out
@@ -250,9 +260,8 @@ def _crop_one(src: Path, dst: Path, box: tuple[int, int, int, int], margin: floa
                 return src  # degenerate box: keep the full image
             crop = im.convert("RGB").crop(area)
         dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-        crop.save(tmp, format="JPEG", quality=95)
-        os.replace(tmp, dst)
+        with atomic_writer(dst) as f:
+            crop.save(f, format="JPEG", quality=95)
         return dst
     except Exception:
         return src  # unreadable source: leave it to the load-time check, which reports it
@@ -260,7 +269,7 @@ def _crop_one(src: Path, dst: Path, box: tuple[int, int, int, int], margin: floa
 
 def _materialise_crops(rows: list[_Row], root: Path, margin: float, crop_dir: str | None) -> list[Path]:
     out_dir = _crop_dir(root, margin, crop_dir)
-    jobs = []
+    jobs: list[tuple[Path, Path, tuple[int, int, int, int]] | None] = []
     for r in rows:
         if r.box is None:
             jobs.append(None)

@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ofgr_core.common.atomic import atomic_writer, is_atomic_temp
 from ofgr_core.common.diskspace import make_dir
 from ofgr_core.common.errors import ConfigError, DataError
 from ofgr_core.data.base import ADAPTERS, DatasetTable
@@ -67,6 +68,8 @@ NOISE_FILE = "label_noise.csv"
 NOISE_COLUMNS = ("path", "true_fine", "fine", "coarse", "flipped")
 
 Point = tuple[float, float]
+# A Pillow fill colour: RGB or RGBA channel values 0-255.
+Ink = tuple[int, ...]
 
 # ------------------------------------------------------------------------------------------------ world
 # Body templates in vehicle units: length 1 from the rear bumper (x=0) to the front bumper (x=1), y up from
@@ -366,7 +369,8 @@ def _rounded(points: list[Point], radius: float | Sequence[float], steps: int = 
 
 
 def _shade(color: Sequence[float], f: float, add: float = 0.0) -> tuple[int, int, int]:
-    return tuple(int(min(255, max(0, c * f + add))) for c in color)  # type: ignore[return-value]
+    r, g, b = (int(min(255, max(0, c * f + add))) for c in color)
+    return r, g, b
 
 
 class _Pen:
@@ -392,25 +396,25 @@ class _Pen:
         x, y = p
         return (self.a * x + self.b * y + self.tx, self.c * x + self.dd * y + self.ty)
 
-    def poly(self, pts: Iterable[Point], fill: Any) -> None:
+    def poly(self, pts: Iterable[Point], fill: Ink) -> None:
         px = [self.pt(p) for p in pts]
         if len(px) >= 3:
             self.d.polygon(px, fill=fill)
 
-    def rect(self, x0: float, y0: float, x1: float, y1: float, fill: Any) -> None:
+    def rect(self, x0: float, y0: float, x1: float, y1: float, fill: Ink) -> None:
         self.poly([(x0, y0), (x1, y0), (x1, y1), (x0, y1)], fill)
 
-    def ellipse(self, cx: float, cy: float, rx: float, ry: float, fill: Any) -> None:
+    def ellipse(self, cx: float, cy: float, rx: float, ry: float, fill: Ink) -> None:
         px, py = self.pt((cx, cy))
         self.d.ellipse([px - rx * self.s, py - ry * self.s, px + rx * self.s, py + ry * self.s], fill=fill)
 
-    def arch(self, cx: float, cy: float, radius: float, fill: Any) -> None:
+    def arch(self, cx: float, cy: float, radius: float, fill: Ink) -> None:
         """The upper half of a disc (a wheel arch cut into the body)."""
         px, py = self.pt((cx, cy))
         rp = radius * self.s
         self.d.chord([px - rp, py - rp, px + rp, py + rp], 180, 360, fill=fill)
 
-    def line(self, pts: Sequence[Point], fill: Any, width: float) -> None:
+    def line(self, pts: Sequence[Point], fill: Ink, width: float) -> None:
         self.d.line([self.pt(p) for p in pts], fill=fill, width=max(1, round(width * self.s)))
 
 
@@ -662,7 +666,7 @@ def _background(domain: str, size: int, ground: float, rng: np.random.Generator)
             img[g:] = grass * (1 + 0.25 * (yy[: size - g] - 0.5))
         clouds = _noise(rng, 4, size)[..., None]
         img[: max(g, 0)] += np.clip(clouds[: max(g, 0)] - 0.55, 0, 1) * 180.0
-        return img
+        return np.asarray(img, np.float32)
     if domain == "road":
         wall = np.array([u(90, 200), u(80, 190), u(70, 180)], np.float32)
         img = np.broadcast_to(wall * (0.85 + 0.2 * yy), (size, size, 3)).copy()
@@ -673,14 +677,14 @@ def _background(domain: str, size: int, ground: float, rng: np.random.Generator)
         lane = np.array([240, 240, 235] if rng.random() < 0.6 else [235, 200, 40], np.float32)
         dash = (np.arange(size) // max(2, size // 8) + int(u(0, 2))) % 2 == 0
         img[lane_y : lane_y + max(1, size // 48), dash] = lane
-        return img
+        return np.asarray(img, np.float32)
     if domain == "studio":
         a = _muted(rng, 40, 235, 25)
         b = _muted(rng, 40, 235, 25)
         ang = u(0, 2 * math.pi)
         xx = np.linspace(0.0, 1.0, size, dtype=np.float32)[None, :, None]
         t = np.clip(0.5 + (xx - 0.5) * math.cos(ang) + (yy - 0.5) * math.sin(ang), 0, 1)
-        return a + (b - a) * t
+        return np.asarray(a + (b - a) * t, np.float32)
     # texture: coloured low-frequency blobs plus fine grain, like a painted or tiled wall
     base = _muted(rng, 60, 210, 40)
     alt = base + rng.normal(0, 30, 3).astype(np.float32)
@@ -692,7 +696,7 @@ def _background(domain: str, size: int, ground: float, rng: np.random.Generator)
         lines = (np.arange(size) % period == 0)
         img[lines] *= 0.82
         img[:, lines] *= 0.88
-    return img
+    return np.asarray(img, np.float32)
 
 
 def _muted(rng: np.random.Generator, lo: float, hi: float, tint: float) -> np.ndarray:
@@ -702,7 +706,7 @@ def _muted(rng: np.random.Generator, lo: float, hi: float, tint: float) -> np.nd
 
 def _noise(rng: np.random.Generator, cells: int, size: int) -> np.ndarray:
     small = (rng.random((cells, cells)) * 255).astype(np.uint8)
-    return np.asarray(Image.fromarray(small).resize((size, size), Image.BICUBIC), np.float32) / 255.0
+    return np.asarray(Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC), np.float32) / 255.0
 
 
 def _article(word: str) -> str:
@@ -727,8 +731,9 @@ def render(cls: dict[str, Any], index: int, seed: int, image_size: int) -> tuple
     size = image_size * ss
 
     color = str(rng.choice(list(PALETTE)))
-    body = tuple(int(c) for c in np.clip(np.array(PALETTE[color]) * rng.uniform(0.88, 1.1)
-                                           + rng.normal(0, 6, 3), 0, 255))
+    red, green, blue = (int(c) for c in np.clip(np.array(PALETTE[color]) * rng.uniform(0.88, 1.1)
+                                                + rng.normal(0, 6, 3), 0, 255))
+    body = (red, green, blue)
     accessory = "none" if rng.random() < _NO_ACCESSORY_P else str(rng.choice(_ACCESSORIES[coarse]))
     domain = str(rng.choice(DOMAINS))
     flip = bool(rng.random() < 0.5)
@@ -748,7 +753,7 @@ def render(cls: dict[str, Any], index: int, seed: int, image_size: int) -> tuple
                mirror_width=float(size) if flip else None)
     _draw_vehicle(pen, p, coarse, body, accessory, rng)
     # Pillow resizes RGBA with premultiplied alpha, so edges blend correctly with the background.
-    rgba = np.asarray(layer.resize((n, n), Image.BOX), np.float32)
+    rgba = np.asarray(layer.resize((n, n), Image.Resampling.BOX), np.float32)
     alpha = rgba[..., 3:4] * (1 / 255.0)
     img = bg + (rgba[..., :3] - bg) * alpha
 
@@ -775,7 +780,11 @@ def render(cls: dict[str, Any], index: int, seed: int, image_size: int) -> tuple
 
 
 # -------------------------------------------------------------------------------------------- generation
-def _render_chunk(job: tuple[dict[str, Any], list[int], int, int, str]) -> list[dict[str, str]]:
+# A worker's job: class, image indices, seed, image size, output folder.
+_Job = tuple[dict[str, Any], list[int], int, int, str]
+
+
+def _render_chunk(job: _Job) -> list[dict[str, str]]:
     """Renders and writes a run of images of one class; returns their manifest rows (worker entry point)."""
     cls, indices, seed, image_size, root = job
     rel_dir = f"{IMAGES}/{cls['coarse']}/{cls['slug']}"
@@ -858,7 +867,7 @@ def _prepare(out: Path) -> None:
         return
     if not out.is_dir():
         raise DataError(f"{out} exists and is not a folder")
-    ours = {IMAGES, MANIFEST, SPEC_FILE, NOISE_FILE, MANIFEST + ".tmp", SPEC_FILE + ".tmp", NOISE_FILE + ".tmp"}
+    ours = {IMAGES, MANIFEST, SPEC_FILE, NOISE_FILE}
     foreign = [e.name for e in out.iterdir() if e.name not in ours and not e.name.startswith(".")]
     if foreign:
         raise DataError(
@@ -866,18 +875,70 @@ def _prepare(out: Path) -> None:
             "choose a new or empty folder"
         )
     # The manifest goes first: without it the folder never counts as complete, even if we stop half-way.
-    for name in (MANIFEST, MANIFEST + ".tmp", SPEC_FILE, SPEC_FILE + ".tmp", NOISE_FILE, NOISE_FILE + ".tmp"):
+    for name in (MANIFEST, SPEC_FILE, NOISE_FILE):
         (out / name).unlink(missing_ok=True)
+    for e in out.iterdir():  # temporaries of a writer that was killed
+        if is_atomic_temp(e.name) and e.is_file():
+            e.unlink(missing_ok=True)
     shutil.rmtree(out / IMAGES, ignore_errors=True)
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_writer(path, "w", newline="") as f:
         f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+
+def _jobs(classes: list[dict[str, Any]], opts: SynthOptions, out: Path) -> list[_Job]:
+    """Chunks of at most 50 images of one class, in manifest order."""
+    chunk = max(1, min(opts.images_per_class, 50))
+    return [
+        (cls, list(range(start, min(start + chunk, opts.images_per_class))), opts.seed, opts.image_size,
+         str(out))
+        for cls in classes
+        for start in range(0, opts.images_per_class, chunk)
+    ]
+
+
+def _render_all(jobs: list[_Job], workers: int, total: int,
+                progress: Callable[[int, int], None] | None) -> list[dict[str, str]]:
+    """Draws every job (in ``workers`` processes when more than one) and returns the manifest rows in job order."""
+    results: list[list[dict[str, str]]] = []
+    done = 0
+    if progress is not None:
+        progress(0, total)
+    if workers == 1:
+        for job in jobs:
+            results.append(_render_chunk(job))
+            done += len(job[1])
+            if progress is not None:
+                progress(done, total)
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            # map keeps job order, so the manifest row order never depends on scheduling.
+            for rows in pool.map(_render_chunk, jobs):
+                results.append(rows)
+                done += len(rows)
+                if progress is not None:
+                    progress(done, total)
+    return [r for rows in results for r in rows]
+
+
+def _write_csv_atomic(path: Path, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_atomic(path, buf.getvalue())
+
+
+def _write_noisy_labels(out: Path, all_rows: list[dict[str, str]], opts: SynthOptions) -> None:
+    """Flips the fine labels of ``all_rows`` in place and writes the truth to :data:`NOISE_FILE`."""
+    true_fine = [r["fine"] for r in all_rows]
+    flipped = set(flip_labels(all_rows, opts.label_noise, opts.seed))
+    _write_csv_atomic(out / NOISE_FILE, NOISE_COLUMNS,
+                      (dict(path=r["path"], true_fine=t, fine=r["fine"], coarse=r["coarse"],
+                            flipped=int(i in flipped))
+                       for i, (r, t) in enumerate(zip(all_rows, true_fine, strict=True))))
 
 
 def generate(
@@ -936,52 +997,12 @@ def generate(
     spec = {**_spec(opts), "num_images": total, "levels": ["fine", "coarse"], "classes": classes}
     _write_atomic(out / SPEC_FILE, json.dumps(spec, indent=1) + "\n")
 
-    chunk = max(1, min(opts.images_per_class, 50))
-    jobs = [
-        (cls, list(range(start, min(start + chunk, opts.images_per_class))), opts.seed, opts.image_size,
-         str(out))
-        for cls in classes
-        for start in range(0, opts.images_per_class, chunk)
-    ]
     if workers is None:
         workers = 1 if total < 600 else min(2, os.cpu_count() or 1)
-    workers = max(1, int(workers))
-
-    results: list[list[dict[str, str]]] = []
-    done = 0
-    if progress is not None:
-        progress(0, total)
-    if workers == 1:
-        for job in jobs:
-            results.append(_render_chunk(job))
-            done += len(job[1])
-            if progress is not None:
-                progress(done, total)
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            # map keeps job order, so the manifest row order never depends on scheduling.
-            for rows in pool.map(_render_chunk, jobs):
-                results.append(rows)
-                done += len(rows)
-                if progress is not None:
-                    progress(done, total)
-
-    all_rows = [r for rows in results for r in rows]
+    all_rows = _render_all(_jobs(classes, opts, out), max(1, int(workers)), total, progress)
     if opts.label_noise:
-        true_fine = [r["fine"] for r in all_rows]
-        flipped = set(flip_labels(all_rows, opts.label_noise, opts.seed))
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(NOISE_COLUMNS), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(dict(path=r["path"], true_fine=t, fine=r["fine"], coarse=r["coarse"],
-                              flipped=int(i in flipped))
-                         for i, (r, t) in enumerate(zip(all_rows, true_fine, strict=True)))
-        _write_atomic(out / NOISE_FILE, buf.getvalue())
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(MANIFEST_COLUMNS), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(all_rows)
-    _write_atomic(out / MANIFEST, buf.getvalue())
+        _write_noisy_labels(out, all_rows, opts)
+    _write_csv_atomic(out / MANIFEST, MANIFEST_COLUMNS, all_rows)
     return out
 
 

@@ -5,20 +5,48 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Protocol, TypedDict
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
-from ofgr_core.data.loader import ImageDataset
+from ofgr_core.common.atomic import atomic_path, atomic_save_npy
+from ofgr_core.data.loader import ImageDataset, ImageTransform
 from ofgr_core.models.precision import autocast
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+
+class EmbedOptions(TypedDict, total=False):
+    """The keyword options of :func:`iter_embed` that :func:`embed_paths` and :func:`embed_to_file` pass on."""
+
+    batch_size: int
+    num_workers: int
+    autocast_dtype: torch.dtype | None
+    channels_last: bool
+    normalize: bool
+
+
+class Embedder(Protocol):
+    """What :func:`iter_embed` runs: a ``torch.nn.Module`` or anything that maps a batch of images to rows the
+    same way and has its train/eval switch."""
+
+    training: bool
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def eval(self) -> object: ...
+
+    def train(self, mode: bool = True) -> object: ...
 
 
 @torch.no_grad()
 def iter_embed(
-    model: torch.nn.Module,
+    model: Embedder,
     paths: list[str],
-    transform: Callable[..., Any],
+    transform: ImageTransform,
     device: torch.device,
     *,
     batch_size: int = 256,
@@ -51,23 +79,23 @@ def iter_embed(
             with autocast(device, autocast_dtype):
                 emb = model(images)
             emb = emb.float()
-            emb = (torch.nn.functional.normalize(emb, dim=1) if normalize else emb).cpu().numpy()
-            yield start, emb
-            start += len(emb)
+            rows: np.ndarray = (torch.nn.functional.normalize(emb, dim=1) if normalize else emb).cpu().numpy()
+            yield start, rows
+            start += len(rows)
     finally:
         model.train(was_training)
 
 
 def embed_paths(
-    model: torch.nn.Module,
+    model: Embedder,
     paths: list[str],
-    transform: Callable[..., Any],
+    transform: ImageTransform,
     device: torch.device,
     progress: Callable[[int, int], None] | None = None,
     *,
     out: str | os.PathLike[str] | None = None,
-    dtype: Any = np.float32,
-    **kwargs: Any,
+    dtype: npt.DTypeLike = np.float32,
+    **kwargs: Unpack[EmbedOptions],
 ) -> np.ndarray:
     """All embeddings of ``paths`` as one (N, D) float32 array.
 
@@ -90,16 +118,16 @@ def embed_paths(
 
 
 def embed_to_file(
-    model: torch.nn.Module,
+    model: Embedder,
     paths: list[str],
-    transform: Callable[..., Any],
+    transform: ImageTransform,
     device: torch.device,
     out: str | os.PathLike[str],
     *,
-    dtype: Any = np.float32,
+    dtype: npt.DTypeLike = np.float32,
     progress: Callable[[int, int], None] | None = None,
-    **kwargs: Any,
-) -> np.memmap:
+    **kwargs: Unpack[EmbedOptions],
+) -> np.ndarray:
     """Stream the embeddings of ``paths`` into the ``.npy`` file ``out``, one batch at a time.
 
     The file is written through a memory map next to ``out`` and renamed over it when complete, so memory
@@ -110,34 +138,28 @@ def embed_to_file(
         dtype: ``float32`` (default) or ``float16`` (half the disk; rows are unit-norm to ~1e-3).
 
     Returns:
-        A read-only memory map of the finished file.
+        A read-only memory map of the finished file (for zero paths, the empty array read from it).
     """
     dtype = np.dtype(dtype)
     if dtype not in (np.dtype(np.float32), np.dtype(np.float16)):
         raise ValueError(f"embedding files are float32 or float16, not {dtype}")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    mm: np.memmap | None = None
     n = len(paths)
     if n == 0:  # a zero-length file cannot be memory-mapped
-        dim = int(getattr(model, "embed_dim", 0))
-        with open(tmp, "wb") as f:
-            np.save(f, np.empty((0, dim), dtype=dtype))
-        os.replace(tmp, out)
-        return np.load(out)
-    try:
+        atomic_save_npy(out, np.empty((0, int(getattr(model, "embed_dim", 0))), dtype=dtype))
+        empty: np.ndarray = np.load(out)
+        return empty
+    with atomic_path(out) as tmp:
+        mm: np.memmap | None = None
         for start, emb in iter_embed(model, paths, transform, device, **kwargs):
             if mm is None:
                 mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n, emb.shape[1]))
             mm[start : start + len(emb)] = emb
             if progress is not None:
                 progress(start + len(emb), n)
-        assert mm is not None
+        if mm is None:
+            raise RuntimeError(f"embedding {n} images produced no batch")
         mm.flush()
         del mm
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return np.load(out, mmap_mode="r")
+    finished: np.ndarray = np.load(out, mmap_mode="r")
+    return finished

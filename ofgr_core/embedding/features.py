@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -55,6 +55,12 @@ from ofgr_core.common.integrity import (
     verify_header,
     write_header,
 )
+
+if TYPE_CHECKING:  # torch is imported when features are extracted, not by `ofgr cache`
+    import torch
+
+    from ofgr_core.data.loader import ImageTransform
+    from ofgr_core.models.base import Encoder
 
 CACHE_VERSION = 1  # part of the key digest (the folder name)
 STORE_KIND, STORE_VERSION = "feature-cache", 2  # the folder's file format
@@ -183,7 +189,7 @@ class FeatureStore:
     def missing(self, digests: Sequence[str]) -> list[int]:
         """Positions in ``digests`` whose features are not cached (each distinct hash once)."""
         seen: set[str] = set()
-        out = []
+        out: list[int] = []
         for i, d in enumerate(digests):
             if d not in self._rows and d not in seen:
                 seen.add(d)
@@ -295,7 +301,7 @@ class FeatureStore:
 def list_entries(root: str | os.PathLike[str] | None = None) -> list[CacheEntry]:
     """Every key folder under the cache root, largest first."""
     root = Path(root).expanduser() if root else default_cache_root()
-    out = []
+    out: list[CacheEntry] = []
     if not root.is_dir():
         return out
     for d in root.iterdir():
@@ -337,10 +343,10 @@ def clear(root: str | os.PathLike[str] | None = None, digest: str | None = None)
 
 
 def extract_features(
-    encoder: Any,
+    encoder: Encoder,
     paths: Sequence[str],
-    transform: Callable[..., Any],
-    device: Any,
+    transform: ImageTransform,
+    device: str | torch.device,
     *,
     digests: Sequence[str] | None = None,
     store: FeatureStore | None = None,
@@ -362,12 +368,13 @@ def extract_features(
     import torch
 
     from ofgr_core.embedding.embed import iter_embed
+    from ofgr_core.models.base import TowerOnly
 
     n = len(paths)
     dim = int(encoder.feature_dim)
     if store is None:
         out = np.empty((n, dim), np.float32)
-        for start, feats in iter_embed(_TowerOnly(encoder), list(paths), transform, torch.device(device),
+        for start, feats in iter_embed(TowerOnly(encoder), list(paths), transform, torch.device(device),
                                        batch_size=batch_size, num_workers=num_workers,
                                        autocast_dtype=encoder.autocast_dtype,
                                        normalize=False):
@@ -385,7 +392,7 @@ def extract_features(
     done = hits
     if progress is not None:
         progress(done, n)
-    tower = _TowerOnly(encoder)
+    tower = TowerOnly(encoder)
     # the data loader draws a seed from torch's global generator: computing features must not move it, or a
     # run's head would train differently depending on whether the cache was warm
     with torch.random.fork_rng(devices=[]):
@@ -401,23 +408,3 @@ def extract_features(
             if progress is not None:
                 progress(done, n)
     return store.read(digests), {"hits": hits, "computed": len(todo)}
-
-
-class _TowerOnly:
-    """Adapts an encoder so ``iter_embed`` runs its tower alone."""
-
-    def __init__(self, encoder: Any) -> None:
-        self.encoder = encoder
-        self.embed_dim = encoder.feature_dim
-        self.training = encoder.training
-
-    def __call__(self, images: Any) -> Any:
-        return self.encoder.tower_features(images)
-
-    def eval(self) -> _TowerOnly:
-        self.encoder.eval()
-        return self
-
-    def train(self, mode: bool = True) -> _TowerOnly:
-        self.encoder.train(mode)
-        return self

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -35,6 +35,7 @@ from ofgr_core.common.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from ofgr_core.config import ModelSection
+    from ofgr_core.data.dataset import PreparedData
     from ofgr_core.models.base import Encoder, Transform
 
 Linkage = Literal["average", "complete", "single", "ward"]
@@ -108,7 +109,8 @@ class Induction:
 def _unit(x: np.ndarray) -> np.ndarray:
     from ofgr_core.retrieval.index import unit_rows
 
-    return unit_rows(np.asarray(x), np.float64)
+    unit: np.ndarray = unit_rows(np.asarray(x), np.float64)
+    return unit
 
 
 def class_centroids(features: np.ndarray, labels: Sequence[str]) -> tuple[list[str], np.ndarray]:
@@ -360,12 +362,13 @@ def image_features(
     *,
     digests: Sequence[str] | None = None,
     trained: bool = False,
-    cache_root: str | os.PathLike[str] | None = None,
+    cache_root: str | os.PathLike[str] | Literal[False] | None = None,
     batch_size: int = 128,
-    progress: Any = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, str]:
-    """Features of ``paths``: the tower's (frozen, through the content-hash feature cache) or, for a trained
-    model (``trained=True``), its embeddings (head included). Returns ``(features, which)``."""
+    """Features of ``paths``: the tower's (frozen, through the content-hash feature cache, at ``cache_root``:
+    default ``~/.cache/ofgr/features``, ``False`` for none) or, for a trained model (``trained=True``), its
+    embeddings (head included). Returns ``(features, which)``."""
     import torch
 
     if trained:
@@ -409,7 +412,7 @@ def text_centroids(model: Encoder, classes: Sequence[str], template: str = "a ph
 
 
 def dataset_class_features(
-    prepared: Any,
+    prepared: PreparedData,
     model_cfg: ModelSection,
     *,
     image_size: int | None,
@@ -417,8 +420,8 @@ def dataset_class_features(
     per_class: int | None = 20,
     seed: int = 0,
     text: bool = False,
-    cache_root: str | os.PathLike[str] | None = None,
-    progress: Any = None,
+    cache_root: str | os.PathLike[str] | Literal[False] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ClassFeatures:
     """Per-class vectors for every fine class of a loaded dataset.
 
@@ -434,7 +437,7 @@ def dataset_class_features(
         per_class: images per class to embed (``None``: all).
         seed: which images are drawn when a class has more.
         text: use class-name text embeddings instead of images.
-        cache_root: feature cache folder (default ``~/.cache/ofgr/features``).
+        cache_root: feature cache folder (default ``~/.cache/ofgr/features``; ``False``: no cache).
         progress: ``progress(done, total)``.
     """
     table = prepared.table

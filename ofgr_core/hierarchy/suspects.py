@@ -113,7 +113,9 @@ def find_suspects(
     labelled = np.flatnonzero(np.asarray([bool(lab) for lab in labels], dtype=bool))
     if len(labelled) < 2:
         raise DataError(f"{len(labelled)} labelled images: suspects need at least 2")
-    names, codes = np.unique(np.asarray([labels[i] for i in labelled], dtype=object), return_inverse=True)
+    # object dtype: a fixed-width str array would strip trailing NULs off a hostile label
+    label_arr: np.ndarray = np.asarray([labels[int(i)] for i in labelled], dtype=np.object_)
+    names, codes = np.unique(label_arr, return_inverse=True)
     codes = codes.astype(np.int64).reshape(-1)
     sims, nb = _neighbours(emb[labelled], k)
     w = np.maximum(sims, 0.0).astype(np.float64)

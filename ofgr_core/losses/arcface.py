@@ -62,7 +62,8 @@ class ArcFaceLoss(EmbeddingLoss):
     @property
     def weight(self) -> torch.nn.Parameter:
         """The ``(embed_dim, num_classes * sub-centres)`` class-weight matrix (one column per class centre)."""
-        return self.pml.W
+        weight: torch.nn.Parameter = self.pml.W  # pytorch-metric-learning is untyped
+        return weight
 
     def compute_loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         fine = labels[:, 0]
@@ -80,12 +81,14 @@ class ArcFaceLoss(EmbeddingLoss):
                 "map the training classes to contiguous ids"
             )
         # PML casts W to the embeddings' dtype in place; keep it in its own dtype for the optimizer.
-        return self.pml(embeddings.to(self.weight.dtype), fine)
+        loss: torch.Tensor = self.pml(embeddings.to(self.weight.dtype), fine)
+        return loss
 
     def logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Margin-free ``scale * cosine`` class logits ``(B, num_classes)``, e.g. for a training accuracy."""
         with torch.autocast(device_type=embeddings.device.type, enabled=False):
-            return self.pml.get_logits(embeddings.to(self.weight.dtype))
+            logits: torch.Tensor = self.pml.get_logits(embeddings.to(self.weight.dtype))
+            return logits
 
     def param_groups(self, base_lr: float) -> list[dict[str, Any]]:
         return [{"params": [self.weight], "lr": self.lr if self.lr is not None else 10.0 * base_lr}]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -31,13 +31,17 @@ class CombinedLoss(nn.Module):
         self.losses = nn.ModuleDict(dict(losses))
         self.weights = {name: float(weights[name]) for name in losses}
 
+    def _named(self) -> list[tuple[str, EmbeddingLoss]]:
+        # nn.ModuleDict types its values as Module; __init__ only accepts EmbeddingLoss
+        return [(name, cast(EmbeddingLoss, loss)) for name, loss in self.losses.items()]
+
     def forward(
         self, embeddings: torch.Tensor, labels: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Total loss and ``{name: unweighted component}`` (detached: for logging, not for backward)."""
         total: torch.Tensor | None = None
         components: dict[str, torch.Tensor] = {}
-        for name, loss in self.losses.items():
+        for name, loss in self._named():
             value = loss(embeddings, labels)
             components[name] = value.detach()
             weighted = self.weights[name] * value
@@ -51,7 +55,7 @@ class CombinedLoss(nn.Module):
         Add them next to the model's groups: ``AdamW(model_groups + loss.param_groups(lr), lr=lr)``.
         """
         groups = []
-        for name, loss in self.losses.items():
+        for name, loss in self._named():
             for group in loss.param_groups(base_lr):
                 groups.append({**group, "name": f"loss.{name}"})
         return groups

@@ -22,13 +22,16 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ofgr_core.common.errors import DataError, NotFoundError, OfgrError
 from ofgr_core.runs.folder import METRICS_FILE, RunFolder
 from ofgr_core.runs.state import read_json
+
+if TYPE_CHECKING:
+    from ofgr_core.retrieval.metrics import PairedTest
 
 SPLITS = ("unseen", "seen")
 LEVELS = ("fine", "coarse")
@@ -197,8 +200,7 @@ class Comparison:
                             "value": r.values[i],
                             "ci95": _as_list(r.ci[i]),
                             "delta": r.deltas[i],
-                            "test": None if r.tests[i] is None else asdict(r.tests[i])  # type: ignore[arg-type]
-                            | {"ci": list(r.tests[i].ci)},  # type: ignore[union-attr]
+                            "test": _test_dict(r.tests[i]),
                         }
                         for i, rid in enumerate(self.run_ids)
                     ],
@@ -229,6 +231,10 @@ class Comparison:
                     "n_queries": t.n_queries if t else None,
                 })
         return out
+
+
+def _test_dict(t: Significance | None) -> dict[str, Any] | None:
+    return None if t is None else asdict(t) | {"ci": list(t.ci)}
 
 
 def _as_list(ci: tuple[float, float] | None) -> list[float] | None:
@@ -375,7 +381,7 @@ def _aligned(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> tuple[np.nda
     return oa, ob
 
 
-def _ci(x: Any) -> tuple[float, float] | None:
+def _ci(x: object) -> tuple[float, float] | None:
     if isinstance(x, (list, tuple)) and len(x) == 2:
         lo, hi = _num(x[0]), _num(x[1])
         if lo is not None and hi is not None:
@@ -383,15 +389,17 @@ def _ci(x: Any) -> tuple[float, float] | None:
     return None
 
 
-SectionLoader = Callable[[Path, dict[str, Any], str], "tuple[dict[str, Any] | None, dict[str, np.ndarray] | None]"]
+# a split block of one retrieval mode and its per-query arrays, each None when the run lacks it
+_Section = tuple[dict[str, Any] | None, dict[str, np.ndarray] | None]
+SectionLoader = Callable[[Path, dict[str, Any], str], _Section]
 
 
-def _image_section(run_dir: Path, metrics: dict[str, Any], split: str) -> tuple[Any, Any]:
+def _image_section(run_dir: Path, metrics: dict[str, Any], split: str) -> _Section:
     block = metrics.get(split)
     return (block if isinstance(block, dict) else None), _per_query(run_dir, split, "image")
 
 
-def text_block(split_block: Any) -> tuple[dict[str, Any] | None, str | None]:
+def text_block(split_block: object) -> tuple[dict[str, Any] | None, str | None]:
     """The text->image metrics of a metrics.json split block, and the image space they were measured in.
 
     Accepts ``text_to_image`` as ``{"fine": ..., "coarse": ...}`` directly, or per space as ofgr_core.retrieval.text
@@ -409,12 +417,12 @@ def text_block(split_block: Any) -> tuple[dict[str, Any] | None, str | None]:
     return None, None
 
 
-def _text_section(run_dir: Path, metrics: dict[str, Any], split: str) -> tuple[Any, Any]:
+def _text_section(run_dir: Path, metrics: dict[str, Any], split: str) -> _Section:
     block, _ = text_block(metrics.get(split))
     return block, _per_query(run_dir, split, "text")
 
 
-def _coarse_first_section(run_dir: Path, metrics: dict[str, Any], split: str) -> tuple[Any, Any]:
+def _coarse_first_section(run_dir: Path, metrics: dict[str, Any], split: str) -> _Section:
     from ofgr_core.retrieval.coarse_first import coarse_first_for_run
 
     try:
@@ -458,18 +466,9 @@ def compare_runs(
         OfgrError: fewer than 2 or more than 8 runs.
         NotFoundError: a run has no ``metrics.json`` (not finished).
     """
-    from ofgr_core.retrieval.metrics import holm_adjust, paired_bootstrap_tests
+    from ofgr_core.retrieval.metrics import holm_adjust
 
-    dirs = [Path(d) for d in run_dirs]
-    if not MIN_RUNS <= len(dirs) <= MAX_RUNS:
-        raise OfgrError(f"compare needs {MIN_RUNS} to {MAX_RUNS} runs, got {len(dirs)}")
-    if not 0 <= baseline < len(dirs):
-        raise OfgrError(f"baseline index {baseline} out of range for {len(dirs)} runs")
-    dirs.insert(0, dirs.pop(baseline))
-    all_metrics = []
-    for d in dirs:
-        all_metrics.append(_checked_metrics(d))
-
+    dirs, all_metrics = _load_runs(run_dirs, baseline)
     notes: list[str] = []
     hashes = [_split_hash(d) for d in dirs]
     mismatch = tuple(
@@ -488,71 +487,14 @@ def compare_runs(
             if all(s is None for s in sections):
                 continue
             per_query = [p for _, p in loaded]
-            pairing: list[tuple[np.ndarray, np.ndarray] | None] = [None]
-            for i in range(1, len(dirs)):
-                why = None
-                if dirs[i].name in mismatch:
-                    why = "different splits"
-                elif sections[0] is None or sections[i] is None:
-                    why = "not evaluated in both runs"
-                elif per_query[0] is None or per_query[i] is None:
-                    why = "no per-query results"
-                pair = None if why else _aligned(per_query[0], per_query[i])  # type: ignore[arg-type]
-                if why is None and pair is None:
-                    why = "different query sets"
-                if why:
-                    notes.append(f"{MODE_LABELS[mode]} {split}: {dirs[i].name} vs {dirs[0].name}: {why}: "
-                                 "significance unavailable")
-                pairing.append(pair)
-            section_rows: list[tuple[str, str, tuple[float | None, ...], tuple[Any, ...]]] = []
-            for level in LEVELS:
-                blocks = [(s or {}).get(level) or {} for s in sections]
-                cis = [((s or {}).get("ci95") or {}).get(level) or {} for s in sections]
-                names = sorted({k for b in blocks for k in b if _table_metric(k, ks) and _num(b[k]) is not None},
-                               key=_metric_order)
-                for metric in names:
-                    section_rows.append((level, metric, tuple(_num(b.get(metric)) for b in blocks),
-                                         tuple(_ci(c.get(metric)) for c in cis)))
-                curve = []
-                for b in blocks:
-                    pts = sorted(
-                        (int(m.group(1)), float(v))
-                        for k, v in b.items()
-                        if (m := _RECALL.match(k)) and _num(v) is not None
-                    )
-                    curve.append(tuple(pts))
-                if any(curve):
-                    curves[(split, level) if mode == "image" else (split, level, mode)] = tuple(curve)
-            if any(_num((s or {}).get(RCWF)) is not None for s in sections):
-                section_rows.append(("both", RCWF, tuple(_num((s or {}).get(RCWF)) for s in sections),
-                                     tuple(_ci((s or {}).get(RCWF + "_ci95")) for s in sections)))
-            # paired tests: one bootstrap per run pair for all metrics of this section
-            tests_by_run: list[dict[str, Any]] = [{}]
-            for i in range(1, len(dirs)):
-                pair, pq0, pqi = pairing[i], per_query[0], per_query[i]
-                if pair is None or pq0 is None or pqi is None:
-                    tests_by_run.append({})
-                    continue
-                keys = [RCWF if lv == "both" else f"{lv}_{mt}" for lv, mt, _, _ in section_rows]
-                keys = [k for k in keys if k in pq0 and k in pqi]
-                try:
-                    tests_by_run.append(paired_bootstrap_tests(
-                        {k: np.asarray(pqi[k], dtype=np.float64)[pair[1]] for k in keys},
-                        {k: np.asarray(pq0[k], dtype=np.float64)[pair[0]] for k in keys},
-                        n_resamples=n_resamples, seed=seed))
-                except ValueError:
-                    tests_by_run.append({})
-            for level, metric, values, ci in section_rows:
-                key = RCWF if level == "both" else f"{level}_{metric}"
-                deltas = tuple(
-                    None if i == 0 or v is None or values[0] is None else v - values[0]
-                    for i, v in enumerate(values)
-                )
-                tests: list[Significance | None] = [None]
-                for i in range(1, len(dirs)):
-                    t = tests_by_run[i].get(key)
-                    tests.append(None if t is None else Significance(t.delta, t.ci, t.p_value, t.n_queries))
-                rows.append(MetricRow(split, level, metric, values, ci, deltas, tuple(tests), mode))
+            pairing, unpaired = _pairings(dirs, sections, per_query, mismatch)
+            notes += [f"{MODE_LABELS[mode]} {split}: {dirs[i].name} vs {dirs[0].name}: {why}: significance "
+                      "unavailable" for i, why in unpaired]
+            section_rows, section_curves = _section_rows(sections, ks)
+            curves.update({((split, level) if mode == "image" else (split, level, mode)): c
+                           for level, c in section_curves.items()})
+            tests_by_run = _paired_tests(section_rows, pairing, per_query, n_resamples, seed)
+            rows += [_metric_row(split, mode, row, tests_by_run) for row in section_rows]
 
     rows, family = _holm(rows, alpha, holm_adjust)
     if family and 1.0 / (n_resamples + 1) * family >= alpha:
@@ -573,17 +515,126 @@ def compare_runs(
     )
 
 
+def _load_runs(run_dirs: Sequence[str | os.PathLike[str]], baseline: int) -> tuple[list[Path], list[dict[str, Any]]]:
+    """The run folders with the baseline first, and their metrics.json documents."""
+    dirs = [Path(d) for d in run_dirs]
+    if not MIN_RUNS <= len(dirs) <= MAX_RUNS:
+        raise OfgrError(f"compare needs {MIN_RUNS} to {MAX_RUNS} runs, got {len(dirs)}")
+    if not 0 <= baseline < len(dirs):
+        raise OfgrError(f"baseline index {baseline} out of range for {len(dirs)} runs")
+    dirs.insert(0, dirs.pop(baseline))
+    all_metrics = [_checked_metrics(d) for d in dirs]  # a broken run is one line, never a shorter comparison
+    return dirs, all_metrics
+
+
+# a per-run row of one section: (level, metric, value per run, interval per run)
+_SectionRow = tuple[str, str, tuple[float | None, ...], tuple[tuple[float, float] | None, ...]]
+
+
+def _pairings(dirs: list[Path], sections: list[dict[str, Any] | None],
+              per_query: list[dict[str, np.ndarray] | None], mismatch: tuple[str, ...]
+              ) -> tuple[list[tuple[np.ndarray, np.ndarray] | None], list[tuple[int, str]]]:
+    """Per run, the row alignment of its queries with the baseline's (None for the baseline itself).
+
+    Returns:
+        The alignments, and ``(run index, reason)`` for each run whose queries cannot be paired (its
+        alignment is None).
+    """
+    pairing: list[tuple[np.ndarray, np.ndarray] | None] = [None]
+    unpaired: list[tuple[int, str]] = []
+    pq0 = per_query[0]
+    for i in range(1, len(dirs)):
+        why = None
+        pqi = per_query[i]
+        if dirs[i].name in mismatch:
+            why = "different splits"
+        elif sections[0] is None or sections[i] is None:
+            why = "not evaluated in both runs"
+        elif pq0 is None or pqi is None:
+            why = "no per-query results"
+        pair = None if why or pq0 is None or pqi is None else _aligned(pq0, pqi)
+        if why is None and pair is None:
+            why = "different query sets"
+        if why:
+            unpaired.append((i, why))
+        pairing.append(pair)
+    return pairing, unpaired
+
+
+def _section_rows(sections: list[dict[str, Any] | None], ks: Sequence[int] | None
+                  ) -> tuple[list[_SectionRow], dict[str, tuple[tuple[tuple[int, float], ...], ...]]]:
+    """The table rows of one (mode, split) section and its Recall@K curves per level."""
+    section_rows: list[_SectionRow] = []
+    curves: dict[str, tuple[tuple[tuple[int, float], ...], ...]] = {}
+    for level in LEVELS:
+        blocks = [(s or {}).get(level) or {} for s in sections]
+        cis = [((s or {}).get("ci95") or {}).get(level) or {} for s in sections]
+        names = sorted({k for b in blocks for k in b if _table_metric(k, ks) and _num(b[k]) is not None},
+                       key=_metric_order)
+        for metric in names:
+            section_rows.append((level, metric, tuple(_num(b.get(metric)) for b in blocks),
+                                 tuple(_ci(c.get(metric)) for c in cis)))
+        curve = []
+        for b in blocks:
+            pts = sorted(
+                (int(m.group(1)), float(v))
+                for k, v in b.items()
+                if (m := _RECALL.match(k)) and _num(v) is not None
+            )
+            curve.append(tuple(pts))
+        if any(curve):
+            curves[level] = tuple(curve)
+    if any(_num((s or {}).get(RCWF)) is not None for s in sections):
+        section_rows.append(("both", RCWF, tuple(_num((s or {}).get(RCWF)) for s in sections),
+                             tuple(_ci((s or {}).get(RCWF + "_ci95")) for s in sections)))
+    return section_rows, curves
+
+
+def _metric_row(split: str, mode: str, row: _SectionRow, tests_by_run: list[dict[str, PairedTest]]) -> MetricRow:
+    """A table row with each run's delta to the baseline and its paired test (None where there is none)."""
+    level, metric, values, ci = row
+    key = RCWF if level == "both" else f"{level}_{metric}"
+    deltas = tuple(None if i == 0 or v is None or values[0] is None else v - values[0] for i, v in enumerate(values))
+    tests: list[Significance | None] = [None]
+    for i in range(1, len(tests_by_run)):
+        t = tests_by_run[i].get(key)
+        tests.append(None if t is None else Significance(t.delta, t.ci, t.p_value, t.n_queries))
+    return MetricRow(split, level, metric, values, ci, deltas, tuple(tests), mode)
+
+
+def _paired_tests(section_rows: list[_SectionRow], pairing: list[tuple[np.ndarray, np.ndarray] | None],
+                  per_query: list[dict[str, np.ndarray] | None], n_resamples: int, seed: int
+                  ) -> list[dict[str, PairedTest]]:
+    """Per run, the paired tests against the baseline of every row it can pair: one bootstrap per run pair."""
+    from ofgr_core.retrieval.metrics import paired_bootstrap_tests
+
+    tests_by_run: list[dict[str, PairedTest]] = [{}]
+    for i in range(1, len(pairing)):
+        pair, pq0, pqi = pairing[i], per_query[0], per_query[i]
+        if pair is None or pq0 is None or pqi is None:
+            tests_by_run.append({})
+            continue
+        keys = [RCWF if lv == "both" else f"{lv}_{mt}" for lv, mt, _, _ in section_rows]
+        keys = [k for k in keys if k in pq0 and k in pqi]
+        try:
+            tests_by_run.append(paired_bootstrap_tests(
+                {k: np.asarray(pqi[k], dtype=np.float64)[pair[1]] for k in keys},
+                {k: np.asarray(pq0[k], dtype=np.float64)[pair[0]] for k in keys},
+                n_resamples=n_resamples, seed=seed))
+        except ValueError:
+            tests_by_run.append({})
+    return tests_by_run
+
+
 def _holm(rows: list[MetricRow], alpha: float, adjust: Callable[[list[float]], list[float]]
           ) -> tuple[list[MetricRow], int]:
-    where = [(r, i) for r, row in enumerate(rows) if row.metric in HEADLINE and row.level in LEVELS
+    where = [(r, i, t) for r, row in enumerate(rows) if row.metric in HEADLINE and row.level in LEVELS
              for i, t in enumerate(row.tests) if t is not None]
     if not where:
         return rows, 0
-    adjusted = adjust([rows[r].tests[i].p_value for r, i in where])  # type: ignore[union-attr]
+    adjusted = adjust([t.p_value for _, _, t in where])
     new_tests = [list(row.tests) for row in rows]
-    for (r, i), p in zip(where, adjusted, strict=True):
-        t = rows[r].tests[i]
-        assert t is not None
+    for (r, i, t), p in zip(where, adjusted, strict=True):
         new_tests[r][i] = Significance(t.delta, t.ci, t.p_value, t.n_queries, p, p < alpha)
     out = [MetricRow(row.split, row.level, row.metric, row.values, row.ci, row.deltas, tuple(tests), row.mode)
            for row, tests in zip(rows, new_tests, strict=True)]

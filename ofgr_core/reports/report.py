@@ -20,8 +20,9 @@ import json
 import os
 import shutil
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
@@ -31,14 +32,18 @@ from ofgr_core.reports.compare import LEVELS, SPLITS, Comparison, compare_runs, 
 from ofgr_core.reports.tables import LETTERS, count, markdown_comparison, pct, seconds
 from ofgr_core.runs.eventlog import read_events
 from ofgr_core.runs.folder import METRICS_FILE, RunFolder
+from ofgr_core.runs.metrics import describe_training
 from ofgr_core.runs.validate import METRICS, OPT_STR, read_run_json
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 Progress = Callable[[str], None]
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 MAX_REPORT_RUNS = len(LETTERS)
 
 
-def _plt() -> Any:
+def _plt() -> Any:  # matplotlib.pyplot, imported on first use (a module has no annotation of its own)
     try:
         import matplotlib
     except ImportError:
@@ -81,7 +86,7 @@ def _train_steps(run_dir: Path) -> tuple[list[float], list[float]]:
 
 
 # ------------------------------------------------------------------------------------------------ figures
-def _save(fig: Any, path: Path) -> str:
+def _save(fig: Figure, path: Path) -> str:
     fig.savefig(path, dpi=110, bbox_inches="tight", facecolor="white")
     _plt().close(fig)
     return path.name
@@ -319,7 +324,7 @@ def _compute_md(m: dict[str, Any], rows_out: list[dict[str, Any]], run_id: str) 
              "", "| stage | seconds | images | images/s | peak RSS (MiB) | peak GPU (MiB) | GPU-hours |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for stage, st in (comp.get("stages") or {}).items():
-        def f(v: Any, fmt: str) -> str:
+        def f(v: object, fmt: str) -> str:
             return "-" if v is None else format(v, fmt)
 
         lines.append(f"| {stage} | {f(st.get('seconds'), '.1f')} | {f(st.get('images'), 'd')} | "
@@ -350,8 +355,8 @@ def _what_was_run_md(run_dir: Path, m: dict[str, Any]) -> list[str]:
         f"{d.get('n_fine_unseen', '?')} unseen",
         f"- **Split**: protocol `{split.get('protocol', d.get('split_protocol', '?'))}`, seed {split.get('seed')}, "
         f"queries `{split.get('query', '?')}`; images per part {split.get('counts', {})}",
-        f"- **Training**: {tr.get('epochs')} epochs (best {tr.get('best_epoch')}, seen-val R@1 "
-        f"{pct(tr.get('val_recall@1'))}%), {count(tr.get('images_seen'))} images seen, {seconds(tr.get('seconds'))}"
+        f"- **Training**: {tr.get('epochs')} epochs ({describe_training(tr)}), {count(tr.get('images_seen'))} "
+        f"images seen, {seconds(tr.get('seconds'))}"
         f" on {tr.get('device')} x {tr.get('world_size', 1)}",
     ]
     if env:
@@ -370,6 +375,15 @@ def _what_was_run_md(run_dir: Path, m: dict[str, Any]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ report
+class ReportOptions(TypedDict, total=False):
+    """The keyword options of :func:`write_report` a caller may pass through (``run_suite``'s ``report_kwargs``)."""
+
+    tsne: bool
+    tsne_points: int
+    n_classes: int
+    n_resamples: int
+
+
 def write_report(
     run_dirs: Sequence[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
@@ -388,23 +402,8 @@ def write_report(
     """
     say = progress or (lambda _s: None)
     dirs = [Path(d) for d in run_dirs]
-    if not dirs:
-        raise OfgrError("report needs at least one run")
-    if len(dirs) > MAX_REPORT_RUNS:
-        raise OfgrError(f"report takes at most {MAX_REPORT_RUNS} runs, got {len(dirs)}")
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise OfgrError(f"{out}: exists and is not a folder; choose another -o")
-    if RunFolder(out).is_run() or RunFolder(out).metrics.exists():
-        raise OfgrError(f"{out}: is a run folder; write the report somewhere else (-o)")
-    all_m = []
-    for d in dirs:
-        m, why = read_run_json(RunFolder(d).metrics, METRICS)
-        if why is not None:
-            raise DataError(f"{RunFolder(d).metrics}: cannot report on it ({why.split(': ', 1)[-1]})")
-        if not isinstance(m, dict):
-            raise NotFoundError(f"{d.name}: no {METRICS_FILE} (the run has not finished)")
-        all_m.append(m)
+    all_m = _read_runs(dirs, out)
     figs = out / "figures"
     if figs.is_dir():
         shutil.rmtree(figs)  # stale figures of an earlier report would be linked from nowhere
@@ -416,21 +415,7 @@ def write_report(
         say("comparing runs (paired bootstrap tests)")
         comparison = compare_runs(dirs, n_resamples=n_resamples)
 
-    md: list[str] = []
-    title = dirs[0].name if len(dirs) == 1 else f"{len(dirs)} runs compared"
-    md += [f"# ofgr report: {title}", "",
-           "Open-set fine-grained retrieval: models are trained on *seen* fine classes and evaluated on "
-           "*unseen* ones (class-disjoint), leave-one-out within each split unless the split says otherwise. "
-           "Metric definitions: Recall@K (a relevant item among the top K), MAP@R (Musgrave et al. 2020). "
-           "Intervals are 95% bootstrap CIs over queries.", ""]
-    md += ["| | run | model | unseen fine R@1 | unseen fine MAP@R |", "|---|---|---|---:|---:|"]
-    for i, (d, m) in enumerate(zip(dirs, all_m, strict=True)):
-        u = (m.get("unseen") or {}).get("fine") or {}
-        mod = m.get("model") or {}
-        md.append(f"| {LETTERS[i]} | `{d.name}` | {mod.get('kind', '')}:{mod.get('name', '')} | "
-                  f"{pct(u.get('recall@1'))} | {pct(u.get('map@r'))} |")
-    md.append("")
-
+    md = _summary_md(dirs, all_m)
     say("Recall@K curves")
     rk = fig_recall_curves(all_m, labels, figs / "recall_at_k.png")
     md += ["## Results", ""]
@@ -445,41 +430,107 @@ def write_report(
                                                       for d, m in zip(dirs, all_m, strict=True)}), ""]
         _write_csv(out / "comparison.csv", comparison.records())
 
-    metric_rows: list[dict[str, Any]] = []
-    class_rows: list[dict[str, Any]] = []
-    compute_rows: list[dict[str, Any]] = []
-    train_rows: list[dict[str, Any]] = []
-    cf_rows: list[dict[str, Any]] = []
+    rows = _Tables()
     for i, (d, m) in enumerate(zip(dirs, all_m, strict=True)):
-        letter, name = LETTERS[i], m.get("name") or d.name
-        md += [f"## {letter}: `{d.name}`", "", "### What was run", "", *_what_was_run_md(d, m), ""]
-        cfg_path = RunFolder(d).config
-        cfg_text = cfg_path.read_text() if cfg_path.is_file() else ""
-        if cfg_text:
-            md += ["<details><summary>Resolved config (config.yaml)</summary>", "", "```yaml", cfg_text.rstrip(),
-                   "```", "", "</details>", ""]
-        md += ["### Results (%)", "", *_results_md(m), ""]
-        say(f"{letter}: coarse-first retrieval")
-        cf = _coarse_first_md(d, cf_rows, d.name)
-        if cf:
-            md += ["### Coarse-first vs flat retrieval (%)", "", *cf, ""]
-        md += ["### Compute", "", *_compute_md(m, compute_rows, d.name), ""]
-        say(f"{letter}: figures")
-        pc = fig_per_class(m, figs / f"{letter}_per_class.png", n=n_classes, title=f"{letter} {name}")
-        tr = fig_training(d, figs / f"{letter}_training.png", title=f"{letter} {name}")
-        if tr:
-            md += ["### Training", "", f"![Training curves of {letter}](figures/{tr})", ""]
-        if pc:
-            md += ["### Per-class Recall@1 (unseen)", "", f"![Per-class R@1 of {letter}](figures/{pc})", ""]
-        if tsne:
-            say(f"{letter}: t-SNE")
-            ts, note = fig_tsne(d, figs / f"{letter}_tsne.png", max_points=tsne_points, title=f"{letter} {name}")
-            if ts:
-                md += ["### Embedding map", "", f"![t-SNE of {letter}](figures/{ts})", ""]
-                if note:
-                    md += [f"_{note}_", ""]
-            elif note:
-                md += [f"_t-SNE not drawn: {note}_", ""]
+        md += _run_md(d, m, LETTERS[i], figs, rows, say, tsne=tsne, tsne_points=tsne_points, n_classes=n_classes)
+        rows.add_metrics(d.name, m)
+        rows.train += [{"run_id": d.name, **h} for h in _training_history(d)]
+
+    csvs = rows.write(out) + (["comparison.csv"] if comparison is not None else [])
+    md += ["## Files", "", *[f"- [{c}]({c})" for c in csvs], "",
+           f"Generated by `ofgr report` from the run folders "
+           f"({', '.join(f'`{d.name}`' for d in dirs)}); every number above is in their metrics.json.", ""]
+    atomic_write_text(out / "report.md", "\n".join(md))
+    (out / "runs.json").write_text(json.dumps([str(d) for d in dirs], indent=1) + "\n")
+    return out / "report.md"
+
+
+def _read_runs(dirs: list[Path], out: Path) -> list[dict[str, Any]]:
+    """Every run's metrics.json, after checking the run count and that ``out`` can hold a report."""
+    if not dirs:
+        raise OfgrError("report needs at least one run")
+    if len(dirs) > MAX_REPORT_RUNS:
+        raise OfgrError(f"report takes at most {MAX_REPORT_RUNS} runs, got {len(dirs)}")
+    if out.exists() and not out.is_dir():
+        raise OfgrError(f"{out}: exists and is not a folder; choose another -o")
+    if RunFolder(out).is_run() or RunFolder(out).metrics.exists():
+        raise OfgrError(f"{out}: is a run folder; write the report somewhere else (-o)")
+    all_m = []
+    for d in dirs:
+        m, why = read_run_json(RunFolder(d).metrics, METRICS)  # strict, bounded, typed (runs/validate.py)
+        if why is not None:
+            raise DataError(f"{RunFolder(d).metrics}: cannot report on it ({why.split(': ', 1)[-1]})")
+        if not isinstance(m, dict):
+            raise NotFoundError(f"{d.name}: no {METRICS_FILE} (the run has not finished)")
+        all_m.append(m)
+    return all_m
+
+
+def _summary_md(dirs: list[Path], all_m: list[dict[str, Any]]) -> list[str]:
+    """The title, the protocol in two sentences, and one headline row per run."""
+    title = dirs[0].name if len(dirs) == 1 else f"{len(dirs)} runs compared"
+    md = [f"# ofgr report: {title}", "",
+          "Open-set fine-grained retrieval: models are trained on *seen* fine classes and evaluated on "
+          "*unseen* ones (class-disjoint), leave-one-out within each split unless the split says otherwise. "
+          "Metric definitions: Recall@K (a relevant item among the top K), MAP@R (Musgrave et al. 2020). "
+          "Intervals are 95% bootstrap CIs over queries.", ""]
+    md += ["| | run | model | unseen fine R@1 | unseen fine MAP@R |", "|---|---|---|---:|---:|"]
+    for i, (d, m) in enumerate(zip(dirs, all_m, strict=True)):
+        u = (m.get("unseen") or {}).get("fine") or {}
+        mod = m.get("model") or {}
+        md.append(f"| {LETTERS[i]} | `{d.name}` | {mod.get('kind', '')}:{mod.get('name', '')} | "
+                  f"{pct(u.get('recall@1'))} | {pct(u.get('map@r'))} |")
+    md.append("")
+    return md
+
+
+def _run_md(d: Path, m: dict[str, Any], letter: str, figs: Path, rows: _Tables, say: Progress, *, tsne: bool,
+            tsne_points: int, n_classes: int) -> list[str]:
+    """One run's section (what was run, results, coarse-first, compute, figures); adds its CSV rows."""
+    name = m.get("name") or d.name
+    md = [f"## {letter}: `{d.name}`", "", "### What was run", "", *_what_was_run_md(d, m), ""]
+    cfg_path = RunFolder(d).config
+    cfg_text = cfg_path.read_text() if cfg_path.is_file() else ""
+    if cfg_text:
+        md += ["<details><summary>Resolved config (config.yaml)</summary>", "", "```yaml", cfg_text.rstrip(),
+               "```", "", "</details>", ""]
+    md += ["### Results (%)", "", *_results_md(m), ""]
+    say(f"{letter}: coarse-first retrieval")
+    cf = _coarse_first_md(d, rows.coarse_first, d.name)
+    if cf:
+        md += ["### Coarse-first vs flat retrieval (%)", "", *cf, ""]
+    md += ["### Compute", "", *_compute_md(m, rows.compute, d.name), ""]
+    say(f"{letter}: figures")
+    pc = fig_per_class(m, figs / f"{letter}_per_class.png", n=n_classes, title=f"{letter} {name}")
+    tr = fig_training(d, figs / f"{letter}_training.png", title=f"{letter} {name}")
+    if tr:
+        md += ["### Training", "", f"![Training curves of {letter}](figures/{tr})", ""]
+    if pc:
+        md += ["### Per-class Recall@1 (unseen)", "", f"![Per-class R@1 of {letter}](figures/{pc})", ""]
+    if tsne:
+        say(f"{letter}: t-SNE")
+        ts, note = fig_tsne(d, figs / f"{letter}_tsne.png", max_points=tsne_points, title=f"{letter} {name}")
+        if ts:
+            md += ["### Embedding map", "", f"![t-SNE of {letter}](figures/{ts})", ""]
+            if note:
+                md += [f"_{note}_", ""]
+        elif note:
+            md += [f"_t-SNE not drawn: {note}_", ""]
+    return md
+
+
+@dataclass
+class _Tables:
+    """The rows of the report's CSV files, filled run by run."""
+
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    per_class: list[dict[str, Any]] = field(default_factory=list)
+    compute: list[dict[str, Any]] = field(default_factory=list)
+    train: list[dict[str, Any]] = field(default_factory=list)
+    coarse_first: list[dict[str, Any]] = field(default_factory=list)
+
+    def add_metrics(self, run_id: str, m: dict[str, Any]) -> None:
+        """Image and text metrics (with intervals) and per-class rows of every split of one run."""
         for s in SPLITS:
             block = m.get(s)
             if not isinstance(block, dict):
@@ -488,36 +539,28 @@ def write_report(
                 ci = (block.get("ci95") or {}).get(lv) or {}
                 for key, v in (block.get(lv) or {}).items():
                     c = ci.get(key)
-                    metric_rows.append({"run_id": d.name, "mode": "image", "split": s, "level": lv, "metric": key,
-                                        "value": v, "ci95_low": c[0] if c else None,
-                                        "ci95_high": c[1] if c else None})
+                    self.metrics.append({"run_id": run_id, "mode": "image", "split": s, "level": lv, "metric": key,
+                                         "value": v, "ci95_low": c[0] if c else None,
+                                         "ci95_high": c[1] if c else None})
             t2i, _ = text_block(block)
             if t2i is not None:
                 for lv in LEVELS:
                     for key, v in (t2i.get(lv) or {}).items():
-                        metric_rows.append({"run_id": d.name, "mode": "text", "split": s, "level": lv,
-                                            "metric": key, "value": v})
+                        self.metrics.append({"run_id": run_id, "mode": "text", "split": s, "level": lv,
+                                             "metric": key, "value": v})
             for cname, v in (block.get("per_class") or {}).items():
-                class_rows.append({"run_id": d.name, "split": s, "class": cname, **v})
-        for h in _training_history(d):
-            train_rows.append({"run_id": d.name, **h})
+                self.per_class.append({"run_id": run_id, "split": s, "class": cname, **v})
 
-    _write_csv(out / "metrics.csv", metric_rows,
-               ["run_id", "mode", "split", "level", "metric", "value", "ci95_low", "ci95_high"])
-    _write_csv(out / "per_class.csv", class_rows, ["run_id", "split", "class", "n", "recall@1", "map@r"])
-    _write_csv(out / "compute.csv", compute_rows, ["run_id", "stage", "seconds", "images", "images_per_s",
-                                                   "peak_rss_mb", "peak_gpu_mb", "gpu_hours"])
-    train_fields = sorted({k for r in train_rows for k in r}, key=lambda k: (k not in ("run_id", "epoch"), k))
-    _write_csv(out / "training.csv", train_rows, train_fields or ["run_id", "epoch"])
-    _write_csv(out / "coarse_first.csv", cf_rows, ["run_id", "split", "metric", "flat", "coarse_first", "delta",
-                                                   "delta_ci_low", "delta_ci_high", "p_value", "coarse_accuracy",
-                                                   "method", "k_vote"])
-    csvs = ["metrics.csv", "per_class.csv", "compute.csv", "training.csv", "coarse_first.csv"]
-    if comparison is not None:
-        csvs.append("comparison.csv")
-    md += ["## Files", "", *[f"- [{c}]({c})" for c in csvs], "",
-           f"Generated by `ofgr report` from the run folders "
-           f"({', '.join(f'`{d.name}`' for d in dirs)}); every number above is in their metrics.json.", ""]
-    atomic_write_text(out / "report.md", "\n".join(md))
-    (out / "runs.json").write_text(json.dumps([str(d) for d in dirs], indent=1) + "\n")
-    return out / "report.md"
+    def write(self, out: Path) -> list[str]:
+        """Writes the five CSV files into ``out``; returns their names."""
+        _write_csv(out / "metrics.csv", self.metrics,
+                   ["run_id", "mode", "split", "level", "metric", "value", "ci95_low", "ci95_high"])
+        _write_csv(out / "per_class.csv", self.per_class, ["run_id", "split", "class", "n", "recall@1", "map@r"])
+        _write_csv(out / "compute.csv", self.compute, ["run_id", "stage", "seconds", "images", "images_per_s",
+                                                       "peak_rss_mb", "peak_gpu_mb", "gpu_hours"])
+        train_fields = sorted({k for r in self.train for k in r}, key=lambda k: (k not in ("run_id", "epoch"), k))
+        _write_csv(out / "training.csv", self.train, train_fields or ["run_id", "epoch"])
+        _write_csv(out / "coarse_first.csv", self.coarse_first,
+                   ["run_id", "split", "metric", "flat", "coarse_first", "delta", "delta_ci_low", "delta_ci_high",
+                    "p_value", "coarse_accuracy", "method", "k_vote"])
+        return ["metrics.csv", "per_class.csv", "compute.csv", "training.csv", "coarse_first.csv"]

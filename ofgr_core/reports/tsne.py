@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ofgr_core.common.atomic import atomic_writer
 from ofgr_core.common.errors import DataError, NotFoundError
 from ofgr_core.runs.events import Event, StageFinished, StageProgress, StageStarted
 from ofgr_core.runs.folder import RunFolder
@@ -120,26 +121,14 @@ def compute_tsne(
         NotFoundError: the run has no stored embeddings for ``split``.
         DataError: the embeddings are malformed or too few to project.
     """
-    from ofgr_core.embedding.stored import load_embeddings
 
     run_dir = Path(run_dir)
     splits = _splits_for(run_dir, split)
     npy = [RunFolder(run_dir).embeddings_npy(s) for s in splits]
     sig = _signature(npy)
 
-    arrays, labels, split_of = [], {"id": [], "fine": [], "coarse": []}, []
-    for s, path in zip(splits, npy, strict=True):
-        x = load_embeddings(path)
-        arrays.append(x)
-        for key, values in _read_labels(path.with_suffix(".csv"), len(x)).items():
-            labels[key].extend(values)
-        split_of.extend([s] * len(x))
-    if len({a.shape[1] for a in arrays}) > 1:
-        raise DataError(f"{run_dir.name}: stored embeddings differ in dimension across splits")
+    arrays, labels, split_of = _load_stored(run_dir, splits, npy)
     n_total = sum(len(a) for a in arrays)
-    if n_total < 5:
-        raise DataError(f"{run_dir.name}: only {n_total} stored embeddings, too few for t-SNE")
-
     n = min(n_total, max_points)
     if n < n_total:
         idx = np.sort(np.random.default_rng(seed).choice(n_total, size=n, replace=False))
@@ -175,6 +164,32 @@ def compute_tsne(
     )
 
 
+def _load_stored(run_dir: Path, splits: list[str], npy: list[Path]
+                 ) -> tuple[list[np.ndarray], dict[str, list[str]], list[str]]:
+    """The splits' embeddings (memory-mapped), their id/fine/coarse labels and each row's split.
+
+    Raises:
+        DataError: unreadable or non-2-D embeddings, dimensions that differ, or fewer than 5 rows in all.
+    """
+    arrays: list[np.ndarray] = []
+    labels: dict[str, list[str]] = {"id": [], "fine": [], "coarse": []}
+    split_of: list[str] = []
+    from ofgr_core.embedding.stored import load_embeddings
+
+    for s, path in zip(splits, npy, strict=True):
+        x = load_embeddings(path)  # an .npz, pickles, another rank or dtype: one line naming the file
+        arrays.append(x)
+        for key, values in _read_labels(path.with_suffix(".csv"), len(x)).items():
+            labels[key].extend(values)
+        split_of.extend([s] * len(x))
+    if len({a.shape[1] for a in arrays}) > 1:
+        raise DataError(f"{run_dir.name}: stored embeddings differ in dimension across splits")
+    n_total = sum(len(a) for a in arrays)
+    if n_total < 5:
+        raise DataError(f"{run_dir.name}: only {n_total} stored embeddings, too few for t-SNE")
+    return arrays, labels, split_of
+
+
 TSNE_ITERATIONS = 1000  # scikit-learn's default max_iter, set explicitly so progress has a known total
 
 
@@ -189,7 +204,8 @@ def _project(x: np.ndarray, *, seed: int, perplexity: float, on_event: OnEvent |
     tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed,
                 max_iter=TSNE_ITERATIONS)  # fmt: skip
     with _iteration_progress(on_event):
-        return tsne.fit_transform(x).astype(np.float32)
+        xy: np.ndarray = tsne.fit_transform(x).astype(np.float32)
+        return xy
 
 
 _PATCH_LOCK = threading.Lock()
@@ -212,10 +228,12 @@ def _iteration_progress(on_event: OnEvent | None, every: int = 10) -> Iterator[N
         yield
         return
 
-    def gradient_descent(objective, p0, it, max_iter, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    # scikit-learn's private optimiser is untyped: its arguments and results pass through as they are
+    def gradient_descent(objective: Callable[..., Any], p0: Any, it: int, max_iter: int, *args: Any,
+                         **kwargs: Any) -> Any:
         count = it
 
-        def counted(*a, **kw):  # noqa: ANN002, ANN003, ANN202
+        def counted(*a: Any, **kw: Any) -> Any:
             nonlocal count
             count += 1
             if count % every == 0:
@@ -248,14 +266,7 @@ def _load_cache(path: Path, sig: str, idx: np.ndarray, seed: int) -> np.ndarray 
 
 def _save_cache(path: Path, *, xy: np.ndarray, idx: np.ndarray, sig: str, seed: int) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, xy=xy, idx=idx, sig=np.array(sig), seed=np.array(seed), version=CACHE_VERSION)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_writer(path) as f:
+            np.savez(f, xy=xy, idx=idx, sig=np.array(sig), seed=np.array(seed), version=CACHE_VERSION)
     except OSError:
         pass  # a read-only run folder still gets its projection, just not cached

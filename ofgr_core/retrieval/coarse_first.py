@@ -22,7 +22,7 @@ For a run, ``coarse_first_for_run`` reads ``embeddings/<split>.npy`` + ``.csv``,
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,13 +105,13 @@ def _codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def evaluate_coarse_first(
     embeddings: np.ndarray,
-    fine: Sequence[Any] | np.ndarray,
-    coarse: Sequence[Any] | np.ndarray,
+    fine: Sequence[Hashable] | np.ndarray,
+    coarse: Sequence[Hashable] | np.ndarray,
     *,
-    ids: Sequence[Any] | np.ndarray | None = None,
+    ids: Sequence[Hashable] | np.ndarray | None = None,
     query_mask: np.ndarray | None = None,
     gallery_mask: np.ndarray | None = None,
-    groups: Sequence[Any] | np.ndarray | None = None,
+    groups: Sequence[Hashable] | np.ndarray | None = None,
     ks: Sequence[int] = (1, 2, 4, 5, 8, 10),
     max_r: int = 1000,
     method: str = "knn",
@@ -141,6 +141,67 @@ def evaluate_coarse_first(
         raise DataError(f"coarse-first method must be one of {', '.join(METHODS)}, got {method!r}")
     if k_vote < 1:
         raise DataError(f"coarse-first k_vote must be >= 1, got {k_vote}")
+    t = _encode(embeddings, fine, coarse, ids, query_mask, gallery_mask, groups)
+    r_fine = _relevant(t, t.q_rows, t.gf, t.f, len(t.fine_names))
+    active = r_fine > 0
+    q_rows, r_fine = t.q_rows[active], r_fine[active]
+    r_coarse = _relevant(t, q_rows, t.gc, t.c, len(t.coarse_names))
+    nq = len(q_rows)
+    r_top = int(max(r_fine.max(initial=0), r_coarse.max(initial=0)))
+    k = min(max(max(ks), min(r_top, max_r)), len(t.g_rows))
+    gc = t.gc
+    # coarse centroids (sums, so a query's own contribution can be taken out)
+    centroid_sums = np.zeros((len(t.coarse_names), t.x.shape[1]), np.float64)
+    np.add.at(centroid_sums, gc, t.gallery)
+
+    flat_pq: dict[str, list[np.ndarray]] = {}
+    cf_pq: dict[str, list[np.ndarray]] = {}
+    predicted = np.empty(nq, np.int64)
+    bs = max(1, min(1024, _BLOCK_ELEMENTS // max(len(t.g_rows), 1)))
+    for a in range(0, nq, bs):
+        q = q_rows[a : a + bs]
+        sims = _similarities(t, q)
+        pred = _knn_vote(sims, gc, len(t.coarse_names), k_vote) if method == "knn" else \
+            _centroid_vote(t, q, centroid_sums)
+        predicted[a : a + len(q)] = pred
+        relevant = (r_fine[a : a + len(q)], r_coarse[a : a + len(q)])
+        _score(flat_pq, t, q, *_topk(sims, k), relevant, ks)
+        _score(cf_pq, t, q, *_partition_first(sims, gc[None, :] == pred[:, None], k), relevant, ks)
+
+    def cat(d: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
+        return {key: np.concatenate(v) if v else np.empty(0) for key, v in d.items()}
+
+    flat = Retrieval(cat(flat_pq))
+    cf = Retrieval(cat(cf_pq))
+    if nq == 0:
+        flat = Retrieval({})
+        cf = Retrieval({})
+    return t.item_ids[q_rows], flat, cf, t.coarse_names[predicted], t.coarse_names[t.c[q_rows]]
+
+
+@dataclass
+class _Table:
+    """The inputs of ``evaluate_coarse_first`` coded: unit rows, label codes, ids, query and gallery rows."""
+
+    x: np.ndarray  # N x D float32, unit rows
+    f: np.ndarray  # fine codes
+    c: np.ndarray  # coarse codes
+    fine_names: np.ndarray
+    coarse_names: np.ndarray
+    item_ids: np.ndarray
+    q_rows: np.ndarray
+    g_rows: np.ndarray
+    gmask: np.ndarray
+    grp: np.ndarray | None  # group codes when excluding group-mates
+    gallery_pos: np.ndarray  # row -> position in the gallery, -1 outside it
+    gallery: np.ndarray  # x of the gallery rows
+    gf: np.ndarray  # fine codes of the gallery rows
+    gc: np.ndarray  # coarse codes of the gallery rows
+
+
+def _encode(embeddings: np.ndarray, fine: Sequence[Hashable] | np.ndarray, coarse: Sequence[Hashable] | np.ndarray,
+            ids: Sequence[Hashable] | np.ndarray | None, query_mask: np.ndarray | None,
+            gallery_mask: np.ndarray | None, groups: Sequence[Hashable] | np.ndarray | None) -> _Table:
     x = np.asarray(embeddings, dtype=np.float32)
     if x.ndim != 2:
         raise DataError(f"embeddings must be N x D, got shape {x.shape}")
@@ -157,93 +218,78 @@ def evaluate_coarse_first(
     if len(g_rows) == 0:
         raise DataError("the gallery is empty")
     grp = None if groups is None else _codes(np.asarray(groups).astype(str))[1]
-
-    gal = x[g_rows]
-    gf, gc = f[g_rows], c[g_rows]
-    n_fine, n_coarse = len(fine_names), len(coarse_names)
-
-    def relevant(q: np.ndarray, labels_g: np.ndarray, labels: np.ndarray, n_cls: int) -> np.ndarray:
-        r = np.bincount(labels_g, minlength=n_cls)[labels[q]].astype(np.int64)
-        if grp is None:
-            return r - gmask[q].astype(np.int64)
-        same = np.zeros(len(q), np.int64)
-        key_g = grp[g_rows] * n_cls + labels_g
-        uniq, cnt = np.unique(key_g, return_counts=True)
-        key_q = grp[q] * n_cls + labels[q]
-        pos = np.clip(np.searchsorted(uniq, key_q), 0, max(len(uniq) - 1, 0))
-        same = np.where(uniq[pos] == key_q, cnt[pos], 0) if len(uniq) else same
-        return r - same
-
-    r_fine = relevant(q_rows, gf, f, n_fine)
-    active = r_fine > 0
-    q_rows, r_fine = q_rows[active], r_fine[active]
-    r_coarse = relevant(q_rows, gc, c, n_coarse)
-    nq = len(q_rows)
-    kmax = max(ks)
-    r_top = int(max(r_fine.max(initial=0), r_coarse.max(initial=0)))
-    k = min(max(kmax, min(r_top, max_r)), len(g_rows))
-
-    # coarse centroids (sums, so a query's own contribution can be taken out)
-    centroid_sums = np.zeros((n_coarse, x.shape[1]), np.float64)
-    np.add.at(centroid_sums, gc, gal)
-
     gallery_pos = np.full(n, -1, np.int64)
     gallery_pos[g_rows] = np.arange(len(g_rows))
-    flat_pq: dict[str, list[np.ndarray]] = {}
-    cf_pq: dict[str, list[np.ndarray]] = {}
-    predicted = np.empty(nq, np.int64)
-    bs = max(1, min(1024, _BLOCK_ELEMENTS // max(len(g_rows), 1)))
-    for a in range(0, nq, bs):
-        q = q_rows[a : a + bs]
-        sims = x[q] @ gal.T
-        # never retrieve the query itself (by id) or, with groups, its group-mates
-        excl = item_ids[g_rows][None, :] == item_ids[q][:, None]
-        if grp is not None:
-            excl |= grp[g_rows][None, :] == grp[q][:, None]
-        sims = np.where(excl, -np.inf, sims)
-        if method == "knn":
-            idx, ok = _topk(sims, k_vote)
-            w = np.where(ok, np.take_along_axis(sims, idx, axis=1) + 1.0, 0.0)  # cosine + 1 >= 0
-            votes = np.zeros((len(q), n_coarse))
-            np.add.at(votes, (np.repeat(np.arange(len(q)), idx.shape[1]), gc[idx].ravel()), w.ravel())
-            pred = votes.argmax(axis=1)
-        else:
-            sums = np.broadcast_to(centroid_sums, (len(q), *centroid_sums.shape)).copy()
-            self_pos = gallery_pos[q]
-            inside = self_pos >= 0
-            sums[np.flatnonzero(inside), c[q][inside]] -= x[q][inside]
-            cen = sums / np.maximum(np.linalg.norm(sums, axis=2, keepdims=True), 1e-12)
-            pred = np.einsum("qd,qcd->qc", x[q].astype(np.float64), cen).argmax(axis=1)
-        predicted[a : a + len(q)] = pred
+    return _Table(x, f, c, fine_names, coarse_names, item_ids, q_rows, g_rows, gmask, grp, gallery_pos,
+                  x[g_rows], f[g_rows], c[g_rows])
 
-        flat_idx, flat_ok = _topk(sims, k)
-        in_part = gc[None, :] == pred[:, None]
-        first_idx, first_ok = _topk(np.where(in_part, sims, -np.inf), k)
-        rest_idx, rest_ok = _topk(np.where(in_part, -np.inf, sims), k)
-        # the partition first (its finite entries), then the rest, truncated to k
-        cat_idx = np.concatenate([first_idx, rest_idx], axis=1)
-        cat_ok = np.concatenate([first_ok, rest_ok], axis=1)
-        order = np.argsort(~cat_ok, axis=1, kind="stable")[:, :k]
-        cf_idx = np.take_along_axis(cat_idx, order, axis=1)
-        cf_ok = np.take_along_axis(cat_ok, order, axis=1)
-        for store, idx, ok in ((flat_pq, flat_idx, flat_ok), (cf_pq, cf_idx, cf_ok)):
-            hits_f = (gf[idx] == f[q][:, None]) & ok
-            hits_c = (gc[idx] == c[q][:, None]) & ok
-            for level, hits, r in (("fine", hits_f, r_fine[a : a + len(q)]), ("coarse", hits_c,
-                                                                                 r_coarse[a : a + len(q)])):
-                for key, vals in metrics_from_hits(hits, r, ks).items():
-                    store.setdefault(f"{level}_{key}", []).append(vals)
-            store.setdefault(RCWF, []).append((hits_c[:, 0] & ~hits_f[:, 0]).astype(np.float64))
 
-    def cat(d: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
-        return {key: np.concatenate(v) if v else np.empty(0) for key, v in d.items()}
+def _relevant(t: _Table, q: np.ndarray, labels_g: np.ndarray, labels: np.ndarray, n_cls: int) -> np.ndarray:
+    """R of queries ``q`` at one level: gallery items of their class, minus themselves or their group-mates."""
+    r = np.bincount(labels_g, minlength=n_cls)[labels[q]].astype(np.int64)
+    out: np.ndarray
+    if t.grp is None:
+        out = r - t.gmask[q].astype(np.int64)  # the query itself, when it is a gallery item
+        return out
+    same = np.zeros(len(q), np.int64)
+    key_g = t.grp[t.g_rows] * n_cls + labels_g
+    uniq, cnt = np.unique(key_g, return_counts=True)
+    key_q = t.grp[q] * n_cls + labels[q]
+    pos = np.clip(np.searchsorted(uniq, key_q), 0, max(len(uniq) - 1, 0))
+    same = np.where(uniq[pos] == key_q, cnt[pos], 0) if len(uniq) else same
+    out = r - same
+    return out
 
-    flat = Retrieval(cat(flat_pq))
-    cf = Retrieval(cat(cf_pq))
-    if nq == 0:
-        flat = Retrieval({})
-        cf = Retrieval({})
-    return item_ids[q_rows], flat, cf, coarse_names[predicted], coarse_names[c[q_rows]]
+
+def _similarities(t: _Table, q: np.ndarray) -> np.ndarray:
+    """Query block x gallery similarities; the query itself (by id) and its group-mates at -inf."""
+    sims = t.x[q] @ t.gallery.T
+    excl = t.item_ids[t.g_rows][None, :] == t.item_ids[q][:, None]
+    if t.grp is not None:
+        excl |= t.grp[t.g_rows][None, :] == t.grp[q][:, None]
+    return np.where(excl, -np.inf, sims)
+
+
+def _knn_vote(sims: np.ndarray, gc: np.ndarray, n_coarse: int, k_vote: int) -> np.ndarray:
+    """The coarse class with the most similarity-weighted votes among each query's ``k_vote`` neighbours."""
+    idx, ok = _topk(sims, k_vote)
+    w = np.where(ok, np.take_along_axis(sims, idx, axis=1) + 1.0, 0.0)  # cosine + 1 >= 0
+    votes = np.zeros((len(sims), n_coarse))
+    np.add.at(votes, (np.repeat(np.arange(len(sims)), idx.shape[1]), gc[idx].ravel()), w.ravel())
+    pred: np.ndarray = votes.argmax(axis=1)
+    return pred
+
+
+def _centroid_vote(t: _Table, q: np.ndarray, centroid_sums: np.ndarray) -> np.ndarray:
+    """The nearest coarse centroid of each query, its own embedding taken out of its class's centroid."""
+    sums = np.broadcast_to(centroid_sums, (len(q), *centroid_sums.shape)).copy()
+    self_pos = t.gallery_pos[q]
+    inside = self_pos >= 0
+    sums[np.flatnonzero(inside), t.c[q][inside]] -= t.x[q][inside]
+    cen = sums / np.maximum(np.linalg.norm(sums, axis=2, keepdims=True), 1e-12)
+    pred: np.ndarray = np.einsum("qd,qcd->qc", t.x[q].astype(np.float64), cen).argmax(axis=1)
+    return pred
+
+
+def _partition_first(sims: np.ndarray, in_part: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` gallery columns: the predicted partition's finite entries first, then the rest."""
+    first_idx, first_ok = _topk(np.where(in_part, sims, -np.inf), k)
+    rest_idx, rest_ok = _topk(np.where(in_part, -np.inf, sims), k)
+    cat_idx = np.concatenate([first_idx, rest_idx], axis=1)
+    cat_ok = np.concatenate([first_ok, rest_ok], axis=1)
+    order = np.argsort(~cat_ok, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(cat_idx, order, axis=1), np.take_along_axis(cat_ok, order, axis=1)
+
+
+def _score(store: dict[str, list[np.ndarray]], t: _Table, q: np.ndarray, idx: np.ndarray, ok: np.ndarray,
+           relevant: tuple[np.ndarray, np.ndarray], ks: Sequence[int]) -> None:
+    """Appends the per-query metrics of one ranking (gallery columns ``idx``) of queries ``q`` to ``store``."""
+    hits_f = (t.gf[idx] == t.f[q][:, None]) & ok
+    hits_c = (t.gc[idx] == t.c[q][:, None]) & ok
+    for level, hits, r in (("fine", hits_f, relevant[0]), ("coarse", hits_c, relevant[1])):
+        for key, vals in metrics_from_hits(hits, r, ks).items():
+            store.setdefault(f"{level}_{key}", []).append(vals)
+    store.setdefault(RCWF, []).append((hits_c[:, 0] & ~hits_f[:, 0]).astype(np.float64))
 
 
 def split_block(ret: Retrieval, ks: Sequence[int], *, bootstrap: int, seed: int, n_gallery: int) -> dict[str, Any]:
@@ -385,27 +431,22 @@ def coarse_first_for_run(
 
 def _save_cache(path: Path, sig: str, qids: np.ndarray, flat: Retrieval, cf: Retrieval, pred: np.ndarray,
                 true: np.ndarray, n_gallery: int) -> None:
-    import tempfile
+    from ofgr_core.common.atomic import atomic_writer
 
     arrays = {"sig": np.array(sig), "ids": np.asarray(qids).astype(str), "pred": pred.astype(str),
               "true": true.astype(str), "n_gallery": np.array(n_gallery)}
     arrays.update({f"flat/{k}": v for k, v in flat.per_query.items()})
     arrays.update({f"cf/{k}": v for k, v in cf.per_query.items()})
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)  # type: ignore[arg-type]
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_writer(path) as f:
+            # numpy types **kwds as colliding with its allow_pickle keyword; no array here is named so
+            np.savez(f, **arrays)  # type: ignore[arg-type]
     except OSError:
         pass  # a read-only run folder still gets its numbers, just not cached
 
 
-def _load_cache(path: Path, sig: str) -> tuple[Any, ...] | None:
+def _load_cache(path: Path, sig: str
+                ) -> tuple[np.ndarray, Retrieval, Retrieval, np.ndarray, np.ndarray, int] | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             if str(z["sig"]) != sig:

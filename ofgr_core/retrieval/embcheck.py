@@ -54,7 +54,10 @@ def find_invalid_rows(emb: np.ndarray) -> InvalidRows:
         bad_nf.append(np.flatnonzero(~finite) + a)
         zero = finite & ~np.any(x != 0, axis=1)
         bad_zero.append(np.flatnonzero(zero) + a)
-    cat = lambda parts: np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)  # noqa: E731
+
+    def cat(parts: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+
     return InvalidRows(cat(bad_nf), cat(bad_zero))
 
 

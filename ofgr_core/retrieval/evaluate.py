@@ -13,7 +13,7 @@ import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -31,6 +31,8 @@ from ofgr_core.retrieval.shard import QueryShard
 from ofgr_core.retrieval.ties import id_hash_keys, search_tiebroken
 
 Progress = Callable[[int, int], None]
+# label columns of equal length: fine (required), coarse, id, split, domain, group
+LabelTable = Mapping[str, "Sequence[object] | np.ndarray"]
 
 HEADLINE = ("map@r", "r_precision", "map")  # reported after recall@K, in this order
 RCWF = "right_coarse_wrong_fine@1"
@@ -124,7 +126,7 @@ class _Neighbours:
             return np.pad(rows, ((0, 0), (0, k - kk)), constant_values=-1)
         safe = np.maximum(rows, 0)
         drop = self.gallery_ids[safe] == query_ids[:, None]
-        if query_groups is not None:
+        if query_groups is not None and self.gallery_groups is not None:
             drop |= self.gallery_groups[safe] == query_groups[:, None]
         return _compact(rows, drop, k)
 
@@ -141,7 +143,7 @@ def evaluate_retrieval(
     gallery_groups: np.ndarray | None = None,
     query_domains: np.ndarray | None = None,
     level_names: Sequence[str] = ("fine", "coarse"),
-    class_names: Mapping[Any, str] | Sequence[str] | None = None,
+    class_names: Mapping[int, str] | Sequence[str] | None = None,
     cfg: EvalConfig | None = None,
     seed: int = 0,
     progress: Progress | None = None,
@@ -186,6 +188,77 @@ def evaluate_retrieval(
             groups.
     """
     cfg = cfg or EvalConfig()
+    q_lab, g_lab, names = _check_inputs(query_emb, gallery_emb, query_labels, gallery_labels, level_names)
+    nq_all, n_gallery = len(query_emb), len(gallery_emb)
+    g_raw, q_raw, g_ids, q_ids_all = _encode_ids(query_ids, gallery_ids, nq_all, n_gallery)
+    groups = _encode_groups(cfg.exclude_same_group, query_groups, gallery_groups, nq_all, n_gallery)
+    p = _problem(names, cfg, q_lab, g_lab, g_ids, q_ids_all, groups)
+    found = _search(p, query_emb, gallery_emb, g_raw, cfg, seed, note, shard, progress)
+    domains = None if query_domains is None else np.asarray(query_domains).reshape(-1)[p.rows]
+    block = _assemble(names, found.per_query, found.rcwf if len(names) > 1 else None, p.ks, cfg, seed, nq=p.nq,
+                      n_gallery=n_gallery, n_skipped=nq_all - p.nq, fine_labels=q_lab[p.rows, 0],
+                      class_names=class_names, domains=domains,
+                      query_keys=None if q_raw is None else id_hash_keys(q_raw[p.rows]))
+    block["index"] = {**found.index, "exact": cfg.index.type == "flat"}
+    if found.exact_sample:
+        approx = {name: {key: vals[found.check_pos] for key, vals in found.per_query[name].items()} for name in names}
+        block["approximation"] = approximation_error(approx, found.exact_sample, block, p.nq, cfg.confidence)
+    block["r_cap"] = {"max_r": cfg.max_r, "k": int(p.k),
+                      "n_capped": {name: int((r > p.k).sum()) for name, r in zip(names, p.relevant, strict=True)}}
+    pq = dict(found.per_query)
+    if len(names) > 1:
+        pq["_"] = {RCWF: found.rcwf}
+    out_ids = (np.arange(n_gallery, n_gallery + nq_all) if q_raw is None else q_raw)[p.rows]
+    return SplitResult(block, out_ids, pq)
+
+
+@dataclass
+class _Problem:
+    """One evaluation in integer codes, restricted to the queries that have a relevant item (R > 0).
+
+    Ids, groups and the class labels of each level are coded in one space for both sides, so equal codes
+    mean the same item, group or class.
+    """
+
+    names: list[str]  # the label levels, finest first
+    ks: list[int]
+    k: int  # neighbours kept per query (see _search_depth)
+    gallery_ids: np.ndarray
+    gallery_groups: np.ndarray | None  # only when excluding group-mates
+    gallery_labels: list[np.ndarray]  # per level
+    rows: np.ndarray  # the evaluated queries' rows in the query embeddings
+    query_ids: np.ndarray
+    query_groups: np.ndarray | None
+    query_labels: list[np.ndarray]  # per level
+    relevant: list[np.ndarray]  # per level, R of each query
+    n_excluded: np.ndarray  # gallery slots each query must discard: itself, its group-mates
+
+    @property
+    def nq(self) -> int:
+        return len(self.rows)
+
+
+def _problem(names: list[str], cfg: EvalConfig, q_lab: np.ndarray, g_lab: np.ndarray, g_ids: np.ndarray,
+             q_ids: np.ndarray, groups: tuple[np.ndarray, np.ndarray] | None) -> _Problem:
+    """The evaluation in codes: relevant sets, the queries kept (R > 0 at the finest level) and the depth k."""
+    gg_codes, qg_codes = groups if groups is not None else (None, None)
+    level_g, level_q, relevant, n_excl = _relevant_sets(q_lab, g_lab, g_ids, q_ids, groups)
+    active = relevant[0] > 0
+    rows = np.flatnonzero(active)
+    relevant, n_excl = [r[active] for r in relevant], n_excl[active]
+    ks = list(cfg.ks)
+    return _Problem(
+        names=names, ks=ks, k=_search_depth(ks, relevant, n_excl, cfg.max_r, len(g_ids)), gallery_ids=g_ids,
+        gallery_groups=gg_codes, gallery_labels=level_g, rows=rows, query_ids=q_ids[rows],
+        query_groups=qg_codes[rows] if qg_codes is not None else None,
+        query_labels=[c[rows] for c in level_q], relevant=relevant, n_excluded=n_excl,
+    )
+
+
+def _check_inputs(query_emb: np.ndarray, gallery_emb: np.ndarray, query_labels: np.ndarray,
+                  gallery_labels: np.ndarray, level_names: Sequence[str]
+                  ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(query labels, gallery labels, level names)`` as Q x L / G x L matrices, after the shape checks."""
     if query_emb.ndim != 2 or gallery_emb.ndim != 2:
         raise DataError(
             f"embeddings must be N x D, got query {tuple(query_emb.shape)} and gallery {tuple(gallery_emb.shape)}"
@@ -202,9 +275,20 @@ def evaluate_retrieval(
         raise DataError(f"query labels have {q_lab.shape[1]} levels but gallery labels {g_lab.shape[1]}")
     n_levels = q_lab.shape[1]
     names = [level_names[i] if i < len(level_names) else f"level{i}" for i in range(n_levels)]
+    return q_lab, g_lab, names
 
-    # ids: one integer code space for both sides, so a query is excluded from its own gallery entry
+
+def _encode_ids(query_ids: np.ndarray | None, gallery_ids: np.ndarray | None, nq_all: int, n_gallery: int
+                ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+    """``(gallery ids as given, query ids as given or None, gallery id codes, query id codes)``.
+
+    One integer code space for both sides, so a query is excluded from its own gallery entry.
+
+    Raises:
+        DataError: A length differs from the embeddings', or ids repeat on one side.
+    """
     g_raw = np.arange(n_gallery, dtype=np.int64) if gallery_ids is None else np.asarray(gallery_ids).reshape(-1)
+    q_raw: np.ndarray | None
     if query_ids is None:
         q_raw = np.arange(n_gallery, n_gallery + nq_all, dtype=np.int64) if gallery_ids is None else None
     else:
@@ -225,84 +309,160 @@ def evaluate_retrieval(
             raise DataError("query ids must be unique (self-match exclusion works by id)")
     if len(np.unique(g_ids)) != n_gallery:
         raise DataError("item ids must be unique (self-match exclusion works by id)")
+    return g_raw, q_raw, g_ids, q_ids_all
 
-    exclude_groups = cfg.exclude_same_group
-    if exclude_groups and (query_groups is None or gallery_groups is None):
+
+def _encode_groups(exclude_groups: bool, query_groups: np.ndarray | None, gallery_groups: np.ndarray | None,
+                   nq_all: int, n_gallery: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(gallery group codes, query group codes)`` in one code space when excluding group-mates, else None.
+
+    Raises:
+        DataError: Exclusion is on but groups are missing or of the wrong length.
+    """
+    if not exclude_groups:
+        return None
+    if query_groups is None or gallery_groups is None:
         raise DataError("exclude_same_group is set but no group of each item was given")
-    gg_codes = qg_codes = None
-    if exclude_groups:
-        qg, gg = np.asarray(query_groups).reshape(-1), np.asarray(gallery_groups).reshape(-1)
-        if len(gg) != n_gallery or len(qg) != nq_all:
-            raise DataError(f"groups have {len(qg)}/{len(gg)} entries for {nq_all}/{n_gallery} embeddings")
-        _, gcodes = _codes(np.concatenate([gg.astype(str), qg.astype(str)]))
-        gg_codes, qg_codes = gcodes[:n_gallery], gcodes[n_gallery:]
+    qg, gg = np.asarray(query_groups).reshape(-1), np.asarray(gallery_groups).reshape(-1)
+    if len(gg) != n_gallery or len(qg) != nq_all:
+        raise DataError(f"groups have {len(qg)}/{len(gg)} entries for {nq_all}/{n_gallery} embeddings")
+    _, gcodes = _codes(np.concatenate([gg.astype(str), qg.astype(str)]))
+    return gcodes[:n_gallery], gcodes[n_gallery:]
 
-    # --- R per query and level: relevant gallery items minus the query itself and excluded group-mates
-    level_q, level_g, n_classes = [], [], []
-    for lv in range(n_levels):
+
+def _relevant_sets(q_lab: np.ndarray, g_lab: np.ndarray, g_ids: np.ndarray, q_ids: np.ndarray,
+                   groups: tuple[np.ndarray, np.ndarray] | None
+                   ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """R per query and level: the gallery items of its class, minus itself and any excluded group-mates.
+
+    Returns:
+        ``(gallery class codes, query class codes, R, n_excluded)``: codes per level in one space for both
+        sides, R per level, and the gallery slots each query must discard (itself when it is a gallery
+        item, plus its whole group when excluding groups).
+    """
+    n_gallery = len(g_ids)
+    level_q: list[np.ndarray] = []
+    level_g: list[np.ndarray] = []
+    n_classes: list[int] = []
+    for lv in range(q_lab.shape[1]):
         _, codes = _codes(np.concatenate([g_lab[:, lv], q_lab[:, lv]]))
         level_g.append(codes[:n_gallery])
         level_q.append(codes[n_gallery:])
         n_classes.append(int(codes.max()) + 1 if len(codes) else 0)
-    in_gallery = _count_lookup(g_ids, q_ids_all)  # 1 when the query is itself a gallery item
-    relevant = []
+    in_gallery = _count_lookup(g_ids, q_ids)  # 1 when the query is itself a gallery item
+    relevant: list[np.ndarray] = []
     for lg, lq, nc in zip(level_g, level_q, n_classes, strict=True):
         per_class = _count_lookup(lg, lq)
-        if gg_codes is not None:
+        if groups is not None:
             # (group, label) keys; they include the query itself when it is in the gallery
-            per_class = per_class - _count_lookup(gg_codes * nc + lg, qg_codes * nc + lq)
+            gg, qg = groups
+            per_class = per_class - _count_lookup(gg * nc + lg, qg * nc + lq)
         else:
             per_class = per_class - in_gallery
         relevant.append(per_class)
-    # gallery slots each query must discard: itself, plus its whole group when excluding groups
-    n_excl = _count_lookup(gg_codes, qg_codes) if gg_codes is not None else in_gallery
+    n_excl = _count_lookup(*groups) if groups is not None else in_gallery
+    return level_g, level_q, relevant, n_excl
 
-    active = relevant[0] > 0
-    n_skipped = int((~active).sum())
-    q_rows = np.flatnonzero(active)
-    n_excl = n_excl[active]
-    relevant = [r[active] for r in relevant]
-    nq = len(q_rows)
 
-    ks = list(cfg.ks)
+def _search_depth(ks: list[int], relevant: list[np.ndarray], n_excluded: np.ndarray, max_r: int,
+                  n_gallery: int) -> int:
+    """Neighbours to keep per query: ``max(max(ks), min(max R, max_r))``, at most the gallery.
+
+    Warns when the largest K exceeds what some query can retrieve (the gallery minus its exclusions).
+    """
+    nq = len(n_excluded)
     kmax_req = max(ks)
     r_max = max((int(r.max()) for r in relevant), default=0) if nq else 0
-    k = min(max(kmax_req, min(r_max, cfg.max_r)), n_gallery)
-    avail = n_gallery - (int(n_excl.max()) if nq else 0)
+    k = min(max(kmax_req, min(r_max, max_r)), n_gallery)
+    avail = n_gallery - (int(n_excluded.max()) if nq else 0)
     if nq and kmax_req > avail:
         warnings.warn(
             f"K={kmax_req} exceeds the {avail} gallery items some queries can retrieve; their Recall@K "
             f"counts all {avail}",
-            stacklevel=2,
+            stacklevel=4,  # evaluate_retrieval -> _problem -> here: point at the caller of evaluate_retrieval
         )
+    return k
 
-    # --- search structures; the gallery is the caller's array itself when it is unit-norm float32
+
+def _audit_sample(cfg: EvalConfig, nq: int, seed: int) -> np.ndarray:
+    """Sorted positions of the queries an approximate index is checked on (none for an exact index)."""
+    if cfg.index.type != "flat" and cfg.index.exact_check > 0 and nq:
+        rng = np.random.default_rng(seed)
+        return np.sort(rng.choice(nq, size=min(nq, cfg.index.exact_check), replace=False))
+    return np.empty(0, dtype=np.int64)
+
+
+def _score(p: _Problem, rows: np.ndarray, sel: slice | np.ndarray
+           ) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Per level, whether each query's first neighbour is relevant, and its metric values.
+
+    Args:
+        rows: The neighbour rows (``-1`` for empty slots) of the queries ``sel`` selects.
+    """
+    valid = rows >= 0
+    safe = np.maximum(rows, 0)
+    out = []
+    for lv in range(len(p.names)):
+        hits = (p.gallery_labels[lv][safe] == p.query_labels[lv][sel, None]) & valid
+        # recall@1 always: per_class reports it even when --k leaves 1 out
+        out.append((hits[:, 0], metrics_from_hits(hits, p.relevant[lv][sel], sorted({1, *p.ks}))))
+    return out
+
+
+@dataclass
+class _Found:
+    """What the search of every query produced (see ``_search``)."""
+
+    per_query: dict[str, dict[str, np.ndarray]]  # per level and metric, one value per query
+    rcwf: np.ndarray  # right coarse, wrong fine at rank 1, per query
+    index: dict[str, Any]  # the searcher's description, k, and the audit's recall against exact search
+    check_pos: np.ndarray  # the audited queries (positions among the evaluated ones)
+    exact_sample: dict[str, dict[str, np.ndarray]]  # their exact metric values (empty without an audit)
+
+
+def _search(p: _Problem, query_emb: np.ndarray, gallery_emb: np.ndarray, g_raw: np.ndarray, cfg: EvalConfig,
+            seed: int, note: Callable[[str], None] | None, shard: QueryShard | None, progress: Progress | None
+            ) -> _Found:
+    """Builds the index, searches every query in chunks and, for an approximate index, audits a sample."""
+    # the gallery is the caller's array itself when it is unit-norm float32
     gallery = as_searchable(gallery_emb)  # unit-norm float16 stays float16 (searched in float32 blocks)
     queries = gallery if query_emb is gallery_emb else as_searchable(query_emb)
     if cfg.index.type == "flat":
-        searcher = exact_searcher(gallery, ids=g_ids, device=cfg.index.device, multi_gpu=cfg.index.multi_gpu,
-                                  note=note)
+        searcher = exact_searcher(gallery, ids=p.gallery_ids, device=cfg.index.device,
+                                  multi_gpu=cfg.index.multi_gpu, note=note)
     else:
-        searcher = build_index(gallery, cfg.index, ids=g_ids, seed=seed, note=note)
+        searcher = build_index(gallery, cfg.index, ids=p.gallery_ids, seed=seed, note=note)
     tie_keys = id_hash_keys(g_raw)  # ties broken by a hash of the item id, never by row order
-    neighbours = _Neighbours(searcher, g_ids, gg_codes, tie_keys)
-    query_level = [c[q_rows] for c in level_q]
-    q_ids = q_ids_all[q_rows]
-    q_groups = qg_codes[q_rows] if qg_codes is not None else None
+    check_pos = _audit_sample(cfg, p.nq, seed)
+    e_max = int(p.n_excluded.max()) if p.nq else 0
+    bs = max(64, min(cfg.batch_size, _CHUNK_ELEMENTS // max(p.k + e_max, 1)))
+    neighbours = _Neighbours(searcher, p.gallery_ids, p.gallery_groups, tie_keys)
+    per_query, rcwf, approx_top = _search_all(p, queries, neighbours, check_pos, bs, shard, progress)
+    index_info: dict[str, Any] = {**searcher.info(), "k": int(p.k)}
+    exact_sample: dict[str, dict[str, np.ndarray]] = {}
+    if len(check_pos):
+        exact = _Neighbours(exact_searcher(gallery, ids=p.gallery_ids, device=cfg.index.device), p.gallery_ids,
+                            p.gallery_groups, tie_keys)
+        exact_sample, exact_top = _exact_audit(p, queries, exact, check_pos, approx_top.shape[1], bs)
+        index_info[f"recall_vs_exact@{approx_top.shape[1]}"] = _overlap(approx_top, exact_top)
+        index_info["exact_check_queries"] = len(check_pos)
+    return _Found(per_query, rcwf, index_info, check_pos, exact_sample)
 
-    k_check = min(kmax_req, k)
-    check_pos = np.empty(0, dtype=np.int64)
-    if cfg.index.type != "flat" and cfg.index.exact_check > 0 and nq:
-        rng = np.random.default_rng(seed)
-        check_pos = np.sort(rng.choice(nq, size=min(nq, cfg.index.exact_check), replace=False))
-    approx_top = np.full((len(check_pos), k_check), -1, dtype=np.int64)
 
-    per_query: dict[str, dict[str, np.ndarray]] = {name: {} for name in names}
+def _search_all(p: _Problem, queries: np.ndarray, neighbours: _Neighbours, check_pos: np.ndarray, bs: int,
+                shard: QueryShard | None, progress: Progress | None
+                ) -> tuple[dict[str, dict[str, np.ndarray]], np.ndarray, np.ndarray]:
+    """Searches every query chunk (this rank's, then gathered) and keeps per-query values only.
+
+    Returns:
+        ``(per_query, right_coarse_wrong_fine@1, approx_top)``: metric values per level, the
+        right-coarse-wrong-fine indicator, and the top ``min(max(ks), k)`` rows of the audited queries.
+    """
+    nq = p.nq
+    approx_top = np.full((len(check_pos), min(max(p.ks), p.k)), -1, dtype=np.int64)
+    per_query: dict[str, dict[str, np.ndarray]] = {name: {} for name in p.names}
     rcwf = np.zeros(nq)
-    capped = {name: int((r > k).sum()) for name, r in zip(names, relevant, strict=True)}
-    e_max = int(n_excl.max()) if nq else 0
-    bs = max(64, min(cfg.batch_size, _CHUNK_ELEMENTS // max(k + e_max, 1)))
-    contiguous = nq > 0 and q_rows[-1] - q_rows[0] == nq - 1
+    contiguous = nq > 0 and p.rows[-1] - p.rows[0] == nq - 1
     owned: list[tuple[int, int]] = []
     for chunk_no, a in enumerate(range(0, nq, bs)):
         if shard is not None and not shard.owns(chunk_no):
@@ -310,81 +470,51 @@ def evaluate_retrieval(
         b = min(a + bs, nq)
         owned.append((a, b))
         # a contiguous run of rows is read as a slice, which keeps memmap reads sequential
-        x = queries[q_rows[a] : q_rows[b - 1] + 1] if contiguous else queries[q_rows[a:b]]
+        x = queries[p.rows[a] : p.rows[b - 1] + 1] if contiguous else queries[p.rows[a:b]]
         x = np.ascontiguousarray(x, dtype=np.float32)
-        groups_ab = q_groups[a:b] if q_groups is not None else None
-        rows = neighbours(x, k, int(n_excl[a:b].max()), q_ids[a:b], groups_ab)
-        valid = rows >= 0
-        safe = np.maximum(rows, 0)
+        groups_ab = p.query_groups[a:b] if p.query_groups is not None else None
+        rows = neighbours(x, p.k, int(p.n_excluded[a:b].max()), p.query_ids[a:b], groups_ab)
         top_hits = []
-        for lv, name in enumerate(names):
-            hits = (level_g[lv][safe] == query_level[lv][a:b, None]) & valid
-            top_hits.append(hits[:, 0])
-            # recall@1 always: per_class reports it even when --k leaves 1 out
-            for key, vals in metrics_from_hits(hits, relevant[lv][a:b], sorted({1, *ks})).items():
+        for name, (top, metrics) in zip(p.names, _score(p, rows, slice(a, b)), strict=True):
+            top_hits.append(top)
+            for key, vals in metrics.items():
                 if key not in per_query[name]:
                     per_query[name][key] = np.empty(nq)
                 per_query[name][key][a:b] = vals
-        if n_levels > 1:
+        if len(p.names) > 1:
             rcwf[a:b] = top_hits[1] & ~top_hits[0]
         if len(check_pos):
             sel = check_pos[(check_pos >= a) & (check_pos < b)]
-            approx_top[np.searchsorted(check_pos, sel)] = rows[sel - a, :k_check]
+            approx_top[np.searchsorted(check_pos, sel)] = rows[sel - a, : approx_top.shape[1]]
         if progress is not None:
             progress(b, nq)
     if shard is not None:
         _gather_shards(shard, owned, per_query, rcwf, check_pos, approx_top, nq)
+    return per_query, rcwf, approx_top
 
-    index_info: dict[str, Any] = {**searcher.info(), "k": int(k)}
-    exact_sample: dict[str, dict[str, np.ndarray]] = {}
-    if len(check_pos):
-        # the sampled queries searched again exactly, at the full k: their exact metric values, beside the
-        # approximate ones, measure what the approximate index changed (reported in block["approximation"])
-        exact = _Neighbours(exact_searcher(gallery, ids=g_ids, device=cfg.index.device), g_ids, gg_codes,
-                            tie_keys)
-        exact_top = np.full_like(approx_top, -1)
-        exact_sample = {name: {} for name in names}
-        for a in range(0, len(check_pos), bs):
-            pos = check_pos[a : a + bs]
-            x = np.ascontiguousarray(queries[q_rows[pos]], dtype=np.float32)
-            gr = q_groups[pos] if q_groups is not None else None
-            rows = exact(x, k, int(n_excl[pos].max()), q_ids[pos], gr)
-            exact_top[a : a + len(pos)] = rows[:, :k_check]
-            valid, safe = rows >= 0, np.maximum(rows, 0)
-            for lv, name in enumerate(names):
-                hits = (level_g[lv][safe] == query_level[lv][pos, None]) & valid
-                for key, vals in metrics_from_hits(hits, relevant[lv][pos], sorted({1, *ks})).items():
-                    exact_sample[name].setdefault(key, np.empty(len(check_pos)))[a : a + len(pos)] = vals
-        index_info[f"recall_vs_exact@{k_check}"] = _overlap(approx_top, exact_top)
-        index_info["exact_check_queries"] = len(check_pos)
 
-    block = _assemble(
-        names,
-        per_query,
-        rcwf if n_levels > 1 else None,
-        ks,
-        cfg,
-        seed,
-        nq=nq,
-        n_gallery=n_gallery,
-        n_skipped=n_skipped,
-        fine_labels=q_lab[q_rows, 0],
-        class_names=class_names,
-        domains=None if query_domains is None else np.asarray(query_domains).reshape(-1)[q_rows],
-        query_keys=None if q_raw is None else id_hash_keys(q_raw[q_rows]),
-    )
-    block["index"] = index_info
-    block["index"]["exact"] = cfg.index.type == "flat"
-    if exact_sample:
-        block["approximation"] = approximation_error(
-            {name: {key: vals[check_pos] for key, vals in per_query[name].items()} for name in names},
-            exact_sample, block, nq, cfg.confidence)
-    block["r_cap"] = {"max_r": cfg.max_r, "k": int(k), "n_capped": capped}
-    pq = dict(per_query)
-    if n_levels > 1:
-        pq["_"] = {RCWF: rcwf}
-    out_ids = (np.arange(n_gallery, n_gallery + nq_all) if q_raw is None else q_raw)[q_rows]
-    return SplitResult(block, out_ids, pq)
+def _exact_audit(p: _Problem, queries: np.ndarray, exact: _Neighbours, check_pos: np.ndarray, k_check: int,
+                 bs: int) -> tuple[dict[str, dict[str, np.ndarray]], np.ndarray]:
+    """The audited queries searched again exactly, at the full k.
+
+    Their exact metric values, beside the approximate ones, measure what the approximate index changed
+    (reported in ``block["approximation"]``).
+
+    Returns:
+        ``(exact values per level and metric, exact top-k_check rows)``, both in ``check_pos`` order.
+    """
+    exact_top = np.full((len(check_pos), k_check), -1, dtype=np.int64)
+    exact_sample: dict[str, dict[str, np.ndarray]] = {name: {} for name in p.names}
+    for a in range(0, len(check_pos), bs):
+        pos = check_pos[a : a + bs]
+        x = np.ascontiguousarray(queries[p.rows[pos]], dtype=np.float32)
+        gr = p.query_groups[pos] if p.query_groups is not None else None
+        rows = exact(x, p.k, int(p.n_excluded[pos].max()), p.query_ids[pos], gr)
+        exact_top[a : a + len(pos)] = rows[:, :k_check]
+        for name, (_, metrics) in zip(p.names, _score(p, rows, pos), strict=True):
+            for key, vals in metrics.items():
+                exact_sample[name].setdefault(key, np.empty(len(check_pos)))[a : a + len(pos)] = vals
+    return exact_sample, exact_top
 
 
 def approximation_error(
@@ -437,10 +567,19 @@ def approximation_error(
             "max_abs_error": bound}
 
 
+class _ShardPart(TypedDict):
+    """What one rank contributes to the gather: its query ranges and their values."""
+
+    ranges: list[tuple[int, int]]
+    per_query: dict[str, dict[str, list[np.ndarray]]]  # per level and metric, one array per range
+    rcwf: list[np.ndarray]
+    approx: dict[int, np.ndarray]  # audited query (position in check_pos) -> its approximate top rows
+
+
 def _gather_shards(shard: QueryShard, owned: list[tuple[int, int]], per_query: dict[str, dict[str, np.ndarray]],
                    rcwf: np.ndarray, check_pos: np.ndarray, approx_top: np.ndarray, nq: int) -> None:
     """Fill in, in place, the query chunks the other ranks searched (every rank ends with all of them)."""
-    mine = {
+    mine: _ShardPart = {
         "ranges": owned,
         "per_query": {name: {key: [vals[a:b] for a, b in owned] for key, vals in m.items()}
                       for name, m in per_query.items()},
@@ -480,7 +619,7 @@ def run_split(
     groups: np.ndarray | None = None,
     domains: np.ndarray | None = None,
     level_names: Sequence[str] = ("fine", "coarse"),
-    class_names: Mapping[Any, str] | Sequence[str] | None = None,
+    class_names: Mapping[int, str] | Sequence[str] | None = None,
     query_mask: np.ndarray | None = None,
     gallery_mask: np.ndarray | None = None,
     cfg: EvalConfig | None = None,
@@ -520,27 +659,15 @@ def run_split(
         DataError: Inconsistent shapes, duplicate ids, an empty gallery, or group exclusion without groups.
     """
     cfg = cfg or EvalConfig()
-    if embeddings.ndim != 2:
-        raise DataError(f"embeddings must be N x D, got shape {tuple(embeddings.shape)}")
-    n = len(embeddings)
-    labels = _as_label_matrix(labels, n, "labels")
-    item_ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids).reshape(-1)
-    if len(item_ids) != n:
-        raise DataError(f"ids has {len(item_ids)} entries for {n} embeddings")
-    if len(np.unique(item_ids)) != n:
-        raise DataError("item ids must be unique (self-match exclusion works by id)")
-    if cfg.exclude_same_group and groups is None:
-        raise DataError("exclude_same_group is set but no group of each item was given")
-    qmask = _mask(query_mask, n, "query_mask")
-    gmask = _mask(gallery_mask, n, "gallery_mask")
-    grp = None if groups is None else np.asarray(groups).reshape(-1)
-    if grp is not None and len(grp) != n:
-        raise DataError(f"groups has {len(grp)} entries for {n} embeddings")
-    dom = None if domains is None else np.asarray(domains).reshape(-1)
+    labels, item_ids, grp, dom, qmask, gmask = _check_table(embeddings, labels, ids, groups, domains, query_mask,
+                                                            gallery_mask, cfg.exclude_same_group)
 
-    def part(x: np.ndarray | None, mask: np.ndarray) -> np.ndarray | None:
+    def part(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
         # a full mask passes the caller's array itself: no copy of a large (memory-mapped) table
-        return x if x is None or mask.all() else x[mask]
+        return x if mask.all() else x[mask]
+
+    def maybe(x: np.ndarray | None, mask: np.ndarray) -> np.ndarray | None:
+        return None if x is None else part(x, mask)
 
     if not gmask.any():
         raise DataError("the gallery is empty")
@@ -551,9 +678,9 @@ def run_split(
         part(labels, gmask),
         query_ids=part(item_ids, qmask),
         gallery_ids=part(item_ids, gmask),
-        query_groups=part(grp, qmask),
-        gallery_groups=part(grp, gmask),
-        query_domains=part(dom, qmask),
+        query_groups=maybe(grp, qmask),
+        gallery_groups=maybe(grp, gmask),
+        query_domains=maybe(dom, qmask),
         level_names=level_names,
         class_names=class_names,
         cfg=cfg,
@@ -562,6 +689,31 @@ def run_split(
         shard=shard,
         note=note,
     )
+
+
+def _check_table(embeddings: np.ndarray, labels: np.ndarray, ids: np.ndarray | None, groups: np.ndarray | None,
+                 domains: np.ndarray | None, query_mask: np.ndarray | None, gallery_mask: np.ndarray | None,
+                 exclude_groups: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None,
+                                                np.ndarray, np.ndarray]:
+    """``(labels, ids, groups, domains, query mask, gallery mask)`` of one embedding table, after the checks."""
+    if embeddings.ndim != 2:
+        raise DataError(f"embeddings must be N x D, got shape {tuple(embeddings.shape)}")
+    n = len(embeddings)
+    labels = _as_label_matrix(labels, n, "labels")
+    item_ids = np.arange(n, dtype=np.int64) if ids is None else np.asarray(ids).reshape(-1)
+    if len(item_ids) != n:
+        raise DataError(f"ids has {len(item_ids)} entries for {n} embeddings")
+    if len(np.unique(item_ids)) != n:
+        raise DataError("item ids must be unique (self-match exclusion works by id)")
+    if exclude_groups and groups is None:
+        raise DataError("exclude_same_group is set but no group of each item was given")
+    qmask = _mask(query_mask, n, "query_mask")
+    gmask = _mask(gallery_mask, n, "gallery_mask")
+    grp = None if groups is None else np.asarray(groups).reshape(-1)
+    if grp is not None and len(grp) != n:
+        raise DataError(f"groups has {len(grp)} entries for {n} embeddings")
+    dom = None if domains is None else np.asarray(domains).reshape(-1)
+    return labels, item_ids, grp, dom, qmask, gmask
 
 
 def _overlap(approx: np.ndarray, exact: np.ndarray) -> float:
@@ -584,7 +736,7 @@ def _assemble(
     n_gallery: int,
     n_skipped: int,
     fine_labels: np.ndarray,
-    class_names: Mapping[Any, str] | Sequence[str] | None,
+    class_names: Mapping[int, str] | Sequence[str] | None,
     domains: np.ndarray | None,
     query_keys: np.ndarray | None = None,
 ) -> dict[str, Any]:
@@ -637,7 +789,7 @@ def _assemble(
     return block
 
 
-def _class_name(class_names: Mapping[Any, str] | Sequence[str] | None, label: Any) -> str:
+def _class_name(class_names: Mapping[int, str] | Sequence[str] | None, label: int) -> str:
     if class_names is None:
         return str(label)
     try:
@@ -679,13 +831,14 @@ def compare_per_query(
     }
 
 
-def encode_labels(table: Mapping[str, Sequence[Any]], columns: Sequence[str]) -> tuple[np.ndarray, list]:
+def encode_labels(table: LabelTable, columns: Sequence[str]) -> tuple[np.ndarray, list[list[str]]]:
     """Integer-code label columns (class names -> codes) for ``run_split``.
 
     Returns:
         ``(labels, names)``: N x L int64 codes and, per column, the class name of each code.
     """
-    out, names = [], []
+    out: list[np.ndarray] = []
+    names: list[list[str]] = []
     for col in columns:
         uniq, codes = _codes(np.asarray(table[col]).astype(str))
         out.append(codes)
@@ -695,7 +848,7 @@ def encode_labels(table: Mapping[str, Sequence[Any]], columns: Sequence[str]) ->
 
 def evaluate_embeddings(
     embeddings: np.ndarray,
-    table: Mapping[str, Sequence[Any]],
+    table: LabelTable,
     cfg: EvalConfig | None = None,
     *,
     seed: int = 0,
@@ -740,7 +893,7 @@ def evaluate_embeddings(
         masks = {s: split_col == s for s in order}
     else:
         masks = {"all": None}
-    result = {}
+    result: dict[str, dict[str, Any]] = {}
     for split, mask in masks.items():
         cb = (lambda d, t, s=split: progress(s, d, t)) if progress is not None else None
         result[split] = run_split(

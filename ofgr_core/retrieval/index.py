@@ -17,13 +17,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ofgr_core.common.atomic import atomic_path, atomic_save_npy, atomic_write_text
 from ofgr_core.common.errors import ConfigError, DataError, DependencyError, NotFoundError
 from ofgr_core.config import IndexConfig
 
@@ -80,7 +81,7 @@ class IndexBuildError(DataError):
                          f"{option.format('flat')} (exact, fine at this size) or more data")
 
 
-def iter_chunks(n: int, size: int) -> Any:
+def iter_chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
     """``(start, stop)`` pairs covering ``range(n)`` in steps of ``size``."""
     for start in range(0, n, size):
         yield start, min(start + size, n)
@@ -296,7 +297,7 @@ class SearchIndex:
         if self.index is None:
             # np.asarray drops the memmap subclass without copying: faiss.contrib.torch_utils (imported by
             # pytorch-metric-learning) replaces faiss.knn*/knn_gpu with versions that reject subclasses.
-            xb = np.asarray(self.vectors)
+            xb = np.asarray(self._exact_vectors())
             if xb.dtype != np.float32:  # a float16 gallery: searched block by block, never copied whole
                 res, ip = self._gpu_res, faiss.METRIC_INNER_PRODUCT
                 if self.device == "gpu":
@@ -305,9 +306,18 @@ class SearchIndex:
                 return _knn_blocked(lambda q, g, kk: _knn_inner_product(faiss, q, g, kk), x, xb, k,
                                     HALF_BLOCK_ROWS)
             if self.device == "gpu":
-                return faiss.knn_gpu(self._gpu_res, x, xb, k, metric=faiss.METRIC_INNER_PRODUCT)
+                on_gpu: tuple[np.ndarray, np.ndarray] = faiss.knn_gpu(self._gpu_res, x, xb, k,
+                                                                       metric=faiss.METRIC_INNER_PRODUCT)
+                return on_gpu
             return _knn_inner_product(faiss, x, xb, k)
-        return self.index.search(x, k)
+        found: tuple[np.ndarray, np.ndarray] = self.index.search(x, k)
+        return found
+
+    def _exact_vectors(self) -> np.ndarray:
+        """The gallery the copy-free exact searcher (``index is None``) searches."""
+        if self.vectors is None:
+            raise ValueError("a SearchIndex without a faiss index needs its vectors")
+        return self.vectors
 
     def save(self, folder: str | os.PathLike[str]) -> Path:
         """Write ``index.faiss``, ``ids.npy`` and ``index.json`` into ``folder`` (created if needed)."""
@@ -317,20 +327,17 @@ class SearchIndex:
         index = self.index
         if index is None:  # copy-free exact searcher: persist as a regular flat index
             index = faiss.IndexFlatIP(self.dim)
-            for a, b in iter_chunks(len(self.vectors), 65536):
-                index.add(np.ascontiguousarray(self.vectors[a:b], dtype=np.float32))
+            vectors = self._exact_vectors()
+            for a, b in iter_chunks(len(vectors), 65536):
+                index.add(np.ascontiguousarray(vectors[a:b], dtype=np.float32))
         elif self.device == "gpu":
             index = faiss.index_gpu_to_cpu(index)
-        # tmp + replace so a reader never sees half an index
-        tmp = folder / (INDEX_FILE + ".tmp")
-        faiss.write_index(index, str(tmp))
-        os.replace(tmp, folder / INDEX_FILE)
-        with open(folder / (IDS_FILE + ".tmp"), "wb") as f:
-            np.save(f, self.ids.astype(np.int64))
-        os.replace(folder / (IDS_FILE + ".tmp"), folder / IDS_FILE)
+        # each file atomically, so a reader never sees half an index
+        with atomic_path(folder / INDEX_FILE) as tmp:
+            faiss.write_index(index, str(tmp))
+        atomic_save_npy(folder / IDS_FILE, self.ids.astype(np.int64))
         meta = {**self.info(), "metric": "inner_product", "normalized": True, "faiss": faiss.__version__}
-        (folder / (META_FILE + ".tmp")).write_text(json.dumps(meta, indent=2) + "\n")
-        os.replace(folder / (META_FILE + ".tmp"), folder / META_FILE)
+        atomic_write_text(folder / META_FILE, json.dumps(meta, indent=2) + "\n")
         return folder
 
 
@@ -443,60 +450,8 @@ def build_index(
         raise DataError("item ids must be unique")
     device = resolve_device(cfg.device)
     if note is not None:
-        gpus = num_gpus() if device == "gpu" and cfg.type != "hnsw" else 0
-        if gpus:
-            note(describe_plan(gpu_plan(n, d, cfg, gpus), n, d, cfg.type))
-        elif cfg.multi_gpu is not None:
-            why = "faiss has no GPU HNSW" if cfg.type == "hnsw" and device == "gpu" else "no GPU here"
-            note(f"eval.index.multi_gpu={cfg.multi_gpu}: {why}, building the {cfg.type} index on CPU "
-                 f"({_gib(index_bytes(n, d, cfg))})")
-    params: dict[str, Any] = {}
-    metric = faiss.METRIC_INNER_PRODUCT
-    if cfg.type == "flat":
-        index = faiss.IndexFlatIP(d)
-    elif cfg.type == "hnsw":
-        index = faiss.IndexHNSWFlat(d, cfg.hnsw_m, metric)
-        index.hnsw.efConstruction = cfg.ef_construction
-        index.hnsw.efSearch = cfg.ef_search
-        params.update(hnsw_m=cfg.hnsw_m, ef_construction=cfg.ef_construction, ef_search=cfg.ef_search)
-    elif cfg.type in ("ivf_flat", "ivf_pq"):
-        nlist = cfg.nlist or default_nlist(n)
-        if nlist > n:
-            raise ConfigError(f"eval.index.nlist={nlist} exceeds the {n} vectors to index")
-        quantizer = faiss.IndexFlatIP(d)
-        if cfg.type == "ivf_flat":
-            index = faiss.IndexIVFFlat(quantizer, d, nlist, metric)
-        else:
-            if d % cfg.pq_m:
-                raise ConfigError(f"eval.index.pq_m={cfg.pq_m} must divide the embedding dimension {d}")
-            index = faiss.IndexIVFPQ(quantizer, d, nlist, cfg.pq_m, cfg.pq_nbits, metric)
-            index.pq.cp.seed = seed
-            params.update(pq_m=cfg.pq_m, pq_nbits=cfg.pq_nbits)
-        index.cp.seed = seed
-        # faiss wants at least 39 points per centroid; 64 per list keeps k-means cheap at 1M+ vectors
-        # and the PQ codebooks get their recommended 256 points per code.
-        need = max(nlist * 64, (2**cfg.pq_nbits) * 256 if cfg.type == "ivf_pq" else 0)
-        if cfg.type == "ivf_pq" and n < 2**cfg.pq_nbits:  # faiss's PQ k-means refuses (or aborts) below this
-            raise IndexBuildError(cfg.type, n, f"pq_nbits={cfg.pq_nbits} needs at least {2**cfg.pq_nbits} vectors "
-                                               "to train its codebooks")
-        rng = np.random.default_rng(seed)
-        sample = np.sort(rng.choice(n, size=min(n, need), replace=False))
-        try:
-            index.train(normalized_chunk(embeddings[sample]))
-        except RuntimeError as e:  # faiss's C++ error with its source location: keep the reason
-            text = str(e)
-            reason = text.split("failed:", 1)[-1].strip() if "failed:" in text else text
-            raise IndexBuildError(cfg.type, n, reason.splitlines()[0][:200] if reason else "faiss error") from None
-        index.nprobe = min(cfg.nprobe, nlist)
-        params.update(nlist=nlist, nprobe=int(index.nprobe))
-        if cfg.type == "ivf_pq" and cfg.refine_k_factor > 0:
-            # PQ codes rank coarsely; re-scoring k * factor candidates with the raw vectors restores
-            # near-exact top-k at the cost of keeping those vectors in memory.
-            index = faiss.IndexRefineFlat(index)
-            index.k_factor = float(cfg.refine_k_factor)
-            params["refine_k_factor"] = cfg.refine_k_factor
-    else:  # pragma: no cover - IndexConfig validates the literal
-        raise ConfigError(f"unknown index type {cfg.type!r}")
+        _note_plan(note, n, d, cfg, device)
+    index, params = _new_index(faiss, embeddings, cfg, seed)
     for a, b in iter_chunks(n, add_batch):
         index.add(normalized_chunk(embeddings[a:b]))
         if progress is not None:
@@ -507,6 +462,73 @@ def build_index(
         if n_gpus > 1:
             params["multi_gpu"] = cfg.multi_gpu or "shard"
     return SearchIndex(index, ids, cfg.type, device, d, params, _gpu_res=res)
+
+
+def _note_plan(note: Callable[[str], None], n: int, d: int, cfg: IndexConfig, device: str) -> None:
+    """Tells ``note`` the memory each GPU needs, or that a multi-GPU setting builds on CPU here."""
+    gpus = num_gpus() if device == "gpu" and cfg.type != "hnsw" else 0
+    if gpus:
+        note(describe_plan(gpu_plan(n, d, cfg, gpus), n, d, cfg.type))
+    elif cfg.multi_gpu is not None:
+        why = "faiss has no GPU HNSW" if cfg.type == "hnsw" and device == "gpu" else "no GPU here"
+        note(f"eval.index.multi_gpu={cfg.multi_gpu}: {why}, building the {cfg.type} index on CPU "
+             f"({_gib(index_bytes(n, d, cfg))})")
+
+
+def _new_index(faiss: Any, embeddings: np.ndarray, cfg: IndexConfig, seed: int) -> tuple[Any, dict[str, Any]]:
+    """An empty CPU index of ``cfg.type`` (IVF types trained on a sample of ``embeddings``) and its parameters.
+
+    ``faiss`` is the imported module (untyped, as are the indexes it returns).
+    """
+    n, d = embeddings.shape
+    params: dict[str, Any] = {}
+    metric = faiss.METRIC_INNER_PRODUCT
+    if cfg.type == "flat":
+        return faiss.IndexFlatIP(d), params
+    if cfg.type == "hnsw":
+        index = faiss.IndexHNSWFlat(d, cfg.hnsw_m, metric)
+        index.hnsw.efConstruction = cfg.ef_construction
+        index.hnsw.efSearch = cfg.ef_search
+        params.update(hnsw_m=cfg.hnsw_m, ef_construction=cfg.ef_construction, ef_search=cfg.ef_search)
+        return index, params
+    if cfg.type not in ("ivf_flat", "ivf_pq"):  # pragma: no cover - IndexConfig validates the literal
+        raise ConfigError(f"unknown index type {cfg.type!r}")
+    nlist = cfg.nlist or default_nlist(n)
+    if nlist > n:
+        raise ConfigError(f"eval.index.nlist={nlist} exceeds the {n} vectors to index")
+    quantizer = faiss.IndexFlatIP(d)
+    if cfg.type == "ivf_flat":
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, metric)
+    else:
+        if d % cfg.pq_m:
+            raise ConfigError(f"eval.index.pq_m={cfg.pq_m} must divide the embedding dimension {d}")
+        index = faiss.IndexIVFPQ(quantizer, d, nlist, cfg.pq_m, cfg.pq_nbits, metric)
+        index.pq.cp.seed = seed
+        params.update(pq_m=cfg.pq_m, pq_nbits=cfg.pq_nbits)
+    index.cp.seed = seed
+    # faiss wants at least 39 points per centroid; 64 per list keeps k-means cheap at 1M+ vectors
+    # and the PQ codebooks get their recommended 256 points per code.
+    need = max(nlist * 64, (2**cfg.pq_nbits) * 256 if cfg.type == "ivf_pq" else 0)
+    if cfg.type == "ivf_pq" and n < 2**cfg.pq_nbits:  # faiss's PQ k-means refuses (or aborts) below this
+        raise IndexBuildError(cfg.type, n, f"pq_nbits={cfg.pq_nbits} needs at least {2**cfg.pq_nbits} vectors "
+                                           "to train its codebooks")
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(n, size=min(n, need), replace=False))
+    try:
+        index.train(normalized_chunk(embeddings[sample]))
+    except RuntimeError as e:  # faiss's C++ error with its source location: keep the reason
+        text = str(e)
+        reason = text.split("failed:", 1)[-1].strip() if "failed:" in text else text
+        raise IndexBuildError(cfg.type, n, reason.splitlines()[0][:200] if reason else "faiss error") from None
+    index.nprobe = min(cfg.nprobe, nlist)
+    params.update(nlist=nlist, nprobe=int(index.nprobe))
+    if cfg.type == "ivf_pq" and cfg.refine_k_factor > 0:
+        # PQ codes rank coarsely; re-scoring k * factor candidates with the raw vectors restores
+        # near-exact top-k at the cost of keeping those vectors in memory.
+        index = faiss.IndexRefineFlat(index)
+        index.k_factor = float(cfg.refine_k_factor)
+        params["refine_k_factor"] = cfg.refine_k_factor
+    return index, params
 
 
 def load_index(folder: str | os.PathLike[str], *, device: str = "auto", multi_gpu: str | None = None

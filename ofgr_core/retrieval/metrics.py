@@ -25,7 +25,8 @@ def hit_matrix(neighbour_labels: np.ndarray, query_labels: np.ndarray) -> np.nda
     """Q x K booleans: neighbour ``j`` of query ``i`` has the query's label (empty slots ``-1`` never hit)."""
     nl = np.asarray(neighbour_labels)
     ql = np.asarray(query_labels).reshape(-1, 1)
-    return (nl == ql) & (nl >= 0)
+    hits: np.ndarray = (nl == ql) & (nl >= 0)
+    return hits
 
 
 def metrics_from_hits(
@@ -303,4 +304,5 @@ def holm_adjust(p_values: Sequence[float]) -> list[float]:
     adj = np.maximum.accumulate(scaled)
     out = np.empty(m)
     out[order] = adj
-    return out.tolist()
+    adjusted: list[float] = out.tolist()
+    return adjusted

@@ -20,6 +20,7 @@ from ofgr_core.runs.folder import RunFolder
 if TYPE_CHECKING:  # torch is imported only by queries that run the encoder
     from ofgr_core.models.base import Encoder
     from ofgr_core.models.run_encoder import RunEncoder
+    from ofgr_core.retrieval.index import SearchIndex
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def load_gallery(run_dir: Path, split: str) -> Gallery:
     return Gallery(emb, rows, {r["id"]: i for i, r in enumerate(rows)})
 
 
-def _searcher(run_dir: Path, split: str, gallery: Gallery) -> Any:
+def _searcher(run_dir: Path, split: str, gallery: Gallery) -> SearchIndex:
     from ofgr_core.retrieval.index import build_index, load_index
 
     folder = RunFolder(run_dir).index_dir(split)

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar, cast
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -36,13 +38,13 @@ class QueryShard:
         """Whether chunk number ``chunk`` of the query loop is this rank's."""
         return chunk % self.world == self.rank
 
-    def all_gather(self, obj: Any) -> list[Any]:
+    def all_gather(self, obj: T) -> list[T]:
         """Every rank's ``obj``, in rank order, on every rank."""
         import torch.distributed as dist
 
-        box: list[Any] = [None] * self.world
+        box: list[T | None] = [None] * self.world
         dist.all_gather_object(box, obj)
-        return box
+        return cast("list[T]", box)  # all_gather_object has filled every slot
 
     def barrier(self) -> None:
         import torch.distributed as dist

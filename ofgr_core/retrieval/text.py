@@ -33,7 +33,7 @@ API::
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -122,7 +122,7 @@ def class_text_embeddings(
     def name(level: int, code: int) -> str:
         return str(class_names[level][int(code)]).replace("_", " ")
 
-    parent = {}
+    parent: dict[int, int] = {}
     if has_coarse:
         for f, c in zip(labels[:, 0], labels[:, 1], strict=True):
             if f >= 0:
@@ -153,7 +153,8 @@ def has_head(encoder: Encoder) -> bool:
 
 
 def _space_block(
-    queries: dict[str, TextQueries], gallery: np.ndarray, labels: np.ndarray, transform: Any,
+    queries: dict[str, TextQueries], gallery: np.ndarray, labels: np.ndarray,
+    transform: Callable[[np.ndarray], np.ndarray],
     level_names: Sequence[str], eval_cfg: EvalConfig, seed: int,
 ) -> dict[str, Any]:
     from ofgr_core.retrieval.evaluate import evaluate_retrieval

@@ -58,7 +58,7 @@ def search_tiebroken(search: Search, x: np.ndarray, k: int, keys: np.ndarray, n_
     scores, rows = _order(*search(x, want), keys)
     if want <= k:
         return rows[:, :k]
-    out = rows[:, :k].copy()
+    out: np.ndarray = rows[:, :k].copy()
     tied = (rows[:, k] >= 0) & (scores[:, k] == scores[:, k - 1])
     for i in np.flatnonzero(tied):  # rare: duplicates or degenerate vectors straddle the k-th position
         w = want

@@ -78,22 +78,7 @@ class HierarchicalPKSampler(Sampler[list[int]]):
         world_size: int = 1,
         coarse_only_k: int | None = None,
     ) -> None:
-        labels = np.asarray(labels)
-        if labels.ndim == 1:
-            labels = labels[:, None]
-        if labels.ndim != 2 or len(labels) == 0 or not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(
-                f"labels must be a non-empty (N, L) integer array, got {labels.dtype} {labels.shape}"
-            )
-        for name, value in (
-            ("coarse_per_batch", coarse_per_batch),
-            ("fine_per_coarse", fine_per_coarse),
-            ("k", k),
-        ):
-            if value < 1:
-                raise ConfigError(f"sampler.{name}: must be >= 1, got {value}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        labels = _checked(labels, coarse_per_batch, fine_per_coarse, k, rank, world_size)
         self.coarse_per_batch = coarse_per_batch
         self.fine_per_coarse = fine_per_coarse
         self.k = k
@@ -290,3 +275,25 @@ class _ImageCycler:
         need = self.k - len(head)
         self.order[fine], self.cursor[fine] = fresh, need
         return np.concatenate([head, fresh[:need]])
+
+
+def _checked(labels: np.ndarray, coarse_per_batch: int, fine_per_coarse: int, k: int, rank: int,
+             world_size: int) -> np.ndarray:
+    """``labels`` as an (N, L) integer array, after checking it and the sampler's arguments."""
+    labels = np.asarray(labels)
+    if labels.ndim == 1:
+        labels = labels[:, None]
+    if labels.ndim != 2 or len(labels) == 0 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"labels must be a non-empty (N, L) integer array, got {labels.dtype} {labels.shape}"
+        )
+    for name, value in (
+        ("coarse_per_batch", coarse_per_batch),
+        ("fine_per_coarse", fine_per_coarse),
+        ("k", k),
+    ):
+        if value < 1:
+            raise ConfigError(f"sampler.{name}: must be >= 1, got {value}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+    return labels

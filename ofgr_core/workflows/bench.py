@@ -26,7 +26,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ofgr_core.common.atomic import atomic_write_json, atomic_write_text
 from ofgr_core.common.errors import ConfigError, NotFoundError, OfgrError
@@ -34,6 +34,10 @@ from ofgr_core.runs.eventlog import EventWriter
 from ofgr_core.runs.events import Event, Log
 from ofgr_core.runs.folder import RunFolder, create_run_dir
 from ofgr_core.runs.state import load_run, read_json
+
+if TYPE_CHECKING:
+    from ofgr_core.config import Config
+    from ofgr_core.reports.report import ReportOptions
 
 SUITES_DIR = Path("configs") / "benchmarks"
 STATE_FILE = "bench.json"
@@ -91,7 +95,7 @@ def _resolve_config(path: str, suite_path: Path) -> Path:
     return suite_path.resolve().parent.parent.parent / p
 
 
-def _str_list(value: Any, where: str) -> tuple[str, ...]:
+def _str_list(value: object, where: str) -> tuple[str, ...]:
     if value is None:
         return ()
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -166,7 +170,7 @@ class BenchResult:
     report: Path | None = None
 
 
-def start_run(cfg: Any, runs_dir: Path, *, config_path: str, overrides: list[str]) -> Path:
+def start_run(cfg: Config, runs_dir: Path, *, config_path: str, overrides: list[str]) -> Path:
     """A new run folder with config.yaml and env.json, as ``ofgr run`` writes them."""
     from ofgr_core.common.envinfo import collect_env
     from ofgr_core.config import dump_config
@@ -189,7 +193,7 @@ def run_suite(
     emit: Emit = lambda e: None,
     report_dir: str | os.PathLike[str] | None = None,
     write_report: bool = True,
-    report_kwargs: dict[str, Any] | None = None,
+    report_kwargs: ReportOptions | None = None,
 ) -> BenchResult:
     """Run every run of ``suite`` not yet finished (in order), then write the comparison report.
 
@@ -197,25 +201,10 @@ def run_suite(
         ConfigError: a config file of the suite is missing or invalid, or a run of the suite is still running.
         KeyboardInterrupt: passed on after the current run is marked interrupted (``ofgr bench`` resumes it).
     """
-    from ofgr_core.config import dump_config, load_config
     from ofgr_core.workflows.pipeline import execute_run
 
     runs_dir = Path(runs_dir)
-    missing = suite.missing_configs()
-    if missing:
-        raise ConfigError(f"suite {suite.name}: config {missing[0].config} of run {missing[0].name!r} not found"
-                          + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    # validate every config before the first (long) run starts
-    configs = []
-    for r in suite.runs:
-        ov = run_overrides(suite, r, data_root, overrides)
-        try:
-            cfg = load_config(str(r.config), ov)
-        except OfgrError as e:
-            raise ConfigError(f"suite {suite.name}, run {r.name!r}: {e}") from None
-        cfg.name = r.name
-        configs.append((r, cfg, ov))
-
+    configs = _suite_configs(suite, data_root, overrides)  # every config checked before the first long run
     runs_dir.mkdir(parents=True, exist_ok=True)
     state = _read_state(runs_dir)
     if state.get("suite") not in (None, suite.name):
@@ -235,25 +224,13 @@ def run_suite(
         run_dir = runs_dir / ids[r.name] if r.name in ids else None
         resume = False
         if run_dir is not None and run_dir.is_dir():
-            info = load_run(run_dir)
-            folder = RunFolder(run_dir)
-            if info.status == "finished" and folder.metrics.is_file():
-                stored = folder.config.read_text() if folder.config.is_file() else ""
-                if stored.strip() != dump_config(cfg).strip():
-                    emit(Log(f"{tag}: finished with a different config than the suite now gives; kept "
-                             f"(delete {run_dir} to rerun it)", level="warning"))
-                emit(Log(f"{tag}: finished already ({run_dir.name}), skipped"))
+            action, cfg = _earlier_attempt(tag, run_dir, cfg, emit)
+            if action == "skip":
                 result.skipped.append(r.name)
                 result.run_dirs.append(run_dir)
                 continue
-            if info.status == "running":
-                raise ConfigError(f"{tag}: {run_dir.name} is still running; wait for it or stop it first")
-            if folder.checkpoint("last").is_file():
-                resume = True
-                cfg = load_config(folder.config)
-                emit(Log(f"{tag}: {info.status}, resuming {run_dir.name} from its last checkpoint"))
-            else:
-                emit(Log(f"{tag}: {info.status} before its first checkpoint; starting it again"))
+            resume = action == "resume"
+            if not resume:
                 run_dir = None
         if run_dir is None or not run_dir.is_dir():
             run_dir = start_run(cfg, runs_dir, config_path=str(r.config), overrides=ov)
@@ -276,3 +253,59 @@ def run_suite(
         emit(Log(f"bench {suite.name}: writing the comparison report to {out}"))
         result.report = _write(result.run_dirs, out, progress=lambda s: emit(Log(s)), **(report_kwargs or {}))
     return result
+
+
+def _suite_configs(suite: Suite, data_root: str | os.PathLike[str] | None, overrides: list[str] | tuple[str, ...]
+                   ) -> list[tuple[SuiteRun, Config, list[str]]]:
+    """Each run's loaded config (named after the run) and its overrides.
+
+    Raises:
+        ConfigError: a config file is missing or invalid.
+    """
+    from ofgr_core.config import load_config
+
+    missing = suite.missing_configs()
+    if missing:
+        raise ConfigError(f"suite {suite.name}: config {missing[0].config} of run {missing[0].name!r} not found"
+                          + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    configs = []
+    for r in suite.runs:
+        ov = run_overrides(suite, r, data_root, overrides)
+        try:
+            cfg = load_config(str(r.config), ov)
+        except OfgrError as e:
+            raise ConfigError(f"suite {suite.name}, run {r.name!r}: {e}") from None
+        cfg.name = r.name
+        configs.append((r, cfg, ov))
+    return configs
+
+
+def _earlier_attempt(tag: str, run_dir: Path, cfg: Config, emit: Emit
+                     ) -> tuple[Literal["skip", "resume", "restart"], Config]:
+    """What to do with a suite run's existing folder, and the config to run it with.
+
+    ``skip``: it finished (kept even when the suite's config has changed since, with a warning); ``resume``:
+    it stopped after a checkpoint, and resumes with its stored config; ``restart``: it stopped before one.
+
+    Raises:
+        ConfigError: it is still running.
+    """
+    from ofgr_core.config import dump_config, load_config
+
+    info = load_run(run_dir)
+    folder = RunFolder(run_dir)
+    if info.status == "finished" and folder.metrics.is_file():
+        stored = folder.config.read_text() if folder.config.is_file() else ""
+        if stored.strip() != dump_config(cfg).strip():
+            emit(Log(f"{tag}: finished with a different config than the suite now gives; kept "
+                     f"(delete {run_dir} to rerun it)", level="warning"))
+        emit(Log(f"{tag}: finished already ({run_dir.name}), skipped"))
+        return "skip", cfg
+    if info.status == "running":
+        raise ConfigError(f"{tag}: {run_dir.name} is still running; wait for it or stop it first")
+    if folder.checkpoint("last").is_file():
+        stored_cfg = load_config(folder.config)
+        emit(Log(f"{tag}: {info.status}, resuming {run_dir.name} from its last checkpoint"))
+        return "resume", stored_cfg
+    emit(Log(f"{tag}: {info.status} before its first checkpoint; starting it again"))
+    return "restart", cfg

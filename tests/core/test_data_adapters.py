@@ -207,3 +207,19 @@ def test_openimages_reader_names_missing_column(tmp_path: Path) -> None:
     bad.write_text("ImageID,Source,Label,Confidence\nx,y,/m/1,1\n")
     with pytest.raises(DataError, match=r"train-imagelabels.csv lacks columns \['LabelName'\]"):
         read_image_labels([bad], {"/m/1"}, 0.5)
+
+
+def test_stanford_csv_header_names_columns(tmp_path: Path) -> None:
+    """A header row is read by name: columns in any order, a box only when all four corners are named."""
+    from ofgr_core.data.stanford_cars import _read_anno_csv
+
+    boxed = tmp_path / "boxed.csv"
+    boxed.write_text("class,bbox_y1,Image,x1,bbox_x2,y2\n7,3,a.jpg,2,30,25\n9,1,b.jpg,0,10,11\n")
+    assert _read_anno_csv(boxed, "train") == [("a.jpg", 7, (2, 3, 30, 25)), ("b.jpg", 9, (0, 1, 10, 11))]
+    no_y2 = tmp_path / "no_y2.csv"
+    no_y2.write_text("fname,x1,y1,x2,label\na.jpg,2,3,30,7\n")
+    assert _read_anno_csv(no_y2, "test") == [("a.jpg", 7, None)]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("image,x1,y1,x2,y2,class\na.jpg,2,3,x,25,7\n")
+    with pytest.raises(DataError, match="row 1"):
+        _read_anno_csv(bad, "train")
