@@ -205,10 +205,11 @@ class RunLock:
                 _write_lock(self.path, info)
             except OSError as e:  # run.lock is a folder, the run folder is read-only or full
                 from ofgr_core.common.diskspace import disk_error_from
+                from ofgr_core.common.errors import DiskError
 
-                raise disk_error_from(e, "writing the run lock") or DataError(
-                    f"{self.path}: cannot write the run lock ({e.strerror or e}); remove it if it is not a "
-                    "file") from None
+                kind = DiskError if disk_error_from(e, "") is not None else DataError  # full or read-only: DISK
+                raise kind(f"{self.path}: cannot write the run lock ({e.strerror or e}); remove {self.path.name} "
+                           "if it is a folder") from None
             self.info = info
             return info
         finally:
