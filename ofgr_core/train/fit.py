@@ -192,7 +192,10 @@ class HeadOnFeatures(Fitter):
             # under torchrun each rank extracts its share of the missing images into the one shared cache
             from ofgr_core.train.ddp import barrier
 
+            # every rank reads the same list of missing images: no rank appends before all have read it
+            barrier(dist)
             todo = store.missing(digests)
+            barrier(dist)
             mine = todo[dist.rank :: dist.world_size]
             extract([inp.paths[rows[j]] for j in mine], digests=[digests[j] for j in mine])
             barrier(dist)

@@ -381,6 +381,7 @@ class _Loop:
         window = [time.perf_counter(), 0.0]
         for step, (images, labels, _) in enumerate(loader, start=first_step):
             values = yield from self._step(images, labels, epoch, step, skipped)
+            stopping = any_rank(self.stop() if dist_info.is_main else False, dist_info)
             if values is not None:
                 n_batches += 1
                 for k, v in values.items():
@@ -388,11 +389,13 @@ class _Loop:
                 n = images.shape[0] * dist_info.world_size
                 self.counters.images_seen += n
                 window[1] += n
-                if dist_info.is_main and ((step + 1) % cfg.train.log_every == 0 or step + 1 == len(parts.sampler)
-                                          or not self.logged_first):
+                logged = (step + 1) % cfg.train.log_every == 0 or step + 1 == len(parts.sampler)
+                # the step a stop ends on is always logged: the live view's "step" then matches the stop message;
+                # so is the first step this process runs: its pace gives an ETA within seconds (workflows/checks)
+                if dist_info.is_main and (logged or stopping or not self.logged_first):
                     self.logged_first = True
                     yield self._step_event(epoch, step, values, window)
-            if any_rank(self.stop() if dist_info.is_main else False, dist_info):
+            if stopping:
                 if dist_info.is_main:  # finish the step, then checkpoint it: resume continues at the next one
                     save_checkpoint(self.last_path, checkpoint_state(parts, self.counters, cfg, epoch, step + 1,
                                                                      sums=sums, n_batches=n_batches))

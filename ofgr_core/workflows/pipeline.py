@@ -52,6 +52,7 @@ from ofgr_core.runs.metrics import (
     TrainBlock,
 )
 from ofgr_core.runs.state import stop_reason
+from ofgr_core.runs.stop import StopRequested, check_stop
 from ofgr_core.workflows.checks import EtaLine, flag_degenerate, memory_preflight
 
 if TYPE_CHECKING:  # the model, data and training modules import torch: the stages import them when they run
@@ -71,13 +72,16 @@ HEADLINE = ("recall@1", "recall@5", "recall@10", "map@r")
 
 
 class _Stage:
-    """Times a stage and emits its start/finish events."""
+    """Times a stage and emits its start/finish events; with ``stop``, a stop request ends it (before it
+    starts, or at its next progress report) by raising :class:`StopRequested`."""
 
-    def __init__(self, name: str, emit: Emit, timings: dict[str, float], total: int | None = None) -> None:
-        self.name, self.emit, self.timings, self.total = name, emit, timings, total
+    def __init__(self, name: str, emit: Emit, timings: dict[str, float], total: int | None = None,
+                 stop: Callable[[], bool] | None = None) -> None:
+        self.name, self.emit, self.timings, self.total, self.stop = name, emit, timings, total, stop
         self.meter = RateMeter()
 
     def __enter__(self) -> _Stage:
+        check_stop(self.stop, self.name, "before")
         self.t0 = time.perf_counter()
         self.emit(StageStarted(stage=self.name, total=self.total))
         return self
@@ -85,6 +89,7 @@ class _Stage:
     def progress(self, done: int, total: int | None = None) -> None:
         rate, eta = self.meter(done, total)
         self.emit(StageProgress(stage=self.name, done=done, total=total, rate=rate, eta_s=eta))
+        check_stop(self.stop, self.name)
 
     def __exit__(self, exc_type: object, *_: object) -> None:
         if exc_type is None:
@@ -150,6 +155,7 @@ class RunContext:
     dist: DistInfo
     stop: Callable[[], bool]
     resume: bool
+    _stop_noted: bool = False
 
     @property
     def main(self) -> bool:
@@ -160,7 +166,16 @@ class RunContext:
             self.emit(event)
 
     def stage(self, name: str, total: int | None = None, *, all_ranks: bool = False) -> _Stage:
-        return _Stage(name, self.emit if all_ranks else self.emit_main, self.timings, total)
+        stop: Callable[[], bool] | None = self.stop
+        if self.dist.enabled:
+            # under torchrun the ranks agree on a stop inside the training loop only: one rank leaving a
+            # stage elsewhere would leave the others waiting at a barrier. Say so instead of ignoring it.
+            stop = None
+            if self.main and not self._stop_noted and self.stop():
+                self._stop_noted = True
+                self.emit(Log(f"stop requested: under torchrun a stop takes effect during training only; "
+                              f"{name} and the stages after it run to the end", level="warning"))
+        return _Stage(name, self.emit if all_ranks else self.emit_main, self.timings, total, stop)
 
 
 def stage_data(ctx: RunContext) -> PreparedData:
@@ -244,7 +259,8 @@ def run_pipeline(
     """Execute a whole run: data -> split -> model -> [features] -> train (the fit) -> embed -> evaluate ->
     report.
 
-    Returns metrics (rank 0), or None when stopped or on other ranks.
+    Returns metrics (rank 0), or None on other ranks. A stop request raises :class:`StopRequested`
+    naming the stage it was seen in (``execute_run`` turns it into ``run_interrupted``).
     """
     import torch
 
@@ -261,8 +277,6 @@ def run_pipeline(
     fit = stage_model(ctx, prepared, split)
     stage_features(ctx, fit, split)
     result = stage_train(ctx, fit, prepared)
-    if result.stopped:
-        return None
     barrier(dist_info)
     # under torchrun every rank takes part in the evaluation: rank 0 embeds (streamed to disk), then each
     # rank searches its share of the queries (ofgr_core.retrieval.shard) and rank 0 alone writes, the same
@@ -350,7 +364,10 @@ def stage_train(ctx: RunContext, fit: Fit, prepared: PreparedData) -> TrainResul
                                      world_size=ctx.dist.world_size)
         for w in caught:
             ctx.emit_main(Log(str(w.message), level="warning"))
-        return _drain(fit.fitter.fit(inp, loss_fn, sampler), EtaLine(ctx.emit_main, cfg.train.epochs))
+        result = _drain(fit.fitter.fit(inp, loss_fn, sampler), EtaLine(ctx.emit_main, cfg.train.epochs))
+        if result.stopped:  # raised inside the stage: a stopped training did not finish
+            raise StopRequested("train")
+        return result
 
 
 def untrained(ctx: RunContext, fit: Fit, prepared: PreparedData) -> TrainResult:
@@ -572,6 +589,10 @@ def execute_run(
                     config_path=config_path))
     try:
         metrics = run_pipeline(cfg, run_dir, emit, stop=stop_file.exists, resume=resume)
+    except StopRequested as e:
+        why = stop_reason(run_dir) or "stop requested"
+        emit(RunInterrupted(reason=f"{why}; stopped {e.when} {e.stage}; resume with `ofgr resume {run_dir.name}`"))
+        return "interrupted", None
     except KeyboardInterrupt as e:
         emit(RunInterrupted(reason=str(e) or "keyboard interrupt"))  # SignalInterrupt names its signal
         raise
@@ -584,14 +605,12 @@ def execute_run(
     finally:
         meter.close()
         cleanup(DistInfo(world_size=int(os.environ.get("WORLD_SIZE", "1"))))
+        if main:  # a stop that came too late to take effect (the run had ended) is not left behind
+            stop_file.unlink(missing_ok=True)
     if metrics is not None:
         metrics["compute"] = meter.summary(metrics)
         atomic_write_json(RunFolder(run_dir).metrics, metrics)
     if metrics is None:
-        if stop_file.exists():
-            why = stop_reason(run_dir) or "stop requested"
-            emit(RunInterrupted(reason=f"{why}; resume with `ofgr resume {run_dir.name}`"))
-            return "interrupted", None
         return "finished", None  # non-zero rank
     emit(RunFinished(seconds=time.perf_counter() - t0, metrics_path=str(RunFolder(run_dir).metrics)))
     return "finished", metrics
