@@ -95,8 +95,6 @@ def resolved_device(run_dir: Path) -> str | None:
     from ofgr_core.runs.validate import read_run_json
 
     metrics, _ = read_run_json(RunFolder(run_dir).metrics, {"train": {"device": (str, type(None))}})
-    try:
-        device = metrics["train"]["device"]
-    except (KeyError, TypeError):
-        return None
+    train = metrics.get("train") if isinstance(metrics, dict) else None
+    device = train.get("device") if isinstance(train, dict) else None
     return str(device) if device else None

@@ -7,9 +7,10 @@ from pathlib import Path
 import typer
 from rich import box
 from rich.console import JustifyMethod
+from rich.markup import escape
 from rich.table import Table
 
-from ofgr_core.cli.app import app, err, escape, handle_errors, out
+from ofgr_core.cli.app import app, err, handle_errors, out
 
 
 def _pct(x: float | None, ci: float | None = None) -> str:
