@@ -119,6 +119,25 @@ class ModelSection(Section):
         """The class-name prompts of text-capable families (``TextConfig`` defaults otherwise)."""
         return TextConfig()
 
+    def fine_tuning(self) -> FineTuning:
+        """How an end-to-end fit treats the tower (``ofgr_core.train.optim``); defaults: one learning rate."""
+        return FineTuning()
+
+
+@dataclass(frozen=True)
+class FineTuning:
+    """An end-to-end fit's recipe for a pretrained tower (docs/recipes.md).
+
+    Attributes:
+        probe_epochs: the tower stays frozen for this many epochs first (a linear probe).
+        backbone_lr_mult: the tower's learning rate is ``train.lr`` times this.
+        layer_decay: layer-wise learning-rate decay from the top block down (``None``: off).
+    """
+
+    probe_epochs: int = 0
+    backbone_lr_mult: float = 1.0
+    layer_decay: float | None = None
+
 
 class TextConfig(Section):
     """Class-name prompts for zero-shot text -> image retrieval (families with a text encoder)."""

@@ -1,8 +1,9 @@
 """``ofgr-tui``: the Textual workbench over a runs folder.
 
-The app owns the runs-folder scan, launching/stopping/deleting runs and routing between screens; screens post
-messages (``ofgr_tui.messages``) up to it and it hands data down as attributes. Nothing here imports torch,
-faiss or scikit-learn: heavy work happens in thread workers that import lazily.
+The app owns the runs-folder scan, launching/stopping/deleting runs, the jobs that outlive a screen (t-SNE
+projections, reports) and routing between screens; screens post messages (``ofgr_tui.messages``) up to it and
+it hands data down as attributes. Nothing here imports torch, faiss, scikit-learn or matplotlib: queries, t-SNE
+and reports run in worker processes (``ofgr_tui.worker``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from textual import work
 from textual.app import App
@@ -26,19 +29,46 @@ from ofgr_core.runs.folder import RunFolder
 from ofgr_core.runs.lock import LOCK_FILE
 from ofgr_core.runs.state import RunInfo, load_run, request_stop
 from ofgr_tui import launcher
+from ofgr_tui.livestate import stop_note
 from ofgr_tui.messages import (
     CompareRuns,
+    ComputeTsne,
     DeleteRun,
+    JobUpdated,
     LaunchRun,
     OpenRun,
     ResumeRun,
     RunLaunched,
     RunsScanned,
     StopRun,
+    WriteReport,
 )
-from ofgr_tui.query_client import QueryClient
 from ofgr_tui.screens.help import HelpScreen
 from ofgr_tui.screens.runs import RunsScreen
+from ofgr_tui.worker_client import WorkerClient, WorkerFailed
+
+
+@dataclass
+class Job:
+    """A t-SNE or a report computed in the job worker for a screen that may be left and opened again.
+
+    ``progress`` is the worker's latest progress line (``done``/``total`` iterations, or ``stage``).
+    """
+
+    kind: str  # "tsne" | "report"
+    key: str  # the run folder (t-SNE) or the output folder (report)
+    started: float = field(default_factory=time.monotonic)
+    progress: dict[str, Any] = field(default_factory=dict)
+    result: Any = None
+    error: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None or self.error is not None
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
 
 
 class RunCache:
@@ -80,9 +110,8 @@ class RunCache:
             sig = self._signature(d)
             cached = self._seen.get(d)
             # a running run's status also depends on its pid: re-check it every 5 s even when unchanged
-            fresh = cached and cached[0] == sig and (cached[2].status != "running" or now - cached[1] < 5)
-            if fresh:
-                info = cached[2]  # type: ignore[index]
+            if cached is not None and cached[0] == sig and (cached[2].status != "running" or now - cached[1] < 5):
+                info = cached[2]
             else:
                 try:
                     info = load_run(d, now=now)
@@ -125,8 +154,10 @@ class OfgrApp(App[None]):
         self.configs_dir = Path(configs_dir)
         self.clock = clock
         if gpu_probe is None:
-            from ofgr_core.common.gpu import snapshot as gpu_probe
-        self.gpu_probe = gpu_probe
+            from ofgr_core.common.gpu import snapshot
+
+            gpu_probe = snapshot
+        self.gpu_probe: Callable[[], GpuSnapshot] = gpu_probe
         self.scan_interval = scan_interval
         self.tail_interval = tail_interval
         self.gpu_interval = gpu_interval
@@ -137,7 +168,11 @@ class OfgrApp(App[None]):
         self.scan_error: str | None = None
         self.launches: list[launcher.Launch] = []
         self._cache = RunCache()
-        self.query_client = QueryClient(python)  # started on the first query (torch/faiss live there)
+        # worker processes, each started on its first request: queries keep a model loaded; t-SNE and reports
+        # (scikit-learn, matplotlib) get their own, so a long projection never holds up a query
+        self.query_client = WorkerClient(python, "query worker")
+        self.job_client = WorkerClient(python, "t-SNE/report worker")
+        self.jobs: dict[tuple[str, str], Job] = {}
 
     # --------------------------------------------------------------------------------- lifecycle
     def get_default_screen(self) -> RunsScreen:
@@ -150,6 +185,7 @@ class OfgrApp(App[None]):
 
     def on_unmount(self) -> None:
         self.query_client.close()
+        self.job_client.close()
 
     def rescan(self) -> None:
         self._scan()
@@ -233,6 +269,7 @@ class OfgrApp(App[None]):
         except OSError as e:
             self.notify(f"could not start ofgr resume: {e}", severity="error", timeout=10)
             return
+        launch.resumed = True
         self.launches.append(launch)
         self.notify(f"resuming {message.run_dir.name} (pid {launch.pid})", timeout=4)
 
@@ -247,14 +284,20 @@ class OfgrApp(App[None]):
                     if recent and launcher.run_pid(info.path) == launch.pid:
                         launch.run_dir = info.path
                         break
-            if launch.run_dir is not None:
+            if launch.run_dir is not None and (not launch.resumed or code is not None or self._writing(launch)):
                 launch.reported = True
-                self.post_message(RunLaunched(launch.pid, launch.run_dir))
+                self.post_message(RunLaunched(launch.pid, launch.run_dir, resumed=launch.resumed,
+                                              exit_code=code, error=launch.log_tail() if code else None))
             elif code is not None:
                 launch.reported = True
                 why = launch.log_tail() or f"exit code {code}"
                 self.post_message(RunLaunched(launch.pid, None, error=why))
         self.launches = [la for la in self.launches if la.exit_code() is None or not la.reported]
+
+    def _writing(self, launch: launcher.Launch) -> bool:
+        """A resume has taken its run: the run's lock names the resume's pid."""
+        info = self.run_info(launch.run_dir) if launch.run_dir is not None else None
+        return info is not None and info.lock is not None and info.lock.pid == launch.pid and info.live
 
     def on_run_launched(self, message: RunLaunched) -> None:
         if message.run_dir is None:
@@ -262,7 +305,15 @@ class OfgrApp(App[None]):
                 f"run (pid {message.pid}) failed to start: {message.error}", severity="error", timeout=15
             )
             return
-        self.notify(f"run {message.run_dir.name} started", timeout=4)
+        name = message.run_dir.name
+        if message.resumed and message.exit_code:  # the resume ended before (or without) taking the run
+            why = message.error or f"exit code {message.exit_code}"
+            self.notify(f"resume of {name} failed: {why}", severity="error", timeout=15)
+            return
+        if message.resumed:
+            self.notify(f"{name} resumed (pid {message.pid})", timeout=4)
+        else:
+            self.notify(f"run {name} started", timeout=4)
         for screen in self.screen_stack:
             if isinstance(screen, RunsScreen):
                 screen.select_run(message.run_dir)
@@ -273,11 +324,7 @@ class OfgrApp(App[None]):
         except OSError as e:
             self.notify(f"could not ask {message.run_dir.name} to stop: {e}", severity="error")
             return
-        self.notify(
-            f"stop requested: {message.run_dir.name} checkpoints and stops after the current step "
-            f"(resume: ofgr resume {message.run_dir.name})",
-            timeout=8,
-        )
+        self.notify(f"stop requested: {stop_note(message.run_dir)}", timeout=8)
 
     def on_delete_run(self, message: DeleteRun) -> None:
         self._delete(message.run_dir)
@@ -290,6 +337,60 @@ class OfgrApp(App[None]):
         shutil.rmtree(run_dir)
         self.call_from_thread(self.notify, f"deleted {run_dir.name}")
         self.call_from_thread(self.rescan)
+
+    # ----------------------------------------------------------------------------------- jobs
+    def job(self, kind: str, key: str | Path) -> Job | None:
+        return self.jobs.get((kind, str(key)))
+
+    def on_compute_tsne(self, message: ComputeTsne) -> None:
+        current = self.job("tsne", message.run_dir)
+        if current is not None and not current.done:
+            return  # already computing: the screen shows its progress
+        job = self.jobs[("tsne", str(message.run_dir))] = Job("tsne", str(message.run_dir))
+        self._announce(job)
+        request = {"op": "tsne", "run_dir": str(Path(message.run_dir).absolute()),
+                   "max_points": message.max_points, "use_cache": message.use_cache}  # fmt: skip
+        self._run_job(job, request)
+
+    def on_write_report(self, message: WriteReport) -> None:
+        job = self.jobs[("report", str(message.out))] = Job("report", str(message.out))
+        self._announce(job)
+        request = {"op": "report", "run_dirs": [str(Path(d).absolute()) for d in message.run_dirs],
+                   "out": str(Path(message.out).absolute())}  # fmt: skip
+        self._run_job(job, request)
+
+    @work(thread=True, group="jobs", exit_on_error=False, name="job")
+    def _run_job(self, job: Job, request: dict[str, Any]) -> None:
+        def progress(p: dict[str, Any]) -> None:
+            job.progress = p
+            self.post_message(JobUpdated(job.kind, job.key))
+
+        try:
+            job.result = self.job_client.ask(request, on_progress=progress)
+        except WorkerFailed as e:
+            job.error = str(e) or "the job failed"
+        self.post_message(JobUpdated(job.kind, job.key))
+
+    def _announce(self, job: Job) -> None:
+        self.post_message(JobUpdated(job.kind, job.key))
+
+    def on_job_updated(self, message: JobUpdated) -> None:
+        """Hand the job down to every screen showing it (a screen opened later reads ``jobs`` itself)."""
+        job = self.job(message.kind, message.key)
+        if job is None:
+            return
+        for screen in self.screen_stack:
+            handler = getattr(screen, "job_updated", None)
+            if callable(handler):
+                handler(job)
+        if job.kind == "report" and job.done:
+            if job.error:
+                self.notify(f"report failed: {job.error}", severity="error", timeout=15)
+            else:
+                caches = job.result.get("caches") or []
+                where = sorted({str(Path(c).parent) for c in caches})
+                extra = f"; caches written to {', '.join(where)}" if where else ""
+                self.notify(f"report written: {job.result['path']}{extra}", timeout=15)
 
     # --------------------------------------------------------------------------------- errors
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:

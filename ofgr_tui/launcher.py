@@ -32,6 +32,7 @@ class Launch:
     started: float = field(default_factory=time.time)
     run_dir: Path | None = None
     reported: bool = False
+    resumed: bool = False  # an ``ofgr resume`` of an existing run folder
 
     def exit_code(self) -> int | None:
         """Also reaps the child, so a finished run is not left as a zombie while the TUI is open."""

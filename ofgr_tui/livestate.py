@@ -6,9 +6,11 @@ the same state results whether the TUI watched from the start or attached to a r
 
 from __future__ import annotations
 
+import json
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 STAGES = ("data", "split", "train", "embed", "evaluate", "report")
@@ -246,6 +248,46 @@ class LiveState:
         if end is None and not running:
             end = self.last_time
         return (end or (now if now is not None else time.time())) - self.first_time
+
+
+# what a stop request ends in each stage (ofgr_core.workflows.pipeline checks it at every progress report)
+STOP_AT = {
+    "train": "after the current training step (checkpointed: resume continues from it)",
+    "embed": "at the next embedding batch (embed and evaluate are redone on resume)",
+    "evaluate": "at the next block of queries, or once the split's confidence intervals are done "
+    "(evaluation is redone on resume)",
+    "features": "at the next batch of tower features (those done stay cached)",
+    "data": "at the next image check (checks done stay cached)",
+}
+
+
+def current_stage(events: list[dict[str, Any]]) -> str | None:
+    """The stage of the current attempt that has started and not finished, if any."""
+    for ev in reversed(events):
+        t = ev.get("type")
+        if t in ("stage_started", "stage_progress"):
+            return str(ev.get("stage"))
+        if t in ("stage_finished", "run_started"):
+            return None
+    return None
+
+
+def stop_note(run_dir: Path) -> str:
+    """What a stop request asked now will do, naming the stage the run is in (one line, for a toast)."""
+    from ofgr_core.runs.eventlog import read_events
+    from ofgr_core.runs.folder import RunFolder
+
+    name = Path(run_dir).name
+    stage = current_stage(read_events(run_dir))
+    try:
+        world = int(json.loads(RunFolder(run_dir).env.read_text()).get("world_size") or 1)
+    except (OSError, ValueError, AttributeError, TypeError):
+        world = 1
+    if world > 1 and stage != "train":
+        return (f"{name} is in {stage or 'between stages'}: under torchrun a stop takes effect during training "
+                "only, so it runs to the end")
+    where = STOP_AT.get(stage or "", "as it enters its next stage")
+    return f"{name} is in {stage or 'between stages'}; it stops {where} (u resumes it)"
 
 
 def downsample(

@@ -63,11 +63,14 @@ class LaunchRun(Message):
 
 @dataclass
 class RunLaunched(Message):
-    """A launched process has created its run folder (or died first, with ``error``)."""
+    """A launched process has created its run folder (or died first, with ``error``). For a resume: it has
+    taken the run (its lock), or it ended (``exit_code``; non-zero: it failed, ``error`` says why)."""
 
     pid: int
     run_dir: Path | None
     error: str | None = None
+    resumed: bool = False
+    exit_code: int | None = None
 
 
 @dataclass
@@ -89,3 +92,31 @@ class ResumeRun(Message):
     """Resume an interrupted run (``ofgr resume``) as a detached process."""
 
     run_dir: Path
+
+
+@dataclass
+class ComputeTsne(Message):
+    """Project a run's stored embeddings (in the job worker; the app keeps the job if the screen is left)."""
+
+    run_dir: Path
+    max_points: int = 2000
+    use_cache: bool = True
+
+
+@dataclass
+class WriteReport(Message):
+    """Write the report of ``run_dirs`` into ``out`` (in the job worker)."""
+
+    run_dirs: list[Path]
+    out: Path
+
+
+@dataclass
+class JobUpdated(Message):
+    """A job of the app (``OfgrApp.jobs[(kind, key)]``) has progressed or ended."""
+
+    kind: str
+    key: str
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, JobUpdated) and (message.kind, message.key) == (self.kind, self.key)

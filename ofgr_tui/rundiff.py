@@ -12,8 +12,15 @@ import yaml
 from ofgr_core.runs.folder import RunFolder
 
 MISSING = "—"
+UNSET = ("None", MISSING)  # a key set to null and a key a family does not have both mean "not set"
 # keys that differ between every pair of runs without telling anything about the experiment
 IGNORED = ("name",)
+# what a difference says about the experiment, most telling first: a key ranks by the first prefix it has
+IMPORTANCE = (
+    "model.kind", "model.name", "model.pretrained", "train.epochs", "loss", "model.head", "model.embed_dim",
+    "train.lr", "train.optimizer", "data.sources", "split", "sampler", "data.image_size", "train.batch",
+    "train", "model", "data", "seed", "eval", "device",
+)  # fmt: skip
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
@@ -47,9 +54,26 @@ def differing(configs: list[dict[str, Any]], limit: int | None = None) -> list[t
     out = [
         (k, [f.get(k, MISSING) for f in flat])
         for k in keys
-        if k not in IGNORED and len({f.get(k, MISSING) for f in flat}) > 1
+        if k not in IGNORED and len({_norm(f.get(k, MISSING)) for f in flat}) > 1
     ]
     return out[:limit] if limit is not None else out
+
+
+def _norm(value: str) -> str:
+    return MISSING if value in UNSET else value
+
+
+def importance(key: str) -> int:
+    """The rank of a config key's difference (0: most telling); keys no prefix names come last."""
+    for i, prefix in enumerate(IMPORTANCE):
+        if key == prefix or key.startswith((prefix + ".", prefix + "[")):
+            return i
+    return len(IMPORTANCE)
+
+
+def ranked(diffs: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
+    """``diffs`` most telling first (``importance``), config order among equals."""
+    return sorted(diffs, key=lambda kv: importance(kv[0]))
 
 
 def overrides(run_dir: Path) -> list[str]:

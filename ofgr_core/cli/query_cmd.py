@@ -19,7 +19,7 @@ def query(
     run_ref: str = typer.Argument(..., metavar="RUN", help="Run folder, id, unique prefix, or 'latest'."),
     item: str = typer.Option(None, "--id", help="A dataset item id from the run's embeddings CSV."),
     image: str = typer.Option(None, "--image", help="An image file to embed with the run's model."),
-    text: str = typer.Option(None, "--text", help="A text query (CLIP runs)."),
+    text: str = typer.Option(None, "--text", help="A text query (runs of a text-capable model)."),
     k: int = typer.Option(10, "--k", help="Number of results."),
     split: str = typer.Option("unseen", "--split", help="Gallery: unseen or seen."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
@@ -35,7 +35,7 @@ def query(
         print_json(res.to_dict())
         return
     label = f" ({res.query_coarse} / {res.query_fine})" if res.query_fine else ""
-    space = {"raw": ", raw CLIP image space", "head": ", head embedding space"}.get(res.space or "", "")
+    space = {"raw": ", raw tower image space", "head": ", head embedding space"}.get(res.space or "", "")
     from ofgr_core.cli.tables import Column, print_fitted
 
     marks: list[str | Text] = ["-" if h.hit_fine is None else ("[green]✓[/]" if h.hit_fine else

@@ -399,12 +399,47 @@ def show(
     out.print(*_metrics_tables(info.metrics, run_dir / METRICS_FILE, "Recall@K and MAP@R (%)"))
 
 
-def _metrics_tables(metrics: dict[str, Any], path: Path, title: str) -> tuple[Table, Table]:
-    """The results and timings tables; a metrics.json of another shape is a one-line error naming it."""
+def _metrics_tables(metrics: dict[str, Any], path: Path, title: str) -> tuple[Table, ...]:
+    """The results (and, for CLIP runs, text->image) and timings tables; a metrics.json of another shape is a
+    one-line error naming it."""
     try:
-        return results_table(metrics, title=title), timings_table(metrics.get("timings") or {})
+        tables = [results_table(metrics, title=title)]
+        t2i = text_to_image_table(metrics)
+        if t2i is not None:
+            tables.append(t2i)
+        return (*tables, timings_table(metrics.get("timings") or {}))
     except (TypeError, ValueError, AttributeError, KeyError, IndexError) as e:
         raise DataError(f"{path}: unexpected content ({type(e).__name__}: {e}); `--json` prints it as is") from None
+
+
+def text_to_image_table(metrics: dict[str, Any]) -> Table | None:
+    """Zero-shot text->image (class-name prompts against the split's images) per image space, or None when
+    the run has none (not a CLIP run)."""
+    from ofgr_core.reports.compare import text_spaces
+
+    rows = [(s, *sp) for s in ("unseen", "seen") for sp in text_spaces(metrics.get(s))]
+    if not rows:
+        return None
+    table = Table(title="text→image (%): class-name prompts, zero-shot", title_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False, caption="*: the space free-text queries search",
+                  caption_justify="left")  # fmt: skip
+    for col in ("split", "space", "level"):
+        table.add_column(col)
+    for col in ("R@1", "R@5", "MAP@R"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("n", justify="right")
+    for split, space, block, free in rows:
+        for lv in ("fine", "coarse"):
+            m = block.get(lv)
+            if not isinstance(m, dict):
+                continue
+            n = block.get("n_queries")
+            n = n.get(lv) if isinstance(n, dict) else n
+            cells = [f"{100 * m[k]:.1f}" if isinstance(m.get(k), (int, float)) else "-"
+                     for k in ("recall@1", "recall@5", "map@r")]  # fmt: skip
+            table.add_row(escape(split), escape(space) + ("*" if free else ""), escape(lv), *cells,
+                          escape(str(n if n is not None else "")))
+    return table
 
 
 @app.command()

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ofgr_core.common.atomic import atomic_save_npy, atomic_writer
 from ofgr_core.common.diskspace import ensure_free, preallocate
 
 CROP_PCT = 0.875
@@ -101,17 +102,9 @@ class ImageCache:
         # preallocated, not sparse: a memory-mapped write into a hole on a full disk is a SIGBUS
         ensure_free(self.data_path, total + len(sizes), "image cache")
         for path, size in ((self.data_path, total), (self.ok_path, max(1, len(sizes)))):
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            try:
-                with open(tmp, "wb") as f:
-                    preallocate(f, size, path, "image cache")
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            os.replace(tmp, path)
-        tmp = self.index_path.with_name(f".{self.index_path.name}.{os.getpid()}.tmp.npy")
-        np.save(tmp, index)
-        os.replace(tmp, self.index_path)
+            with atomic_writer(path) as f:
+                preallocate(f, size, path, "image cache")
+        atomic_save_npy(self.index_path, index)
 
     def _open(self) -> None:
         for path in (self.data_path, self.ok_path):  # caches written sparse by older versions

@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 from pydantic import Field
 
+from ofgr_core.common.atomic import atomic_writer
 from ofgr_core.common.errors import DataError
 from ofgr_core.data.base import ADAPTERS, DatasetTable
 from ofgr_core.data.common import Options, parse_options, relative_id, require_root, walk_images
@@ -259,9 +260,8 @@ def _crop_one(src: Path, dst: Path, box: tuple[int, int, int, int], margin: floa
                 return src  # degenerate box: keep the full image
             crop = im.convert("RGB").crop(area)
         dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-        crop.save(tmp, format="JPEG", quality=95)
-        os.replace(tmp, dst)
+        with atomic_writer(dst) as f:
+            crop.save(f, format="JPEG", quality=95)
         return dst
     except Exception:
         return src  # unreadable source: leave it to the load-time check, which reports it

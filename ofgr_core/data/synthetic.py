@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ofgr_core.common.atomic import atomic_writer, is_atomic_temp
 from ofgr_core.common.errors import ConfigError, DataError
 from ofgr_core.data.base import ADAPTERS, DatasetTable
 
@@ -865,7 +866,7 @@ def _prepare(out: Path) -> None:
         return
     if not out.is_dir():
         raise DataError(f"{out} exists and is not a folder")
-    ours = {IMAGES, MANIFEST, SPEC_FILE, NOISE_FILE, MANIFEST + ".tmp", SPEC_FILE + ".tmp", NOISE_FILE + ".tmp"}
+    ours = {IMAGES, MANIFEST, SPEC_FILE, NOISE_FILE}
     foreign = [e.name for e in out.iterdir() if e.name not in ours and not e.name.startswith(".")]
     if foreign:
         raise DataError(
@@ -873,18 +874,17 @@ def _prepare(out: Path) -> None:
             "choose a new or empty folder"
         )
     # The manifest goes first: without it the folder never counts as complete, even if we stop half-way.
-    for name in (MANIFEST, MANIFEST + ".tmp", SPEC_FILE, SPEC_FILE + ".tmp", NOISE_FILE, NOISE_FILE + ".tmp"):
+    for name in (MANIFEST, SPEC_FILE, NOISE_FILE):
         (out / name).unlink(missing_ok=True)
+    for e in out.iterdir():  # temporaries of a writer that was killed
+        if is_atomic_temp(e.name) and e.is_file():
+            e.unlink(missing_ok=True)
     shutil.rmtree(out / IMAGES, ignore_errors=True)
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_writer(path, "w", newline="") as f:
         f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _jobs(classes: list[dict[str, Any]], opts: SynthOptions, out: Path) -> list[_Job]:

@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from ofgr_core.common.atomic import atomic_path, atomic_save_npy
 from ofgr_core.data.loader import ImageDataset, ImageTransform
 from ofgr_core.models.precision import autocast
 
@@ -143,30 +144,22 @@ def embed_to_file(
     if dtype not in (np.dtype(np.float32), np.dtype(np.float16)):
         raise ValueError(f"embedding files are float32 or float16, not {dtype}")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    mm: np.memmap | None = None
     n = len(paths)
     if n == 0:  # a zero-length file cannot be memory-mapped
-        dim = int(getattr(model, "embed_dim", 0))
-        with open(tmp, "wb") as f:
-            np.save(f, np.empty((0, dim), dtype=dtype))
-        os.replace(tmp, out)
+        atomic_save_npy(out, np.empty((0, int(getattr(model, "embed_dim", 0))), dtype=dtype))
         empty: np.ndarray = np.load(out)
         return empty
-    try:
+    with atomic_path(out) as tmp:
+        mm: np.memmap | None = None
         for start, emb in iter_embed(model, paths, transform, device, **kwargs):
             if mm is None:
                 mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(n, emb.shape[1]))
             mm[start : start + len(emb)] = emb
             if progress is not None:
                 progress(start + len(emb), n)
-        assert mm is not None
+        if mm is None:
+            raise RuntimeError(f"embedding {n} images produced no batch")
         mm.flush()
         del mm
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     finished: np.ndarray = np.load(out, mmap_mode="r")
     return finished

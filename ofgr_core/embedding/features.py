@@ -37,10 +37,11 @@ import numpy as np
 
 from ofgr_core.common.errors import ConfigError, DataError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported when features are extracted, not by `ofgr cache`
     import torch
 
     from ofgr_core.data.loader import ImageTransform
+    from ofgr_core.models.base import Encoder
 
 CACHE_VERSION = 1
 Progress = Callable[[int, int], None]
@@ -234,7 +235,7 @@ def clear(root: str | os.PathLike[str] | None = None, digest: str | None = None)
 
 
 def extract_features(
-    encoder: Any,
+    encoder: Encoder,
     paths: Sequence[str],
     transform: ImageTransform,
     device: str | torch.device,
@@ -259,12 +260,13 @@ def extract_features(
     import torch
 
     from ofgr_core.embedding.embed import iter_embed
+    from ofgr_core.models.base import TowerOnly
 
     n = len(paths)
     dim = int(encoder.feature_dim)
     if store is None:
         out = np.empty((n, dim), np.float32)
-        for start, feats in iter_embed(_TowerOnly(encoder), list(paths), transform, torch.device(device),
+        for start, feats in iter_embed(TowerOnly(encoder), list(paths), transform, torch.device(device),
                                        batch_size=batch_size, num_workers=num_workers,
                                        autocast_dtype=encoder.autocast_dtype,
                                        normalize=False):
@@ -281,7 +283,7 @@ def extract_features(
     done = hits
     if progress is not None:
         progress(done, n)
-    tower = _TowerOnly(encoder)
+    tower = TowerOnly(encoder)
     for a in range(0, len(todo), chunk):
         part = todo[a : a + chunk]
         feats = np.empty((len(part), dim), np.float32)
@@ -294,24 +296,3 @@ def extract_features(
         if progress is not None:
             progress(done, n)
     return store.read(digests), {"hits": hits, "computed": len(todo)}
-
-
-class _TowerOnly:
-    """Adapts an encoder so ``iter_embed`` runs its tower alone."""
-
-    def __init__(self, encoder: Any) -> None:
-        self.encoder = encoder
-        self.embed_dim = encoder.feature_dim
-        self.training = encoder.training
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        features: torch.Tensor = self.encoder.tower_features(images)
-        return features
-
-    def eval(self) -> _TowerOnly:
-        self.encoder.eval()
-        return self
-
-    def train(self, mode: bool = True) -> _TowerOnly:
-        self.encoder.train(mode)
-        return self

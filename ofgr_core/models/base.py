@@ -87,7 +87,7 @@ class Encoder(nn.Module, ABC):
 
     def encode_features(self, features: torch.Tensor) -> torch.Tensor:
         """Tower features -> L2-normalised embeddings ``(B, embed_dim)``."""
-        return F.normalize(self.head(features).float(), dim=-1)
+        return head_embeddings(self.head, features)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Images -> L2-normalised embeddings ``(B, embed_dim)``."""
@@ -98,15 +98,27 @@ class Encoder(nn.Module, ABC):
 
     @property
     def tower(self) -> nn.Module:
-        tower = getattr(self, self.tower_module_name)
-        if not isinstance(tower, nn.Module):
-            raise TypeError(f"{type(self).__name__}.{self.tower_module_name} is not a module")
+        # the submodule registry, not getattr: a family may name its tower attribute ``tower`` itself
+        tower = self._modules.get(self.tower_module_name)
+        if tower is None:
+            raise TypeError(f"{type(self).__name__}.{self.tower_module_name} is not a submodule")
         return tower
 
     @property
     def tower_frozen(self) -> bool:
         """True when no tower parameter trains: features can be cached and only the head is fitted."""
         return not any(p.requires_grad for p in self.tower.parameters())
+
+    def set_tower_frozen(self, frozen: bool) -> None:
+        """Freeze or release the whole tower for a while (``model.probe_epochs``: a linear probe first).
+
+        Families whose config offers probe epochs implement it (the frozen tower must keep computing the same
+        function: eval mode, no gradients).
+
+        Raises:
+            ConfigError: the family has no temporary freeze.
+        """
+        raise ConfigError(f"{self.family} models cannot freeze their tower for a probe (model.probe_epochs)")
 
     @property
     def has_head(self) -> bool:
@@ -201,6 +213,11 @@ class Encoder(nn.Module, ABC):
         return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
 
 
+def head_embeddings(head: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """A head applied to tower features: its output in float32, L2-normalised (every path computes this)."""
+    return F.normalize(head(features).float(), dim=-1)
+
+
 def _no_text(family: str) -> str:
     kinds = text_families()
     where = f"model.kind: {' or '.join(kinds)}" if kinds else "no registered family has one"
@@ -229,6 +246,19 @@ def _plain(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
 
 
+class TowerOnly(nn.Module):
+    """An encoder's tower alone, as a module: ``forward(images)`` is ``encoder.tower_features(images)``
+    (what feature extraction runs; train/eval reach the encoder, so a frozen tower stays in eval mode)."""
+
+    def __init__(self, encoder: Encoder) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.embed_dim = encoder.feature_dim
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encoder.tower_features(images)
+
+
 class FeatureHead(nn.Module):
     """Trains an encoder's head on cached tower features: ``forward(features)`` -> embeddings.
 
@@ -242,7 +272,7 @@ class FeatureHead(nn.Module):
         self.embed_dim = encoder.embed_dim
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.head(features).float(), dim=-1)
+        return head_embeddings(self.head, features)
 
 
 def apply_head(
@@ -308,5 +338,5 @@ class MLPHead(nn.Module):
         self.residual = residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.mlp(x)
+        y: torch.Tensor = self.mlp(x)
         return x + y if self.residual else y

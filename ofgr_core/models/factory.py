@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-import timm.data
+from timm.data.transforms_factory import create_transform
 
 from ofgr_core.common.errors import ConfigError
 from ofgr_core.config import ModelSection, model_family
@@ -78,12 +78,12 @@ def create_transforms(model: Encoder, train: bool, crop_scale: tuple[float, floa
     preprocessing the backbone was trained with.
     """
     cfg = model.data_config
-    transform: Transform = timm.data.create_transform(
+    transform: Transform = create_transform(
         input_size=cfg["input_size"],
         is_training=train,
-        scale=tuple(crop_scale),
+        scale=(crop_scale[0], crop_scale[1]),
         hflip=0.5,
-        color_jitter=None,
+        color_jitter=None,  # type: ignore[arg-type]  # timm's annotation says float; its code reads None as "no jitter"
         interpolation=cfg.get("interpolation", "bilinear"),
         mean=cfg["mean"],
         std=cfg["std"],

@@ -388,6 +388,18 @@ def text_block(split_block: object) -> tuple[dict[str, Any] | None, str | None]:
     return None, None
 
 
+def text_spaces(split_block: object) -> list[tuple[str, dict[str, Any], bool]]:
+    """Every image space a split's text->image block was measured in: ``(space, metrics block, free text
+    searches it)``, raw CLIP first. A block written without spaces comes back as one space named ``"-"``."""
+    t2i = split_block.get("text_to_image") if isinstance(split_block, dict) else None
+    if not isinstance(t2i, dict):
+        return []
+    if any(isinstance(t2i.get(lv), dict) for lv in LEVELS):
+        return [(str(t2i.get("space") or "-"), t2i, True)]
+    free = t2i.get("space_for_free_text")
+    return [(sp, t2i[sp], sp == free) for sp in ("raw", "head") if isinstance(t2i.get(sp), dict)]
+
+
 def _text_section(run_dir: Path, metrics: dict[str, Any], split: str) -> _Section:
     block, _ = text_block(metrics.get(split))
     return block, _per_query(run_dir, split, "text")

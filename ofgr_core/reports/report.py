@@ -32,6 +32,7 @@ from ofgr_core.reports.compare import LEVELS, SPLITS, Comparison, compare_runs, 
 from ofgr_core.reports.tables import LETTERS, count, markdown_comparison, pct, seconds
 from ofgr_core.runs.eventlog import read_events
 from ofgr_core.runs.folder import METRICS_FILE, RunFolder
+from ofgr_core.runs.metrics import describe_training
 from ofgr_core.runs.state import read_json
 
 if TYPE_CHECKING:
@@ -351,8 +352,8 @@ def _what_was_run_md(run_dir: Path, m: dict[str, Any]) -> list[str]:
         f"{d.get('n_fine_unseen', '?')} unseen",
         f"- **Split**: protocol `{split.get('protocol', d.get('split_protocol', '?'))}`, seed {split.get('seed')}, "
         f"queries `{split.get('query', '?')}`; images per part {split.get('counts', {})}",
-        f"- **Training**: {tr.get('epochs')} epochs (best {tr.get('best_epoch')}, seen-val R@1 "
-        f"{pct(tr.get('val_recall@1'))}%), {count(tr.get('images_seen'))} images seen, {seconds(tr.get('seconds'))}"
+        f"- **Training**: {tr.get('epochs')} epochs ({describe_training(tr)}), {count(tr.get('images_seen'))} "
+        f"images seen, {seconds(tr.get('seconds'))}"
         f" on {tr.get('device')} x {tr.get('world_size', 1)}",
     ]
     if env:

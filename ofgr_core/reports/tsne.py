@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ofgr_core.common.atomic import atomic_writer
 from ofgr_core.common.errors import DataError, NotFoundError
 from ofgr_core.runs.events import Event, StageFinished, StageProgress, StageStarted
 from ofgr_core.runs.folder import RunFolder
@@ -273,14 +273,7 @@ def _load_cache(path: Path, sig: str, idx: np.ndarray, seed: int) -> np.ndarray 
 
 def _save_cache(path: Path, *, xy: np.ndarray, idx: np.ndarray, sig: str, seed: int) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, xy=xy, idx=idx, sig=np.array(sig), seed=np.array(seed), version=CACHE_VERSION)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_writer(path) as f:
+            np.savez(f, xy=xy, idx=idx, sig=np.array(sig), seed=np.array(seed), version=CACHE_VERSION)
     except OSError:
         pass  # a read-only run folder still gets its projection, just not cached

@@ -432,23 +432,16 @@ def coarse_first_for_run(
 
 def _save_cache(path: Path, sig: str, qids: np.ndarray, flat: Retrieval, cf: Retrieval, pred: np.ndarray,
                 true: np.ndarray, n_gallery: int) -> None:
-    import tempfile
+    from ofgr_core.common.atomic import atomic_writer
 
     arrays = {"sig": np.array(sig), "ids": np.asarray(qids).astype(str), "pred": pred.astype(str),
               "true": true.astype(str), "n_gallery": np.array(n_gallery)}
     arrays.update({f"flat/{k}": v for k, v in flat.per_query.items()})
     arrays.update({f"cf/{k}": v for k, v in cf.per_query.items()})
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                # numpy types **kwds as colliding with its allow_pickle keyword; no array here is named so
-                np.savez(f, **arrays)  # type: ignore[arg-type]
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_writer(path) as f:
+            # numpy types **kwds as colliding with its allow_pickle keyword; no array here is named so
+            np.savez(f, **arrays)  # type: ignore[arg-type]
     except OSError:
         pass  # a read-only run folder still gets its numbers, just not cached
 

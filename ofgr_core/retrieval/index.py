@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ofgr_core.common.atomic import atomic_path, atomic_save_npy, atomic_write_text
 from ofgr_core.common.errors import ConfigError, DataError, DependencyError, NotFoundError
 from ofgr_core.config import IndexConfig
 
@@ -463,16 +464,12 @@ class SearchIndex:
                 index.add(np.ascontiguousarray(vectors[a:b], dtype=np.float32))
         elif self.device == "gpu":
             index = faiss.index_gpu_to_cpu(index)
-        # tmp + replace so a reader never sees half an index
-        tmp = folder / (INDEX_FILE + ".tmp")
-        faiss.write_index(index, str(tmp))
-        os.replace(tmp, folder / INDEX_FILE)
-        with open(folder / (IDS_FILE + ".tmp"), "wb") as f:
-            np.save(f, self.ids.astype(np.int64))
-        os.replace(folder / (IDS_FILE + ".tmp"), folder / IDS_FILE)
+        # each file atomically, so a reader never sees half an index
+        with atomic_path(folder / INDEX_FILE) as tmp:
+            faiss.write_index(index, str(tmp))
+        atomic_save_npy(folder / IDS_FILE, self.ids.astype(np.int64))
         meta = {**self.info(), "metric": "inner_product", "normalized": True, "faiss": faiss.__version__}
-        (folder / (META_FILE + ".tmp")).write_text(json.dumps(meta, indent=2) + "\n")
-        os.replace(folder / (META_FILE + ".tmp"), folder / META_FILE)
+        atomic_write_text(folder / META_FILE, json.dumps(meta, indent=2) + "\n")
         return folder
 
 

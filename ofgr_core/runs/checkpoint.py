@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ofgr_core.common.atomic import atomic_path
 from ofgr_core.common.diskspace import ensure_free
 from ofgr_core.common.errors import CheckpointError, NotFoundError
 
@@ -60,16 +60,8 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None
     path.parent.mkdir(parents=True, exist_ok=True)
     # the new file is written next to the old one before replacing it: its whole size must fit
     ensure_free(path, state_nbytes(state) + (1 << 20), f"checkpoint {path.name}")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def state_nbytes(obj: Any) -> int:

@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ofgr_core.runs.metrics import DATA, MODEL, TRAIN
+
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -125,9 +127,9 @@ class ComputeMeter:
 
     def summary(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """The ``compute`` block for ``metrics`` (the pipeline's metrics.json, without ``compute``)."""
-        model = metrics.get("model") or {}
-        train = metrics.get("train") or {}
-        data = metrics.get("data") or {}
+        model = metrics.get(MODEL) or {}
+        train = metrics.get(TRAIN) or {}
+        data = metrics.get(DATA) or {}
         device = str(train.get("device") or "cpu")
         world = int(train.get("world_size") or 1)
         n_gpus = world if device.startswith("cuda") else 0

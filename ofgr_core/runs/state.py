@@ -27,6 +27,7 @@ from ofgr_core.runs.lock import (
     pid_alive,
     read_lock,
 )
+from ofgr_core.runs.metrics import unseen_fine_recall_at_1
 
 # running: a live process writes it; finished/failed/interrupted: its last attempt ended so; stale: no end
 # event and no live writer (killed, power loss); broken: a file in it cannot be read (RunInfo.reason says which)
@@ -292,8 +293,7 @@ def load_run(
             info.error = str(last.get("error"))
     if metrics is not None:
         info.metrics = metrics
-        with contextlib.suppress(KeyError, TypeError, ValueError):
-            info.recall_at_1_unseen = float(metrics["unseen"]["fine"]["recall@1"])
+        info.recall_at_1_unseen = unseen_fine_recall_at_1(metrics)
     return info
 
 

@@ -3,20 +3,37 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 import numpy as np
-from torch.utils.data import Sampler
 
 from ofgr_core.common.registry import Registry
 from ofgr_core.config import SamplerConfig
 from ofgr_core.samplers.hierarchical_pk import HierarchicalPKSampler
 
-SAMPLERS: Registry[Sampler[list[int]]] = Registry("sampler")
+
+class BatchSampler(Protocol):
+    """What the training loop needs of a batch sampler: batches of dataset indices per epoch, and a state
+    that resumes it exactly (``state_dict(batches_done=n)`` after ``n`` batches of the current epoch)."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[list[int]]: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+    def state_dict(self, batches_done: int | None = None) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+SAMPLERS: Registry[BatchSampler] = Registry("sampler")
 
 
 def create_sampler(
     cfg: SamplerConfig, labels: np.ndarray, seed: int, rank: int = 0, world_size: int = 1
-) -> Sampler[list[int]]:
+) -> BatchSampler:
     """A batch sampler over the training set (pass it as ``DataLoader(batch_sampler=...)``).
 
     Args:

@@ -46,25 +46,27 @@ def param_groups(
 ) -> list[dict[str, Any]]:
     """Named parameter groups with ``lr_scale`` (relative to ``lr``).
 
-    A model with a ``backbone`` attribute (the timm family trained end to end) gets separate ``backbone``
-    and ``head`` groups; any other module (a head trained on cached features) is one ``head`` group. The
-    loss's own groups (ArcFace class centres with their learning rate) come last.
+    An encoder trained end to end (its ``tower``, ``ofgr_core.models.base.Encoder``) gets separate
+    ``backbone`` (the tower) and ``head`` groups; any other module (a head trained on cached features) is one
+    ``head`` group. The loss's own groups (ArcFace class centres with their learning rate) come last.
     """
     groups: list[dict[str, Any]] = []
-    backbone = getattr(model, "backbone", None)
+    backbone = getattr(model, "tower", None)
     if isinstance(backbone, nn.Module):
         if layer_decay is not None:
             groups += _layer_decay_groups(backbone, weight_decay, layer_decay, backbone_lr_mult)
         else:
             params = [p for p in backbone.parameters() if p.requires_grad]
             groups.append({"params": params, "name": "backbone", "lr_scale": backbone_lr_mult})
-        rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
+        in_tower = {id(p) for p in backbone.parameters()}
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in in_tower]
         groups.append({"params": rest, "name": "head", "lr_scale": 1.0})
     else:
         groups.append({"params": [p for p in model.parameters() if p.requires_grad], "name": "head",
                        "lr_scale": 1.0})
-    if hasattr(loss_fn, "param_groups"):
-        for g in loss_fn.param_groups(lr):
+    loss_groups = getattr(loss_fn, "param_groups", None)
+    if callable(loss_groups):
+        for g in loss_groups(lr):
             groups.append({"name": "loss", **g, "lr_scale": g.get("lr", lr) / lr})
     else:
         groups.append({"params": [p for p in loss_fn.parameters() if p.requires_grad], "name": "loss",

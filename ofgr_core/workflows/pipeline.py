@@ -1,10 +1,15 @@
-"""The end-to-end run: data -> split -> [features] -> train (fit) -> embed -> evaluate -> report.
+"""The end-to-end run: data -> split -> model -> [features] -> train (fit) -> embed -> evaluate -> report.
 
 ``run_pipeline`` is what ``ofgr run`` / ``ofgr resume`` (and so the TUI) execute. It composes small stage
 functions over a ``RunContext``; how the model trains comes from the model's capabilities
-(``ofgr_core.train.fit.create_fitter``: end-to-end fine-tuning, or a head on cached frozen-tower features).
-It reports through an ``emit(event)`` callback and writes nothing but the run folder; the front ends decide
-how events look.
+(``ofgr_core.train.fit.create_fitter``: end-to-end fine-tuning, or a head on cached frozen-tower features),
+and the strategy's own flags decide the stages it needs. It reports through an ``emit(event)`` callback; the
+front ends decide how events look.
+
+What it writes: the run folder (docs/run-folder.md; ``metrics.json`` follows ``ofgr_core.runs.metrics``), and
+outside it the shared caches: the frozen-tower feature cache (``data.feature_cache``) and the data layer's
+decoded-image cache (``data.cache_dir``), plus a synthetic world when ``data.sources`` names one that does not
+exist yet.
 """
 
 from __future__ import annotations
@@ -17,12 +22,11 @@ import warnings
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from ofgr_core.common.atomic import atomic_write_json
-from ofgr_core.common.diskspace import ensure_free
+from ofgr_core.common.atomic import atomic_write_json, atomic_writer
 from ofgr_core.common.errors import OfgrError
 from ofgr_core.config import Config
 from ofgr_core.runs.eventlog import EventWriter
@@ -39,7 +43,28 @@ from ofgr_core.runs.events import (
     StageStarted,
 )
 from ofgr_core.runs.folder import RunFolder
+from ofgr_core.runs.metrics import (
+    SELECTED_UNTRAINED,
+    TEXT_TO_IMAGE,
+    DataBlock,
+    FitBlock,
+    ModelBlock,
+    RunMetrics,
+    TrainBlock,
+)
 from ofgr_core.runs.state import stop_reason
+from ofgr_core.runs.stop import StopRequested, check_stop
+
+if TYPE_CHECKING:  # the model, data and training modules import torch: the stages import them when they run
+    from ofgr_core.data.base import DatasetTable
+    from ofgr_core.data.dataset import PreparedData
+    from ofgr_core.data.labels import Hierarchy
+    from ofgr_core.data.splits import Split
+    from ofgr_core.models.base import Encoder
+    from ofgr_core.retrieval.evaluate import SplitResult
+    from ofgr_core.train.ddp import DistInfo
+    from ofgr_core.train.fit import FitInputs, Fitter
+    from ofgr_core.train.loop import TrainResult
 
 Emit = Callable[[Event], None]
 T = TypeVar("T")
@@ -47,13 +72,16 @@ HEADLINE = ("recall@1", "recall@5", "recall@10", "map@r")
 
 
 class _Stage:
-    """Times a stage and emits its start/finish events."""
+    """Times a stage and emits its start/finish events; with ``stop``, a stop request ends it (before it
+    starts, or at its next progress report) by raising :class:`StopRequested`."""
 
-    def __init__(self, name: str, emit: Emit, timings: dict[str, float], total: int | None = None) -> None:
-        self.name, self.emit, self.timings, self.total = name, emit, timings, total
+    def __init__(self, name: str, emit: Emit, timings: dict[str, float], total: int | None = None,
+                 stop: Callable[[], bool] | None = None) -> None:
+        self.name, self.emit, self.timings, self.total, self.stop = name, emit, timings, total, stop
         self.meter = RateMeter()
 
     def __enter__(self) -> _Stage:
+        check_stop(self.stop, self.name, "before")
         self.t0 = time.perf_counter()
         self.emit(StageStarted(stage=self.name, total=self.total))
         return self
@@ -61,6 +89,7 @@ class _Stage:
     def progress(self, done: int, total: int | None = None) -> None:
         rate, eta = self.meter(done, total)
         self.emit(StageProgress(stage=self.name, done=done, total=total, rate=rate, eta_s=eta))
+        check_stop(self.stop, self.name)
 
     def __exit__(self, exc_type: object, *_: object) -> None:
         if exc_type is None:
@@ -75,48 +104,30 @@ def _drain(gen: Generator[Event, None, T], emit: Emit) -> T:
         try:
             emit(next(gen))
         except StopIteration as stop:
-            return stop.value
-
-
-def write_embeddings(run_dir: Path, split: str, emb: np.ndarray, rows: list[dict[str, str]]) -> None:
-    """``embeddings/<split>.npy`` + ``<split>.csv`` (one row per embedding row)."""
-    folder = RunFolder(run_dir)
-    npy = folder.embeddings_npy(split)
-    npy.parent.mkdir(exist_ok=True)
-    ensure_free(npy.parent, emb.size * 4 + 200 * len(rows), f"{split} embeddings")
-    tmp = npy.with_name(f".{npy.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, emb.astype(np.float32, copy=False))
-    tmp.replace(npy)
-    write_embedding_rows(run_dir, split, rows)
+            value: T = stop.value
+            return value
 
 
 def write_embedding_rows(run_dir: Path, split: str, rows: list[dict[str, str]]) -> None:
     """``embeddings/<split>.csv``: the item behind each row of ``<split>.npy``."""
-    csv_path = RunFolder(run_dir).embeddings_csv(split)
-    csv_path.parent.mkdir(exist_ok=True)
     fields = list(rows[0]) if rows else ["id", "path", "fine", "coarse"]
-    tmp_csv = csv_path.with_name(f".{csv_path.name}.tmp")
-    with open(tmp_csv, "w", newline="") as f:
+    with atomic_writer(RunFolder(run_dir).embeddings_csv(split), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)
-    tmp_csv.replace(csv_path)
 
 
-def save_per_query(result: Any, path: Path) -> None:
+def save_per_query(result: SplitResult, path: Path) -> None:
     """Per-query metric arrays (``ids`` + ``<level>_<metric>``) for paired tests between runs."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"ids": np.asarray(result.query_ids).astype(str)}
     for level, per_metric in result.per_query.items():
         for metric, values in per_metric.items():
             arrays[f"{level}_{metric}" if level != "_" else metric] = np.asarray(values)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
+    with atomic_writer(path) as f:
+        np.savez_compressed(f, **arrays)  # type: ignore[arg-type]  # numpy's stubs type **kwds as one ArrayLike
 
 
-def count_flops_per_image(model: Any, image_size: int, device: Any) -> float | None:
+def count_flops_per_image(model: Encoder, image_size: int, device: str) -> float | None:
     """Forward FLOPs for one image (torch's FLOP counter); training compute ~ 3x forward per image."""
     try:
         import torch
@@ -128,7 +139,7 @@ def count_flops_per_image(model: Any, image_size: int, device: Any) -> float | N
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             model(x)
         model.train(was_training)
-        return counter.get_total_flops() / 2
+        return float(counter.get_total_flops()) / 2
     except Exception:  # compute accounting must never fail a run
         return None
 
@@ -141,9 +152,10 @@ class RunContext:
     folder: RunFolder
     emit: Emit
     timings: dict[str, float]
-    dist: Any
+    dist: DistInfo
     stop: Callable[[], bool]
     resume: bool
+    _stop_noted: bool = False
 
     @property
     def main(self) -> bool:
@@ -154,10 +166,19 @@ class RunContext:
             self.emit(event)
 
     def stage(self, name: str, total: int | None = None, *, all_ranks: bool = False) -> _Stage:
-        return _Stage(name, self.emit if all_ranks else self.emit_main, self.timings, total)
+        stop: Callable[[], bool] | None = self.stop
+        if self.dist.enabled:
+            # under torchrun the ranks agree on a stop inside the training loop only: one rank leaving a
+            # stage elsewhere would leave the others waiting at a barrier. Say so instead of ignoring it.
+            stop = None
+            if self.main and not self._stop_noted and self.stop():
+                self._stop_noted = True
+                self.emit(Log(f"stop requested: under torchrun a stop takes effect during training only; "
+                              f"{name} and the stages after it run to the end", level="warning"))
+        return _Stage(name, self.emit if all_ranks else self.emit_main, self.timings, total, stop)
 
 
-def stage_data(ctx: RunContext) -> Any:
+def stage_data(ctx: RunContext) -> PreparedData:
     """Load, check and de-duplicate every source (rank 0 first: it may generate data or fill caches)."""
     from ofgr_core.data.dataset import load_dataset
     from ofgr_core.train.ddp import barrier
@@ -182,7 +203,7 @@ def stage_data(ctx: RunContext) -> Any:
     return prepared
 
 
-def stage_split(ctx: RunContext, prepared: Any) -> Any:
+def stage_split(ctx: RunContext, prepared: PreparedData) -> Split:
     """The class-disjoint open-set split (reused from split.json on resume)."""
     from ofgr_core.data.splits import Split, make_split, save_split
 
@@ -206,12 +227,24 @@ def stage_split(ctx: RunContext, prepared: Any) -> Any:
     return split
 
 
-def content_digests(table: Any) -> list[str]:
+def content_digests(table: DatasetTable) -> list[str]:
     """Each image's content hash (from the data stage's check; hashed here when the check was skipped)."""
     from ofgr_core.embedding.features import file_digest
 
     known = table.meta.get("content_hash", {})
     return [known.get(i) or file_digest(p) for i, p in zip(table.ids, table.paths, strict=True)]
+
+
+@dataclass
+class Fit:
+    """The model stage's outcome: the encoder, how it trains, what the fit gets from the run."""
+
+    model: Encoder
+    fitter: Fitter
+    inp: FitInputs
+    provenance: dict[str, Any]
+    info: dict[str, Any]  # metrics.json's ``fit`` block
+    forward_flops: float | None = None  # per image, counted before training for strategies that train the tower
 
 
 def run_pipeline(
@@ -222,177 +255,208 @@ def run_pipeline(
     stop: Callable[[], bool] = lambda: False,
     resume: bool = False,
 ) -> dict[str, Any] | None:
-    """Execute a whole run: data -> split -> [features] -> train (the fit) -> embed -> evaluate -> report.
+    """Execute a whole run: data -> split -> model -> [features] -> train (the fit) -> embed -> evaluate ->
+    report.
 
-    Returns metrics (rank 0), or None when stopped or on other ranks.
+    Returns metrics (rank 0), or None on other ranks. A stop request raises :class:`StopRequested`
+    naming the stage it was seen in (``execute_run`` turns it into ``run_interrupted``).
     """
     import torch
 
-    from ofgr_core.losses import create_loss
-    from ofgr_core.models.factory import create_model_and_transforms
-    from ofgr_core.models.precision import resolve_autocast
-    from ofgr_core.runs.checkpoint import load_checkpoint
-    from ofgr_core.samplers import create_sampler
-    from ofgr_core.train.ddp import barrier, init_distributed, resolve_device
-    from ofgr_core.train.fit import FitInputs, _no_training, create_fitter, train_labels
+    from ofgr_core.retrieval.shard import current_shard
+    from ofgr_core.train.ddp import barrier, init_distributed
 
-    folder = RunFolder(run_dir)
     dist_info = init_distributed(cfg.device)
-    ctx = RunContext(cfg, folder, emit, {}, dist_info, stop, resume)
+    ctx = RunContext(cfg, RunFolder(run_dir), emit, {}, dist_info, stop, resume)
     torch.manual_seed(cfg.seed)
 
     prepared = stage_data(ctx)
-    table, hier, labels = prepared.table, prepared.hierarchy, prepared.labels
     split = stage_split(ctx, prepared)
+    fit = stage_model(ctx, prepared, split)
+    stage_features(ctx, fit, split)
+    result = stage_train(ctx, fit, prepared)
+    barrier(dist_info)
+    # under torchrun every rank takes part in the evaluation: rank 0 embeds (streamed to disk), then each
+    # rank searches its share of the queries (ofgr_core.retrieval.shard) and rank 0 alone writes, the same
+    # files as one process would
+    shard = current_shard() if dist_info.enabled else None
+    if not ctx.main and shard is None:
+        return None
+    splits_out = stage_evaluate(ctx, fit, result, prepared, split, shard)
+    if not ctx.main:
+        return None
+    with ctx.stage("report", all_ranks=True):
+        metrics = run_metrics(ctx, fit, result, prepared, split, splits_out)
+    metrics.timings = dict(ctx.timings)  # with the report stage's own time
+    doc = metrics.to_dict()
+    atomic_write_json(ctx.folder.metrics, doc)
+    return doc
 
-    device = resolve_device(cfg.device, dist_info)
+
+def stage_model(ctx: RunContext, prepared: PreparedData, split: Split) -> Fit:
+    """Build the encoder with its transforms on the run's device and precision, and its fit strategy."""
+    from ofgr_core.models.factory import create_model_and_transforms
+    from ofgr_core.models.precision import resolve_autocast
+    from ofgr_core.train.ddp import resolve_device
+    from ofgr_core.train.fit import FitInputs, create_fitter
+
+    cfg, folder = ctx.cfg, ctx.folder
+    device = resolve_device(cfg.device, ctx.dist)
     model, train_tf, eval_tf = create_model_and_transforms(cfg.model, image_size=cfg.data.image_size,
                                                            crop_scale=cfg.data.crop_scale)
     model.autocast_dtype = resolve_autocast(cfg.model.precision, cfg.train.amp, device)
+    provenance = model.provenance() if ctx.main else {}  # what was loaded, before anything trains
     fitter = create_fitter(model)
     last = folder.checkpoint("last")
     inp = FitInputs(
         cfg=cfg, model=model, train_transform=train_tf, eval_transform=eval_tf, device=device,
-        paths=table.paths, digests=content_digests(table) if model.tower_frozen else [], labels=labels,
-        train_rows=np.asarray(split.indices["train"]), val_rows=np.asarray(split.indices["val"]),
-        ckpt_dir=folder.checkpoints, dist_info=dist_info, stop=stop,
-        resume_from=last if resume and last.is_file() else None,
+        paths=prepared.table.paths, digests=content_digests(prepared.table) if fitter.caches_tower_features else [],
+        labels=prepared.labels, train_rows=np.asarray(split.indices["train"]),
+        val_rows=np.asarray(split.indices["val"]), ckpt_dir=folder.checkpoints, dist_info=ctx.dist, stop=ctx.stop,
+        resume_from=last if ctx.resume and last.is_file() else None,
     )
-    eval_parts = [p for p in cfg.eval.splits if len(split.indices[p]) >= 2]
-    fit_info: dict[str, Any] = {"strategy": fitter.name}
-    if fitter.name == "head_on_features":
-        rows = np.concatenate([inp.train_rows, inp.val_rows, *[np.asarray(split.indices[p]) for p in eval_parts]])
-        with ctx.stage("features", total=len(np.unique(rows)), all_ranks=False) as st:
-            fit_info["features"] = fitter.prepare(inp, rows, progress=st.progress)
-        if ctx.main:
-            f = fit_info["features"]
-            ctx.emit(Log(f"tower features: {f['hits']} cached, {f['computed']} computed ({f['cache']})"))
-
-    t_labels, n_train_fine = train_labels(labels, inp.train_rows)
     size = cfg.data.image_size or int(model.data_config["input_size"][-1])
-    flops = count_flops_per_image(model, size, "cpu") if ctx.main and fitter.name == "end_to_end" else None
+    # counted on the CPU before the model moves: training compute is ~3x forward per image
+    flops = count_flops_per_image(model, size, "cpu") if ctx.main and fitter.trains_tower else None
+    return Fit(model, fitter, inp, provenance, {"strategy": fitter.name}, flops)
+
+
+def stage_features(ctx: RunContext, fit: Fit, split: Split) -> None:
+    """A strategy that caches the frozen tower's features computes them once, for every row it will use."""
+    if not fit.fitter.caches_tower_features:
+        return
+    inp = fit.inp
+    parts = [np.asarray(split.indices[p]) for p in ctx.cfg.eval.splits if len(split.indices[p]) >= 2]
+    rows = np.concatenate([inp.train_rows, inp.val_rows, *parts])
+    with ctx.stage("features", total=len(np.unique(rows)), all_ranks=False) as st:
+        fit.info["features"] = f = fit.fitter.prepare(inp, rows, progress=st.progress)
+    ctx.emit_main(Log(f"tower features: {f['hits']} cached, {f['computed']} computed ({f['cache']})"))
+
+
+def stage_train(ctx: RunContext, fit: Fit, prepared: PreparedData) -> TrainResult:
+    """The fit (an event generator), or, with nothing to train, the encoder as it is."""
+    import warnings
+
+    from ofgr_core.losses import create_loss
+    from ofgr_core.samplers import create_sampler
+    from ofgr_core.train.fit import train_labels
+
+    cfg, inp, model = ctx.cfg, fit.inp, fit.model
     with ctx.stage("train", total=cfg.train.epochs):
-        if fitter.trains_anything(inp):
-            loss_fn = create_loss(cfg.loss, num_classes=n_train_fine, embed_dim=model.embed_dim)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                sampler = create_sampler(cfg.sampler, t_labels, seed=cfg.seed, rank=dist_info.rank,
-                                         world_size=dist_info.world_size)
-            for w in caught:
-                ctx.emit_main(Log(str(w.message), level="warning"))
-            result = _drain(fitter.fit(inp, loss_fn, sampler), ctx.emit_main)
-        else:
-            result = _no_training(inp)
-            if ctx.main and len(inp.val_rows) >= 2:  # the untrained model's score on the same validation set
-                from ofgr_core.train.loop import validate
+        if not fit.fitter.trains_anything(inp):
+            return untrained(ctx, fit, prepared)
+        t_labels, n_train_fine = train_labels(prepared.labels, inp.train_rows)
+        loss_fn = create_loss(cfg.loss, num_classes=n_train_fine, embed_dim=model.embed_dim)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            sampler = create_sampler(cfg.sampler, t_labels, seed=cfg.seed, rank=ctx.dist.rank,
+                                     world_size=ctx.dist.world_size)
+        for w in caught:
+            ctx.emit_main(Log(str(w.message), level="warning"))
+        result = _drain(fit.fitter.fit(inp, loss_fn, sampler), ctx.emit_main)
+        if result.stopped:  # raised inside the stage: a stopped training did not finish
+            raise StopRequested("train")
+        return result
 
-                result.best_val = validate(fitter.embed(inp, inp.val_rows), labels[inp.val_rows])["recall@1"]
-            ctx.emit_main(Log("nothing to train (train.epochs=0 or no trainable parameters): evaluating the "
-                              "encoder as it is"))
-            if ctx.main:
-                save_untrained(folder, model, cfg)
-    if result.stopped:
-        return None
-    barrier(dist_info)
-    # under torchrun every rank takes part in the evaluation: rank 0 embeds (streamed to disk), then each
-    # rank searches its share of the queries (ofgr_core.retrieval.shard) and rank 0 alone writes, the same files as
-    # one process would
-    from ofgr_core.retrieval.shard import current_shard
 
-    shard = current_shard() if dist_info.enabled else None
-    if not ctx.main and shard is None:
-        return None
+def untrained(ctx: RunContext, fit: Fit, prepared: PreparedData) -> TrainResult:
+    """Nothing to train: the untrained encoder's validation score, and ``best.pt`` holding it when its weights
+    source cannot rebuild it (a random-init tower, an untrained head), so queries and ``--run`` get it back."""
+    from ofgr_core.runs.checkpoint import save_checkpoint
+    from ofgr_core.train.loop import TrainResult, validate
 
-    # ---- final evaluation with the best checkpoint
+    inp = fit.inp
+    result = TrainResult(best_path=None, last_path=None, best_epoch=0, best_val=None, epochs_done=0, seconds=0.0,
+                         images_seen=0, stopped=False, history=[], selection=SELECTED_UNTRAINED)
+    if not ctx.main:
+        return result
+    if len(inp.val_rows) >= 2:  # the untrained model's score on the same validation set
+        result.best_val = validate(fit.fitter.embed(inp, inp.val_rows), prepared.labels[inp.val_rows])["recall@1"]
+    ctx.emit(Log("nothing to train (train.epochs=0 or no trainable parameters): evaluating the encoder as it is"))
+    state = fit.model.trainable_state_dict()
+    if state:
+        save_checkpoint(ctx.folder.checkpoint("best"), {"model": state, "epoch": -1, "val": {},
+                                                        "selection": SELECTED_UNTRAINED,
+                                                        "config": ctx.cfg.model_dump(mode="json")})
+    return result
+
+
+def stage_evaluate(ctx: RunContext, fit: Fit, result: TrainResult, prepared: PreparedData, split: Split,
+                   shard: Any) -> dict[str, dict[str, Any]]:
+    """The kept model embeds each evaluated split (rank 0, streamed to ``embeddings/``), then every rank
+    searches its share of the queries; image -> image metrics, and text -> image for text-capable models."""
+    from ofgr_core.runs.checkpoint import load_checkpoint
+    from ofgr_core.train.ddp import barrier
+
+    model, folder, table = fit.model, ctx.folder, prepared.table
     if result.best_path is not None and ctx.main:
-        model.load_trainable_state_dict(load_checkpoint(result.best_path, map_location=device)["model"])
+        model.load_trainable_state_dict(load_checkpoint(result.best_path, map_location=fit.inp.device)["model"])
     model.eval()
-    splits_out: dict[str, Any] = {}
-    for part in cfg.eval.splits:
+    out: dict[str, dict[str, Any]] = {}
+    for part in ctx.cfg.eval.splits:
         idx = np.asarray(split.indices[part])
         if len(idx) < 2:
             ctx.emit_main(Log(f"{part}: fewer than 2 images, not evaluated", level="warning"))
             continue
         if ctx.main:
             with ctx.stage("embed", total=len(idx), all_ranks=True) as st:
-                emb = fitter.embed(inp, idx, progress=st.progress, out=folder.embeddings_npy(part))
-                write_embedding_rows(run_dir, part, embedding_rows(table, idx, part))
-        barrier(dist_info)
+                emb = fit.fitter.embed(fit.inp, idx, progress=st.progress, out=folder.embeddings_npy(part))
+                write_embedding_rows(folder.path, part, embedding_rows(table, idx, part))
+        barrier(ctx.dist)
         if not ctx.main:
             emb = np.load(folder.embeddings_npy(part), mmap_mode="r")
         q_mask, g_mask = split.query_gallery(part, table)
         if not np.any(q_mask):
-            ctx.emit_main(Log(f"{part}: no usable queries under the {cfg.split.query} protocol; not evaluated",
+            ctx.emit_main(Log(f"{part}: no usable queries under the {ctx.cfg.split.query} protocol; not evaluated",
                               level="warning"))
             continue
         with ctx.stage("evaluate") as st:
-            block = evaluate_part(ctx, part, emb, labels[idx], table, idx, hier, q_mask, g_mask, st.progress,
-                                  shard=shard)
+            block = evaluate_part(ctx, part, emb, prepared.labels[idx], table, idx, prepared.hierarchy, q_mask,
+                                  g_mask, st.progress, shard=shard)
             if model.supports_text and ctx.main:  # text queries are few: rank 0 alone
-                block["text_to_image"] = text_to_image_part(ctx, part, fitter, inp, idx, emb, hier)
-        splits_out[part] = block
-        for lv in hier.level_names:
+                block[TEXT_TO_IMAGE] = text_to_image_part(ctx, part, fit, idx, emb, prepared.hierarchy)
+        out[part] = block
+        for lv in prepared.hierarchy.level_names:
             if lv in block:
                 ctx.emit_main(EvalResult(split=part, level=lv, metrics={
                     k: v for k, v in block[lv].items() if isinstance(v, (int, float))}))
-    if not ctx.main:
-        return None
-
-    with ctx.stage("report", all_ranks=True):  # metrics["timings"] is this dict: it gains the report time
-        total_params, trainable = model.num_params()
-        head_params = sum(p.numel() for p in model.head.parameters())
-        fit_info["seconds"] = result.seconds
-        metrics: dict[str, Any] = {
-            "schema_version": 1,
-            "run_id": run_dir.name,
-            "name": cfg.name,
-            "model": {"kind": cfg.model.kind, "name": cfg.model.name, "family": model.family,
-                      "embed_dim": model.embed_dim, "feature_dim": model.feature_dim,
-                      "head": cfg.model.head, "tower_frozen": model.tower_frozen,
-                      "supports_text": model.supports_text, "params": total_params,
-                      "trainable_params": trainable if fitter.name == "end_to_end" else head_params,
-                      "image_size": size},
-            "data": {
-                "dataset": "+".join(s.name or s.type for s in cfg.data.sources),
-                "n_images": len(table),
-                "n_unreadable": len(prepared.report.get("unreadable", [])),
-                "n_fine_train": len(split.classes["train"]),
-                "n_fine_val": len(split.classes["val"]),
-                "n_fine_seen": len(split.classes["train"]) + len(split.classes["val"]),
-                "n_fine_unseen": len(split.classes["unseen"]),
-                "split_protocol": split.protocol,
-            },
-            "train": {
-                "epochs": result.epochs_done,
-                "best_epoch": result.best_epoch,
-                "val_recall@1": result.best_val,
-                "seconds": result.seconds,
-                "images_seen": result.images_seen,
-                "forward_gflops_per_image": flops / 1e9 if flops else None,
-                "train_pflops": 3 * flops * result.images_seen / 1e15 if flops else None,
-                "device": str(device),
-                "world_size": dist_info.world_size,
-            },
-            "fit": fit_info,
-            "timings": ctx.timings,
-            **splits_out,
-        }
-    atomic_write_json(folder.metrics, metrics)
-    return metrics
+    return out
 
 
-def save_untrained(folder: RunFolder, model: Any, cfg: Config) -> None:
-    """Nothing trained: the encoder as evaluated becomes ``best.pt`` when its weights source cannot rebuild it
-    (a random-init tower, an untrained head), so queries and ``--run`` get the run's exact model back."""
-    from ofgr_core.runs.checkpoint import save_checkpoint
+def run_metrics(ctx: RunContext, fit: Fit, result: TrainResult, prepared: PreparedData, split: Split,
+                splits_out: dict[str, dict[str, Any]]) -> RunMetrics:
+    """The metrics.json document of this run (``ofgr_core.runs.metrics`` is its schema)."""
+    cfg, model, fitter = ctx.cfg, fit.model, fit.fitter
+    size = cfg.data.image_size or int(model.data_config["input_size"][-1])
+    flops = fit.forward_flops
+    total_params, _ = model.num_params()
+    fit.info["seconds"] = result.seconds
+    classes = split.classes
+    return RunMetrics(
+        run_id=ctx.folder.run_id,
+        name=cfg.name,
+        model=ModelBlock(kind=cfg.model.kind, name=cfg.model.name, family=model.family, embed_dim=model.embed_dim,
+                         feature_dim=model.feature_dim, head=type(model.head).__name__,
+                         tower_frozen=model.tower_frozen, supports_text=model.supports_text, params=total_params,
+                         trainable_params=fitter.trainable_params(model), image_size=size,
+                         provenance=fit.provenance),
+        data=DataBlock(dataset="+".join(s.name or s.type for s in cfg.data.sources), n_images=len(prepared.table),
+                       n_unreadable=len(prepared.report.get("unreadable", [])),
+                       n_fine_train=len(classes["train"]), n_fine_val=len(classes["val"]),
+                       n_fine_seen=len(classes["train"]) + len(classes["val"]),
+                       n_fine_unseen=len(classes["unseen"]), split_protocol=split.protocol),
+        train=TrainBlock(epochs=result.epochs_done, best_epoch=result.best_epoch, val_recall_at_1=result.best_val,
+                         selection=result.selection, seconds=result.seconds, images_seen=result.images_seen,
+                         forward_gflops_per_image=flops / 1e9 if flops else None,
+                         train_pflops=3 * flops * result.images_seen / 1e15 if flops else None,
+                         device=str(fit.inp.device), world_size=ctx.dist.world_size),
+        fit=FitBlock.model_validate(fit.info),
+        timings=dict(ctx.timings),
+        splits=splits_out,
+    )
 
-    state = model.trainable_state_dict()
-    if state:
-        save_checkpoint(folder.checkpoint("best"), {"model": state, "epoch": -1, "val": {}, "untrained": True,
-                                                    "config": cfg.model_dump(mode="json")})
 
-
-def embedding_rows(table: Any, idx: np.ndarray, part: str) -> list[dict[str, str]]:
+def embedding_rows(table: DatasetTable, idx: np.ndarray, part: str) -> list[dict[str, str]]:
     """One CSV row per embedding: id, path, labels, domain, group, split, and the caption when there is one."""
     with_captions = any(table.captions[i] for i in idx)
     rows = []
@@ -406,8 +470,9 @@ def embedding_rows(table: Any, idx: np.ndarray, part: str) -> list[dict[str, str
 
 
 def evaluate_part(
-    ctx: RunContext, part: str, emb: np.ndarray, labels: np.ndarray, table: Any, idx: np.ndarray, hier: Any,
-    q_mask: np.ndarray, g_mask: np.ndarray, progress: Callable[[int, int], None], *, shard: Any = None,
+    ctx: RunContext, part: str, emb: np.ndarray, labels: np.ndarray, table: DatasetTable, idx: np.ndarray,
+    hier: Hierarchy, q_mask: np.ndarray, g_mask: np.ndarray, progress: Callable[[int, int], None], *,
+    shard: Any = None,
 ) -> dict[str, Any]:
     """Image -> image metrics of one split (per-query values saved for paired tests); warnings become events.
 
@@ -442,22 +507,24 @@ def evaluate_part(
 
 
 def text_to_image_part(
-    ctx: RunContext, part: str, fitter: Any, inp: Any, idx: np.ndarray, emb: np.ndarray, hier: Any,
+    ctx: RunContext, part: str, fit: Fit, idx: np.ndarray, emb: np.ndarray, hier: Hierarchy,
 ) -> dict[str, Any] | None:
-    """Zero-shot text -> image of one split (``ofgr_core.retrieval.text``): class-name prompts against the split's
-    images, in the raw CLIP space and through the head; the free-text space is chosen on seen validation classes
-    only."""
+    """Zero-shot text -> image of one split (``ofgr_core.retrieval.text``): class-name prompts against the
+    split's images, in the tower's raw space and through the head; the free-text space is chosen on seen
+    validation classes only."""
     from ofgr_core.retrieval.text import evaluate_text_to_image
 
+    fitter, inp = fit.fitter, fit.inp
     raw = fitter.tower_features(idx)
-    if raw is None:  # an end-to-end fit keeps no tower features
+    if raw is None:  # a strategy that keeps no tower features
         return None
     val = None
     if len(inp.val_rows) >= 2:
-        val = (fitter.tower_features(inp.val_rows), fitter.embed(inp, inp.val_rows), inp.labels[inp.val_rows])
+        val_raw = fitter.tower_features(inp.val_rows)
+        if val_raw is not None:
+            val = (val_raw, fitter.embed(inp, inp.val_rows), inp.labels[inp.val_rows])
     block = evaluate_text_to_image(inp.model, raw, emb, inp.labels[idx], hier.classes, ctx.cfg.model.text_config(),
-                                   ctx.cfg.eval,
-                                   val=val, level_names=tuple(hier.level_names), seed=ctx.cfg.seed)
+                                   ctx.cfg.eval, val=val, level_names=tuple(hier.level_names), seed=ctx.cfg.seed)
     parts = []
     for space in ("raw", "head"):
         b = block.get(space)
@@ -507,6 +574,10 @@ def execute_run(
                     config_path=config_path))
     try:
         metrics = run_pipeline(cfg, run_dir, emit, stop=stop_file.exists, resume=resume)
+    except StopRequested as e:
+        why = stop_reason(run_dir) or "stop requested"
+        emit(RunInterrupted(reason=f"{why}; stopped {e.when} {e.stage}; resume with `ofgr resume {run_dir.name}`"))
+        return "interrupted", None
     except KeyboardInterrupt as e:
         emit(RunInterrupted(reason=str(e) or "keyboard interrupt"))  # SignalInterrupt names its signal
         raise
@@ -519,14 +590,12 @@ def execute_run(
     finally:
         meter.close()
         cleanup(DistInfo(world_size=int(os.environ.get("WORLD_SIZE", "1"))))
+        if main:  # a stop that came too late to take effect (the run had ended) is not left behind
+            stop_file.unlink(missing_ok=True)
     if metrics is not None:
         metrics["compute"] = meter.summary(metrics)
         atomic_write_json(RunFolder(run_dir).metrics, metrics)
     if metrics is None:
-        if stop_file.exists():
-            why = stop_reason(run_dir) or "stop requested"
-            emit(RunInterrupted(reason=f"{why}; resume with `ofgr resume {run_dir.name}`"))
-            return "interrupted", None
         return "finished", None  # non-zero rank
     emit(RunFinished(seconds=time.perf_counter() - t0, metrics_path=str(RunFolder(run_dir).metrics)))
     return "finished", metrics

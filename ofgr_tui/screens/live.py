@@ -6,6 +6,7 @@ so it works the same for runs launched here, by hand in another shell, or alread
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,9 +92,9 @@ class LiveScreen(OfgrScreen[None]):
         self.title = self.run_dir.name
         self.sub_title = "live"
         self._tick()
-        self.set_interval(self.app.tail_interval, self._tick, name="tail")  # type: ignore[attr-defined]
+        self.set_interval(self.ofgr.tail_interval, self._tick, name="tail")
         self._sample_gpu()
-        self.set_interval(self.app.gpu_interval, self._sample_gpu, name="gpu")  # type: ignore[attr-defined]
+        self.set_interval(self.ofgr.gpu_interval, self._sample_gpu, name="gpu")
         self._update_stats()
 
     def on_resize(self, event: events.Resize) -> None:
@@ -125,7 +126,7 @@ class LiveScreen(OfgrScreen[None]):
 
     @work(thread=True, exclusive=True, group="gpu", exit_on_error=False)
     def _sample_gpu(self) -> None:
-        self.post_message(GpuSampled(self.app.gpu_probe()))  # type: ignore[attr-defined]
+        self.post_message(GpuSampled(self.ofgr.gpu_probe()))
 
     def on_gpu_sampled(self, message: GpuSampled) -> None:
         message.stop()
@@ -138,7 +139,7 @@ class LiveScreen(OfgrScreen[None]):
         if self.state.terminal is not None:
             t = self.state.terminal.get("type")
             return {"run_finished": "finished", "run_failed": "failed"}.get(str(t), "interrupted")
-        info = self.app.run_info(self.run_dir)  # type: ignore[attr-defined]
+        info = self.ofgr.run_info(self.run_dir)
         if info is not None:
             return info.status
         return self._fallback_status()
@@ -152,7 +153,7 @@ class LiveScreen(OfgrScreen[None]):
 
     def _update_stats(self) -> None:
         st = self.state
-        now = self.app.clock()  # type: ignore[attr-defined]
+        now = self.ofgr.clock()
         status = self.status
         stages = self.query_one(StageProgress)
         stages.failed = status in ("failed", "broken")
@@ -195,6 +196,7 @@ class LiveScreen(OfgrScreen[None]):
             return
         self._plotted = key
         main = self.query_one("#main-plot", CurvePlot)
+        series: dict[str, tuple[Sequence[float], Sequence[float | None]]]
         if self.plot_kind == "loss":
             series = {"loss": downsample(st.steps_x, list(st.loss))}
             for name, ys in st.components.items():
@@ -221,6 +223,7 @@ class LiveScreen(OfgrScreen[None]):
         self.post_message(OpenRun(self.run_dir, view))
 
     def action_stop(self) -> None:
+        from ofgr_tui.livestate import stop_note
         from ofgr_tui.screens.confirm import ConfirmDialog
 
         if self.status != "running":
@@ -232,10 +235,5 @@ class LiveScreen(OfgrScreen[None]):
                 self.post_message(StopRun(self.run_dir))
 
         self.app.push_screen(
-            ConfirmDialog(
-                f"Stop {self.run_dir.name}?",
-                "It checkpoints and stops after the current step; it can be resumed.",
-                confirm="Stop",
-            ),
-            done,
+            ConfirmDialog(f"Stop {self.run_dir.name}?", f"{stop_note(self.run_dir)}.", confirm="Stop"), done
         )

@@ -1,5 +1,9 @@
 """Final results of a finished run, from its ``metrics.json``: recall tables with confidence intervals,
-MAP@R, best and worst classes, timings."""
+MAP@R, zero-shot text->image (CLIP runs), best and worst classes, timings.
+
+The page scrolls (``j``/``k``, PgUp/PgDn, ``g``/``G``); ``t`` jumps to the text->image block, ``c`` to the
+classes.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,11 @@ from typing import Any
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Header, Static
 
 from ofgr_core.common.errors import OfgrError
+from ofgr_core.reports.compare import text_spaces
 from ofgr_core.runs.folder import METRICS_FILE, RunFolder
 from ofgr_core.runs.state import load_run, read_json
 from ofgr_tui.format import fmt_count, fmt_seconds
@@ -75,9 +80,15 @@ class ResultsScreen(OfgrScreen[None]):
     HELP_TITLE = "Results"
     BINDINGS = [
         Binding("escape,backspace", "app.pop_screen", "Back"),
+        Binding("t", "jump('#t2i')", "Text→image"),
+        Binding("c", "jump('#classes')", "Classes"),
         Binding("l", "view('live')", "Live"),
         Binding("e", "view('embeddings')", "t-SNE"),
         Binding("f", "view('query')", "Query"),
+        Binding("j,down", "scroll(1)", "Scroll down", show=False),
+        Binding("k,up", "scroll(-1)", "Scroll up", show=False),
+        Binding("g,home", "scroll_to(0)", "Top", show=False),
+        Binding("G,end", "scroll_to(-1)", "Bottom", show=False),
     ]
 
     def __init__(self, run_dir: Path) -> None:
@@ -89,8 +100,11 @@ class ResultsScreen(OfgrScreen[None]):
         yield Header()
         with VerticalScroll(id="results-body"):
             yield Static(id="results-summary")
-            yield DataTable(id="recall-table", cursor_type="row", zebra_stripes=True)
+            yield DataTable(id="recall-table", cursor_type="none", zebra_stripes=True)
             yield Static(id="results-extra")
+            with Vertical(id="t2i"):
+                yield Static(id="t2i-title")
+                yield DataTable(id="t2i-table", cursor_type="none", zebra_stripes=True)
             with Horizontal(id="classes"):
                 yield DataTable(id="best-classes", cursor_type="none")
                 yield DataTable(id="worst-classes", cursor_type="none")
@@ -126,9 +140,10 @@ class ResultsScreen(OfgrScreen[None]):
         m = read_json(RunFolder(self.run_dir).metrics)
         self.metrics = m if isinstance(m, dict) else None
         summary = self.query_one("#results-summary", Static)
+        self.refresh_bindings()
         if self.metrics is None:
             summary.update(self._why_no_metrics())
-            for w in ("#recall-table", "#classes"):
+            for w in ("#recall-table", "#classes", "#t2i"):
                 self.query_one(w).display = False
             return
         m = self.metrics
@@ -150,6 +165,7 @@ class ResultsScreen(OfgrScreen[None]):
         summary.update(s)
         self._show_recall(m)
         self._show_extras(m)
+        self._show_text_to_image(m)
         self._show_classes(m)
         self._show_timings(m)
 
@@ -185,6 +201,46 @@ class ResultsScreen(OfgrScreen[None]):
             out.append("\n")
         self.query_one("#results-extra", Static).update(out)
 
+    def _show_text_to_image(self, m: dict[str, Any]) -> None:
+        """Zero-shot text->image per image space (CLIP runs): the same metrics as image->image, class-name
+        prompts as queries. Hidden for runs without it."""
+        cols = [(s, lv) for s in SPLITS for lv in LEVELS]
+        spaces: dict[str, dict[str, dict[str, Any]]] = {}
+        free: str | None = None
+        for s in SPLITS:
+            for space, block, is_free in text_spaces(m.get(s)):
+                spaces.setdefault(space, {})[s] = block
+                free = space if is_free else free
+        box = self.query_one("#t2i")
+        box.display = bool(spaces)
+        if not spaces:
+            return
+        title = Text("text→image ", style="bold")
+        title.append("zero-shot: class-name prompts as queries, ±95% CI", style="dim")
+        if free is not None and len(spaces) > 1:
+            title.append(f"; free text searches the {free} space (*)", style="dim")
+        self.query_one("#t2i-title", Static).update(title)
+        t = self.query_one("#t2i-table", DataTable)
+        t.clear(columns=True)
+        cols = [(s, lv) for s, lv in cols if any(isinstance(b.get(s, {}).get(lv), dict) for b in spaces.values())]
+        t.add_column("%", key="metric")
+        for s, lv in cols:
+            t.add_column(f"{s} {lv}", key=f"{s}/{lv}")
+        for space, by_split in spaces.items():
+            for name in ("recall@1", "recall@5", "map@r"):
+                if not any(isinstance((b.get(lv) or {}).get(name), (int, float)) for b in by_split.values()
+                           for lv in LEVELS):  # fmt: skip
+                    continue
+                star = "*" if space == free and len(spaces) > 1 else ""
+                label = name if space == "-" else f"{space}{star} {name}"  # "-": a block without spaces
+                row: list[Text | str] = [label]
+                for s, lv in cols:
+                    block = by_split.get(s) or {}
+                    ci = ((block.get("ci95") or {}).get(lv) or {}).get(name)
+                    row.append(cell((block.get(lv) or {}).get(name), ci))
+                t.add_row(*row, key=f"{space}/{name}")
+        t.styles.height = t.row_count + 1
+
     def _show_classes(self, m: dict[str, Any]) -> None:
         block = m.get("unseen") if isinstance(m.get("unseen"), dict) else m.get("seen")
         best, worst = per_class_extremes(block or {})
@@ -219,3 +275,25 @@ class ResultsScreen(OfgrScreen[None]):
 
     def action_view(self, view: str) -> None:
         self.post_message(OpenRun(self.run_dir, view))
+
+    def action_scroll(self, rows: int) -> None:
+        self.query_one("#results-body", VerticalScroll).scroll_relative(y=rows, animate=False)
+
+    def action_scroll_to(self, where: int) -> None:
+        body = self.query_one("#results-body", VerticalScroll)
+        body.scroll_to(y=0 if where == 0 else body.max_scroll_y, animate=False)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """No text->image key for runs without such results (the key bar then has room for others)."""
+        if action == "jump" and parameters == ("#t2i",) and self.metrics is not None:
+            return any(text_spaces(self.metrics.get(s)) for s in SPLITS)
+        return True
+
+    def action_jump(self, selector: str) -> None:
+        """Bring a block to the top of the page (or say that this run has none)."""
+        target = self.query_one(selector)
+        if not target.display:
+            what = {"#t2i": "no text→image results (not a CLIP run)", "#classes": "no per-class results"}
+            self.notify(f"{self.run_dir.name}: {what.get(selector, 'nothing there')}", severity="warning")
+            return
+        self.query_one("#results-body", VerticalScroll).scroll_to_widget(target, animate=False, top=True)

@@ -2,12 +2,19 @@
 
 The cursor and the marks belong to run ids, not row numbers: a rescan that adds, removes or reorders runs
 keeps the same run selected. ``/`` filters, ``T``/``U``/``M``/``A``/``N`` sort (again: reverse).
+
+Columns are planned for the terminal's width (:func:`plan_columns`): the run column gets its room first;
+dataset and split get columns only where runs differ in them (the detail pane always names them).
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.text import Text
 from textual import events
@@ -26,11 +33,14 @@ from ofgr_tui.screens.base import OfgrScreen
 from ofgr_tui.widgets.keybar import KeyBar
 from ofgr_tui.widgets.navtable import NavTable
 
-WIDE = 110  # columns from which dataset, split and start time get their own columns
+WIDE = 110  # columns from which the start time gets its own column
+ONE_LINE_HEADER = 100  # columns from which the R@1 header fits on one line
+PAD = 2  # a DataTable cell's padding (one cell each side)
 RESUMABLE = ("interrupted", "stale", "failed")
 
+SortKey = Callable[[RunInfo], tuple[Any, ...]]
 # sort key -> (label, column key, function of a run); the first press sorts the natural way round
-SORTS = {
+SORTS: dict[str, tuple[str, str, SortKey]] = {
     "started": ("started", "run", lambda r: (r.started or 0.0, r.run_id)),
     "status": ("status", "status", lambda r: (r.status, r.run_id)),
     "model": ("model", "model", lambda r: (r.model, r.run_id)),
@@ -65,10 +75,78 @@ def matches(info: RunInfo, text: str) -> bool:
     return all(word in hay for word in text.lower().split())
 
 
-class RunsTable(NavTable):
-    """The runs table: its own enter (select the row, which opens the live view) is the one the key bar shows."""
+@dataclass(frozen=True)
+class Column:
+    key: str
+    label: str
+    width: int
 
-    BINDINGS = [Binding("enter", "select_cursor", "Live")]
+
+DATE_PREFIX = re.compile(r"^\d{8}-(?=\d{6}-)")  # the YYYYMMDD- of a run id (ofgr_core.runs.folder)
+
+
+def run_label(run_id: str, width: int, *, short: bool = False) -> str:
+    """The run id in ``width`` cells: whole, or (``short``: when not every id fits) without its date, since
+    the time of day and the name still tell runs apart; cut at the end with ``…`` if still too long."""
+    text = DATE_PREFIX.sub("", run_id) if short else run_id
+    return fit(text, width)
+
+
+def short_ids(runs: list[RunInfo], width: int) -> bool:
+    """Whether the run column shows ids without their date (not every whole id fits ``width``)."""
+    return any(len(r.run_id) > width for r in runs)
+
+
+def fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(1, width - 1)] + "…"
+
+
+def plan_columns(
+    width: int, runs: list[RunInfo], *, sort_col: str = "", arrow: str = "", run_title: str = "run"
+) -> list[Column]:
+    """Columns for a terminal ``width`` cells wide.
+
+    Always: status (with the compare mark), run, model, R@1 of unseen fine classes, duration. Then, as room
+    allows: dataset and split where the runs differ in them, and the start time on wide terminals. The run
+    column gets its natural width before the model column grows past 8 cells.
+    """
+
+    def label(key: str, text: str) -> str:
+        if key != sort_col:
+            return text
+        first, _, rest = text.partition("\n")
+        return f"{first}{arrow}" + (f"\n{rest}" if rest else "")
+
+    r1_title, r1_w = ("R@1 unseen fine", 16) if width >= ONE_LINE_HEADER else ("unseen\nfine R@1", 8)
+    status = Column("status", label("status", "status"), 14)
+    r1 = Column("r1", label("r1", r1_title), r1_w)
+    duration = Column("duration", "duration", 8)
+    room = width - 2 - sum(c.width + PAD for c in (status, r1, duration)) - 2 * PAD  # 2: a scrollbar
+    model_nat = max([len(model_name(r)) for r in runs] + [len("model") + 1])
+    run_nat = max([len(r.run_id) for r in runs] + [len(run_title) + 1])
+    if run_nat > room - min(model_nat, 8):  # not every whole id fits: all lose their date
+        run_nat = max([len(DATE_PREFIX.sub("", r.run_id)) for r in runs] + [len(run_title) + 1])
+    run_w = max(12, min(run_nat, room - min(model_nat, 8)))
+    model_w = max(5, min(model_nat, room - run_w))
+    left = room - run_w - model_w
+    middle: list[Column] = []
+    for key, values in (("dataset", {r.dataset for r in runs}), ("split", {r.split for r in runs})):
+        w = max([len(v or "-") for v in values] + [len(key)])
+        if len(values) > 1 and left >= w + PAD:
+            middle.append(Column(key, key, w))
+            left -= w + PAD
+    cols = [status, Column("run", label("run", run_title), run_w), Column("model", label("model", "model"), model_w)]
+    cols += [*middle, r1, duration]
+    if width >= WIDE and left >= 11 + PAD:
+        cols.append(Column("started", "started", 11))
+    return cols
+
+
+class RunsTable(NavTable):
+    """The runs table: its own enter (select the row: results of a finished run, else its live view) is the
+    one the key bar shows."""
+
+    BINDINGS = [Binding("enter", "select_cursor", "Open")]
 
 
 class RunsScreen(OfgrScreen[None]):
@@ -79,7 +157,7 @@ class RunsScreen(OfgrScreen[None]):
     BINDINGS = [
         # not a priority binding: those run before keys typed earlier are handled ("G enter" must open the
         # last run); the table's own enter selects the row and on_data_table_row_selected opens it
-        Binding("enter", "open('live')", "Live"),
+        Binding("enter", "open_current", "Open"),
         Binding("space", "mark", "Mark"),
         Binding("c", "compare", "Compare"),
         Binding("n", "launch", "New"),
@@ -90,6 +168,8 @@ class RunsScreen(OfgrScreen[None]):
         Binding("r", "open('results')", "Results"),
         Binding("e", "open('embeddings')", "t-SNE"),
         Binding("f", "open('query')", "Query"),
+        Binding("l", "open('live')", "Live"),
+        Binding("escape", "clear_filter", "Clear filter", show=False),
         Binding("T", "sort('started')", "Sort by start time", show=False),
         Binding("U", "sort('status')", "Sort by status", show=False),
         Binding("M", "sort('model')", "Sort by model", show=False),
@@ -106,10 +186,12 @@ class RunsScreen(OfgrScreen[None]):
         self.sort_key = "started"
         self.sort_desc = True
         self.scan_error: str | None = None
-        self._wide: bool | None = None
         self._width = 0
+        self._columns: list[Column] = []
+        self._short = False  # run ids shown without their date
         self._keys: list[str] = []
         self._want: Path | None = None
+        self._last_id: str | None = None  # the run the cursor was last on (kept while a filter matches none)
         self._filter_opening = False
 
     def compose(self) -> ComposeResult:
@@ -125,8 +207,8 @@ class RunsScreen(OfgrScreen[None]):
         self.query_one("#runs-filter", Input).display = False
         self.table.focus()
         self._build_columns()
-        if self.app.scanned:  # type: ignore[attr-defined]
-            self.set_runs(self.app.runs, self.app.scan_error)  # type: ignore[attr-defined]
+        if self.ofgr.scanned:
+            self.set_runs(self.ofgr.runs, self.ofgr.scan_error)
 
     def on_resize(self, event: events.Resize) -> None:
         if event.size.width != self._width:
@@ -144,7 +226,10 @@ class RunsScreen(OfgrScreen[None]):
             return
         present = {r.path for r in runs}
         self.marked = [p for p in self.marked if p in present]
-        self._fill()
+        if self._plan() != self._columns:  # a new run needs room (or differs in dataset or split)
+            self._build_columns()
+        else:
+            self._fill()
 
     def select_run(self, run_dir: Path) -> None:
         """Move the cursor to ``run_dir`` now or, if it is not listed yet, as soon as it is."""
@@ -152,11 +237,11 @@ class RunsScreen(OfgrScreen[None]):
         self._fill()
 
     @property
-    def visible(self) -> list[RunInfo]:
+    def shown(self) -> list[RunInfo]:
         """The runs shown: filtered, then sorted."""
         runs = [r for r in self.runs if matches(r, self.filter_text)] if self.filter_text else list(self.runs)
         key = SORTS[self.sort_key][2]
-        return sorted(runs, key=key, reverse=self.sort_desc)  # type: ignore[arg-type]
+        return sorted(runs, key=key, reverse=self.sort_desc)
 
     @property
     def current_id(self) -> str | None:
@@ -175,51 +260,47 @@ class RunsScreen(OfgrScreen[None]):
         run_id = self.current_id
         return next((r for r in self.runs if r.run_id == run_id), None)
 
+    def _plan(self) -> list[Column]:
+        arrow = "▼" if self.sort_desc else "▲"
+        title = "run (name)" if self.sort_key == "name" else "run"
+        return plan_columns(self.size.width or 80, self.runs, sort_col=SORTS[self.sort_key][1], arrow=arrow,
+                            run_title=title)  # fmt: skip
+
     def _build_columns(self) -> None:
-        width = self.size.width or 80
-        self._width = width
-        self._wide = width >= WIDE
+        self._width = self.size.width or 80
+        self._columns = self._plan()
         t = self.table
         before = self.current_id
         t.clear(columns=True)
         self._keys = []
-        # widths (plus 2 cells of padding each, and 2 for a scrollbar) add up to the terminal width
-        fixed = {"mark": 1, "status": 13, "model": 14, "r1": 5, "duration": 8}
-        if self._wide:
-            fixed |= {"model": 16, "dataset": 10, "split": 8, "r1": 10, "started": 11}
-        run_w = max(20, min(34, width - sum(fixed.values()) - 2 * (len(fixed) + 1) - 2))
-        arrow = "▼" if self.sort_desc else "▲"
-        sort_col = SORTS[self.sort_key][1]
-
-        def label(key: str, text: str) -> str:
-            return f"{text}{arrow}" if key == sort_col else text
-
-        t.add_column("", key="mark", width=fixed["mark"])
-        t.add_column(label("status", "status"), key="status", width=fixed["status"])
-        t.add_column(label("run", "run" if self.sort_key != "name" else "run (name)"), key="run", width=run_w)
-        t.add_column(label("model", "model"), key="model", width=fixed["model"])
-        if self._wide:
-            t.add_column("dataset", key="dataset", width=fixed["dataset"])
-            t.add_column("split", key="split", width=fixed["split"])
-        t.add_column(label("r1", "R@1 unseen" if self._wide else "R@1"), key="r1", width=fixed["r1"])
-        t.add_column("duration", key="duration", width=fixed["duration"])
-        if self._wide:  # narrow terminals: the run id already starts with the start time
-            t.add_column("started", key="started", width=fixed["started"])
+        t.header_height = max(c.label.count("\n") + 1 for c in self._columns)
+        for c in self._columns:
+            t.add_column(c.label, key=c.key, width=c.width)
         if before is not None:
             self._want = next((r.path for r in self.runs if r.run_id == before), self._want)
         self._fill()
 
+    def _cell(self, info: RunInfo, col: Column, now: float) -> str | Text:
+        if col.key == "status":
+            mark = Text("●", style="bold cyan") if info.path in self.marked else Text(" ")
+            return mark + Text(" ") + status_text(info.status)
+        if col.key == "run":
+            return run_label(info.run_id, col.width, short=self._short)
+        if col.key == "model":
+            return fit(model_name(info), col.width)
+        if col.key == "dataset":
+            return fit(info.dataset or "-", col.width)
+        if col.key == "split":
+            return fit(info.split or "-", col.width)
+        if col.key == "r1":
+            return Text(fmt_pct(info.recall_at_1_unseen), justify="right")
+        if col.key == "duration":
+            return fmt_seconds(display_duration(info, now))
+        return fmt_time(info.started, short=True)
+
     def _row(self, info: RunInfo) -> list[str | Text]:
-        now = self.app.clock()  # type: ignore[attr-defined]
-        mark = Text("●", style="bold cyan") if info.path in self.marked else Text(" ")
-        r1 = Text(fmt_pct(info.recall_at_1_unseen), justify="right")
-        row: list[str | Text] = [mark, status_text(info.status), info.run_id, model_name(info)]
-        if self._wide:
-            row += [info.dataset or "-", info.split or "-"]
-        row += [r1, fmt_seconds(display_duration(info, now))]
-        if self._wide:
-            row.append(fmt_time(info.started, short=True))
-        return row
+        now = self.ofgr.clock()
+        return [self._cell(info, c, now) for c in self._columns]
 
     def _fill(self) -> None:
         t = self.table
@@ -227,11 +308,15 @@ class RunsScreen(OfgrScreen[None]):
             t.focus()
         if not t.columns:
             return
-        shown = self.visible
+        shown = self.shown
         keys = [r.run_id for r in shown]
         current = self.current_id
+        if current is None and self._last_id in keys:
+            current = self._last_id  # back from a filter that matched nothing: the run it was on
         if self._want is not None and self._want.name in keys:
             current, self._want = self._want.name, None
+        run_w = next((c.width for c in self._columns if c.key == "run"), 0)
+        self._short = short_ids(self.runs, run_w)  # all runs, not only the shown: a filter keeps the ids
         rows = [self._row(r) for r in shown]
         if keys == self._keys:  # same runs in the same order: update changed cells in place (no flicker)
             for key, row in zip(keys, rows, strict=True):
@@ -256,24 +341,25 @@ class RunsScreen(OfgrScreen[None]):
         self._show_detail()
 
     def on_data_table_row_selected(self, event: NavTable.RowSelected) -> None:
-        # the table consumes enter itself; selecting a row opens its live view
+        # the table consumes enter itself; selecting a row opens the run
         event.stop()
-        self.action_open("live")
+        self.action_open_current()
 
     def _show_detail(self) -> None:
         detail = self.query_one("#run-detail", Static)
         info = self.current
-        runs_dir = self.app.runs_dir  # type: ignore[attr-defined]
+        if info is not None:
+            self._last_id = info.run_id
         if self.scan_error is not None:
             detail.update(Text(self.scan_error, style="bold red"))
             return
         if info is None:
             if self.runs and self.filter_text:
-                detail.update(Text(f"No run matches {self.filter_text!r} (esc in the filter clears it).", "bold"))
+                detail.update(Text(f"No run matches {self.filter_text!r} (esc clears the filter).", "bold"))
                 return
             detail.update(
                 Text.assemble(
-                    (f"No runs in {runs_dir} yet. ", "bold"),
+                    (f"No runs in {self.ofgr.runs_dir} yet. ", "bold"),
                     "Press ",
                     ("n", "bold cyan"),
                     " to launch one from a config, or start one in another shell with ",
@@ -282,52 +368,28 @@ class RunsScreen(OfgrScreen[None]):
                 )
             )
             return
-        lines = Text()
-        lines.append(f"{info.path}\n", style="dim")
-        cfg = info.config or {}
-        train = cfg.get("train", {}) if isinstance(cfg.get("train"), dict) else {}
-        parts = [
-            f"name {info.name or '-'}",
-            f"model {info.model or '-'}",
-            f"data {info.dataset or '-'}",
-            f"split {info.split or '-'}",
-            f"epochs {train.get('epochs', '-')}",
-        ]
-        lines.append("  ".join(parts) + "\n")
-        overrides = run_overrides(info.path)
-        if overrides:
-            lines.append("set " + " ".join(overrides) + "\n", style="cyan")
-        if info.status == "failed":
-            lines.append(f"error: {info.error or 'unknown'}", style="bold red")
-        elif info.status == "broken":
-            lines.append(f"broken: {info.reason}", style="bold red")
-        elif info.status == "stale":
-            lines.append(f"stale: {info.reason} (u = resume)", style="magenta")
-        elif info.metrics:
-            m = info.metrics
-            bits = []
-            for split in ("unseen", "seen"):
-                for level in ("fine", "coarse"):
-                    with contextlib.suppress(KeyError, TypeError, ValueError):
-                        bits.append(f"R@1 {split}/{level} {100 * float(m[split][level]['recall@1']):.1f}")
-            lines.append("  ".join(bits) or f"{METRICS_FILE} has no recall@1", style="green")
-        elif info.status == "running":
-            lines.append(f"running ({info.reason}): enter = live view, s = clean stop", style="yellow")
-        elif info.status == "interrupted":
-            lines.append("interrupted: u = resume (ofgr resume)", style="magenta")
-        if self.marked:
-            lines.append(
-                f"\nmarked for compare: {len(self.marked)} (c to compare, space to unmark)", style="cyan"
-            )
-        detail.update(lines)
+        detail.update(detail_text(info, max(20, (detail.size.width or self.size.width or 80) - 2), self.marked))
 
     # ----------------------------------------------------------------------------------- actions
-    def action_open(self, view: str) -> None:
+    def _leave_filter(self) -> bool:
+        """Enter in the filter keeps it and goes back to the list (``True``: the key was that)."""
         box = self.query_one("#runs-filter", Input)
-        if box.has_focus:  # enter in the filter keeps it and goes back to the list
-            self.table.focus()
-            if not self.filter_text:
-                box.display = False
+        if not box.has_focus:
+            return False
+        self.table.focus()
+        if not self.filter_text:
+            box.display = False
+        return True
+
+    def action_open_current(self) -> None:
+        """Enter: a finished run's results, any other run's live view."""
+        if self._leave_filter():
+            return
+        info = self.current
+        self.action_open("results" if info is not None and info.status == "finished" else "live")
+
+    def action_open(self, view: str) -> None:
+        if self._leave_filter():
             return
         info = self.current
         if info is None:
@@ -354,6 +416,17 @@ class RunsScreen(OfgrScreen[None]):
         box.display = True
         box.focus()
         self._filter_opening = True  # focus moves on the next refresh; keys typed before then are the filter's
+
+    def action_clear_filter(self) -> None:
+        """Esc on the list: clear a filter that is set (the cursor stays on its run)."""
+        box = self.query_one("#runs-filter", Input)
+        if not self.filter_text and not box.display:
+            return
+        box.value = ""
+        self.filter_text = ""
+        box.display = False
+        self.table.focus()
+        self._fill()
 
     def on_input_changed(self, event: Input.Changed) -> None:
         if event.input.id == "runs-filter":
@@ -387,11 +460,7 @@ class RunsScreen(OfgrScreen[None]):
         if event.key == "escape":  # clear and close the filter
             event.stop()
             event.prevent_default()
-            box.value = ""
-            self.filter_text = ""
-            box.display = False
-            self.table.focus()
-            self._fill()
+            self.action_clear_filter()
         elif event.key in ("down", "up"):  # the arrows move the list, the filter stays as typed
             event.stop()
             event.prevent_default()
@@ -429,9 +498,10 @@ class RunsScreen(OfgrScreen[None]):
             if result is not None:
                 self.post_message(LaunchRun(*result))
 
-        self.app.push_screen(LaunchDialog(self.app.configs_dir), done)  # type: ignore[attr-defined]
+        self.app.push_screen(LaunchDialog(self.ofgr.configs_dir), done)
 
     def action_stop(self) -> None:
+        from ofgr_tui.livestate import stop_note
         from ofgr_tui.screens.confirm import ConfirmDialog
 
         info = self.current
@@ -447,12 +517,7 @@ class RunsScreen(OfgrScreen[None]):
                 self.post_message(StopRun(path))
 
         self.app.push_screen(
-            ConfirmDialog(
-                f"Stop {info.run_id}?",
-                "It checkpoints and stops after the current step; resume it later with u "
-                f"or `ofgr resume {info.run_id}`.",
-                confirm="Stop",
-            ),
+            ConfirmDialog(f"Stop {info.run_id}?", f"{stop_note(path)}.", confirm="Stop"),
             done,
         )
 
@@ -497,4 +562,63 @@ class RunsScreen(OfgrScreen[None]):
         )
 
     def action_rescan(self) -> None:
-        self.app.rescan()  # type: ignore[attr-defined]
+        self.ofgr.rescan()
+
+
+def fit_parts(parts: list[str], width: int, sep: str = "  ") -> str:
+    """As many whole ``parts`` as fit in ``width`` cells, then ``+N more`` (never a word cut in two)."""
+    out = ""
+    for i, part in enumerate(parts):
+        candidate = part if not out else out + sep + part
+        rest = len(parts) - i - 1
+        tail = f"{sep}+{rest} more" if rest else ""
+        if len(candidate) + len(tail) > width:
+            more = f"+{len(parts) - i} more"
+            return (out + sep + more) if out else fit(part, width)
+        out = candidate
+    return out
+
+
+def detail_text(info: RunInfo, width: int, marked: list[Path]) -> Text:
+    """The detail pane of one run: whole words on every line, at most 5 lines."""
+    lines = Text()
+    path = str(info.path)
+    lines.append(("…" + path[-(width - 1) :] if len(path) > width else path) + "\n", style="dim")
+    cfg = info.config or {}
+    train = cfg.get("train", {}) if isinstance(cfg.get("train"), dict) else {}
+    parts = [
+        f"name {info.name or '-'}",
+        f"model {info.model or '-'}",
+        f"data {info.dataset or '-'}",
+        f"split {info.split or '-'}",
+        f"epochs {train.get('epochs', '-')}",
+    ]
+    lines.append("  ".join(parts) + "\n")  # may wrap: between parts, never inside a word
+    overrides = run_overrides(info.path)
+    if overrides:
+        lines.append(fit_parts(["set"] + overrides, width, sep=" ") + "\n", style="cyan")
+    if info.status == "failed":
+        lines.append(f"error: {info.error or 'unknown'}", style="bold red")
+    elif info.status == "broken":
+        lines.append(f"broken: {info.reason}", style="bold red")
+    elif info.status == "stale":
+        lines.append(f"stale: {info.reason} (u = resume)", style="magenta")
+    elif info.metrics:
+        m = info.metrics
+        bits = []
+        for split in ("unseen", "seen"):
+            levels = []
+            for level in ("fine", "coarse"):
+                with contextlib.suppress(KeyError, TypeError, ValueError):
+                    levels.append(f"{level} {100 * float(m[split][level]['recall@1']):.1f}")
+            if levels:
+                bits.append(f"{split} " + " ".join(levels))
+        text = ("R@1 " + "  ·  ".join(bits)) if bits else f"{METRICS_FILE} has no recall@1"
+        lines.append(fit(text, width), style="green")
+    elif info.status == "running":
+        lines.append(f"running ({info.reason}): enter = live view, s = stop", style="yellow")
+    elif info.status == "interrupted":
+        lines.append("interrupted: u = resume (ofgr resume)", style="magenta")
+    if marked:
+        lines.append(f"\nmarked for compare: {len(marked)} (c compares, space unmarks)", style="cyan")
+    return lines

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from rich.text import Text
+from textual import events
 from textual.widgets import RichLog
 
 from ofgr_tui.livestate import LogLine
@@ -31,7 +32,7 @@ class EventLog(RichLog):
             id=id, classes=classes, max_lines=1000, wrap=True, markup=False, auto_scroll=True, min_width=20
         )
 
-    def on_resize(self) -> None:
+    def on_resize(self, event: events.Resize) -> None:  # RichLog's own on_resize runs too (Textual calls both)
         # a resize re-wraps every line; without this the view stays where it was and stops following
         self.call_after_refresh(self.scroll_end, animate=False)
 

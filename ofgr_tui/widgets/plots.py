@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from rich.text import Text
 from textual.color import Color
@@ -31,19 +31,19 @@ class CurvePlot(PlotextPlot):
         self.xlabel = xlabel
         self.log_y = log_y
         self.empty_text = empty_text
-        self.series: dict[str, tuple[Sequence[float], Sequence[float]]] = {}
+        self.series: dict[str, tuple[Sequence[float], Sequence[float | None]]] = {}
         self.markers: dict[str, str] = {}
         self._draw()
 
     def set_series(
         self,
-        series: dict[str, tuple[Sequence[float], Sequence[float]]],
+        series: Mapping[str, tuple[Sequence[float], Sequence[float | None]]],
         *,
         title: str | None = None,
         markers: dict[str, str] | None = None,
         log_y: bool | None = None,
     ) -> None:
-        self.series = series
+        self.series = dict(series)
         self.markers = markers or {}
         if title is not None:
             self.title = title

@@ -34,12 +34,20 @@ async def test_compare_header_shows_differences_and_resolved_device(runs_dir: Pa
         screen = app.screen
         assert isinstance(screen, RunsScreen)
         for run_id in ("20251127-101500-demo", "20251127-111500-wide"):
-            screen.table.move_cursor(row=[r.run_id for r in screen.visible].index(run_id))
+            screen.table.move_cursor(row=[r.run_id for r in screen.shown].index(run_id))
             await pilot.press("space")
         await pilot.press("c")
         await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen))
         cmp = app.screen
         await wait_for(pilot, lambda: cmp.comparison is not None, timeout=30)
+        await pilot.pause()
+        console = Console(width=120, record=True)
+        console.print(cmp.query_one("#compare-diff", Static).content)
+        folded = console.export_text()
+        # folded: one line naming the difference; the --set lines wait for d
+        assert "what differs" in folded and "model.name resnet18 | resnet50" in folded
+        assert "--set" not in folded and len(folded.strip().splitlines()) == 1
+        await pilot.press("d")
         await pilot.pause()
         console = Console(width=120, record=True)
         console.print(cmp.query_one("#compare-diff", Static).content)
@@ -61,7 +69,7 @@ async def test_compare_puts_a_cnn_and_a_clip_run_side_by_side_with_text_rows(run
         screen = app.screen
         assert isinstance(screen, RunsScreen)
         for run_id in ("20251127-101500-demo", clip.name):
-            screen.table.move_cursor(row=[r.run_id for r in screen.visible].index(run_id))
+            screen.table.move_cursor(row=[r.run_id for r in screen.shown].index(run_id))
             await pilot.press("space")
         await pilot.press("c")
         await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen))
@@ -73,4 +81,9 @@ async def test_compare_puts_a_cnn_and_a_clip_run_side_by_side_with_text_rows(run
         assert r1.values == (None, 0.21)  # the CNN has no text tower: no value, not a zero
         table = cmp.query_one("#compare-table", DataTable)
         labels = [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
-        assert any(label.startswith("text") and "recall@1" in label for label in labels)
+        section = next(i for i, label in enumerate(labels) if label.startswith("text→image"))
+        assert labels[section + 1].strip() == "unseen fine R@1"
+        # ] jumps to the next section: from the image rows to the text->image rows
+        table.move_cursor(row=1)
+        await pilot.press("right_square_bracket")
+        assert table.cursor_row == section + 1

@@ -22,8 +22,8 @@ async def _open_live(app, pilot, run_id: str = "20251127-101500-demo") -> LiveSc
     await wait_for(pilot, lambda: app.scanned)
     screen = app.screen
     assert isinstance(screen, RunsScreen)
-    screen.table.move_cursor(row=[r.run_id for r in screen.visible].index(run_id))
-    await pilot.press("enter")
+    screen.table.move_cursor(row=[r.run_id for r in screen.shown].index(run_id))
+    await pilot.press("l")  # enter opens a finished run's results; l its live view
     await wait_for(pilot, lambda: isinstance(app.screen, LiveScreen) and app.screen.state.terminal is not None)
     await pilot.pause()
     return app.screen

@@ -22,7 +22,7 @@ async def _open_query(app, pilot) -> QueryScreen:  # noqa: ANN001
     await wait_for(pilot, lambda: app.scanned)
     screen = app.screen
     assert isinstance(screen, RunsScreen)
-    screen.table.move_cursor(row=[r.run_id for r in screen.visible].index("20251127-101500-demo"))
+    screen.table.move_cursor(row=[r.run_id for r in screen.shown].index("20251127-101500-demo"))
     await pilot.press("f")
     await wait_for(pilot, lambda: isinstance(app.screen, QueryScreen))
     q = app.screen
@@ -59,7 +59,7 @@ async def test_failed_query_clears_the_previous_results(runs_dir: Path) -> None:
         table = q.query_one("#query-results", DataTable)
         assert table.row_count == 10
         # paths are shown relative to the working directory (the fixture's are), not made absolute
-        assert str(table.get_row_at(0)[6]).startswith("img/unseen/")
+        assert str(table.get_cell("1", "path")).startswith("img/unseen/")
         q.search(item_id="no-such-item")
         status = q.query_one("#query-status", Static)
         await wait_for(pilot, lambda: "not in" in str(status.render()), timeout=30)
@@ -93,7 +93,7 @@ async def main():
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: app.scanned)
         s = app.screen
-        s.table.move_cursor(row=[r.run_id for r in s.visible].index("20251127-101500-demo"))
+        s.table.move_cursor(row=[r.run_id for r in s.shown].index("20251127-101500-demo"))
         await pilot.press("f")
         await wait_for(pilot, lambda: isinstance(app.screen, QueryScreen))
         q = app.screen
@@ -128,7 +128,7 @@ async def test_text_box_queries_a_clip_run_and_explains_other_runs(
         await wait_for(pilot, lambda: app.scanned)
         screen = app.screen
         assert isinstance(screen, RunsScreen)
-        screen.table.move_cursor(row=[r.run_id for r in screen.visible].index(clip.name))
+        screen.table.move_cursor(row=[r.run_id for r in screen.shown].index(clip.name))
         await pilot.press("f")
         await wait_for(pilot, lambda: isinstance(app.screen, QueryScreen))
         q = app.screen
@@ -140,10 +140,10 @@ async def test_text_box_queries_a_clip_run_and_explains_other_runs(
         await wait_for(pilot, lambda: q.result is not None, timeout=180)
         assert q.result.query == "text 'a red car'"
         table = q.query_one("#query-results", DataTable)
-        assert table.row_count == 10 and str(table.get_row_at(0)[2]) == "·"  # a text query has no hit mark
+        assert table.row_count == 10 and str(table.get_cell("1", "f c")) == "· ·"  # a text query has no hit marks
         await pilot.press("escape", "escape")
         # a timm run: the box says so before anything is loaded, and a text query is refused with why
-        screen.table.move_cursor(row=[r.run_id for r in screen.visible].index("20251127-101500-demo"))
+        screen.table.move_cursor(row=[r.run_id for r in screen.shown].index("20251127-101500-demo"))
         await pilot.press("f")
         await wait_for(pilot, lambda: isinstance(app.screen, QueryScreen) and app.screen is not q)
         q2 = app.screen

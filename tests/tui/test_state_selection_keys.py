@@ -12,13 +12,14 @@ import rundirs
 from ofgr_core.runs.lock import RunLock
 from ofgr_tui.screens.confirm import ConfirmDialog
 from ofgr_tui.screens.live import LiveScreen
+from ofgr_tui.screens.results import ResultsScreen
 from ofgr_tui.screens.runs import RunsScreen
 from ofgr_tui.widgets.keybar import KeyBar, fit_keys
 from tui_testing import make_app, wait_for
 
 
 def _select(screen: RunsScreen, run_id: str) -> None:
-    keys = [r.run_id for r in screen.visible]
+    keys = [r.run_id for r in screen.shown]
     screen.table.move_cursor(row=keys.index(run_id))
 
 
@@ -79,9 +80,8 @@ async def test_selection_and_marks_follow_the_run_across_rescans(runs_dir: Path)
         assert screen.current_id == "20251127-111500-wide"
         assert screen.table.cursor_row == row_before + 1
         assert [p.name for p in screen.marked] == ["20251127-101500-demo"]
-        mark_col = list(screen.table.columns)[0]
-        assert str(screen.table.get_cell("20251127-101500-demo", mark_col)) == "●"
-        assert str(screen.table.get_cell("20251127-111500-wide", mark_col)).strip() == ""
+        assert str(screen.table.get_cell("20251127-101500-demo", "status")).startswith("●")
+        assert not str(screen.table.get_cell("20251127-111500-wide", "status")).startswith("●")
 
 
 async def test_vim_keys_home_end_filter_and_sort(runs_dir: Path) -> None:
@@ -90,7 +90,7 @@ async def test_vim_keys_home_end_filter_and_sort(runs_dir: Path) -> None:
         await wait_for(pilot, lambda: app.scanned)
         screen = app.screen
         assert isinstance(screen, RunsScreen)
-        ids = [r.run_id for r in screen.visible]
+        ids = [r.run_id for r in screen.shown]
         await pilot.press("j", "j")
         await wait_for(pilot, lambda: screen.current_id == ids[2], timeout=5)
         await pilot.press("k")
@@ -107,15 +107,15 @@ async def test_vim_keys_home_end_filter_and_sort(runs_dir: Path) -> None:
         await pilot.press("slash", *"wide")
         assert isinstance(app.screen, RunsScreen)
         await wait_for(pilot, lambda: screen.table.row_count == 1, timeout=5)
-        assert [r.run_id for r in screen.visible] == ["20251127-111500-wide"]
+        assert [r.run_id for r in screen.shown] == ["20251127-111500-wide"]
         await pilot.press("escape")  # clears the filter
         await wait_for(pilot, lambda: screen.table.row_count == 4, timeout=5)
         assert not screen.query_one("#runs-filter", Input).display
         # sort by R@1 (best first), then again: ascending
         await pilot.press("A")
-        assert [r.run_id for r in screen.visible][:2] == ["20251127-111500-wide", "20251127-101500-demo"]
+        assert [r.run_id for r in screen.shown][:2] == ["20251127-111500-wide", "20251127-101500-demo"]
         await pilot.press("A")
-        assert [r.run_id for r in screen.visible][-2:] == ["20251127-101500-demo", "20251127-111500-wide"]
+        assert [r.run_id for r in screen.shown][-2:] == ["20251127-101500-demo", "20251127-111500-wide"]
 
 
 async def test_down_from_the_filter_moves_the_list(runs_dir: Path) -> None:
@@ -125,9 +125,9 @@ async def test_down_from_the_filter_moves_the_list(runs_dir: Path) -> None:
         screen = app.screen
         assert isinstance(screen, RunsScreen)
         await pilot.press("slash", "f", "i")  # matches "finished" twice
-        assert screen.table.row_count == 2 and screen.current_id == screen.visible[0].run_id
+        assert screen.table.row_count == 2 and screen.current_id == screen.shown[0].run_id
         await pilot.press("down")
-        assert screen.table.has_focus and screen.current_id == screen.visible[1].run_id
+        assert screen.table.has_focus and screen.current_id == screen.shown[1].run_id
 
 
 def test_fit_keys_keeps_help_and_fits() -> None:
@@ -142,10 +142,14 @@ async def test_footer_at_80_columns_keeps_help_and_resume(runs_dir: Path) -> Non
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_for(pilot, lambda: app.scanned)
         bar = app.screen.query_one(KeyBar)
-        line = bar.render().plain
-        assert len(line) <= 80 and line.rstrip().endswith("? Help")
-        assert "enter Live" in line and "u Resume" in line and "space Mark" in line
-        assert bar.region.y == 23 and bar.region.width == 80  # on the last row, across the whole screen
+        lines = bar.render().plain.split("\n")
+        assert len(lines) == 2 and all(len(line) <= 80 for line in lines)
+        assert lines[-1].rstrip().endswith("? Help")
+        text = " ".join(lines)
+        # every key of the screen is in sight (the second line holds those the first had no room for)
+        for item in ("enter Open", "u Resume", "space Mark", "r Results", "e t-SNE", "f Query", "q Quit"):
+            assert item in text, item
+        assert bar.region.y == 22 and bar.region.height == 2 and bar.region.width == 80  # the last two rows
 
 
 async def test_missing_runs_dir_says_so(tmp_path: Path) -> None:
@@ -205,7 +209,8 @@ async def test_idle_rescans_touch_no_cells(runs_dir: Path) -> None:
 
 
 async def test_keys_typed_quickly_apply_in_order(runs_dir: Path) -> None:
-    """``G enter`` sent in one burst (a fast typist, tmux send-keys) opens the last run, not the first."""
+    """``G enter`` sent in one burst (a fast typist, tmux send-keys) opens the last run, not the first (a
+    finished one: its results)."""
     from textual import events
 
     app = make_app(runs_dir)
@@ -213,12 +218,12 @@ async def test_keys_typed_quickly_apply_in_order(runs_dir: Path) -> None:
         await wait_for(pilot, lambda: app.scanned)
         screen = app.screen
         assert isinstance(screen, RunsScreen)
-        last = screen.visible[-1].run_id
+        last = screen.shown[-1].run_id
         for key, char in (("G", "G"), ("enter", "\r")):
             app.post_message(events.Key(key, char))
-        await wait_for(pilot, lambda: isinstance(app.screen, LiveScreen))
+        await wait_for(pilot, lambda: isinstance(app.screen, ResultsScreen))
         assert app.screen.run_dir.name == last
-        await pilot.pause(0.3)  # let the live screen finish mounting before the app is torn down
+        await pilot.pause(0.3)  # let the screen finish mounting before the app is torn down
 
 
 async def test_the_list_is_drawn_after_the_first_scan(runs_dir: Path) -> None:

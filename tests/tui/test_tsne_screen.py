@@ -44,7 +44,7 @@ async def _open_tsne(app, pilot) -> EmbeddingsScreen:  # noqa: ANN001
     await wait_for(pilot, lambda: app.scanned)
     screen = app.screen
     assert isinstance(screen, RunsScreen)
-    screen.table.move_cursor(row=[r.run_id for r in screen.visible].index("20251127-101500-demo"))
+    screen.table.move_cursor(row=[r.run_id for r in screen.shown].index("20251127-101500-demo"))
     await pilot.press("e")
     await wait_for(pilot, lambda: isinstance(app.screen, EmbeddingsScreen) and app.screen.result is not None)
     await pilot.pause()

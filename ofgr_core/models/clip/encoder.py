@@ -38,13 +38,14 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ofgr_core.common.atomic import atomic_path, atomic_write_text
 from ofgr_core.common.errors import ConfigError, DependencyError, NotFoundError
 from ofgr_core.models.base import Encoder, MLPHead
 from ofgr_core.models.clip.config import ClipModelConfig
@@ -201,7 +202,8 @@ def architecture_preprocess(arch: str) -> dict[str, Any]:
     if not cfgs:
         return {}
     counts = Counter(json.dumps(c, sort_keys=True) for c in cfgs)
-    return json.loads(counts.most_common(1)[0][0])
+    common: dict[str, Any] = json.loads(counts.most_common(1)[0][0])
+    return common
 
 
 def _resolve_quick_gelu(arch_default: bool, needed: bool | None, wanted: bool | None, what: str) -> bool:
@@ -446,7 +448,7 @@ class ClipEncoder(Encoder):
         return self
 
     def tower_features(self, images: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.clip.encode_image(images).float(), dim=-1)
+        return F.normalize(as_open_clip(self.clip).encode_image(images).float(), dim=-1)
 
     # ---------------------------------------------------------------------------------------- text
     @property
@@ -458,12 +460,28 @@ class ClipEncoder(Encoder):
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         if isinstance(texts, str):
             texts = [texts]
-        return self.tokenizer(list(texts))
+        tokens: torch.Tensor = self.tokenizer(list(texts))
+        return tokens
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens -> L2-normalised text embeddings in the raw CLIP image space (``tower_features``)."""
         device = next(self.clip.parameters()).device
-        return F.normalize(self.clip.encode_text(tokens.to(device)).float(), dim=-1)
+        return F.normalize(as_open_clip(self.clip).encode_text(tokens.to(device)).float(), dim=-1)
+
+
+class OpenClipModel(Protocol):
+    """The part of an open_clip ``CLIP`` model ofgr calls (open_clip ships no type information)."""
+
+    logit_scale: torch.Tensor
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor: ...
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor: ...
+
+
+def as_open_clip(model: nn.Module) -> OpenClipModel:
+    """``model`` (an open_clip model) typed by what ofgr calls on it."""
+    return cast(OpenClipModel, model)
 
 
 def _clip_embed_dim(model: nn.Module) -> int:
@@ -476,7 +494,7 @@ def _clip_embed_dim(model: nn.Module) -> int:
         with torch.no_grad():
             size = _preprocess_cfg(model).get("size", 224)
             s = (size, size) if isinstance(size, int) else tuple(size)
-            dim = model.encode_image(torch.zeros(1, 3, *s)).shape[-1]
+            dim = as_open_clip(model).encode_image(torch.zeros(1, 3, *s)).shape[-1]
     return int(dim)
 
 
@@ -532,11 +550,9 @@ def save_local_dir(
     pp = {k: (list(v) if isinstance(v, tuple) else v) for k, v in _preprocess_cfg(clip_model).items()}
     config = {"model_cfg": model_cfg, "preprocess_cfg": pp, "ofgr": {"arch": base_arch, **(extra or {})}}
     state = {k: v.detach().cpu().contiguous() for k, v in clip_model.state_dict().items()}
-    tmp_w, tmp_c = out / (WEIGHTS_FILE + ".tmp"), out / (CONFIG_FILE + ".tmp")
-    save_file(state, str(tmp_w))
-    tmp_c.write_text(json.dumps(config, indent=2) + "\n")
-    os.replace(tmp_w, out / WEIGHTS_FILE)
-    os.replace(tmp_c, out / CONFIG_FILE)
+    with atomic_path(out / WEIGHTS_FILE) as tmp:  # weights first: a config alone never names missing weights
+        save_file(state, str(tmp))
+    atomic_write_text(out / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     return out
 
 
@@ -589,4 +605,5 @@ def list_clip_models(tags: bool = True) -> list[dict[str, Any]]:
 def _meta_model(oc: Any, cfg: dict[str, Any]) -> nn.Module:
     cfg = dict(cfg)
     cfg.pop("custom_text", None)
-    return oc.model.CLIP(**cfg)
+    model: nn.Module = oc.model.CLIP(**cfg)
+    return model

@@ -34,13 +34,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
 
 from ofgr_core.common.errors import ConfigError, DataError
 from ofgr_core.data.common import safe_join
 from ofgr_core.runs.events import Event, Log, StageFinished, StageProgress, StageStarted, TrainEpoch, TrainStep
+
+if TYPE_CHECKING:  # torch itself is imported when pretraining starts
+    import torch
 
 DEFAULT_MANIFEST = "manifest.csv"
 PRELOAD_LIMIT_BYTES = 2 << 30
@@ -104,15 +107,15 @@ def _existing_spec(out: Path) -> dict[str, Any] | None:
         return None
     if not (out / "open_clip_model.safetensors").is_file():
         return None
-    return cfg.get("ofgr", {}).get("pretrain_spec")
+    spec = cfg.get("ofgr", {}).get("pretrain_spec")
+    return spec if isinstance(spec, dict) else None
 
 
 def _check_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: exists and is not a folder")
     if out.is_dir():
-        ours = {"open_clip_config.json", "open_clip_model.safetensors", "open_clip_config.json.tmp",
-                "open_clip_model.safetensors.tmp"}
+        ours = {"open_clip_config.json", "open_clip_model.safetensors"}  # (temporaries start with ".")
         foreign = [e.name for e in out.iterdir() if e.name not in ours and not e.name.startswith(".")]
         if foreign:
             raise ConfigError(f"--out {out}: not empty and not a CLIP checkpoint folder (found "
@@ -134,8 +137,9 @@ def _load_images(paths: list[str], transform: Callable[..., Any], out: Any) -> I
             yield StageProgress("load", i + 1, n)
 
 
-def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -205,6 +209,7 @@ def pretrain_clip(
     import torch
 
     from ofgr_core.models.clip.encoder import (
+        as_open_clip,
         data_config_from_preprocess,
         load_open_clip,
         open_clip_module,
@@ -245,6 +250,7 @@ def pretrain_clip(
 
     clip_model.requires_grad_(True)
     clip_model.train()
+    oc_model = as_open_clip(clip_model)
     loss_fn = oc.ClipLoss()
     opt = torch.optim.AdamW(_param_groups(clip_model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
     bs = min(batch_size, n)
@@ -266,9 +272,9 @@ def pretrain_clip(
                 return
             idx = order[b * bs : (b + 1) * bs]
             x, t = images[idx].to(dev, non_blocking=True), tokens[idx].to(dev, non_blocking=True)
-            img_f = clip_model.encode_image(x, normalize=True)
-            txt_f = clip_model.encode_text(t, normalize=True)
-            scale = clip_model.logit_scale.exp()
+            img_f = oc_model.encode_image(x, normalize=True)
+            txt_f = oc_model.encode_text(t, normalize=True)
+            scale = oc_model.logit_scale.exp()
             loss = loss_fn(img_f, txt_f, scale)
             if not torch.isfinite(loss):
                 raise DataError(f"pretraining diverged at epoch {epoch} step {b + 1} (loss {loss.item()}); "
@@ -279,7 +285,7 @@ def pretrain_clip(
             opt.step()
             sched.step()
             with torch.no_grad():
-                clip_model.logit_scale.clamp_(0, math.log(100))  # CLIP's cap on the temperature
+                oc_model.logit_scale.clamp_(0, math.log(100))  # CLIP's cap on the temperature
                 correct += int((img_f @ txt_f.T).argmax(1).eq(torch.arange(len(idx), device=dev)).sum())
                 seen += len(idx)
             loss_value = float(loss.detach())
@@ -289,9 +295,9 @@ def pretrain_clip(
             yield TrainStep(epoch, b + 1, steps_per_epoch, loss_value, {"clip": loss_value},
                             float(opt.param_groups[0]["lr"]), rate)
         epoch_loss = float(np.mean(losses))
-        scale = float(clip_model.logit_scale.detach().exp())
+        final_scale = float(oc_model.logit_scale.detach().exp())
         yield TrainEpoch(epoch, epochs, epoch_loss, {"clip": epoch_loss}, float(opt.param_groups[0]["lr"]),
-                         {"i2t_batch_acc": correct / max(1, seen), "logit_scale": scale},
+                         {"i2t_batch_acc": correct / max(1, seen), "logit_scale": final_scale},
                          time.perf_counter() - t_ep, False)
         yield StageProgress("pretrain", epoch, epochs)
     yield StageFinished("pretrain", time.perf_counter() - t_train)

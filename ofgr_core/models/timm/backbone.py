@@ -12,10 +12,12 @@ import socket
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import timm
 import torch
+from timm.models import PretrainedCfg
 from torch import nn
 
 from ofgr_core.common.errors import ConfigError, DependencyError, NotFoundError
@@ -52,7 +54,7 @@ def create_timm_backbone(
         close = difflib.get_close_matches(base, timm.list_models(), n=3)
         hint = f", did you mean {', '.join(close)}?" if close else " (see timm.list_models())"
         raise ConfigError(f"model.name: unknown timm model {name!r}{hint}")
-    kwargs: dict[str, object] = {"num_classes": 0}
+    kwargs: dict[str, Any] = {"num_classes": 0}
     pretrained_cfg = timm.models.get_pretrained_cfg(name)
     if image_size is not None and pretrained_cfg is not None and pretrained_cfg.fixed_input_size:
         kwargs["img_size"] = image_size
@@ -66,7 +68,7 @@ def create_timm_backbone(
 
 
 # ------------------------------------------------------------------------------------------ hub weights
-def _create_with_hub_weights(name: str, pretrained_cfg, kwargs: dict[str, object]) -> nn.Module:
+def _create_with_hub_weights(name: str, pretrained_cfg: PretrainedCfg | None, kwargs: dict[str, Any]) -> nn.Module:
     if pretrained_cfg is None or not (pretrained_cfg.hf_hub_id or pretrained_cfg.url):
         raise ConfigError(
             f"model.pretrained=true: timm model {name!r} has no pretrained weights; "
@@ -94,7 +96,7 @@ def _create_with_hub_weights(name: str, pretrained_cfg, kwargs: dict[str, object
         ) from None
 
 
-def cached_hub_weights(pretrained_cfg) -> str | None:
+def cached_hub_weights(pretrained_cfg: PretrainedCfg) -> str | None:
     """Path of already-downloaded weights for a timm pretrained config, or ``None``.
 
     Checks the Hugging Face hub cache (``HF_HUB_CACHE``) for the files timm would fetch, then the torch hub
@@ -115,14 +117,14 @@ def cached_hub_weights(pretrained_cfg) -> str | None:
             )
             if isinstance(path, str) and os.path.isfile(path):
                 return path
-    if pretrained_cfg.url:
+    if isinstance(pretrained_cfg.url, str) and pretrained_cfg.url:
         path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(pretrained_cfg.url).path)
         if path.is_file():
             return str(path)
     return None
 
 
-def _hub_unreachable_reason(pretrained_cfg) -> str | None:
+def _hub_unreachable_reason(pretrained_cfg: PretrainedCfg) -> str | None:
     """Why hub weights cannot be downloaded right now (offline mode, no route), or ``None`` if they can."""
     from huggingface_hub import constants
 
@@ -131,7 +133,8 @@ def _hub_unreachable_reason(pretrained_cfg) -> str | None:
             return "HF_HUB_OFFLINE is set"
         host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
     else:
-        host = urlparse(pretrained_cfg.url).hostname or ""
+        url = pretrained_cfg.url
+        host = (urlparse(url).hostname or "") if isinstance(url, str) else ""
     try:
         # A short TCP probe: a machine without network otherwise waits on several long HTTP timeouts.
         with socket.create_connection((host, 443), timeout=_HUB_PROBE_TIMEOUT_S):

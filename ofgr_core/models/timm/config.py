@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from ofgr_core.config import ModelFamily, ModelSection, register_model_family
+from ofgr_core.config import FineTuning, ModelFamily, ModelSection, register_model_family
 
 
 class TimmModelConfig(ModelSection):
@@ -36,6 +36,9 @@ class TimmModelConfig(ModelSection):
 
     def without_weights(self) -> TimmModelConfig:
         return self.model_copy(update={"pretrained": False})
+
+    def fine_tuning(self) -> FineTuning:
+        return FineTuning(self.probe_epochs, self.backbone_lr_mult, self.layer_decay)
 
 
 FAMILY = register_model_family(ModelFamily(

@@ -84,7 +84,8 @@ class EmbeddingModel(Encoder):
         return self.neck
 
     def tower_features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone(images)
+        features: torch.Tensor = self.backbone(images)
+        return features
 
     @property
     def tower_frozen(self) -> bool:
@@ -92,7 +93,7 @@ class EmbeddingModel(Encoder):
         checkpoints written during the probe still hold the backbone and features are never cached from it."""
         return not self._backbone_frozen_now and super().tower_frozen
 
-    def set_backbone_frozen(self, frozen: bool) -> None:
+    def set_tower_frozen(self, frozen: bool) -> None:
         """Freeze or release the whole backbone for a while (linear probe before fine-tuning).
 
         Frozen, the backbone runs in eval mode (BatchNorm statistics fixed) and its parameters stop

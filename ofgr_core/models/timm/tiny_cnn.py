@@ -39,6 +39,9 @@ def _block(cin: int, cout: int, pool: bool) -> nn.Sequential:
 class TinyCNN(nn.Module):
     """Four conv-BN-ReLU stages (3 max-pools, total stride 8), global average pool, optional classifier."""
 
+    pretrained_cfg: dict[str, Any]
+    default_cfg: dict[str, Any]
+
     def __init__(
         self,
         num_classes: int = 1000,
@@ -60,7 +63,8 @@ class TinyCNN(nn.Module):
         self.num_classes = num_classes
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stages(x)
+        out: torch.Tensor = self.stages(x)
+        return out
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x.mean(dim=(2, 3)) if self.global_pool else x.flatten(1)
