@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich import box
 from rich.console import JustifyMethod
+from rich.markup import escape
 from rich.table import Table
 
 from ofgr_core.cli.app import app, err, handle_errors, out
@@ -72,3 +73,6 @@ def demo(
     out.print(f"runs: {', '.join(r['run_id'] for r in rows)} in {runs_dir}  (`ofgr compare` for paired tests)",
               highlight=False, soft_wrap=True)
     err.print("the tiny CLIP is a stand-in for ViT-B/32 (README: 'The real CLIP')", highlight=False)
+    for r in rows:  # as loud as `ofgr run`: a run that finished with degenerate embeddings says so here too
+        for w in r["warnings"]:
+            err.print(f"[bold yellow]warning:[/] {escape(r['name'])}: {escape(w)}", highlight=False, soft_wrap=True)

@@ -27,7 +27,13 @@ from ofgr_core.retrieval.index import (
     exact_searcher,
     symmetric_knn,
 )
-from ofgr_core.retrieval.metrics import bootstrap_ci, metrics_from_hits, paired_bootstrap_test
+from ofgr_core.retrieval.metrics import (
+    bootstrap_ci,
+    exact_group_means,
+    exact_mean,
+    metrics_from_hits,
+    paired_bootstrap_test,
+)
 from ofgr_core.retrieval.shard import QueryShard
 from ofgr_core.retrieval.ties import id_hash_keys, search_tiebroken
 
@@ -207,7 +213,8 @@ def evaluate_retrieval(
     domains = None if query_domains is None else np.asarray(query_domains).reshape(-1)[p.rows]
     block = _assemble(names, found.per_query, found.rcwf if len(names) > 1 else None, p.ks, cfg, seed, nq=p.nq,
                       n_gallery=n_gallery, n_skipped=nq_all - p.nq, fine_labels=q_lab[p.rows, 0],
-                      class_names=class_names, domains=domains)
+                      class_names=class_names, domains=domains,
+                      query_keys=None if q_raw is None else id_hash_keys(q_raw[p.rows]))
     block["index"] = {**found.index, "exact": cfg.index.type == "flat"}
     if found.exact_sample:
         approx = {name: {key: vals[found.check_pos] for key, vals in found.per_query[name].items()} for name in names}
@@ -792,22 +799,26 @@ def _assemble(
     fine_labels: np.ndarray,
     class_names: Mapping[int, str] | Sequence[str] | None,
     domains: np.ndarray | None,
+    query_keys: np.ndarray | None = None,
 ) -> dict[str, Any]:
+    """The split's block of metrics.json. Means are summed exactly and the bootstrap resamples queries in the
+    order of their id hashes (``query_keys``), so permuting the rows changes no bit of it."""
     keys = [f"recall@{k}" for k in ks] + list(HEADLINE)
     block: dict[str, Any] = {"n_queries": nq, "n_gallery": n_gallery, "n_skipped_queries": n_skipped}
     for name in names:
         block[name] = {
-            key: _finite(float(per_query[name][key].mean())) if nq else None for key in keys
+            key: _finite(exact_mean(per_query[name][key])) if nq else None for key in keys
         }
     # one resampling for every headline number, so their intervals are mutually consistent
     # no queries (e.g. only singleton classes): no per-query arrays exist
-    flat = {f"{name}/{key}": per_query[name][key] for name in names for key in keys} if nq else {}
+    canon = np.argsort(query_keys, kind="stable") if query_keys is not None else slice(None)
+    flat = {f"{name}/{key}": per_query[name][key][canon] for name in names for key in keys} if nq else {}
     if rcwf is not None:
-        flat[RCWF] = rcwf
+        flat[RCWF] = rcwf[canon]
     ci = bootstrap_ci(flat, n_resamples=cfg.bootstrap, confidence=cfg.confidence, seed=seed) if nq else {}
     block["ci95"] = {name: {key: ci[f"{name}/{key}"] for key in keys} for name in names} if ci else {}
     if rcwf is not None:
-        block[RCWF] = _finite(float(rcwf.mean())) if nq else None
+        block[RCWF] = _finite(exact_mean(rcwf)) if nq else None
         if ci:
             block[RCWF + "_ci95"] = ci[RCWF]
 
@@ -815,8 +826,8 @@ def _assemble(
     if nq:
         uniq, code = _codes(fine_labels)
         n_per = np.bincount(code, minlength=len(uniq))
-        r1 = np.bincount(code, weights=fine["recall@1"], minlength=len(uniq)) / n_per
-        mr = np.bincount(code, weights=fine["map@r"], minlength=len(uniq)) / n_per
+        r1 = exact_group_means(code, fine["recall@1"], len(uniq))
+        mr = exact_group_means(code, fine["map@r"], len(uniq))
         block["per_class"] = {
             _class_name(class_names, lab): {
                 "n": int(n_per[j]), "recall@1": float(r1[j]), "map@r": float(mr[j])
@@ -830,11 +841,11 @@ def _assemble(
         if nq:
             uniq, code = _codes(domains.astype(str))
             n_per = np.bincount(code, minlength=len(uniq))
-            sums = {key: np.bincount(code, weights=fine[key], minlength=len(uniq)) for key in keys}
+            means = {key: exact_group_means(code, fine[key], len(uniq)) for key in keys}
             for j, dom in enumerate(uniq.tolist()):
                 block["per_domain"][str(dom)] = {
                     "n": int(n_per[j]),
-                    **{key: float(sums[key][j] / n_per[j]) for key in keys},
+                    **{key: float(means[key][j]) for key in keys},
                 }
     return block
 

@@ -71,18 +71,46 @@ def resolve_device(requested: str = "auto") -> str:
     return "gpu" if n > 0 else "cpu"
 
 
+class IndexBuildError(DataError):
+    """An index type that cannot be built on this data (too few vectors to train it); names the type, the
+    count and faiss's reason. Front ends name their own option (``--index``, ``eval.index.type``)."""
+
+    def __init__(self, index_type: str, n: int, reason: str, option: str = "eval.index.type={}") -> None:
+        self.index_type, self.n, self.reason = index_type, n, reason
+        super().__init__(f"{option.format(index_type)} cannot be built on {n} vectors ({reason}); use "
+                         f"{option.format('flat')} (exact, fine at this size) or more data")
+
+
 def iter_chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
     """``(start, stop)`` pairs covering ``range(n)`` in steps of ``size``."""
     for start in range(0, n, size):
         yield start, min(start + size, n)
 
 
-def normalized_chunk(x: np.ndarray) -> np.ndarray:
-    """A C-contiguous float32 copy of ``x`` with unit rows (zero rows stay zero)."""
-    out = np.array(x, dtype=np.float32, order="C", copy=True)
+def unit_rows(x: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
+    """A C-contiguous copy of ``x`` (as ``dtype``) with unit L2 rows; zero rows stay zero.
+
+    Each row is first divided by its largest absolute value, then by its norm: squaring 1e38 (or 1e-42) in
+    float32 overflows to inf (underflows to 0) and a norm taken directly turns such a row into zeros or NaN.
+    Scaling first keeps every finite non-zero row's direction; a row scaled by a power of two normalises to
+    exactly the same bits as the unscaled row.
+    """
+    src = np.asarray(x)
+    # scale in the wider of the two types: float64 rows of 1e300 would overflow in a float32 copy
+    work = np.result_type(src.dtype, dtype) if src.dtype.kind == "f" else np.dtype(dtype)
+    out = np.array(src, dtype=work, order="C", copy=True)
+    if out.ndim != 2 or not out.size:
+        return out.astype(dtype, copy=False)
+    peak = np.max(np.abs(out), axis=1, keepdims=True)
+    np.divide(out, peak, out=out, where=(peak > 0) & np.isfinite(peak))
     norms = np.linalg.norm(out, axis=1, keepdims=True)
     np.divide(out, norms, out=out, where=norms > 0)
-    return out
+    return np.ascontiguousarray(out, dtype=dtype)
+
+
+def normalized_chunk(x: np.ndarray) -> np.ndarray:
+    """A C-contiguous float32 copy of ``x`` with unit rows (zero rows stay zero); see :func:`unit_rows`."""
+    return unit_rows(x, np.float32)
 
 
 def is_normalized(x: np.ndarray, *, chunk: int = 65536, atol: float = 1e-3) -> bool:
@@ -641,9 +669,17 @@ def _new_index(faiss: Any, embeddings: np.ndarray, cfg: IndexConfig, seed: int) 
     # faiss wants at least 39 points per centroid; 64 per list keeps k-means cheap at 1M+ vectors
     # and the PQ codebooks get their recommended 256 points per code.
     need = max(nlist * 64, (2**cfg.pq_nbits) * 256 if cfg.type == "ivf_pq" else 0)
+    if cfg.type == "ivf_pq" and n < 2**cfg.pq_nbits:  # faiss's PQ k-means refuses (or aborts) below this
+        raise IndexBuildError(cfg.type, n, f"pq_nbits={cfg.pq_nbits} needs at least {2**cfg.pq_nbits} vectors "
+                                           "to train its codebooks")
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(n, size=min(n, need), replace=False))
-    index.train(normalized_chunk(embeddings[sample]))
+    try:
+        index.train(normalized_chunk(embeddings[sample]))
+    except RuntimeError as e:  # faiss's C++ error with its source location: keep the reason
+        text = str(e)
+        reason = text.split("failed:", 1)[-1].strip() if "failed:" in text else text
+        raise IndexBuildError(cfg.type, n, reason.splitlines()[0][:200] if reason else "faiss error") from None
     index.nprobe = min(cfg.nprobe, nlist)
     params.update(nlist=nlist, nprobe=int(index.nprobe))
     if cfg.type == "ivf_pq" and cfg.refine_k_factor > 0:
@@ -668,12 +704,22 @@ def load_index(folder: str | os.PathLike[str], *, device: str = "auto", multi_gp
     for name in (INDEX_FILE, IDS_FILE, META_FILE):
         if not (folder / name).is_file():
             raise NotFoundError(f"{folder / name}: not found (build it with `ofgr index build`)")
+    from ofgr_core.runs.validate import NUM, OPT_STR, read_run_json
+
+    meta, why = read_run_json(folder / META_FILE, {"dim": NUM, "type": OPT_STR, "nprobe": NUM, "ef_search": NUM})
+    if why is not None or not isinstance(meta, dict):
+        raise DataError(f"{folder / META_FILE}: {(why or 'expected a JSON object').split(': ', 1)[-1]}")
     try:
-        meta = json.loads((folder / META_FILE).read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{folder / META_FILE}: invalid JSON ({e.msg})") from None
-    index = faiss.read_index(str(folder / INDEX_FILE))
-    ids = np.load(folder / IDS_FILE)
+        index = faiss.read_index(str(folder / INDEX_FILE))
+    except RuntimeError as e:  # faiss's C++ message with a source location: keep its reason
+        raise DataError(f"{folder / INDEX_FILE}: not a readable faiss index "
+                        f"({str(e).split('failed:', 1)[-1].strip().splitlines()[0][:120]})") from None
+    try:
+        ids = np.load(folder / IDS_FILE, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f"{folder / IDS_FILE}: not a readable .npy ({str(e).splitlines()[0][:120]})") from None
+    if not isinstance(ids, np.ndarray) or ids.ndim != 1 or ids.dtype.kind not in "iu":
+        raise DataError(f"{folder / IDS_FILE}: expected a 1-D integer array of ids")
     if index.ntotal != len(ids) or index.d != meta.get("dim", index.d):
         raise DataError(
             f"{folder}: index holds {index.ntotal} x {index.d} vectors but ids.npy has {len(ids)} rows "

@@ -212,7 +212,7 @@ class HeadOnFeatures(Fitter):
             feats, stats = extract([inp.paths[i] for i in rows], digests=digests)
         self._matrix = feats
         self._features = {int(r): j for j, r in enumerate(rows)}
-        return {**stats, "cache": str(store.folder), "dim": int(inp.model.feature_dim)}
+        return {**stats, "cache": str(store.folder), "dim": int(inp.model.feature_dim), "notes": list(store.notes)}
 
     def tower_features(self, rows: np.ndarray) -> np.ndarray:
         return self._matrix[[self._features[int(r)] for r in rows]]

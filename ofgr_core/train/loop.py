@@ -66,6 +66,11 @@ class TrainResult:
     selection: str = SELECTED_BY_VALIDATION
 
 
+# what a resume reads from last.pt (a foreign file without them is one line, not a KeyError)
+RESUME_KEYS = ("model", "loss", "optimizer", "scheduler", "scaler", "sampler", "rng", "epoch", "best_val",
+               "best_epoch", "images_seen", "history", "bad_epochs")
+
+
 class TrainModule(nn.Module):
     """Model + loss in one module, so DDP synchronises the ArcFace class weights with the backbone."""
 
@@ -232,7 +237,7 @@ def best_state(parts: _Parts, cfg: Config, epoch: int, val: Mapping[str, float],
 
 def _restore(parts: _Parts, counters: _Counters, path: Path, device: torch.device) -> _Resume:
     """Load a ``checkpoint_state`` into the run's objects and counters; where to continue."""
-    state = load_checkpoint(path, map_location=device)
+    state = load_checkpoint(path, map_location=device, require=RESUME_KEYS)  # a foreign file: one line
     parts.load_state(state["model"])
     parts.loss_fn.load_state_dict(state["loss"])
     parts.optimizer.load_state_dict(state["optimizer"])
@@ -386,6 +391,8 @@ class _Loop:
     workers: int
     autocast_dtype: torch.dtype | None
     probe_epochs: int
+    # the first step this process runs is logged too: its pace gives an ETA within seconds (workflows/checks.py)
+    logged_first: bool = False
     # in-memory training: end-of-epoch checkpoints held back up to LAZY_CHECKPOINT_S (see flush)
     lazy: bool = False
     _written: float = field(default_factory=time.perf_counter)
@@ -434,8 +441,10 @@ class _Loop:
                 self.counters.images_seen += n
                 window[1] += n
                 logged = (step + 1) % cfg.train.log_every == 0 or step + 1 == len(parts.sampler)
-                # the step a stop ends on is always logged: the live view's "step" then matches the stop message
-                if dist_info.is_main and (logged or stopping):
+                # the step a stop ends on is always logged: the live view's "step" then matches the stop message;
+                # so is the first step this process runs: its pace gives an ETA within seconds (workflows/checks)
+                if dist_info.is_main and (logged or stopping or not self.logged_first):
+                    self.logged_first = True
                     yield self._step_event(epoch, step, values, window)
             if stopping:
                 if dist_info.is_main:  # finish the step, then checkpoint it: resume continues at the next one

@@ -3,8 +3,8 @@
 Leave-one-out evaluation searches every item against the others; the symmetric path computes each block of
 the similarity matrix once and feeds the top-k of its rows and of its columns. Its results go through the same
 tie-breaking by item-id hash, self/group exclusion and scoring, so every metric must come out bit for bit as
-the plain path gives it. The reference is both the plain path of today's code (symmetry switched off) and the
-frozen pre-split ``evaluate_retrieval`` (``evaluate_before_split.py``).
+the plain path gives it. The reference is the plain path (symmetry switched off: one exact search per query
+chunk).
 
 Two kinds of data. Unit vectors on a 1/32 grid have dot products that float32 holds exactly, so
 every BLAS agrees on every score: there the equality is guaranteed, and the data carry many exact ties
@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import json
+
 import faiss
 import numpy as np
 import pytest
-from evaluate_before_split import evaluate_retrieval_before_split
-from test_evaluate_split import _same
 
 from ofgr_core.config import EvalConfig
 from ofgr_core.retrieval import evaluate as ev
@@ -68,6 +68,17 @@ def _gaussian_case(seed: int, n: int = 700, d: int = 24, classes: int = 35) -> d
             "ids": np.arange(n) * 7 + 3, "groups": rng.integers(0, 80, n)}
 
 
+def _same(got: SplitResult, ref: SplitResult) -> None:
+    """Bit for bit: the block (repr-exact floats, as json writes them), query ids and every per-query value."""
+    assert json.dumps(got.block, sort_keys=True) == json.dumps(ref.block, sort_keys=True)
+    assert got.query_ids.dtype == ref.query_ids.dtype and np.array_equal(got.query_ids, ref.query_ids)
+    assert got.per_query.keys() == ref.per_query.keys()
+    for lv, metrics in ref.per_query.items():
+        assert got.per_query[lv].keys() == metrics.keys()
+        for key, vals in metrics.items():
+            assert got.per_query[lv][key].tobytes() == vals.tobytes(), (lv, key)
+
+
 class _Spy:
     """Counts the symmetric searches (so a test knows which path ran)."""
 
@@ -82,9 +93,9 @@ class _Spy:
         monkeypatch.setattr(ev, "symmetric_knn", spy)
 
 
-def _three_ways(monkeypatch: pytest.MonkeyPatch, c: dict[str, Any], cfg: EvalConfig, **kw: Any
-                ) -> tuple[SplitResult, SplitResult, SplitResult]:
-    """(symmetric, plain path of today's code, frozen pre-split function) on the same leave-one-out problem."""
+def _both_ways(monkeypatch: pytest.MonkeyPatch, c: dict[str, Any], cfg: EvalConfig, **kw: Any
+               ) -> tuple[SplitResult, SplitResult]:
+    """(symmetric, plain) on the same leave-one-out problem."""
     spy = _Spy(monkeypatch)
     monkeypatch.setattr(ev, "SYMMETRIC_MIN_DIM", 1)
     monkeypatch.setattr(ev, "SYMMETRIC_BLOCK", 64)  # 600 rows: 10 blocks, the last one ragged
@@ -93,12 +104,7 @@ def _three_ways(monkeypatch: pytest.MonkeyPatch, c: dict[str, Any], cfg: EvalCon
     monkeypatch.setattr(ev, "SYMMETRIC_BLOCK", 10**9)
     plain = run_split(c["x"], c["labels"], cfg=cfg, **kw)
     assert spy.calls == 1
-    x = c["x"]
-    ids = kw.get("ids", np.arange(len(x)))  # run_split's default: leave-one-out by row number
-    frozen = evaluate_retrieval_before_split(
-        x, x, c["labels"], c["labels"], query_ids=ids, gallery_ids=ids,
-        query_groups=kw.get("groups"), gallery_groups=kw.get("groups"), cfg=cfg)
-    return sym, plain, frozen
+    return sym, plain
 
 
 @pytest.mark.parametrize(("seed", "n", "k", "block", "sparse", "dense"),
@@ -204,18 +210,14 @@ def test_symmetric_evaluation_is_bit_identical_on_exact_products(monkeypatch: py
         ({"ids": c["ids"], "groups": c["groups"]}, EvalConfig(bootstrap=0, exclude_same_group=True, max_r=5)),
     ]
     for kw, cfg in cases:
-        sym, plain, frozen = _three_ways(monkeypatch, c, cfg, **kw)
-        _same(sym, plain)
-        _same(sym, frozen)
+        _same(*_both_ways(monkeypatch, c, cfg, **kw))
 
 
 def test_symmetric_evaluation_matches_on_gaussian_data(monkeypatch: pytest.MonkeyPatch) -> None:
     c = _gaussian_case(5)
     for kw, cfg in [({}, EvalConfig(bootstrap=25)),
                     ({"ids": c["ids"], "groups": c["groups"]}, EvalConfig(bootstrap=0, exclude_same_group=True))]:
-        sym, plain, frozen = _three_ways(monkeypatch, c, cfg, **kw)
-        _same(sym, plain)
-        _same(sym, frozen)
+        _same(*_both_ways(monkeypatch, c, cfg, **kw))
 
 
 def test_split_evaluation_takes_the_symmetric_path(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import time
@@ -38,7 +39,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
 
+from ofgr_core.common.diskspace import ensure_free, make_dir
 from ofgr_core.common.errors import ConfigError, DataError
+from ofgr_core.common.textio import read_text
 from ofgr_core.data.common import safe_join
 from ofgr_core.runs.events import Event, Log, StageFinished, StageProgress, StageStarted, TrainEpoch, TrainStep
 
@@ -71,11 +74,15 @@ def read_captions(manifest: str | Path) -> tuple[list[str], list[str], Path]:
     if not p.is_file():
         raise DataError(f"manifest {p} not found; give a CSV with path and caption columns (ofgr data synth "
                         "writes one)")
-    with p.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f, delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
+    # UTF-8 (BOM optional) or UTF-16/32 with a BOM; NUL bytes (a binary file, a caption with \x00) are refused
+    text = read_text(p, what="manifest")
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
         header = [h.strip() for h in (reader.fieldnames or [])]
         reader.fieldnames = header
         rows = list(reader)
+    except csv.Error as e:  # e.g. a caption over csv's 128 KiB field limit
+        raise DataError(f"manifest {p} after line {reader.line_num}: malformed CSV ({e})") from None
     absent = [c for c in ("path", "caption") if c not in header]
     if absent:
         raise DataError(f"manifest {p}: missing column(s) {', '.join(absent)} (found: {', '.join(header) or 'none'});"
@@ -223,6 +230,10 @@ def pretrain_clip(
     dev = resolve_device(device)
     torch.manual_seed(seed)
     clip_model, source = load_open_clip(model, pretrained, None, image_size)
+    # the checkpoint's folder and space first: a full disk is one line before training, not after it
+    weight_bytes = sum(t.numel() * t.element_size() for t in clip_model.state_dict().values())
+    make_dir(out, "--out")
+    ensure_free(out, weight_bytes + (1 << 20), f"--out {out}: the CLIP checkpoint")
     clip_model.to(dev)
     from open_clip.model import get_model_preprocess_cfg
 
