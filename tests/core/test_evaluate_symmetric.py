@@ -15,9 +15,8 @@ sizes); their metrics must still agree.
 
 from __future__ import annotations
 
-from typing import Any
-
 import json
+from typing import Any
 
 import faiss
 import numpy as np
