@@ -84,6 +84,25 @@ def file_digest(path: str) -> str:
         return hashlib.blake2b(f.read(), digest_size=16).hexdigest()
 
 
+def file_digests(paths: Sequence[str], threads: int | None = None) -> list[str]:
+    """``file_digest`` of every path, in order, on a few threads.
+
+    Reading a file and hashing more than 2 KB with hashlib release the GIL, so threads overlap the I/O and
+    the hashing; each thread walks one contiguous slice (no per-file task), which keeps the per-file Python
+    cost to the open, read and hash calls.
+    """
+    n = len(paths)
+    threads = max(1, min(threads or min(8, os.cpu_count() or 1), n // 256))
+    if threads == 1:
+        return [file_digest(p) for p in paths]
+    from concurrent.futures import ThreadPoolExecutor
+
+    bounds = np.linspace(0, n, threads + 1).astype(int)
+    with ThreadPoolExecutor(threads) as pool:
+        parts = pool.map(lambda a, b: [file_digest(p) for p in paths[a:b]], bounds[:-1], bounds[1:])
+        return [d for part in parts for d in part]
+
+
 @dataclass
 class CacheEntry:
     """One key's folder, as ``ofgr cache ls`` shows it."""
@@ -357,9 +376,12 @@ def extract_features(
 ) -> tuple[np.ndarray, dict[str, int]]:
     """Tower features of ``paths`` (``encoder.tower_features``), through the cache when one is given.
 
-    Only images whose content hash is missing from the cache run through the tower; they are computed in
-    chunks of ``chunk`` images and appended after each chunk, so an interrupted fill resumes where it stopped.
-    The tower runs under the encoder's own ``autocast_dtype``, the dtype its ``feature_key()`` names.
+    Only images whose content hash is missing from the cache run through the tower (content hashes of all
+    the files come from ``file_digests`` unless given). One loader streams every missing image (decoded
+    and preprocessed in its workers, see ``iter_embed``); each finished chunk of ``chunk`` images is appended
+    to the cache on a writer thread while the tower computes the next, so an interrupted fill keeps every
+    appended chunk and resumes after it. The tower runs under the encoder's own ``autocast_dtype``, the dtype
+    its ``feature_key()`` names.
 
     Returns:
         ``(features, stats)``: ``(N, feature_dim)`` float32 in the order of ``paths``, and
@@ -372,39 +394,59 @@ def extract_features(
 
     n = len(paths)
     dim = int(encoder.feature_dim)
+
+    def computed(todo: list[str]) -> Iterator[tuple[int, np.ndarray]]:
+        return iter_embed(TowerOnly(encoder), todo, transform, torch.device(device), batch_size=batch_size,
+                          num_workers=num_workers, autocast_dtype=encoder.autocast_dtype, normalize=False)
+
     if store is None:
         out = np.empty((n, dim), np.float32)
-        for start, feats in iter_embed(TowerOnly(encoder), list(paths), transform, torch.device(device),
-                                       batch_size=batch_size, num_workers=num_workers,
-                                       autocast_dtype=encoder.autocast_dtype,
-                                       normalize=False):
+        for start, feats in computed(list(paths)):
             out[start : start + len(feats)] = feats
             if progress is not None:
                 progress(start + len(feats), n)
         return out, {"hits": 0, "computed": n}
-    digests = list(digests) if digests is not None else [file_digest(p) for p in paths]
+    digests = list(digests) if digests is not None else file_digests(paths)
     if len(digests) != n:
         raise DataError(f"{len(digests)} content hashes for {n} images")
     store.verify(digests)  # rows that fail their CRC are forgotten: computed again below
     todo = store.missing(digests)
     missing = {digests[i] for i in todo}
     hits = sum(d not in missing for d in digests)
-    done = hits
     if progress is not None:
-        progress(done, n)
-    tower = TowerOnly(encoder)
+        progress(hits, n)
     # the data loader draws a seed from torch's global generator: computing features must not move it, or a
     # run's head would train differently depending on whether the cache was warm
     with torch.random.fork_rng(devices=[]):
-        for a in range(0, len(todo), chunk):
-            part = todo[a : a + chunk]
-            feats = np.empty((len(part), dim), np.float32)
-            for start, f in iter_embed(tower, [paths[i] for i in part], transform, torch.device(device),
-                                       batch_size=batch_size, num_workers=num_workers,
-                                       autocast_dtype=encoder.autocast_dtype, normalize=False):
-                feats[start : start + len(f)] = f
-            store.append([digests[i] for i in part], feats)
-            done += len(part)
-            if progress is not None:
-                progress(done, n)
+        _fill(store, computed([paths[i] for i in todo]), [digests[i] for i in todo], dim, chunk,
+              None if progress is None else (lambda done: progress(hits + done, n)))
     return store.read(digests), {"hits": hits, "computed": len(todo)}
+
+
+def _fill(store: FeatureStore, batches: Iterator[tuple[int, np.ndarray]], digests: list[str], dim: int,
+          chunk: int, progress: Callable[[int], None] | None) -> None:
+    """Appends the features ``batches`` yields (rows of ``digests``, in order) to ``store``, ``chunk`` rows at a
+    time, on a writer thread: the next chunk computes while the last one is written and synced. At most one
+    write is pending, so memory holds two chunks."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    n = len(digests)
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pending: Future[None] | None = None
+        buf = np.empty((min(chunk, n), dim), np.float32)
+        first, fill = 0, 0  # the chunk in buf starts at row `first` and holds `fill` rows
+        for start, feats in batches:
+            at = 0
+            while at < len(feats):  # a batch may straddle two chunks
+                take = min(len(feats) - at, len(buf) - fill)
+                buf[fill : fill + take] = feats[at : at + take]
+                fill, at = fill + take, at + take
+                if fill == len(buf) or first + fill == n:
+                    if pending is not None:
+                        pending.result()  # raises what the last write raised
+                    pending = writer.submit(store.append, digests[first : first + fill], buf[:fill])
+                    first, fill, buf = first + fill, 0, np.empty_like(buf)
+            if progress is not None:
+                progress(start + len(feats))
+        if pending is not None:
+            pending.result()
