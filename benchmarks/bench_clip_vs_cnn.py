@@ -7,13 +7,16 @@
 Runs, in one process and one after the other: the CNN config; the CLIP config with an empty feature cache
 (cold: the image tower runs on every image); the CLIP config again on the now-filled cache (warm: only the head
 trains). All three use the CNN run's split. Prints, per run, the stage times that make up "fit + evaluate"
-(features + train + embed + evaluate) and the ratios CLIP / CNN. Goal of the CLIP issue: warm <= 1/20.
+(features + train + embed + evaluate), the steps trained and the train time per step (per-epoch validation and
+checkpoints included), and the ratios CLIP / CNN. Goal of issues 19/20: warm <= 1/20, measured on an idle box.
+Both sides run their configs as shipped (same epochs, batch, head).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -38,6 +41,16 @@ def run(config: str, runs_dir: Path, overrides: list[str]) -> dict:
     assert status == "finished" and metrics, f"{run_dir}: {status}"
     metrics["_run_dir"] = str(run_dir)
     return metrics
+
+
+def steps_trained(m: dict) -> int:
+    """Optimisation steps of a run: epochs trained x steps per epoch (from its events.jsonl)."""
+    per_epoch = 0
+    with open(Path(m["_run_dir"]) / "events.jsonl") as f:
+        for line in f:
+            if '"train_step"' in line:
+                per_epoch = json.loads(line)["steps_per_epoch"]
+    return per_epoch * int(m["train"]["epochs"])
 
 
 def main() -> None:
@@ -65,13 +78,17 @@ def main() -> None:
         return sum(float(m["timings"].get(k, 0.0)) for k in FIT_EVAL)
 
     rows = [("cnn", cnn), ("clip cold cache", cold), ("clip warm cache", warm)]
+    load = os.getloadavg()
+    print(f"{os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min)")
     print(f"{'run':18s} {'features':>9s} {'train':>8s} {'embed':>7s} {'eval':>7s} {'fit+eval':>9s} "
-          f"{'unseen fine R@1':>16s} {'trained params':>15s}")
+          f"{'steps':>6s} {'ms/step':>8s} {'unseen fine R@1':>16s} {'trained params':>15s}")
     for name, m in rows:
         t = m["timings"]
+        steps = steps_trained(m)
+        per_step = 1000 * t.get("train", 0.0) / steps if steps else float("nan")
         print(f"{name:18s} {t.get('features', 0.0):9.1f} {t.get('train', 0.0):8.1f} {t.get('embed', 0.0):7.1f} "
-              f"{t.get('evaluate', 0.0):7.1f} {fit_eval(m):9.1f} {100 * m['unseen']['fine']['recall@1']:15.1f}% "
-              f"{m['model']['trainable_params']:15,d}")
+              f"{t.get('evaluate', 0.0):7.1f} {fit_eval(m):9.1f} {steps:6d} {per_step:8.2f} "
+              f"{100 * m['unseen']['fine']['recall@1']:15.1f}% {m['model']['trainable_params']:15,d}")
     base = fit_eval(cnn)
     result = {
         "cnn_seconds": base,
@@ -80,6 +97,8 @@ def main() -> None:
         "ratio_cold": fit_eval(cold) / base,
         "ratio_warm": fit_eval(warm) / base,
         "warm_features_computed": warm["fit"]["features"]["computed"],
+        "ms_per_step": {n: 1000 * float(m["timings"].get("train", 0.0)) / max(steps_trained(m), 1)
+                        for n, m in rows},
         "unseen_fine_r1": {n: m["unseen"]["fine"]["recall@1"] for n, m in rows},
     }
     print(f"CLIP fit+evaluate / CNN fit+evaluate: cold cache {result['ratio_cold']:.3f} "

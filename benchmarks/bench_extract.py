@@ -3,16 +3,21 @@
     python benchmarks/bench_extract.py                                   # tiny CLIP, 64 px, CPU
     python benchmarks/bench_extract.py --model ViT-B-32 --size 224 --n 2000 --workers 8 --device cuda
 
-"Pipeline" is ``ofgr_core.embedding.features.extract_features``: decode the files in DataLoader workers, preprocess,
-run the frozen tower, write the cache. "Encoder alone" runs the same tower on the same images already decoded,
-preprocessed and on the device, at the same batch size. The ratio pipeline / encoder says how much of the
-tower's speed the data path keeps (goal >= 0.8: the encoder, not the loader, should be the bottleneck). Random
-weights are used (no download); speed does not depend on the weights.
+"Pipeline" is ``ofgr_core.embedding.features.extract_features``: hash the files, decode and preprocess them in
+DataLoader workers (whole batches: ``ImageBatchDataset``), run the frozen tower, append to the cache on a writer
+thread. "Encoder alone" runs the same tower on the same images already decoded, preprocessed and on the device,
+at the same batch size. The ratio pipeline / encoder says how much of the tower's speed the data path keeps
+(goal >= 0.8: the encoder, not the loader, should be the bottleneck). "Per-image pipeline" is the data path
+before issue 20, rebuilt here for the side-by-side figure: ``file_digest`` file by file, one ``ImageDataset``
+item (every transform step) per image, a DataLoader per 4096-image chunk, appends in line. Random weights are
+used (no download); speed does not depend on the weights. The files are random-noise JPEGs, which decode
+slower than photos of the same size (they compress badly).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -59,7 +64,8 @@ def main() -> None:
     # encoder alone: preprocessed tensors already on the device
     with Image.open(paths[0]) as im:
         x = tf(im.convert("RGB"))
-    batch = x.unsqueeze(0).repeat(a.batch_size, 1, 1, 1).to(device)
+    # the layout extraction feeds the tower (channels-last: EXTRACTION_VERSION 1)
+    batch = x.unsqueeze(0).repeat(a.batch_size, 1, 1, 1).to(device).contiguous(memory_format=torch.channels_last)
     with torch.no_grad(), autocast(device, model.autocast_dtype):
         model.tower_features(batch)  # warm-up
         if device.type == "cuda":
@@ -73,20 +79,54 @@ def main() -> None:
             torch.cuda.synchronize()
         enc = done / (time.perf_counter() - t0)
 
+    t0 = time.perf_counter()
+    old = per_image_pipeline(model, paths, tf, device, open_feature_store(model, work / "cache-old"), a)
+    before = a.n / (time.perf_counter() - t0)
     store = open_feature_store(model, work / "cache")
     t0 = time.perf_counter()
     feats, stats = extract_features(model, paths, tf, device, store=store, batch_size=a.batch_size,
                                     num_workers=a.workers)
     pipe = a.n / (time.perf_counter() - t0)
     assert stats["computed"] == a.n and feats.shape == (a.n, model.feature_dim)
+    same = np.array_equal(feats, old)
+    diff = float(np.abs(feats - old).max())
     t0 = time.perf_counter()
     extract_features(model, paths, tf, device, store=store, batch_size=a.batch_size, num_workers=a.workers)
     cached = a.n / (time.perf_counter() - t0)
+    load = os.getloadavg()
     print(f"{a.model} {a.size}px on {device} ({torch.get_num_threads()} threads, {a.workers} loader workers), "
-          f"{a.n} JPEG files, batch {a.batch_size}:")
+          f"{a.n} JPEG files, batch {a.batch_size}; load average {load[0]:.1f} / {load[1]:.1f} (1/5 min):")
     print(f"  encoder alone on preloaded tensors: {enc:9.1f} img/s")
     print(f"  pipeline from files (cold cache):   {pipe:9.1f} img/s   ratio {pipe / enc:.2f} (goal >= 0.8)")
+    print(f"  per-image pipeline (before):        {before:9.1f} img/s   ratio {before / enc:.2f}")
     print(f"  pipeline, warm cache (hash + read): {cached:9.1f} img/s")
+    print(f"  same features as the per-image pipeline: {'yes' if same else f'NO (max abs difference {diff:.2e})'}")
+
+
+def per_image_pipeline(model, paths, tf, device, store, a):  # noqa: ANN001, ANN201
+    """The extraction data path before issue 20 (see the module docstring), for the side-by-side figure."""
+    import numpy as np
+    import torch
+
+    from ofgr_core.data.loader import ImageDataset
+    from ofgr_core.embedding.features import file_digest
+    from ofgr_core.models.precision import autocast
+
+    digests = [file_digest(p) for p in paths]
+    todo = store.missing(digests)
+    for c in range(0, len(todo), 4096):
+        part = todo[c : c + 4096]
+        ds = ImageDataset([paths[i] for i in part], np.zeros((len(part), 1), np.int64), tf)
+        loader = torch.utils.data.DataLoader(ds, batch_size=a.batch_size, num_workers=a.workers,
+                                             pin_memory=device.type == "cuda")
+        out = []
+        with torch.no_grad():
+            for x, _, _ in loader:
+                with autocast(device, model.autocast_dtype):
+                    x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                    out.append(model.tower_features(x).float().cpu().numpy())
+        store.append([digests[i] for i in part], np.concatenate(out))
+    return store.read(digests)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,29 @@ nlist ~ sqrt(N); the exact sample ~ S * N), stating that it is an extrapolation.
 Part 2 (``--sharded``): ``ofgr eval-embeddings`` on N x D in one process and under
 ``torchrun --nproc_per_node 2`` (gloo, CPU): identical stdout, wall-time ratio.
 
+Part 3 (``--memmap``; ``--million`` is ``--memmap --n 1000000 --dim 512``): approximate all-vs-all at a size
+where the exact one is too slow to run, on the data of ``bench_eval.py --million`` (Gaussian blobs of 50 items
+per fine class, 4 fine per coarse, noise 1.6, L2-normalised, read from a memmap). Each measurement runs in its
+own subprocess, so its peak RSS is its own:
+* ``exact sample``: ``--exact-queries`` random queries searched exactly against the whole gallery; the exact
+  all-vs-all time is this time x N / queries (exact search costs the same per query at a fixed gallery; this is
+  the plain path - the symmetric search of ``bench_symmetric.py`` would take about its measured factor of that);
+* ``approximate``: the whole leave-one-out evaluation through an IVF index (``--index``, ``--nprobe``) with
+  ``--sample`` of its queries also searched exactly, from which ofgr estimates the metric error with a
+  confidence interval (``block["approximation"]``);
+* ``--full-exact`` (small N only) also runs the exact all-vs-all, to check the extrapolation and the interval.
+It prints the time ratio approximate / exact (goal <= 0.2 at 1M), the error estimate with its 95% CI (goal
+< 0.1 point), the recall against exact on the sample, and peak RSS growth of each run against the machine's RAM.
+
 Run: ``.venv/bin/python benchmarks/bench_scale_eval.py --approx --n 100000 --dim 128 --sharded --n-sharded 40000``
+     ``.venv/bin/python benchmarks/bench_scale_eval.py --million --nprobe 16``
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import platform
 import shutil
@@ -118,17 +134,152 @@ def sharded(n: int, d: int) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
+def memmap_worker(kind: str, folder: Path, opts: dict) -> dict:
+    """One measurement of ``--memmap`` in this process: seconds, peak RSS growth, what it computed."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_eval import peak_mb, rss_mb
+
+    from ofgr_core.config import EvalConfig
+    from ofgr_core.retrieval.evaluate import run_split
+
+    emb = np.load(folder / "emb.npy", mmap_mode="r")
+    labels = np.load(folder / "labels.npy")
+    n = len(emb)
+    base = rss_mb()
+    t0 = time.perf_counter()
+    out: dict = {}
+    if kind == "exact_sample":
+        qmask = np.zeros(n, bool)
+        qmask[np.random.default_rng(1).choice(n, size=min(n, opts["exact_queries"]), replace=False)] = True
+        block = run_split(emb, labels, query_mask=qmask, cfg=EvalConfig(bootstrap=0, index={"device": "cpu"})).block
+        out = {"queries": block["n_queries"], "fine": block["fine"]}
+    elif kind == "approx":
+        index = {"type": opts["index"], "nprobe": opts["nprobe"], "exact_check": opts["sample"], "device": "cpu"}
+        if opts["index"] == "ivf_pq":
+            index.update(pq_m=opts["pq_m"], refine_k_factor=opts["refine"])
+        block = run_split(emb, labels, cfg=EvalConfig(bootstrap=opts["bootstrap"], index=index)).block
+        out = {"queries": block["n_queries"], "fine": block["fine"], "index": block["index"],
+               "approximation": block["approximation"]}
+    else:  # full exact all-vs-all (symmetric path where it applies)
+        block = run_split(emb, labels, cfg=EvalConfig(bootstrap=0, index={"device": "cpu"})).block
+        out = {"queries": block["n_queries"], "fine": block["fine"]}
+    return {"kind": kind, "seconds": time.perf_counter() - t0, "peak_growth_mb": peak_mb() - base, **out}
+
+
+def memmap_approx(a: argparse.Namespace) -> None:
+    """``--memmap``: approximate all-vs-all against exact on a query sample (see the module docstring)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import faiss
+    from bench_eval import make_data
+
+    from ofgr_core.config import IndexConfig
+    from ofgr_core.retrieval.index import default_nlist, index_bytes
+
+    opts = {"exact_queries": a.exact_queries, "index": a.index, "sample": a.sample,
+            "bootstrap": a.bootstrap, "pq_m": a.pq_m, "refine": a.refine}
+    folder = Path(a.dir) if a.dir else Path(tempfile.mkdtemp(prefix="ofgr_approx_"))
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "emb.npy").is_file() or np.load(folder / "emb.npy", mmap_mode="r").shape != (a.n, a.dim):
+        t = time.perf_counter()
+        make_data(folder, a.n, a.dim, 50)
+        print(f"data written in {time.perf_counter() - t:.0f} s to {folder}")
+
+    def run(kind: str, **extra: object) -> dict:
+        proc = subprocess.run([sys.executable, __file__, "--memmap-worker", kind, str(folder),
+                               json.dumps({**opts, **extra})], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"{kind} failed:\n{proc.stderr[-3000:]}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    def run_with(nprobe: int) -> dict:
+        return run("approx", nprobe=nprobe)
+
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    emb_gib = a.n * a.dim * 4 / 2**30
+    load = os.getloadavg()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {ram:.1f} GiB RAM, faiss {faiss.__version__}; "
+          f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min)")
+    nlist = default_nlist(a.n)
+    plan = index_bytes(a.n, a.dim, IndexConfig(type=a.index, pq_m=a.pq_m, refine_k_factor=a.refine))
+    print(f"N = {a.n:,} x {a.dim} float32 memmap ({emb_gib:.2f} GiB), bench_eval.py data; {a.index} nlist {nlist} "
+          f"(index ~{plan / 2**30:.2f} GiB); {a.sample:,} audited queries; exact timed on {a.exact_queries:,} queries")
+    ex = run("exact_sample")
+    full = run("full_exact") if a.full_exact else None
+    print(f"exact search of {ex['queries']:,} random queries against all {a.n:,}: {ex['seconds']:.1f} s, "
+          f"peak RSS growth {ex['peak_growth_mb'] / 1024:.2f} GiB")
+    if full is not None:
+        print(f"exact all-vs-all, measured (symmetric search where it applies): {full['seconds']:.0f} s, "
+              f"peak RSS growth {full['peak_growth_mb'] / 1024:.2f} GiB")
+    print("Approximate all-vs-all = index build + search of every query + exact audit of the sample + bootstrap. "
+          "Exact = the measured sample's time x queries / sample. Errors are approximate - exact in points, "
+          "estimated by ofgr from the audited queries with the 95% interval; 'max end' is the largest |end| of "
+          "any headline interval (every metric, both levels).")
+    cols = ["nprobe", "approximate", "exact (extrapolated)", "ratio (goal <= 0.2)", "fine R@1 error [95% CI]",
+            "fine MAP@R error [95% CI]", "max end (goal < 0.1)", "recall vs exact@10", "peak RSS growth"]
+    if full is not None:
+        cols += ["ratio to measured exact", "true R@1 / MAP@R error (in CI)"]
+    print("| " + " | ".join(cols) + " |")
+    print("|" + " ---: |" * len(cols))
+    for nprobe in a.nprobe_list:
+        ap_ = run_with(nprobe)
+        nq = ap_["queries"]
+        t_exact = ex["seconds"] * nq / ex["queries"]
+        appr = ap_["approximation"]
+        cells = [str(nprobe), f"{ap_['seconds']:.0f} s", f"{t_exact:.0f} s", f"**{ap_['seconds'] / t_exact:.3f}**"]
+        for key in ("recall@1", "map@r"):
+            d = appr["difference"]["fine"][key]
+            lo, hi = (100 * v for v in (d["ci"] or [float("nan")] * 2))
+            cells.append(f"{100 * d['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+        bound = appr["max_abs_error"]
+        cells.append("n/a" if bound is None else f"{100 * bound:.3f}")
+        rec = [v for k, v in ap_["index"].items() if k.startswith("recall_vs_exact")]
+        cells.append(f"{rec[0]:.4f}" if rec else "-")
+        cells.append(f"{ap_['peak_growth_mb'] / 1024:.2f} GiB ({ap_['peak_growth_mb'] / 1024 / emb_gib:.2f}x emb.; "
+                     f"RAM {ram:.0f} GiB)")
+        if full is not None:
+            cells.append(f"{ap_['seconds'] / full['seconds']:.3f}")
+            parts = []
+            for key in ("recall@1", "map@r"):
+                true = 100 * (ap_["fine"][key] - full["fine"][key])
+                d = appr["difference"]["fine"][key]
+                lo, hi = (100 * v for v in (d["ci"] or [float("nan")] * 2))
+                parts.append(f"{true:+.3f} ({'yes' if lo <= true <= hi else 'NO'})")
+            cells.append(" / ".join(parts))
+        print("| " + " | ".join(cells) + " |", flush=True)
+    if not a.dir:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--memmap-worker":
+        kind, folder, opts = sys.argv[2:5]
+        print(json.dumps(memmap_worker(kind, Path(folder), json.loads(opts))))
+        return
     ap = argparse.ArgumentParser()
     ap.add_argument("--approx", action="store_true")
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=128)
-    ap.add_argument("--nprobe", type=int, default=8)
+    ap.add_argument("--nprobe", default="8", help="IVF lists probed; --memmap takes a comma list (one run each)")
     ap.add_argument("--sample", type=int, default=10_000)
     ap.add_argument("--noise", type=float, default=0.9, help="within-class spread (higher: harder data)")
     ap.add_argument("--sharded", action="store_true")
     ap.add_argument("--n-sharded", type=int, default=40_000)
+    ap.add_argument("--memmap", action="store_true", help="approximate all-vs-all on bench_eval.py's memmap data")
+    ap.add_argument("--million", action="store_true", help="--memmap --n 1000000 --dim 512")
+    ap.add_argument("--index", default="ivf_flat", choices=["ivf_flat", "ivf_pq", "hnsw"])
+    ap.add_argument("--pq-m", type=int, default=64, help="ivf_pq sub-quantizers")
+    ap.add_argument("--refine", type=int, default=16, help="ivf_pq exact re-ranking factor")
+    ap.add_argument("--exact-queries", type=int, default=2000, help="queries the exact time is measured on")
+    ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--full-exact", action="store_true", help="also run the exact all-vs-all (small N only)")
+    ap.add_argument("--dir", default=None, help="keep the data here (reused when its shape matches)")
     args = ap.parse_args()
+    args.nprobe_list = [int(v) for v in str(args.nprobe).split(",")]
+    args.nprobe = args.nprobe_list[0]
+    if args.million:
+        args.memmap, args.n, args.dim = True, 1_000_000, 512
+    if args.memmap:
+        memmap_approx(args)
     if args.approx:
         approx(args.n, args.dim, args.nprobe, args.sample, args.noise)
     if args.sharded:

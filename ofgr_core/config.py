@@ -269,14 +269,18 @@ class LossConfig(Section):
 
 
 # -------------------------------------------------------------------------------------------- sampler
+MAX_BATCHES_PER_EPOCH = 1_000_000
+
+
 class SamplerConfig(Section):
     type: str = "hierarchical_pk"
     coarse_per_batch: int = Field(2, ge=1, le=10_000)  # C
     fine_per_coarse: int = Field(4, ge=1, le=10_000)  # P
     k: int = Field(4, ge=1, le=10_000)  # K images per fine class
     coarse_only_k: int | None = Field(None, ge=0, le=10_000)  # coarse-only images per coarse class per batch
-    # per rank; default n_train // (C*P*K*world_size), >= one class pass
-    batches_per_epoch: int | None = Field(None, ge=1)
+    # per rank; default n_train // (C*P*K*world_size), >= one class pass; at most a million (an epoch of 10^12
+    # batches never ends, and every epoch ends in a validation and a checkpoint)
+    batches_per_epoch: int | None = Field(None, ge=1, le=MAX_BATCHES_PER_EPOCH)
 
 
 # ---------------------------------------------------------------------------------------------- train
@@ -294,6 +298,9 @@ class TrainConfig(Section):
     early_stopping: int | None = Field(None, ge=1)  # patience in epochs on validation Recall@1; null = off
     eval_batch_size: int = Field(256, ge=1, le=65536)
     log_every: int = Field(10, ge=1)
+    # the memory plan before a run (ofgr_core/train/memplan.py): check = refuse a training step that does not
+    # fit (and lower eval_batch_size to one that does), warn = say so and run anyway, off = no plan
+    memory_check: Literal["check", "warn", "off"] = "check"
 
 
 # ----------------------------------------------------------------------------------------------- eval
@@ -319,6 +326,7 @@ MAX_K = 1_000_000
 
 class EvalConfig(Section):
     ks: list[int] = Field(default_factory=lambda: [1, 2, 4, 5, 8, 10])
+    # must include unseen: Recall@1 on unseen classes is the headline metric (ofgr runs, compare, reports)
     splits: list[Literal["unseen", "seen"]] = Field(default_factory=lambda: ["unseen", "seen"])  # type: ignore[arg-type]
     index: IndexConfig = Field(default_factory=IndexConfig)
     bootstrap: int = Field(1000, ge=0, le=100_000)  # resamples for confidence intervals; 0 = off
@@ -333,6 +341,11 @@ class EvalConfig(Section):
         if not v or any(k < 1 or k > MAX_K for k in v):
             raise ValueError(f"must be a non-empty list of integers in 1..{MAX_K}")
         return sorted(set(v))
+
+    @field_validator("splits")
+    @classmethod
+    def _once(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(v))
 
 
 # ---------------------------------------------------------------------------------------------- root
@@ -529,9 +542,35 @@ def load_config(
             _apply_override(tree, parts, value, text)
         origin = f"{origin} with --set {' '.join(_short(o) for o in overrides)}"
     try:
-        return Config.model_validate(tree)
+        cfg = Config.model_validate(tree)
     except ValidationError as e:
         raise ConfigError(_format_error(e, origin, tree)) from None
+    problem = headline_problem(cfg)
+    if problem is not None:
+        raise ConfigError(f"{origin}: {problem}")
+    return cfg
+
+
+def headline_problem(cfg: Config) -> str | None:
+    """Why a run with ``cfg`` could not produce its headline metric (Recall@1 on unseen fine classes), or None.
+
+    Checked by :func:`load_config` for runs (``ofgr eval-embeddings`` builds an ``EvalConfig`` of any ``--k``).
+    """
+    if "unseen" not in cfg.eval.splits:
+        return (f"eval.splits: must include unseen, got {cfg.eval.splits}: Recall@1 on unseen classes is the "
+                "headline metric; e.g. [unseen] or [unseen, seen]")
+    if 1 not in cfg.eval.ks:
+        return (f"eval.ks: must include 1, got {cfg.eval.ks}: Recall@1 is the headline metric (ofgr runs, "
+                "compare, reports)")
+    return None
+
+
+def set_run_name(cfg: Config, name: str) -> None:
+    """Replace the run name (``ofgr run --name``); a name the schema refuses is a one-line ``ConfigError``."""
+    try:
+        cfg.name = name
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, f"--name {_short(repr(name))}")) from None
 
 
 def dump_config(cfg: Config) -> str:

@@ -7,8 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ofgr_core.runs.folder import RunFolder
 
 MISSING = "—"
@@ -38,9 +36,12 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
-    try:
-        cfg = yaml.safe_load(RunFolder(run_dir).config.read_text())
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+    from ofgr_core.common.errors import OfgrError
+    from ofgr_core.common.textio import read_yaml_file
+
+    try:  # bounded: a YAML bomb or a deeply nested config is refused, not expanded
+        cfg = read_yaml_file(RunFolder(run_dir).config, what="config")
+    except OfgrError:
         return {}
     return cfg if isinstance(cfg, dict) else {}
 
@@ -78,10 +79,9 @@ def ranked(diffs: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
 
 def overrides(run_dir: Path) -> list[str]:
     """The ``--set`` overrides a run was started with (``env.json``), or ``[]``."""
-    try:
-        env = json.loads(RunFolder(run_dir).env.read_text())
-    except (OSError, ValueError):
-        return []
+    from ofgr_core.runs.validate import read_run_json
+
+    env, _ = read_run_json(RunFolder(run_dir).env)  # strict, bounded: None when damaged
     if not isinstance(env, dict):
         return []
     got = env.get("overrides")
@@ -92,9 +92,9 @@ def overrides(run_dir: Path) -> list[str]:
 
 def resolved_device(run_dir: Path) -> str | None:
     """The device a run trained on (``metrics.json`` train.device, e.g. ``cuda:0``), not the config's ``auto``."""
-    try:
-        metrics = json.loads(RunFolder(run_dir).metrics.read_text())
-        device = metrics["train"]["device"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    from ofgr_core.runs.validate import read_run_json
+
+    metrics, _ = read_run_json(RunFolder(run_dir).metrics, {"train": {"device": (str, type(None))}})
+    train = metrics.get("train") if isinstance(metrics, dict) else None
+    device = train.get("device") if isinstance(train, dict) else None
     return str(device) if device else None

@@ -31,8 +31,9 @@ index_app = typer.Typer(help="Build and inspect FAISS indexes.", no_args_is_help
 app.add_typer(data_app, name="data")
 app.add_typer(index_app, name="index")
 
-out = Console()  # data (tables, JSON) -> stdout
-err = Console(stderr=True)  # progress and diagnostics -> stderr
+# emoji=False: user text such as a class named ":car:" is printed as written (escape() only covers markup)
+out = Console(emoji=False)  # data (tables, JSON) -> stdout
+err = Console(stderr=True, emoji=False)  # progress and diagnostics -> stderr
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -64,6 +65,10 @@ def handle_errors(fn: Callable[P, R]) -> Callable[P, R]:
 
 
 def print_json(obj: object) -> None:
-    """Write one JSON document to stdout, nothing else."""
-    sys.stdout.write(dumps_strict(obj, indent=2, sort_keys=False) + "\n")  # NaN/Inf -> null: always valid JSON
+    """Write one JSON document to stdout, nothing else; non-ASCII text (class names) as written, in UTF-8."""
+    text = dumps_strict(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n"  # NaN/Inf -> null
+    try:
+        sys.stdout.write(text)
+    except UnicodeEncodeError:  # a stdout that cannot encode it (LANG=C on an old Python): \u escapes
+        sys.stdout.write(dumps_strict(obj, indent=2, sort_keys=False) + "\n")
     sys.stdout.flush()

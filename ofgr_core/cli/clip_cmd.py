@@ -8,6 +8,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from ofgr_core.cli.app import app, err, handle_errors, out, print_json
+from ofgr_core.config import MAX_SEED
 
 clip_app = typer.Typer(help="CLIP: contrastive pretraining on captioned images.", no_args_is_help=True)
 app.add_typer(clip_app, name="clip")
@@ -27,7 +28,7 @@ def pretrain(
     lr: float = typer.Option(5e-3, "--lr", help="Peak learning rate (AdamW, warmup, cosine); ~1e-5 from "
                              "pretrained weights."),
     weight_decay: float = typer.Option(0.1, "--weight-decay"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED),
     image_size: int = typer.Option(None, "--image-size", help="Input size (default: the architecture's)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
     lock_image: bool = typer.Option(False, "--lock-image",

@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ofgr_core.cli.app import data_app, err, handle_errors, out, print_json
+from ofgr_core.config import MAX_SEED
 
 
 # ------------------------------------------------------------------------------------------ data synth
@@ -23,7 +24,7 @@ from ofgr_core.cli.app import data_app, err, handle_errors, out, print_json
 @handle_errors
 def synth(
     out_dir: Path = typer.Argument(..., metavar="OUT", help="Folder to write the synthetic world to."),
-    seed: int = typer.Option(0, "--seed", help="World seed: same seed, byte-identical images."),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="World seed: same seed, byte-identical images."),
     num_coarse: int = typer.Option(6, "--num-coarse", help="Body types (1-8)."),
     fine_per_coarse: int = typer.Option(8, "--fine-per-coarse", help="Make/model classes per body type."),
     images_per_class: int = typer.Option(100, "--images-per-class", help="Images per fine class."),

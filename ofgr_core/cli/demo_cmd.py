@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from ofgr_core.cli.app import app, err, handle_errors, out
@@ -115,3 +116,6 @@ def demo(
     out.print(f"runs: {ids} in {runs_dir}; figures in {runs_dir / DEMO_FILE} (`ofgr compare` for paired tests)",
               highlight=False)
     err.print("the CLIP model is a stand-in for real CLIP weights (README: 'CLIP', 'The real CLIP')", highlight=False)
+    for r in res.rows:  # as loud as `ofgr run`: a run that finished with degenerate embeddings says so here too
+        for w in r.get("warnings") or []:
+            err.print(f"[bold yellow]warning:[/] {escape(r['name'])}: {escape(w)}", highlight=False, soft_wrap=True)

@@ -20,6 +20,7 @@ from rich.table import Table
 from ofgr_core.cli.app import app, err, handle_errors, index_app, out, print_json
 from ofgr_core.common.errors import DataError, NotFoundError, UsageError
 from ofgr_core.common.textio import read_text
+from ofgr_core.config import MAX_SEED
 
 LABEL_COLUMNS = ("id", "fine", "coarse", "split", "domain", "group")
 INDEX_TYPES = ("flat", "ivf_flat", "ivf_pq", "hnsw")
@@ -28,15 +29,9 @@ T = TypeVar("T")
 
 def load_embeddings(path: Path) -> np.ndarray:
     """An N x D ``.npy`` opened as a read-only memmap (nothing is read until searched)."""
-    if not path.is_file():
-        raise NotFoundError(f"{path}: embeddings file not found")
-    try:
-        emb: np.ndarray = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise DataError(f"{path}: not a readable .npy array ({e})") from None
-    if emb.ndim != 2 or not np.issubdtype(emb.dtype, np.floating):
-        raise DataError(f"{path}: expected an N x D float array, got shape {emb.shape} dtype {emb.dtype}")
-    return emb
+    from ofgr_core.embedding.stored import load_embeddings as load
+
+    return load(path)
 
 
 def load_label_csv(path: Path, n_rows: int, *, required: tuple[str, ...] = ("id", "fine")) -> dict[str, np.ndarray]:
@@ -105,8 +100,12 @@ def _options(build: Callable[[], T], names: dict[str, str]) -> T:
 
 def _faiss_errors(call: Callable[[], T], index: str, n: int) -> T:
     """FAISS reports impossible index parameters as a RuntimeError with a C++ location; keep its reason."""
+    from ofgr_core.retrieval.index import IndexBuildError
+
     try:
         return call()
+    except IndexBuildError as e:
+        raise IndexBuildError(e.index_type, e.n, e.reason, option="--index {}") from None
     except RuntimeError as e:
         text = str(e)
         if "faiss" not in text.lower():
@@ -188,7 +187,7 @@ def eval_embeddings(
     exclude_same_group: bool = typer.Option(
         False, "--exclude-same-group", help="Do not let a query retrieve items of its own group."
     ),
-    seed: int = typer.Option(0, "--seed", help="Bootstrap and index-training seed."),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Bootstrap and index-training seed."),
     drop_invalid: bool = typer.Option(
         False, "--drop-invalid", help="Leave out NaN/Inf/all-zero embeddings (counted) instead of refusing them."
     ),

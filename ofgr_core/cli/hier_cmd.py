@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ofgr_core.cli.app import data_app, handle_errors, out, print_json
+from ofgr_core.config import MAX_SEED
 from ofgr_core.runs.state import resolve_run
 
 if TYPE_CHECKING:
@@ -68,13 +69,14 @@ def hierarchy(
     linkage: str = typer.Option("average", "--linkage", help="average | complete | single | ward."),
     model: str = typer.Option(None, "--model", help="Encoder name (model.name), overriding the config's model."),
     run_ref: str = typer.Option(None, "--run", help="Use a finished run's trained encoder (best checkpoint)."),
-    per_class: int = typer.Option(20, "--per-class", help="Images embedded per class (0: all)."),
+    per_class: int = typer.Option(20, "--per-class", min=0, help="Images embedded per class (0: all)."),
     text: bool = typer.Option(False, "--text", help="Cluster text embeddings of class names (text-capable models)."),
     image_size: int = typer.Option(None, "--image-size", help="Input resolution (default: config or 64)."),
     name: str = typer.Option(None, "--name", help="Taxonomy name (default: induced-<dataset folder>)."),
     report_path: Path = typer.Option(None, "--report", help="Report JSON (default: <out>.report.json)."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir"),
-    seed: int = typer.Option(0, "--seed", help="Which images are drawn when a class has more than --per-class."),
+    seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED,
+                             help="Which images are drawn when a class has more than --per-class."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON document on stdout."),
 ) -> None:
     """Induce a coarse level by clustering fine-class centroids of a frozen encoder's features."""

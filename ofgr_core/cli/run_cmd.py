@@ -22,8 +22,8 @@ from rich.table import Table
 
 from ofgr_core.cli.app import app, err, handle_errors, out, print_json
 from ofgr_core.common.atomic import atomic_write_json, atomic_write_text
-from ofgr_core.common.errors import ConfigError, DataError, ExitCode, NotFoundError
-from ofgr_core.config import Config, dump_config, load_config
+from ofgr_core.common.errors import ConfigError, ConflictError, DataError, ExitCode, NotFoundError
+from ofgr_core.config import Config, dump_config, load_config, set_run_name
 from ofgr_core.runs.eventlog import EventWriter
 from ofgr_core.runs.events import (
     Event,
@@ -257,6 +257,7 @@ def _launch(
         metrics_path = RunFolder(run_dir).metrics
         out.print(*_metrics_tables(metrics, metrics_path, f"{run_dir.name}: Recall@K and MAP@R (%)"))
         out.print(f"metrics: {metrics_path}", highlight=False, markup=False)
+        print_result_warnings(metrics)
 
 
 @app.command()
@@ -277,7 +278,7 @@ def run(
         config_path = None  # outside a checkout: the built-in defaults are the demo
     cfg = load_config(config_path, overrides)
     if name:
-        cfg.name = name
+        set_run_name(cfg, name)
     dist_info = init_distributed(cfg.device)
     run_dir = create_run_dir(runs_dir, cfg.name) if dist_info.is_main else None
     run_dir = Path(broadcast_object(str(run_dir) if run_dir else None, dist_info))
@@ -312,7 +313,7 @@ def resume(
     try:
         info = load_run(run_dir, ours=lock.info if lock is not None else None)
         if info.status == "running":  # a writer from before run locks existed, still alive
-            raise ConfigError(f"run {run_dir.name} is already running ({info.reason}); stop it first")
+            raise ConflictError(f"run {run_dir.name} is already running ({info.reason}); stop it first")
         if info.status == "finished":
             raise ConfigError(f"run {run_dir.name} already finished; nothing to resume")
         problems = (info.reason or "").split("; ")
@@ -320,6 +321,9 @@ def resume(
             # (a lost or truncated metrics.json is what a resume rewrites; other damage is not)
             raise ConfigError(f"run {run_dir.name} cannot be resumed: {info.reason}")
         folder = RunFolder(run_dir)
+        for path in (folder.metrics, folder.stop_file, folder.events):  # found now, not after hours of training
+            if path.exists() and not path.is_file():
+                raise DataError(f"{path}: a folder where the run writes a file; remove it, then resume")
         cfg = load_config(folder.config)
         init_distributed(cfg.device)
     except BaseException:
@@ -383,6 +387,8 @@ def show(
     info = load_run(run_dir)
     if as_json:
         if info.metrics is None:
+            if info.status == "broken":
+                raise DataError(f"{run_dir}: no readable {METRICS_FILE} ({info.reason})")
             raise NotFoundError(f"{run_dir}: no {METRICS_FILE} yet (status: {info.status})")
         print_json(info.metrics)
         return
@@ -394,9 +400,19 @@ def show(
     if info.reason:
         err.print(f"[dim]{info.status}:[/] " + escape(info.reason), highlight=False)
     if info.metrics is None:
-        err.print(f"no {METRICS_FILE} yet", markup=False)
+        err.print(f"no readable {METRICS_FILE}" if info.status == "broken" else f"no {METRICS_FILE} yet",
+                  markup=False)
         return
     out.print(*_metrics_tables(info.metrics, run_dir / METRICS_FILE, "Recall@K and MAP@R (%)"))
+    print_result_warnings(info.metrics)
+
+
+def print_result_warnings(metrics: dict[str, Any]) -> None:
+    """``metrics["warnings"]`` (degenerate embeddings, a lowered batch) as loud lines after the results, also
+    with ``-q``: a result that finished is not a result that can be trusted."""
+    warnings = metrics.get("warnings")
+    for w in warnings if isinstance(warnings, list) else []:
+        err.print(f"[bold yellow]warning:[/] {escape(str(w))}", highlight=False, soft_wrap=True)
 
 
 def _metrics_tables(metrics: dict[str, Any], path: Path, title: str) -> tuple[Table, ...]:

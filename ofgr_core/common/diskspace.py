@@ -66,8 +66,22 @@ def preallocate(f: IO[bytes], size: int, path: str | os.PathLike[str], what: str
 
 def disk_error_from(e: OSError, doing: str) -> DiskError | None:
     """The one-line :class:`DiskError` for an ``OSError`` caused by a full or read-only disk, else None."""
-    if e.errno in DISK_ERRNOS or e.errno in (errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST):
+    if e.errno in DISK_ERRNOS or e.errno in (errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
         where = f" {e.filename}" if e.filename else ""
         hint = " (a file is where a folder is expected)" if e.errno in (errno.ENOTDIR, errno.EEXIST) else ""
+        hint = " (a folder is where a file is expected; remove it)" if e.errno == errno.EISDIR else hint
         return DiskError(f"{doing}:{where}: {os.strerror(e.errno) if e.errno else e}{hint}")
     return None
+
+
+def make_dir(path: str | os.PathLike[str], what: str) -> Path:
+    """Create the folder ``path`` (and its parents) or raise one :class:`DiskError` line naming it and why
+    (a read-only or full disk, a file in the way, a place no folder can be made such as ``/proc``)."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        why = os.strerror(e.errno) if e.errno else str(e)
+        where = f" ({e.filename})" if e.filename and str(e.filename) != str(p) else ""
+        raise DiskError(f"{what} {p}: cannot create the folder: {why}{where}") from None
+    return p

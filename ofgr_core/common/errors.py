@@ -18,6 +18,7 @@ class ExitCode(IntEnum):
     DEPENDENCY = 6  # an optional dependency or weight file is missing
     NUMERIC = 7  # training diverged: a non-finite loss or gradient (train.nonfinite=stop)
     DISK = 8  # no space left, or the runs/cache folder is not writable
+    CONFLICT = 9  # the run is in use: another live process runs or resumes it (or holds it, stopped)
     INTERRUPTED = 130  # SIGINT (Ctrl-C) or a stop request; the run can be resumed
     TERMINATED = 143  # SIGTERM; the run checkpointed and can be resumed
 
@@ -70,6 +71,12 @@ class DiskError(OfgrError):
     """Not enough free space, or a folder that cannot be written."""
 
     exit_code = ExitCode.DISK
+
+
+class ConflictError(OfgrError):
+    """The run folder is held by another live process (running, stopped by SIGSTOP, or being resumed)."""
+
+    exit_code = ExitCode.CONFLICT
 
 
 class CheckpointError(OfgrError):

@@ -60,11 +60,40 @@ def read_text(path: str | os.PathLike[str], *, error: type[OfgrError] = DataErro
 
 
 class _BoundedLoader(yaml.SafeLoader):
-    """A safe loader that refuses documents whose aliases expand past ``MAX_YAML_NODES`` nodes."""
+    """A safe loader that refuses documents whose aliases expand past ``MAX_YAML_NODES`` nodes, and mappings
+    that repeat a key (PyYAML keeps the last one and drops the first without a word)."""
 
     def construct_document(self, node: yaml.Node) -> Any:
         _check_expansion(node)
         return super().construct_document(node)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        _check_duplicate_keys(self, node)
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _check_duplicate_keys(loader: yaml.SafeLoader, node: yaml.Node) -> None:
+    """Refuse a mapping whose explicit keys repeat (merge keys ``<<`` may be overridden: that is their use)."""
+    if not isinstance(node, yaml.MappingNode):
+        return
+    first: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node)
+        try:
+            line = first.get(key)
+        except TypeError:  # an unhashable key: the constructor reports it
+            continue
+        if line is None:
+            first[key] = key_node.start_mark.line + 1
+        else:
+            raise _DuplicateKey(f"line {key_node.start_mark.line + 1}: duplicate key {key!r} (first on line {line}); "
+                                "YAML would silently keep only the last one: merge the two")
 
 
 def _check_expansion(root: yaml.Node) -> None:
@@ -108,6 +137,8 @@ def load_yaml(text: str, origin: str, *, error: type[OfgrError] = ConfigError) -
         return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506  (a SafeLoader subclass)
     except _TooLarge as e:
         raise error(f"{origin}: refused: the YAML {e} (anchors/aliases used as a 'billion laughs' bomb?)") from None
+    except _DuplicateKey as e:
+        raise error(f"{origin}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

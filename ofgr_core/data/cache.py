@@ -4,10 +4,18 @@ Decoding a JPEG and resizing it costs far more than the augmentations that follo
 every epoch and every run. The cache stores each image once, resized so its short side is ``side`` pixels
 (aspect kept, never upscaled), packed back to back in ``<cache_dir>/<key>_<side>.u8``. ``key`` hashes the
 image paths and their content hashes, so a changed dataset gets a new cache instead of stale pixels. A sidecar
-``.idx.npy`` holds each image's offset and shape, and ``.ok`` one byte per image, set once its pixels are
-written; a worker that finds the byte unset decodes the file and fills the slot. Because the layout is fixed
-when the cache is created (image sizes are known from the load-time check), workers in other processes write
-to disjoint byte ranges without coordination.
+``.idx.npy`` holds each image's offset and shape, ``.crc`` the CRC-32 of each image's pixels and ``.ok`` one
+byte per image, set once its pixels and their CRC are written; a worker that finds the byte unset decodes the
+file and fills the slot. Because the layout is fixed when the cache is created (image sizes are known from the
+load-time check), workers in other processes write to disjoint byte ranges without coordination.
+
+The cache verifies itself (``ofgr_core/common/integrity.py``): ``.idx.npy.header.json`` records the format
+version, the index's dtype, shape and checksum and the image count, written last when the cache is created.
+Opening checks the header, the checksum and that the index is the layout these images need; any mismatch (an
+older format, a damaged or replaced index) rebuilds the cache with one warning line (``ImageCache.rebuilt``).
+A sample of filled slots is checked against their CRC on open (all of them when one fails: the failed slots
+are emptied and decoded again, with a warning), and every read checks its slot, so damaged pixels are decoded
+again rather than trained on.
 
 The side is ``ceil(image_size / 0.875)``: the evaluation transform's resize to ``image_size / crop_pct`` is
 then (nearly) a no-op, and training crops come from a slightly larger image, as with the originals.
@@ -28,9 +36,30 @@ from PIL import Image
 
 from ofgr_core.common.atomic import atomic_save_npy, atomic_writer
 from ofgr_core.common.diskspace import ensure_free, preallocate
+from ofgr_core.common.integrity import (
+    CacheCorrupt,
+    CacheHeader,
+    checksum,
+    crc32,
+    header_path,
+    load_array,
+    rebuild_note,
+    verify_header,
+    write_header,
+)
 
 CROP_PCT = 0.875
+CACHE_KIND, CACHE_VERSION = "pixel-cache", 2
+_SPOT_CHECKS = 64  # filled slots whose CRC is checked when the cache is opened
 MAX_ASPECT = 4.0  # a longer side is clamped: panoramas would otherwise blow up the cache
+
+
+def _layout(sizes: list[tuple[int, int]], side: int) -> np.ndarray:
+    """(N, 3) int64 index of the images: byte offset, stored height, stored width."""
+    shapes = np.array([stored_shape(w, h, side) for w, h in sizes], dtype=np.int64).reshape(-1, 2)
+    nbytes = shapes[:, 0] * shapes[:, 1] * 3
+    offsets = np.concatenate([[0], np.cumsum(nbytes)[:-1]]) if len(nbytes) else np.zeros(0, np.int64)
+    return np.column_stack([offsets, shapes]).astype(np.int64).reshape(-1, 3)
 
 
 def cache_side(image_size: int) -> int:
@@ -83,28 +112,66 @@ class ImageCache:
         folder = Path(cache_dir)
         folder.mkdir(parents=True, exist_ok=True)
         stem = folder / f"{self.key}_{self.side}"
-        self.data_path, self.index_path, self.ok_path = (
-            Path(f"{stem}.u8"), Path(f"{stem}.idx.npy"), Path(f"{stem}.ok"))
+        self.data_path, self.index_path, self.ok_path, self.crc_path = (
+            Path(f"{stem}.u8"), Path(f"{stem}.idx.npy"), Path(f"{stem}.ok"), Path(f"{stem}.crc"))
         self.row = {p: i for i, p in enumerate(paths)}
         self.paths = list(paths)
-        if not (self.data_path.is_file() and self.index_path.is_file() and self.ok_path.is_file()):
-            self._create(sizes)
+        self.rebuilt: str | None = None  # why an existing cache was rebuilt (one line), for the data report
+        self.healed = 0  # slots emptied on open because their pixels failed the CRC
         self._data: np.memmap | None = None
         self._ok: np.memmap | None = None
-        self._index: np.ndarray = np.load(self.index_path)
+        self._crc: np.memmap | None = None
+        expected = _layout(sizes, self.side)
+        if self.index_path.is_file() or header_path(self.index_path).is_file():
+            try:
+                self._verify(expected)
+            except CacheCorrupt as e:
+                self.rebuilt = rebuild_note(self.index_path, str(e))
+                self._remove()
+        if not self._complete():
+            self._create(expected)
+        self._index: np.ndarray = expected
+        self._spot_check()
 
-    def _create(self, sizes: list[tuple[int, int]]) -> None:
-        shapes = np.array([stored_shape(w, h, self.side) for w, h in sizes], dtype=np.int64).reshape(-1, 2)
-        nbytes = shapes[:, 0] * shapes[:, 1] * 3
-        offsets = np.concatenate([[0], np.cumsum(nbytes)[:-1]]) if len(nbytes) else np.zeros(0, np.int64)
-        index = np.column_stack([offsets, shapes]).astype(np.int64)
+    def _files(self) -> tuple[Path, ...]:
+        return (header_path(self.index_path), self.index_path, self.data_path, self.ok_path, self.crc_path)
+
+    def _complete(self) -> bool:
+        return all(p.is_file() for p in self._files())
+
+    def _remove(self) -> None:
+        for p in self._files():  # the header first: a half-removed cache is never taken for a whole one
+            p.unlink(missing_ok=True)
+
+    def _verify(self, expected: np.ndarray) -> None:
+        """Check the header, the index's checksum and that it is this dataset's layout; file sizes too."""
+        n = len(expected)
+        index = load_array(self.index_path, dtype="int64", ndim=2)
+        verify_header(self.index_path, kind=CACHE_KIND, version=CACHE_VERSION, dtype="int64", shape=(n, 3),
+                      count=n, index=index)
+        if index.shape != expected.shape or not np.array_equal(index, expected):
+            raise CacheCorrupt(f"{self.index_path}: the index is not the layout of these {n} images")
+        total = int((expected[:, 1] * expected[:, 2] * 3).sum()) or 1
+        for path, size in ((self.data_path, total), (self.ok_path, max(1, n)), (self.crc_path, 4 * max(1, n))):
+            try:
+                got = path.stat().st_size
+            except OSError:
+                raise CacheCorrupt(f"{path}: missing") from None
+            if got != size:
+                raise CacheCorrupt(f"{path}: {got} bytes, the index needs {size}")
+
+    def _create(self, index: np.ndarray) -> None:
+        n = len(index)
+        nbytes = index[:, 1] * index[:, 2] * 3
         total = int(nbytes.sum()) or 1
+        header_path(self.index_path).unlink(missing_ok=True)  # written last: the cache exists once it does
         # preallocated, not sparse: a memory-mapped write into a hole on a full disk is a SIGBUS
-        ensure_free(self.data_path, total + len(sizes), "image cache")
-        for path, size in ((self.data_path, total), (self.ok_path, max(1, len(sizes)))):
+        ensure_free(self.data_path, total + 5 * n, "image cache")
+        for path, size in ((self.data_path, total), (self.ok_path, max(1, n)), (self.crc_path, 4 * max(1, n))):
             with atomic_writer(path) as f:
                 preallocate(f, size, path, "image cache")
         atomic_save_npy(self.index_path, index)
+        write_header(self.index_path, CacheHeader(CACHE_KIND, CACHE_VERSION, "int64", (n, 3), n, checksum(index)))
 
     def _open(self) -> None:
         for path in (self.data_path, self.ok_path):  # caches written sparse by older versions
@@ -114,11 +181,40 @@ class ImageCache:
                     preallocate(f, st.st_size, path, "image cache")
         self._data = np.memmap(self.data_path, dtype=np.uint8, mode="r+")
         self._ok = np.memmap(self.ok_path, dtype=np.uint8, mode="r+")
+        self._crc = np.memmap(self.crc_path, dtype="<u4", mode="r+")
+
+    def _slot_ok(self, i: int) -> bool:
+        """Whether slot ``i`` is filled and its pixels match their CRC."""
+        assert self._data is not None and self._ok is not None and self._crc is not None
+        if not self._ok[i]:
+            return False
+        off, h, w = (int(v) for v in self._index[i])
+        return crc32(self._data[off : off + h * w * 3]) == int(self._crc[i])
+
+    def _spot_check(self) -> None:
+        """CRC of a sample of filled slots; when one fails, every filled slot is checked and bad ones emptied."""
+        if not len(self.paths):
+            return
+        self._open()
+        assert self._ok is not None
+        filled = np.flatnonzero(self._ok[: len(self.paths)])
+        if not len(filled):
+            return
+        sample = filled[np.linspace(0, len(filled) - 1, min(_SPOT_CHECKS, len(filled))).astype(np.int64)]
+        if all(self._slot_ok(int(i)) for i in sample):
+            return
+        bad = [int(i) for i in filled if not self._slot_ok(int(i))]
+        self._ok[bad] = 0
+        self._ok.flush()
+        self.healed = len(bad)
+        note = (f"{self.data_path}: {len(bad)} of {len(filled)} cached images failed their checksum; they are "
+                "decoded again")
+        self.rebuilt = rebuild_note(self.data_path, note) if self.rebuilt is None else self.rebuilt
 
     # DataLoader workers receive a pickled copy: memory maps are reopened there, not pickled
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_data"] = state["_ok"] = None
+        state["_data"] = state["_ok"] = state["_crc"] = None
         return state
 
     def __contains__(self, path: object) -> bool:
@@ -145,14 +241,19 @@ class ImageCache:
         i = self.row[path]
         if self._data is None:
             self._open()
-        assert self._data is not None and self._ok is not None
+        assert self._data is not None and self._ok is not None and self._crc is not None
         off, h, w = (int(v) for v in self._index[i])
         n = h * w * 3
         if self._ok[i]:
-            return Image.fromarray(np.array(self._data[off : off + n]).reshape(h, w, 3), "RGB")
+            pixels = np.array(self._data[off : off + n])
+            if crc32(pixels) == int(self._crc[i]):
+                return Image.fromarray(pixels.reshape(h, w, 3), "RGB")
+            # damaged since it was written: decode the file again, never train on garbage
         img = decode_resized(path, h, w)
-        self._data[off : off + n] = np.asarray(img, dtype=np.uint8).reshape(-1)
-        self._ok[i] = 1  # after the pixels: a reader never sees a flagged slot with missing data
+        pixels = np.asarray(img, dtype=np.uint8).reshape(-1)
+        self._data[off : off + n] = pixels
+        self._crc[i] = crc32(pixels)
+        self._ok[i] = 1  # after the pixels and their CRC: a reader never sees a flagged slot with missing data
         return img
 
     def warm(self, progress: Callable[[int, int], None] | None = None, workers: int | None = None) -> None:

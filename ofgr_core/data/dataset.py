@@ -9,6 +9,7 @@ dropped and why goes into ``PreparedData.report`` (the run's ``data_report.json`
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -26,6 +27,16 @@ import numpy as np
 from PIL import Image
 
 from ofgr_core.common.errors import DataError
+from ofgr_core.common.integrity import (
+    CacheCorrupt,
+    CacheHeader,
+    checksum,
+    header_path,
+    read_header,
+    rebuild_note,
+    verify_header,
+    write_header,
+)
 from ofgr_core.config import DataConfig
 from ofgr_core.data.base import DatasetTable, create_table
 from ofgr_core.data.common import worker_start_method
@@ -127,6 +138,7 @@ class ImageChecks:
     widths: np.ndarray
     heights: np.ndarray
     reasons: dict[int, str]
+    notes: list[str] = field(default_factory=list)  # warnings about the memo (rebuilt, and why)
 
     @classmethod
     def empty(cls, n: int) -> ImageChecks:
@@ -160,6 +172,7 @@ MEMO_DTYPE = np.dtype([("key", "<u8"), ("size", "<i8"), ("mtime", "<i8"), ("dige
                        ("width", "<i4"), ("height", "<i4"), ("bad", "u1")])
 MEMO_FILE = "image_checks.bin"
 MEMO_REASONS = "image_checks_reasons.jsonl"
+MEMO_KIND, MEMO_VERSION = "image-check-memo", 2
 _MEMO_FLUSH_S = 2.0
 
 
@@ -174,6 +187,12 @@ class CheckMemo:
     Records are keyed by a 64-bit hash of the path and stamped with the file's size and mtime (a changed
     file is re-read). They are appended in batches while checking, so a run killed after 600k of 1M images
     re-reads only the other 400k. Reasons of unusable files go to a small JSON-lines side file.
+
+    The memo verifies itself (``ofgr_core/common/integrity.py``): ``image_checks.bin.header.json`` holds the
+    format version, the record dtype, the record count and the CRC-32 of every record byte, updated (under a
+    file lock, so two runs may share a memo) after each append. On open, bytes past the count are a torn append
+    and are cut; a missing or foreign header, a short file or a checksum mismatch discards the whole memo with
+    one warning line (``rebuilt``): every image is checked again, never answered from damaged records.
     """
 
     def __init__(self, folder: Path | None) -> None:
@@ -182,20 +201,22 @@ class CheckMemo:
         self._pending: list[np.ndarray] = []
         self._pending_reasons: list[str] = []
         self._last_flush = time.monotonic()
+        self.rebuilt: str | None = None
         records = np.zeros(0, MEMO_DTYPE)
         self.reasons: dict[tuple[int, int, int], str] = {}
-        if self.path is not None and self.path.is_file():
-            with contextlib.suppress(OSError, ValueError):
-                raw = self.path.read_bytes()
-                whole = len(raw) - len(raw) % MEMO_DTYPE.itemsize
-                records = np.frombuffer(raw[:whole], MEMO_DTYPE)
-                if whole < len(raw):  # a torn last record (killed mid-write): cut it so appends stay aligned
-                    os.truncate(self.path, whole)
+        if self.path is not None and (self.path.exists() or header_path(self.path).exists()):
+            try:
+                records = self._read_verified(self.path)
+            except CacheCorrupt as e:
+                self.rebuilt = rebuild_note(self.path, f"{e}; every image is checked again")
+                for stale in (header_path(self.path), self.path, self.path.with_name(MEMO_REASONS)):
+                    with contextlib.suppress(OSError):
+                        stale.unlink()
             reasons_path = self.path.with_name(MEMO_REASONS)
-            if reasons_path.is_file():
-                with contextlib.suppress(OSError), reasons_path.open(encoding="utf-8") as f:
+            if len(records) and reasons_path.is_file():
+                with contextlib.suppress(OSError), reasons_path.open(encoding="utf-8", errors="replace") as f:
                     for line in f:
-                        with contextlib.suppress(ValueError, KeyError, TypeError):
+                        with contextlib.suppress(ValueError, KeyError, TypeError, RecursionError):
                             r = json.loads(line)
                             self.reasons[(int(r["key"]), int(r["size"]), int(r["mtime"]))] = str(r["reason"])
         # the last record of a key wins (a re-checked file appends a newer one)
@@ -206,6 +227,28 @@ class CheckMemo:
             records = records[order[last]]
         self.records = records
         self.superseded = 0
+
+    @staticmethod
+    def _read_verified(path: Path) -> np.ndarray:
+        """The records of a memo file whose header, size and checksum agree; a torn last append is cut."""
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise CacheCorrupt(f"{path}: missing, but its header exists") from None
+        except OSError as e:
+            raise CacheCorrupt(f"{path}: unreadable ({e.strerror or e})") from None
+        h = verify_header(path, kind=MEMO_KIND, version=MEMO_VERSION, dtype=str(MEMO_DTYPE.descr),
+                          shape=(MEMO_DTYPE.itemsize,))
+        whole = h.count * MEMO_DTYPE.itemsize
+        if len(raw) < whole:
+            raise CacheCorrupt(f"{path}: {len(raw)} bytes, its header counts {h.count} records ({whole} bytes)")
+        if checksum(raw[:whole]) != h.index_checksum:
+            raise CacheCorrupt(f"{path}: the records do not match their checksum (damaged or overwritten)")
+        if whole < len(raw):  # a torn append (killed mid-write, before the header): cut it
+            with contextlib.suppress(OSError):
+                os.truncate(path, whole)
+        records: np.ndarray = np.frombuffer(raw[:whole], MEMO_DTYPE).copy()
+        return records
 
     def lookup(self, keys: np.ndarray, sizes: np.ndarray, mtimes: np.ndarray) -> np.ndarray:
         """Index into ``records`` of each key whose stamp still matches, else -1."""
@@ -246,11 +289,37 @@ class CheckMemo:
             if self._pending_reasons:
                 with open(self.path.parent / MEMO_REASONS, "a", encoding="utf-8") as f:
                     f.write("\n".join(self._pending_reasons) + "\n")
-            with open(self.path, "ab") as f:
-                f.write(np.concatenate(self._pending).tobytes())
+            self._append(self.path, np.concatenate(self._pending).tobytes())
         except OSError:
             self.path = None  # a read-only or full cache folder only costs a re-check next time
         self._pending, self._pending_reasons = [], []
+
+    @staticmethod
+    def _append(path: Path, data: bytes) -> None:
+        """Append records and extend the header's count and checksum, under an exclusive lock on the file."""
+        with open(path, "ab") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                try:
+                    h: CacheHeader | None = read_header(path)
+                except CacheCorrupt:
+                    h = None
+                size = f.seek(0, os.SEEK_END)
+                count = h.count if h is not None else 0
+                if h is None or size != count * MEMO_DTYPE.itemsize:
+                    # no header (a new memo), or bytes past the count (a torn append): start at the count
+                    f.truncate(count * MEMO_DTYPE.itemsize)
+                    if h is None:
+                        count = 0
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+                prev = h.index_checksum if h is not None else None
+                write_header(path, CacheHeader(MEMO_KIND, MEMO_VERSION, str(MEMO_DTYPE.descr),
+                                               (MEMO_DTYPE.itemsize,), count + len(data) // MEMO_DTYPE.itemsize,
+                                               checksum(data, prev)))
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _stamps(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -295,6 +364,8 @@ def check_images(paths: list[str], progress: Progress | None = None, workers: in
     n = len(paths)
     out = ImageChecks.empty(n)
     memo = CheckMemo(memo_dir)
+    if memo.rebuilt:
+        out.notes.append(memo.rebuilt)
     keys = np.fromiter((_path_key(p) for p in paths), np.uint64, count=n)
     sizes, mtimes = _stamps(paths)
     hit = memo.lookup(keys, sizes, mtimes)
@@ -586,6 +657,7 @@ def load_dataset(cfg: DataConfig, *, progress: Progress | None = None, check: bo
             [s.root for s in cfg.sources])
     n_found = len(table)
     checks = check_images(table.paths, progress, workers, cache_dir) if check else ImageChecks.empty(n_found)
+    report["warnings"] += checks.notes  # the check memo rebuilt, and why
     keep_mask = _readable_rows(table, checks, report)
     if check:
         _mark_duplicates(table, checks, keep_mask, cfg.dedup, report)
@@ -683,6 +755,8 @@ def _open_pixel_cache(table: DatasetTable, sizes: list[tuple[int, int]], hex_dig
         cache = ImageCache(table.paths, sizes, hex_digests, cache_dir, image_size)
         register(cache)
         report["cache"] = {"path": str(cache.data_path), "short_side": cache.side}
+        if cache.rebuilt:  # a damaged cache was rebuilt (or slots emptied): one line says which and why
+            report["warnings"].append(cache.rebuilt)
     except OSError as e:  # no space or read-only: decoding from the files still works
         report["warnings"].append(f"image cache disabled: {e}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -13,6 +14,8 @@ from ofgr_core.data.cache import ImageCache, find_cache
 
 # A model's preprocessing: a PIL image to the tensor the model takes.
 ImageTransform = Callable[[Image.Image], torch.Tensor]
+# The part of it before the tensor conversion: a PIL image to a PIL image.
+ImageTransformPIL = Callable[[Image.Image], Image.Image]
 
 
 class ImageDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
@@ -51,10 +54,100 @@ class ImageDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor, in
             rgb: Image.Image = im.convert("RGB")
             return rgb
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def load_or_black(self, i: int) -> Image.Image:
+        """Row ``i``'s image, or a black one (the failure recorded) if it cannot be read."""
         try:
-            img = self.load(i)
+            return self.load(i)
         except Exception:
             self.failures.append(self.paths[i])
-            img = Image.new("RGB", (64, 64))
-        return self.transform(img), self.labels[i], i
+            return Image.new("RGB", (64, 64))
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        return self.transform(self.load_or_black(i)), self.labels[i], i
+
+
+@dataclass(frozen=True)
+class SplitTransform:
+    """A model's preprocessing cut where the image becomes a tensor, so that part runs on whole batches.
+
+    ``pil`` is the per-image part (resize, crop: a PIL image in, a PIL image out); ``to_tensor`` and
+    ``normalize`` then run once per batch of equal-sized images, with the same elementwise operations
+    torchvision applies to one image (``to_tensor``: uint8 HWC -> CHW, ``float / 255``; ``Normalize``:
+    ``(x - mean) / std``), so every value is bit for bit what the per-image transform gives.
+    """
+
+    pil: ImageTransformPIL
+    mean: torch.Tensor | None  # (C,) float32, or None without a Normalize step
+    std: torch.Tensor | None
+
+    def batch(self, pixels: np.ndarray) -> torch.Tensor:
+        """``(B, H, W, 3)`` uint8 pixels -> the ``(B, 3, H, W)`` float tensor the model takes."""
+        # one conversion into a fresh NCHW float tensor, then the same elementwise steps in place
+        x = torch.from_numpy(pixels).permute(0, 3, 1, 2).to(torch.get_default_dtype(),
+                                                             memory_format=torch.contiguous_format)
+        x.div_(255)
+        if self.mean is not None and self.std is not None:
+            x.sub_(self.mean.view(1, -1, 1, 1)).div_(self.std.view(1, -1, 1, 1))
+        return x
+
+
+def split_transform(transform: ImageTransform) -> SplitTransform | None:
+    """The batched form of a torchvision/timm ``Compose`` ending in ``ToTensor`` (+ ``Normalize``), else None.
+
+    Anything else (a custom callable, random steps after the tensor conversion, an in-place Normalize) is
+    left to run per image.
+    """
+    from torchvision import transforms as T
+
+    steps = list(getattr(transform, "transforms", ()))
+    at = next((i for i, s in enumerate(steps) if isinstance(s, T.ToTensor)), None)
+    if not steps or not isinstance(transform, T.Compose) or at is None:
+        return None
+    tail = steps[at + 1 :]
+    if len(tail) > 1 or (tail and (type(tail[0]) is not T.Normalize or tail[0].inplace)):
+        return None
+    mean = std = None
+    if tail:
+        norm = tail[0]
+        mean = torch.as_tensor(norm.mean, dtype=torch.get_default_dtype())
+        std = torch.as_tensor(norm.std, dtype=torch.get_default_dtype())
+    return SplitTransform(T.Compose(steps[:at]), mean, std)
+
+
+class ImageBatchDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
+    """Whole batches per item: ``dataset[[i, j, ...]] -> (images, labels, rows)`` (use it with a batch sampler).
+
+    A DataLoader worker decodes the batch's images (from the pixel cache when there is one, as
+    ``ImageDataset`` does), runs the per-image part of the preprocessing and writes the pixels into one uint8
+    array; the tensor conversion and normalisation then run once on the whole batch (``split_transform``).
+    Per image that leaves the decode and the resize/crop, not a Python pass through every transform step.
+    A transform that cannot be split, or a batch whose images come out in different sizes, runs image by
+    image, as ``ImageDataset`` would. An unreadable file becomes a black image, recorded in ``failures``.
+    """
+
+    def __init__(self, paths: list[str], labels: np.ndarray, transform: ImageTransform,
+                 cache: ImageCache | Literal["auto"] | None = "auto") -> None:
+        self.images = ImageDataset(paths, labels, transform, cache)
+        self.split = split_transform(transform)
+
+    @property
+    def failures(self) -> list[str]:
+        return self.images.failures
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(rows, dtype=torch.long)
+        labels = self.images.labels[index]
+        raw = [self.images.load_or_black(i) for i in rows]
+        if self.split is not None:
+            images = [self.split.pil(im) for im in raw]
+            sizes = {im.size for im in images}
+            if len(sizes) == 1 and all(im.mode == "RGB" for im in images):
+                w, h = sizes.pop()
+                pixels = np.empty((len(rows), h, w, 3), dtype=np.uint8)
+                for k, im in enumerate(images):
+                    pixels[k] = np.asarray(im)
+                return self.split.batch(pixels), labels, index
+        return torch.stack([self.images.transform(im) for im in raw]), labels, index

@@ -2,7 +2,9 @@
 
 Columns: ``path`` (relative to the manifest's folder), ``fine``, ``coarse``, optional ``super`` (or any level
 names given in ``options.levels``), and optional ``domain``, ``split``, ``caption``, ``group``. Other columns
-are ignored (listed in the table's metadata). A path that resolves outside the manifest's folder is refused.
+are ignored (listed in the table's metadata). A path that resolves outside the manifest's folder is refused,
+lexically (``..``, absolute paths) and through symbolic links (a linked file or folder whose target lies
+outside); ``options.links: follow`` allows links to shared storage.
 An empty ``fine`` with a non-empty coarse label is a *coarse-only* image (see ``docs/hierarchy.md``).
 """
 
@@ -30,6 +32,7 @@ class ManifestOptions(Options):
     levels: list[str] | None = None  # level columns, finest first; default: fine, coarse (+ super if present)
     missing: Literal["error", "skip"] = "error"  # rows whose image file does not exist
     delimiter: str | None = None  # default: tab for .tsv, else comma
+    links: Literal["inside", "follow"] = "inside"  # symbolic links must resolve inside the manifest's folder
 
 
 def manifest_path(root: str | os.PathLike[str] | None, file: str = DEFAULT_FILE) -> Path:
@@ -52,7 +55,7 @@ class _Rows:
 
 def read_manifest(
     path: Path, *, name: str = "manifest", levels: list[str] | None = None, missing: str = "error",
-    delimiter: str | None = None,
+    delimiter: str | None = None, links: str = "inside",
 ) -> DatasetTable:
     """Read a manifest CSV into a :class:`DatasetTable` (see the module docstring for the columns)."""
     if not path.is_file():
@@ -63,7 +66,7 @@ def read_manifest(
     n_rows = len(rows.rels)
     if not n_rows:
         raise DataError(f"manifest {path} has no rows")
-    paths, ids, keep, absent_files = _locate_images(path, base, name, rows, missing)
+    paths, ids, keep, absent_files = _locate_images(path, base, name, rows, missing, links)
     labels, extra = rows.labels, rows.extra
     if len(keep) < n_rows:
         labels = {lv: [v[k] for k in keep] for lv, v in labels.items()}
@@ -137,17 +140,20 @@ def _read_rows(path: Path, delim: str, levels: list[str] | None) -> _Rows:
     return _Rows(header, levels, rels, lines, labels, extra, canon)
 
 
-def _locate_images(path: Path, base: Path, name: str, rows: _Rows, missing: str
+def _locate_images(path: Path, base: Path, name: str, rows: _Rows, missing: str, links: str = "inside"
                    ) -> tuple[list[str], list[str], list[int], list[str]]:
     """``(paths, ids, kept row positions, missing files)``: each row's image resolved under ``base``.
 
-    A missing image is a DataError unless ``missing == "skip"``; a file listed twice is always one.
+    A missing image is a DataError unless ``missing == "skip"``; a file listed twice is always one; a symbolic
+    link resolving outside ``base`` is one unless ``links == "follow"``.
     """
     base_abs = os.path.abspath(base)
     rels, lines = rows.rels, rows.lines
     fulls = [_resolve(base_abs, base, rel, f"manifest {path} line {line}")
              for rel, line in zip(rels, lines, strict=True)]
-    exists = _files_exist(fulls)
+    exists, linked = _files_exist(fulls)
+    if links == "inside":
+        _refuse_links_outside(base_abs, fulls, linked, rels, lines, path)
     paths: list[str] = []
     ids: list[str] = []
     keep: list[int] = []
@@ -192,9 +198,11 @@ def _resolve(base_abs: str, base: Path, rel: str, what: str) -> str:
     return str(safe_join(base, rel, what))
 
 
-def _files_exist(paths: list[str]) -> list[bool]:
-    """Whether each path is an existing file, listing each folder once instead of one stat per file."""
+def _files_exist(paths: list[str]) -> tuple[list[bool], set[str]]:
+    """Whether each path is an existing file, listing each folder once instead of one stat per file; and which
+    of the paths are symbolic links (free from the same listing)."""
     by_dir: dict[str, set[str]] = {}
+    links: set[str] = set()
     out = []
     for p in paths:
         folder, fname = os.path.split(p)
@@ -203,12 +211,40 @@ def _files_exist(paths: list[str]) -> list[bool]:
             names = set()
             try:
                 with os.scandir(folder) as it:
-                    names = {e.name for e in it if e.is_file()}  # follows symlinks, as Path.is_file
+                    for e in it:
+                        if e.is_file():  # follows symlinks, as Path.is_file
+                            names.add(e.name)
+                            if e.is_symlink():
+                                links.add(os.path.join(folder, e.name))
             except OSError:
                 pass
             by_dir[folder] = names
         out.append(fname in names)
-    return out
+    return out, links
+
+
+def _refuse_links_outside(base_abs: str, fulls: list[str], linked: set[str], rels: list[str], lines: list[int],
+                          manifest: Path) -> None:
+    """A file, or a folder on its way, that is a symbolic link resolving outside the manifest's folder is
+    refused (docs/data.md): a manifest describes the files beside it. Folders are resolved once each."""
+    root = os.path.realpath(base_abs)
+    inside: dict[str, bool] = {}
+
+    def within(target: str) -> bool:
+        return target == root or target.startswith(root + os.sep)
+
+    for k, full in enumerate(fulls):
+        folder = os.path.dirname(full)
+        ok = inside.get(folder)
+        if ok is None:
+            ok = inside[folder] = within(os.path.realpath(folder))
+        target = os.path.realpath(full) if (not ok or full in linked) else None
+        if target is not None and not within(target):
+            raise DataError(
+                f"manifest {manifest} line {lines[k]}: {rels[k]!r} is a symbolic link to {target}, outside the "
+                f"manifest's folder {root}; refused (copy the file in, or set options.links: follow for shared "
+                "storage)"
+            )
 
 
 @ADAPTERS.register("manifest")
@@ -217,5 +253,5 @@ def manifest_adapter(root: str | None = None, name: str | None = None, **options
     opts = parse_options(ManifestOptions, options, "manifest")
     return read_manifest(
         manifest_path(root, opts.file), name=name or "manifest", levels=opts.levels, missing=opts.missing,
-        delimiter=opts.delimiter,
+        delimiter=opts.delimiter, links=opts.links,
     )

@@ -23,7 +23,6 @@ their gallery cannot be scored and are excluded and counted.
 from __future__ import annotations
 
 import csv
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,6 +155,43 @@ class Split:
             query_domain=obj.get("query_domain"),
             report=dict(obj.get("report", {})),
         )
+
+
+def _split_doc_problem(obj: Any) -> str | None:
+    """What is wrong with a split.json document (None when it has the shape ``Split.to_json`` writes)."""
+    if not isinstance(obj, dict):
+        return f"expected a JSON object, got {type(obj).__name__}"
+    for key, kind in (("ids", dict), ("classes", dict), ("protocol", str)):
+        if not isinstance(obj.get(key), kind):
+            return f"{key!r} must be a {'mapping' if kind is dict else 'string'}, got {type(obj.get(key)).__name__}"
+    seed = obj.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        return f"'seed' must be an integer, got {type(seed).__name__}"
+    for key in ("ids", "classes"):
+        for part, values in obj[key].items():
+            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+                return f"{key}.{part} must be a list of strings"
+    for key in ("query_ids", "gallery_ids"):
+        values = obj.get(key, [])
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            return f"{key!r} must be a list of strings"
+    if not isinstance(obj.get("report", {}), dict):
+        return "'report' must be a mapping"
+    if not isinstance(obj.get("query", "leave_one_out"), str):
+        return "'query' must be a string"
+    return None
+
+
+def read_split(path: str | Path, table: DatasetTable) -> Split:
+    """A split saved by :func:`save_split` (``split.json``), checked before use: a file that is not JSON, or
+    JSON of another shape, is one ``DataError`` naming the file and the key."""
+    from ofgr_core.common.textio import read_json_file
+
+    obj = read_json_file(path, what="split file")
+    problem = _split_doc_problem(obj)
+    if problem is not None:
+        raise DataError(f"{path}: not a split saved by ofgr ({problem})")
+    return Split.from_json(obj, table)
 
 
 # ------------------------------------------------------------------------------------------ class splits
@@ -298,7 +334,7 @@ def make_split(
         path = path / "split.json" if path.is_dir() else path
         if not path.is_file():
             raise DataError(f"split.reuse: {path} not found (give a run folder or a split.json)")
-        split = Split.from_json(json.loads(path.read_text()), table)
+        split = read_split(path, table)
         split.report.setdefault("reused_from", str(path))
         check_split(split, labels, table=table, ks=ks)
         return split

@@ -38,6 +38,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ofgr_core.common.atomic import atomic_writer, is_atomic_temp
+from ofgr_core.common.diskspace import make_dir
 from ofgr_core.common.errors import ConfigError, DataError
 from ofgr_core.data.base import ADAPTERS, DatasetTable
 
@@ -869,7 +870,7 @@ def _is_complete(out: Path, opts: SynthOptions) -> bool:
 def _prepare(out: Path) -> None:
     """Empties a previous synthetic world in ``out``; refuses to touch a folder that holds anything else."""
     if not out.exists():
-        out.mkdir(parents=True)
+        make_dir(out, "synthetic world")
         return
     if not out.is_dir():
         raise DataError(f"{out} exists and is not a folder")

@@ -12,7 +12,7 @@ import numpy.typing as npt
 import torch
 
 from ofgr_core.common.atomic import atomic_path, atomic_save_npy
-from ofgr_core.data.loader import ImageDataset, ImageTransform
+from ofgr_core.data.loader import ImageBatchDataset, ImageTransform
 from ofgr_core.models.precision import autocast
 
 if TYPE_CHECKING:
@@ -60,10 +60,12 @@ def iter_embed(
     ``autocast_dtype``: the forward pass's autocast dtype (an encoder's ``autocast_dtype``; None: float32).
     """
     labels = np.zeros((len(paths), 1), dtype=np.int64)
+    # workers build whole batches (ImageBatchDataset): one uint8 array per batch, normalised in one pass
+    batches = torch.utils.data.BatchSampler(torch.utils.data.SequentialSampler(paths), batch_size, drop_last=False)
     loader = torch.utils.data.DataLoader(
-        ImageDataset(paths, labels, transform),
-        batch_size=batch_size,
-        shuffle=False,
+        ImageBatchDataset(paths, labels, transform),
+        batch_size=None,
+        sampler=batches,
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
         persistent_workers=False,

@@ -17,13 +17,21 @@ Layout (``ofgr cache ls`` lists it)::
     <cache root>/<key digest>/
         key.json        the feature key, readable
         features.f32    float32 rows, appended; memory-mapped for reading
+        rows.crc        one CRC-32 per row (of its content hash and its feature bytes)
         hashes.txt      one content hash per line, row i of features.f32 <-> line i
+        hashes.txt.header.json  format version, dtype, row width, row count, checksum of hashes.txt
         .lock           taken while appending (one writer at a time; readers never block)
 
-Filling is incremental and resumable: features are appended chunk by chunk (features first, then their
-hashes, each flushed), so an interrupted fill keeps every finished chunk; a features file longer than its
-hash list (a crash between the two writes) is truncated back on open. A change of any key part lands in
-another folder, so stale features are never read.
+Filling is incremental and resumable: features are appended chunk by chunk (features and their CRCs first,
+then their hashes, then the header, each flushed), so an interrupted fill keeps every finished chunk; rows past
+the header's count (a crash between the writes) are cut back. A change of any key part lands in another folder,
+so stale features are never read.
+
+The cache verifies itself (``ofgr_core/common/integrity.py``): opening it checks the header (version, dtype,
+width) and the checksum of the hash list, and that ``features.f32`` holds every counted row; any mismatch (an
+older format, a reordered or damaged hash list, a truncated features file) rebuilds the folder with one warning
+line (``FeatureStore.notes``). Every row read is checked against its CRC; rows that fail are computed again
+(:func:`extract_features`), never returned.
 """
 
 from __future__ import annotations
@@ -42,6 +50,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ofgr_core.common.errors import ConfigError, DataError
+from ofgr_core.common.integrity import (
+    CacheCorrupt,
+    CacheHeader,
+    checksum,
+    crc32,
+    header_path,
+    read_header,
+    rebuild_note,
+    verify_header,
+    write_header,
+)
 
 if TYPE_CHECKING:  # torch is imported when features are extracted, not by `ofgr cache`
     import torch
@@ -49,7 +68,8 @@ if TYPE_CHECKING:  # torch is imported when features are extracted, not by `ofgr
     from ofgr_core.data.loader import ImageTransform
     from ofgr_core.models.base import Encoder
 
-CACHE_VERSION = 1
+CACHE_VERSION = 1  # part of the key digest (the folder name)
+STORE_KIND, STORE_VERSION = "feature-cache", 2  # the folder's file format
 # Bump when ofgr's extraction computes other numbers for the same tower (normalisation, dtype handling, memory
 # layout, batching that changes results): features cached by an older extraction then land in another folder.
 # 1: images in channels-last layout (1.5x faster convolutions on CPU; results differ from NCHW by float rounding).
@@ -91,6 +111,25 @@ def file_digest(path: str) -> str:
         return hashlib.blake2b(f.read(), digest_size=16).hexdigest()
 
 
+def file_digests(paths: Sequence[str], threads: int | None = None) -> list[str]:
+    """``file_digest`` of every path, in order, on a few threads.
+
+    Reading a file and hashing more than 2 KB with hashlib release the GIL, so threads overlap the I/O and
+    the hashing; each thread walks one contiguous slice (no per-file task), which keeps the per-file Python
+    cost to the open, read and hash calls.
+    """
+    n = len(paths)
+    threads = max(1, min(threads or min(8, os.cpu_count() or 1), n // 256))
+    if threads == 1:
+        return [file_digest(p) for p in paths]
+    from concurrent.futures import ThreadPoolExecutor
+
+    bounds = np.linspace(0, n, threads + 1).astype(int)
+    with ThreadPoolExecutor(threads) as pool:
+        parts = pool.map(lambda a, b: [file_digest(p) for p in paths[a:b]], bounds[:-1], bounds[1:])
+        return [d for part in parts for d in part]
+
+
 @dataclass
 class CacheEntry:
     """One key's folder, as ``ofgr cache ls`` shows it."""
@@ -113,7 +152,9 @@ class FeatureStore:
         self.key, self.dim = key, int(dim)
         self.folder = Path(root).expanduser() / key_digest(key)
         self.features_path = self.folder / "features.f32"
+        self.crc_path = self.folder / "rows.crc"
         self.hashes_path = self.folder / "hashes.txt"
+        self.notes: list[str] = []  # one line per rebuild or repair, for the run's log
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             key_file = self.folder / "key.json"
@@ -123,23 +164,63 @@ class FeatureStore:
             raise ConfigError(f"feature cache {self.folder}: cannot write ({e.strerror}); set "
                               "model.feature_cache or OFGR_CACHE to a writable folder") from None
         self._rows: dict[str, int] = {}
-        self._load()
+        self._failed: set[str] = set()  # hashes whose rows failed their CRC: treated as missing until re-added
+        self._crcs = np.zeros(0, np.uint32)
+        self._n = 0
+        self._index_bytes = 0  # bytes of hashes.txt the header vouches for
+        try:
+            self._load()
+        except CacheCorrupt:
+            with self._locked(load=False):
+                try:  # another process may have rebuilt it meanwhile
+                    self._load()
+                except CacheCorrupt as e:
+                    self.notes.append(rebuild_note(self.folder, str(e)))
+                    self._reset()
 
     # ----------------------------------------------------------------------------------------- reading
     def _load(self) -> None:
+        """Read and verify the index; ``CacheCorrupt`` says what does not match."""
+        has_header = header_path(self.hashes_path).exists()
+        if not has_header:
+            if any(p.exists() and p.stat().st_size for p in (self.hashes_path, self.features_path)):
+                raise CacheCorrupt(f"{self.hashes_path}: no header (written by an older version, or damaged)")
+            self._rows, self._crcs, self._n, self._index_bytes = {}, np.zeros(0, np.uint32), 0, 0
+            return
+        h = verify_header(self.hashes_path, kind=STORE_KIND, version=STORE_VERSION, dtype="float32",
+                          shape=(self.dim,))
         try:
-            lines = self.hashes_path.read_text().splitlines()
-        except FileNotFoundError:
-            lines = []
-        if lines and not lines[-1]:
-            lines.pop()
+            raw = self.hashes_path.read_bytes()
+        except OSError as e:
+            raise CacheCorrupt(f"{self.hashes_path}: unreadable ({e.strerror or e})") from None
+        lines = raw.split(b"\n")
+        if len(lines) <= h.count:  # fewer complete lines than counted
+            raise CacheCorrupt(f"{self.hashes_path}: {len(lines) - 1} hashes, its header counts {h.count}")
+        index_bytes = sum(len(x) + 1 for x in lines[: h.count])
+        if checksum(raw[:index_bytes]) != h.index_checksum:
+            raise CacheCorrupt(f"{self.hashes_path}: the hash list does not match its checksum (reordered, "
+                               "damaged or overwritten)")
+        try:
+            digests = [x.decode("ascii") for x in lines[: h.count]]
+        except UnicodeDecodeError:
+            raise CacheCorrupt(f"{self.hashes_path}: not a list of content hashes") from None
         row_bytes = 4 * self.dim
-        size = self.features_path.stat().st_size if self.features_path.exists() else 0
-        n_feat = size // row_bytes
-        n = min(len(lines), n_feat)
-        # an interrupted append leaves more of one file than of the other: keep what both agree on
-        self._rows = {h: i for i, h in enumerate(lines[:n])}
-        self._n = n
+        for path, need in ((self.features_path, h.count * row_bytes), (self.crc_path, h.count * 4)):
+            size = path.stat().st_size if path.exists() else 0
+            if size < need:
+                raise CacheCorrupt(f"{path}: {size} bytes, {h.count} rows need {need}")
+        self._crcs = np.fromfile(self.crc_path, dtype="<u4", count=h.count) if h.count else np.zeros(0, np.uint32)
+        # a re-computed row is appended again: the last occurrence of a hash wins
+        self._rows = {d: i for i, d in enumerate(digests)}
+        for d in self._failed:
+            self._rows.pop(d, None)
+        self._n, self._index_bytes = h.count, index_bytes
+
+    def _reset(self) -> None:
+        """Empty the folder's data (the caller holds the lock): the header first, so no reader trusts the rest."""
+        for p in (header_path(self.hashes_path), self.hashes_path, self.crc_path, self.features_path):
+            p.unlink(missing_ok=True)
+        self._rows, self._crcs, self._n, self._index_bytes = {}, np.zeros(0, np.uint32), 0, 0
 
     def refresh(self) -> None:
         """Re-read the index (other processes may have appended: torchrun ranks filling one cache)."""
@@ -161,8 +242,34 @@ class FeatureStore:
                 out.append(i)
         return out
 
+    def _bad_rows(self, digests: Sequence[str], rows: np.ndarray, feats: np.ndarray) -> list[int]:
+        """Positions whose features fail their CRC."""
+        return [j for j, (d, r) in enumerate(zip(digests, rows, strict=True))
+                if crc32(feats[j], crc32(d.encode("ascii", "replace"))) != int(self._crcs[r])]
+
+    def verify(self, digests: Sequence[str]) -> int:
+        """Check the cached rows of ``digests`` against their CRCs; failed ones are forgotten (so they are
+        computed again) and counted in ``notes``. Returns how many failed."""
+        cached = [d for d in dict.fromkeys(digests) if d in self._rows]
+        if not cached:
+            return 0
+        rows = np.fromiter((self._rows[d] for d in cached), dtype=np.int64, count=len(cached))
+        mm = np.memmap(self.features_path, dtype=np.float32, mode="r", shape=(self._n, self.dim))
+        bad = self._bad_rows(cached, rows, np.asarray(mm[rows]))
+        for j in bad:
+            del self._rows[cached[j]]
+            self._failed.add(cached[j])
+        if bad:
+            self.notes.append(rebuild_note(self.features_path, f"{len(bad)} of {len(cached)} cached rows failed "
+                                           "their checksum; they are computed again"))
+        return len(bad)
+
     def read(self, digests: Sequence[str]) -> np.ndarray:
-        """Features of ``digests`` in order, ``(N, dim)`` float32 (all must be cached)."""
+        """Features of ``digests`` in order, ``(N, dim)`` float32 (all must be cached and intact).
+
+        Raises:
+            DataError: a hash is not cached, or a row fails its CRC (``CacheCorrupt``).
+        """
         if not self._n:
             if digests:
                 raise DataError(f"feature cache {self.folder}: empty, {len(digests)} rows requested")
@@ -172,52 +279,69 @@ class FeatureStore:
             rows = np.fromiter((self._rows[d] for d in digests), dtype=np.int64, count=len(digests))
         except KeyError as e:
             raise DataError(f"feature cache {self.folder}: no features for content hash {e.args[0]}") from None
-        return np.asarray(mm[rows])
+        out = np.asarray(mm[rows])
+        bad = self._bad_rows(digests, rows, out)
+        if bad:
+            raise CacheCorrupt(f"{self.features_path}: {len(bad)} rows fail their checksum (changed while in "
+                               "use?); run again to recompute them")
+        return out
 
     # ----------------------------------------------------------------------------------------- writing
     @contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self, load: bool = True) -> Iterator[None]:
         with open(self.folder / ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                self._load()  # another process may have appended meanwhile
-                self._repair()
+                if load:
+                    try:
+                        self._load()  # another process may have appended meanwhile
+                    except CacheCorrupt as e:
+                        self.notes.append(rebuild_note(self.folder, str(e)))
+                        self._reset()
+                    self._repair()
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _repair(self) -> None:
-        row_bytes = 4 * self.dim
-        if self.features_path.exists() and self.features_path.stat().st_size != self._n * row_bytes:
-            with open(self.features_path, "r+b") as f:
-                f.truncate(self._n * row_bytes)
-        lines = self.hashes_path.read_text().splitlines() if self.hashes_path.exists() else []
-        if len(lines) != self._n:
-            self.hashes_path.write_text("".join(h + "\n" for h in lines[: self._n]))
+        """Cut what lies past the header's count (a crash between the writes of one append)."""
+        for path, size in ((self.features_path, self._n * 4 * self.dim), (self.crc_path, self._n * 4),
+                           (self.hashes_path, self._index_bytes)):
+            if path.exists() and path.stat().st_size != size:
+                with open(path, "r+b") as f:
+                    f.truncate(size)
 
     def append(self, digests: Sequence[str], features: np.ndarray) -> None:
-        """Add rows (features first, then hashes, both flushed: a crash never maps a hash to a wrong row)."""
+        """Add rows: features and their CRCs, then hashes, then the header (each flushed), so a crash never
+        maps a hash to a wrong row; rows are only counted once the header says so."""
         feats = np.ascontiguousarray(features, dtype=np.float32)
         if feats.shape != (len(digests), self.dim):
             raise DataError(f"feature cache: got features {feats.shape} for {len(digests)} images x {self.dim}")
         if not np.isfinite(feats).all():
             raise DataError("feature cache: the encoder produced non-finite features; nothing was cached")
         with self._locked():
-            new = [(i, d) for i, d in enumerate(digests) if d not in self._rows]
+            new = [(i, d) for i, d in enumerate(digests) if d not in self._rows]  # failed rows count as missing
+            new = list({d: (i, d) for i, d in new}.values())  # each hash once
             if not new:
                 return
             idx = [i for i, _ in new]
-            with open(self.features_path, "ab") as f:
-                f.write(feats[idx].tobytes())
-                f.flush()
-                os.fsync(f.fileno())
-            with open(self.hashes_path, "a") as f:
-                f.write("".join(d + "\n" for _, d in new))
-                f.flush()
-                os.fsync(f.fileno())
+            crcs = np.array([crc32(feats[i], crc32(d.encode("ascii", "replace"))) for i, d in new], "<u4")
+            lines = "".join(d + "\n" for _, d in new).encode("ascii", "replace")
+            for path, data in ((self.features_path, feats[idx].tobytes()), (self.crc_path, crcs.tobytes()),
+                               (self.hashes_path, lines)):
+                with open(path, "ab") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            prev = read_header(self.hashes_path).index_checksum if self._n else None
+            write_header(self.hashes_path, CacheHeader(STORE_KIND, STORE_VERSION, "float32", (self.dim,),
+                                                       self._n + len(new), checksum(lines, prev)))
+            self._crcs = np.concatenate([self._crcs, crcs])
             for _, d in new:
                 self._rows[d] = self._n
+                self._failed.discard(d)
                 self._n += 1
+            self._index_bytes += len(lines)
 
 
 def list_entries(root: str | os.PathLike[str] | None = None) -> list[CacheEntry]:
@@ -232,16 +356,19 @@ def list_entries(root: str | os.PathLike[str] | None = None) -> list[CacheEntry]
             continue
         try:
             key = json.loads(key_file.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError, RecursionError):
+            key = None
+        if not isinstance(key, dict):
             key = {"error": "unreadable key.json"}
-        dim = int(key.get("dim", 0) or 0)
-        size = (d / "features.f32").stat().st_size if (d / "features.f32").exists() else 0
         try:
-            with open(d / "hashes.txt") as f:
-                n_hash = sum(1 for _ in f)
-        except OSError:
-            n_hash = 0
-        rows = min(n_hash, size // (4 * dim)) if dim else 0
+            h: CacheHeader | None = read_header(d / "hashes.txt")
+        except CacheCorrupt:
+            h = None
+        dim = h.shape[0] if h is not None and h.shape else 0
+        rows = h.count if h is not None else 0  # without a header the folder is rebuilt on next use
+        if not dim:
+            key_dim = key.get("dim")
+            dim = key_dim if isinstance(key_dim, int) else 0
         total = sum(p.stat().st_size for p in d.iterdir() if p.is_file())
         out.append(CacheEntry(d, key, rows, dim, total))
     return sorted(out, key=lambda e: -e.bytes)
@@ -276,9 +403,12 @@ def extract_features(
 ) -> tuple[np.ndarray, dict[str, int]]:
     """Tower features of ``paths`` (``encoder.tower_features``), through the cache when one is given.
 
-    Only images whose content hash is missing from the cache run through the tower; they are computed in
-    chunks of ``chunk`` images and appended after each chunk, so an interrupted fill resumes where it stopped.
-    The tower runs under the encoder's own ``autocast_dtype``, the dtype its ``feature_key()`` names.
+    Only images whose content hash is missing from the cache run through the tower (content hashes of all
+    the files come from ``file_digests`` unless given). One loader streams every missing image (decoded
+    and preprocessed in its workers, see ``iter_embed``); each finished chunk of ``chunk`` images is appended
+    to the cache on a writer thread while the tower computes the next, so an interrupted fill keeps every
+    appended chunk and resumes after it. The tower runs under the encoder's own ``autocast_dtype``, the dtype
+    its ``feature_key()`` names.
 
     Returns:
         ``(features, stats)``: ``(N, feature_dim)`` float32 in the order of ``paths``, and
@@ -291,12 +421,15 @@ def extract_features(
 
     n = len(paths)
     dim = int(encoder.feature_dim)
+
+    def computed(todo: list[str]) -> Iterator[tuple[int, np.ndarray]]:
+        return iter_embed(TowerOnly(encoder), todo, transform, torch.device(device), batch_size=batch_size,
+                          num_workers=num_workers, autocast_dtype=encoder.autocast_dtype, channels_last=True,
+                          normalize=False)
+
     if store is None:
         out = np.empty((n, dim), np.float32)
-        for start, feats in iter_embed(TowerOnly(encoder), list(paths), transform, torch.device(device),
-                                       batch_size=batch_size, num_workers=num_workers,
-                                       autocast_dtype=encoder.autocast_dtype, channels_last=True,
-                                       normalize=False):
+        for start, feats in computed(list(paths)):
             out[start : start + len(feats)] = feats
             if progress is not None:
                 progress(start + len(feats), n)
@@ -308,25 +441,47 @@ def extract_features(
     if cached_as is not None and cached_as != runs_as:
         raise ConfigError(f"feature cache {store.folder} holds {cached_as} features, but this extraction runs in "
                           f"{runs_as}; open the store with the encoder it extracts with (open_feature_store)")
-    digests = list(digests) if digests is not None else [file_digest(p) for p in paths]
+    digests = list(digests) if digests is not None else file_digests(paths)
     if len(digests) != n:
         raise DataError(f"{len(digests)} content hashes for {n} images")
+    store.verify(digests)  # rows that fail their CRC are forgotten: computed again below
     todo = store.missing(digests)
     missing = {digests[i] for i in todo}
     hits = sum(d not in missing for d in digests)
-    done = hits
     if progress is not None:
-        progress(done, n)
-    tower = TowerOnly(encoder)
-    for a in range(0, len(todo), chunk):
-        part = todo[a : a + chunk]
-        feats = np.empty((len(part), dim), np.float32)
-        for start, f in iter_embed(tower, [paths[i] for i in part], transform, torch.device(device),
-                                   batch_size=batch_size, num_workers=num_workers,
-                                   autocast_dtype=encoder.autocast_dtype, channels_last=True, normalize=False):
-            feats[start : start + len(f)] = f
-        store.append([digests[i] for i in part], feats)
-        done += len(part)
-        if progress is not None:
-            progress(done, n)
+        progress(hits, n)
+    # the data loader draws a seed from torch's global generator: computing features must not move it, or a
+    # run's head would train differently depending on whether the cache was warm
+    with torch.random.fork_rng(devices=[]):
+        _fill(store, computed([paths[i] for i in todo]), [digests[i] for i in todo], dim, chunk,
+              None if progress is None else (lambda done: progress(hits + done, n)))
     return store.read(digests), {"hits": hits, "computed": len(todo)}
+
+
+def _fill(store: FeatureStore, batches: Iterator[tuple[int, np.ndarray]], digests: list[str], dim: int,
+          chunk: int, progress: Callable[[int], None] | None) -> None:
+    """Appends the features ``batches`` yields (rows of ``digests``, in order) to ``store``, ``chunk`` rows at a
+    time, on a writer thread: the next chunk computes while the last one is written and synced. At most one
+    write is pending, so memory holds two chunks."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    n = len(digests)
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pending: Future[None] | None = None
+        buf = np.empty((min(chunk, n), dim), np.float32)
+        first, fill = 0, 0  # the chunk in buf starts at row `first` and holds `fill` rows
+        for start, feats in batches:
+            at = 0
+            while at < len(feats):  # a batch may straddle two chunks
+                take = min(len(feats) - at, len(buf) - fill)
+                buf[fill : fill + take] = feats[at : at + take]
+                fill, at = fill + take, at + take
+                if fill == len(buf) or first + fill == n:
+                    if pending is not None:
+                        pending.result()  # raises what the last write raised
+                    pending = writer.submit(store.append, digests[first : first + fill], buf[:fill])
+                    first, fill, buf = first + fill, 0, np.empty_like(buf)
+            if progress is not None:
+                progress(start + len(feats))
+        if pending is not None:
+            pending.result()

@@ -107,8 +107,9 @@ class Induction:
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    unit: np.ndarray = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    from ofgr_core.retrieval.index import unit_rows
+
+    unit: np.ndarray = unit_rows(np.asarray(x), np.float64)
     return unit
 
 

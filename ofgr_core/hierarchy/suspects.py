@@ -19,7 +19,6 @@ training images memorised with their noisy labels are harder to catch (``docs/hi
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -60,8 +59,9 @@ class Suspect:
 
 def _neighbours(emb: np.ndarray, k: int, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """``(similarities, indices)`` of each row's ``k`` nearest other rows by cosine (exact, blocked)."""
-    x = emb.astype(np.float32, copy=True)
-    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    from ofgr_core.retrieval.index import unit_rows
+
+    x = unit_rows(emb, np.float32)
     n = len(x)
     k = min(k, n - 1)
     sims = np.empty((n, k), np.float32)
@@ -173,6 +173,7 @@ def load_run_embeddings(run_dir: str | os.PathLike[str], parts: Sequence[str] | 
     Raises:
         DataError: the run has no stored embeddings (it did not finish), or a part's files disagree.
     """
+    from ofgr_core.embedding.stored import load_embedding_rows, load_embeddings
     from ofgr_core.runs.folder import RunFolder
 
     run = RunFolder(run_dir)
@@ -184,11 +185,8 @@ def load_run_embeddings(run_dir: str | os.PathLike[str], parts: Sequence[str] | 
                         f"{run.embeddings_dir} (finish the run first, or `ofgr resume` it)")
     embs, rows = [], []
     for part in wanted:
-        emb = np.load(run.embeddings_npy(part), mmap_mode="r")
-        with open(run.embeddings_csv(part), newline="") as f:
-            part_rows = list(csv.DictReader(f))
-        if len(part_rows) != len(emb):
-            raise DataError(f"{run.embeddings_csv(part)} has {len(part_rows)} rows for {len(emb)} embeddings")
+        emb = load_embeddings(run.embeddings_npy(part))
+        part_rows = load_embedding_rows(run.embeddings_csv(part), len(emb), required=("id", "fine"))
         embs.append(np.asarray(emb, dtype=np.float32))
         rows += [{**r, "split": r.get("split") or part} for r in part_rows]
     return np.concatenate(embs), rows

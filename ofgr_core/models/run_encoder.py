@@ -66,7 +66,7 @@ def load_run_encoder(run_dir: str | os.PathLike[str], device: torch.device | str
         raise NotFoundError(f"{folder.run_id}: no config.yaml (not a run folder?)")
     cfg = load_config(folder.config)
     ckpt = run_checkpoint(folder.path)
-    state = load_checkpoint(ckpt, map_location="cpu")["model"] if ckpt is not None else None
+    state = load_checkpoint(ckpt, map_location="cpu", require=("model",))["model"] if ckpt is not None else None
     model_cfg = cfg.model
     if state is not None and not model_cfg.tower_frozen:
         model_cfg = model_cfg.without_weights()  # the checkpoint holds the whole network

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ofgr_core.common.errors import NotFoundError, OfgrError
+from ofgr_core.common.errors import DataError, NotFoundError, OfgrError
 from ofgr_core.runs.folder import METRICS_FILE, RunFolder
 from ofgr_core.runs.state import read_json
 
@@ -320,12 +320,41 @@ def _split_hash(run_dir: Path) -> str | None:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _checked_metrics(run_dir: Path) -> dict[str, Any]:
+    """A run's metrics.json for comparing: a broken run or a damaged file is one line naming it, never a
+    silently shorter comparison."""
+    from ofgr_core.runs.state import load_run
+    from ofgr_core.runs.validate import METRICS, read_run_json
+
+    path = RunFolder(run_dir).metrics
+    m, why = read_run_json(path, METRICS)
+    if why is not None:
+        raise DataError(f"{path}: cannot compare it ({why.split(': ', 1)[-1]})")
+    if not isinstance(m, dict):
+        raise NotFoundError(f"{run_dir.name}: no {METRICS_FILE} (the run has not finished)")
+    info = load_run(run_dir) if RunFolder(run_dir).is_run() else None  # (a bare folder of result files is fine)
+    if info is not None and info.status == "broken":
+        raise DataError(f"run {run_dir.name} is broken ({info.reason}); leave it out of the comparison")
+    return m
+
+
 def _load_npz(path: Path) -> dict[str, np.ndarray] | None:
+    """Per-query arrays, or None when the file does not exist (that run has no paired test); a file that
+    exists but is not a plain .npz of 1-D numeric arrays (ids as text) is one ``DataError`` naming it."""
+    if not path.exists():
+        return None
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: np.asarray(z[k]) for k in z.files}
-    except (OSError, ValueError):
-        return None
+            if not hasattr(z, "files"):
+                raise ValueError("not an .npz archive")
+            arrays = {k: np.asarray(z[k]) for k in z.files}
+    except (OSError, ValueError, EOFError, KeyError) as e:
+        raise DataError(f"{path}: unreadable per-query file ({str(e).splitlines()[0][:120]})") from None
+    n = {len(v) for v in arrays.values() if v.ndim == 1}
+    if any(v.ndim != 1 for v in arrays.values()) or len(n) > 1 or (
+            "ids" in arrays and arrays["ids"].dtype.kind not in "US"):
+        raise DataError(f"{path}: not per-query arrays (expected equal-length 1-D arrays and text ids)")
+    return arrays
 
 
 def _per_query(run_dir: Path, split: str, mode: str = "image") -> dict[str, np.ndarray] | None:
@@ -506,12 +535,7 @@ def _load_runs(run_dirs: Sequence[str | os.PathLike[str]], baseline: int) -> tup
     if not 0 <= baseline < len(dirs):
         raise OfgrError(f"baseline index {baseline} out of range for {len(dirs)} runs")
     dirs.insert(0, dirs.pop(baseline))
-    all_metrics = []
-    for d in dirs:
-        m = read_json(RunFolder(d).metrics)
-        if not isinstance(m, dict):
-            raise NotFoundError(f"{d.name}: no {METRICS_FILE} (the run has not finished)")
-        all_metrics.append(m)
+    all_metrics = [_checked_metrics(d) for d in dirs]  # a broken run is one line, never a shorter comparison
     return dirs, all_metrics
 
 

@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING, Any, TypedDict
 import numpy as np
 
 from ofgr_core.common.atomic import atomic_write_text
-from ofgr_core.common.errors import NotFoundError, OfgrError
+from ofgr_core.common.errors import DataError, NotFoundError, OfgrError
 from ofgr_core.reports.compare import LEVELS, SPLITS, Comparison, compare_runs, text_block
 from ofgr_core.reports.tables import LETTERS, count, markdown_comparison, pct, seconds
 from ofgr_core.runs.eventlog import read_events
 from ofgr_core.runs.folder import METRICS_FILE, RunFolder
 from ofgr_core.runs.metrics import describe_training
-from ofgr_core.runs.state import read_json
+from ofgr_core.runs.validate import METRICS, OPT_STR, read_run_json
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -335,10 +335,13 @@ def _compute_md(m: dict[str, Any], rows_out: list[dict[str, Any]], run_id: str) 
 
 
 def _what_was_run_md(run_dir: Path, m: dict[str, Any]) -> list[str]:
+    from ofgr_core.runs.validate import DATA_REPORT, ENV
+
     folder = RunFolder(run_dir)
-    env = read_json(folder.env) or {}
-    split = read_json(folder.split) or {}
-    data_rep = read_json(folder.data_report) or {}
+    # damaged side files leave their lines out of the report (the headline numbers come from metrics.json)
+    env = read_run_json(folder.env, ENV)[0] or {}
+    split = read_run_json(folder.split, {"counts": dict, "protocol": OPT_STR, "query": OPT_STR})[0] or {}
+    data_rep = read_run_json(folder.data_report, DATA_REPORT)[0] or {}
     d = m.get("data") or {}
     model = m.get("model") or {}
     tr = m.get("train") or {}
@@ -454,7 +457,9 @@ def _read_runs(dirs: list[Path], out: Path) -> list[dict[str, Any]]:
         raise OfgrError(f"{out}: is a run folder; write the report somewhere else (-o)")
     all_m = []
     for d in dirs:
-        m = read_json(RunFolder(d).metrics)
+        m, why = read_run_json(RunFolder(d).metrics, METRICS)  # strict, bounded, typed (runs/validate.py)
+        if why is not None:
+            raise DataError(f"{RunFolder(d).metrics}: cannot report on it ({why.split(': ', 1)[-1]})")
         if not isinstance(m, dict):
             raise NotFoundError(f"{d.name}: no {METRICS_FILE} (the run has not finished)")
         all_m.append(m)

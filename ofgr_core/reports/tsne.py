@@ -7,7 +7,6 @@ Reads ``RUN/embeddings/<split>.npy`` + ``<split>.csv`` (docs/run-folder.md) and 
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
 import threading
 import time
@@ -59,13 +58,9 @@ class TsneResult:
 
 
 def _read_labels(csv_path: Path, n: int) -> dict[str, list[str]]:
-    try:
-        with open(csv_path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except FileNotFoundError:
-        rows = []
-    if rows and len(rows) != n:
-        raise DataError(f"{csv_path}: {len(rows)} rows but the embeddings have {n}")
+    from ofgr_core.embedding.stored import load_embedding_rows
+
+    rows = load_embedding_rows(csv_path, n, required=()) if csv_path.is_file() else []
     if not rows:  # labels unknown: still plot the points
         return {"id": [str(i) for i in range(n)], "fine": ["?"] * n, "coarse": ["?"] * n}
     return {key: [str(r.get(key, "") or "?") for r in rows] for key in ("id", "fine", "coarse")}
@@ -126,6 +121,7 @@ def compute_tsne(
         NotFoundError: the run has no stored embeddings for ``split``.
         DataError: the embeddings are malformed or too few to project.
     """
+
     run_dir = Path(run_dir)
     splits = _splits_for(run_dir, split)
     npy = [RunFolder(run_dir).embeddings_npy(s) for s in splits]
@@ -178,13 +174,10 @@ def _load_stored(run_dir: Path, splits: list[str], npy: list[Path]
     arrays: list[np.ndarray] = []
     labels: dict[str, list[str]] = {"id": [], "fine": [], "coarse": []}
     split_of: list[str] = []
+    from ofgr_core.embedding.stored import load_embeddings
+
     for s, path in zip(splits, npy, strict=True):
-        try:
-            x = np.load(path, mmap_mode="r")
-        except (OSError, ValueError) as e:
-            raise DataError(f"{path}: unreadable embeddings ({e})") from None
-        if x.ndim != 2:
-            raise DataError(f"{path}: expected an N x D array, got shape {x.shape}")
+        x = load_embeddings(path)  # an .npz, pickles, another rank or dtype: one line naming the file
         arrays.append(x)
         for key, values in _read_labels(path.with_suffix(".csv"), len(x)).items():
             labels[key].extend(values)

@@ -21,7 +21,6 @@ For a run, ``coarse_first_for_run`` reads ``embeddings/<split>.npy`` + ``.csv``,
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ofgr_core.common.errors import DataError
+from ofgr_core.retrieval.index import unit_rows
 from ofgr_core.retrieval.metrics import bootstrap_ci, metrics_from_hits, paired_bootstrap_tests
 from ofgr_core.runs.folder import RunFolder
 
@@ -206,7 +206,7 @@ def _encode(embeddings: np.ndarray, fine: Sequence[Hashable] | np.ndarray, coars
     if x.ndim != 2:
         raise DataError(f"embeddings must be N x D, got shape {x.shape}")
     n = len(x)
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x = unit_rows(x, np.float32)
     fine_names, f = _codes(np.asarray(fine).astype(str))
     coarse_names, c = _codes(np.asarray(coarse).astype(str))
     if len(f) != n or len(c) != n:
@@ -312,9 +312,10 @@ def split_block(ret: Retrieval, ks: Sequence[int], *, bootstrap: int, seed: int,
 
 
 # ------------------------------------------------------------------------------------------- run folders
-def _read_csv(path: Path) -> dict[str, np.ndarray]:
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+def _read_csv(path: Path, n: int) -> dict[str, np.ndarray]:
+    from ofgr_core.embedding.stored import load_embedding_rows
+
+    rows = load_embedding_rows(path, n)
     cols = rows[0].keys() if rows else []
     return {k: np.asarray([r.get(k) or "" for r in rows]) for k in cols}
 
@@ -365,7 +366,6 @@ def coarse_first_for_run(
     Raises:
         DataError: the stored embeddings and their CSV disagree.
     """
-    import json
 
     run_dir = Path(run_dir)
     folder = RunFolder(run_dir)
@@ -378,11 +378,10 @@ def coarse_first_for_run(
     sig = _signature([npy, csv_path, pq_path]) + f";k_vote={k_vote};v={CACHE_VERSION};{sorted(settings.items())}"
     cached = _load_cache(cache, sig) if use_cache else None
     if cached is None:
-        try:
-            emb = np.load(npy, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise DataError(f"{npy}: unreadable embeddings ({e})") from None
-        table = _read_csv(csv_path)
+        from ofgr_core.embedding.stored import load_embeddings
+
+        emb = load_embeddings(npy)
+        table = _read_csv(csv_path, len(emb))
         if len(table.get("id", [])) != len(emb):
             raise DataError(f"{csv_path}: {len(table.get('id', []))} rows but {npy.name} has {len(emb)}")
         if "coarse" not in table or "fine" not in table:
@@ -390,10 +389,10 @@ def coarse_first_for_run(
         ids = table["id"]
         qmask = np.ones(len(ids), bool)
         gmask = np.ones(len(ids), bool)
-        try:
-            sp = json.loads(folder.split.read_text())
-        except (OSError, ValueError):
-            sp = {}
+        from ofgr_core.runs.validate import read_run_json
+
+        sp = read_run_json(folder.split, {"query": (str, type(None)), "gallery_ids": list})[0]
+        sp = sp if isinstance(sp, dict) else {}
         if sp.get("query") == "cross_domain" and "domain" in table:
             qmask = table["domain"] == str(sp.get("query_domain"))
             gmask = ~qmask

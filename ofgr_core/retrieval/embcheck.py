@@ -104,3 +104,69 @@ def degenerate_labels(fine: np.ndarray, where: str) -> list[str]:
         out.append(f"{where}: {n_single} of {len(counts)} fine classes have a single item; those items are "
                    "gallery-only (not used as queries)")
     return out
+
+
+# ------------------------------------------------------------------------------------ degenerate embeddings
+NEAR_DUPLICATE_COSINE = 0.999  # two query embeddings closer than this are near-identical
+NEAR_DUPLICATE_SHARE = 0.01  # flagged when more than this share of query pairs is near-identical
+MIN_EFFECTIVE_RANK = 2.0  # flagged when the embeddings span fewer effective directions than this
+HEALTH_SAMPLE = 4000  # rows compared pairwise (a seeded sample of larger sets): 8M pairs, chunked
+_PAIR_CHUNK = 512
+
+
+def effective_rank(x: np.ndarray) -> float:
+    """Roy & Vetterli's effective rank: ``exp`` of the entropy of the singular values normalised to sum 1.
+
+    1 when every row points the same way (or ``x`` has one column), up to ``min(N, D)`` when the rows spread
+    evenly over every direction.
+    """
+    s = np.linalg.svd(np.asarray(x, dtype=np.float64), compute_uv=False)
+    s = s[s > s.max(initial=0.0) * 1e-12] if len(s) else s
+    if not len(s):
+        return 0.0
+    p = s / s.sum()
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def embedding_health(emb: np.ndarray, where: str, *, seed: int = 0) -> tuple[dict[str, float | int], list[str]]:
+    """How degenerate a set of (query) embeddings is, and a warning for each check it fails.
+
+    A model can collapse (every image mapped to nearly one vector: ``model.embed_dim: 1``, a random frozen tower
+    under a head, a diverged run) and still "finish" with metrics that look like numbers. Two measures catch it:
+    the share of pairs of rows at cosine > ``NEAR_DUPLICATE_COSINE`` (over a seeded sample of at most
+    ``HEALTH_SAMPLE`` rows), and the effective rank of the (normalised) rows.
+
+    Returns:
+        ``({"near_duplicate_pairs", "pairs", "near_duplicate_share", "effective_rank", "rows", "dim"},
+        warnings)``.
+    """
+    x = np.asarray(emb, dtype=np.float64)
+    n = len(x)
+    if n > HEALTH_SAMPLE:
+        x = x[np.sort(np.random.default_rng(seed).choice(n, HEALTH_SAMPLE, replace=False))]
+    scale = np.abs(x).max(axis=1, keepdims=True) if x.size else np.ones((len(x), 1))
+    x = x / np.where(scale > 0, scale, 1.0)  # scale first: no overflow or underflow in the norm
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    x = x / np.where(norms > 0, norms, 1.0)
+    m = len(x)
+    close = 0
+    for a in range(0, m, _PAIR_CHUNK):
+        sims = x[a : a + _PAIR_CHUNK] @ x[a:].T  # rows a.. against every later row (and themselves)
+        upper = np.triu(np.ones(sims.shape, dtype=bool), k=1)
+        close += int(np.count_nonzero((sims > NEAR_DUPLICATE_COSINE) & upper))
+    pairs = m * (m - 1) // 2
+    share = close / pairs if pairs else 0.0
+    rank = effective_rank(x) if m else 0.0
+    stats: dict[str, float | int] = {"rows": n, "dim": int(emb.shape[1]) if emb.ndim == 2 else 0,
+                                     "pairs": pairs, "near_duplicate_pairs": close,
+                                     "near_duplicate_share": share, "effective_rank": rank}
+    warnings = []
+    sampled = f" (of a {m}-row sample)" if m < n else ""
+    if pairs and share > NEAR_DUPLICATE_SHARE:
+        warnings.append(f"{where}: degenerate embeddings: {100 * share:.1f}% of query pairs{sampled} "
+                        f"({close:,} of {pairs:,}) are at cosine > {NEAR_DUPLICATE_COSINE}; the metrics rank "
+                        "near-identical vectors")
+    if m >= 2 and rank < MIN_EFFECTIVE_RANK:
+        warnings.append(f"{where}: degenerate embeddings: effective rank {rank:.2f} (of {stats['dim']} dimensions); "
+                        "the model maps images onto about one direction")
+    return stats, warnings

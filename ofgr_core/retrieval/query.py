@@ -6,7 +6,6 @@ The gallery is a split's stored embeddings (``RUN/embeddings/<split>.npy`` + ``.
 
 from __future__ import annotations
 
-import csv
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,11 +75,10 @@ def load_gallery(run_dir: Path, split: str) -> Gallery:
             f"{run_dir.name}: no stored {split!r} embeddings"
             + (f" (available: {', '.join(available)})" if available else " (the run has not reached evaluation)")
         )
-    emb = np.load(npy, mmap_mode="r")
-    with open(csv_path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if len(rows) != len(emb):
-        raise DataError(f"{csv_path}: {len(rows)} rows but {npy.name} has {len(emb)} embeddings")
+    from ofgr_core.embedding.stored import load_embedding_rows, load_embeddings
+
+    emb = load_embeddings(npy)
+    rows = load_embedding_rows(csv_path, len(emb))
     return Gallery(emb, rows, {r["id"]: i for i, r in enumerate(rows)})
 
 
@@ -89,8 +87,11 @@ def _searcher(run_dir: Path, split: str, gallery: Gallery) -> SearchIndex:
 
     folder = RunFolder(run_dir).index_dir(split)
     if (folder / "index.json").is_file():
-        idx = load_index(folder)
-        if idx.ntotal == len(gallery.rows):
+        try:
+            idx = load_index(folder)
+        except DataError:  # a damaged saved index is derived data: search an exact one built from the embeddings
+            idx = None
+        if idx is not None and idx.ntotal == len(gallery.rows):
             return idx
     return build_index(np.ascontiguousarray(gallery.embeddings), ids=np.arange(len(gallery.rows)))
 
@@ -204,15 +205,14 @@ def run_supports_text(run_dir: str | Path) -> bool:
 
 def _text_space(run_dir: Path, split: str, cfg: Config) -> str:
     """``metrics.json``'s choice for the split (``text_to_image.space_for_free_text``), else the config's."""
-    import json
+    from ofgr_core.runs.validate import METRICS, read_run_json
 
-    try:
-        metrics = json.loads(RunFolder(run_dir).metrics.read_text())
-        space = metrics.get(split, {}).get("text_to_image", {}).get("space_for_free_text")
-        if space in ("raw", "head"):
-            return str(space)
-    except (OSError, ValueError, AttributeError):
-        pass
+    metrics, _ = read_run_json(RunFolder(run_dir).metrics, METRICS)  # strict, bounded, typed: None if damaged
+    block = metrics.get(split) if isinstance(metrics, dict) else None
+    t2i = block.get("text_to_image") if isinstance(block, dict) else None
+    space = t2i.get("space_for_free_text") if isinstance(t2i, dict) else None
+    if space in ("raw", "head"):
+        return str(space)
     space = cfg.model.text_config().space
     return space if space in ("raw", "head") else "raw"
 

@@ -42,6 +42,7 @@ import numpy as np
 
 from ofgr_core.common.errors import ConfigError, DataError
 from ofgr_core.config import EvalConfig, TextConfig
+from ofgr_core.retrieval.index import unit_rows
 
 if TYPE_CHECKING:
     from ofgr_core.models.base import Encoder
@@ -96,8 +97,7 @@ def encode_prompt_sets(encoder: Encoder, prompt_sets: Sequence[Sequence[str]], *
     with torch.no_grad():
         for a in range(0, len(flat), batch_size):
             chunks.append(encoder.encode_text(encoder.tokenize(flat[a : a + batch_size])).float().cpu().numpy())
-    emb = np.concatenate(chunks)
-    emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    emb = unit_rows(np.concatenate(chunks), np.float32)
     out = np.empty((len(prompt_sets), emb.shape[1]), np.float32)
     row = 0
     for i, ps in enumerate(prompt_sets):
@@ -105,8 +105,7 @@ def encode_prompt_sets(encoder: Encoder, prompt_sets: Sequence[Sequence[str]], *
             raise ConfigError("model.text: a class has no prompt (empty template list)")
         out[i] = emb[row : row + len(ps)].mean(0)
         row += len(ps)
-    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-    return out
+    return unit_rows(out, np.float32)
 
 
 @dataclass

@@ -42,7 +42,7 @@ def _order(scores: np.ndarray, rows: np.ndarray, keys: np.ndarray) -> tuple[np.n
 
 
 def search_tiebroken(search: Search, x: np.ndarray, k: int, keys: np.ndarray, n_gallery: int,
-                     max_k: int | None = None) -> np.ndarray:
+                     max_k: int | None = None, first: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Top-``k`` gallery rows per query with ties broken by ``keys`` (see the module docstring).
 
     Args:
@@ -52,10 +52,18 @@ def search_tiebroken(search: Search, x: np.ndarray, k: int, keys: np.ndarray, n_
         keys: Per gallery row, the tie-break key (``id_hash_keys``).
         n_gallery: Gallery size.
         max_k: Largest ``k`` the searcher accepts (GPU), if any.
+        first: What ``search(x, w)`` returns for some ``w >= min(k + 1, n_gallery)``, when the caller has it
+            already (``index.symmetric_knn``); only the widening searches are then run here.
     """
     limit = n_gallery if max_k is None else min(n_gallery, max_k)
     want = min(k + 1, limit)
-    scores, rows = _order(*search(x, want), keys)
+    if first is not None:
+        if first[1].shape[1] < want:
+            raise ValueError(f"first holds {first[1].shape[1]} results per query, {want} needed")
+        found = first[0][:, :want], first[1][:, :want]
+    else:
+        found = search(x, want)
+    scores, rows = _order(*found, keys)
     if want <= k:
         return rows[:, :k]
     out: np.ndarray = rows[:, :k].copy()

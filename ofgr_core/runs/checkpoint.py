@@ -75,8 +75,12 @@ def state_nbytes(obj: Any) -> int:
     return 0
 
 
-def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu", *,
+                    require: tuple[str, ...] = ()) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint`, never executing code stored in it.
+
+    ``require`` names keys the caller reads; ``model`` must then be a mapping of names to tensors. A valid
+    torch file with other content (``{"weights": ...}``) is one line naming the file and the missing key.
 
     Raises:
         NotFoundError: ``path`` does not exist.
@@ -103,4 +107,12 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         raise CheckpointError(f"{p}: not a readable checkpoint ({type(e).__name__}: {msg})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{p}: not an ofgr checkpoint (top level is {type(obj).__name__}, not a mapping)")
+    missing = [k for k in require if k not in obj]
+    if missing:
+        raise CheckpointError(f"{p}: not an ofgr checkpoint (no {', '.join(repr(k) for k in missing)}; holds "
+                              f"{', '.join(repr(str(k)) for k in list(obj)[:5]) or 'nothing'})")
+    model = obj.get("model")
+    if "model" in require and not (isinstance(model, dict) and all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items())):
+        raise CheckpointError(f"{p}: not an ofgr checkpoint ('model' is not a mapping of names to tensors)")
     return obj

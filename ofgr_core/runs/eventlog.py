@@ -139,8 +139,17 @@ def _clean_event(obj: Any) -> dict[str, Any] | None:
     for key in ("host", "error", "reason", "message"):
         if key in obj and obj[key] is not None and not isinstance(obj[key], str):
             obj[key] = str(obj[key])
+    from ofgr_core.runs.validate import event_problem
+
+    if event_problem(obj) is not None:  # a train_epoch whose loss is "y": readers would fail on it
+        return None
     return obj
 
 
 def read_events(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    return EventTail(RunFolder(run_dir).events).read_new()
+    """Every readable event of a run; an unreadable ``events.jsonl`` (a folder, no permission) reads as none
+    (``load_run`` reports it as the reason the run is broken)."""
+    try:
+        return EventTail(RunFolder(run_dir).events).read_new()
+    except OSError:
+        return []

@@ -126,8 +126,13 @@ def check_split_name(split: str) -> str:
     return split
 
 
+NAME_PART_BYTES = 100  # of a run id's name part, in UTF-8 bytes: file systems count bytes (255 per name)
+
+
 def new_run_id(runs_dir: Path, name: str) -> str:
     safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in name).strip("-") or "run"
+    # cut at a character boundary: 100 four-byte characters would make a 400-byte folder name
+    safe = safe.encode("utf-8")[:NAME_PART_BYTES].decode("utf-8", "ignore").strip("-") or "run"
     base = f"{time.strftime('%Y%m%d-%H%M%S')}-{safe}"
     run_id, n = base, 1
     while (runs_dir / run_id).exists():

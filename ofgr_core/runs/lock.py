@@ -21,14 +21,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ofgr_core.common.errors import OfgrError
+from ofgr_core.common.errors import ConflictError, DataError, OfgrError
 
 LOCK_FILE = "run.lock"  # in the run folder (docs/run-folder.md)
 _GUARD_FILE = ".run.lock.guard"  # serialises taking the lock; held for milliseconds
 
 
-class RunLockedError(OfgrError):
-    """Another live process writes this run folder."""
+class RunLockedError(ConflictError):
+    """Another live process writes this run folder (exit code ``CONFLICT``, 9)."""
 
 
 class LockUnreadableError(OfgrError):
@@ -176,8 +176,11 @@ class RunLock:
         guard_path = self.run_dir / _GUARD_FILE
         try:
             guard = os.open(guard_path, os.O_CREAT | os.O_RDWR, 0o644)
-        except OSError as e:
-            raise RunLockedError(f"{self.path}: cannot lock the run folder ({e.strerror or e})") from None
+        except OSError as e:  # not another writer: a read-only or damaged folder (the guard is a folder, ...)
+            from ofgr_core.common.diskspace import disk_error_from
+
+            raise disk_error_from(e, "locking the run folder") or DataError(
+                f"{guard_path}: cannot lock the run folder ({e.strerror or e})") from None
         try:
             fcntl.flock(guard, fcntl.LOCK_EX)
             try:
@@ -198,7 +201,15 @@ class RunLock:
                     )
                 self.took_over = held
             info = current_lock_info(self.command)
-            _write_lock(self.path, info)
+            try:
+                _write_lock(self.path, info)
+            except OSError as e:  # run.lock is a folder, the run folder is read-only or full
+                from ofgr_core.common.diskspace import disk_error_from
+                from ofgr_core.common.errors import DiskError
+
+                kind = DiskError if disk_error_from(e, "") is not None else DataError  # full or read-only: DISK
+                raise kind(f"{self.path}: cannot write the run lock ({e.strerror or e}); remove {self.path.name} "
+                           "if it is a folder") from None
             self.info = info
             return info
         finally:

@@ -16,6 +16,8 @@ Top level::
               train_pflops, device, world_size}
     fit      {strategy, seconds, features?}
     timings  {stage: seconds}
+    warnings [one line each]                (degenerate embeddings, a lowered eval batch: docs/reliability.md)
+    memory_plan {available_bytes, limited_by, train_step_bytes, embed_batch_bytes, eval_batch_size}
     compute  {...}                          (ofgr_core.runs.compute, added when the run ends)
     unseen / seen  {fine: {...}, coarse: {...}, ci95, n_queries, ..., text_to_image?}
                                             (one block per evaluated split: ofgr_core.retrieval.evaluate)
@@ -116,6 +118,8 @@ class RunMetrics(_Block):
     fit: FitBlock
     timings: dict[str, float] = Field(default_factory=dict)
     compute: dict[str, Any] | None = None
+    warnings: list[str] = Field(default_factory=list)  # results that finished but should not be trusted as is
+    memory_plan: dict[str, Any] | None = None  # ofgr_core.train.memplan.MemoryPlan.to_dict()
     splits: dict[str, dict[str, Any]] = Field(default_factory=dict, exclude=True)
 
     def to_dict(self) -> dict[str, Any]:

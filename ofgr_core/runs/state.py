@@ -212,20 +212,12 @@ def _read_config(path: Path) -> tuple[dict[str, Any], str | None]:
 
 
 def _read_metrics(path: Path) -> tuple[dict[str, Any] | None, str | None]:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return None, None
-    except OSError as e:
-        return None, f"{METRICS_FILE}: unreadable ({e.strerror or e})"
-    try:
-        obj = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        what = "empty" if not raw.strip() else f"truncated or invalid JSON ({e})"
-        return None, f"{METRICS_FILE}: {what}"
-    if not isinstance(obj, dict):
-        return None, f"{METRICS_FILE}: expected a JSON object, got {type(obj).__name__}"
-    return obj, None
+    """metrics.json checked against what readers use (``ofgr_core/runs/validate.py``): strict JSON (a NaN
+    literal is damage), bounded depth, the expected types; anything else is a ``broken`` reason."""
+    from ofgr_core.runs.validate import METRICS, read_run_json
+
+    obj, why = read_run_json(path, METRICS)
+    return (obj if isinstance(obj, dict) else None), why
 
 
 def load_run(

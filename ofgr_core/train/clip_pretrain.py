@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import time
@@ -46,7 +47,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import numpy as np
 
+from ofgr_core.common.diskspace import ensure_free, make_dir
 from ofgr_core.common.errors import ConfigError, DataError
+from ofgr_core.common.textio import read_text
 from ofgr_core.data.common import safe_join
 from ofgr_core.runs.events import Event, Log, StageFinished, StageProgress, StageStarted, TrainEpoch, TrainStep
 
@@ -79,11 +82,15 @@ def read_captions(manifest: str | Path) -> tuple[list[str], list[str], Path]:
     if not p.is_file():
         raise DataError(f"manifest {p} not found; give a CSV with path and caption columns (ofgr data synth "
                         "writes one)")
-    with p.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f, delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
+    # UTF-8 (BOM optional) or UTF-16/32 with a BOM; NUL bytes (a binary file, a caption with \x00) are refused
+    text = read_text(p, what="manifest")
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
         header = [h.strip() for h in (reader.fieldnames or [])]
         reader.fieldnames = header
         rows = list(reader)
+    except csv.Error as e:  # e.g. a caption over csv's 128 KiB field limit
+        raise DataError(f"manifest {p} after line {reader.line_num}: malformed CSV ({e})") from None
     absent = [c for c in ("path", "caption") if c not in header]
     if absent:
         raise DataError(f"manifest {p}: missing column(s) {', '.join(absent)} (found: {', '.join(header) or 'none'});"
@@ -222,7 +229,7 @@ def pretrain_clip(
                                float(saved["ofgr"].get("loss", 0.0)), time.perf_counter() - t0, True)
         return
     job = yield from _prepare(model, pretrained, image_size, image_weights, seed, device, paths, captions,
-                              lock_image=lock_image, preload_limit_bytes=preload_limit_bytes,
+                              out=out, lock_image=lock_image, preload_limit_bytes=preload_limit_bytes,
                               feature_cache=feature_cache)
     loss = yield from _train(job, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                              warmup_fraction=warmup_fraction, seed=seed, stop=stop)
@@ -276,7 +283,7 @@ class _Job:
 
 def _prepare(
     model: str, pretrained: str | None, image_size: int | None, image_weights: str | None, seed: int, device: str,
-    paths: list[str], captions: list[str], *, lock_image: bool, preload_limit_bytes: int,
+    paths: list[str], captions: list[str], *, out: Path, lock_image: bool, preload_limit_bytes: int,
     feature_cache: str | Path | None,
 ) -> Generator[Event, None, _Job]:
     """Build the model (with its image weights), tokenize the captions, make the images' embedder."""
@@ -295,6 +302,10 @@ def _prepare(
 
         loaded_image = load_image_weights(clip_model, image_weights)
         yield Log(f"image tower trunk from {loaded_image['file']} (sha256 {loaded_image['sha256'][:12]})")
+    # the checkpoint's folder and space first: a full disk is one line before training, not after it
+    weight_bytes = sum(t.numel() * t.element_size() for t in clip_model.state_dict().values())
+    make_dir(out, "--out")
+    ensure_free(out, weight_bytes + (1 << 20), f"--out {out}: the CLIP checkpoint")
     clip_model.to(dev)
     tokens = tokenizer_for(source)(captions)
     if lock_image:

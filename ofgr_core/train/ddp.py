@@ -82,4 +82,16 @@ def resolve_device(pref: str, dist_info: DistInfo | None = None) -> torch.device
             raise ConfigError(f"device={pref!r} but no CUDA GPU is visible; use --set device=cpu or auto")
         if dist_info is not None and dist_info.enabled:
             return torch.device(f"cuda:{dist_info.local_rank}")
+        index = int(pref.split(":", 1)[1]) if ":" in pref else 0
+        if index >= torch.cuda.device_count():
+            from ofgr_core.common.errors import ConfigError
+
+            raise ConfigError(f"device={pref!r} but only {torch.cuda.device_count()} CUDA GPU(s) are visible "
+                              f"(cuda:0..cuda:{torch.cuda.device_count() - 1}); use --set device=cuda or auto")
+    if pref == "mps" and not (torch.backends.mps.is_built() and torch.backends.mps.is_available()):
+        from ofgr_core.common.errors import ConfigError
+
+        why = "has no MPS support" if not torch.backends.mps.is_built() else "sees no MPS device"
+        raise ConfigError(f"device='mps' but this PyTorch build {why} (Apple GPUs only); use --set device=cpu "
+                          "or auto")
     return torch.device(pref)

@@ -63,17 +63,24 @@ def train_labels(labels: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, int]
 
 
 class FeatureDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
-    """In-memory features by row: ``(feature, labels_row, index)``, like ``ImageDataset``."""
+    """In-memory features by row: ``(feature, labels_row, index)``, like ``ImageDataset``.
 
-    def __init__(self, features: np.ndarray, labels: np.ndarray) -> None:
-        self.x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-        self.labels = torch.as_tensor(labels, dtype=torch.long)
+    The whole matrix goes to ``device`` once; the training loop gathers batches from it by index
+    (``take``: ``ofgr_core.train.loop.InMemoryBatches``) instead of running a DataLoader over rows.
+    """
+
+    def __init__(self, features: np.ndarray, labels: np.ndarray, device: torch.device | str = "cpu") -> None:
+        self.x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(device)
+        self.labels = torch.as_tensor(labels, dtype=torch.long).to(device)
 
     def __len__(self) -> int:
         return len(self.x)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         return self.x[i], self.labels[i], i
+
+    def take(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x.index_select(0, rows), self.labels.index_select(0, rows)
 
 
 class Fitter(ABC):
@@ -205,7 +212,7 @@ class HeadOnFeatures(Fitter):
             feats, stats = extract([inp.paths[i] for i in rows], digests=digests)
         self._matrix = feats
         self._features = {int(r): j for j, r in enumerate(rows)}
-        return {**stats, "cache": str(store.folder), "dim": int(inp.model.feature_dim)}
+        return {**stats, "cache": str(store.folder), "dim": int(inp.model.feature_dim), "notes": list(store.notes)}
 
     def tower_features(self, rows: np.ndarray) -> np.ndarray:
         return self._matrix[[self._features[int(r)] for r in rows]]
@@ -225,7 +232,7 @@ class HeadOnFeatures(Fitter):
                 model=FeatureHead(inp.model),
                 loss_fn=loss_fn,
                 sampler=sampler,
-                train_dataset=FeatureDataset(self.tower_features(inp.train_rows), labels),
+                train_dataset=FeatureDataset(self.tower_features(inp.train_rows), labels, inp.device),
                 val_embed=(lambda: apply_head(inp.model, val_x, inp.device)) if len(val_x) >= 2 else None,
                 num_workers=0,
             ))

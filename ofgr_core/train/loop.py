@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -34,6 +34,10 @@ from ofgr_core.samplers.factory import BatchSampler
 from ofgr_core.train import guard
 from ofgr_core.train.ddp import DistInfo, any_rank, barrier
 from ofgr_core.train.optim import create_optimizer, create_scheduler, head_lr, param_groups
+
+# In-memory training (a head on cached features) writes last.pt/best.pt at most this often, and always after
+# the last epoch and on a stop: its epochs take a fraction of a second, a checkpoint tens of milliseconds.
+LAZY_CHECKPOINT_S = 10.0
 
 SELECTED_BY_VALIDATION = "best seen-validation recall@1"
 SELECTED_LAST_EPOCH = "last epoch (no validation data)"
@@ -62,6 +66,11 @@ class TrainResult:
     selection: str = SELECTED_BY_VALIDATION
 
 
+# what a resume reads from last.pt (a foreign file without them is one line, not a KeyError)
+RESUME_KEYS = ("model", "loss", "optimizer", "scheduler", "scaler", "sampler", "rng", "epoch", "best_val",
+               "best_epoch", "images_seen", "history", "bad_epochs")
+
+
 class TrainModule(nn.Module):
     """Model + loss in one module, so DDP synchronises the ArcFace class weights with the backbone."""
 
@@ -74,6 +83,32 @@ class TrainModule(nn.Module):
         emb = self.model(inputs)
         loss: tuple[torch.Tensor, dict[str, torch.Tensor]] = self.loss(emb.float(), labels)
         return loss
+
+
+@runtime_checkable
+class InMemoryBatches(Protocol):
+    """A training set held as tensors on the training device (cached tower features): the loop gathers each
+    batch by index from it, with no DataLoader, no per-item ``__getitem__`` and no collation."""
+
+    def take(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(inputs, labels)`` of ``rows`` (a long tensor on the dataset's device), in that order."""
+        ...
+
+
+def _gathered(dataset: InMemoryBatches, sampler: BatchSampler,
+              device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The epoch's batches from an in-memory dataset, as the DataLoader would give them (same rows, same
+    values: a gather is what default collation of single rows stacks).
+
+    The sampler's plan for the epoch (what is left of it after a resume) is drawn up front and goes to the
+    device as one index tensor, so a step only slices it and gathers.
+    """
+    plan = [list(b) for b in sampler]
+    sizes = [len(b) for b in plan]
+    flat = torch.as_tensor([i for b in plan for i in b], dtype=torch.long).to(device)
+    for rows in torch.split(flat, sizes) if sizes else ():
+        x, y = dataset.take(rows)
+        yield x, y, rows
 
 
 def _flag(value: str, cuda: bool) -> bool:
@@ -138,6 +173,9 @@ class _Parts:
     sampler: BatchSampler
     save_state: Callable[[], Mapping[str, torch.Tensor]]
     load_state: Callable[[dict[str, torch.Tensor]], Any]
+    # the module's parameters, listed once: a step's gradient norm needs them, and walking the module tree
+    # (the losses' wrapped PML modules included) every step costs more than a small head's arithmetic
+    params: list[nn.Parameter] = field(default_factory=list)
 
 
 @dataclass
@@ -199,7 +237,7 @@ def best_state(parts: _Parts, cfg: Config, epoch: int, val: Mapping[str, float],
 
 def _restore(parts: _Parts, counters: _Counters, path: Path, device: torch.device) -> _Resume:
     """Load a ``checkpoint_state`` into the run's objects and counters; where to continue."""
-    state = load_checkpoint(path, map_location=device)
+    state = load_checkpoint(path, map_location=device, require=RESUME_KEYS)  # a foreign file: one line
     parts.load_state(state["model"])
     parts.loss_fn.load_state_dict(state["loss"])
     parts.optimizer.load_state_dict(state["optimizer"])
@@ -261,6 +299,11 @@ def train(
     parts = _setup(cfg, model, loss_fn, sampler, device, dist_info, probe_epochs=probe_epochs,
                    backbone_lr_mult=backbone_lr_mult, layer_decay=layer_decay, autocast_dtype=autocast_dtype,
                    state_dict=state_dict, load_state_dict=load_state_dict)
+    if isinstance(train_dataset, InMemoryBatches):
+        # tiny steps on in-memory features: one multi-tensor optimizer update instead of a loop over the
+        # parameters (the same arithmetic: bit-identical to the per-tensor update, tests/core/test_head_fit.py)
+        for group in parts.optimizer.param_groups:
+            group["foreach"] = True
     validated = val_embed is not None and len(val_labels) >= 2
     counters = _Counters(Selection(validated))
     resume = _Resume()
@@ -274,7 +317,8 @@ def train(
         yield Log("train.early_stopping watches seen-validation Recall@1, and this run has no validation images: "
                   "it trains all train.epochs and keeps the last epoch", level="warning")
     loop = _Loop(cfg, parts, counters, device, dist_info, stop, last_path,
-                 cfg.data.num_workers if num_workers is None else num_workers, autocast_dtype, probe_epochs)
+                 cfg.data.num_workers if num_workers is None else num_workers, autocast_dtype, probe_epochs,
+                 lazy=isinstance(train_dataset, InMemoryBatches))
     t_start = time.perf_counter()
     stopped = False
     epoch = resume.epoch - 1
@@ -291,6 +335,8 @@ def train(
             if dist_info.is_main:
                 yield Log(f"early stopping: no validation improvement for {tc.early_stopping} epochs")
             break
+    if dist_info.is_main and not stopped:
+        loop.flush()  # nothing runs after the last epoch's end: its held-back checkpoints are still valid
     return counters.result(best_path, last_path, epoch + 1 if not stopped else epoch,
                            time.perf_counter() - t_start, stopped)
 
@@ -321,7 +367,8 @@ def _setup(
     # fp16 needs loss scaling; bf16 does not
     scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
     return _Parts(model, loss_fn, module, optimizer, scheduler, scaler, sampler,
-                  state_dict or model.state_dict, load_state_dict or model.load_state_dict)
+                  state_dict or model.state_dict, load_state_dict or model.load_state_dict,
+                  list(module.parameters()))
 
 
 @dataclass
@@ -344,6 +391,13 @@ class _Loop:
     workers: int
     autocast_dtype: torch.dtype | None
     probe_epochs: int
+    # the first step this process runs is logged too: its pace gives an ETA within seconds (workflows/checks.py)
+    logged_first: bool = False
+    # in-memory training: end-of-epoch checkpoints held back up to LAZY_CHECKPOINT_S (see flush)
+    lazy: bool = False
+    _written: float = field(default_factory=time.perf_counter)
+    _unsaved_epoch: int | None = None  # last.pt of this finished epoch is not written yet
+    _pending_best: tuple[Path, dict[str, Any]] | None = None  # best.pt not written yet (tensors copied)
 
     def epoch(self, dataset: torch.utils.data.Dataset[Any], epoch: int,
               resume: _Resume) -> Generator[Event, None, _EpochOutcome | None]:
@@ -355,14 +409,18 @@ class _Loop:
         parts.sampler.set_epoch(epoch)
         if self.probe_epochs and isinstance(parts.model, Encoder):
             parts.model.set_tower_frozen(epoch < self.probe_epochs)
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_sampler=parts.sampler,
-            num_workers=self.workers,
-            pin_memory=cuda,
-            persistent_workers=False,
-            generator=torch.Generator().manual_seed(cfg.seed + epoch),
-        )
+        loader: Iterable[tuple[torch.Tensor, torch.Tensor, Any]]
+        if isinstance(dataset, InMemoryBatches):
+            loader = _gathered(dataset, parts.sampler, self.device)
+        else:
+            loader = torch.utils.data.DataLoader(
+                dataset,
+                batch_sampler=parts.sampler,
+                num_workers=self.workers,
+                pin_memory=cuda,
+                persistent_workers=False,
+                generator=torch.Generator().manual_seed(cfg.seed + epoch),
+            )
         parts.module.train()
         sums: dict[str, float] = {}
         n_batches = first_step = 0
@@ -383,11 +441,15 @@ class _Loop:
                 self.counters.images_seen += n
                 window[1] += n
                 logged = (step + 1) % cfg.train.log_every == 0 or step + 1 == len(parts.sampler)
-                # the step a stop ends on is always logged: the live view's "step" then matches the stop message
-                if dist_info.is_main and (logged or stopping):
+                # the step a stop ends on is always logged: the live view's "step" then matches the stop message;
+                # so is the first step this process runs: its pace gives an ETA within seconds (workflows/checks)
+                if dist_info.is_main and (logged or stopping or not self.logged_first):
+                    self.logged_first = True
                     yield self._step_event(epoch, step, values, window)
             if stopping:
                 if dist_info.is_main:  # finish the step, then checkpoint it: resume continues at the next one
+                    self._unsaved_epoch = None  # this checkpoint supersedes the held-back epoch's
+                    self.flush()  # the kept model, if held back
                     save_checkpoint(self.last_path, checkpoint_state(parts, self.counters, cfg, epoch, step + 1,
                                                                      sums=sums, n_batches=n_batches))
                     yield Log(f"stopped after epoch {epoch + 1} step {step + 1}; checkpoint {self.last_path}")
@@ -416,9 +478,9 @@ class _Loop:
             gnorm = 0.0
             if tc.grad_clip:
                 parts.scaler.unscale_(parts.optimizer)
-                gnorm = float(torch.nn.utils.clip_grad_norm_(parts.module.parameters(), tc.grad_clip))
+                gnorm = float(torch.nn.utils.clip_grad_norm_(parts.params, tc.grad_clip))
             elif not parts.scaler.is_enabled():
-                gnorm = guard.grad_norm(parts.module.parameters())
+                gnorm = guard.grad_norm(parts.params)
             # with fp16 loss scaling an inf gradient is routine: the scaler skips that step itself
             if not parts.scaler.is_enabled() and not math.isfinite(gnorm):
                 bad, what = [f"gradient norm={gnorm}"], "gradient"
@@ -452,6 +514,16 @@ class _Loop:
         window[0], window[1] = time.perf_counter(), 0.0
         return event
 
+    def flush(self) -> None:
+        """Write what the lazy policy held back: ``last.pt`` of the last finished epoch (valid only while no
+        step has run since it ended: after ``end_epoch``, at the end of training) and the kept model."""
+        if self._unsaved_epoch is not None:
+            save_checkpoint(self.last_path, checkpoint_state(self.parts, self.counters, self.cfg,
+                                                             self._unsaved_epoch))
+        if self._pending_best is not None:
+            save_checkpoint(*self._pending_best)
+        self._unsaved_epoch, self._pending_best, self._written = None, None, time.perf_counter()
+
     def end_epoch(self, epoch: int, outcome: _EpochOutcome, val_embed: Callable[[], np.ndarray] | None,
                   val_labels: np.ndarray, best_path: Path, seconds: float) -> TrainEpoch:
         """Rank 0 after an epoch: validate, select, write ``last.pt`` (and ``best.pt`` when kept)."""
@@ -460,9 +532,18 @@ class _Loop:
         val = validate(val_embed(), val_labels) if sel.validated and val_embed is not None else {}
         kept = sel.observe(epoch, val)
         self.counters.history.append({"epoch": epoch + 1, "loss": means.get("loss"), "val": val})
-        save_checkpoint(self.last_path, checkpoint_state(self.parts, self.counters, self.cfg, epoch))
-        if kept:
-            save_checkpoint(best_path, best_state(self.parts, self.cfg, epoch, val, sel.rule))
+        best = best_state(self.parts, self.cfg, epoch, val, sel.rule) if kept else None
+        if not self.lazy:
+            save_checkpoint(self.last_path, checkpoint_state(self.parts, self.counters, self.cfg, epoch))
+            if best is not None:
+                save_checkpoint(best_path, best)
+        else:
+            self._unsaved_epoch = epoch
+            if best is not None:  # the model trains on: hold a copy of this epoch's weights
+                best["model"] = {k: v.detach().clone() for k, v in best["model"].items()}
+                self._pending_best = (best_path, best)
+            if time.perf_counter() - self._written >= LAZY_CHECKPOINT_S:
+                self.flush()
         return TrainEpoch(
             epoch=epoch + 1,
             epochs=self.cfg.train.epochs,

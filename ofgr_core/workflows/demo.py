@@ -253,6 +253,7 @@ def summary_rows(run_dirs: list[Path], names: list[str]) -> list[dict[str, Any]]
             "trained_params": model.get("trainable_params"),
             "fit_seconds": sum(float(timings.get(k, 0.0)) for k in ("features", "train")),
             "run_seconds": sum(float(v) for v in timings.values()),
+            "warnings": [str(w) for w in m.get("warnings") or [] if isinstance(w, str)],  # degenerate results
         })
     return rows
 

@@ -15,19 +15,18 @@ exist yet.
 from __future__ import annotations
 
 import csv
-import json
 import time
 import traceback
 import warnings
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from ofgr_core.common.atomic import atomic_write_json, atomic_writer
-from ofgr_core.common.errors import OfgrError
+from ofgr_core.common.errors import DataError, OfgrError
 from ofgr_core.config import Config
 from ofgr_core.runs.eventlog import EventWriter
 from ofgr_core.runs.events import (
@@ -54,6 +53,7 @@ from ofgr_core.runs.metrics import (
 )
 from ofgr_core.runs.state import stop_reason
 from ofgr_core.runs.stop import StopRequested, check_stop
+from ofgr_core.workflows.checks import EtaLine, flag_degenerate, memory_preflight
 
 if TYPE_CHECKING:  # the model, data and training modules import torch: the stages import them when they run
     from ofgr_core.data.base import DatasetTable
@@ -205,12 +205,12 @@ def stage_data(ctx: RunContext) -> PreparedData:
 
 def stage_split(ctx: RunContext, prepared: PreparedData) -> Split:
     """The class-disjoint open-set split (reused from split.json on resume)."""
-    from ofgr_core.data.splits import Split, make_split, save_split
+    from ofgr_core.data.splits import make_split, read_split, save_split
 
     cfg, table = ctx.cfg, prepared.table
     with ctx.stage("split"):
         if ctx.resume and ctx.folder.split.is_file():
-            split = Split.from_json(json.loads(ctx.folder.split.read_text()), table)
+            split = read_split(ctx.folder.split, table)
         else:
             split = make_split(table, prepared.hierarchy, prepared.labels, cfg.split, cfg.seed, ks=cfg.eval.ks)
             if ctx.main:
@@ -245,6 +245,7 @@ class Fit:
     provenance: dict[str, Any]
     info: dict[str, Any]  # metrics.json's ``fit`` block
     forward_flops: float | None = None  # per image, counted before training for strategies that train the tower
+    checks: dict[str, Any] = field(default_factory=dict)  # the memory plan (workflows/checks.py)
 
 
 def run_pipeline(
@@ -264,9 +265,10 @@ def run_pipeline(
     import torch
 
     from ofgr_core.retrieval.shard import current_shard
-    from ofgr_core.train.ddp import barrier, init_distributed
+    from ofgr_core.train.ddp import barrier, init_distributed, resolve_device
 
     dist_info = init_distributed(cfg.device)
+    resolve_device(cfg.device, dist_info)  # before any work: device=mps on a build without MPS is one line
     ctx = RunContext(cfg, RunFolder(run_dir), emit, {}, dist_info, stop, resume)
     torch.manual_seed(cfg.seed)
 
@@ -285,8 +287,13 @@ def run_pipeline(
     splits_out = stage_evaluate(ctx, fit, result, prepared, split, shard)
     if not ctx.main:
         return None
+    if "unseen" not in splits_out:  # the headline metric: a run without it has not produced its result
+        raise DataError(f"the unseen split could not be evaluated ({len(split.indices['unseen'])} images, "
+                        f"query protocol {cfg.split.query}); see the warnings above and split.json")
+    run_warnings = [*fit.checks.get("warnings", []), *(w for b in splits_out.values() for w in b.pop("_warnings", []))]
     with ctx.stage("report", all_ranks=True):
         metrics = run_metrics(ctx, fit, result, prepared, split, splits_out)
+        metrics.warnings, metrics.memory_plan = run_warnings, fit.checks.get("plan")
     metrics.timings = dict(ctx.timings)  # with the report stage's own time
     doc = metrics.to_dict()
     atomic_write_json(ctx.folder.metrics, doc)
@@ -307,6 +314,9 @@ def stage_model(ctx: RunContext, prepared: PreparedData, split: Split) -> Fit:
     model.autocast_dtype = resolve_autocast(cfg.model.precision, cfg.train.amp, device)
     provenance = model.provenance() if ctx.main else {}  # what was loaded, before anything trains
     fitter = create_fitter(model)
+    size = cfg.data.image_size or int(model.data_config["input_size"][-1])
+    checks = memory_preflight(cfg, model, device, image_size=size, emit=ctx.emit_main, max_rows=len(prepared.table),
+                              trains_images=fitter.trains_tower and cfg.train.epochs > 0)
     last = folder.checkpoint("last")
     inp = FitInputs(
         cfg=cfg, model=model, train_transform=train_tf, eval_transform=eval_tf, device=device,
@@ -315,10 +325,9 @@ def stage_model(ctx: RunContext, prepared: PreparedData, split: Split) -> Fit:
         val_rows=np.asarray(split.indices["val"]), ckpt_dir=folder.checkpoints, dist_info=ctx.dist, stop=ctx.stop,
         resume_from=last if ctx.resume and last.is_file() else None,
     )
-    size = cfg.data.image_size or int(model.data_config["input_size"][-1])
     # counted on the CPU before the model moves: training compute is ~3x forward per image
     flops = count_flops_per_image(model, size, "cpu") if ctx.main and fitter.trains_tower else None
-    return Fit(model, fitter, inp, provenance, {"strategy": fitter.name}, flops)
+    return Fit(model, fitter, inp, provenance, {"strategy": fitter.name}, flops, checks)
 
 
 def stage_features(ctx: RunContext, fit: Fit, split: Split) -> None:
@@ -331,6 +340,8 @@ def stage_features(ctx: RunContext, fit: Fit, split: Split) -> None:
     with ctx.stage("features", total=len(np.unique(rows)), all_ranks=False) as st:
         fit.info["features"] = f = fit.fitter.prepare(inp, rows, progress=st.progress)
     ctx.emit_main(Log(f"tower features: {f['hits']} cached, {f['computed']} computed ({f['cache']})"))
+    for note in f.pop("notes", []):  # a damaged feature cache, rebuilt or repaired
+        ctx.emit_main(Log(note, level="warning"))
 
 
 def stage_train(ctx: RunContext, fit: Fit, prepared: PreparedData) -> TrainResult:
@@ -353,7 +364,7 @@ def stage_train(ctx: RunContext, fit: Fit, prepared: PreparedData) -> TrainResul
                                      world_size=ctx.dist.world_size)
         for w in caught:
             ctx.emit_main(Log(str(w.message), level="warning"))
-        result = _drain(fit.fitter.fit(inp, loss_fn, sampler), ctx.emit_main)
+        result = _drain(fit.fitter.fit(inp, loss_fn, sampler), EtaLine(ctx.emit_main, cfg.train.epochs))
         if result.stopped:  # raised inside the stage: a stopped training did not finish
             raise StopRequested("train")
         return result
@@ -390,7 +401,8 @@ def stage_evaluate(ctx: RunContext, fit: Fit, result: TrainResult, prepared: Pre
 
     model, folder, table = fit.model, ctx.folder, prepared.table
     if result.best_path is not None and ctx.main:
-        model.load_trainable_state_dict(load_checkpoint(result.best_path, map_location=fit.inp.device)["model"])
+        best = load_checkpoint(result.best_path, map_location=fit.inp.device, require=("model",))
+        model.load_trainable_state_dict(best["model"])
     model.eval()
     out: dict[str, dict[str, Any]] = {}
     for part in ctx.cfg.eval.splits:
@@ -413,6 +425,9 @@ def stage_evaluate(ctx: RunContext, fit: Fit, result: TrainResult, prepared: Pre
         with ctx.stage("evaluate") as st:
             block = evaluate_part(ctx, part, emb, prepared.labels[idx], table, idx, prepared.hierarchy, q_mask,
                                   g_mask, st.progress, shard=shard)
+            if ctx.main:  # degenerate embeddings: figures in the block, loud lines in the log and metrics
+                block["embedding_health"], block["_warnings"] = flag_degenerate(part, emb, q_mask, ctx.emit,
+                                                                                seed=ctx.cfg.seed)
             if model.supports_text and ctx.main:  # text queries are few: rank 0 alone
                 block[TEXT_TO_IMAGE] = text_to_image_part(ctx, part, fit, idx, emb, prepared.hierarchy)
         out[part] = block

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.text import Text
 from textual import events, work
 from textual.app import ComposeResult
@@ -40,10 +39,11 @@ TALL = 34  # rows from which the LR plot gets its own panel
 
 def _config_epochs(run_dir: Path) -> int | None:
     """Planned epochs from the run's resolved config, so progress and ETA work before the first epoch ends."""
-    try:
-        cfg = yaml.safe_load(RunFolder(run_dir).config.read_text()) or {}
-        return int(cfg["train"]["epochs"])
-    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+    from ofgr_tui.rundiff import read_config
+
+    try:  # bounded YAML (read_config): a hostile config.yaml is no config, not a frozen screen
+        return int(read_config(run_dir)["train"]["epochs"])
+    except (KeyError, TypeError, ValueError):
         return None
 
 
@@ -112,6 +112,8 @@ class LiveScreen(OfgrScreen[None]):
     def _read(self) -> None:
         try:
             new = self.tail.read_new()
+        except OSError:  # events.jsonl is a folder or unreadable: the run's status says it is broken
+            new = []
         finally:
             self._reading = False
         self.post_message(self.EventsRead(new))

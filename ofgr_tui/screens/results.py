@@ -20,7 +20,7 @@ from textual.widgets import DataTable, Header, Static
 from ofgr_core.common.errors import OfgrError
 from ofgr_core.reports.compare import text_spaces
 from ofgr_core.runs.folder import METRICS_FILE, RunFolder
-from ofgr_core.runs.state import load_run, read_json
+from ofgr_core.runs.state import load_run
 from ofgr_tui.format import fmt_count, fmt_seconds
 from ofgr_tui.messages import OpenRun
 from ofgr_tui.screens.base import OfgrScreen
@@ -137,7 +137,10 @@ class ResultsScreen(OfgrScreen[None]):
         )
 
     def load(self) -> None:
-        m = read_json(RunFolder(self.run_dir).metrics)
+        from ofgr_core.runs.validate import METRICS, read_run_json
+
+        # checked like every reader's (a string where a table was, NaN, deep nesting): broken, not a traceback
+        m, _ = read_run_json(RunFolder(self.run_dir).metrics, METRICS)
         self.metrics = m if isinstance(m, dict) else None
         summary = self.query_one("#results-summary", Static)
         self.refresh_bindings()
@@ -162,6 +165,8 @@ class ResultsScreen(OfgrScreen[None]):
         index = m.get("index") or {}
         if index:
             s.append(f"   index {index.get('type', '?')}/{index.get('device', '?')}")
+        for w in m.get("warnings") or []:  # degenerate embeddings, a lowered batch: as loud as in `ofgr show`
+            s.append(f"\nwarning: {w}", style="bold yellow")
         summary.update(s)
         self._show_recall(m)
         self._show_extras(m)

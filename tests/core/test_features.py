@@ -145,8 +145,9 @@ def test_interrupted_fill_resumes_and_a_torn_append_is_repaired(tmp_path: Path, 
         if done >= 4:
             raise Crash
 
-    with pytest.raises(Crash):
-        extract_features(model, paths, tf, "cpu", store=store, chunk=4, progress=crash_after_first_chunk)
+    with pytest.raises(Crash):  # progress comes per batch; the first chunk is written before the crash unwinds
+        extract_features(model, paths, tf, "cpu", store=store, chunk=4, batch_size=4,
+                         progress=crash_after_first_chunk)
     # a crash between the features write and the hashes write leaves extra feature bytes behind
     with open(store.features_path, "ab") as f:
         f.write(np.ones(model.feature_dim, np.float32).tobytes()[:-3])

@@ -46,7 +46,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ofgr_core.common.atomic import atomic_path, atomic_write_text
-from ofgr_core.common.errors import ConfigError, DependencyError, NotFoundError
+from ofgr_core.common.diskspace import DISK_ERRNOS, make_dir
+from ofgr_core.common.errors import ConfigError, DependencyError, DiskError, NotFoundError
 from ofgr_core.models.base import Encoder, MLPHead
 from ofgr_core.models.clip.config import ClipModelConfig
 
@@ -337,11 +338,10 @@ def _local_dir_source(path: str, quick_gelu: bool | None) -> ClipSource:
     if not cfg_file.is_file():
         raise NotFoundError(f"model.pretrained: {str(cfg_file)!r} missing; a local-dir folder holds "
                             f"{CONFIG_FILE} and {WEIGHTS_FILE}")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-        model_cfg = cfg["model_cfg"]
-    except (OSError, ValueError, KeyError, TypeError):
-        raise ConfigError(f"model.pretrained: {str(cfg_file)!r} is not an open_clip config (needs model_cfg)") from None
+    from ofgr_core.models.weights import read_open_clip_config
+
+    cfg = read_open_clip_config(cfg_file)  # strict JSON, bounded, model_cfg of the right types
+    model_cfg = cfg["model_cfg"]
     # open_clip takes any *.safetensors/*.bin/*.pth here; without one it would build random weights silently
     if not any(p.is_file() for ext in ("*.safetensors", "*.bin", "*.pth") for p in folder.glob(ext)):
         raise NotFoundError(f"model.pretrained: no weights in local-dir {str(folder)!r} (expected {WEIGHTS_FILE} "
@@ -365,8 +365,16 @@ def load_open_clip(
     Returns:
         ``(open_clip model in eval mode, its ClipSource)``.
     """
+    from ofgr_core.models.weights import check_safetensors
+
     oc = open_clip_module()
     src = resolve_clip_source(name, pretrained, quick_gelu)
+    # weights files checked (header, byte ranges) before open_clip or safetensors parse them
+    if src.kind == "local-dir":
+        for weights in Path(src.arch[len(LOCAL_DIR):]).glob("*.safetensors"):
+            check_safetensors(weights)
+    elif src.kind == "file" and str(src.checkpoint).lower().endswith(".safetensors"):
+        check_safetensors(str(src.checkpoint))
     kwargs: dict[str, Any] = {"force_preprocess_cfg": {k: v for k, v in src.preprocess.items() if k != "size"}}
     if image_size is not None:
         kwargs["force_image_size"] = int(image_size)
@@ -383,7 +391,7 @@ def load_open_clip(
             else:
                 model = oc.create_model(src.arch, pretrained=src.checkpoint, force_quick_gelu=src.quick_gelu,
                                         require_pretrained=src.kind != "none", **kwargs)
-    except (RuntimeError, ValueError, KeyError, OSError) as e:
+    except Exception as e:  # noqa: BLE001  torch.load, safetensors and open_clip raise many types for a bad file
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise ConfigError(f"model.pretrained: cannot load {src.describe} into {name} ({first}); "
                           "does the checkpoint match model.name?") from None
@@ -576,8 +584,7 @@ def save_local_dir(
     from safetensors.torch import save_file
 
     oc = open_clip_module()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_dir(out_dir, "CLIP checkpoint folder")
     base_arch = arch
     if model_cfg is not None:
         model_cfg = json.loads(json.dumps(model_cfg))  # a deep copy: the caller's dict stays as it was
@@ -604,8 +611,15 @@ def save_local_dir(
     pp = {k: (list(v) if isinstance(v, tuple) else v) for k, v in _preprocess_cfg(clip_model).items()}
     config = {"model_cfg": model_cfg, "preprocess_cfg": pp, "ofgr": {"arch": base_arch, **(extra or {})}}
     state = {k: v.detach().cpu().contiguous() for k, v in clip_model.state_dict().items()}
-    with atomic_path(out / WEIGHTS_FILE) as tmp:  # weights first: a config alone never names missing weights
-        save_file(state, str(tmp))
+    try:
+        with atomic_path(out / WEIGHTS_FILE) as tmp:  # weights first: a config alone never names missing weights
+            save_file(state, str(tmp))
+    except Exception as e:  # safetensors reports a full disk as its own error type, not an OSError
+        full = isinstance(e, OSError) and e.errno in DISK_ERRNOS or "StorageFull" in str(e) or "os error 28" in str(e)
+        if not full:
+            raise
+        raise DiskError(f"{out}: no space left on the device while writing the CLIP checkpoint; nothing was "
+                        "saved") from None
     atomic_write_text(out / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     return out
 

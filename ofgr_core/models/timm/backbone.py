@@ -166,6 +166,10 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             f"model.pretrained: {str(p)!r} is not a checkpoint file "
             f"(expected {', '.join(CHECKPOINT_SUFFIXES)})"
         )
+    if suffix == ".safetensors":
+        from ofgr_core.models.weights import check_safetensors
+
+        check_safetensors(p)  # header and byte ranges first: a header claiming 2^40 bytes is one line
     try:
         if suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -1,0 +1,269 @@
+"""The symmetric all-vs-all search (``index.symmetric_knn``) gives exactly the numbers of the plain search.
+
+Leave-one-out evaluation searches every item against the others; the symmetric path computes each block of
+the similarity matrix once and feeds the top-k of its rows and of its columns. Its results go through the same
+tie-breaking by item-id hash, self/group exclusion and scoring, so every metric must come out bit for bit as
+the plain path gives it. The reference is the plain path (symmetry switched off: one exact search per query
+chunk).
+
+Two kinds of data. Unit vectors on a 1/32 grid have dot products that float32 holds exactly, so
+every BLAS agrees on every score: there the equality is guaranteed, and the data carry many exact ties
+(duplicates, and distinct vectors with equal products). Gaussian vectors check the ordinary case, where a
+score may differ in its last bit between two GEMM blockings (faiss's own scores do between query chunk
+sizes); their metrics must still agree.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import faiss
+import numpy as np
+import pytest
+
+from ofgr_core.config import EvalConfig
+from ofgr_core.retrieval import evaluate as ev
+from ofgr_core.retrieval import index
+from ofgr_core.retrieval.evaluate import SplitResult, evaluate_embeddings, run_split
+from ofgr_core.retrieval.index import _knn_inner_product, _TopK, symmetric_knn
+
+
+def _on_grid(u: np.ndarray, rng: np.random.Generator, scale: int = 32) -> np.ndarray:
+    """Rows of ``u`` moved to the 1/``scale`` grid with norm within 1e-3 of 1 (kept as they are, not re-normalised).
+
+    Dot products of such vectors are multiples of 1/scale**2 that float32 holds exactly, whatever the order of
+    the sums.
+    """
+    v = np.rint(u / np.linalg.norm(u, axis=1, keepdims=True) * scale).astype(np.int64)
+    lo, hi = scale**2 * (1 - 1.5e-3), scale**2 * (1 + 1.5e-3)
+    for row in v:
+        while not lo <= (row**2).sum() <= hi:
+            j = rng.integers(len(row))
+            row[j] += -np.sign(row[j]) if (row**2).sum() > hi else (np.sign(row[j]) or 1)
+    return v / scale
+
+
+def _exact_case(seed: int, n: int = 600, d: int = 16, classes: int = 40) -> dict[str, Any]:
+    """Clustered unit vectors with exact products (many ties), duplicates, groups, string ids."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, d))
+    fine = rng.integers(0, classes, n)
+    x = _on_grid(centres[fine] + 0.8 * rng.normal(size=(n, d)), rng)
+    dup = len(x[4::9])
+    x[::9][:dup] = x[4::9]  # exact duplicates across rows far apart: ties straddling the k-th place
+    fine[::9][:dup] = fine[4::9]
+    return {"x": x.astype(np.float32), "labels": np.stack([fine, fine // 5], axis=1),
+            "ids": np.array([f"img{i:04d}" for i in rng.permutation(n)]), "groups": rng.integers(0, 60, n)}
+
+
+def _gaussian_case(seed: int, n: int = 700, d: int = 24, classes: int = 35) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, d))
+    fine = rng.integers(0, classes, n)
+    x = centres[fine] + 1.2 * rng.normal(size=(n, d))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return {"x": x.astype(np.float32), "labels": np.stack([fine, fine // 5], axis=1),
+            "ids": np.arange(n) * 7 + 3, "groups": rng.integers(0, 80, n)}
+
+
+def _same(got: SplitResult, ref: SplitResult) -> None:
+    """Bit for bit: the block (repr-exact floats, as json writes them), query ids and every per-query value."""
+    assert json.dumps(got.block, sort_keys=True) == json.dumps(ref.block, sort_keys=True)
+    assert got.query_ids.dtype == ref.query_ids.dtype and np.array_equal(got.query_ids, ref.query_ids)
+    assert got.per_query.keys() == ref.per_query.keys()
+    for lv, metrics in ref.per_query.items():
+        assert got.per_query[lv].keys() == metrics.keys()
+        for key, vals in metrics.items():
+            assert got.per_query[lv][key].tobytes() == vals.tobytes(), (lv, key)
+
+
+class _Spy:
+    """Counts the symmetric searches (so a test knows which path ran)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        real = ev.symmetric_knn
+
+        def spy(*args: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+            self.calls += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(ev, "symmetric_knn", spy)
+
+
+def _both_ways(monkeypatch: pytest.MonkeyPatch, c: dict[str, Any], cfg: EvalConfig, **kw: Any
+               ) -> tuple[SplitResult, SplitResult]:
+    """(symmetric, plain) on the same leave-one-out problem."""
+    spy = _Spy(monkeypatch)
+    monkeypatch.setattr(ev, "SYMMETRIC_MIN_DIM", 1)
+    monkeypatch.setattr(ev, "SYMMETRIC_BLOCK", 64)  # 600 rows: 10 blocks, the last one ragged
+    sym = run_split(c["x"], c["labels"], cfg=cfg, **kw)
+    assert spy.calls == 1
+    monkeypatch.setattr(ev, "SYMMETRIC_BLOCK", 10**9)
+    plain = run_split(c["x"], c["labels"], cfg=cfg, **kw)
+    assert spy.calls == 1
+    return sym, plain
+
+
+@pytest.mark.parametrize(("seed", "n", "k", "block", "sparse", "dense"),
+                         [(0, 600, 45, 64, True, True),  # seeded sparse, then too many candidates: dense
+                          (1, 2000, 12, 128, True, True),  # mostly sparse
+                          (3, 700, 100, 64, False, True)])  # k above the block: heaps fill in the dense loop
+def test_symmetric_knn_scores_every_pair_like_faiss(monkeypatch: pytest.MonkeyPatch, seed: int, n: int, k: int,
+                                                    block: int, sparse: bool, dense: bool) -> None:
+    pushed: list[bool] = []
+    real_push = _TopK._push
+
+    def push(self: _TopK, *args: Any) -> bool:
+        ok = real_push(self, *args)
+        pushed.append(ok)
+        return ok
+
+    monkeypatch.setattr(_TopK, "_push", push)
+    transposed: list[int] = []
+    real_transpose = index._transpose_into
+    monkeypatch.setattr(index, "_transpose_into", lambda out, x: transposed.append(1) or real_transpose(out, x))
+    x = _exact_case(seed, n=n)["x"]
+    scores, rows = symmetric_knn(x, k, block=block)
+    ref_scores, ref_rows = _knn_inner_product(faiss, x, x, k)
+    assert np.array_equal(scores, ref_scores)  # the same k best scores of every row, in the same order
+    # the same items wherever the k-th score does not tie (ties may take other equal items)
+    for i in range(len(x)):
+        above = scores[i] > scores[i, -1]
+        assert set(rows[i, above].tolist()) == set(ref_rows[i, ref_scores[i] > ref_scores[i, -1]].tolist())
+        assert np.array_equal(np.sort(x[rows[i]] @ x[i]), np.sort(scores[i]))  # rows carry their own score
+    assert any(pushed) == sparse and bool(transposed) == dense  # the paths this case is meant to take
+    with pytest.raises(ValueError, match=f"k={n + 1}"):
+        symmetric_knn(x, n + 1)
+
+
+def test_topk_heaps_keep_the_best_of_every_offer_on_every_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``_TopK`` against a brute-force sort of everything offered, with each path forced in turn."""
+    paths: list[str] = []
+    real_candidates, real_push = _TopK._candidates, _TopK._push
+
+    def candidates(self: _TopK, *args: Any, **kwargs: Any) -> np.ndarray | None:
+        found = real_candidates(self, *args, **kwargs)
+        paths.append("dense" if found is None else "sparse")
+        return found
+
+    def push(self: _TopK, *args: Any) -> bool:
+        ok = real_push(self, *args)
+        if not ok:
+            paths[-1] = "refused"
+        return ok
+
+    monkeypatch.setattr(_TopK, "_candidates", candidates)
+    monkeypatch.setattr(_TopK, "_push", push)
+    rng = np.random.default_rng(11)
+    n, k = 40, 6
+    top = _TopK(faiss, n, k)
+    offered: list[list[tuple[float, int]]] = [[] for _ in range(n)]
+    item = 0
+
+    def offer(s: np.ndarray, h0: int, by_rows: bool) -> None:
+        nonlocal item
+        (top.offer_rows if by_rows else top.offer_columns)(s, h0, item)
+        per_heap = s if by_rows else s.T
+        for h, line in enumerate(per_heap):
+            offered[h0 + h] += [(float(v), item + j) for j, v in enumerate(line)]
+        item += per_heap.shape[1]
+
+    g = lambda *shape: rng.normal(size=shape).astype(np.float32)  # noqa: E731
+    offer(g(20, 4), 0, True)  # narrower than k: heaps 0-19 partly filled, dense loop
+    offer(g(20, 30), 0, True)  # partly filled heaps, k or more each: each row's k-th best is the bar
+    offer(g(20, 30), 20, True)  # empty heaps: the same
+    offer(g(25, 40), 0, False)  # full heaps, column-wise: many candidates, dense with a transposed copy
+    offer(g(3000, 40) - 1.0, 0, False)  # lower scores: few candidates, the sparse path
+    lopsided = g(200, 40) - 3.0
+    lopsided[:, 7] = 5.0 + rng.random(200, dtype=np.float32)  # all candidates in heap 7: too ragged to pad
+    offer(lopsided, 0, False)
+    ties = np.full((40, 30), 4.0, dtype=np.float32)  # equal scores (which ones are kept is arbitrary): dense
+    offer(ties, 0, True)
+    assert paths == ["dense", "sparse", "sparse", "dense", "sparse", "refused", "dense"]
+    scores, rows = top.sorted()
+    for h in range(n):
+        best = sorted(offered[h], key=lambda vi: -vi[0])[:k]
+        assert scores[h].tolist() == [v for v, _ in best]
+        value_of = dict((i, v) for v, i in offered[h])
+        assert [value_of[int(i)] for i in rows[h]] == scores[h].tolist()  # every id is the item of its score
+
+    seeded = _TopK(faiss, 10, k)  # one seeding offer alone: each heap holds exactly its k best
+    s = g(10, 30)
+    seeded.offer_rows(s, 0, 0)
+    scores, rows = seeded.sorted()
+    assert np.array_equal(scores, -np.sort(-s, axis=1)[:, :k])
+    assert np.array_equal(np.take_along_axis(s, rows, axis=1), scores)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_symmetric_evaluation_is_bit_identical_on_exact_products(monkeypatch: pytest.MonkeyPatch,
+                                                                  seed: int) -> None:
+    c = _exact_case(seed)
+    cases: list[tuple[dict[str, Any], EvalConfig]] = [
+        ({}, EvalConfig(bootstrap=30)),
+        ({"ids": c["ids"]}, EvalConfig(bootstrap=0, ks=[1, 3, 7], batch_size=50)),
+        ({"ids": c["ids"]}, EvalConfig(bootstrap=0, max_r=5)),  # k = 10: the heaps take the sparse path
+        ({"ids": c["ids"], "groups": c["groups"]}, EvalConfig(bootstrap=20, exclude_same_group=True)),
+        ({"ids": c["ids"], "groups": c["groups"]}, EvalConfig(bootstrap=0, exclude_same_group=True, max_r=5)),
+    ]
+    for kw, cfg in cases:
+        _same(*_both_ways(monkeypatch, c, cfg, **kw))
+
+
+def test_symmetric_evaluation_matches_on_gaussian_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    c = _gaussian_case(5)
+    for kw, cfg in [({}, EvalConfig(bootstrap=25)),
+                    ({"ids": c["ids"], "groups": c["groups"]}, EvalConfig(bootstrap=0, exclude_same_group=True))]:
+        _same(*_both_ways(monkeypatch, c, cfg, **kw))
+
+
+def test_split_evaluation_takes_the_symmetric_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-split evaluation (one mask for queries and gallery) is leave-one-out too, hence symmetric."""
+    c = _exact_case(3, n=900)
+    split = np.where(np.arange(900) % 3 == 0, "seen", "unseen")
+    table = {"fine": c["labels"][:, 0], "coarse": c["labels"][:, 1], "id": c["ids"], "split": split}
+    cfg = EvalConfig(bootstrap=10)
+    spy = _Spy(monkeypatch)
+    monkeypatch.setattr(ev, "SYMMETRIC_MIN_DIM", 1)
+    monkeypatch.setattr(ev, "SYMMETRIC_BLOCK", 64)
+    sym = evaluate_embeddings(c["x"], table, cfg)
+    assert spy.calls == 2  # one per split
+    monkeypatch.setattr(ev, "SYMMETRIC_BLOCK", 10**9)
+    assert evaluate_embeddings(c["x"], table, cfg) == sym
+    assert spy.calls == 2
+
+
+def test_symmetric_path_only_when_it_pays(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Queries distinct from the gallery, a gallery of one block, mostly skipped queries, or a small dimension:
+    the plain path."""
+    c = _exact_case(4)
+    spy = _Spy(monkeypatch)
+    monkeypatch.setattr(ev, "SYMMETRIC_BLOCK", 64)
+    run_split(c["x"], c["labels"], cfg=EvalConfig(bootstrap=0))  # D = 16 < SYMMETRIC_MIN_DIM
+    assert spy.calls == 0
+    monkeypatch.setattr(ev, "SYMMETRIC_MIN_DIM", 16)
+    x, lab = c["x"], c["labels"]
+    ev.evaluate_retrieval(x, x.copy(), lab, lab, cfg=EvalConfig(bootstrap=0))  # two arrays: not symmetric
+    half = np.arange(600) < 200
+    run_split(x, lab, query_mask=half, cfg=EvalConfig(bootstrap=0))  # queries a third of the gallery
+    singletons = lab.copy()
+    singletons[:400, 0] = np.arange(1000, 1400)  # 400 queries with no relevant item are skipped
+    run_split(x, singletons, cfg=EvalConfig(bootstrap=0))
+    assert spy.calls == 0
+    run_split(x[:64], lab[:64], cfg=EvalConfig(bootstrap=0))  # one block
+    assert spy.calls == 0
+    run_split(x, lab, cfg=EvalConfig(bootstrap=0))
+    assert spy.calls == 1
+
+
+def test_symmetric_search_reports_progress(monkeypatch: pytest.MonkeyPatch) -> None:
+    c = _exact_case(6)
+    monkeypatch.setattr(ev, "SYMMETRIC_MIN_DIM", 1)
+    monkeypatch.setattr(ev, "SYMMETRIC_BLOCK", 128)
+    seen: list[tuple[int, int]] = []
+    res = run_split(c["x"], c["labels"], cfg=EvalConfig(bootstrap=0), progress=lambda d, t: seen.append((d, t)))
+    nq = res.block["n_queries"]
+    assert len(seen) == 15 and seen[-1] == (nq, nq)  # 5 row blocks: 15 blocks of the upper triangle
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)

@@ -1,0 +1,153 @@
+"""The batched extraction data path gives exactly what the per-image path gives.
+
+Workers decode into one uint8 array per batch and convert/normalise the whole batch at once
+(``ImageBatchDataset``, ``split_transform``); content hashes are computed on threads (``file_digests``);
+finished chunks are appended to the feature cache on a writer thread (``extract_features``). Each is checked
+against the reference path: ``ImageDataset`` + the default DataLoader (one image at a time), ``file_digest``
+per file, and the features computed without a cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from ofgr_core.data.loader import ImageBatchDataset, ImageDataset, split_transform
+from ofgr_core.embedding import features as F
+from ofgr_core.embedding.features import FeatureStore, extract_features, file_digest, file_digests
+from ofgr_core.models.base import TowerOnly
+from ofgr_core.models.clip.config import ClipModelConfig
+from ofgr_core.models.factory import create_model_and_transforms
+from ofgr_core.models.timm.config import TimmModelConfig
+
+
+def _mixed_images(root: Path, n: int = 23, seed: int = 0) -> list[str]:
+    """JPEG and PNG files of several sizes and modes (RGB, RGBA, L, P), one corrupt file."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        h, w = [(40, 40), (31, 57), (90, 20), (12, 12), (64, 80)][i % 5]
+        px = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        im = Image.fromarray(px)
+        mode = ["RGB", "RGBA", "L", "P", "RGB"][(i // 5) % 5]
+        im = im.convert(mode) if mode != "P" else im.quantize(16)
+        p = root / f"{i:03d}.{'jpg' if mode in ('RGB', 'L') and i % 2 else 'png'}"
+        im.save(p)
+        paths.append(str(p))
+    Path(paths[min(7, n - 1)]).write_bytes(b"not an image")  # unreadable: a black image, a recorded failure
+    return paths
+
+
+def _transforms() -> dict[str, Any]:
+    _, _, clip_tf = create_model_and_transforms(
+        ClipModelConfig(name="ofgr-tiny-clip", pretrained=None, head="none"), image_size=32)
+    _, _, timm_tf = create_model_and_transforms(TimmModelConfig(name="test_resnet", freeze="all", head="none"),
+                                                image_size=32)
+    return {"clip": clip_tf, "timm": timm_tf}
+
+
+@pytest.mark.parametrize("family", ["clip", "timm"])
+def test_batches_equal_the_per_image_transform(tmp_path: Path, family: str) -> None:
+    tf = _transforms()[family]
+    assert split_transform(tf) is not None  # the models' eval preprocessing is batched, not the fallback
+    paths = _mixed_images(tmp_path)
+    labels = np.arange(len(paths))[:, None] % 3
+    ref_ds = ImageDataset(paths, labels, tf, cache=None)
+    ref = torch.stack([ref_ds[i][0] for i in range(len(paths))])
+    ds = ImageBatchDataset(paths, labels, tf, cache=None)
+    got = torch.cat([ds[list(range(a, min(a + 6, len(paths))))][0] for a in range(0, len(paths), 6)])
+    assert got.dtype == ref.dtype and torch.equal(got, ref)  # bit for bit
+    images, lab, rows = ds[[3, 1, 7]]
+    assert torch.equal(lab, torch.as_tensor(labels[[3, 1, 7]])) and rows.tolist() == [3, 1, 7]
+    assert ds.failures == [paths[7]] * 2 and ref_ds.failures == [paths[7]]
+
+
+def test_transforms_that_cannot_be_batched_run_per_image(tmp_path: Path) -> None:
+    paths = _mixed_images(tmp_path, n=6)
+    norm = T.Normalize((0.5, 0.4, 0.3), (0.2, 0.3, 0.4))
+    for tf in (lambda im: T.functional.to_tensor(im.resize((8, 8))),  # a plain callable
+               T.Compose([T.Resize(8), T.CenterCrop(8), T.ToTensor(), T.Normalize((0.5,), (0.2,), inplace=True)]),
+               T.Compose([T.Resize(8), T.CenterCrop(8), T.ToTensor(), norm, T.RandomErasing(p=0.0)])):
+        assert split_transform(tf) is None
+        ds = ImageBatchDataset(paths, np.zeros((6, 1), np.int64), tf, cache=None)
+        ref = ImageDataset(paths, np.zeros((6, 1), np.int64), tf, cache=None)
+        assert torch.equal(ds[list(range(6))][0], torch.stack([ref[i][0] for i in range(6)]))
+    # no crop: images of other aspect ratios come out in other sizes; such a batch falls back to the
+    # per-image transform (whose stacking then fails as the default collate's would), equal sizes batch
+    tf = T.Compose([T.Resize(10), T.ToTensor(), norm])
+    assert split_transform(tf) is not None
+    ds = ImageBatchDataset(paths, np.zeros((6, 1), np.int64), tf, cache=None)
+    ref = ImageDataset(paths, np.zeros((6, 1), np.int64), tf, cache=None)
+    assert torch.equal(ds[[0, 5]][0], torch.stack([ref[0][0], ref[5][0]]))  # both 40 x 40 -> 10 x 10
+    with pytest.raises(RuntimeError, match="stack expects each tensor to be equal size"):
+        ds[[0, 1]]
+
+
+def _tiny_tower() -> Any:
+    torch.manual_seed(0)
+    model, _, tf = create_model_and_transforms(
+        ClipModelConfig(name="ofgr-tiny-clip", pretrained=None, head="none"), image_size=32)
+    return model.eval(), tf
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_extracted_features_equal_the_per_image_path(tmp_path: Path, workers: int) -> None:
+    model, tf = _tiny_tower()
+    paths = _mixed_images(tmp_path / "img", n=29)
+    # reference: the per-image dataset, the default DataLoader, the same batches through the same tower
+    loader = torch.utils.data.DataLoader(ImageDataset(paths, np.zeros((29, 1), np.int64), tf, cache=None),
+                                         batch_size=8)
+    with torch.no_grad():
+        ref = torch.cat([TowerOnly(model)(x) for x, _, _ in loader]).numpy()
+    store = FeatureStore(tmp_path / "cache", model.feature_key(), model.feature_dim)
+    seen: list[int] = []
+    feats, stats = extract_features(model, paths, tf, "cpu", store=store, batch_size=8, chunk=5,
+                                    num_workers=workers, progress=lambda d, n: seen.append(d))
+    assert stats == {"hits": 0, "computed": 29} and np.array_equal(feats, ref)
+    assert seen == [0, 8, 16, 24, 29]
+    uncached, _ = extract_features(model, paths, tf, "cpu", batch_size=8, num_workers=workers)
+    assert np.array_equal(uncached, ref)
+    again, stats = extract_features(model, paths, tf, "cpu", store=FeatureStore(
+        tmp_path / "cache", model.feature_key(), model.feature_dim), batch_size=8)
+    assert stats == {"hits": 29, "computed": 0} and np.array_equal(again, ref)
+
+
+def test_chunks_are_written_in_order_while_the_next_computes(tmp_path: Path) -> None:
+    """``_fill`` cuts the batch stream into chunks (batches straddling them), one pending write at a time."""
+    rows = np.arange(23 * 4, dtype=np.float32).reshape(23, 4)
+    batches = [(a, rows[a : a + 3]) for a in range(0, 23, 3)]
+    written: list[tuple[list[str], np.ndarray]] = []
+
+    class Store:
+        def append(self, digests: list[str], feats: np.ndarray) -> None:
+            written.append((digests, feats.copy()))
+
+    digests = [f"h{i}" for i in range(23)]
+    F._fill(Store(), iter(batches), digests, 4, chunk=5, progress=None)  # type: ignore[arg-type]  # a stand-in store
+    assert [len(d) for d, _ in written] == [5, 5, 5, 5, 3]
+    assert sum((d for d, _ in written), []) == digests
+    assert np.array_equal(np.concatenate([f for _, f in written]), rows)
+
+    class Failing(Store):
+        def append(self, digests: list[str], feats: np.ndarray) -> None:
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        F._fill(Failing(), iter(batches), digests, 4, chunk=5, progress=None)  # type: ignore[arg-type]
+
+
+def test_bulk_hashes_equal_one_by_one(tmp_path: Path) -> None:
+    paths = []
+    for i in range(700):  # enough for several hashing threads
+        p = tmp_path / f"{i}.bin"
+        p.write_bytes(bytes([i % 256]) * (3000 + i))
+        paths.append(str(p))
+    assert file_digests(paths, threads=3) == [file_digest(p) for p in paths]
+    assert file_digests(paths[:5]) == [file_digest(p) for p in paths[:5]]

@@ -1,0 +1,175 @@
+"""Head fitting on in-memory features takes the fast path and trains exactly as the reference path does.
+
+The fast path (``FeatureDataset.take``: ``ofgr_core.train.loop.InMemoryBatches``) gathers each batch from the
+feature matrix on the device along the sampler's plan for the epoch, with no DataLoader; it steps the optimizer
+with the multi-tensor update; it holds end-of-epoch checkpoints back for up to ``LAZY_CHECKPOINT_S`` and
+writes them after the last epoch or on a stop; ArcFace runs its arithmetic directly instead of through PML.
+The reference is the same ``train`` over a plain dataset of the same rows (DataLoader, collation, per-tensor
+optimizer, a checkpoint after every epoch). Every loss value, every weight and the checkpoints must be equal.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from ofgr_core.config import Config, load_config
+from ofgr_core.losses import create_loss
+from ofgr_core.losses.arcface import ArcFaceLoss
+from ofgr_core.models.base import Encoder, FeatureHead, apply_head
+from ofgr_core.models.factory import create_model_and_transforms
+from ofgr_core.runs.checkpoint import load_checkpoint
+from ofgr_core.runs.events import TrainEpoch
+from ofgr_core.samplers import create_sampler
+from ofgr_core.train import loop as loop_mod
+from ofgr_core.train.fit import FeatureDataset
+from ofgr_core.train.loop import TrainResult, train
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Rows(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
+    """The same rows without ``take``: the DataLoader path."""
+
+    def __init__(self, inner: FeatureDataset) -> None:
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        return self.inner[i]
+
+
+@pytest.fixture(scope="module")
+def setup() -> dict[str, Any]:
+    cfg = load_config(REPO / "configs" / "demo_clip.yaml",
+                      ["model.pretrained=null", "train.epochs=4", "sampler.batches_per_epoch=6"])
+    torch.manual_seed(0)
+    model, _, _ = create_model_and_transforms(cfg.model, image_size=32)
+    rng = np.random.default_rng(0)
+    fine = np.repeat(np.arange(12), 20)
+    centres = rng.normal(size=(12, model.feature_dim)).astype(np.float32)
+    feats = centres[fine] + rng.normal(size=(len(fine), model.feature_dim)).astype(np.float32)
+    vf = np.repeat(np.arange(12), 4)
+    val_x = centres[vf] + rng.normal(size=(len(vf), model.feature_dim)).astype(np.float32)
+    return {"cfg": cfg, "model": model, "feats": feats, "labels": np.stack([fine, fine // 3], 1),
+            "val_x": val_x, "val_labels": np.stack([vf, vf // 3], 1)}
+
+
+def _fit(s: dict[str, Any], ckpt: Path, fast: bool, cfg: Config | None = None, **kw: Any
+         ) -> tuple[TrainResult, Encoder, list[TrainEpoch]]:
+    cfg = cfg or s["cfg"]
+    model: Encoder = copy.deepcopy(s["model"])
+    torch.manual_seed(1)
+    loss_fn = create_loss(cfg.loss, num_classes=12, embed_dim=model.embed_dim)
+    data = FeatureDataset(s["feats"], s["labels"])
+    events = train(cfg, model=FeatureHead(model), loss_fn=loss_fn,
+                   sampler=create_sampler(cfg.sampler, s["labels"], seed=cfg.seed),
+                   train_dataset=data if fast else Rows(data),
+                   val_embed=lambda: apply_head(model, s["val_x"], torch.device("cpu")), val_labels=s["val_labels"],
+                   device=torch.device("cpu"), ckpt_dir=ckpt, state_dict=model.trainable_state_dict,
+                   load_state_dict=model.load_trainable_state_dict, num_workers=0, **kw)
+    epochs: list[TrainEpoch] = []
+    while True:
+        try:
+            ev = next(events)
+        except StopIteration as stop:
+            return stop.value, model, epochs
+        if isinstance(ev, TrainEpoch):
+            epochs.append(ev)
+
+
+def _same_state(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], torch.Tensor):
+            assert torch.equal(a[k], b[k]), k
+        elif isinstance(a[k], dict):
+            _same_state(a[k], b[k])
+        else:
+            assert a[k] == b[k], k
+
+
+def test_fast_path_trains_exactly_like_the_reference(setup: dict[str, Any], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    saves: list[str] = []
+    real_save = loop_mod.save_checkpoint
+    monkeypatch.setattr(loop_mod, "save_checkpoint", lambda p, st: (saves.append(Path(p).name), real_save(p, st)))
+    ref, ref_model, ref_epochs = _fit(setup, tmp_path / "ref", fast=False)
+    n_ref = len(saves)
+    fast, fast_model, fast_epochs = _fit(setup, tmp_path / "fast", fast=True)
+    assert [(e.loss, e.losses, e.val, e.best) for e in fast_epochs] == \
+        [(e.loss, e.losses, e.val, e.best) for e in ref_epochs]
+    assert fast.history == ref.history and fast.best_epoch == ref.best_epoch and fast.best_val == ref.best_val
+    for a, b in zip(fast_model.head.parameters(), ref_model.head.parameters(), strict=True):
+        assert torch.equal(a, b)
+    # the checkpoints the run ends with are the reference's: the kept epoch's weights, the last epoch's state
+    _same_state(load_checkpoint(tmp_path / "fast" / "best.pt")["model"],
+                load_checkpoint(tmp_path / "ref" / "best.pt")["model"])
+    last_f, last_r = load_checkpoint(tmp_path / "fast" / "last.pt"), load_checkpoint(tmp_path / "ref" / "last.pt")
+    for key in ("model", "loss", "epoch", "best_epoch", "best_val", "history", "sampler"):
+        if isinstance(last_r[key], dict):
+            _same_state(last_f[key], last_r[key])
+        else:
+            assert last_f[key] == last_r[key], key
+    for a, b in zip(last_f["optimizer"]["state"].values(), last_r["optimizer"]["state"].values(), strict=True):
+        _same_state(a, b)
+    # reference: last.pt after every epoch (plus best.pt when kept); fast: held back, written once at the end
+    assert saves[:n_ref].count("last.pt") == 4 and saves[n_ref:] == ["last.pt", "best.pt"]
+
+
+def test_held_back_checkpoints_are_written_on_time_and_on_a_stop(setup: dict[str, Any], tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    saves: list[str] = []
+    real_save = loop_mod.save_checkpoint
+    monkeypatch.setattr(loop_mod, "save_checkpoint", lambda p, st: (saves.append(Path(p).name), real_save(p, st)))
+    monkeypatch.setattr(loop_mod, "LAZY_CHECKPOINT_S", 0.0)  # due after every epoch: the reference's writes
+    _fit(setup, tmp_path / "due", fast=True)
+    assert saves.count("last.pt") == 4
+
+    # a stop mid-epoch writes the held-back kept model and the step's last.pt; resuming from it finishes
+    # with the same weights as the run that was never stopped
+    monkeypatch.setattr(loop_mod, "LAZY_CHECKPOINT_S", 1e9)
+    whole, whole_model, _ = _fit(setup, tmp_path / "whole", fast=True)
+    calls = {"n": 0}
+
+    def stop_at_step_15() -> bool:
+        calls["n"] += 1
+        return calls["n"] == 15
+
+    saves.clear()
+    stopped, _, _ = _fit(setup, tmp_path / "stopped", fast=True, stop=stop_at_step_15)
+    assert stopped.stopped and saves == ["best.pt", "last.pt"]
+    state = load_checkpoint(tmp_path / "stopped" / "last.pt")
+    assert (state["epoch"], state["step"]) == (2, 3)  # epoch 3 (0-based 2) after its third step
+    resumed, resumed_model, _ = _fit(setup, tmp_path / "stopped", fast=True,
+                                     resume_from=tmp_path / "stopped" / "last.pt")
+    assert resumed.history == whole.history
+    for a, b in zip(resumed_model.head.parameters(), whole_model.head.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_direct_arcface_equals_pml_bit_for_bit(seed: int) -> None:
+    torch.manual_seed(seed)
+    loss = ArcFaceLoss(9, 16, scale=16.0 + seed, margin=0.1 + 0.1 * seed)
+    x = torch.randn(20, 16, requires_grad=True)
+    fine = torch.randint(0, 9, (20,))
+    fine[3] = -1  # a coarse-only row: skipped
+    with torch.no_grad():
+        x[0] = -5 * loss.weight[:, fine[0]]  # the angle to its class near pi: the monotonic extension
+    labels = torch.stack([fine, fine.clamp(min=0) // 3], 1)
+    assert loss._direct
+    got = loss.compute_loss(x, labels)
+    got_grads = torch.autograd.grad(got, [x, loss.weight])
+    loss._direct = False  # PML's ArcFaceLoss
+    ref = loss.compute_loss(x, labels)
+    ref_grads = torch.autograd.grad(ref, [x, loss.weight])
+    assert torch.equal(got, ref)
+    assert all(torch.equal(a, b) for a, b in zip(got_grads, ref_grads, strict=True))
