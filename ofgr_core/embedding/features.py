@@ -100,6 +100,21 @@ def open_feature_store(encoder: Any, root: str | os.PathLike[str]) -> FeatureSto
     return FeatureStore(root, feature_cache_key(encoder), int(encoder.feature_dim))
 
 
+def cached_tower_features(
+    root: str | os.PathLike[str] | None = None,
+) -> Callable[[Any, list[str], ImageTransform, Any], tuple[np.ndarray, str]]:
+    """Features of a frozen tower through the cache under ``root`` (default ``default_cache_root()``): what a
+    LiT pretraining (``models/clip/pretrain.py``, ``tower_features``) reads its locked image tower from."""
+
+    def features(tower: Any, paths: list[str], transform: ImageTransform, device: Any) -> tuple[np.ndarray, str]:
+        store = open_feature_store(tower, Path(root).expanduser() if root else default_cache_root())
+        feats, stats = extract_features(tower, paths, transform, device, store=store)
+        line = f"{stats['hits']} from the cache, {stats['computed']} computed ({store.folder})"
+        return feats, "; ".join([line, *store.notes])  # a rebuilt or repaired cache says so too
+
+    return features
+
+
 def key_digest(key: dict[str, Any]) -> str:
     blob = json.dumps({"v": CACHE_VERSION, **key}, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:24]

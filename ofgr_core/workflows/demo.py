@@ -70,8 +70,9 @@ def build_standin(
         force: pretrain again even if ``work_dir/lit`` holds this recipe's result.
     """
     from ofgr_core.data import synthetic, synthetic_corpus
+    from ofgr_core.embedding.features import cached_tower_features
+    from ofgr_core.models.clip.pretrain import pretrain_clip
     from ofgr_core.models.clip.standin import ARTIFACT_DIR, STANDIN_RECIPE, export_standin
-    from ofgr_core.train.clip_pretrain import pretrain_clip
 
     recipe = recipe or STANDIN_RECIPE
     work = Path(work_dir)
@@ -80,7 +81,8 @@ def build_standin(
     corpus = synthetic_corpus.generate_corpus(work / "corpus", **recipe["corpus"])
     yield StageFinished("corpus", time.perf_counter() - t0)
     cache = Path(feature_cache) if feature_cache is not None else None
-    yield from pretrain_clip(corpus, work / "lit", device="cpu", force=force, feature_cache=cache,
+    yield from pretrain_clip(corpus, work / "lit", device="cpu", force=force,
+                             tower_features=cached_tower_features(cache),
                              **recipe["pretrain"])
     spec = {"recipe": recipe, "corpus_sha256": synthetic_corpus.corpus_hash(corpus),
             "corpus_version": synthetic_corpus.CORPUS_VERSION, "synth_version": synthetic.SYNTH_VERSION}

@@ -13,11 +13,12 @@ import torch
 from PIL import Image
 
 from ofgr_core.common.errors import ConfigError
+from ofgr_core.embedding.features import cached_tower_features
 from ofgr_core.models.clip import encoder as clipmod
 from ofgr_core.models.clip.config import ClipModelConfig
 from ofgr_core.models.clip.lit import encode_text_trimmed, load_image_weights
+from ofgr_core.models.clip.pretrain import pretrain_clip
 from ofgr_core.models.factory import create_model
-from ofgr_core.train.clip_pretrain import pretrain_clip
 
 TIMM_ARCH = "ofgr-test-timm-clip"
 SIGLIP_ARCH = "ofgr-test-sigmoid"  # no "siglip" in the name: open_clip would pick the T5 tokenizer
@@ -132,7 +133,7 @@ def test_lock_image_trains_text_and_projection_on_cached_trunk_features(tmp_path
     import unittest.mock as mock
 
     kw = dict(model=TIMM_ARCH, image_weights=str(trunk_file), lock_image=True, epochs=3, batch_size=8, lr=1e-2,
-              device="cpu", feature_cache=tmp_path / "cache")
+              device="cpu", tower_features=cached_tower_features(tmp_path / "cache"))
     trunk_calls: list[int] = []
     hook_handles = []
 
@@ -204,7 +205,8 @@ def test_standin_artifact_round_trip_and_its_checks(tmp_path: Path, test_archs: 
     torch.save(timm.create_model("test_efficientnet", num_classes=0).state_dict(), trunk_file)
     corpus = _corpus(tmp_path / "corpus")
     list(pretrain_clip(corpus, tmp_path / "lit", model=TIMM_ARCH, image_weights=str(trunk_file), lock_image=True,
-                       epochs=2, batch_size=8, lr=1e-2, device="cpu", feature_cache=tmp_path / "cache"))
+                       epochs=2, batch_size=8, lr=1e-2, device="cpu",
+                       tower_features=cached_tower_features(tmp_path / "cache")))
     art = standin.export_standin(tmp_path / "lit", tmp_path / "artifact", {"recipe": "test", "corpus_sha256": "x"})
     from safetensors.torch import load_file
 
@@ -248,7 +250,7 @@ def test_a_stop_request_ends_pretraining_without_saving(tmp_path: Path, test_arc
         return len(polls) > 2  # two steps train, the third is refused
 
     events = list(pretrain_clip(corpus, tmp_path / "out", model=TIMM_ARCH, epochs=2, batch_size=4, device="cpu",
-                                stop=stop, feature_cache=tmp_path / "cache", lock_image=True))
+                                stop=stop, tower_features=cached_tower_features(tmp_path / "cache"), lock_image=True))
     assert [e.type for e in events if e.type == "train_step"] == ["train_step"] * 2
     assert events[-1].type == "log" and events[-1].message == "pretraining stopped; nothing saved"
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -166,7 +166,7 @@ def test_the_checks_catch_what_they_guard() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
     assert _layer("ofgr_core.train.loop") > _layer("ofgr_core.retrieval.evaluate") > _layer("ofgr_core.models.base")
-    assert _layer("ofgr_core.models.clip.encoder") < _layer("ofgr_core.train.clip_pretrain")
+    assert _layer("ofgr_core.models.clip.pretrain") < _layer("ofgr_core.embedding.features")
     tree = ast.parse("def f():\n    from ofgr_core.workflows import pipeline\n")
     assert _imports("ofgr_core.common.errors", tree, {"ofgr_core.workflows.pipeline"}) == {
         "ofgr_core.workflows.pipeline"

