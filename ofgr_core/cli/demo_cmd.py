@@ -63,9 +63,9 @@ def demo_notes(res: DemoResult) -> list[str]:
     from ofgr_core.workflows.demo import verdict
 
     lines = ["text→img: coarse R@1 of class-name prompts against the images, in the space free-text queries use.",
-             "fit CPU s: feature extraction + training, user + sys CPU seconds (this box is shared: wall time "
-             "says little); clip_head: the features (extracted once, by clip_frozen) + the head. ÷ CNN: that "
-             "fit over the fine-tuned CNN's."]
+             "fit CPU s: feature extraction + training, user + sys CPU seconds (wall time depends on what else "
+             "runs on the machine); clip_head: the features (extracted once, by clip_frozen) + the head. "
+             "÷ CNN: that fit over the fine-tuned CNN's."]
     if res.fit_ratio:
         lines.append(f"CLIP fit (features + head) / CNN fit: {res.fit_ratio:.3f} of the CPU time "
                      f"(1/{1 / res.fit_ratio:.0f}).")
