@@ -88,25 +88,25 @@ def structure_digest(module: Any) -> str:
     return hashlib.sha256(repr(module).encode()).hexdigest()[:24]
 
 
-def feature_cache_key(encoder: Any) -> dict[str, Any]:
+def feature_cache_key(encoder: Encoder) -> dict[str, Any]:
     """Everything that changes the tower's features: the encoder's ``feature_key()`` (architecture, weights hash,
     preprocessing, the autocast dtype it runs in, family extras such as the activation), its module structure
     and ``EXTRACTION_VERSION``."""
     return {**encoder.feature_key(), "structure": structure_digest(encoder.tower), "extraction": EXTRACTION_VERSION}
 
 
-def open_feature_store(encoder: Any, root: str | os.PathLike[str]) -> FeatureStore:
+def open_feature_store(encoder: Encoder, root: str | os.PathLike[str]) -> FeatureStore:
     """The cache of ``encoder``'s tower features (keyed by ``feature_cache_key``) under ``root``."""
     return FeatureStore(root, feature_cache_key(encoder), int(encoder.feature_dim))
 
 
 def cached_tower_features(
     root: str | os.PathLike[str] | None = None,
-) -> Callable[[Any, list[str], ImageTransform, Any], tuple[np.ndarray, str]]:
+) -> Callable[[Encoder, list[str], ImageTransform, Any], tuple[np.ndarray, str]]:
     """Features of a frozen tower through the cache under ``root`` (default ``default_cache_root()``): what a
     LiT pretraining (``models/clip/pretrain.py``, ``tower_features``) reads its locked image tower from."""
 
-    def features(tower: Any, paths: list[str], transform: ImageTransform, device: Any) -> tuple[np.ndarray, str]:
+    def features(tower: Encoder, paths: list[str], transform: ImageTransform, device: Any) -> tuple[np.ndarray, str]:
         store = open_feature_store(tower, Path(root).expanduser() if root else default_cache_root())
         feats, stats = extract_features(tower, paths, transform, device, store=store)
         line = f"{stats['hits']} from the cache, {stats['computed']} computed ({store.folder})"

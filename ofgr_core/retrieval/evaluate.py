@@ -733,21 +733,10 @@ def run_split(
     # leave-one-out passes one array for both sides, which lets the exact search use the symmetry
     queries = gallery if np.array_equal(qmask, gmask) else part(embeddings, qmask)
     return evaluate_retrieval(
-        queries,
-        gallery,
-        part(labels, qmask),
-        part(labels, gmask),
-        query_ids=part(item_ids, qmask),
-        gallery_ids=part(item_ids, gmask),
-        query_groups=maybe(grp, qmask),
-        gallery_groups=maybe(grp, gmask),
-        query_domains=maybe(dom, qmask),
-        level_names=level_names,
-        class_names=class_names,
-        cfg=cfg,
-        seed=seed,
-        progress=progress,
-        shard=shard,
+        queries, gallery, part(labels, qmask), part(labels, gmask),
+        query_ids=part(item_ids, qmask), gallery_ids=part(item_ids, gmask),
+        query_groups=maybe(grp, qmask), gallery_groups=maybe(grp, gmask), query_domains=maybe(dom, qmask),
+        level_names=level_names, class_names=class_names, cfg=cfg, seed=seed, progress=progress, shard=shard,
         note=note,
     )
 

@@ -258,26 +258,14 @@ def _restore(parts: _Parts, counters: _Counters, path: Path, device: torch.devic
 
 # ------------------------------------------------------------------------------------------------ train
 def train(
-    cfg: Config,
-    *,
-    model: nn.Module,
-    loss_fn: nn.Module,
-    sampler: BatchSampler,
-    train_dataset: torch.utils.data.Dataset[Any],
-    val_embed: Callable[[], np.ndarray] | None,
-    val_labels: np.ndarray,
-    device: torch.device,
-    ckpt_dir: Path,
-    dist_info: DistInfo | None = None,
-    stop: Callable[[], bool] = lambda: False,
-    resume_from: Path | None = None,
+    cfg: Config, *, model: nn.Module, loss_fn: nn.Module, sampler: BatchSampler,
+    train_dataset: torch.utils.data.Dataset[Any], val_embed: Callable[[], np.ndarray] | None,
+    val_labels: np.ndarray, device: torch.device, ckpt_dir: Path, dist_info: DistInfo | None = None,
+    stop: Callable[[], bool] = lambda: False, resume_from: Path | None = None,
     state_dict: Callable[[], Mapping[str, torch.Tensor]] | None = None,
     load_state_dict: Callable[[dict[str, torch.Tensor]], Any] | None = None,
-    num_workers: int | None = None,
-    probe_epochs: int = 0,
-    backbone_lr_mult: float = 1.0,
-    layer_decay: float | None = None,
-    autocast_dtype: torch.dtype | None = None,
+    num_workers: int | None = None, probe_epochs: int = 0, backbone_lr_mult: float = 1.0,
+    layer_decay: float | None = None, autocast_dtype: torch.dtype | None = None,
 ) -> Generator[Event, None, TrainResult]:
     """Train ``model`` with ``loss_fn`` on batches of ``train_dataset`` drawn by ``sampler``.
 

@@ -24,10 +24,15 @@ allocator fragmentation, cuDNN workspaces and the data loader's decoded images; 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ofgr_core.common.errors import ConfigError
 from ofgr_core.common.memory import MemoryBudget, device_budget, gib
+
+if TYPE_CHECKING:
+    import torch
+
+    from ofgr_core.config import Config
 
 FLOAT_BYTES = 4  # inputs, gradients and optimizer states are float32
 
@@ -40,7 +45,7 @@ class Footprint:
     largest: int
 
 
-def forward_footprint(model: Any, image_size: int, *, train: bool) -> Footprint | None:
+def forward_footprint(model: torch.nn.Module, image_size: int, *, train: bool) -> Footprint | None:
     """Per-image activation bytes of ``model`` at ``image_size``, measured on the ``meta`` device.
 
     Returns None when the model cannot run on ``meta`` (an operator without a meta kernel); the plan then
@@ -119,7 +124,7 @@ def train_batch_size(cfg: Any) -> tuple[int, str]:
     return n, why
 
 
-def plan_run(cfg: Any, model: Any, device: Any, *, image_size: int, trains_images: bool,
+def plan_run(cfg: Config, model: torch.nn.Module, device: torch.device, *, image_size: int, trains_images: bool,
              max_rows: int | None = None, budget: MemoryBudget | None = None) -> MemoryPlan:
     """Estimate the run's peak memory and check it against the budget (see the module docstring).
 

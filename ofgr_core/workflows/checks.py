@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ofgr_core.runs.events import Event, Log
 
+if TYPE_CHECKING:
+    import torch
+
+    from ofgr_core.config import Config
+
 Emit = Callable[[Event], None]
 
 
-def memory_preflight(cfg: Any, model: Any, device: Any, *, image_size: int, trains_images: bool,
+def memory_preflight(cfg: Config, model: torch.nn.Module, device: torch.device, *, image_size: int, trains_images: bool,
                      max_rows: int, emit: Emit) -> dict[str, Any]:
     """Run the memory plan (``ofgr_core.train.memplan``); refusals raise, lowered batches and notes are logged.
 

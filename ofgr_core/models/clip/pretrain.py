@@ -169,25 +169,11 @@ TowerFeatures = Callable[[Any, list[str], Callable[..., Any], Any], tuple[np.nda
 
 
 def pretrain_clip(
-    manifest: str | Path,
-    out_dir: str | Path,
-    *,
-    model: str = "ofgr-tiny-clip",
-    pretrained: str | None = None,
-    epochs: int = 10,
-    batch_size: int = 128,
-    lr: float = 5e-3,
-    weight_decay: float = 0.1,
-    warmup_fraction: float = 0.1,
-    seed: int = 0,
-    image_size: int | None = None,
-    device: str = "auto",
-    force: bool = False,
-    stop: Callable[[], bool] | None = None,
-    preload_limit_bytes: int = PRELOAD_LIMIT_BYTES,
-    lock_image: bool = False,
-    image_weights: str | None = None,
-    tower_features: TowerFeatures | None = None,
+    manifest: str | Path, out_dir: str | Path, *, model: str = "ofgr-tiny-clip", pretrained: str | None = None,
+    epochs: int = 10, batch_size: int = 128, lr: float = 5e-3, weight_decay: float = 0.1,
+    warmup_fraction: float = 0.1, seed: int = 0, image_size: int | None = None, device: str = "auto",
+    force: bool = False, stop: Callable[[], bool] | None = None, preload_limit_bytes: int = PRELOAD_LIMIT_BYTES,
+    lock_image: bool = False, image_weights: str | None = None, tower_features: TowerFeatures | None = None,
 ) -> Iterator[Event]:
     """Train ``model`` contrastively on the manifest's (image, caption) pairs; save a ``local-dir:`` folder.
 
