@@ -103,8 +103,9 @@ def worker(kind: str, folder: Path, k: int, levels: int, queries: int, bootstrap
             "mem_ratio": (peak_mb() - base) * 2**20 / nbytes, **result}
 
 
-def run_worker(args: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True, text=True)
+def run_worker(args: list[str], script: str = __file__) -> dict:
+    """``script --worker ARGS`` in a fresh process (its peak RSS is its own); the JSON on its last line."""
+    proc = subprocess.run([sys.executable, script, "--worker", *args], capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"worker {args[0]} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

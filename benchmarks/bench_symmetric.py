@@ -14,7 +14,7 @@ It prints the times, the ratios (goal: symmetric / raw <= 0.7), peak RSS growth 
 whether the two ofgr paths produced the same per-query metric values.
 
     python benchmarks/bench_symmetric.py                     # 100,000 x 512 (the issue's size; ~10 min idle)
-    python benchmarks/bench_symmetric.py --n 20000 --d 128   # a quick check that it runs
+    python benchmarks/bench_symmetric.py --n 12000 --d 256   # a quick check (the symmetric path needs d >= 256)
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_eval import make_data, peak_mb, rss_mb  # noqa: E402  (the same data and memory probes)
+import bench_eval  # noqa: E402  (the same data, memory probes and worker launch)
+from bench_eval import make_data, peak_mb, rss_mb  # noqa: E402
 
 
 def worker(kind: str, folder: Path, k: int, bootstrap: int) -> dict:
@@ -75,10 +75,7 @@ def worker(kind: str, folder: Path, k: int, bootstrap: int) -> dict:
 
 
 def run_worker(args: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"worker {args[0]} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return bench_eval.run_worker(args, script=__file__)
 
 
 def main() -> None:

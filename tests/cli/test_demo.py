@@ -15,6 +15,7 @@ from ofgr_core.cli import app
 from ofgr_core.runs.folder import RunFolder
 from ofgr_core.workflows import demo as demo_mod
 from ofgr_core.workflows.demo import collapse_share, demo_gates, summary_rows, verdict
+from ofgr_core.workflows.pipeline import write_embedding_rows
 from ofgr_testing import REPO
 
 runner = CliRunner()
@@ -101,7 +102,6 @@ def test_demo_compares_cnn_frozen_clip_and_clip_head_on_one_split(tmp_path: Path
 
 def test_pixel_baseline_equals_a_naive_leave_one_out(tmp_path: Path) -> None:
     """The pixel row is the run's own evaluation of 32x32 mean-removed pixels: check R@1 against a direct count."""
-    import csv
 
     import yaml
     from PIL import Image
@@ -115,12 +115,9 @@ def test_pixel_baseline_equals_a_naive_leave_one_out(tmp_path: Path) -> None:
     rd = RunFolder(run)
     rd.embeddings_dir.mkdir(parents=True)
     rd.config.write_text(yaml.safe_dump({"name": "x", "eval": {"bootstrap": 50}}))
-    with open(rd.embeddings_csv("unseen"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["id", "path", "fine", "coarse"])
-        w.writeheader()
-        for i, p in enumerate(table.paths):
-            w.writerow({"id": table.ids[i], "path": p, "fine": table.labels["fine"][i],
-                        "coarse": table.labels["coarse"][i]})
+    write_embedding_rows(run, "unseen", [
+        {"id": table.ids[i], "path": p, "fine": str(table.labels["fine"][i]),
+         "coarse": str(table.labels["coarse"][i])} for i, p in enumerate(table.paths)])
     got = demo_mod.pixel_baseline(run, size=16)
     x = np.stack([np.asarray(Image.open(p).convert("RGB").resize((16, 16), Image.BOX), np.float32).ravel()
                   for p in table.paths])

@@ -20,6 +20,7 @@ from ofgr_core.config import EvalConfig, TextConfig
 from ofgr_core.models.clip import encoder as clipmod
 from ofgr_core.models.clip.config import ClipModelConfig
 from ofgr_core.models.factory import create_model, create_transforms
+from ofgr_core.workflows.pipeline import write_embedding_rows
 
 TINY = clipmod.TINY_ARCH
 
@@ -420,12 +421,9 @@ def _clip_run(tmp_path: Path, ck: str, world: Path) -> Path:
     enc = create_model(ClipModelConfig(name=TINY, pretrained=ck, head="none"), image_size=32)
     feats, _ = extract_features(enc, table.paths, create_transforms(enc, train=False), "cpu")
     np.save(rd.embeddings_npy("unseen"), feats)
-    with open(rd.embeddings_csv("unseen"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["id", "path", "fine", "coarse"])
-        w.writeheader()
-        for i, p in enumerate(table.paths):
-            w.writerow({"id": table.ids[i], "path": p, "fine": table.labels["fine"][i],
-                        "coarse": table.labels["coarse"][i]})
+    write_embedding_rows(run, "unseen", [
+        {"id": table.ids[i], "path": p, "fine": str(table.labels["fine"][i]),
+         "coarse": str(table.labels["coarse"][i])} for i, p in enumerate(table.paths)])
     return run
 
 
