@@ -295,6 +295,10 @@ class TrainConfig(Section):
     nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/Inf loss or gradient: fail the run, or skip the step
     amp: Literal["auto", "on", "off"] = "auto"  # auto = on for CUDA
     channels_last: Literal["auto", "on", "off"] = "auto"
+    # the optimizer's fused single-kernel update (PyTorch's fused=True): auto = on when only a head trains on
+    # cached features (its steps are small enough that the update's seven multi-tensor passes are a third of
+    # the step), off when images train (the CNN baselines keep the arithmetic their figures were measured with)
+    fused: Literal["auto", "on", "off"] = "auto"
     early_stopping: int | None = Field(None, ge=1)  # patience in epochs on validation Recall@1; null = off
     eval_batch_size: int = Field(256, ge=1, le=65536)
     log_every: int = Field(10, ge=1)

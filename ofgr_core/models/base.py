@@ -294,8 +294,10 @@ def apply_head(
         device = params[0].device if params else torch.device("cpu")
     else:
         encoder.head.to(device)
-    was = encoder.training
-    encoder.eval()
+    # only the head runs here: toggling the whole encoder would walk every module of its tower (a Lite0 tower has
+    # hundreds), which per-epoch validation paid every epoch
+    was = encoder.head.training
+    encoder.head.eval()
     out = np.empty((len(features), encoder.embed_dim), np.float32)
     try:
         with torch.no_grad():
@@ -303,7 +305,7 @@ def apply_head(
                 x = torch.from_numpy(np.ascontiguousarray(features[a : a + batch_size], dtype=np.float32))
                 out[a : a + batch_size] = encoder.encode_features(x.to(device)).float().cpu().numpy()
     finally:
-        encoder.train(was)
+        encoder.head.train(was)
     return out
 
 

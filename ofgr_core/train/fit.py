@@ -170,6 +170,18 @@ class EndToEnd(Fitter):
                            channels_last=_flag(cfg.train.channels_last, inp.device.type == "cuda"), out=out)
 
 
+# A head trains on all CPU threads only when its largest weight matrix has this many entries: below it, OpenMP's
+# thread hand-offs cost more than the arithmetic they share. Measured on the 2-core box, idle, fused AdamW, batches
+# of 32 (benchmarks/bench_clip_vs_cnn.py; docs/benchmarks.md): a 128 -> 512 -> 128 head steps in 3.2 ms on one
+# thread and 3.6 ms on two; a 1280 -> 512 -> 128 head (the stand-in's features) in 4.9-5.5 ms on one and 4.1-4.4
+# ms on two; 512 -> 512 is even (3.9 / 3.7 ms).
+HEAD_THREADS_MIN_WEIGHTS = 512 * 512
+
+
+def _largest_weight(module: nn.Module) -> int:
+    return max((p.numel() for p in module.parameters()), default=0)
+
+
 class HeadOnFeatures(Fitter):
     """The frozen tower's features once (cached by content hash), then the head trains on them."""
 
@@ -221,10 +233,8 @@ class HeadOnFeatures(Fitter):
             sampler: BatchSampler) -> Generator[Event, None, TrainResult]:
         labels, _ = train_labels(inp.labels, inp.train_rows)
         val_x = self.tower_features(inp.val_rows)
-        # a small head on in-memory features trains fastest on one CPU thread: with tiny matrices OpenMP's
-        # thread hand-offs cost more than the arithmetic (measured 12x on the 2-core box while it was busy)
         threads = torch.get_num_threads()
-        if inp.device.type == "cpu":
+        if inp.device.type == "cpu" and _largest_weight(inp.model.head) < HEAD_THREADS_MIN_WEIGHTS:
             torch.set_num_threads(1)
         try:
             return (yield from _train(

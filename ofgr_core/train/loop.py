@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ofgr_core.config import Config, EvalConfig, IndexConfig
-from ofgr_core.models.base import Encoder
+from ofgr_core.models.base import Encoder, FeatureHead
 from ofgr_core.models.precision import autocast
 from ofgr_core.runs.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ofgr_core.runs.events import Event, Log, TrainEpoch, TrainStep
@@ -287,7 +287,7 @@ def train(
     parts = _setup(cfg, model, loss_fn, sampler, device, dist_info, probe_epochs=probe_epochs,
                    backbone_lr_mult=backbone_lr_mult, layer_decay=layer_decay, autocast_dtype=autocast_dtype,
                    state_dict=state_dict, load_state_dict=load_state_dict)
-    if isinstance(train_dataset, InMemoryBatches):
+    if isinstance(train_dataset, InMemoryBatches) and not parts.optimizer.defaults.get("fused"):
         # tiny steps on in-memory features: one multi-tensor optimizer update instead of a loop over the
         # parameters (the same arithmetic: bit-identical to the per-tensor update, tests/core/test_head_fit.py)
         for group in parts.optimizer.param_groups:
@@ -350,7 +350,10 @@ def _setup(
         )
     groups = param_groups(model, loss_fn, tc.lr, weight_decay=tc.weight_decay, backbone_lr_mult=backbone_lr_mult,
                           layer_decay=layer_decay)
-    optimizer = create_optimizer(tc, groups)
+    # a head on cached features (FeatureHead) takes the fused update under "auto": the same in-memory and
+    # DataLoader paths (tests/core/test_head_fit.py), never an image model's
+    fused = tc.fused == "on" or (tc.fused == "auto" and isinstance(model, FeatureHead))
+    optimizer = create_optimizer(tc, groups, fused=fused)
     scheduler = create_scheduler(optimizer, tc, len(sampler), probe_epochs=probe_epochs)
     # fp16 needs loss scaling; bf16 does not
     scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)

@@ -93,12 +93,19 @@ def _layer_decay_groups(backbone: nn.Module, weight_decay: float, decay: float, 
              "weight_decay": g.get("weight_decay", weight_decay)} for g in groups]
 
 
-def create_optimizer(cfg: TrainConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
-    """AdamW or SGD (Nesterov) over named groups (each keeps its own ``lr``)."""
+def create_optimizer(cfg: TrainConfig, groups: list[dict[str, Any]], *, fused: bool = False) -> torch.optim.Optimizer:
+    """AdamW or SGD (Nesterov) over named groups (each keeps its own ``lr``).
+
+    ``fused``: PyTorch's single-kernel update (one pass over each parameter instead of one multi-tensor op per
+    arithmetic step). The same update rule, rounded differently: a run's numbers change in the last bits, and
+    over many epochs that becomes a different model, so it is a setting (``train.fused``), not a silent switch.
+    """
     clean = [{k: v for k, v in g.items()} for g in groups]
+    extra: dict[str, Any] = {"fused": True} if fused else {}
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(clean, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(clean, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+        return torch.optim.AdamW(clean, lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
+    return torch.optim.SGD(clean, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True,
+                           **extra)
 
 
 def head_lr(optimizer: torch.optim.Optimizer) -> float:

@@ -1,11 +1,12 @@
 """Head fitting on in-memory features takes the fast path and trains exactly as the reference path does.
 
 The fast path (``FeatureDataset.take``: ``ofgr_core.train.loop.InMemoryBatches``) gathers each batch from the
-feature matrix on the device along the sampler's plan for the epoch, with no DataLoader; it steps the optimizer
-with the multi-tensor update; it holds end-of-epoch checkpoints back for up to ``LAZY_CHECKPOINT_S`` and
-writes them after the last epoch or on a stop; ArcFace runs its arithmetic directly instead of through PML.
-The reference is the same ``train`` over a plain dataset of the same rows (DataLoader, collation, per-tensor
-optimizer, a checkpoint after every epoch). Every loss value, every weight and the checkpoints must be equal.
+feature matrix on the device along the sampler's plan for the epoch, with no DataLoader; it holds end-of-epoch
+checkpoints back for up to ``LAZY_CHECKPOINT_S`` and writes them after the last epoch or on a stop; ArcFace
+runs its arithmetic directly instead of through PML. Both paths step the fused optimizer update (``train.fused:
+auto`` for a head on features). The reference is the same ``train`` over a plain dataset of the same rows
+(DataLoader, collation, a checkpoint after every epoch). Every loss value, every weight and the checkpoints must
+be equal.
 """
 
 from __future__ import annotations
@@ -173,3 +174,24 @@ def test_direct_arcface_equals_pml_bit_for_bit(seed: int) -> None:
     ref_grads = torch.autograd.grad(ref, [x, loss.weight])
     assert torch.equal(got, ref)
     assert all(torch.equal(a, b) for a, b in zip(got_grads, ref_grads, strict=True))
+
+
+def test_fused_update_is_the_heads_and_never_an_image_models(setup: dict[str, Any], tmp_path: Path) -> None:
+    """``train.fused: auto`` fuses a head's update on features (both paths), leaves an image model's alone, and
+    ``off`` gives the multi-tensor update back: the setting, not the data path, decides the arithmetic."""
+    _fit(setup, tmp_path / "auto", fast=True)
+    groups = load_checkpoint(tmp_path / "auto" / "last.pt")["optimizer"]["param_groups"]
+    assert all(g["fused"] for g in groups)
+    off = setup["cfg"].model_copy(deep=True)
+    off.train.fused = "off"
+    _fit(setup, tmp_path / "off", fast=True, cfg=off)
+    groups = load_checkpoint(tmp_path / "off" / "last.pt")["optimizer"]["param_groups"]
+    assert not any(g["fused"] for g in groups) and all(g["foreach"] for g in groups)
+    # an image model (anything but a FeatureHead) under auto: not fused
+    image_model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 128))
+    loss_fn = create_loss(setup["cfg"].loss, num_classes=12, embed_dim=128)
+    parts = loop_mod._setup(setup["cfg"], image_model, loss_fn,
+                            create_sampler(setup["cfg"].sampler, setup["labels"], seed=0), torch.device("cpu"),
+                            loop_mod.DistInfo(), probe_epochs=0, backbone_lr_mult=1.0, layer_decay=None,
+                            autocast_dtype=None, state_dict=None, load_state_dict=None)
+    assert not any(g["fused"] for g in parts.optimizer.param_groups)
