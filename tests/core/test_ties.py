@@ -1,0 +1,47 @@
+"""Tie-breaking at the k-th position: the batched widening gives every query exactly the naive top k."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ofgr_core.retrieval import ties
+from ofgr_core.retrieval.index import exact_searcher
+from ofgr_core.retrieval.ties import DECIMALS, id_hash_keys, search_tiebroken
+
+
+def _naive_top(x: np.ndarray, gallery: np.ndarray, keys: np.ndarray, k: int) -> np.ndarray:
+    """Every gallery item scored, sorted by (score rounded to DECIMALS descending, key ascending): the definition."""
+    out = np.empty((len(x), k), dtype=np.int64)
+    for i, q in enumerate(x.astype(np.float64)):
+        s = np.round((gallery.astype(np.float64) @ q).astype(np.float32).astype(np.float64), DECIMALS)
+        out[i] = np.lexsort((keys, -s))[:k]
+    return out
+
+
+@pytest.mark.parametrize("per_call", [1, 7, 1 << 22])
+def test_batched_widening_equals_the_naive_ranking(per_call: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Groups of identical vectors of several sizes straddle the k-th position of most queries, so most queries
+    are widened, some more than once; however many go to one search, each gets the naive ranking."""
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(12, 8)).astype(np.float32)
+    sizes = rng.integers(1, 40, size=12)  # tie groups from 1 to 39 identical vectors
+    gallery = np.repeat(base, sizes, axis=0)
+    gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
+    n = len(gallery)
+    keys = id_hash_keys([f"item{i}" for i in range(n)])
+    monkeypatch.setattr(ties, "WIDEN_ENTRIES", per_call * 64)  # widths of 64 and up: per_call queries a search
+    calls: list[int] = []
+    searcher = exact_searcher(np.ascontiguousarray(gallery), ids=np.arange(n), device="cpu")
+
+    def search(q: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
+        calls.append(len(q))
+        return searcher.search_chunk(q, w)
+
+    for k in (5, 16, 33):
+        calls.clear()
+        got = search_tiebroken(search, gallery, k, keys, n)
+        np.testing.assert_array_equal(got, _naive_top(gallery, gallery, keys, k))
+        assert len(calls) > 1  # widened
+        if per_call > 100:
+            assert max(calls[1:]) > 1  # the widened queries went together
