@@ -23,6 +23,12 @@ own subprocess, so its peak RSS is its own:
   ``--sample`` of its queries also searched exactly, from which ofgr estimates the metric error with a
   confidence interval (``block["approximation"]``);
 * ``--full-exact`` (small N only) also runs the exact all-vs-all, to check the extrapolation and the interval.
+* ``--probe-sweep 16,64,256,1024``: the time / error curve of IVF-Flat without a full run per setting. One
+  process trains and fills the index once (ofgr's ``build_index``), then, for each nprobe
+  (``set_search_params``), evaluates the same ``--sample`` random queries through ``run_split`` against the
+  whole gallery, and once exactly. The error is approximate - exact on those queries, paired, with a 95%
+  bootstrap interval over the queries; the time of an all-vs-all is build + the sample's search time x N / S
+  (extrapolated, stated so), against the exact sample's time x N / S.
 It prints the time ratio approximate / exact (goal <= 0.2 at 1M), the error estimate with its 95% CI (goal
 < 0.1 point), the recall against exact on the sample, and peak RSS growth of each run against the machine's RAM.
 
@@ -42,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -160,10 +167,75 @@ def memmap_worker(kind: str, folder: Path, opts: dict) -> dict:
         block = run_split(emb, labels, cfg=EvalConfig(bootstrap=opts["bootstrap"], index=index)).block
         out = {"queries": block["n_queries"], "fine": block["fine"], "index": block["index"],
                "approximation": block["approximation"]}
+    elif kind == "sweep":
+        out = probe_sweep(emb, labels, opts)
     else:  # full exact all-vs-all (symmetric path where it applies)
         block = run_split(emb, labels, cfg=EvalConfig(bootstrap=0, index={"device": "cpu"})).block
         out = {"queries": block["n_queries"], "fine": block["fine"]}
     return {"kind": kind, "seconds": time.perf_counter() - t0, "peak_growth_mb": peak_mb() - base, **out}
+
+
+def probe_sweep(emb: np.ndarray, labels: np.ndarray, opts: dict) -> dict:
+    """``--probe-sweep`` in one process: the IVF trained once, a query sample searched at each nprobe and exactly."""
+    from ofgr_core.config import EvalConfig, IndexConfig
+    from ofgr_core.retrieval import evaluate as ev
+    from ofgr_core.retrieval.index import build_index, set_search_params
+
+    n = len(emb)
+    qmask = np.zeros(n, bool)
+    qmask[np.random.default_rng(2).choice(n, size=min(n, opts["sample"]), replace=False)] = True
+    t = time.perf_counter()
+    index = build_index(emb, IndexConfig(type="ivf_flat", device="cpu"), ids=np.arange(n))
+    build = time.perf_counter() - t
+    # run_split builds its own index from the config; here every nprobe reuses the one trained above
+    real_build = ev.build_index
+    rows = []
+    try:
+        per_query = {}
+        for nprobe in [0, *opts["sweep"]]:  # 0: the exact search of the same queries
+            if nprobe:
+                set_search_params(index, nprobe=nprobe)
+            ev.build_index = (lambda *args, **kwargs: index) if nprobe else real_build  # noqa: ARG005
+            cfg = EvalConfig(bootstrap=0, ks=[1, 10], index={"device": "cpu", **(
+                {"type": "ivf_flat", "nprobe": nprobe, "exact_check": 0} if nprobe else {})})
+            t = time.perf_counter()
+            res = ev.run_split(emb, labels, query_mask=qmask, cfg=cfg)
+            seconds = time.perf_counter() - t
+            per_query[nprobe] = res.per_query["fine"]
+            rows.append({"nprobe": nprobe, "seconds": seconds, "fine": res.block["fine"]})
+    finally:
+        ev.build_index = real_build
+    rng = np.random.default_rng(0)
+    pick = rng.integers(0, int(qmask.sum()), size=(1000, int(qmask.sum())))
+    for row in rows[1:]:
+        for key in ("recall@1", "map@r"):
+            diff = per_query[row["nprobe"]][key] - per_query[0][key]
+            boots = diff[pick].mean(axis=1)
+            row[f"err_{key}"] = [float(diff.mean()), *np.quantile(boots, [0.025, 0.975]).tolist()]
+    return {"queries": int(qmask.sum()), "build_seconds": build, "rows": rows}
+
+
+def memmap_sweep(a: argparse.Namespace, run: Callable[..., dict], emb_gib: float) -> None:
+    """``--probe-sweep``: prints the time / error table of IVF-Flat at each nprobe (see the module docstring)."""
+    res = run("sweep", sweep=a.sweep_list)
+    s, n = res["queries"], a.n
+    exact = res["rows"][0]
+    t_exact = exact["seconds"] * n / s
+    print(f"IVF-Flat trained and filled once: {res['build_seconds']:.0f} s. Exact search of the {s:,} sampled "
+          f"queries: {exact['seconds']:.1f} s -> an exact all-vs-all {t_exact:.0f} s (x N / S, extrapolated). "
+          f"Exact fine R@1 of the sample {100 * exact['fine']['recall@1']:.2f} %, MAP@R "
+          f"{100 * exact['fine']['map@r']:.2f} %.")
+    cols = ["nprobe", "sample search", "all-vs-all (build + search x N/S)", "ratio to exact (goal <= 0.2)",
+            "fine R@1 error [95% CI]", "fine MAP@R error [95% CI]"]
+    print("| " + " | ".join(cols) + " |")
+    print("|" + " ---: |" * len(cols))
+    for row in res["rows"][1:]:
+        t_all = res["build_seconds"] + row["seconds"] * n / s
+        cells = [str(row["nprobe"]), f"{row['seconds']:.1f} s", f"{t_all:.0f} s", f"**{t_all / t_exact:.3f}**"]
+        for key in ("recall@1", "map@r"):
+            m, lo, hi = (100 * v for v in row[f"err_{key}"])
+            cells.append(f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}] pt")
+        print("| " + " | ".join(cells) + " |", flush=True)
 
 
 def memmap_approx(a: argparse.Namespace) -> None:
@@ -203,6 +275,11 @@ def memmap_approx(a: argparse.Namespace) -> None:
     plan = index_bytes(a.n, a.dim, IndexConfig(type=a.index, pq_m=a.pq_m, refine_k_factor=a.refine))
     print(f"N = {a.n:,} x {a.dim} float32 memmap ({emb_gib:.2f} GiB), bench_eval.py data; {a.index} nlist {nlist} "
           f"(index ~{plan / 2**30:.2f} GiB); {a.sample:,} audited queries; exact timed on {a.exact_queries:,} queries")
+    if a.sweep_list:
+        memmap_sweep(a, run, emb_gib)
+        if not a.dir:
+            shutil.rmtree(folder, ignore_errors=True)
+        return
     ex = run("exact_sample")
     full = run("full_exact") if a.full_exact else None
     print(f"exact search of {ex['queries']:,} random queries against all {a.n:,}: {ex['seconds']:.1f} s, "
@@ -273,7 +350,9 @@ def main() -> None:
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--full-exact", action="store_true", help="also run the exact all-vs-all (small N only)")
     ap.add_argument("--dir", default=None, help="keep the data here (reused when its shape matches)")
+    ap.add_argument("--probe-sweep", default="", help="with --memmap/--million: nprobe list for the sampled sweep")
     args = ap.parse_args()
+    args.sweep_list = [int(v) for v in args.probe_sweep.split(",") if v]
     args.nprobe_list = [int(v) for v in str(args.nprobe).split(",")]
     args.nprobe = args.nprobe_list[0]
     if args.million:
