@@ -170,11 +170,11 @@ class EndToEnd(Fitter):
                            channels_last=_flag(cfg.train.channels_last, inp.device.type == "cuda"), out=out)
 
 
-# A head trains on all CPU threads only when its largest weight matrix has this many entries: below it, OpenMP's
-# thread hand-offs cost more than the arithmetic they share. Measured on the 2-core box, idle, fused AdamW, batches
-# of 32 (benchmarks/bench_clip_vs_cnn.py; docs/benchmarks.md): a 128 -> 512 -> 128 head steps in 3.2 ms on one
-# thread and 3.6 ms on two; a 1280 -> 512 -> 128 head (the stand-in's features) in 4.9-5.5 ms on one and 4.1-4.4
-# ms on two; 512 -> 512 is even (3.9 / 3.7 ms).
+# A head trains on all CPU threads only when its largest weight matrix has this many entries. Idle, the 2-core box
+# (benchmarks/bench_head_step.py, fused AdamW, batches of 32; docs/benchmarks.md) steps a 128 -> 512 -> 128 head in
+# 3.14 ms on one thread or two and a 512-wide input in 3.78 / 3.87 ms, while a 1280 -> 512 -> 128 head (the
+# stand-in's features) takes 5.47 ms on one and 4.14 ms on two. Small heads stay on one thread: they gain
+# nothing from a second, and on a busy box OpenMP's hand-offs around tiny matrices were measured 12x slower.
 HEAD_THREADS_MIN_WEIGHTS = 512 * 512
 
 
