@@ -35,7 +35,7 @@ from ofgr_core.retrieval.metrics import (
     paired_bootstrap_test,
 )
 from ofgr_core.retrieval.shard import QueryShard
-from ofgr_core.retrieval.ties import id_hash_keys, search_tiebroken
+from ofgr_core.retrieval.ties import TIE_MARGIN, id_hash_keys, search_tiebroken
 
 Progress = Callable[[int, int], None]
 # label columns of equal length: fine (required), coarse, id, split, domain, group
@@ -478,14 +478,14 @@ def _symmetric_depth(p: _Problem, same: bool, searcher: SearchIndex, shard: Quer
     process, the gallery spans more than one block, the dimension is at least ``SYMMETRIC_MIN_DIM``, at least
     half of the rows are evaluated queries (the symmetric pass finds neighbours for every row), and its heaps
     (N x depth x 12 bytes) hold at most twice the float32 embeddings, or 256 MiB. The depth is the widest first
-    search any query chunk makes: ``k + max(n_excluded) + 1``.
+    search any query chunk makes: ``k + max(n_excluded) + 1 + ties.TIE_MARGIN``.
     """
     n, d = shape
     if not same or shard is not None or searcher.index is not None or searcher.device != "cpu":
         return None
     if n <= SYMMETRIC_BLOCK or d < SYMMETRIC_MIN_DIM or 2 * p.nq < n:
         return None
-    depth = min(p.k + int(p.n_excluded.max()) + 1, n)
+    depth = min(p.k + int(p.n_excluded.max()) + 1 + TIE_MARGIN, n)
     if n * depth * 12 > max(2 * n * d * 4, 1 << 28):
         return None
     return depth

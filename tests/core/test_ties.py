@@ -45,3 +45,25 @@ def test_batched_widening_equals_the_naive_ranking(per_call: int, monkeypatch: p
         assert len(calls) > 1  # widened
         if per_call > 100:
             assert max(calls[1:]) > 1  # the widened queries went together
+
+
+def test_a_tie_group_inside_the_margin_needs_no_second_search() -> None:
+    """Pairs of identical vectors straddle the k-th position of many queries; the first search holds k + 1 +
+    TIE_MARGIN results, so every pair is resolved from it: one search in all, and still the naive ranking."""
+    rng = np.random.default_rng(5)
+    gallery = np.repeat(rng.normal(size=(60, 16)).astype(np.float32), 2, axis=0)
+    gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
+    n = len(gallery)
+    keys = id_hash_keys([f"pair{i}" for i in range(n)])
+    searcher = exact_searcher(np.ascontiguousarray(gallery), ids=np.arange(n), device="cpu")
+    calls: list[int] = []
+
+    def search(q: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
+        calls.append(w)
+        return searcher.search_chunk(q, w)
+
+    for k in (3, 8, 21):  # odd k: the k-th and (k+1)-th are one pair for many queries
+        calls.clear()
+        got = search_tiebroken(search, gallery, k, keys, n)
+        np.testing.assert_array_equal(got, _naive_top(gallery, gallery, keys, k))
+        assert calls == [k + 1 + ties.TIE_MARGIN]
