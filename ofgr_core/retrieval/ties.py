@@ -75,10 +75,16 @@ def search_tiebroken(search: Search, x: np.ndarray, k: int, keys: np.ndarray, n_
         return rows[:, :k]
     out: np.ndarray = rows[:, :k].copy()
     tied = (rows[:, k] >= 0) & (scores[:, k] == scores[:, k - 1])
-    # a tie group that ends inside the result (or a result that holds every item) needs no wider search
-    seen_all = (width >= limit) | (rows[:, width - 1] < 0) | (scores[:, width - 1] != scores[:, k - 1])
-    _widen(search, x, k, keys, limit, width, np.flatnonzero(tied & ~seen_all), out)
+    _widen(search, x, k, keys, limit, width, np.flatnonzero(tied & ~_group_seen(scores, rows, k, limit)), out)
     return out
+
+
+def _group_seen(scores: np.ndarray, rows: np.ndarray, k: int, limit: int) -> np.ndarray:
+    """Per ordered result row: has it seen every item tied with its k-th? Yes when the group ends inside the
+    result, the result has empty slots (nothing more to find) or it is ``limit`` wide (it holds every item)."""
+    w = rows.shape[1]
+    seen: np.ndarray = (w >= limit) | (rows[:, w - 1] < 0) | (scores[:, w - 1] != scores[:, k - 1])
+    return seen
 
 
 # results held at once by a widening search (queries x width): with the sort's float64 and int64 copies about
@@ -104,7 +110,7 @@ def _widen(search: Search, x: np.ndarray, k: int, keys: np.ndarray, limit: int, 
         for a in range(0, len(todo), per_call):
             part = todo[a : a + per_call]
             si, ri = _order(*search(x[part], w), keys)
-            done = (w >= limit) | (ri[:, w - 1] < 0) | (si[:, w - 1] != si[:, k - 1])
+            done = _group_seen(si, ri, k, limit)
             out[part[done]] = ri[done, :k]
             still.append(part[~done])
         todo = np.concatenate(still)
