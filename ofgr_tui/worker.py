@@ -16,7 +16,7 @@ Requests (``op`` defaults to ``query``):
   ``{"stage"}``; the reply names ``report.md`` and the cache files it wrote or updated in the run folders.
 - ``{"op": "compare", "run_dirs", "baseline"}``: ``ofgr_core.reports.compare.compare_runs`` (its paired
   bootstrap holds ~100 MB while it runs); the reply is the ``Comparison`` pickled and base64-encoded (a
-  dataclass tree the TUI unpickles as is: this worker is a child of the TUI running the same code).
+  dataclass tree of the same code; ``decode_comparison`` unpickles it and nothing but those dataclasses).
 
 Replies: any number of ``{"progress": {...}}`` lines, then one ``{"ok": value}`` or
 ``{"error": one line, "type": exception class, "known": bool}``.
@@ -91,6 +91,10 @@ def _report(request: dict[str, Any], send: Send) -> Any:
     return {"path": str(path), "caches": written}
 
 
+# what a pickled Comparison holds: these dataclasses of ofgr_core.reports.compare, then plain values
+COMPARISON_CLASSES = frozenset({"Comparison", "MetricRow", "RunCost", "Ratio", "Significance"})
+
+
 def _compare(request: dict[str, Any], send: Send) -> Any:
     import base64
     import pickle
@@ -99,6 +103,23 @@ def _compare(request: dict[str, Any], send: Send) -> Any:
 
     c = compare_runs(request["run_dirs"], baseline=int(request.get("baseline", 0)))
     return base64.b64encode(pickle.dumps(c)).decode("ascii")
+
+
+def decode_comparison(reply: str) -> Any:
+    """The ``Comparison`` of a ``compare`` reply. The unpickler resolves no global but the comparison's own
+    dataclasses, so even a reply that did not come from this worker cannot run code (docs.python.org, pickle,
+    "Restricting Globals")."""
+    import base64
+    import io
+    import pickle
+
+    class _Restricted(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if module == "ofgr_core.reports.compare" and name in COMPARISON_CLASSES:
+                return super().find_class(module, name)
+            raise pickle.UnpicklingError(f"a compare reply may hold only Comparison data, not {module}.{name}")
+
+    return _Restricted(io.BytesIO(base64.b64decode(reply))).load()
 
 
 OPS: dict[str, Callable[[dict[str, Any], Send], Any]] = {

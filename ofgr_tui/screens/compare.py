@@ -143,13 +143,12 @@ class CompareScreen(OfgrScreen[None]):
     @work(thread=True, exclusive=True, group="compare", exit_on_error=False, name="compare")
     def _compute(self, run_dirs: list[Path], baseline: int) -> None:
         """The paired bootstrap runs in the query worker process (its arrays never grow the TUI)."""
-        import base64
-        import pickle
+        from ofgr_tui.worker import decode_comparison
 
         reply = self.ofgr.query_client.ask(
             {"op": "compare", "run_dirs": [str(d.absolute()) for d in run_dirs], "baseline": baseline}
         )
-        comparison = pickle.loads(base64.b64decode(reply))  # from our own child process, same code
+        comparison = decode_comparison(reply)
         if not isinstance(comparison, Comparison):
             raise TypeError(f"the worker answered a {type(comparison).__name__}, not a Comparison")
         self.post_message(self.Computed(comparison))

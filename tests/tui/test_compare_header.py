@@ -87,3 +87,31 @@ async def test_compare_puts_a_cnn_and_a_clip_run_side_by_side_with_text_rows(run
         table.move_cursor(row=1)
         await pilot.press("right_square_bracket")
         assert table.cursor_row == section + 1
+
+
+def test_a_compare_reply_round_trips_and_a_foreign_pickle_is_refused(runs_dir: Path, tmp_path: Path) -> None:
+    """The worker's reply decodes to the very Comparison it encoded; a reply naming any other global (here
+    ``os.system``) is refused before anything runs."""
+    import base64
+    import os
+    import pickle
+
+    import pytest
+
+    from ofgr_core.reports.compare import Comparison, compare_runs
+    from ofgr_tui.worker import _compare, decode_comparison
+
+    dirs = [str(runs_dir / "20251127-111500-wide"), str(runs_dir / sorted(
+        p.name for p in runs_dir.iterdir() if p.is_dir() and p.name != "20251127-111500-wide")[0])]
+    decoded = decode_comparison(_compare({"run_dirs": dirs, "baseline": 0}, lambda _: None))
+    assert isinstance(decoded, Comparison) and decoded == compare_runs(dirs, baseline=0)
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return os.system, (f"touch {marker}",)
+
+    with pytest.raises(pickle.UnpicklingError, match="posix.system|os.system|nt.system"):
+        decode_comparison(base64.b64encode(pickle.dumps(Payload())).decode("ascii"))
+    assert not marker.exists()
