@@ -103,7 +103,11 @@ def main() -> None:
     extract_features(model, paths, tf, device, store=store, batch_size=a.batch_size, num_workers=a.workers)
     cached = a.n / (time.perf_counter() - t0)
     load = os.getloadavg()
-    print(f"{a.model} {a.size}px on {device} ({torch.get_num_threads()} threads, {a.workers} loader workers), "
+    from ofgr_core.embedding.embed import loader_workers
+
+    used = loader_workers(a.workers, device)
+    print(f"{a.model} {a.size}px on {device} ({torch.get_num_threads()} threads, {a.workers} loader workers "
+          f"requested, {used} used), "
           f"{a.n} JPEG files, batch {a.batch_size}; load average {load[0]:.1f} / {load[1]:.1f} (1/5 min):")
     print(f"  encoder alone on preloaded tensors: {enc:9.1f} img/s (median of {a.repeats})")
     print(f"  pipeline from files (cold cache):   {pipe:9.1f} img/s (median)   ratio {np.median(ratios):.2f} "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -11,6 +12,7 @@ import torch
 from PIL import Image
 
 from ofgr_core.data.cache import ImageCache, find_cache
+from ofgr_core.data.decode import chw_to_pil, decode_chw, open_rgb
 
 # A model's preprocessing: a PIL image to the tensor the model takes.
 ImageTransform = Callable[[Image.Image], torch.Tensor]
@@ -50,9 +52,15 @@ class ImageDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor, in
         path = self.paths[i]
         if self.cache is not None and path in self.cache:
             return self.cache.get(path)
-        with Image.open(path) as im:
-            rgb: Image.Image = im.convert("RGB")
-            return rgb
+        return open_rgb(path)
+
+    def load_chw(self, i: int) -> torch.Tensor | None:
+        """Row ``i``'s file as ``(3, H, W)`` uint8 pixels when it decodes the fast, exact way and no cached copy
+        stands in for it; None otherwise (then ``load_or_black``)."""
+        path = self.paths[i]
+        if self.cache is not None and path in self.cache:
+            return None
+        return decode_chw(path)
 
     def load_or_black(self, i: int) -> Image.Image:
         """Row ``i``'s image, or a black one (the failure recorded) if it cannot be read."""
@@ -82,13 +90,34 @@ class SplitTransform:
 
     def batch(self, pixels: np.ndarray) -> torch.Tensor:
         """``(B, H, W, 3)`` uint8 pixels -> the ``(B, 3, H, W)`` float tensor the model takes."""
+        return self.batch_chw(torch.from_numpy(pixels).permute(0, 3, 1, 2))
+
+    def batch_chw(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` uint8 pixels (any strides) -> the float tensor the model takes."""
         # one conversion into a fresh NCHW float tensor, then the same elementwise steps in place
-        x = torch.from_numpy(pixels).permute(0, 3, 1, 2).to(torch.get_default_dtype(),
-                                                             memory_format=torch.contiguous_format)
+        x = pixels.to(torch.get_default_dtype(), memory_format=torch.contiguous_format)
         x.div_(255)
         if self.mean is not None and self.std is not None:
             x.sub_(self.mean.view(1, -1, 1, 1)).div_(self.std.view(1, -1, 1, 1))
         return x
+
+    def keeps(self, height: int, width: int) -> bool:
+        """Whether ``pil`` returns an RGB image of this size unchanged (a resize and a crop to the size it has);
+        then decoded pixels go into the batch as they are. Answered once per size by running ``pil`` on a probe
+        image, and only for the deterministic steps ``Resize`` and ``CenterCrop``."""
+        return _keeps(self.pil, height, width)
+
+
+@functools.lru_cache(maxsize=64)
+def _keeps(pil: ImageTransformPIL, height: int, width: int) -> bool:
+    from torchvision import transforms as T
+
+    steps = getattr(pil, "transforms", None)
+    if steps is None or not all(type(s) in (T.Resize, T.CenterCrop) for s in steps):
+        return False
+    probe = np.random.default_rng(height * 100_003 + width).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    out = pil(Image.fromarray(probe))
+    return out.mode == "RGB" and out.size == (width, height) and np.array_equal(np.asarray(out), probe)
 
 
 def split_transform(transform: ImageTransform) -> SplitTransform | None:
@@ -140,7 +169,13 @@ class ImageBatchDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tenso
     def __getitem__(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         index = torch.as_tensor(rows, dtype=torch.long)
         labels = self.images.labels[index]
-        raw = [self.images.load_or_black(i) for i in rows]
+        fast = [self.images.load_chw(i) for i in rows] if self.split is not None else [None] * len(rows)
+        if self.split is not None and all(c is not None for c in fast):
+            shapes = {tuple(c.shape) for c in fast if c is not None}
+            if len(shapes) == 1 and self.split.keeps(*shapes.pop()[1:]):
+                # decoded straight into the batch: the per-image steps would leave these pixels as they are
+                return self.split.batch_chw(torch.stack([c for c in fast if c is not None])), labels, index
+        raw = [self.images.load_or_black(i) if c is None else chw_to_pil(c) for i, c in zip(rows, fast, strict=True)]
         if self.split is not None:
             images = [self.split.pil(im) for im in raw]
             sizes = {im.size for im in images}

@@ -420,7 +420,8 @@ def extract_features(
 
     Only images whose content hash is missing from the cache run through the tower (content hashes of all
     the files come from ``file_digests`` unless given). One loader streams every missing image (decoded
-    and preprocessed in its workers, see ``iter_embed``); each finished chunk of ``chunk`` images is appended
+    and preprocessed in its workers, or in this process when the tower runs on the CPU cores they would take:
+    ``ofgr_core.embedding.embed.loader_workers``); each finished chunk of ``chunk`` images is appended
     to the cache on a writer thread while the tower computes the next, so an interrupted fill keeps every
     appended chunk and resumes after it. The tower runs under the encoder's own ``autocast_dtype``, the dtype
     its ``feature_key()`` names.
