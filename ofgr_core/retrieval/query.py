@@ -114,14 +114,14 @@ def run_encoder(run_dir: str | Path) -> RunEncoder:
 
 def embed_image(run_dir: Path, image_path: str) -> np.ndarray:
     import torch
-    from PIL import Image
+
+    from ofgr_core.data.decode import open_rgb
 
     p = Path(image_path).expanduser()
     if not p.is_file():
         raise NotFoundError(f"{p}: image not found")
     try:
-        with Image.open(p) as im:
-            img = im.convert("RGB")
+        img = open_rgb(p)
     except Exception as e:
         raise DataError(f"{p}: cannot read image ({type(e).__name__})") from None
     from ofgr_core.models.precision import autocast

@@ -125,6 +125,7 @@ def pixel_baseline(run_dir: str | os.PathLike[str], *, split: str = "unseen", si
     from PIL import Image
 
     from ofgr_core.config import load_config
+    from ofgr_core.data.decode import open_rgb
     from ofgr_core.retrieval.evaluate import evaluate_embeddings
 
     run = Path(run_dir)
@@ -132,8 +133,8 @@ def pixel_baseline(run_dir: str | os.PathLike[str], *, split: str = "unseen", si
     rows = _embedding_table(run, split)
     pixels = np.empty((len(rows), size * size * 3), np.float32)
     for i, r in enumerate(rows):
-        with Image.open(r["path"]) as im:
-            pixels[i] = np.asarray(im.convert("RGB").resize((size, size), Image.Resampling.BOX), np.float32).reshape(-1)
+        img = open_rgb(r["path"]).resize((size, size), Image.Resampling.BOX)
+        pixels[i] = np.asarray(img, np.float32).reshape(-1)
     pixels -= pixels.mean(axis=0, keepdims=True)
     table = {"fine": [r["fine"] for r in rows], "id": [r["id"] for r in rows]}
     if rows and "coarse" in rows[0]:

@@ -139,13 +139,12 @@ def _check_out_dir(out: Path) -> None:
 
 def _load_images(paths: list[str], transform: Callable[..., Any], out: Any) -> Iterator[Event]:
     """Decode every image into ``out`` (a preallocated tensor), yielding progress events."""
-    from PIL import Image
+    from ofgr_core.data.decode import open_rgb
 
     n = len(paths)
     for i, path in enumerate(paths):
         try:
-            with Image.open(path) as im:
-                out[i] = transform(im.convert("RGB"))
+            out[i] = transform(open_rgb(path))
         except (OSError, ValueError, RuntimeError) as e:  # a corrupt or odd file: name it, one line
             raise DataError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
         if (i + 1) % 256 == 0 or i + 1 == n:
