@@ -176,6 +176,11 @@ def _transpose_into(out: np.ndarray, x: np.ndarray, tile: int = 256) -> None:
             out[j : j + tile, i : i + tile] = x[i : i + tile, j : j + tile].T
 
 
+def _above(s: np.ndarray, bar: np.floating[Any] | float) -> np.ndarray:
+    """Flat positions of the scores of ``s`` above ``bar``."""
+    return np.flatnonzero(s > bar)
+
+
 class _TopK:
     """The ``k`` best scores of each of ``n`` rows in faiss min-heaps (the selection ``faiss.knn`` uses).
 
@@ -226,6 +231,48 @@ class _TopK:
         t = self._scratch[: s.size].reshape(s.shape[1], s.shape[0])
         _transpose_into(t, s)
         self.heaps.addn(s.shape[0], self.faiss.swig_ptr(t), id0, h0, s.shape[1])
+
+    def offer_both(self, s: np.ndarray, a: int, c: int, pool: Any) -> None:
+        """An off-diagonal block both ways: row ``i`` of ``s`` to heap ``a + i`` (items ``c, c + 1, ...``) and
+        column ``j`` to heap ``c + j`` (items ``a, a + 1, ...``), as ``offer_rows`` and ``offer_columns`` would.
+
+        Once every heap of both is full, one comparison against the lower of their roots finds the candidates of
+        both directions (a superset of each: ~1 % of the scores at 40k x 512 clustered, against 0.3 % and 0.7 %
+        for the rows and the columns alone), so the block is read once instead of twice; each direction then
+        keeps its own. The column-wise push runs on ``pool``'s thread. Otherwise, or when the superset is over
+        ``SPARSE_MAX`` of the block, the two offers run as before.
+        """
+        nr, nc = s.shape
+        bar_r, bar_c = self.scores[a : a + nr, 0], self.scores[c : c + nc, 0]
+        lowest = np.finfo(np.float32).min
+        idx = None
+        if nr >= 2 and bool((bar_r > lowest).all()) and bool((bar_c > lowest).all()):
+            bar, half = min(bar_r.min(), bar_c.min()), nr // 2  # the two halves of the block on two threads
+            upper = pool.submit(_above, s[half:], bar)
+            idx = np.concatenate([_above(s[:half], bar), upper.result() + half * nc])
+            if len(idx) > self.SPARSE_MAX * s.size:
+                idx = None
+        if idx is None:
+            columns = pool.submit(self.offer_columns, s, c, a)
+            self.offer_rows(s, a, c)
+            columns.result()
+            return
+        values = s.ravel()[idx]
+        i, j = np.divmod(idx, nc)
+        columns = pool.submit(self._offer_column_candidates, s, c, a, values, i, j)
+        keep = values > bar_r[i]
+        if not self._push(a, nr, i[keep], values[keep], j[keep] + c):  # i is sorted: idx is
+            self.heaps.addn(nc, self.faiss.swig_ptr(s), c, a, nr)
+        columns.result()
+
+    def _offer_column_candidates(self, s: np.ndarray, h0: int, id0: int, values: np.ndarray, i: np.ndarray,
+                                 j: np.ndarray) -> None:
+        keep = values > self.scores[h0 + j, 0]
+        i, j, values = i[keep], j[keep], values[keep]
+        nh = s.shape[1]
+        order = np.argsort(j.astype(np.int16) if nh <= 1 << 15 else j, kind="stable")
+        if not self._push(h0, nh, j[order], values[order], i[order] + id0):
+            self.offer_columns(s, h0, id0)
 
     def _candidates(self, s: np.ndarray, h0: int, axis: int) -> np.ndarray | None:
         """Flat positions in ``s`` of the scores that can enter their heap (heaps along ``1 - axis``).
@@ -309,8 +356,8 @@ def symmetric_knn(vectors: np.ndarray, k: int, *, block: int = 4096, progress: P
     pairs = [(a, a) for a in starts] + [(a, c) for i, a in enumerate(starts) for c in starts[i + 1 :]]
     sim = np.empty(min(block, n) ** 2, dtype=np.float32)  # reused: no page faults per block
     loaded, xa = -1, np.empty((0, 0), dtype=np.float32)
-    # The two offers of a block touch disjoint heaps and release the GIL in numpy and faiss: the column-wise
-    # one runs on a second thread (the GEMM itself uses every core through BLAS).
+    # The two directions of a block touch disjoint heaps and release the GIL in numpy and faiss: half of the
+    # candidate search and the column-wise push run on a second thread (the GEMM uses every core through BLAS).
     with ThreadPoolExecutor(max_workers=1) as pool:
         for done, (a, c) in enumerate(pairs, 1):
             b, d = min(a + block, n), min(c + block, n)
@@ -319,11 +366,10 @@ def symmetric_knn(vectors: np.ndarray, k: int, *, block: int = 4096, progress: P
             xc = xa if c == a else np.ascontiguousarray(vectors[c:d], dtype=np.float32)
             s = sim[: (b - a) * (d - c)].reshape(b - a, d - c)
             np.matmul(xa, xc.T, out=s)
-            # rows c..d against items a..b: the same products read by column (a diagonal block is both)
-            columns = pool.submit(top.offer_columns, s, c, a) if c != a else None
-            top.offer_rows(s, a, c)  # rows a..b against items c..d
-            if columns is not None:
-                columns.result()
+            if c == a:
+                top.offer_rows(s, a, c)  # a diagonal block holds both directions
+            else:  # rows a..b against items c..d, and rows c..d against items a..b (the same products by column)
+                top.offer_both(s, a, c, pool)
             if progress is not None:
                 progress(done, len(pairs))
     return top.sorted()

@@ -197,6 +197,57 @@ def test_topk_heaps_keep_the_best_of_every_offer_on_every_path(monkeypatch: pyte
     assert np.array_equal(np.take_along_axis(s, rows, axis=1), scores)
 
 
+def test_off_diagonal_blocks_offered_both_ways_keep_the_best_on_every_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``_TopK.offer_both`` (one pass over a block for its rows and its columns) against a brute-force sort of
+    everything offered, with each of its paths taken: the shared candidates, too many of them (the two offers
+    of before), a row-wise and a column-wise push too ragged to pad."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pushes: list[bool] = []
+    real_push = _TopK._push
+    monkeypatch.setattr(_TopK, "_push", lambda self, *a: pushes.append(real_push(self, *a)) or pushes[-1])
+    rng = np.random.default_rng(5)
+    g = lambda *shape: rng.normal(size=shape).astype(np.float32)  # noqa: E731
+    n, k, w = 400, 5, 100
+    top = _TopK(faiss, n, k)
+    offered: list[list[tuple[float, int]]] = [[] for _ in range(n)]
+    for a in range(0, n, w):  # the diagonal blocks first, as symmetric_knn offers them: every heap full
+        s = g(w, w)
+        top.offer_rows(s, a, a)
+        for i in range(w):
+            offered[a + i] += [(float(v), a + j) for j, v in enumerate(s[i])]
+    one_row = g(w, w) - 3.0
+    one_row[7] = 5.0 + rng.random(w, dtype=np.float32)  # every row-wise candidate in one heap
+    one_column = g(w, w) - 3.0
+    one_column[:, 9] = 5.0 + rng.random(w, dtype=np.float32)
+    cases = [(0, 100, g(w, w) - 2.0, True, [True, True]),  # few candidates: one pass, both pushed
+             (0, 200, g(w, w) + 1.0, False, []),  # too many: the two offers (dense loops)
+             (0, 300, one_row, True, [False, True]),  # rows too ragged: the dense loop for them
+             (100, 200, one_column, True, [True, False]),  # columns too ragged: offer_columns decides
+             (100, 300, g(w, w) - 2.0, True, [True, True]),
+             (200, 300, g(w, w) - 2.0, True, [True, True])]
+    separately: list[int] = []
+    real_rows = _TopK.offer_rows
+    monkeypatch.setattr(_TopK, "offer_rows", lambda self, *a: separately.append(1) or real_rows(self, *a))
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        for a, c, s, one_pass, pushed in cases:
+            separately.clear()
+            pushes.clear()
+            top.offer_both(s, a, c, pool)
+            assert (not separately) == one_pass, (a, c)
+            if one_pass:
+                assert sorted(pushes[:2]) == sorted(pushed), (a, c)  # the two pushes run on two threads
+            for i in range(w):
+                offered[a + i] += [(float(v), c + j) for j, v in enumerate(s[i])]
+                offered[c + i] += [(float(v), a + j) for j, v in enumerate(s[:, i])]
+    scores, rows = top.sorted()
+    for h in range(n):
+        best = sorted(offered[h], key=lambda vi: -vi[0])[:k]
+        assert scores[h].tolist() == [v for v, _ in best], h
+        value_of = {i: v for v, i in offered[h]}
+        assert [value_of[int(i)] for i in rows[h]] == scores[h].tolist(), h
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_symmetric_evaluation_is_bit_identical_on_exact_products(monkeypatch: pytest.MonkeyPatch,
                                                                   seed: int) -> None:
