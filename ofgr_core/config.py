@@ -58,6 +58,8 @@ class DataConfig(Section):
     cache: bool = True  # decoded-and-resized uint8 cache (memory-mapped)
     cache_dir: str | None = None  # default: <first source root>/.ofgr_cache
     feature_cache: str | None = None  # frozen-tower features, shared across runs; default $OFGR_CACHE/features
+    # DataLoader processes; embedding on a CPU whose cores the model's threads take decodes in-process instead
+    # (ofgr_core.embedding.embed.loader_workers)
     num_workers: int = Field(0, ge=0, le=256)
 
     @field_validator("crop_scale")
