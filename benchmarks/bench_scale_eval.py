@@ -23,12 +23,12 @@ own subprocess, so its peak RSS is its own:
   ``--sample`` of its queries also searched exactly, from which ofgr estimates the metric error with a
   confidence interval (``block["approximation"]``);
 * ``--full-exact`` (small N only) also runs the exact all-vs-all, to check the extrapolation and the interval.
-* ``--probe-sweep 16,64,256,1024``: the time / error curve of IVF-Flat without a full run per setting. One
-  process trains and fills the index once (ofgr's ``build_index``), then, for each nprobe
-  (``set_search_params``), evaluates the same ``--sample`` random queries through ``run_split`` against the
-  whole gallery, and once exactly. The error is approximate - exact on those queries, paired, with a 95%
-  bootstrap interval over the queries; the time of an all-vs-all is build + the sample's search time x N / S
-  (extrapolated, stated so), against the exact sample's time x N / S.
+* ``--probe-sweep 16,64,256,1024``: the time / error curve of IVF-Flat without a full run per setting (with
+  ``--index hnsw``: of HNSW over ``ef_search``). One process trains and fills the index once (ofgr's
+  ``build_index``), then, for each nprobe / ef_search (``set_search_params``), evaluates the same ``--sample``
+  random queries through ``run_split`` against the whole gallery, and once exactly. The error is approximate -
+  exact on those queries, paired, with a 95% bootstrap interval over the queries; the time of an all-vs-all is
+  build + the sample's search time x N / S (extrapolated, stated so), against the exact sample's time x N / S.
 It prints the time ratio approximate / exact (goal <= 0.2 at 1M), the error estimate with its 95% CI (goal
 < 0.1 point), the recall against exact on the sample, and peak RSS growth of each run against the machine's RAM.
 
@@ -184,20 +184,22 @@ def probe_sweep(emb: np.ndarray, labels: np.ndarray, opts: dict) -> dict:
     n = len(emb)
     qmask = np.zeros(n, bool)
     qmask[np.random.default_rng(2).choice(n, size=min(n, opts["sample"]), replace=False)] = True
+    kind = opts["index"] if opts["index"] == "hnsw" else "ivf_flat"
+    knob = "ef_search" if kind == "hnsw" else "nprobe"
     t = time.perf_counter()
-    index = build_index(emb, IndexConfig(type="ivf_flat", device="cpu"), ids=np.arange(n))
+    index = build_index(emb, IndexConfig(type=kind, device="cpu"), ids=np.arange(n))
     build = time.perf_counter() - t
-    # run_split builds its own index from the config; here every nprobe reuses the one trained above
+    # run_split builds its own index from the config; here every setting reuses the one built above
     real_build = ev.build_index
     rows = []
     try:
         per_query = {}
         for nprobe in [0, *opts["sweep"]]:  # 0: the exact search of the same queries
             if nprobe:
-                set_search_params(index, nprobe=nprobe)
+                set_search_params(index, **{knob: nprobe})
             ev.build_index = (lambda *args, **kwargs: index) if nprobe else real_build  # noqa: ARG005
             cfg = EvalConfig(bootstrap=0, ks=[1, 10], index={"device": "cpu", **(
-                {"type": "ivf_flat", "nprobe": nprobe, "exact_check": 0} if nprobe else {})})
+                {"type": kind, knob: nprobe, "exact_check": 0} if nprobe else {})})
             t = time.perf_counter()
             res = ev.run_split(emb, labels, query_mask=qmask, cfg=cfg)
             seconds = time.perf_counter() - t
@@ -212,7 +214,8 @@ def probe_sweep(emb: np.ndarray, labels: np.ndarray, opts: dict) -> dict:
             diff = per_query[row["nprobe"]][key] - per_query[0][key]
             boots = diff[pick].mean(axis=1)
             row[f"err_{key}"] = [float(diff.mean()), *np.quantile(boots, [0.025, 0.975]).tolist()]
-    return {"queries": int(qmask.sum()), "build_seconds": build, "rows": rows}
+    return {"queries": int(qmask.sum()), "build_seconds": build, "rows": rows, "index": kind, "knob": knob,
+            "params": dict(index.params)}
 
 
 def memmap_sweep(a: argparse.Namespace, run: Callable[..., dict], emb_gib: float) -> None:
@@ -221,11 +224,13 @@ def memmap_sweep(a: argparse.Namespace, run: Callable[..., dict], emb_gib: float
     s, n = res["queries"], a.n
     exact = res["rows"][0]
     t_exact = exact["seconds"] * n / s
-    print(f"IVF-Flat trained and filled once: {res['build_seconds']:.0f} s. Exact search of the {s:,} sampled "
+    built = ", ".join(f"{k} {v}" for k, v in res["params"].items() if k in ("nlist", "hnsw_m", "ef_construction"))
+    name = {"hnsw": f"HNSW ({built}) built", "ivf_flat": f"IVF-Flat ({built}) trained and filled"}[res["index"]]
+    print(f"{name} once: {res['build_seconds']:.0f} s. Exact search of the {s:,} sampled "
           f"queries: {exact['seconds']:.1f} s -> an exact all-vs-all {t_exact:.0f} s (x N / S, extrapolated). "
           f"Exact fine R@1 of the sample {100 * exact['fine']['recall@1']:.2f} %, MAP@R "
           f"{100 * exact['fine']['map@r']:.2f} %.")
-    cols = ["nprobe", "sample search", "all-vs-all (build + search x N/S)", "ratio to exact (goal <= 0.2)",
+    cols = [res["knob"], "sample search", "all-vs-all (build + search x N/S)", "ratio to exact (goal <= 0.2)",
             "fine R@1 error [95% CI]", "fine MAP@R error [95% CI]"]
     print("| " + " | ".join(cols) + " |")
     print("|" + " ---: |" * len(cols))
@@ -273,7 +278,8 @@ def memmap_approx(a: argparse.Namespace) -> None:
           f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min)")
     nlist = default_nlist(a.n)
     plan = index_bytes(a.n, a.dim, IndexConfig(type=a.index, pq_m=a.pq_m, refine_k_factor=a.refine))
-    print(f"N = {a.n:,} x {a.dim} float32 memmap ({emb_gib:.2f} GiB), bench_eval.py data; {a.index} nlist {nlist} "
+    lists = "" if a.index == "hnsw" else f" nlist {nlist}"
+    print(f"N = {a.n:,} x {a.dim} float32 memmap ({emb_gib:.2f} GiB), bench_eval.py data; {a.index}{lists} "
           f"(index ~{plan / 2**30:.2f} GiB); {a.sample:,} audited queries; exact timed on {a.exact_queries:,} queries")
     if a.sweep_list:
         memmap_sweep(a, run, emb_gib)
@@ -350,7 +356,8 @@ def main() -> None:
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--full-exact", action="store_true", help="also run the exact all-vs-all (small N only)")
     ap.add_argument("--dir", default=None, help="keep the data here (reused when its shape matches)")
-    ap.add_argument("--probe-sweep", default="", help="with --memmap/--million: nprobe list for the sampled sweep")
+    ap.add_argument("--probe-sweep", default="",
+                    help="with --memmap/--million: nprobe list for the sampled sweep (ef_search with --index hnsw)")
     args = ap.parse_args()
     args.sweep_list = [int(v) for v in args.probe_sweep.split(",") if v]
     args.nprobe_list = [int(v) for v in str(args.nprobe).split(",")]

@@ -47,8 +47,9 @@ def loader_workers(requested: int, device: torch.device) -> int:
     the model itself. On a CPU device the forward pass runs on ``torch.get_num_threads()`` OpenMP threads; a
     loader process on one of those cores makes the others wait at every operation. So when requested workers
     plus those threads exceed the cores, images are decoded in this process between batches instead.
-    Measured with ``benchmarks/bench_extract.py`` (tiny CLIP, 64 px JPEGs, 2-core box, idle): pipeline /
-    encoder 0.84 decoding in-process against 0.55 with one loader process and 0.62 with two.
+    Measured with ``benchmarks/bench_extract.py`` (tiny CLIP, 64 px JPEGs, 2-core box, idle; pipeline / encoder,
+    medians of 3 alternated pairs): 0.84 decoding in-process (2,000 images) against 0.55 with one loader process
+    and 0.62 with two (6,000 images); docs/benchmarks.md has the later 7-pair run (0.64 in-process, range 0.47-0.80).
     """
     if device.type != "cpu" or requested <= 0:
         return max(0, requested)
