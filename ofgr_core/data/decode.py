@@ -76,9 +76,10 @@ def chw_to_pil(pixels: torch.Tensor) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(pixels.permute(1, 2, 0).numpy()))
 
 
-def open_rgb(path: str | os.PathLike[str]) -> Image.Image:
-    """The file as a PIL RGB image: PIL's ``convert("RGB")`` pixels, decoded the fast way when that is exact."""
-    pixels = decode_chw(path)
+def open_rgb(path: str | os.PathLike[str], *, fast: bool = True) -> Image.Image:
+    """The file as a PIL RGB image: PIL's ``convert("RGB")`` pixels, decoded the fast way when that is exact
+    (``fast=False``: by PIL, for a file :func:`decode_chw` has already declined)."""
+    pixels = decode_chw(path) if fast else None
     if pixels is not None:
         return chw_to_pil(pixels)
     with Image.open(path) as im:

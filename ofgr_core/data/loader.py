@@ -47,12 +47,13 @@ class ImageDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor, in
     def __len__(self) -> int:
         return len(self.paths)
 
-    def load(self, i: int) -> Image.Image:
-        """The RGB image of row ``i`` (from the cache when there is one)."""
+    def load(self, i: int, *, fast: bool = True) -> Image.Image:
+        """The RGB image of row ``i`` (from the cache when there is one); ``fast=False``: the file goes straight to
+        PIL (the caller tried ``load_chw`` already)."""
         path = self.paths[i]
         if self.cache is not None and path in self.cache:
             return self.cache.get(path)
-        return open_rgb(path)
+        return open_rgb(path, fast=fast)
 
     def load_chw(self, i: int) -> torch.Tensor | None:
         """Row ``i``'s file as ``(3, H, W)`` uint8 pixels when it decodes the fast, exact way and no cached copy
@@ -62,10 +63,10 @@ class ImageDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor, in
             return None
         return decode_chw(path)
 
-    def load_or_black(self, i: int) -> Image.Image:
+    def load_or_black(self, i: int, *, fast: bool = True) -> Image.Image:
         """Row ``i``'s image, or a black one (the failure recorded) if it cannot be read."""
         try:
-            return self.load(i)
+            return self.load(i, fast=fast)
         except Exception:
             self.failures.append(self.paths[i])
             return Image.new("RGB", (64, 64))
@@ -170,12 +171,14 @@ class ImageBatchDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tenso
         index = torch.as_tensor(rows, dtype=torch.long)
         labels = self.images.labels[index]
         fast = [self.images.load_chw(i) for i in rows] if self.split is not None else [None] * len(rows)
-        if self.split is not None and all(c is not None for c in fast):
-            shapes = {tuple(c.shape) for c in fast if c is not None}
-            if len(shapes) == 1 and self.split.keeps(*shapes.pop()[1:]):
-                # decoded straight into the batch: the per-image steps would leave these pixels as they are
-                return self.split.batch_chw(torch.stack([c for c in fast if c is not None])), labels, index
-        raw = [self.images.load_or_black(i) if c is None else chw_to_pil(c) for i, c in zip(rows, fast, strict=True)]
+        chw = [c for c in fast if c is not None]
+        if self.split is not None and len(chw) == len(rows) and len({c.shape for c in chw}) == 1 \
+                and self.split.keeps(*chw[0].shape[1:]):
+            # decoded straight into the batch: the per-image steps would leave these pixels as they are
+            return self.split.batch_chw(torch.stack(chw)), labels, index
+        # a file load_chw left to PIL is not tried with the fast decoder a second time
+        raw = [self.images.load_or_black(i, fast=self.split is None) if c is None else chw_to_pil(c)
+               for i, c in zip(rows, fast, strict=True)]
         if self.split is not None:
             images = [self.split.pil(im) for im in raw]
             sizes = {im.size for im in images}
