@@ -67,3 +67,26 @@ def test_a_tie_group_inside_the_margin_needs_no_second_search() -> None:
         got = search_tiebroken(search, gallery, k, keys, n)
         np.testing.assert_array_equal(got, _naive_top(gallery, gallery, keys, k))
         assert calls == [k + 1 + ties.TIE_MARGIN]
+
+
+def test_order_sorts_only_rows_with_ties_and_equals_sorting_every_row() -> None:
+    """``_order`` leaves rows in order already untouched and sorts the rest: the same arrays as sorting every
+    row by (rounded score descending, key ascending), for rows in search order, with ties, with empty slots, and
+    for rows in no order at all."""
+    rng = np.random.default_rng(8)
+    q, w = 300, 40
+    scores = -np.sort(-rng.normal(0.3, 0.1, (q, w)).astype(np.float32), axis=1)  # best first, as searches return
+    scores[::3, 5:8] = scores[::3, 5:6]  # exact ties in a third of the rows
+    scores[1::7, 10] = scores[1::7, 9] + np.float32(1e-8)  # equal only after rounding (an unrounded order)
+    rows = rng.permutation(q * w)[: q * w].reshape(q, w) % 500
+    rows[4, -5:] = -1  # empty slots: last, whatever their scores
+    scores[4, -5:] = np.finfo(np.float32).min
+    keys = id_hash_keys([f"g{i}" for i in range(500)])
+    shuffled = rng.permuted(np.arange(w)[None].repeat(q, 0), axis=1)
+    for s, r in [(scores, rows), (np.take_along_axis(scores, shuffled, 1), np.take_along_axis(rows, shuffled, 1))]:
+        rounded = np.where(r >= 0, np.round(s.astype(np.float64), DECIMALS), -np.inf)
+        order = np.lexsort((keys[np.maximum(r, 0)], -rounded), axis=-1)
+        got_s, got_r = ties._order(s, r, keys)
+        assert np.array_equal(got_s, np.take_along_axis(rounded, order, axis=-1))
+        assert np.array_equal(got_r, np.take_along_axis(r, order, axis=-1))
+        assert got_r is not r and not np.shares_memory(got_r, r)  # the caller's array is not reordered
