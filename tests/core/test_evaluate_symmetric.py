@@ -196,11 +196,23 @@ def test_topk_heaps_keep_the_best_of_every_offer_on_every_path(monkeypatch: pyte
     assert np.array_equal(scores, -np.sort(-s, axis=1)[:, :k])
     assert np.array_equal(np.take_along_axis(s, rows, axis=1), scores)
 
+    # seeded heaps, tied scores included: later offers keep exactly the best of everything
+    tied = _TopK(faiss, 10, k)
+    first = np.round(g(10, 30), 1)  # many equal scores, also at the k-th place
+    later = np.round(g(10, 50), 1)
+    tied.offer_rows(first, 0, 0)
+    tied.offer_rows(later, 0, 30)
+    scores, rows = tied.sorted()
+    both = np.concatenate([first, later], axis=1)
+    assert np.array_equal(scores, -np.sort(-both, axis=1)[:, :k])
+    assert np.array_equal(np.take_along_axis(both, rows, axis=1), scores)
+    assert all(len(set(r.tolist())) == k for r in rows)  # no item twice
+
 
 def test_off_diagonal_blocks_offered_both_ways_keep_the_best_on_every_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """``_TopK.offer_both`` (one pass over a block for its rows and its columns) against a brute-force sort of
-    everything offered, with each of its paths taken: the shared candidates, too many of them (the two offers
-    of before), a row-wise and a column-wise push too ragged to pad."""
+    everything offered, with each of its paths taken: the shared candidates, both dense loops, the two offers of
+    before (too many candidates for one pass), a row-wise and a column-wise push too ragged to pad."""
     from concurrent.futures import ThreadPoolExecutor
 
     pushes: list[bool] = []
@@ -220,22 +232,26 @@ def test_off_diagonal_blocks_offered_both_ways_keep_the_best_on_every_path(monke
     one_row[7] = 5.0 + rng.random(w, dtype=np.float32)  # every row-wise candidate in one heap
     one_column = g(w, w) - 3.0
     one_column[:, 9] = 5.0 + rng.random(w, dtype=np.float32)
-    cases = [(0, 100, g(w, w) - 2.0, True, [True, True]),  # few candidates: one pass, both pushed
-             (0, 200, g(w, w) + 1.0, False, []),  # too many: the two offers (dense loops)
-             (0, 300, one_row, True, [False, True]),  # rows too ragged: the dense loop for them
-             (100, 200, one_column, True, [True, False]),  # columns too ragged: offer_columns decides
-             (100, 300, g(w, w) - 2.0, True, [True, True]),
-             (200, 300, g(w, w) - 2.0, True, [True, True])]
-    separately: list[int] = []
-    real_rows = _TopK.offer_rows
-    monkeypatch.setattr(_TopK, "offer_rows", lambda self, *a: separately.append(1) or real_rows(self, *a))
+    # (a, c, block, path, pushes): "shared" = one pass, candidates of both directions found at once; "dense" = both
+    # directions' dense loops at once; "separate" = the two offers of before (each decides for itself)
+    cases = [(0, 100, g(w, w) - 2.0, "shared", [True, True]),  # few candidates: one pass, both pushed
+             (0, 200, g(w, w) + 1.0, "dense", []),  # most scores above the roots: both dense loops
+             (0, 300, one_row, "shared", [False, True]),  # rows too ragged: the dense loop for them
+             (100, 200, one_column, "shared", [True, False]),  # columns too ragged: offer_columns decides
+             (100, 300, g(w, w) + 0.5, "separate", []),  # over SPARSE_MAX, DENSE_ABOVE off: the two offers
+             (200, 300, g(w, w) - 2.0, "shared", [True, True])]
+    taken: list[str] = []
+    real_rows, real_dense = _TopK.offer_rows, _TopK._dense_both
+    monkeypatch.setattr(_TopK, "offer_rows", lambda self, *a: taken.append("separate") or real_rows(self, *a))
+    monkeypatch.setattr(_TopK, "_dense_both", lambda self, *a: taken.append("dense") or real_dense(self, *a))
     with ThreadPoolExecutor(max_workers=1) as pool:
-        for a, c, s, one_pass, pushed in cases:
-            separately.clear()
+        for a, c, s, path, pushed in cases:
+            taken.clear()
             pushes.clear()
+            top.DENSE_ABOVE = 1.0 if path == "separate" else _TopK.DENSE_ABOVE
             top.offer_both(s, a, c, pool)
-            assert (not separately) == one_pass, (a, c)
-            if one_pass:
+            assert (taken[:1] or ["shared"]) == [path], (a, c, taken)
+            if path == "shared":
                 assert sorted(pushes[:2]) == sorted(pushed), (a, c)  # the two pushes run on two threads
             for i in range(w):
                 offered[a + i] += [(float(v), c + j) for j, v in enumerate(s[i])]
