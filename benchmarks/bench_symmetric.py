@@ -11,7 +11,8 @@ belongs to it alone), on the same clustered memmap as ``bench_eval.py``:
 - ``knn``: ``symmetric_knn`` alone, the search part of ``symmetric``.
 
 It prints the times, the ratios (goal: symmetric / raw <= 0.7), peak RSS growth over the embedding bytes, and
-whether the two ofgr paths produced the same per-query metric values.
+whether the two ofgr paths produced the same per-query metric values. With ``--repeats N`` the symmetric and raw
+runs alternate N times and the ratio is the median of the pairs, with its range (the rows show the median runs).
 
     python benchmarks/bench_symmetric.py                     # 100,000 x 512 (the size; ~10 min idle)
     python benchmarks/bench_symmetric.py --n 12000 --d 256   # a quick check (the symmetric path needs d >= 256)
@@ -88,6 +89,9 @@ def main() -> None:
     p.add_argument("--d", type=int, default=512)
     p.add_argument("--per-class", type=int, default=50)
     p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="symmetric and raw runs, alternated; the ratio's median and range are printed (single runs of "
+                        "a minute on this 2-core box spread by 10 %% and more)")
     p.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.worker:
@@ -104,11 +108,17 @@ def main() -> None:
         make_data(folder, a.n, a.d, a.per_class)
         print(f"data: {a.n:,} x {a.d} float32 clustered memmap ({a.n * a.d * 4 / 2**20:.0f} MiB), "
               f"{a.per_class} per fine class, 4 fine per coarse; leave-one-out all-vs-all")
-        sym = run_worker(["symmetric", tmp, "0"])
-        k = sym["k"]
+        syms, raws = [run_worker(["symmetric", tmp, "0"])], []
+        k = syms[0]["k"]
+        raws.append(run_worker(["raw", tmp, str(k + 1)]))  # +1: the self-match ofgr removes
+        for _ in range(a.repeats - 1):
+            syms.append(run_worker(["symmetric", tmp, "0"]))
+            raws.append(run_worker(["raw", tmp, str(k + 1)]))
         plain = run_worker(["plain", tmp, "0"])
-        raw = run_worker(["raw", tmp, str(k + 1)])  # +1: the self-match ofgr removes
         knn = run_worker(["knn", tmp, str(k + 2)])  # the depth run_split asks of it (k + 1 excluded + 1)
+        ratios = sorted(sy["seconds"] / r["seconds"] for sy, r in zip(syms, raws, strict=True))
+        sym = sorted(syms, key=lambda r: r["seconds"])[len(syms) // 2]  # the median runs stand for the rows
+        raw = sorted(raws, key=lambda r: r["seconds"])[len(raws) // 2]
         if not sym["symmetric_used"] or plain["symmetric_used"]:
             raise SystemExit("the symmetric path was not taken where expected (is the gallery one block?)")
         a_q, b_q = np.load(folder / "per_query_symmetric.npz"), np.load(folder / "per_query_plain.npz")
@@ -120,7 +130,10 @@ def main() -> None:
     print(f"{'measurement':40s} {'seconds':>9s} {'/ raw':>7s} {'peak RSS / emb':>15s}")
     for name, r in rows:
         print(f"{name:40s} {r['seconds']:9.1f} {r['seconds'] / raw['seconds']:7.3f} {r['mem_ratio']:15.2f}")
-    print(f"ratio symmetric / raw search: {sym['seconds'] / raw['seconds']:.3f} (goal <= 0.7); "
+    secs = {name: ", ".join(f"{r['seconds']:.1f}" for r in runs) for name, runs in (("sym", syms), ("raw", raws))}
+    print(f"ratio symmetric / raw search: {float(np.median(ratios)):.3f} (goal <= 0.7; median of {len(ratios)} "
+          f"alternated pairs, range {ratios[0]:.3f}-{ratios[-1]:.3f}; seconds: symmetric {secs['sym']}, "
+          f"raw {secs['raw']}); "
           f"symmetric / plain: {sym['seconds'] / plain['seconds']:.3f}")
     print(f"same numbers: {n_diff} per-query values differ between the two ofgr paths "
           f"(max |difference of means| {max_mean:.2e})")
