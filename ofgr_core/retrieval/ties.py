@@ -39,18 +39,28 @@ def id_hash_keys(ids: Sequence[object] | np.ndarray) -> np.ndarray:
 def _order(scores: np.ndarray, rows: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sort each result row (Q x K) by (rounded score desc, key asc); empty slots (-1) last.
 
-    Searches return their rows best first, so a row whose rounded scores all differ is in order already; only
-    the others are sorted (at 100,000 x 261 about a third of them: 0.9 s instead of 2.4 s for every row).
+    Searches return their rows best first, so only equal rounded scores can be out of order, and those are mostly
+    pairs: a pair is swapped when its keys say so, and only rows with a longer run of equal scores (or not in
+    search order at all) are sorted whole (0.25 s instead of 1.2 s for 100,000 x 261 rows, 38 % with a tie).
     """
     s = np.round(scores.astype(np.float64), DECIMALS)
-    s = np.where(rows >= 0, s, -np.inf)
+    empty = rows < 0
+    if empty.any():
+        s[empty] = -np.inf
     out = rows.copy()
-    unsorted = np.flatnonzero(~(s[:, 1:] < s[:, :-1]).all(axis=1))
-    if len(unsorted):
-        su, ru = s[unsorted], rows[unsorted]
+    equal = s[:, 1:] == s[:, :-1]
+    whole = (s[:, 1:] > s[:, :-1]).any(axis=1) | (equal[:, 1:] & equal[:, :-1]).any(axis=1)
+    r, j = np.nonzero(equal & ~whole[:, None])  # runs of two equal scores in rows otherwise in order
+    if len(r):
+        first, second = rows[r, j], rows[r, j + 1]
+        swap = keys[np.maximum(first, 0)] > keys[np.maximum(second, 0)]
+        out[r[swap], j[swap]], out[r[swap], j[swap] + 1] = second[swap], first[swap]
+    sort = np.flatnonzero(whole)
+    if len(sort):
+        su, ru = s[sort], rows[sort]
         order = np.lexsort((keys[np.maximum(ru, 0)], -su), axis=-1)
-        s[unsorted] = np.take_along_axis(su, order, axis=-1)
-        out[unsorted] = np.take_along_axis(ru, order, axis=-1)
+        s[sort] = np.take_along_axis(su, order, axis=-1)
+        out[sort] = np.take_along_axis(ru, order, axis=-1)
     return s, out
 
 

@@ -69,14 +69,16 @@ def test_a_tie_group_inside_the_margin_needs_no_second_search() -> None:
         assert calls == [k + 1 + ties.TIE_MARGIN]
 
 
-def test_order_sorts_only_rows_with_ties_and_equals_sorting_every_row() -> None:
-    """``_order`` leaves rows in order already untouched and sorts the rest: the same arrays as sorting every
-    row by (rounded score descending, key ascending), for rows in search order, with ties, with empty slots, and
-    for rows in no order at all."""
+def test_order_equals_sorting_every_row() -> None:
+    """``_order`` leaves rows in order already untouched, swaps tied pairs and sorts rows with longer runs of
+    ties: the same arrays as sorting every row by (rounded score descending, key ascending), for rows in search
+    order, with pairs and triples of ties, with empty slots, and for rows in no order at all."""
     rng = np.random.default_rng(8)
     q, w = 300, 40
     scores = -np.sort(-rng.normal(0.3, 0.1, (q, w)).astype(np.float32), axis=1)  # best first, as searches return
-    scores[::3, 5:8] = scores[::3, 5:6]  # exact ties in a third of the rows
+    scores[::3, 5:8] = scores[::3, 5:6]  # runs of three equal scores in a third of the rows: sorted whole
+    scores[1::3, 20:22] = scores[1::3, 20:21]  # pairs: swapped when their keys say so
+    scores[1::3, 30:32] = scores[1::3, 30:31]
     scores[1::7, 10] = scores[1::7, 9] + np.float32(1e-8)  # equal only after rounding (an unrounded order)
     rows = rng.permutation(q * w)[: q * w].reshape(q, w) % 500
     rows[4, -5:] = -1  # empty slots: last, whatever their scores
