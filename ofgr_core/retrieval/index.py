@@ -386,14 +386,12 @@ def symmetric_knn(vectors: np.ndarray, k: int, *, block: int = 4096, progress: P
     pairs = [(a, a) for a in starts] + [(starts[i], starts[i + r]) for r in range(1, len(starts))
                                         for i in range(len(starts) - r)]
     sim = np.empty(min(block, n) ** 2, dtype=np.float32)  # reused: no page faults per block
-    loaded, xa = -1, np.empty((0, 0), dtype=np.float32)
     # The two directions of a block touch disjoint heaps and release the GIL in numpy and faiss: half of the
     # candidate search and the column-wise push run on a second thread (the GEMM uses every core through BLAS).
     with ThreadPoolExecutor(max_workers=1) as pool:
         for done, (a, c) in enumerate(pairs, 1):
             b, d = min(a + block, n), min(c + block, n)
-            if a != loaded:
-                loaded, xa = a, np.ascontiguousarray(vectors[a:b], dtype=np.float32)
+            xa = np.ascontiguousarray(vectors[a:b], dtype=np.float32)  # in this order no two pairs in a row share it
             xc = xa if c == a else np.ascontiguousarray(vectors[c:d], dtype=np.float32)
             s = sim[: (b - a) * (d - c)].reshape(b - a, d - c)
             np.matmul(xa, xc.T, out=s)
