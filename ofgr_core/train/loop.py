@@ -33,6 +33,7 @@ from ofgr_core.runs.events import Event, Log, TrainEpoch, TrainStep
 from ofgr_core.samplers.factory import BatchSampler
 from ofgr_core.train import guard
 from ofgr_core.train.ddp import DistInfo, any_rank, barrier
+from ofgr_core.train.headstep import HeadStep
 from ofgr_core.train.optim import create_optimizer, create_scheduler, head_lr, param_groups
 
 # In-memory training (a head on cached features) writes last.pt/best.pt at most this often, and always after
@@ -176,6 +177,8 @@ class _Parts:
     # the module's parameters, listed once: a step's gradient norm needs them, and walking the module tree
     # (the losses' wrapped PML modules included) every step costs more than a small head's arithmetic
     params: list[nn.Parameter] = field(default_factory=list)
+    # a head on features with its backward written out (train.head_step: auto), None: autograd
+    head_step: HeadStep | None = None
 
 
 @dataclass
@@ -357,9 +360,12 @@ def _setup(
     scheduler = create_scheduler(optimizer, tc, len(sampler), probe_epochs=probe_epochs)
     # fp16 needs loss scaling; bf16 does not
     scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
+    # DDP's gradient hooks and autocast's casts live in autograd: there, autograd trains
+    head_step = (HeadStep.build(model, loss_fn)
+                 if tc.head_step == "auto" and not dist_info.enabled and autocast_dtype is None else None)
     return _Parts(model, loss_fn, module, optimizer, scheduler, scaler, sampler,
                   state_dict or model.state_dict, load_state_dict or model.load_state_dict,
-                  list(module.parameters()))
+                  list(module.parameters()), head_step)
 
 
 @dataclass
@@ -458,18 +464,22 @@ class _Loop:
         labels = labels.to(self.device, non_blocking=True)
         if _flag(tc.channels_last, self.device.type == "cuda") and images.ndim == 4:
             images = images.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.autocast_dtype):
-            loss, loss_parts = parts.module(images, labels)
-        parts.optimizer.zero_grad(set_to_none=True)
+        if parts.head_step is not None:  # loss and gradients in one pass (the gradients written, not summed)
+            loss, loss_parts = parts.head_step.step(images, labels)
+        else:
+            with autocast(self.device, self.autocast_dtype):
+                loss, loss_parts = parts.module(images, labels)
+            parts.optimizer.zero_grad(set_to_none=True)
         values = {"loss": float(loss.detach())} | {k: float(v.detach()) for k, v in loss_parts.items()}
         bad = guard.nonfinite_parts(values["loss"], {k: v for k, v in values.items() if k != "loss"})
         what = "loss"
         if not bad:
-            parts.scaler.scale(loss).backward()
+            if parts.head_step is None:
+                torch.autograd.backward(parts.scaler.scale(loss))
             gnorm = 0.0
             if tc.grad_clip:
                 parts.scaler.unscale_(parts.optimizer)
-                gnorm = float(torch.nn.utils.clip_grad_norm_(parts.params, tc.grad_clip))
+                gnorm = guard.clip_grad_norm(parts.params, tc.grad_clip)
             elif not parts.scaler.is_enabled():
                 gnorm = guard.grad_norm(parts.params)
             # with fp16 loss scaling an inf gradient is routine: the scaler skips that step itself

@@ -1,4 +1,5 @@
-"""Head fitting on in-memory features takes the fast path and trains exactly as the reference path does.
+"""Head fitting on in-memory features takes the fast path and trains exactly as the reference path does; the head's
+written-out backward (``train.head_step: auto``) trains it as autograd does, to rounding.
 
 The fast path (``FeatureDataset.take``: ``ofgr_core.train.loop.InMemoryBatches``) gathers each batch from the
 feature matrix on the device along the sampler's plan for the epoch, with no DataLoader; it holds end-of-epoch
@@ -29,6 +30,7 @@ from ofgr_core.runs.events import TrainEpoch
 from ofgr_core.samplers import create_sampler
 from ofgr_core.train import loop as loop_mod
 from ofgr_core.train.fit import FeatureDataset
+from ofgr_core.train.headstep import HeadStep
 from ofgr_core.train.loop import TrainResult, train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -195,3 +197,45 @@ def test_fused_update_is_the_heads_and_never_an_image_models(setup: dict[str, An
                             loop_mod.DistInfo(), probe_epochs=0, backbone_lr_mult=1.0, layer_decay=None,
                             autocast_dtype=None, state_dict=None, load_state_dict=None)
     assert not any(g["fused"] for g in parts.optimizer.param_groups)
+
+
+def test_head_step_trains_the_head_autograd_trains(setup: dict[str, Any], tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = [0]
+    real = HeadStep.step
+
+    def counted(self: HeadStep, x: torch.Tensor, labels: torch.Tensor) -> Any:
+        calls[0] += 1
+        return real(self, x, labels)
+
+    monkeypatch.setattr(HeadStep, "step", counted)
+    auto, auto_model, auto_epochs = _fit(setup, tmp_path / "auto", fast=True)
+    assert calls[0] == 4 * 6  # every step of the 4 epochs x 6 batches
+    off = setup["cfg"].model_copy(deep=True)
+    off.train.head_step = "autograd"
+    ref, ref_model, ref_epochs = _fit(setup, tmp_path / "ref", fast=True, cfg=off)
+    assert calls[0] == 4 * 6  # not called with head_step: autograd
+    # rounding apart, the same training: loss per epoch, validation, weights
+    np.testing.assert_allclose([e.loss for e in auto_epochs], [e.loss for e in ref_epochs], rtol=1e-4)
+    assert [e.val for e in auto_epochs] == pytest.approx([e.val for e in ref_epochs], rel=1e-3)
+    for a, b in zip(auto_model.head.parameters(), ref_model.head.parameters(), strict=True):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5)
+    assert auto.best_epoch == ref.best_epoch
+
+
+def test_head_step_only_without_autocast_and_only_when_asked(setup: dict[str, Any]) -> None:
+    cfg = setup["cfg"]
+    sampler = create_sampler(cfg.sampler, setup["labels"], seed=0)
+
+    def built(c: Config, autocast_dtype: torch.dtype | None) -> HeadStep | None:
+        model = FeatureHead(copy.deepcopy(setup["model"]))
+        loss_fn = create_loss(c.loss, num_classes=12, embed_dim=model.embed_dim)
+        return loop_mod._setup(c, model, loss_fn, sampler, torch.device("cpu"), loop_mod.DistInfo(),
+                               probe_epochs=0, backbone_lr_mult=1.0, layer_decay=None,
+                               autocast_dtype=autocast_dtype, state_dict=None, load_state_dict=None).head_step
+
+    assert built(cfg, None) is not None
+    assert built(cfg, torch.bfloat16) is None
+    off = cfg.model_copy(deep=True)
+    off.train.head_step = "autograd"
+    assert built(off, None) is None
