@@ -6,10 +6,12 @@
 
 Runs, in one process and one after the other: the CNN config; the CLIP config with an empty feature cache
 (cold: the image tower runs on every image); the CLIP config again on the now-filled cache (warm: only the head
-trains). All three use the CNN run's split. Prints, per run, the stage times that make up "fit + evaluate"
-(features + train + embed + evaluate), the steps trained and the train time per step (per-epoch validation and
-checkpoints included), and the ratios CLIP / CNN. Goal of issues 19/20: warm <= 1/20, measured on an idle box.
-Both sides run their configs as shipped (same epochs, batch, head).
+trains); then, warm, the head through autograd (``train.head_step=autograd``) and as shipped once more, so the
+written-out head step (``ofgr_core/train/headstep.py``) is compared side by side. All use the CNN run's split.
+Prints, per run, the stage times that make up "fit + evaluate" (features + train + embed + evaluate), the steps
+trained and the train time per step (per-epoch validation and checkpoints included), and the ratios CLIP / CNN.
+Goal of issues 19/20: warm <= 1/20, measured on an idle box. Both sides run their configs as shipped (same
+epochs, batch, head).
 """
 
 from __future__ import annotations
@@ -73,20 +75,23 @@ def main() -> None:
         clip_over.append(f"model.pretrained={a.clip_pretrained}")
     cold = run(a.clip_config, work / "runs", clip_over)
     warm = run(a.clip_config, work / "runs", clip_over)
+    autograd = run(a.clip_config, work / "runs", [*clip_over, "train.head_step=autograd"])
+    warm2 = run(a.clip_config, work / "runs", clip_over)
 
     def fit_eval(m: dict) -> float:
         return sum(float(m["timings"].get(k, 0.0)) for k in FIT_EVAL)
 
-    rows = [("cnn", cnn), ("clip cold cache", cold), ("clip warm cache", warm)]
+    rows = [("cnn", cnn), ("clip cold cache", cold), ("clip warm cache", warm), ("clip warm, autograd", autograd),
+            ("clip warm (again)", warm2)]
     load = os.getloadavg()
     print(f"{os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min)")
-    print(f"{'run':18s} {'features':>9s} {'train':>8s} {'embed':>7s} {'eval':>7s} {'fit+eval':>9s} "
+    print(f"{'run':20s} {'features':>9s} {'train':>8s} {'embed':>7s} {'eval':>7s} {'fit+eval':>9s} "
           f"{'steps':>6s} {'ms/step':>8s} {'unseen fine R@1':>16s} {'trained params':>15s}")
     for name, m in rows:
         t = m["timings"]
         steps = steps_trained(m)
         per_step = 1000 * t.get("train", 0.0) / steps if steps else float("nan")
-        print(f"{name:18s} {t.get('features', 0.0):9.1f} {t.get('train', 0.0):8.1f} {t.get('embed', 0.0):7.1f} "
+        print(f"{name:20s} {t.get('features', 0.0):9.1f} {t.get('train', 0.0):8.1f} {t.get('embed', 0.0):7.1f} "
               f"{t.get('evaluate', 0.0):7.1f} {fit_eval(m):9.1f} {steps:6d} {per_step:8.2f} "
               f"{100 * m['unseen']['fine']['recall@1']:15.1f}% {m['model']['trainable_params']:15,d}")
     base = fit_eval(cnn)
@@ -96,6 +101,10 @@ def main() -> None:
         "clip_warm_seconds": fit_eval(warm),
         "ratio_cold": fit_eval(cold) / base,
         "ratio_warm": fit_eval(warm) / base,
+        "ratio_warm_again": fit_eval(warm2) / base,
+        "ratio_warm_autograd": fit_eval(autograd) / base,
+        "head_step_train_vs_autograd": [float(m["timings"]["train"]) / float(autograd["timings"]["train"])
+                                        for m in (warm, warm2)],
         "warm_features_computed": warm["fit"]["features"]["computed"],
         "ms_per_step": {n: 1000 * float(m["timings"].get("train", 0.0)) / max(steps_trained(m), 1)
                         for n, m in rows},
@@ -105,6 +114,10 @@ def main() -> None:
           f"(1/{1 / result['ratio_cold']:.1f}), warm cache {result['ratio_warm']:.3f} "
           f"(1/{1 / result['ratio_warm']:.1f}); goal warm <= 1/20; warm run computed "
           f"{result['warm_features_computed']} tower features")
+    print(f"warm, as shipped again: {result['ratio_warm_again']:.3f} (1/{1 / result['ratio_warm_again']:.1f}); "
+          f"warm through autograd: {result['ratio_warm_autograd']:.3f} (1/{1 / result['ratio_warm_autograd']:.1f}); "
+          "head train time, written-out step / autograd: "
+          + ", ".join(f"{r:.2f}" for r in result["head_step_train_vs_autograd"]))
     if a.out:
         Path(a.out).write_text(json.dumps(result, indent=2))
 

@@ -1,14 +1,17 @@
-"""One head step on cached features: where its time goes, by feature width, CPU threads and optimizer update.
+"""One head step on cached features: where its time goes, by feature width, CPU threads, gradients and update.
 
     python benchmarks/bench_head_step.py                 # feature widths 128, 512, 1280; 1 and all threads
     python benchmarks/bench_head_step.py --dims 1280 --steps 2000
 
 A step is what ``ofgr_core.train.loop`` runs for a head on features: gather a batch of 32 rows from the
 in-memory matrix, ``MLPHead`` (depth 2, width 512, GELU, dropout 0.1) -> L2 normalise -> ArcFace +
-hierarchical triplet (the demo config's losses), backward, AdamW. Each setting runs in its own subprocess
-(thread counts cannot be changed back reliably in one), the settings one after another; forward, backward and
-update are timed separately. It prints ms per step and, per feature width, the ratio of every setting to the
-shipped one (``train.fused: auto`` = fused; threads: ``HEAD_THREADS_MIN_WEIGHTS`` in ``ofgr_core/train/fit.py``).
+hierarchical triplet (the demo config's losses), the gradients, AdamW. The gradients come from autograd
+(``train.head_step: autograd``) or from the written-out backward (``ofgr_core.train.headstep.HeadStep``, what
+``auto`` runs); the update is the multi-tensor or the fused AdamW. Each setting runs in its own subprocess
+(thread counts cannot be changed back reliably in one), the settings one after another; loss + gradients and
+the update are timed separately. It prints ms per step and, per feature width, the ratio of every setting to
+the shipped one (head_step auto, ``train.fused: auto`` = fused; threads: ``HEAD_THREADS_MIN_WEIGHTS`` in
+``ofgr_core/train/fit.py``).
 Measure on an idle box: the ratios are the result, the milliseconds depend on the CPU.
 """
 
@@ -23,16 +26,19 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# how the gradients come + which AdamW update; the last is what a head on features runs as shipped
+SETTINGS = ("autograd+foreach", "autograd+fused", "written+fused")
 
 
-def worker(dim: int, threads: int, update: str, steps: int) -> dict[str, float]:
+def worker(dim: int, threads: int, setting: str, steps: int) -> dict[str, float]:
     import torch
     import torch.nn.functional as F
 
     sys.path.insert(0, str(REPO))
     from ofgr_core.config import load_config
     from ofgr_core.losses.factory import create_loss
-    from ofgr_core.models.base import MLPHead
+    from ofgr_core.models.base import FeatureHead, MLPHead
+    from ofgr_core.train.headstep import HeadStep
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -40,29 +46,36 @@ def worker(dim: int, threads: int, update: str, steps: int) -> dict[str, float]:
     head = MLPHead(dim, 128, depth=2, width=512, dropout=0.1)
     loss = create_loss(cfg.loss, 24, 128)
     params = list(head.parameters()) + list(loss.parameters())
+    grads, update = setting.split("+")
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05,
                             **({"fused": True} if update == "fused" else {"foreach": True}))
+    owner = torch.nn.Module()
+    owner.head, owner.embed_dim = head, 128
+    written = HeadStep.build(FeatureHead(owner), loss) if grads == "written" else None
+    assert (written is None) == (grads == "autograd")
     x_all = torch.randn(1440, dim)
     fine = torch.arange(1440) % 24
     y_all = torch.stack([fine, fine // 4], 1)
-    acc = [0.0, 0.0, 0.0]
+    acc = [0.0, 0.0]
 
     def step(record: bool) -> None:
         rows = torch.randint(0, 1440, (32,))
         t0 = time.perf_counter()
         x, y = x_all.index_select(0, rows), y_all.index_select(0, rows)
-        total, _ = loss(F.normalize(head(x), dim=-1), y)
+        if written is not None:
+            total, _ = written.step(x, y)
+            float(total)
+        else:
+            total, _ = loss(F.normalize(head(x), dim=-1), y)
+            opt.zero_grad(set_to_none=True)
+            float(total.detach())
+            total.backward()
         t1 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        float(total.detach())
-        total.backward()
-        t2 = time.perf_counter()
         opt.step()
-        t3 = time.perf_counter()
+        t2 = time.perf_counter()
         if record:
             acc[0] += t1 - t0
             acc[1] += t2 - t1
-            acc[2] += t3 - t2
 
     for _ in range(100):
         step(False)
@@ -70,14 +83,13 @@ def worker(dim: int, threads: int, update: str, steps: int) -> dict[str, float]:
     for _ in range(steps):
         step(True)
     total_s = time.perf_counter() - t
-    return {"step": 1e3 * total_s / steps, "forward": 1e3 * acc[0] / steps, "backward": 1e3 * acc[1] / steps,
-            "update": 1e3 * acc[2] / steps}
+    return {"step": 1e3 * total_s / steps, "gradients": 1e3 * acc[0] / steps, "update": 1e3 * acc[1] / steps}
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        dim, threads, update, steps = sys.argv[2:6]
-        print(json.dumps(worker(int(dim), int(threads), update, int(steps))))
+        dim, threads, setting, steps = sys.argv[2:6]
+        print(json.dumps(worker(int(dim), int(threads), setting, int(steps))))
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dims", default="128,512,1280")
@@ -89,21 +101,22 @@ def main() -> None:
     cores = os.cpu_count() or 1
     load = os.getloadavg()
     print(f"{cores} CPUs, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}; {a.steps} steps per setting")
-    print("| feature dim | threads | update | ms / step | forward | backward | update | vs shipped |")
-    print("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| feature dim | threads | gradients + update | ms / step | loss + gradients | update | vs shipped |")
+    print("| ---: | ---: | --- | ---: | ---: | ---: | ---: |")
     for dim in (int(v) for v in a.dims.split(",")):
         shipped_threads = cores if dim * 512 >= HEAD_THREADS_MIN_WEIGHTS else 1
         results = {}
         for threads in sorted({1, cores}):
-            for update in ("foreach", "fused"):
-                out = subprocess.run([sys.executable, __file__, "--worker", str(dim), str(threads), update,
+            for setting in SETTINGS:
+                out = subprocess.run([sys.executable, __file__, "--worker", str(dim), str(threads), setting,
                                       str(a.steps)], capture_output=True, text=True, check=True)
-                results[(threads, update)] = json.loads(out.stdout.strip().splitlines()[-1])
-        base = results[(shipped_threads, "fused")]["step"]
-        for (threads, update), r in results.items():
-            mark = " (shipped)" if (threads, update) == (shipped_threads, "fused") else ""
-            print(f"| {dim} | {threads} | {update}{mark} | {r['step']:.2f} | {r['forward']:.2f} | "
-                  f"{r['backward']:.2f} | {r['update']:.2f} | {r['step'] / base:.2f} |", flush=True)
+                results[(threads, setting)] = json.loads(out.stdout.strip().splitlines()[-1])
+        shipped = (shipped_threads, SETTINGS[-1])
+        base = results[shipped]["step"]
+        for (threads, setting), r in results.items():
+            mark = " (shipped)" if (threads, setting) == shipped else ""
+            print(f"| {dim} | {threads} | {setting}{mark} | {r['step']:.2f} | {r['gradients']:.2f} | "
+                  f"{r['update']:.2f} | {r['step'] / base:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
