@@ -302,8 +302,8 @@ class TrainConfig(Section):
     # the step), off when images train (the CNN baselines keep the arithmetic their figures were measured with)
     fused: Literal["auto", "on", "off"] = "auto"
     # a head on cached features: auto = its backward pass written out (ofgr_core/train/headstep.py: an MLP head
-    # under ArcFace and batch-hard triplet, no DDP or autocast; anything else trains through autograd), the same
-    # loss values and gradients to float rounding; autograd = always PyTorch's autograd
+    # under ArcFace and batch-hard triplet, on CPU, no DDP or autocast; anything else trains through autograd),
+    # the same loss values and gradients to float rounding; autograd = always PyTorch's autograd
     head_step: Literal["auto", "autograd"] = "auto"
     early_stopping: int | None = Field(None, ge=1)  # patience in epochs on validation Recall@1; null = off
     eval_batch_size: int = Field(256, ge=1, le=65536)

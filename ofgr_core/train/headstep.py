@@ -13,7 +13,8 @@ What it covers (``HeadStep.build`` returns ``None`` for anything else, which tra
 - the model: ``FeatureHead`` over an ``MLPHead`` (any depth, GELU either approximation, dropout, residual);
 - the losses: ``CombinedLoss`` of plain ``ArcFaceLoss`` (not sub-centre) and ``HierarchicalTripletLoss`` with
   ``batch_hard`` mining, any weights, coarse-only rows (fine id -1) included;
-- float32 parameters; the loop uses it only without DDP, autocast or loss scaling (``train.head_step: auto``).
+- float32 parameters; the loop uses it only on CPU, without DDP, autocast or loss scaling (``train.head_step: auto``;
+  ``ofgr_core.train.loop._head_step_applies``).
 
 The loss values are the autograd path's bit for bit (the forward operations are the same); the gradients
 agree to float rounding (~1e-7 relative: sums run in another order), so a trained head differs from the

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ofgr_core.config import Config, EvalConfig, IndexConfig
+from ofgr_core.config import Config, EvalConfig, IndexConfig, TrainConfig
 from ofgr_core.models.base import Encoder, FeatureHead
 from ofgr_core.models.precision import autocast
 from ofgr_core.runs.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -360,12 +360,19 @@ def _setup(
     scheduler = create_scheduler(optimizer, tc, len(sampler), probe_epochs=probe_epochs)
     # fp16 needs loss scaling; bf16 does not
     scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
-    # DDP's gradient hooks and autocast's casts live in autograd: there, autograd trains
-    head_step = (HeadStep.build(model, loss_fn)
-                 if tc.head_step == "auto" and not dist_info.enabled and autocast_dtype is None else None)
+    head_step = HeadStep.build(model, loss_fn) if _head_step_applies(tc, device, dist_info, autocast_dtype) else None
     return _Parts(model, loss_fn, module, optimizer, scheduler, scaler, sampler,
                   state_dict or model.state_dict, load_state_dict or model.load_state_dict,
                   list(module.parameters()), head_step)
+
+
+def _head_step_applies(tc: TrainConfig, device: torch.device, dist_info: DistInfo,
+                       autocast_dtype: torch.dtype | None) -> bool:
+    """Whether ``train.head_step: auto`` may write a head's gradients itself (``HeadStep``): on CPU, where it was
+    measured and where its dropout draws are ``nn.Dropout``'s (CUDA's fused dropout draws differently, and no GPU
+    figure exists yet), and never under DDP's gradient hooks or autocast's casts, which live in autograd."""
+    return (tc.head_step == "auto" and device.type == "cpu" and not dist_info.enabled
+            and autocast_dtype is None)
 
 
 @dataclass

@@ -239,3 +239,7 @@ def test_head_step_only_without_autocast_and_only_when_asked(setup: dict[str, An
     off = cfg.model_copy(deep=True)
     off.train.head_step = "autograd"
     assert built(off, None) is None
+    applies = loop_mod._head_step_applies
+    assert applies(cfg.train, torch.device("cpu"), loop_mod.DistInfo(), None)
+    assert not applies(cfg.train, torch.device("cuda", 0), loop_mod.DistInfo(), None)
+    assert not applies(cfg.train, torch.device("cpu"), loop_mod.DistInfo(world_size=2, rank=0, local_rank=0), None)
