@@ -78,18 +78,22 @@ class ArcFaceLoss(EmbeddingLoss):
             if not bool(labelled.any()):
                 return embeddings.sum() * 0.0 + self.weight.sum() * 0.0
             embeddings, fine = embeddings[labelled], fine[labelled]
-        # An out-of-range id is a device-side assert on CUDA, far from its cause; check it here.
+        self.check_labels(fine)
+        # PML casts W to the embeddings' dtype in place; keep it in its own dtype for the optimizer.
+        if self._direct:
+            return self._arcface(embeddings.to(self.weight.dtype), fine)
+        loss: torch.Tensor = self.pml(embeddings.to(self.weight.dtype), fine)
+        return loss
+
+    def check_labels(self, fine: torch.Tensor) -> None:
+        """Raise when a (labelled) fine id has no class centre: an out-of-range id is a device-side assert on
+        CUDA, far from its cause."""
         lo, hi = torch.stack([fine.min(), fine.max()]).tolist()
         if lo < 0 or hi >= self.num_classes:
             raise ValueError(
                 f"ArcFace fine labels must lie in [0, {self.num_classes}), got [{lo}, {hi}]; "
                 "map the training classes to contiguous ids"
             )
-        # PML casts W to the embeddings' dtype in place; keep it in its own dtype for the optimizer.
-        if self._direct:
-            return self._arcface(embeddings.to(self.weight.dtype), fine)
-        loss: torch.Tensor = self.pml(embeddings.to(self.weight.dtype), fine)
-        return loss
 
     def _arcface(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """PML's ``ArcFaceLoss`` (no miner, no regulariser, mean reduction) operation for operation, so every

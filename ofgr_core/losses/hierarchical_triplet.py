@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -74,22 +75,18 @@ class HierarchicalTripletLoss(EmbeddingLoss):
         self.margin_coarse = margin_coarse
         self.mining = mining
 
+    @property
+    def gap(self) -> float:
+        """The margin of a coarse-only anchor's terms: the gap between the two levels' margins."""
+        return max(self.margin_coarse - self.margin_fine, 0.0)
+
     def compute_loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         x = F.normalize(embeddings, dim=1)
         dist = 1.0 - x @ x.T
-        fine = labels[:, 0]
-        coarse = labels[:, 1] if labels.shape[1] > 1 else fine
-        known = fine >= 0
-        both_known = known[:, None] & known[None, :]
-        same_fine = (fine[:, None] == fine[None, :]) & both_known
-        same_coarse = coarse[:, None] == coarse[None, :]
-        eye = torch.eye(len(fine), dtype=torch.bool, device=fine.device)
-        positive = same_fine & ~eye
-        fine_negative = same_coarse & ~same_fine & both_known
-        coarse_negative = ~same_coarse
-        # coarse-only anchors: same-coarse positives, other-coarse negatives, the gap between the margins
-        coarse_positive = same_coarse & ~eye & ~known[:, None]
-        gap = max(self.margin_coarse - self.margin_fine, 0.0)
+        rel = relations(labels)
+        known, same_coarse = rel.known, rel.same_coarse
+        positive, fine_negative, coarse_negative = rel.positive, rel.fine_negative, rel.coarse_negative
+        coarse_positive, gap = rel.coarse_positive, self.gap
         if self.mining == "batch_hard":
             return self._batch_hard(dist, positive, fine_negative, coarse_negative, coarse_positive, gap)
 
@@ -129,6 +126,32 @@ class HierarchicalTripletLoss(EmbeddingLoss):
                 terms.append(F.relu(hardest_pos - hardest_neg + margin))
                 valid.append(has_pos & negative.any(dim=1))
         return _masked_mean(torch.stack(terms), torch.stack(valid))
+
+
+@dataclass(frozen=True)
+class Relations:
+    """Who is whose positive and negative in a batch: ``(B, B)`` boolean masks, row = anchor."""
+
+    known: torch.Tensor  # (B,) the fine label is known (not a coarse-only row)
+    same_coarse: torch.Tensor
+    positive: torch.Tensor  # same fine class, not the anchor itself, both known
+    fine_negative: torch.Tensor  # same coarse class, another fine class, both known
+    coarse_negative: torch.Tensor  # another coarse class
+    coarse_positive: torch.Tensor  # a coarse-only anchor's positives: its coarse class, not itself
+
+
+def relations(labels: torch.Tensor) -> Relations:
+    """The masks of ``(B, L)`` labels (column 0 fine, -1 = unknown; column 1 coarse, else the fine label)."""
+    fine = labels[:, 0]
+    coarse = labels[:, 1] if labels.shape[1] > 1 else fine
+    known = fine >= 0
+    both_known = known[:, None] & known[None, :]
+    same_fine = (fine[:, None] == fine[None, :]) & both_known
+    same_coarse = coarse[:, None] == coarse[None, :]
+    eye = torch.eye(len(fine), dtype=torch.bool, device=fine.device)
+    return Relations(known=known, same_coarse=same_coarse, positive=same_fine & ~eye,
+                     fine_negative=same_coarse & ~same_fine & both_known, coarse_negative=~same_coarse,
+                     coarse_positive=same_coarse & ~eye & ~known[:, None])
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

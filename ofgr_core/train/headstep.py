@@ -32,7 +32,12 @@ from torch import nn
 
 from ofgr_core.losses.arcface import ArcFaceLoss
 from ofgr_core.losses.combined import CombinedLoss
-from ofgr_core.losses.hierarchical_triplet import _ABOVE_ANY_DISTANCE, _BELOW_ANY_DISTANCE, HierarchicalTripletLoss
+from ofgr_core.losses.hierarchical_triplet import (
+    _ABOVE_ANY_DISTANCE,
+    _BELOW_ANY_DISTANCE,
+    HierarchicalTripletLoss,
+    relations,
+)
 from ofgr_core.models.base import FeatureHead, MLPHead
 
 _EPS = 1e-12  # F.normalize's default
@@ -207,12 +212,7 @@ class HeadStep:
                 return z.new_zeros(()), torch.zeros_like(z)
             rows = labelled.nonzero().squeeze(1)
             emb, fine = z[rows], fine[rows]
-        lo, hi = torch.stack([fine.min(), fine.max()]).tolist()
-        if lo < 0 or hi >= loss.num_classes:
-            raise ValueError(
-                f"ArcFace fine labels must lie in [0, {loss.num_classes}), got [{lo}, {hi}]; "
-                "map the training classes to contiguous ids"
-            )
+        loss.check_labels(fine)
         pml = loss.pml
         margin, scale = pml.margin, pml.scale  # PML's float64 radians, as in the reference
         en, nen = _normalized(emb)
@@ -253,21 +253,11 @@ class HeadStep:
         ``z``."""
         x, nx = _normalized(z)
         dist = 1.0 - x @ x.T
-        fine = labels[:, 0]
-        coarse = labels[:, 1] if labels.shape[1] > 1 else fine
-        known = fine >= 0
-        both_known = known[:, None] & known[None, :]
-        same_fine = (fine[:, None] == fine[None, :]) & both_known
-        same_coarse = coarse[:, None] == coarse[None, :]
-        eye = torch.eye(len(fine), dtype=torch.bool, device=fine.device)
-        positive = same_fine & ~eye
-        fine_negative = same_coarse & ~same_fine & both_known
-        coarse_negative = ~same_coarse
-        coarse_positive = same_coarse & ~eye & ~known[:, None]
-        gap = max(loss.margin_coarse - loss.margin_fine, 0.0)
+        rel = relations(labels)
+        gap = loss.gap
         # the reference's three terms per anchor, stacked: (fine negative, coarse negative, coarse-only anchor)
-        pos = torch.stack([positive, positive, coarse_positive])
-        neg = torch.stack([fine_negative, coarse_negative, coarse_negative])
+        pos = torch.stack([rel.positive, rel.positive, rel.coarse_positive])
+        neg = torch.stack([rel.fine_negative, rel.coarse_negative, rel.coarse_negative])
         margins = [loss.margin_fine, loss.margin_coarse, gap]
         pos_d = torch.where(pos, dist, _BELOW_ANY_DISTANCE)
         neg_d = torch.where(neg, dist, _ABOVE_ANY_DISTANCE)
