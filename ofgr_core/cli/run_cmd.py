@@ -271,7 +271,7 @@ def run(
 ) -> None:
     """Run an experiment end to end: data, split, train, embed, index, evaluate."""
     from ofgr_core.common.envinfo import collect_env
-    from ofgr_core.train.ddp import broadcast_object, init_distributed
+    from ofgr_core.train.ddp import broadcast_object, cleanup, init_distributed
 
     config_path: str | None = config
     if config == DEFAULT_CONFIG and not Path(config).is_file():
@@ -280,18 +280,23 @@ def run(
     if name:
         set_run_name(cfg, name)
     dist_info = init_distributed(cfg.device)
-    run_dir = create_run_dir(runs_dir, cfg.name) if dist_info.is_main else None
-    run_dir = Path(broadcast_object(str(run_dir) if run_dir else None, dist_info))
-    if dist_info.is_main:
-        atomic_write_text(RunFolder(run_dir).config, dump_config(cfg))
-        device = cfg.device
-        atomic_write_json(
-            RunFolder(run_dir).env,
-            collect_env(cfg.seed, device, {"config_path": config_path, "overrides": overrides,
-                                           "world_size": dist_info.world_size, "pid": os.getpid(),
-                                           "command_line": shlex.join(sys.argv)}),
-        )
-    _launch(cfg, run_dir, resume=False, config_path=config_path, quiet=quiet)
+    try:
+        run_dir = create_run_dir(runs_dir, cfg.name) if dist_info.is_main else None
+        run_dir = Path(broadcast_object(str(run_dir) if run_dir else None, dist_info))
+        if dist_info.is_main:
+            atomic_write_text(RunFolder(run_dir).config, dump_config(cfg))
+            device = cfg.device
+            atomic_write_json(
+                RunFolder(run_dir).env,
+                collect_env(cfg.seed, device, {"config_path": config_path, "overrides": overrides,
+                                               "world_size": dist_info.world_size, "pid": os.getpid(),
+                                               "command_line": shlex.join(sys.argv)}),
+            )
+        _launch(cfg, run_dir, resume=False, config_path=config_path, quiet=quiet)
+    finally:
+        # under torchrun: a process group left to interpreter shutdown can abort the rank (gloo's worker
+        # threads outlive the interpreter: "terminate called without an active exception", SIGABRT)
+        cleanup(dist_info)
 
 
 @app.command()
@@ -302,9 +307,10 @@ def resume(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Continue a stopped or interrupted run from its last checkpoint, in the same run folder."""
-    from ofgr_core.train.ddp import init_distributed
+    from ofgr_core.train.ddp import DistInfo, cleanup, init_distributed
 
     run_dir = resolve_run(run_ref, runs_dir)
+    dist_info = DistInfo()
     lock: RunLock | None = None
     if int(os.environ.get("RANK", "0")) == 0:  # the other ranks of a DDP resume follow rank 0
         # the lock first, then the status: between a check and a start another resume could slip in
@@ -325,12 +331,16 @@ def resume(
             if path.exists() and not path.is_file():
                 raise DataError(f"{path}: a folder where the run writes a file; remove it, then resume")
         cfg = load_config(folder.config)
-        init_distributed(cfg.device)
+        dist_info = init_distributed(cfg.device)
     except BaseException:
         if lock is not None:
             lock.release()
+        cleanup(dist_info)
         raise
-    _launch(cfg, run_dir, resume=True, config_path=str(folder.config), quiet=quiet, lock=lock)
+    try:
+        _launch(cfg, run_dir, resume=True, config_path=str(folder.config), quiet=quiet, lock=lock)
+    finally:
+        cleanup(dist_info)  # as in `run`
 
 
 def _fmt_duration(s: float | None) -> str:

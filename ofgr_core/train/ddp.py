@@ -69,6 +69,8 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
 
 
 def cleanup(info: DistInfo) -> None:
+    """Leave the process group (every ``ofgr run``/``resume`` under torchrun ends here): one left to interpreter
+    shutdown can abort the rank, since gloo's worker threads outlive the interpreter (pytorch/pytorch#179291)."""
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
 

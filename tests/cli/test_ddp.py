@@ -96,3 +96,35 @@ def test_torchrun_ranks_fill_one_feature_cache(tmp_path, tiny_data_root):
     a = FeatureStore(two.path.parent, {k: v for k, v in two.key.items() if k != "dim"}, two.dim).read(hashes)
     b = FeatureStore(one.path.parent, {k: v for k, v in one.key.items() if k != "dim"}, one.dim).read(hashes)
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("outcome", ["finished", "failed"])
+def test_run_and_resume_leave_the_process_group(tmp_path, monkeypatch, outcome):
+    """`ofgr run` and `ofgr resume` destroy the process group whatever the run's end: one left to interpreter
+    shutdown made a rank abort at exit ("terminate called without an active exception", SIGABRT, seen
+    intermittently in both torchrun tests above)."""
+    from typer.testing import CliRunner
+
+    from ofgr_core.cli import app, run_cmd
+    from ofgr_core.train import ddp
+
+    left: list[int] = []
+    monkeypatch.setattr(ddp, "init_distributed", lambda device="auto": ddp.DistInfo(rank=0, world_size=2))
+    monkeypatch.setattr(ddp, "broadcast_object", lambda obj, info: obj)
+    monkeypatch.setattr(ddp, "cleanup", lambda info: left.append(info.world_size))
+
+    def launch(cfg, run_dir, **kw):
+        if outcome == "failed":
+            raise RuntimeError("the run failed")
+
+    monkeypatch.setattr(run_cmd, "_launch", launch)
+    result = CliRunner().invoke(app, ["run", str(REPO / "configs" / "demo.yaml"), "--runs-dir", str(tmp_path),
+                                      "-q"])
+    assert (result.exit_code == 0) == (outcome == "finished"), result.output
+    assert left == [2]
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    # resume reads the run's state first; a stopped run's folder is what it continues
+    monkeypatch.setattr(run_cmd, "load_run", lambda d, ours=None: type("I", (), {"status": "stopped",
+                                                                                  "reason": None})())
+    CliRunner().invoke(app, ["resume", str(run_dir), "--runs-dir", str(tmp_path), "-q"])
+    assert left == [2, 2]
