@@ -76,15 +76,15 @@ class HeadStep:
         self,
         head: MLPHead,
         blocks: list[_Block],
-        arcface: tuple[str, ArcFaceLoss, float] | None,
-        triplet: tuple[str, HierarchicalTripletLoss, float] | None,
-        order: list[str],
+        arcface: tuple[str, ArcFaceLoss] | None,
+        triplet: tuple[str, HierarchicalTripletLoss] | None,
+        weights: dict[str, float],
     ) -> None:
         self.head = head
         self.blocks = blocks
         self.arcface = arcface
         self.triplet = triplet
-        self.order = order  # CombinedLoss's order: the total is summed in it
+        self.weights = weights  # CombinedLoss's weights, in its order: the total is summed in it
 
     @classmethod
     def build(cls, model: nn.Module, loss_fn: nn.Module) -> HeadStep | None:
@@ -97,21 +97,20 @@ class HeadStep:
         blocks = cls._blocks(head)
         if blocks is None:
             return None
-        arcface: tuple[str, ArcFaceLoss, float] | None = None
-        triplet: tuple[str, HierarchicalTripletLoss, float] | None = None
+        arcface: tuple[str, ArcFaceLoss] | None = None
+        triplet: tuple[str, HierarchicalTripletLoss] | None = None
         for name, loss in loss_fn.losses.items():
-            weight = loss_fn.weights[name]
             # sub-centre ArcFace (a subclass) has other arithmetic; plain ArcFace runs its own (``_arcface``)
             if type(loss) is ArcFaceLoss and arcface is None:
-                arcface = (name, loss, weight)
+                arcface = (name, loss)
             elif type(loss) is HierarchicalTripletLoss and loss.mining == "batch_hard" and triplet is None:
-                triplet = (name, loss, weight)
+                triplet = (name, loss)
             else:
                 return None
         params = list(model.parameters()) + list(loss_fn.parameters())
         if any(p.dtype != torch.float32 or not p.requires_grad for p in params):
             return None
-        return cls(head, blocks, arcface, triplet, list(loss_fn.losses.keys()))
+        return cls(head, blocks, arcface, triplet, {name: loss_fn.weights[name] for name in loss_fn.losses})
 
     @staticmethod
     def _blocks(head: MLPHead) -> list[_Block] | None:
@@ -163,16 +162,16 @@ class HeadStep:
         components: dict[str, torch.Tensor] = {}
         dz = torch.zeros_like(z)
         if self.arcface is not None:
-            name, loss, weight = self.arcface
-            components[name], dz_a = self._arcface(loss, z, labels, weight)
+            name, loss = self.arcface
+            components[name], dz_a = self._arcface(loss, z, labels, self.weights[name])
             dz += dz_a
         if self.triplet is not None:
-            name, tri, weight = self.triplet
-            components[name], dz_t = self._triplet(tri, z, labels, weight)
+            name, tri = self.triplet
+            components[name], dz_t = self._triplet(tri, z, labels, self.weights[name])
             dz += dz_t
         total: torch.Tensor | None = None
-        for name in self.order:
-            weighted = self._weight(name) * components[name]
+        for name, w in self.weights.items():
+            weighted = w * components[name]
             total = weighted if total is None else total + weighted
         assert total is not None  # CombinedLoss has at least one loss
         # backward: the model's normalisation, then the blocks in reverse
@@ -188,12 +187,6 @@ class HeadStep:
             if block is not self.blocks[0]:
                 grad = grad.mm(block.linear.weight)
         return total, components
-
-    def _weight(self, name: str) -> float:
-        for part in (self.arcface, self.triplet):
-            if part is not None and part[0] == name:
-                return part[2]
-        raise KeyError(name)
 
     @staticmethod
     def _arcface(
