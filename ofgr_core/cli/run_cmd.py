@@ -294,8 +294,8 @@ def run(
             )
         _launch(cfg, run_dir, resume=False, config_path=config_path, quiet=quiet)
     finally:
-        # under torchrun: a process group left to interpreter shutdown can abort the rank (gloo's worker
-        # threads outlive the interpreter: "terminate called without an active exception", SIGABRT)
+        # under torchrun (execute_run has left the group already unless the run failed before it): a process
+        # group left to interpreter shutdown can abort the rank (ddp.join_process_group says how)
         cleanup(dist_info)
 
 

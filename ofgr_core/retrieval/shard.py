@@ -68,10 +68,9 @@ def init_shard_from_env() -> QueryShard | None:
     this rank's shard; None when not launched with more than one process."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
-    import torch.distributed as dist
+    from ofgr_core.train.ddp import join_process_group
 
-    if not dist.is_initialized():
-        dist.init_process_group(backend="gloo")
+    join_process_group("gloo")
     return current_shard()
 
 

@@ -38,9 +38,25 @@ def init_distributed(device_pref: str = "auto") -> DistInfo:
     use_cuda = torch.cuda.is_available() and device_pref != "cpu"
     if use_cuda:
         torch.cuda.set_device(local_rank)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    join_process_group("nccl" if use_cuda else "gloo")
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank)
+
+
+def join_process_group(backend: str) -> None:
+    """``dist.init_process_group(backend)`` unless a group exists: the one place ofgr joins a process group.
+
+    ``torch.distributed.nn`` is imported first. Its functions take ``group=group.WORLD`` as a default argument,
+    evaluated when the module is imported: imported after the group exists (importing timm does it, through
+    torchvision and ``torch._dynamo``), those defaults hold the group past ``destroy_process_group``, so its
+    gloo worker threads live into interpreter shutdown, where one freeing the tensors of the last
+    ``all_gather_object`` aborts the rank ("terminate called without an active exception", SIGABRT). Imported
+    before, the defaults are None (the current group at call time).
+    """
+    if dist.is_initialized():
+        return
+    import torch.distributed.nn  # noqa: F401  (see above: before the group exists)
+
+    dist.init_process_group(backend=backend)
 
 
 def broadcast_object(obj: Any, info: DistInfo) -> Any:
@@ -69,8 +85,9 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
 
 
 def cleanup(info: DistInfo) -> None:
-    """Leave the process group (every ``ofgr run``/``resume`` under torchrun ends here): one left to interpreter
-    shutdown can abort the rank, since gloo's worker threads outlive the interpreter (pytorch/pytorch#179291)."""
+    """Leave the process group (every ``ofgr run``/``resume`` under torchrun ends here). The group's worker threads
+    end once nothing else holds it (see :func:`join_process_group`); a group left to interpreter shutdown can
+    abort the rank (pytorch/pytorch#179291)."""
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
 
