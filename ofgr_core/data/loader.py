@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ofgr_core.common.threads import map_slices
 from ofgr_core.data.cache import ImageCache, find_cache
 from ofgr_core.data.decode import chw_to_pil, decode_chw, open_rgb
 
@@ -153,12 +154,17 @@ class ImageBatchDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tenso
     Per image that leaves the decode and the resize/crop, not a Python pass through every transform step.
     A transform that cannot be split, or a batch whose images come out in different sizes, runs image by
     image, as ``ImageDataset`` would. An unreadable file becomes a black image, recorded in ``failures``.
+
+    ``decode_threads``: threads that read and decode a batch's files (the fast decoder runs outside the GIL,
+    ``ofgr_core.common.threads.map_slices``); more than one where the batch is built in the process that runs
+    the model, between its forward passes, when the cores are free. Same pixels either way.
     """
 
     def __init__(self, paths: list[str], labels: np.ndarray, transform: ImageTransform,
-                 cache: ImageCache | Literal["auto"] | None = "auto") -> None:
+                 cache: ImageCache | Literal["auto"] | None = "auto", *, decode_threads: int = 1) -> None:
         self.images = ImageDataset(paths, labels, transform, cache)
         self.split = split_transform(transform)
+        self.decode_threads = decode_threads
 
     @property
     def failures(self) -> list[str]:
@@ -170,7 +176,9 @@ class ImageBatchDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tenso
     def __getitem__(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         index = torch.as_tensor(rows, dtype=torch.long)
         labels = self.images.labels[index]
-        fast = [self.images.load_chw(i) for i in rows] if self.split is not None else [None] * len(rows)
+        # (below 32 images a thread, starting threads costs more than they overlap)
+        fast = (map_slices(self.images.load_chw, rows, min(self.decode_threads, len(rows) // 32))
+                if self.split is not None else [None] * len(rows))
         chw = [c for c in fast if c is not None]
         if self.split is not None and len(chw) == len(rows) and len({c.shape for c in chw}) == 1 \
                 and self.split.keeps(*chw[0].shape[1:]):

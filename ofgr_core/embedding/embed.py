@@ -77,11 +77,14 @@ def iter_embed(
     labels = np.zeros((len(paths), 1), dtype=np.int64)
     # workers build whole batches (ImageBatchDataset): one uint8 array per batch, normalised in one pass
     batches = torch.utils.data.BatchSampler(torch.utils.data.SequentialSampler(paths), batch_size, drop_last=False)
+    workers = loader_workers(num_workers, device)
+    # no loader processes: this process decodes each batch between forward passes, on the tower's threads
+    decode_threads = 1 if workers else torch.get_num_threads()
     loader = torch.utils.data.DataLoader(
-        ImageBatchDataset(paths, labels, transform),
+        ImageBatchDataset(paths, labels, transform, decode_threads=decode_threads),
         batch_size=None,
         sampler=batches,
-        num_workers=loader_workers(num_workers, device),
+        num_workers=workers,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
     )

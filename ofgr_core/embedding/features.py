@@ -133,16 +133,10 @@ def file_digests(paths: Sequence[str], threads: int | None = None) -> list[str]:
     the hashing; each thread walks one contiguous slice (no per-file task), which keeps the per-file Python
     cost to the open, read and hash calls.
     """
-    n = len(paths)
-    threads = max(1, min(threads or min(8, os.cpu_count() or 1), n // 256))
-    if threads == 1:
-        return [file_digest(p) for p in paths]
-    from concurrent.futures import ThreadPoolExecutor
+    from ofgr_core.common.threads import map_slices
 
-    bounds = np.linspace(0, n, threads + 1).astype(int)
-    with ThreadPoolExecutor(threads) as pool:
-        parts = pool.map(lambda a, b: [file_digest(p) for p in paths[a:b]], bounds[:-1], bounds[1:])
-        return [d for part in parts for d in part]
+    # at least 256 files a thread: below that, starting threads costs more than it overlaps
+    return map_slices(file_digest, paths, max(1, min(threads or min(8, os.cpu_count() or 1), len(paths) // 256)))
 
 
 @dataclass

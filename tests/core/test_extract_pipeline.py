@@ -70,6 +70,51 @@ def test_batches_equal_the_per_image_transform(tmp_path: Path, family: str) -> N
     assert ds.failures == [paths[7]] * 2 and ref_ds.failures == [paths[7]]
 
 
+def test_decode_threads_give_the_same_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch read and decoded on several threads (``decode_threads``) equals the one-thread batch: same pixels,
+    same order, the same fallbacks to PIL and the same recorded failure."""
+    import ofgr_core.data.loader as loader_mod
+
+    spread: list[int] = []
+    real = loader_mod.map_slices
+    monkeypatch.setattr(loader_mod, "map_slices", lambda f, xs, threads: spread.append(threads) or real(f, xs, threads))
+    tf = _transforms()["clip"]
+    paths = _mixed_images(tmp_path, n=75)  # RGB/RGBA/L/P, JPEG and PNG, one unreadable file
+    labels = np.zeros((75, 1), np.int64)
+    one = ImageBatchDataset(paths, labels, tf, cache=None)
+    many = ImageBatchDataset(paths, labels, tf, cache=None, decode_threads=3)
+    rows = list(range(74, -1, -1))  # out of order: the result follows the rows asked for
+    a, b = one[rows], many[rows]
+    assert spread == [1, 2]  # 75 rows: two threads of at least 32 (not three)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2]) and a[2].tolist() == rows
+    assert one.failures == many.failures == [paths[7]]
+    same = [p for i, p in enumerate(paths) if i % 5 == 0]  # 40 x 40 RGB/RGBA/L/P: the whole batch one size
+    tf_same = T.Compose([T.Resize(16), T.CenterCrop(16), T.ToTensor()])
+    x = ImageBatchDataset(same * 5, np.zeros((75, 1), np.int64), tf_same, cache=None, decode_threads=2)[list(range(75))]
+    ref = ImageDataset(same * 5, np.zeros((75, 1), np.int64), tf_same, cache=None)
+    assert torch.equal(x[0], torch.stack([ref[i][0] for i in range(75)]))
+
+
+def test_in_process_extraction_decodes_on_the_towers_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without loader processes the batches are decoded between forward passes on ``torch.get_num_threads()``
+    threads; each loader process decodes on one."""
+    import ofgr_core.embedding.embed as embed_mod
+
+    made: list[int] = []
+
+    class Spy(ImageBatchDataset):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            made.append(kwargs["decode_threads"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(embed_mod, "ImageBatchDataset", Spy)
+    monkeypatch.setattr(embed_mod, "loader_workers", lambda requested, device: requested)
+    tower, tf = TowerOnly(_tiny_tower()[0]), _transforms()["clip"]
+    for workers in (0, 2):
+        list(embed_mod.iter_embed(tower, [], tf, torch.device("cpu"), num_workers=workers))
+    assert made == [torch.get_num_threads(), 1]
+
+
 def test_transforms_that_cannot_be_batched_run_per_image(tmp_path: Path) -> None:
     paths = _mixed_images(tmp_path, n=6)
     norm = T.Normalize((0.5, 0.4, 0.3), (0.2, 0.3, 0.4))
