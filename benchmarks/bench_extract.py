@@ -4,10 +4,12 @@
     python benchmarks/bench_extract.py --model ViT-B-32 --size 224 --n 2000 --workers 8 --device cuda
 
 "Pipeline" is ``ofgr_core.embedding.features.extract_features``: hash the files, decode and preprocess them in
-DataLoader workers (whole batches: ``ImageBatchDataset``), run the frozen tower, append to the cache on a writer
-thread. "Encoder alone" runs the same tower on the same images already decoded, preprocessed and on the device,
-at the same batch size. The ratio pipeline / encoder says how much of the tower's speed the data path keeps
-(goal >= 0.8: the encoder, not the loader, should be the bottleneck). "Per-image pipeline" is the data path
+DataLoader workers, or in this process on the tower's threads when workers would take its cores (whole batches:
+``ImageBatchDataset``), run the frozen tower, append to the cache on a writer thread. "One decode thread" is
+the same pipeline with the in-process decode on one thread, as before the decode threads. "Encoder alone" runs
+the same tower on the same images already decoded, preprocessed and on the device, at the same batch size.
+The ratio pipeline / encoder says how much of the tower's speed the data path keeps (goal >= 0.8: the encoder,
+not the loader, should be the bottleneck). "Per-image pipeline" is the data path
 before issue 20, rebuilt here for the side-by-side figure: ``file_digest`` file by file, one ``ImageDataset``
 item (every transform step) per image, a DataLoader per 4096-image chunk, appends in line. Random weights are
 used (no download); speed does not depend on the weights. The files are random-noise JPEGs, which decode

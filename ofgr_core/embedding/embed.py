@@ -49,7 +49,8 @@ def loader_workers(requested: int, device: torch.device) -> int:
     plus those threads exceed the cores, images are decoded in this process between batches instead.
     Measured with ``benchmarks/bench_extract.py`` (tiny CLIP, 64 px JPEGs, 2-core box, idle; pipeline / encoder,
     medians of 3 alternated pairs): 0.84 decoding in-process (2,000 images) against 0.55 with one loader process
-    and 0.62 with two (6,000 images); docs/benchmarks.md has the later 7-pair run (0.64 in-process, range 0.47-0.80).
+    and 0.62 with two (6,000 images); docs/benchmarks.md has the later runs (in-process with the decode
+    threads of ``iter_embed``: 0.71, range 0.66-0.76 over 7 pairs).
     """
     if device.type != "cpu" or requested <= 0:
         return max(0, requested)
