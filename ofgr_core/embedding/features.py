@@ -122,8 +122,8 @@ def key_digest(key: dict[str, Any]) -> str:
 
 def file_digest(path: str) -> str:
     """The content hash ofgr's data layer uses (blake2b-128 of the file's bytes)."""
-    with open(path, "rb") as f:
-        return hashlib.blake2b(f.read(), digest_size=16).hexdigest()
+    with open(path, "rb", buffering=0) as f:  # unbuffered: one read of the whole file, no buffer object
+        return hashlib.blake2b(f.readall(), digest_size=16).hexdigest()
 
 
 def file_digests(paths: Sequence[str], threads: int | None = None) -> list[str]:

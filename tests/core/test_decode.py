@@ -157,3 +157,31 @@ def test_cpu_extraction_decodes_in_process_when_workers_would_take_the_towers_co
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
     assert loader_workers(4, torch.device("cpu")) == 4
     assert loader_workers(5, torch.device("cpu")) == 0
+
+
+@pytest.mark.parametrize("size", [0, 1, 10_000, 3_000_001])
+def test_read_bytes_is_the_files_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int) -> None:
+    p = tmp_path / "f.bin"
+    p.write_bytes(np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes())
+    got = D.read_bytes(p)
+    assert isinstance(got, bytearray) and bytes(got) == p.read_bytes()
+    if size:  # writable: torch takes it without a copy or a warning (the test runs with warnings as errors too)
+        assert torch.frombuffer(got, dtype=torch.uint8).numel() == size
+    monkeypatch.delattr("os.readv", raising=False)  # not POSIX: the portable read
+    assert D.read_bytes(p) == got
+
+
+def test_read_bytes_of_a_file_that_shrank_and_of_what_is_no_file(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    p = tmp_path / "f.bin"
+    p.write_bytes(b"\xff\xd8\xff" + b"x" * 97)
+    real = os.fstat
+    monkeypatch.setattr("os.fstat", lambda fd: os.stat_result((0, 0, 0, 0, 0, 0, real(fd).st_size + 50, 0, 0, 0)))
+    assert bytes(D.read_bytes(p)) == p.read_bytes()  # stated 150 bytes, read 100: the 100
+    monkeypatch.setattr("os.fstat", real)
+    for missing in (tmp_path / "absent.jpg", tmp_path):  # no file; a folder
+        with pytest.raises(OSError):
+            D.read_bytes(missing)
+        assert D.decode_chw(missing) is None  # then PIL opens it and names the error
