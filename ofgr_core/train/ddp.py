@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -54,8 +55,8 @@ def join_process_group(backend: str) -> None:
     """
     if dist.is_initialized():
         return
-    import torch.distributed.nn  # noqa: F401  (see above: before the group exists)
-
+    with contextlib.suppress(ImportError):  # (a build without it: nothing binds the group through it either)
+        import torch.distributed.nn  # noqa: F401  (see above: before the group exists)
     dist.init_process_group(backend=backend)
 
 
