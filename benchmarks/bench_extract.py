@@ -6,11 +6,12 @@
 "Pipeline" is ``ofgr_core.embedding.features.extract_features``: hash the files, decode and preprocess them in
 DataLoader workers, or in this process on the tower's threads when workers would take its cores (whole batches:
 ``ImageBatchDataset``), run the frozen tower, append to the cache on a writer thread. "One decode thread" is
-the same pipeline with the in-process decode on one thread, as before the decode threads. "Encoder alone" runs
-the same tower on the same images already decoded, preprocessed and on the device, at the same batch size.
-The ratio pipeline / encoder says how much of the tower's speed the data path keeps (goal >= 0.8: the encoder,
-not the loader, should be the bottleneck). "Per-image pipeline" is the data path
-before issue 20, rebuilt here for the side-by-side figure: ``file_digest`` file by file, one ``ImageDataset``
+the same pipeline with the in-process decode on one thread, as before the decode threads; "hashes known" is the
+pipeline given the files' content hashes, as ``ofgr run`` gives them from its data stage (no hash pass).
+"Encoder alone" runs the same tower on the same images already decoded, preprocessed and on the device, at the
+same batch size. The ratio pipeline / encoder says how much of the tower's speed the data path keeps (goal
+>= 0.8: the encoder, not the loader, should be the bottleneck). "Per-image pipeline" is the data path before
+issue 20, rebuilt here for the side-by-side figure: ``file_digest`` file by file, one ``ImageDataset``
 item (every transform step) per image, a DataLoader per 4096-image chunk, appends in line. Random weights are
 used (no download); speed does not depend on the weights. The files are random-noise JPEGs, which decode
 slower than photos of the same size (they compress badly).
@@ -98,13 +99,17 @@ def main() -> None:
         def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
             super().__init__(*args, **{**kwargs, "decode_threads": 1})
 
-    def pipeline(r: int, one_thread: bool = False) -> float:
-        store = open_feature_store(model, work / f"cache-{r}{'-one' if one_thread else ''}")
+    from ofgr_core.embedding.features import file_digests
+
+    hashed = file_digests(paths)
+
+    def pipeline(r: int, one_thread: bool = False, digests: list[str] | None = None) -> float:
+        store = open_feature_store(model, work / f"cache-{r}{'-one' if one_thread else ''}{'-run' if digests else ''}")
         embed_mod.ImageBatchDataset = OneDecodeThread if one_thread else shipped_dataset  # type: ignore[misc]
         try:
             t0 = time.perf_counter()
             feats, stats = extract_features(model, paths, tf, device, store=store, batch_size=a.batch_size,
-                                            num_workers=a.workers)
+                                            num_workers=a.workers, digests=digests)
             speed = a.n / (time.perf_counter() - t0)
         finally:
             embed_mod.ImageBatchDataset = shipped_dataset  # type: ignore[misc]
@@ -112,14 +117,16 @@ def main() -> None:
         equal.append(bool(np.array_equal(feats, old)))
         return speed
 
-    encs, pipes, ones = [], [], []
+    encs, pipes, ones, runs = [], [], [], []
     equal: list[bool] = []
     for r in range(a.repeats):  # alternated, each pipeline run on an empty cache of its own
         encs.append(encoder_alone())
         pipes.append(pipeline(r))
         ones.append(pipeline(r, one_thread=True))
+        runs.append(pipeline(r, digests=hashed))
     ratios = sorted(p / e for p, e in zip(pipes, encs, strict=True))
     one_ratios = sorted(p / e for p, e in zip(ones, encs, strict=True))
+    run_ratios = sorted(p / e for p, e in zip(runs, encs, strict=True))
     enc, pipe = float(np.median(encs)), float(np.median(pipes))
     store = open_feature_store(model, work / "cache-0")
     t0 = time.perf_counter()
@@ -141,6 +148,12 @@ def main() -> None:
     print(f"  the same, one decode thread:        {float(np.median(ones)):9.1f} img/s (median)   ratio "
           f"{np.median(one_ratios):.2f} (range {one_ratios[0]:.2f}-{one_ratios[-1]:.2f}; the in-process data path "
           "before its decode threads)")
+    print(f"  the same, hashes known (ofgr run):  {float(np.median(runs)):9.1f} img/s (median)   ratio "
+          f"{np.median(run_ratios):.2f} (range {run_ratios[0]:.2f}-{run_ratios[-1]:.2f}; `ofgr run` passes the "
+          "content hashes of its data stage: each file is read once)")
+    pairs = sorted(p / o for p, o in zip(pipes, ones, strict=True))  # neighbours in time: the box's drift cancels
+    print(f"  decode threads / one decode thread, run by run: median {np.median(pairs):.2f} "
+          f"(range {pairs[0]:.2f}-{pairs[-1]:.2f})")
     print(f"  per-image pipeline (before):        {before:9.1f} img/s   ratio {before / enc:.2f}")
     print(f"  pipeline, warm cache (hash + read): {cached:9.1f} img/s")
     print(f"  same features as the per-image pipeline: {'yes' if same else f'NO (max abs difference {diff:.2e})'}"
