@@ -61,6 +61,7 @@ from ofgr_core.common.integrity import (
     verify_header,
     write_header,
 )
+from ofgr_core.common.threads import map_slices
 
 if TYPE_CHECKING:  # torch is imported when features are extracted, not by `ofgr cache`
     import torch
@@ -133,8 +134,6 @@ def file_digests(paths: Sequence[str], threads: int | None = None) -> list[str]:
     the hashing; each thread walks one contiguous slice (no per-file task), which keeps the per-file Python
     cost to the open, read and hash calls.
     """
-    from ofgr_core.common.threads import map_slices
-
     # at least 256 files a thread: below that, starting threads costs more than it overlaps
     return map_slices(file_digest, paths, max(1, min(threads or min(8, os.cpu_count() or 1), len(paths) // 256)))
 
