@@ -182,7 +182,7 @@ def _above(s: np.ndarray, bar: np.floating[Any] | float) -> np.ndarray:
     return np.flatnonzero(s > bar)
 
 
-class _TopK:
+class TopK:
     """The ``k`` best scores of each of ``n`` rows in faiss min-heaps (the selection ``faiss.knn`` uses).
 
     Blocks of scores are offered row-wise or column-wise. A heap's root is the lowest score it keeps, so only
@@ -202,15 +202,21 @@ class _TopK:
     # it costs less (benchmarks/bench_symmetric.py).
     DENSE_ABOVE = 0.03
 
-    def __init__(self, faiss: Any, n: int, k: int) -> None:
+    def __init__(self, faiss: Any, n: int, k: int, held: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """``n`` empty heaps of ``k``, or, with ``held``, the heaps already in those C-contiguous n x k float32
+        scores and int64 rows (as this class leaves them), which are then updated in place."""
         self.faiss = faiss
         self.k = k
-        self.scores = np.empty((n, k), dtype=np.float32)
-        self.rows = np.empty((n, k), dtype=np.int64)
+        if held is None:
+            self.scores = np.empty((n, k), dtype=np.float32)
+            self.rows = np.empty((n, k), dtype=np.int64)
+        else:
+            self.scores, self.rows = held
         self.heaps = faiss.float_minheap_array_t()  # CMin: the root is the k-th best score kept
         self.heaps.nh, self.heaps.k = n, k
         self.heaps.val, self.heaps.ids = faiss.swig_ptr(self.scores), faiss.swig_ptr(self.rows)
-        self.heaps.heapify()  # empty slots hold the lowest float
+        if held is None:
+            self.heaps.heapify()  # empty slots hold the lowest float
         self._scratch = np.empty(0, dtype=np.float32)  # the transposed block of a dense column-wise offer
 
     def offer_rows(self, s: np.ndarray, h0: int, id0: int) -> None:
@@ -219,7 +225,7 @@ class _TopK:
         idx = self._candidates(s, h0, axis=1)
         if idx is not None:
             heap = idx // width  # sorted already
-            if self._push(h0, nh, heap, s.ravel()[idx], idx - heap * width + id0):
+            if self.push(h0, nh, heap, s.ravel()[idx], idx - heap * width + id0):
                 return
         self._dense_rows(s, h0, id0)
 
@@ -235,7 +241,7 @@ class _TopK:
             i, j = np.divmod(idx, nh)
             # group by column; a stable sort of int16 keys is a radix sort
             order = np.argsort(j.astype(np.int16) if nh <= 1 << 15 else j, kind="stable")
-            if self._push(h0, nh, j[order], s.ravel()[idx[order]], i[order] + id0):
+            if self.push(h0, nh, j[order], s.ravel()[idx[order]], i[order] + id0):
                 return
         self._dense_columns(s, h0, id0)
 
@@ -282,7 +288,7 @@ class _TopK:
         i, j = np.divmod(idx, nc)
         columns = pool.submit(self._offer_column_candidates, s, c, a, values, i, j)
         keep = values > bar_r[i]
-        if not self._push(a, nr, i[keep], values[keep], j[keep] + c):  # i is sorted: idx is
+        if not self.push(a, nr, i[keep], values[keep], j[keep] + c):  # i is sorted: idx is
             self._dense_rows(s, a, c)
         columns.result()
 
@@ -298,7 +304,7 @@ class _TopK:
         i, j, values = i[keep], j[keep], values[keep]
         nh = s.shape[1]
         order = np.argsort(j.astype(np.int16) if nh <= 1 << 15 else j, kind="stable")
-        if not self._push(h0, nh, j[order], values[order], i[order] + id0):
+        if not self.push(h0, nh, j[order], values[order], i[order] + id0):
             self.offer_columns(s, h0, id0)
 
     def _candidates(self, s: np.ndarray, h0: int, axis: int) -> np.ndarray | None:
@@ -323,7 +329,7 @@ class _TopK:
             return None
         return np.flatnonzero(mask)
 
-    def _push(self, h0: int, nh: int, heap: np.ndarray, values: np.ndarray, ids: np.ndarray) -> bool:
+    def push(self, h0: int, nh: int, heap: np.ndarray, values: np.ndarray, ids: np.ndarray) -> bool:
         """Offers ``values`` (with ``ids``) to heaps ``h0 + heap`` (``heap`` sorted); False if too ragged.
 
         They go in one padded ``nh x width`` matrix, a row per heap; padding is ``-inf``, which no heap takes.
@@ -357,7 +363,7 @@ def symmetric_knn(vectors: np.ndarray, k: int, *, block: int = 4096, progress: P
     All-vs-all is symmetric: the similarity block of row blocks ``I`` and ``J`` (one GEMM) feeds the top-k of
     the rows of ``I`` through its rows and those of ``J`` through its columns, so the N x N products cost
     about half of searching every row against the gallery. The diagonal blocks go first: they seed every
-    row's heap with its k best in its own block, so the off-diagonal blocks offer few candidates (``_TopK``).
+    row's heap with its k best in its own block, so the off-diagonal blocks offer few candidates (``TopK``).
     The result ranks like an exact search of the rows against ``vectors``, each row's own item included: the
     top ``k`` by float32 score, descending. Items whose scores are exactly equal may come in another order,
     and a score may differ from faiss's in the last bit (another BLAS blocking, as faiss's own scores do
@@ -378,7 +384,7 @@ def symmetric_knn(vectors: np.ndarray, k: int, *, block: int = 4096, progress: P
     n = len(vectors)
     if not 0 < k <= n:
         raise ValueError(f"k={k} must be in 1..{n}")
-    top = _TopK(import_faiss(), n, k)
+    top = TopK(import_faiss(), n, k)
     starts = list(range(0, n, block))
     # diagonal blocks first, then the off-diagonal ones by distance from the diagonal: every heap then sees its
     # blocks at the same pace, so no block meets heaps that have seen only their own diagonal block while the

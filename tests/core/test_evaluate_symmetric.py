@@ -15,67 +15,18 @@ sizes); their metrics must still agree.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import faiss
 import numpy as np
 import pytest
+from evalcases import assert_same, exact_case, gaussian_case
 
 from ofgr_core.config import EvalConfig
 from ofgr_core.retrieval import evaluate as ev
 from ofgr_core.retrieval import index
 from ofgr_core.retrieval.evaluate import SplitResult, evaluate_embeddings, run_split
-from ofgr_core.retrieval.index import _knn_inner_product, _TopK, symmetric_knn
-
-
-def _on_grid(u: np.ndarray, rng: np.random.Generator, scale: int = 32) -> np.ndarray:
-    """Rows of ``u`` moved to the 1/``scale`` grid with norm within 1e-3 of 1 (kept as they are, not re-normalised).
-
-    Dot products of such vectors are multiples of 1/scale**2 that float32 holds exactly, whatever the order of
-    the sums.
-    """
-    v = np.rint(u / np.linalg.norm(u, axis=1, keepdims=True) * scale).astype(np.int64)
-    lo, hi = scale**2 * (1 - 1.5e-3), scale**2 * (1 + 1.5e-3)
-    for row in v:
-        while not lo <= (row**2).sum() <= hi:
-            j = rng.integers(len(row))
-            row[j] += -np.sign(row[j]) if (row**2).sum() > hi else (np.sign(row[j]) or 1)
-    return v / scale
-
-
-def _exact_case(seed: int, n: int = 600, d: int = 16, classes: int = 40) -> dict[str, Any]:
-    """Clustered unit vectors with exact products (many ties), duplicates, groups, string ids."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(classes, d))
-    fine = rng.integers(0, classes, n)
-    x = _on_grid(centres[fine] + 0.8 * rng.normal(size=(n, d)), rng)
-    dup = len(x[4::9])
-    x[::9][:dup] = x[4::9]  # exact duplicates across rows far apart: ties straddling the k-th place
-    fine[::9][:dup] = fine[4::9]
-    return {"x": x.astype(np.float32), "labels": np.stack([fine, fine // 5], axis=1),
-            "ids": np.array([f"img{i:04d}" for i in rng.permutation(n)]), "groups": rng.integers(0, 60, n)}
-
-
-def _gaussian_case(seed: int, n: int = 700, d: int = 24, classes: int = 35) -> dict[str, Any]:
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(classes, d))
-    fine = rng.integers(0, classes, n)
-    x = centres[fine] + 1.2 * rng.normal(size=(n, d))
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return {"x": x.astype(np.float32), "labels": np.stack([fine, fine // 5], axis=1),
-            "ids": np.arange(n) * 7 + 3, "groups": rng.integers(0, 80, n)}
-
-
-def _same(got: SplitResult, ref: SplitResult) -> None:
-    """Bit for bit: the block (repr-exact floats, as json writes them), query ids and every per-query value."""
-    assert json.dumps(got.block, sort_keys=True) == json.dumps(ref.block, sort_keys=True)
-    assert got.query_ids.dtype == ref.query_ids.dtype and np.array_equal(got.query_ids, ref.query_ids)
-    assert got.per_query.keys() == ref.per_query.keys()
-    for lv, metrics in ref.per_query.items():
-        assert got.per_query[lv].keys() == metrics.keys()
-        for key, vals in metrics.items():
-            assert got.per_query[lv][key].tobytes() == vals.tobytes(), (lv, key)
+from ofgr_core.retrieval.index import TopK, _knn_inner_product, symmetric_knn
 
 
 class _Spy:
@@ -113,18 +64,18 @@ def _both_ways(monkeypatch: pytest.MonkeyPatch, c: dict[str, Any], cfg: EvalConf
 def test_symmetric_knn_scores_every_pair_like_faiss(monkeypatch: pytest.MonkeyPatch, seed: int, n: int, k: int,
                                                     block: int, sparse: bool, dense: bool) -> None:
     pushed: list[bool] = []
-    real_push = _TopK._push
+    real_push = TopK.push
 
-    def push(self: _TopK, *args: Any) -> bool:
+    def push(self: TopK, *args: Any) -> bool:
         ok = real_push(self, *args)
         pushed.append(ok)
         return ok
 
-    monkeypatch.setattr(_TopK, "_push", push)
+    monkeypatch.setattr(TopK, "push", push)
     transposed: list[int] = []
     real_transpose = index._transpose_into
     monkeypatch.setattr(index, "_transpose_into", lambda out, x: transposed.append(1) or real_transpose(out, x))
-    x = _exact_case(seed, n=n)["x"]
+    x = exact_case(seed, n=n)["x"]
     scores, rows = symmetric_knn(x, k, block=block)
     ref_scores, ref_rows = _knn_inner_product(faiss, x, x, k)
     assert np.array_equal(scores, ref_scores)  # the same k best scores of every row, in the same order
@@ -139,26 +90,26 @@ def test_symmetric_knn_scores_every_pair_like_faiss(monkeypatch: pytest.MonkeyPa
 
 
 def test_topk_heaps_keep_the_best_of_every_offer_on_every_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``_TopK`` against a brute-force sort of everything offered, with each path forced in turn."""
+    """``TopK`` against a brute-force sort of everything offered, with each path forced in turn."""
     paths: list[str] = []
-    real_candidates, real_push = _TopK._candidates, _TopK._push
+    real_candidates, real_push = TopK._candidates, TopK.push
 
-    def candidates(self: _TopK, *args: Any, **kwargs: Any) -> np.ndarray | None:
+    def candidates(self: TopK, *args: Any, **kwargs: Any) -> np.ndarray | None:
         found = real_candidates(self, *args, **kwargs)
         paths.append("dense" if found is None else "sparse")
         return found
 
-    def push(self: _TopK, *args: Any) -> bool:
+    def push(self: TopK, *args: Any) -> bool:
         ok = real_push(self, *args)
         if not ok:
             paths[-1] = "refused"
         return ok
 
-    monkeypatch.setattr(_TopK, "_candidates", candidates)
-    monkeypatch.setattr(_TopK, "_push", push)
+    monkeypatch.setattr(TopK, "_candidates", candidates)
+    monkeypatch.setattr(TopK, "push", push)
     rng = np.random.default_rng(11)
     n, k = 40, 6
-    top = _TopK(faiss, n, k)
+    top = TopK(faiss, n, k)
     offered: list[list[tuple[float, int]]] = [[] for _ in range(n)]
     item = 0
 
@@ -189,7 +140,7 @@ def test_topk_heaps_keep_the_best_of_every_offer_on_every_path(monkeypatch: pyte
         value_of = dict((i, v) for v, i in offered[h])
         assert [value_of[int(i)] for i in rows[h]] == scores[h].tolist()  # every id is the item of its score
 
-    seeded = _TopK(faiss, 10, k)  # one seeding offer alone: each heap holds exactly its k best
+    seeded = TopK(faiss, 10, k)  # one seeding offer alone: each heap holds exactly its k best
     s = g(10, 30)
     seeded.offer_rows(s, 0, 0)
     scores, rows = seeded.sorted()
@@ -197,7 +148,7 @@ def test_topk_heaps_keep_the_best_of_every_offer_on_every_path(monkeypatch: pyte
     assert np.array_equal(np.take_along_axis(s, rows, axis=1), scores)
 
     # seeded heaps, tied scores included: later offers keep exactly the best of everything
-    tied = _TopK(faiss, 10, k)
+    tied = TopK(faiss, 10, k)
     first = np.round(g(10, 30), 1)  # many equal scores, also at the k-th place
     later = np.round(g(10, 50), 1)
     tied.offer_rows(first, 0, 0)
@@ -210,18 +161,18 @@ def test_topk_heaps_keep_the_best_of_every_offer_on_every_path(monkeypatch: pyte
 
 
 def test_off_diagonal_blocks_offered_both_ways_keep_the_best_on_every_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``_TopK.offer_both`` (one pass over a block for its rows and its columns) against a brute-force sort of
+    """``TopK.offer_both`` (one pass over a block for its rows and its columns) against a brute-force sort of
     everything offered, with each of its paths taken: the shared candidates, both dense loops, the two offers of
     before (too many candidates for one pass), a row-wise and a column-wise push too ragged to pad."""
     from concurrent.futures import ThreadPoolExecutor
 
     pushes: list[bool] = []
-    real_push = _TopK._push
-    monkeypatch.setattr(_TopK, "_push", lambda self, *a: pushes.append(real_push(self, *a)) or pushes[-1])
+    real_push = TopK.push
+    monkeypatch.setattr(TopK, "push", lambda self, *a: pushes.append(real_push(self, *a)) or pushes[-1])
     rng = np.random.default_rng(5)
     g = lambda *shape: rng.normal(size=shape).astype(np.float32)  # noqa: E731
     n, k, w = 400, 5, 100
-    top = _TopK(faiss, n, k)
+    top = TopK(faiss, n, k)
     offered: list[list[tuple[float, int]]] = [[] for _ in range(n)]
     for a in range(0, n, w):  # the diagonal blocks first, as symmetric_knn offers them: every heap full
         s = g(w, w)
@@ -241,14 +192,14 @@ def test_off_diagonal_blocks_offered_both_ways_keep_the_best_on_every_path(monke
              (100, 300, g(w, w) + 0.5, "separate", []),  # over SPARSE_MAX, DENSE_ABOVE off: the two offers
              (200, 300, g(w, w) - 2.0, "shared", [True, True])]
     taken: list[str] = []
-    real_rows, real_dense = _TopK.offer_rows, _TopK._dense_both
-    monkeypatch.setattr(_TopK, "offer_rows", lambda self, *a: taken.append("separate") or real_rows(self, *a))
-    monkeypatch.setattr(_TopK, "_dense_both", lambda self, *a: taken.append("dense") or real_dense(self, *a))
+    real_rows, real_dense = TopK.offer_rows, TopK._dense_both
+    monkeypatch.setattr(TopK, "offer_rows", lambda self, *a: taken.append("separate") or real_rows(self, *a))
+    monkeypatch.setattr(TopK, "_dense_both", lambda self, *a: taken.append("dense") or real_dense(self, *a))
     with ThreadPoolExecutor(max_workers=1) as pool:
         for a, c, s, path, pushed in cases:
             taken.clear()
             pushes.clear()
-            top.DENSE_ABOVE = 1.0 if path == "separate" else _TopK.DENSE_ABOVE
+            top.DENSE_ABOVE = 1.0 if path == "separate" else TopK.DENSE_ABOVE
             top.offer_both(s, a, c, pool)
             assert (taken[:1] or ["shared"]) == [path], (a, c, taken)
             if path == "shared":
@@ -267,7 +218,7 @@ def test_off_diagonal_blocks_offered_both_ways_keep_the_best_on_every_path(monke
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_symmetric_evaluation_is_bit_identical_on_exact_products(monkeypatch: pytest.MonkeyPatch,
                                                                   seed: int) -> None:
-    c = _exact_case(seed)
+    c = exact_case(seed)
     cases: list[tuple[dict[str, Any], EvalConfig]] = [
         ({}, EvalConfig(bootstrap=30)),
         ({"ids": c["ids"]}, EvalConfig(bootstrap=0, ks=[1, 3, 7], batch_size=50)),
@@ -276,19 +227,19 @@ def test_symmetric_evaluation_is_bit_identical_on_exact_products(monkeypatch: py
         ({"ids": c["ids"], "groups": c["groups"]}, EvalConfig(bootstrap=0, exclude_same_group=True, max_r=5)),
     ]
     for kw, cfg in cases:
-        _same(*_both_ways(monkeypatch, c, cfg, **kw))
+        assert_same(*_both_ways(monkeypatch, c, cfg, **kw))
 
 
 def test_symmetric_evaluation_matches_on_gaussian_data(monkeypatch: pytest.MonkeyPatch) -> None:
-    c = _gaussian_case(5)
+    c = gaussian_case(5)
     for kw, cfg in [({}, EvalConfig(bootstrap=25)),
                     ({"ids": c["ids"], "groups": c["groups"]}, EvalConfig(bootstrap=0, exclude_same_group=True))]:
-        _same(*_both_ways(monkeypatch, c, cfg, **kw))
+        assert_same(*_both_ways(monkeypatch, c, cfg, **kw))
 
 
 def test_split_evaluation_takes_the_symmetric_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """Per-split evaluation (one mask for queries and gallery) is leave-one-out too, hence symmetric."""
-    c = _exact_case(3, n=900)
+    c = exact_case(3, n=900)
     split = np.where(np.arange(900) % 3 == 0, "seen", "unseen")
     table = {"fine": c["labels"][:, 0], "coarse": c["labels"][:, 1], "id": c["ids"], "split": split}
     cfg = EvalConfig(bootstrap=10)
@@ -305,7 +256,7 @@ def test_split_evaluation_takes_the_symmetric_path(monkeypatch: pytest.MonkeyPat
 def test_symmetric_path_only_when_it_pays(monkeypatch: pytest.MonkeyPatch) -> None:
     """Queries distinct from the gallery, a gallery of one block, mostly skipped queries, or a small dimension:
     the plain path."""
-    c = _exact_case(4)
+    c = exact_case(4)
     spy = _Spy(monkeypatch)
     monkeypatch.setattr(ev, "SYMMETRIC_BLOCK", 64)
     run_split(c["x"], c["labels"], cfg=EvalConfig(bootstrap=0))  # D = 16 < SYMMETRIC_MIN_DIM
@@ -326,7 +277,7 @@ def test_symmetric_path_only_when_it_pays(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_symmetric_search_reports_progress(monkeypatch: pytest.MonkeyPatch) -> None:
-    c = _exact_case(6)
+    c = exact_case(6)
     monkeypatch.setattr(ev, "SYMMETRIC_MIN_DIM", 1)
     monkeypatch.setattr(ev, "SYMMETRIC_BLOCK", 128)
     seen: list[tuple[int, int]] = []
