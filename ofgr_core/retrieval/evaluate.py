@@ -27,6 +27,7 @@ from ofgr_core.retrieval.index import (
     exact_searcher,
     symmetric_knn,
 )
+from ofgr_core.retrieval.ivf_lists import by_list_index, ivf_knn_by_list
 from ofgr_core.retrieval.metrics import (
     bootstrap_ci,
     exact_group_means,
@@ -52,6 +53,9 @@ SYMMETRIC_BLOCK = 4096
 # too cheap for that to pay (measured at 32k items: 1.2x the plain search's CPU time at D=64, 1.0x at 128,
 # 0.88x at 256, 0.78x at 512; the share saved grows with N).
 SYMMETRIC_MIN_DIM = 256
+# An IVF-Flat all-vs-all of at least this many rows is searched list by list (``ivf_lists``): each list's
+# vectors meet the queries that probe it in one matrix product (measured in docs/benchmarks.md).
+BY_LIST_MIN_ROWS = 20000
 
 
 @dataclass
@@ -453,10 +457,8 @@ def _search(p: _Problem, query_emb: np.ndarray, gallery_emb: np.ndarray, g_raw: 
     e_max = int(p.n_excluded.max()) if p.nq else 0
     bs = max(64, min(cfg.batch_size, _CHUNK_ELEMENTS // max(p.k + e_max, 1)))
     neighbours = _Neighbours(searcher, p.gallery_ids, p.gallery_groups, tie_keys)
-    first = None
-    depth = _symmetric_depth(p, query_emb is gallery_emb, searcher, shard, gallery.shape)
-    if depth is not None:
-        first = symmetric_knn(gallery, depth, block=SYMMETRIC_BLOCK, progress=_as_share(progress, p.nq))
+    first = _first_search(p, query_emb is gallery_emb, searcher, shard, gallery, progress)
+    if first is not None:
         progress = None  # the scoring below is quick; the search has reported every query done
     per_query, rcwf, approx_top = _search_all(p, queries, neighbours, check_pos, bs, shard, progress, first)
     index_info: dict[str, Any] = {**searcher.info(), "k": int(p.k)}
@@ -470,25 +472,33 @@ def _search(p: _Problem, query_emb: np.ndarray, gallery_emb: np.ndarray, g_raw: 
     return _Found(per_query, rcwf, index_info, check_pos, exact_sample)
 
 
-def _symmetric_depth(p: _Problem, same: bool, searcher: SearchIndex, shard: QueryShard | None,
-                     shape: tuple[int, ...]) -> int | None:
-    """Results per row for ``symmetric_knn`` when this all-vs-all can use its symmetry, else None.
+def _first_search(p: _Problem, same: bool, searcher: SearchIndex, shard: QueryShard | None, gallery: np.ndarray,
+                  progress: Progress | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """Every gallery row's first search at once, when this all-vs-all has a faster way to it than a search per
+    query chunk: ``index.symmetric_knn`` for an exact search (each similarity block computed once for both
+    directions), ``ivf_lists.ivf_knn_by_list`` for an IVF-Flat index (each list meets its queries in one matrix
+    product; faiss's own search to float rounding). None: search chunk by chunk.
 
-    It can when the queries are the gallery's own rows (the same array), the search is exact on the CPU in one
-    process, the gallery spans more than one block, the dimension is at least ``SYMMETRIC_MIN_DIM``, at least
-    half of the rows are evaluated queries (the symmetric pass finds neighbours for every row), and its heaps
-    (N x depth x 12 bytes) hold at most twice the float32 embeddings, or 256 MiB. The depth is the widest first
-    search any query chunk makes: ``k + max(n_excluded) + 1 + ties.TIE_MARGIN``.
+    Either applies when the queries are the gallery's own rows (the same array), the search runs on the CPU in
+    one process, at least half of the rows are evaluated queries (the pass finds neighbours for every row), and
+    its heaps (N x depth x 12 bytes) hold at most twice the float32 embeddings, or 256 MiB. The depth is the
+    widest first search any query chunk makes: ``k + max(n_excluded) + 1 + ties.TIE_MARGIN``. The symmetric
+    search also needs the gallery to span more than one block and a dimension of at least
+    ``SYMMETRIC_MIN_DIM``; the list-wise one at least ``BY_LIST_MIN_ROWS`` rows.
     """
-    n, d = shape
-    if not same or shard is not None or searcher.index is not None or searcher.device != "cpu":
-        return None
-    if n <= SYMMETRIC_BLOCK or d < SYMMETRIC_MIN_DIM or 2 * p.nq < n:
+    n, d = gallery.shape
+    if not same or shard is not None or searcher.device != "cpu" or 2 * p.nq < n:
         return None
     depth = min(p.k + int(p.n_excluded.max()) + 1 + TIE_MARGIN, n)
     if n * depth * 12 > max(2 * n * d * 4, 1 << 28):
         return None
-    return depth
+    if searcher.index is None:
+        if n <= SYMMETRIC_BLOCK or d < SYMMETRIC_MIN_DIM:
+            return None
+        return symmetric_knn(gallery, depth, block=SYMMETRIC_BLOCK, progress=_as_share(progress, p.nq))
+    if n < BY_LIST_MIN_ROWS or by_list_index(searcher.index) is None:
+        return None
+    return ivf_knn_by_list(searcher.index, gallery, depth, progress=_as_share(progress, p.nq))
 
 
 def _as_share(progress: Progress | None, nq: int) -> Progress | None:

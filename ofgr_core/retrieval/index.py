@@ -14,6 +14,7 @@ faiss-gpu's ``index_cpu_to_all_gpus`` silently returns an empty index on a machi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -175,6 +176,23 @@ def _transpose_into(out: np.ndarray, x: np.ndarray) -> None:
     import torch
 
     torch.from_numpy(out).copy_(torch.from_numpy(x).T)
+
+
+@contextlib.contextmanager
+def faiss_threads(n: int) -> Iterator[None]:
+    """faiss's OpenMP threads set to ``n`` for the block (process-wide), then put back.
+
+    Between BLAS products from numpy, faiss's heap loops on one thread: its OpenMP workers spin-wait for a
+    while after each parallel loop (libgomp's default) and take the cores from numpy's BLAS threads (measured
+    in docs/benchmarks.md, "IVF-Flat searched list by list").
+    """
+    faiss = import_faiss()
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def _above(s: np.ndarray, bar: np.floating[Any] | float) -> np.ndarray:
