@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 import numpy as np
+import pytest
 
 from ofgr_core.retrieval.evaluate import SplitResult
 
@@ -77,3 +78,17 @@ def assert_same(got: SplitResult, ref: SplitResult) -> None:
         assert got.per_query[lv].keys() == metrics.keys()
         for key, vals in metrics.items():
             assert got.per_query[lv][key].tobytes() == vals.tobytes(), (lv, key)
+
+
+class CallSpy:
+    """Counts the calls of ``module.name`` (so a test knows which search path ran), calling the real one."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> None:
+        self.calls = 0
+        real = getattr(module, name)
+
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)

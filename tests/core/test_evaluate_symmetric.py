@@ -20,7 +20,7 @@ from typing import Any
 import faiss
 import numpy as np
 import pytest
-from evalcases import assert_same, exact_case, gaussian_case
+from evalcases import CallSpy, assert_same, exact_case, gaussian_case
 
 from ofgr_core.config import EvalConfig
 from ofgr_core.retrieval import evaluate as ev
@@ -29,24 +29,10 @@ from ofgr_core.retrieval.evaluate import SplitResult, evaluate_embeddings, run_s
 from ofgr_core.retrieval.index import TopK, _knn_inner_product, symmetric_knn
 
 
-class _Spy:
-    """Counts the symmetric searches (so a test knows which path ran)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.calls = 0
-        real = ev.symmetric_knn
-
-        def spy(*args: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
-            self.calls += 1
-            return real(*args, **kwargs)
-
-        monkeypatch.setattr(ev, "symmetric_knn", spy)
-
-
 def _both_ways(monkeypatch: pytest.MonkeyPatch, c: dict[str, Any], cfg: EvalConfig, **kw: Any
                ) -> tuple[SplitResult, SplitResult]:
     """(symmetric, plain) on the same leave-one-out problem."""
-    spy = _Spy(monkeypatch)
+    spy = CallSpy(monkeypatch, ev, "symmetric_knn")
     monkeypatch.setattr(ev, "SYMMETRIC_MIN_DIM", 1)
     monkeypatch.setattr(ev, "SYMMETRIC_BLOCK", 64)  # 600 rows: 10 blocks, the last one ragged
     sym = run_split(c["x"], c["labels"], cfg=cfg, **kw)
@@ -243,7 +229,7 @@ def test_split_evaluation_takes_the_symmetric_path(monkeypatch: pytest.MonkeyPat
     split = np.where(np.arange(900) % 3 == 0, "seen", "unseen")
     table = {"fine": c["labels"][:, 0], "coarse": c["labels"][:, 1], "id": c["ids"], "split": split}
     cfg = EvalConfig(bootstrap=10)
-    spy = _Spy(monkeypatch)
+    spy = CallSpy(monkeypatch, ev, "symmetric_knn")
     monkeypatch.setattr(ev, "SYMMETRIC_MIN_DIM", 1)
     monkeypatch.setattr(ev, "SYMMETRIC_BLOCK", 64)
     sym = evaluate_embeddings(c["x"], table, cfg)
@@ -257,7 +243,7 @@ def test_symmetric_path_only_when_it_pays(monkeypatch: pytest.MonkeyPatch) -> No
     """Queries distinct from the gallery, a gallery of one block, mostly skipped queries, or a small dimension:
     the plain path."""
     c = exact_case(4)
-    spy = _Spy(monkeypatch)
+    spy = CallSpy(monkeypatch, ev, "symmetric_knn")
     monkeypatch.setattr(ev, "SYMMETRIC_BLOCK", 64)
     run_split(c["x"], c["labels"], cfg=EvalConfig(bootstrap=0))  # D = 16 < SYMMETRIC_MIN_DIM
     assert spy.calls == 0

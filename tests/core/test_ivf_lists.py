@@ -16,7 +16,7 @@ from typing import Any
 import faiss
 import numpy as np
 import pytest
-from evalcases import assert_same, exact_case, gaussian_case
+from evalcases import CallSpy, assert_same, exact_case, gaussian_case
 
 from ofgr_core.config import EvalConfig, IndexConfig
 from ofgr_core.retrieval import evaluate as ev
@@ -100,20 +100,6 @@ def test_by_list_search_takes_only_a_plain_ivf_flat() -> None:
         ivf_knn_by_list(flat, x, 0)
 
 
-class _Spy:
-    """Counts the list-wise searches (so a test knows which path ran)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.calls = 0
-        real = ev.ivf_knn_by_list
-
-        def spy(*args: Any, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
-            self.calls += 1
-            return real(*args, **kwargs)
-
-        monkeypatch.setattr(ev, "ivf_knn_by_list", spy)
-
-
 def _ivf_cfg(nprobe: int, **kw: Any) -> EvalConfig:
     return EvalConfig(index=IndexConfig(type="ivf_flat", nlist=16, nprobe=nprobe, exact_check=150), **kw)
 
@@ -127,7 +113,7 @@ def test_ivf_evaluation_by_list_gives_the_per_chunk_numbers(monkeypatch: pytest.
     if case == "gaussian":
         runs.append(({"ids": c["ids"], "groups": c["groups"]}, _ivf_cfg(5, bootstrap=0, exclude_same_group=True)))
     for kw, cfg in runs:
-        spy = _Spy(monkeypatch)
+        spy = CallSpy(monkeypatch, ev, "ivf_knn_by_list")
         monkeypatch.setattr(ev, "BY_LIST_MIN_ROWS", 1)
         by_list = run_split(c["x"], c["labels"], cfg=cfg, **kw)
         assert spy.calls == 1
@@ -142,7 +128,7 @@ def test_ivf_by_list_path_only_where_it_applies(monkeypatch: pytest.MonkeyPatch)
     """Other index types, queries distinct from the gallery, mostly skipped queries, a small gallery: per chunk."""
     c = gaussian_case(9)
     x, lab = c["x"], c["labels"]
-    spy = _Spy(monkeypatch)
+    spy = CallSpy(monkeypatch, ev, "ivf_knn_by_list")
     run_split(x, lab, cfg=_ivf_cfg(3, bootstrap=0))  # 700 rows < BY_LIST_MIN_ROWS
     monkeypatch.setattr(ev, "BY_LIST_MIN_ROWS", 1)
     ev.evaluate_retrieval(x, x.copy(), lab, lab, cfg=_ivf_cfg(3, bootstrap=0))  # two arrays
