@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask where the OS has one, else the machine's count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def map_slices(func: Callable[[T], R], items: Sequence[T], threads: int) -> list[R]:
@@ -30,4 +39,4 @@ def map_slices(func: Callable[[T], R], items: Sequence[T], threads: int) -> list
     return [r for p in parts for r in p]
 
 
-__all__ = ["map_slices"]
+__all__ = ["map_slices", "usable_cpus"]

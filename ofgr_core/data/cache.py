@@ -47,6 +47,7 @@ from ofgr_core.common.integrity import (
     verify_header,
     write_header,
 )
+from ofgr_core.common.threads import usable_cpus
 
 CROP_PCT = 0.875
 CACHE_KIND, CACHE_VERSION = "pixel-cache", 2
@@ -272,7 +273,7 @@ class ImageCache:
         total = len(self.paths)
         done = total - len(todo)
         chunks = [todo[k : k + _WARM_CHUNK] for k in range(0, len(todo), _WARM_CHUNK)]
-        workers = workers or _cores()
+        workers = workers or usable_cpus()
         if workers <= 1 or len(todo) < _WARM_CHUNK:
             for chunk in chunks:
                 _fill(self, chunk)
@@ -302,13 +303,6 @@ class ImageCache:
 
 _WARM_CHUNK = 512
 _WARM_CACHE: ImageCache | None = None
-
-
-def _cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def _fill(cache: ImageCache, rows: np.ndarray) -> int:

@@ -37,6 +37,7 @@ from ofgr_core.common.integrity import (
     verify_header,
     write_header,
 )
+from ofgr_core.common.threads import usable_cpus
 from ofgr_core.config import DataConfig
 from ofgr_core.data.base import DatasetTable, create_table
 from ofgr_core.data.common import worker_start_method
@@ -341,10 +342,7 @@ _PROGRESS_EVERY_S = 0.25  # progress callbacks at most this often
 
 def default_workers() -> int:
     """Worker processes for data preparation: every core the process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+    return usable_cpus()
 
 
 

@@ -12,6 +12,7 @@ import numpy.typing as npt
 import torch
 
 from ofgr_core.common.atomic import atomic_path, atomic_save_npy
+from ofgr_core.common.threads import usable_cpus
 from ofgr_core.data.loader import ImageBatchDataset, ImageTransform
 from ofgr_core.models.precision import autocast
 
@@ -54,8 +55,7 @@ def loader_workers(requested: int, device: torch.device) -> int:
     """
     if device.type != "cpu" or requested <= 0:
         return max(0, requested)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return requested if requested + torch.get_num_threads() <= cores else 0
+    return requested if requested + torch.get_num_threads() <= usable_cpus() else 0
 
 
 @torch.no_grad()

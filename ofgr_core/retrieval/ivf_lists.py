@@ -19,13 +19,12 @@ the whole evaluation (build, search, exact audit) took 0.12 of an exact one (doc
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from ofgr_core.common.threads import map_slices
+from ofgr_core.common.threads import map_slices, usable_cpus
 from ofgr_core.retrieval.index import Progress, TopK, faiss_threads, import_faiss
 
 # (query, probed list) pairs per chunk of queries (their probes and sort, 16 bytes each): 65,536 queries at
@@ -84,7 +83,7 @@ def ivf_knn_by_list(index: Any, queries: np.ndarray, k: int, *, chunk: int | Non
     if chunk is None:
         chunk = max(1024, min(65536, PAIRS_PER_CHUNK // nprobe))
     if threads is None:
-        threads = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        threads = min(8, usable_cpus())
     scores = np.empty((nq, k), dtype=np.float32)
     rows = np.empty((nq, k), dtype=np.int64)
     for a in range(0, nq, chunk):
