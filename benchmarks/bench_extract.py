@@ -8,6 +8,10 @@ DataLoader workers, or in this process on the tower's threads when workers would
 ``ImageBatchDataset``), run the frozen tower, append to the cache on a writer thread. "One decode thread" is
 the same pipeline with the in-process decode on one thread, as before the decode threads; "hashes known" is the
 pipeline given the files' content hashes, as ``ofgr run`` gives them from its data stage (no hash pass).
+"Torch's batch conversion" is the pipeline with the batch built as before the numpy conversion (``torch.stack``,
+whole-batch torch operations, then a copy into the tower's channels-last layout). Each pipeline run also times
+its tower's forward passes: their share of the run's wall time is the ratio measured inside one run, which the
+box's drift between runs (+-10 % and more) does not move.
 "Encoder alone" runs the same tower on the same images already decoded, preprocessed and on the device, at the
 same batch size. The ratio pipeline / encoder says how much of the tower's speed the data path keeps (goal
 >= 0.8: the encoder, not the loader, should be the bottleneck). "Per-image pipeline" is the data path before
@@ -99,36 +103,74 @@ def main() -> None:
         def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
             super().__init__(*args, **{**kwargs, "decode_threads": 1})
 
+    from ofgr_core.data.loader import SplitTransform
+
+    class TorchSplit(SplitTransform):
+        """The batch conversion before the numpy one: ``torch.stack``, then whole-batch torch operations into a
+        contiguous batch, which ``iter_embed`` then copies into the channels-last layout."""
+
+        def batch_chw(self, pixels, *, channels_last: bool = False):  # noqa: ANN001, ANN202
+            pixels = torch.stack(list(pixels)) if isinstance(pixels, list) else pixels
+            x = pixels.to(torch.get_default_dtype(), memory_format=torch.contiguous_format)
+            x.div_(255)
+            if self.mean is not None and self.std is not None:
+                x.sub_(self.mean.view(1, -1, 1, 1)).div_(self.std.view(1, -1, 1, 1))
+            return x
+
+    class TorchConversion(shipped_dataset):  # type: ignore[misc,valid-type]
+        def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+            super().__init__(*args, **{**kwargs, "channels_last": False})
+            if self.split is not None:
+                self.split = TorchSplit(self.split.pil, self.split.mean, self.split.std)
+
     from ofgr_core.embedding.features import file_digests
 
     hashed = file_digests(paths)
+    real_tower = model.tower_features
 
-    def pipeline(r: int, one_thread: bool = False, digests: list[str] | None = None) -> float:
-        store = open_feature_store(model, work / f"cache-{r}{'-one' if one_thread else ''}{'-run' if digests else ''}")
-        embed_mod.ImageBatchDataset = OneDecodeThread if one_thread else shipped_dataset  # type: ignore[misc]
+    def pipeline(r: int, variant: str = "", digests: list[str] | None = None) -> tuple[float, float]:
+        """Images/s of one cold extraction, and the share of its wall time the tower's forward passes took."""
+        store = open_feature_store(model, work / f"cache-{r}-{variant}{'-run' if digests else ''}")
+        embed_mod.ImageBatchDataset = {"": shipped_dataset, "one": OneDecodeThread,  # type: ignore[misc]
+                                       "torch": TorchConversion}[variant]
+        in_tower = [0.0]
+
+        def timed(x):  # noqa: ANN001, ANN202
+            t = time.perf_counter()
+            out = real_tower(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            in_tower[0] += time.perf_counter() - t
+            return out
+
+        model.tower_features = timed
         try:
             t0 = time.perf_counter()
             feats, stats = extract_features(model, paths, tf, device, store=store, batch_size=a.batch_size,
                                             num_workers=a.workers, digests=digests)
-            speed = a.n / (time.perf_counter() - t0)
+            took = time.perf_counter() - t0
         finally:
             embed_mod.ImageBatchDataset = shipped_dataset  # type: ignore[misc]
+            del model.tower_features
         assert stats["computed"] == a.n and feats.shape == (a.n, model.feature_dim)
         equal.append(bool(np.array_equal(feats, old)))
-        return speed
+        return a.n / took, in_tower[0] / took
 
-    encs, pipes, ones, runs = [], [], [], []
+    encs, pipes, ones, runs, torchs = [], [], [], [], []
+    shares: dict[str, list[float]] = {"": [], "one": [], "torch": []}
     equal: list[bool] = []
     for r in range(a.repeats):  # alternated, each pipeline run on an empty cache of its own
         encs.append(encoder_alone())
-        pipes.append(pipeline(r))
-        ones.append(pipeline(r, one_thread=True))
-        runs.append(pipeline(r, digests=hashed))
+        for variant, speeds in (("", pipes), ("one", ones), ("torch", torchs)):
+            speed, share = pipeline(r, variant)
+            speeds.append(speed)
+            shares[variant].append(share)
+        runs.append(pipeline(r, digests=hashed)[0])
     ratios = sorted(p / e for p, e in zip(pipes, encs, strict=True))
     one_ratios = sorted(p / e for p, e in zip(ones, encs, strict=True))
     run_ratios = sorted(p / e for p, e in zip(runs, encs, strict=True))
     enc, pipe = float(np.median(encs)), float(np.median(pipes))
-    store = open_feature_store(model, work / "cache-0")
+    store = open_feature_store(model, work / "cache-0-")  # the first shipped run filled it
     t0 = time.perf_counter()
     feats = extract_features(model, paths, tf, device, store=store, batch_size=a.batch_size,
                              num_workers=a.workers)[0]
@@ -151,9 +193,18 @@ def main() -> None:
     print(f"  the same, hashes known (ofgr run):  {float(np.median(runs)):9.1f} img/s (median)   ratio "
           f"{np.median(run_ratios):.2f} (range {run_ratios[0]:.2f}-{run_ratios[-1]:.2f}; `ofgr run` passes the "
           "content hashes of its data stage: each file is read once)")
+    print(f"  the same, torch's batch conversion (before): {float(np.median(torchs)):9.1f} img/s (median)   ratio "
+          f"{np.median(sorted(p / e for p, e in zip(torchs, encs, strict=True))):.2f}")
     pairs = sorted(p / o for p, o in zip(pipes, ones, strict=True))  # neighbours in time: the box's drift cancels
     print(f"  decode threads / one decode thread, run by run: median {np.median(pairs):.2f} "
           f"(range {pairs[0]:.2f}-{pairs[-1]:.2f})")
+    pairs = sorted(p / o for p, o in zip(pipes, torchs, strict=True))
+    print(f"  numpy conversion into the tower's layout / torch's (before), run by run: median {np.median(pairs):.2f} "
+          f"(range {pairs[0]:.2f}-{pairs[-1]:.2f})")
+    print("  the tower's forward passes' share of the pipeline's wall time (the ratio above measured inside each run,"
+          " so the box's drift between runs cancels): " + ", ".join(
+              f"{name} {np.median(v):.2f} [{min(v):.2f}, {max(v):.2f}]" for name, v in
+              (("shipped", shares[""]), ("one decode thread", shares["one"]), ("torch's conversion", shares["torch"]))))
     print(f"  per-image pipeline (before):        {before:9.1f} img/s   ratio {before / enc:.2f}")
     print(f"  pipeline, warm cache (hash + read): {cached:9.1f} img/s")
     print(f"  same features as the per-image pipeline: {'yes' if same else f'NO (max abs difference {diff:.2e})'}"

@@ -82,7 +82,7 @@ def iter_embed(
     # no loader processes: this process decodes each batch between forward passes, on the tower's threads
     decode_threads = 1 if workers else torch.get_num_threads()
     loader = torch.utils.data.DataLoader(
-        ImageBatchDataset(paths, labels, transform, decode_threads=decode_threads),
+        ImageBatchDataset(paths, labels, transform, decode_threads=decode_threads, channels_last=channels_last),
         batch_size=None,
         sampler=batches,
         num_workers=workers,
@@ -95,7 +95,7 @@ def iter_embed(
     try:
         for images, _, _ in loader:
             images = images.to(device, non_blocking=True)
-            if channels_last:
+            if channels_last:  # already so from the dataset's fast path; not from its per-image fallback
                 images = images.contiguous(memory_format=torch.channels_last)
             with autocast(device, autocast_dtype):
                 emb = model(images)

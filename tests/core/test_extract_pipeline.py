@@ -95,24 +95,66 @@ def test_decode_threads_give_the_same_batches(tmp_path: Path, monkeypatch: pytes
     assert torch.equal(x[0], torch.stack([ref[i][0] for i in range(75)]))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_batch_conversion_is_torchvisions_bit_for_bit(dtype: torch.dtype) -> None:
+    """``SplitTransform.batch_chw`` (numpy, in groups, either layout) gives exactly the values of
+    torchvision's ``to_tensor`` + ``Normalize`` image by image, in the default float dtype, with 3-value,
+    1-value or no normalisation, for pixels given as one tensor or as per-image tensors of any strides."""
+    rng = np.random.default_rng(3)
+    hwc = rng.integers(0, 256, (70, 9, 11, 3), dtype=np.uint8)  # 70: four full groups of 16 and a part
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        for norm in (T.Normalize((0.481, 0.458, 0.408), (0.269, 0.261, 0.276)), T.Normalize((0.5,), (0.25,)), None):
+            tf = T.Compose([T.Resize(9), T.CenterCrop((9, 11)), T.ToTensor(), *([norm] if norm else [])])
+            split = split_transform(tf)
+            assert split is not None
+            ref = torch.stack([norm(T.functional.to_tensor(im)) if norm else T.functional.to_tensor(im) for im in hwc])
+            assert ref.dtype == dtype
+            as_decoded = [torch.from_numpy(im).permute(2, 0, 1) for im in hwc]  # CHW views of HWC memory
+            for channels_last in (False, True):
+                for got in (split.batch(hwc, channels_last=channels_last),
+                            split.batch_chw(as_decoded, channels_last=channels_last),
+                            split.batch_chw([x.contiguous() for x in as_decoded], channels_last=channels_last)):
+                    assert got.dtype == dtype and torch.equal(got, ref)
+                    layout = torch.channels_last if channels_last else torch.contiguous_format
+                    assert got.is_contiguous(memory_format=layout)
+        assert split.batch_chw([], channels_last=True).shape == (0, 3, 0, 0)
+    finally:
+        torch.set_default_dtype(old)
+
+
+def test_extraction_batches_come_channels_last(tmp_path: Path) -> None:
+    """Channels-last batches (what ``iter_embed(channels_last=True)`` asks for, above) hold the same values as the
+    contiguous ones, converted straight into the tower's layout (no copy into it after)."""
+    tf = _transforms()["clip"]
+    paths = _mixed_images(tmp_path, n=40)
+    same = [p for i, p in enumerate(paths) if i % 5 == 0] * 10  # one size: the fast path
+    labels = np.zeros((len(same), 1), np.int64)
+    a = ImageBatchDataset(same, labels, tf, cache=None, decode_threads=2)[list(range(len(same)))][0]
+    b = ImageBatchDataset(same, labels, tf, cache=None, decode_threads=2, channels_last=True)[list(range(len(same)))][0]
+    assert a.is_contiguous() and b.is_contiguous(memory_format=torch.channels_last) and not b.is_contiguous()
+    assert torch.equal(a, b)
+
+
 def test_in_process_extraction_decodes_on_the_towers_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without loader processes the batches are decoded between forward passes on ``torch.get_num_threads()``
     threads; each loader process decodes on one."""
     import ofgr_core.embedding.embed as embed_mod
 
-    made: list[int] = []
+    made: list[tuple[int, bool]] = []
 
     class Spy(ImageBatchDataset):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            made.append(kwargs["decode_threads"])
+            made.append((kwargs["decode_threads"], kwargs["channels_last"]))
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(embed_mod, "ImageBatchDataset", Spy)
     monkeypatch.setattr(embed_mod, "loader_workers", lambda requested, device: requested)
     tower, tf = TowerOnly(_tiny_tower()[0]), _transforms()["clip"]
     for workers in (0, 2):
-        list(embed_mod.iter_embed(tower, [], tf, torch.device("cpu"), num_workers=workers))
-    assert made == [torch.get_num_threads(), 1]
+        list(embed_mod.iter_embed(tower, [], tf, torch.device("cpu"), num_workers=workers, channels_last=workers > 0))
+    assert made == [(torch.get_num_threads(), False), (1, True)]  # and the batches come in the tower's layout
 
 
 def test_transforms_that_cannot_be_batched_run_per_image(tmp_path: Path) -> None:
