@@ -19,8 +19,9 @@ from ofgr_core.data.decode import chw_to_pil, decode_chw, open_rgb
 ImageTransform = Callable[[Image.Image], torch.Tensor]
 # The part of it before the tensor conversion: a PIL image to a PIL image.
 ImageTransformPIL = Callable[[Image.Image], Image.Image]
-# Images a batch converts to float and normalises at a time (``SplitTransform.batch_chw``): 16 of 64 x 64 are 768 KB
-CONVERT_GROUP = 16
+# Bytes of float pixels a batch converts and normalises at a time (``SplitTransform.batch_chw``): 16 images of
+# 64 x 64, one of 224 x 224; a group that stays in the cache between its passes
+CONVERT_BYTES = 768 * 1024
 
 
 class ImageDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
@@ -100,8 +101,8 @@ class SplitTransform:
         """``(B, 3, H, W)`` uint8 pixels (one tensor, or B ``(3, H, W)`` tensors of one size; any strides) -> the
         float tensor the model takes: contiguous, or in the channels-last layout (same values).
 
-        One pass in numpy on this thread: a group of ``CONVERT_GROUP`` images at a time is converted to float
-        into the batch and then put through the steps in place while it is in the cache, each step with its
+        One pass in numpy on this thread: a group of images (``CONVERT_BYTES`` of floats) at a time is converted
+        to float into the batch and then put through the steps in place while it is in the cache, each step with its
         per-channel constant laid along the rows' contiguous axis (tiled over the width in the channels-last
         layout: a broadcast over a length-3 axis costs ~15x more). 64 px images: ~16-24 us an image, against
         ~60 for torch's stack, conversion, three whole-batch passes and the copy into channels-last it replaces
@@ -127,13 +128,14 @@ class SplitTransform:
             rows = out.numpy().reshape(n, c, h * w)
             steps = [(op, k[:, None] if k.ndim else k) for op, k in steps]
         chw = out.numpy()
-        for first in range(0, n, CONVERT_GROUP):
-            last = min(n, first + CONVERT_GROUP)
+        group = max(1, CONVERT_BYTES // (c * h * w * out.element_size()))
+        for first in range(0, n, group):
+            last = min(n, first + group)
             for i in range(first, last):
                 np.copyto(chw[i], pixels[i].numpy(), casting="unsafe")
-            group = rows[first:last]
+            part = rows[first:last]
             for op, k in steps:
-                op(group, k, out=group)
+                op(part, k, out=part)
         return out
 
     def keeps(self, height: int, width: int) -> bool:

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
+import ofgr_core.data.loader as loader_mod
 from ofgr_core.data.loader import ImageBatchDataset, ImageDataset, split_transform
 from ofgr_core.embedding import features as F
 from ofgr_core.embedding.embed import loader_workers
@@ -96,12 +97,13 @@ def test_decode_threads_give_the_same_batches(tmp_path: Path, monkeypatch: pytes
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_batch_conversion_is_torchvisions_bit_for_bit(dtype: torch.dtype) -> None:
+def test_batch_conversion_is_torchvisions_bit_for_bit(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
     """``SplitTransform.batch_chw`` (numpy, in groups, either layout) gives exactly the values of
     torchvision's ``to_tensor`` + ``Normalize`` image by image, in the default float dtype, with 3-value,
     1-value or no normalisation, for pixels given as one tensor or as per-image tensors of any strides."""
     rng = np.random.default_rng(3)
-    hwc = rng.integers(0, 256, (70, 9, 11, 3), dtype=np.uint8)  # 70: four full groups of 16 and a part
+    hwc = rng.integers(0, 256, (70, 9, 11, 3), dtype=np.uint8)
+    monkeypatch.setattr(loader_mod, "CONVERT_BYTES", 16 * 3 * 9 * 11 * 4)  # groups of 16 (8 in float64) and a part
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
