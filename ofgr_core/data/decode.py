@@ -80,14 +80,19 @@ def read_bytes(path: str | os.PathLike[str]) -> bytearray:
 def decode_chw(path: str | os.PathLike[str]) -> torch.Tensor | None:
     """The ``(3, H, W)`` uint8 pixels of a JPEG/PNG file when the fast decoder gives exactly PIL's RGB, else None
     (then decode with :func:`open_rgb`, which falls back to PIL; a file that cannot be read raises there)."""
-    decode = _fast_decoder()
-    if decode is None:
+    if _fast_decoder() is None:
         return None
     try:
         raw = read_bytes(path)
     except OSError:
         return None
-    if not raw.startswith(_MAGIC):
+    return decode_chw_bytes(raw)
+
+
+def decode_chw_bytes(raw: bytearray | None) -> torch.Tensor | None:
+    """:func:`decode_chw` of a file's bytes (from :func:`read_bytes`; None: a file that could not be read)."""
+    decode = _fast_decoder()
+    if decode is None or raw is None or not raw.startswith(_MAGIC):
         return None
     try:
         pixels = decode(torch.frombuffer(raw, dtype=torch.uint8))
@@ -114,4 +119,4 @@ def open_rgb(path: str | os.PathLike[str], *, fast: bool = True) -> Image.Image:
         return rgb
 
 
-__all__ = ["chw_to_pil", "decode_chw", "open_rgb", "read_bytes"]
+__all__ = ["chw_to_pil", "decode_chw", "decode_chw_bytes", "open_rgb", "read_bytes"]

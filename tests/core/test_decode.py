@@ -145,6 +145,11 @@ def test_batches_of_fast_decodes_skip_the_per_image_steps(tmp_path: Path, monkey
     ds = ImageBatchDataset(paths, np.zeros((4, 1), np.int64), tf, cache=None)
     monkeypatch.setattr(ds.images, "load_or_black", lambda i: pytest.fail("decoded through PIL"))
     assert ds[[0, 1, 2, 3]][0].shape == (4, 3, 16, 16)
+    # a file gone since the listing (read_bytes raises): that image is black and recorded, the others decode
+    Path(paths[2]).unlink()
+    ds = ImageBatchDataset(paths, np.zeros((4, 1), np.int64), tf, cache=None)
+    x = ds[[0, 1, 2, 3]][0]
+    assert ds.failures == [paths[2]] and int(x[2].count_nonzero()) == 0 and int(x[1].count_nonzero()) > 0
 
 
 def test_cpu_extraction_decodes_in_process_when_workers_would_take_the_towers_cores(
