@@ -2,6 +2,7 @@
 
     python benchmarks/bench_extract.py                                   # tiny CLIP, 64 px, CPU
     python benchmarks/bench_extract.py --model ViT-B-32 --size 224 --n 2000 --workers 8 --device cuda
+    python benchmarks/bench_extract.py --parts                           # two parts of the data path, each vs before
 
 "Pipeline" is ``ofgr_core.embedding.features.extract_features``: hash the files, decode and preprocess them in
 DataLoader workers, or in this process on the tower's threads when workers would take its cores (whole batches:
@@ -46,7 +47,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5,
                     help="encoder-alone and cold pipeline runs, alternated; the ratio's median and range are printed "
                          "(single runs of a few seconds on a 2-core box spread by +-10 %%)")
+    ap.add_argument("--parts", action="store_true",
+                    help="instead: the batch conversion (numpy into the tower's layout vs torch's, 64/96/224 px) and "
+                         "read-then-decode vs reading and decoding on each thread, alternated, with their ratios")
     a = ap.parse_args()
+    if a.parts:
+        parts(a)
+        return
 
     import numpy as np
     import torch
@@ -238,6 +245,72 @@ def per_image_pipeline(model, paths, tf, device, store, a):  # noqa: ANN001, ANN
                     out.append(model.tower_features(x).float().cpu().numpy())
         store.append([digests[i] for i in part], np.concatenate(out))
     return store.read(digests)
+
+
+def parts(a) -> None:  # noqa: ANN001
+    """Two parts of the data path alone, each against what it replaced, alternated (medians of paired runs)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from ofgr_core.common.threads import map_slices
+    from ofgr_core.data.decode import decode_chw, decode_chw_bytes, read_bytes
+    from ofgr_core.data.loader import split_transform
+
+    def timed(f) -> float:  # noqa: ANN001
+        t0 = time.perf_counter()
+        f()
+        return time.perf_counter() - t0
+
+    rng = np.random.default_rng(0)
+    norm = T.Normalize((0.481, 0.458, 0.408), (0.269, 0.261, 0.276))
+    print(f"batch conversion, us an image (medians of {a.repeats} alternations; numpy into channels-last vs "
+          "torch.stack, whole-batch torch steps and the copy into channels-last):")
+    for size, batch in ((64, 256), (96, 128), (224, 64)):
+        split = split_transform(T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(), norm]))
+        assert split is not None
+        chw = [torch.from_numpy(im).permute(2, 0, 1) for im in rng.integers(0, 256, (batch, size, size, 3), np.uint8)]
+
+        def before(split=split, chw=chw) -> torch.Tensor:  # noqa: ANN001
+            x = torch.stack(chw).to(torch.float32, memory_format=torch.contiguous_format)
+            x.div_(255).sub_(split.mean.view(1, -1, 1, 1)).div_(split.std.view(1, -1, 1, 1))
+            return x.contiguous(memory_format=torch.channels_last)
+
+        def now(split=split, chw=chw) -> torch.Tensor:  # noqa: ANN001
+            return split.batch_chw(chw, channels_last=True)
+
+        assert torch.equal(before(), now())
+        runs = [(timed(before), timed(now)) for _ in range(a.repeats)]
+        print(f"  {size} px: before {1e6 * np.median([b for b, _ in runs]) / batch:7.1f}   now "
+              f"{1e6 * np.median([n for _, n in runs]) / batch:7.1f}   now / before, run by run: median "
+              f"{np.median([n / b for b, n in runs]):.2f}")
+    work = Path(tempfile.mkdtemp(prefix="ofgr-bench-extract-"))
+    paths = []
+    for i in range(2048):
+        p = work / f"{i:06d}.jpg"
+        Image.fromarray(rng.integers(0, 255, (a.size, a.size, 3), dtype=np.uint8)).save(p, quality=90)
+        paths.append(str(p))
+    batches = [paths[s : s + 256] for s in range(0, len(paths), 256)]
+    threads = torch.get_num_threads()
+
+    def each_thread() -> None:
+        for b in batches:
+            map_slices(decode_chw, b, threads)
+
+    def read_then_decode() -> None:
+        for b in batches:
+            map_slices(decode_chw_bytes, [read_bytes(p) for p in b], threads)
+
+    runs = [(timed(each_thread), timed(read_then_decode)) for _ in range(max(a.repeats, 15))]
+    n = len(paths)
+    print(f"{n} JPEG files of {a.size} px, batches of 256 on {threads} threads, us an image: read and decode on each "
+          f"thread {1e6 * np.median([e for e, _ in runs]) / n:.1f}, read here then decode on the threads "
+          f"{1e6 * np.median([r for _, r in runs]) / n:.1f}; ratio run by run: median "
+          f"{np.median([r / e for e, r in runs]):.2f}")
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

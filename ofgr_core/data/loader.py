@@ -107,9 +107,10 @@ class SplitTransform:
         One pass in numpy on this thread: a group of images (``CONVERT_BYTES`` of floats) at a time is converted
         to float into the batch and then put through the steps in place while it is in the cache, each step with its
         per-channel constant laid along the rows' contiguous axis (tiled over the width in the channels-last
-        layout: a broadcast over a length-3 axis costs ~15x more). 64 px images: ~16-24 us an image, against
-        ~60 for torch's stack, conversion, three whole-batch passes and the copy into channels-last it replaces
-        (two threads were slower than one: the per-image calls hold the GIL). Every element goes through
+        layout: a broadcast over a length-3 axis costs ~15x more). It replaces ``torch.stack``, three whole-batch
+        torch passes and the copy into channels-last: 0.77 of their time at 64 px, 0.66 at 96, 0.77 at 224
+        (``benchmarks/bench_extract.py --parts``); two threads were slower than one (its per-image calls hold the
+        GIL). Every element goes through
         torchvision's IEEE operations in its order (``float(x) / 255``, ``- mean``, ``/ std``), so the values
         are bit for bit those of the per-image transform (``tests/core/test_extract_pipeline.py``).
         """

@@ -51,7 +51,8 @@ def loader_workers(requested: int, device: torch.device) -> int:
     Measured with ``benchmarks/bench_extract.py`` (tiny CLIP, 64 px JPEGs, 2-core box, idle; pipeline / encoder,
     medians of 3 alternated pairs): 0.84 decoding in-process (2,000 images) against 0.55 with one loader process
     and 0.62 with two (6,000 images); docs/benchmarks.md has the later runs (in-process with the decode
-    threads of ``iter_embed``: medians 0.67-0.72 over three runs of 7-9 alternations).
+    threads of ``iter_embed``: medians 0.67-0.72 over three runs of 7-9 alternations; 0.71 and 0.83 after the
+    numpy batch conversion and read-then-decode, depending on the box's speed).
     """
     if device.type != "cpu" or requested <= 0:
         return max(0, requested)
