@@ -59,12 +59,17 @@ class ImageDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor, in
             return self.cache.get(path)
         return open_rgb(path, fast=fast)
 
-    def file_bytes(self, i: int) -> bytearray | None:
+    def file_bytes(self, i: int, prefetched: dict[str, bytearray] | None = None) -> bytearray | None:
         """Row ``i``'s file, for the fast decoder (``decode_chw_bytes``); None where a cached copy stands in for it
-        or it cannot be read (then ``load_or_black``)."""
+        or it cannot be read (then ``load_or_black``). ``prefetched``: files' bytes already read, by path; the
+        row's is taken out of it rather than read again."""
         path = self.paths[i]
         if self.cache is not None and path in self.cache:
             return None
+        if prefetched:
+            data = prefetched.pop(path, None)
+            if data is not None:
+                return data
         try:
             return read_bytes(path)
         except OSError:
@@ -198,16 +203,18 @@ class ImageBatchDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tenso
     ``ofgr_core.common.threads.map_slices``); more than one where the batch is built in the process that runs
     the model, between its forward passes, when the cores are free. ``channels_last``: the batch comes in the
     channels-last layout the tower runs in (``iter_embed``), converted into it directly rather than copied
-    into it after. Same values either way.
+    into it after. ``prefetched``: files' bytes already read, by path (``ImageDataset.file_bytes``). Same values
+    either way.
     """
 
     def __init__(self, paths: list[str], labels: np.ndarray, transform: ImageTransform,
                  cache: ImageCache | Literal["auto"] | None = "auto", *, decode_threads: int = 1,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, prefetched: dict[str, bytearray] | None = None) -> None:
         self.images = ImageDataset(paths, labels, transform, cache)
         self.split = split_transform(transform)
         self.decode_threads = decode_threads
         self.channels_last = channels_last
+        self.prefetched = prefetched
 
     @property
     def failures(self) -> list[str]:
@@ -225,7 +232,7 @@ class ImageBatchDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tenso
         if self.split is not None:
             # the files read one after another here (small reads on several threads queue for the GIL: 0.85 of the
             # time of reading and decoding on each thread, 64 px JPEGs), then decoded on the threads
-            fast = map_slices(decode_chw_bytes, [self.images.file_bytes(i) for i in rows], threads)
+            fast = map_slices(decode_chw_bytes, [self.images.file_bytes(i, self.prefetched) for i in rows], threads)
         chw = [c for c in fast if c is not None]
         if self.split is not None and len(chw) == len(rows) and len({c.shape for c in chw}) == 1 \
                 and self.split.keeps(*chw[0].shape[1:]):

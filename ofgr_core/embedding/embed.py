@@ -71,10 +71,13 @@ def iter_embed(
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     normalize: bool = True,
+    prefetched: dict[str, bytearray] | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(start_row, embeddings)`` chunks in order; float32, L2-normalised unless ``normalize=False``.
 
     ``autocast_dtype``: the forward pass's autocast dtype (an encoder's ``autocast_dtype``; None: float32).
+    ``prefetched``: bytes of files already read, by path (``features.extract_features``' hash pass), decoded
+    instead of reading those files again and dropped as they are; only without loader processes.
     """
     labels = np.zeros((len(paths), 1), dtype=np.int64)
     # workers build whole batches (ImageBatchDataset): one uint8 array per batch, normalised in one pass
@@ -83,7 +86,8 @@ def iter_embed(
     # no loader processes: this process decodes each batch between forward passes, on the tower's threads
     decode_threads = 1 if workers else torch.get_num_threads()
     loader = torch.utils.data.DataLoader(
-        ImageBatchDataset(paths, labels, transform, decode_threads=decode_threads, channels_last=channels_last),
+        ImageBatchDataset(paths, labels, transform, decode_threads=decode_threads, channels_last=channels_last,
+                          prefetched=None if workers else prefetched),
         batch_size=None,
         sampler=batches,
         num_workers=workers,

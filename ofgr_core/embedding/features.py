@@ -70,6 +70,8 @@ if TYPE_CHECKING:  # torch is imported when features are extracted, not by `ofgr
     from ofgr_core.models.base import Encoder
 
 CACHE_VERSION = 1  # part of the key digest (the folder name)
+# Bytes of image files the hash pass of an in-process extraction keeps for the decode (each file read once)
+PREFETCH_BYTES = 256 * 2**20
 STORE_KIND, STORE_VERSION = "feature-cache", 2  # the folder's file format
 # Bump when ofgr's extraction computes other numbers for the same tower (normalisation, dtype handling, memory
 # layout, batching that changes results): features cached by an older extraction then land in another folder.
@@ -124,7 +126,12 @@ def key_digest(key: dict[str, Any]) -> str:
 def file_digest(path: str) -> str:
     """The content hash ofgr's data layer uses (blake2b-128 of the file's bytes)."""
     with open(path, "rb", buffering=0) as f:  # unbuffered: one read of the whole file, no buffer object
-        return hashlib.blake2b(f.readall(), digest_size=16).hexdigest()
+        return bytes_digest(f.readall())
+
+
+def bytes_digest(data: bytes | bytearray) -> str:
+    """:func:`file_digest` of a file's bytes already read."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def file_digests(paths: Sequence[str], threads: int | None = None) -> list[str]:
@@ -136,6 +143,33 @@ def file_digests(paths: Sequence[str], threads: int | None = None) -> list[str]:
     """
     # at least 256 files a thread: below that, starting threads costs more than it overlaps
     return map_slices(file_digest, paths, max(1, min(threads or min(8, os.cpu_count() or 1), len(paths) // 256)))
+
+
+def _digests_keeping(paths: Sequence[str], budget: int) -> tuple[list[str], dict[str, bytearray]]:
+    """``file_digests(paths)``, keeping the bytes of files read while at most ``budget`` bytes are kept, by path:
+    the decode that follows takes them instead of reading those files a second time. A file ``read_bytes``
+    cannot read is hashed by ``file_digest``, whose error names it."""
+    import threading
+
+    from ofgr_core.data.decode import read_bytes
+
+    kept: dict[str, bytearray] = {}
+    held = [0]
+    lock = threading.Lock()
+
+    def digest(path: str) -> str:
+        try:
+            data = read_bytes(path)
+        except OSError:
+            return file_digest(path)
+        with lock:
+            if held[0] + len(data) <= budget:
+                kept[path] = data
+                held[0] += len(data)
+        return bytes_digest(data)
+
+    threads = max(1, min(min(8, os.cpu_count() or 1), len(paths) // 256))  # as file_digests
+    return map_slices(digest, paths, threads), kept
 
 
 @dataclass
@@ -414,10 +448,11 @@ def extract_features(
     Only images whose content hash is missing from the cache run through the tower (content hashes of all
     the files come from ``file_digests`` unless given). One loader streams every missing image (decoded
     and preprocessed in its workers, or in this process when the tower runs on the CPU cores they would take:
-    ``ofgr_core.embedding.embed.loader_workers``); each finished chunk of ``chunk`` images is appended
-    to the cache on a writer thread while the tower computes the next, so an interrupted fill keeps every
-    appended chunk and resumes after it. The tower runs under the encoder's own ``autocast_dtype``, the dtype
-    its ``feature_key()`` names.
+    ``ofgr_core.embedding.embed.loader_workers``; then the hash pass keeps the bytes it read, up to
+    ``PREFETCH_BYTES``, and those files are decoded from them, not read again); each finished chunk of
+    ``chunk`` images is appended to the cache on a writer thread while the tower computes the next, so an
+    interrupted fill keeps every appended chunk and resumes after it. The tower runs under the encoder's own
+    ``autocast_dtype``, the dtype its ``feature_key()`` names.
 
     Returns:
         ``(features, stats)``: ``(N, feature_dim)`` float32 in the order of ``paths``, and
@@ -425,16 +460,16 @@ def extract_features(
     """
     import torch
 
-    from ofgr_core.embedding.embed import iter_embed
+    from ofgr_core.embedding.embed import iter_embed, loader_workers
     from ofgr_core.models.base import TowerOnly
 
     n = len(paths)
     dim = int(encoder.feature_dim)
 
-    def computed(todo: list[str]) -> Iterator[tuple[int, np.ndarray]]:
+    def computed(todo: list[str], prefetched: dict[str, bytearray] | None = None) -> Iterator[tuple[int, np.ndarray]]:
         return iter_embed(TowerOnly(encoder), todo, transform, torch.device(device), batch_size=batch_size,
                           num_workers=num_workers, autocast_dtype=encoder.autocast_dtype, channels_last=True,
-                          normalize=False)
+                          normalize=False, prefetched=prefetched)
 
     if store is None:
         out = np.empty((n, dim), np.float32)
@@ -450,11 +485,16 @@ def extract_features(
     if cached_as is not None and cached_as != runs_as:
         raise ConfigError(f"feature cache {store.folder} holds {cached_as} features, but this extraction runs in "
                           f"{runs_as}; open the store with the encoder it extracts with (open_feature_store)")
-    digests = list(digests) if digests is not None else file_digests(paths)
+    prefetched: dict[str, bytearray] = {}
+    if digests is None:  # decoded in this process: the files the hash pass reads are decoded from its bytes
+        in_process = loader_workers(num_workers, torch.device(device)) == 0
+        digests, prefetched = _digests_keeping(paths, PREFETCH_BYTES if in_process else 0)
+    digests = list(digests)
     if len(digests) != n:
         raise DataError(f"{len(digests)} content hashes for {n} images")
     store.verify(digests)  # rows that fail their CRC are forgotten: computed again below
     todo = store.missing(digests)
+    prefetched = {paths[i]: prefetched[paths[i]] for i in todo if paths[i] in prefetched}  # hits' bytes go
     missing = {digests[i] for i in todo}
     hits = sum(d not in missing for d in digests)
     if progress is not None:
@@ -462,7 +502,7 @@ def extract_features(
     # the data loader draws a seed from torch's global generator: computing features must not move it, or a
     # run's head would train differently depending on whether the cache was warm
     with torch.random.fork_rng(devices=[]):
-        _fill(store, computed([paths[i] for i in todo]), [digests[i] for i in todo], dim, chunk,
+        _fill(store, computed([paths[i] for i in todo], prefetched), [digests[i] for i in todo], dim, chunk,
               None if progress is None else (lambda done: progress(hits + done, n)))
     return store.read(digests), {"hits": hits, "computed": len(todo)}
 

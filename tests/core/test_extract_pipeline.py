@@ -255,3 +255,47 @@ def test_bulk_hashes_equal_one_by_one(tmp_path: Path) -> None:
         paths.append(str(p))
     assert file_digests(paths, threads=3) == [file_digest(p) for p in paths]
     assert file_digests(paths[:5]) == [file_digest(p) for p in paths[:5]]
+    kept_digests, kept = F._digests_keeping(paths, budget=40_000)  # the bytes of ~12 files, read on two threads
+    assert kept_digests == file_digests(paths)
+    held = sum(len(v) for v in kept.values())
+    assert 40_000 - 4000 < held <= 40_000 and all(bytes(kept[p]) == Path(p).read_bytes() for p in kept)
+    with pytest.raises(IsADirectoryError, match=str(tmp_path)):  # file_digest's error names the folder
+        F._digests_keeping([*paths[:3], str(tmp_path)], budget=1 << 20)
+
+
+@pytest.mark.parametrize("budget", ["all", "some", "none"])
+def test_standalone_extraction_reads_each_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    budget: str) -> None:
+    """Without content hashes given, in-process extraction decodes the files from the bytes its hash pass read
+    (up to ``PREFETCH_BYTES``): each file is opened once, the rest twice; the features are the same either way,
+    and files already in the cache are not decoded."""
+    import os
+
+    rng = np.random.default_rng(5)
+    paths = []
+    for i in range(40):
+        p = tmp_path / "img" / f"{i:02d}.jpg"
+        p.parent.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(p, quality=90)
+        paths.append(str(p))
+    sizes = [Path(p).stat().st_size for p in paths]
+    limit = {"all": 1 << 30, "some": sum(sizes[:15]), "none": 0}[budget]
+    kept = 40 if budget == "all" else 15 if budget == "some" else 0
+    monkeypatch.setattr(F, "PREFETCH_BYTES", limit)
+    model, tf = _tiny_tower()
+    ref, _ = extract_features(model, paths, tf, "cpu", batch_size=8)  # no store: no hash pass
+    opened: list[str] = []
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda path, *a, **k: opened.append(str(path)) or real_open(path, *a, **k))
+    store = FeatureStore(tmp_path / "cache", model.feature_key(), model.feature_dim)
+    feats, stats = extract_features(model, paths, tf, "cpu", store=store, batch_size=8)
+    assert stats == {"hits": 0, "computed": 40} and np.array_equal(feats, ref)
+    counts = [opened.count(p) for p in paths]
+    assert counts == [1] * kept + [2] * (40 - kept)
+    # half of them cached: only the other half are decoded (from the hash pass's bytes)
+    store2 = FeatureStore(tmp_path / "cache2", model.feature_key(), model.feature_dim)
+    extract_features(model, paths[::2], tf, "cpu", store=store2, digests=file_digests(paths[::2]), batch_size=8)
+    opened.clear()
+    feats, stats = extract_features(model, paths, tf, "cpu", store=store2, batch_size=8)
+    assert stats == {"hits": 20, "computed": 20} and np.array_equal(feats, ref)
+    assert [opened.count(p) for p in paths] == [1 if i % 2 == 0 or i < kept else 2 for i in range(40)]
