@@ -110,14 +110,14 @@ class SplitTransform:
         float tensor the model takes: contiguous, or in the channels-last layout (same values).
 
         One pass in numpy on this thread: a group of images (``CONVERT_BYTES`` of floats) at a time is converted
-        to float into the batch and then put through the steps in place while it is in the cache, each step with its
-        per-channel constant laid along the rows' contiguous axis (tiled over the width in the channels-last
+        to float into the batch and then put through the steps in place while it is in the cache, each step with
+        its per-channel constant laid along the rows' contiguous axis (tiled over the width in the channels-last
         layout: a broadcast over a length-3 axis costs ~15x more). It replaces ``torch.stack``, three whole-batch
         torch passes and the copy into channels-last: 0.77 of their time at 64 px, 0.66 at 96, 0.77 at 224
         (``benchmarks/bench_extract.py --parts``); two threads were slower than one (its per-image calls hold the
-        GIL). Every element goes through
-        torchvision's IEEE operations in its order (``float(x) / 255``, ``- mean``, ``/ std``), so the values
-        are bit for bit those of the per-image transform (``tests/core/test_extract_pipeline.py``).
+        GIL). Every element goes through torchvision's IEEE operations in its order (``float(x) / 255``,
+        ``- mean``, ``/ std``), so the values are bit for bit those of the per-image transform
+        (``tests/core/test_extract_pipeline.py``).
         """
         n = len(pixels)
         c, h, w = (int(d) for d in pixels[0].shape) if n else (3, 0, 0)
@@ -230,8 +230,8 @@ class ImageBatchDataset(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tenso
         threads = min(self.decode_threads, len(rows) // 32)
         fast: list[torch.Tensor | None] = [None] * len(rows)
         if self.split is not None:
-            # the files read one after another here (small reads on several threads queue for the GIL: 0.85 of the
-            # time of reading and decoding on each thread, 64 px JPEGs), then decoded on the threads
+            # the files read one after another here (small reads on several threads queue for the GIL: 0.85-0.87
+            # of the time of reading and decoding on each thread, 64 px JPEGs), then decoded on the threads
             fast = map_slices(decode_chw_bytes, [self.images.file_bytes(i, self.prefetched) for i in rows], threads)
         chw = [c for c in fast if c is not None]
         if self.split is not None and len(chw) == len(rows) and len({c.shape for c in chw}) == 1 \

@@ -141,8 +141,12 @@ def file_digests(paths: Sequence[str], threads: int | None = None) -> list[str]:
     the hashing; each thread walks one contiguous slice (no per-file task), which keeps the per-file Python
     cost to the open, read and hash calls.
     """
+    return map_slices(file_digest, paths, _hash_threads(len(paths), threads))
+
+
+def _hash_threads(files: int, threads: int | None = None) -> int:
     # at least 256 files a thread: below that, starting threads costs more than it overlaps
-    return map_slices(file_digest, paths, max(1, min(threads or min(8, os.cpu_count() or 1), len(paths) // 256)))
+    return max(1, min(threads or min(8, os.cpu_count() or 1), files // 256))
 
 
 def _digests_keeping(paths: Sequence[str], budget: int) -> tuple[list[str], dict[str, bytearray]]:
@@ -163,13 +167,12 @@ def _digests_keeping(paths: Sequence[str], budget: int) -> tuple[list[str], dict
         except OSError:
             return file_digest(path)
         with lock:
-            if held[0] + len(data) <= budget:
+            if 0 < len(data) <= budget - held[0]:
                 kept[path] = data
                 held[0] += len(data)
         return bytes_digest(data)
 
-    threads = max(1, min(min(8, os.cpu_count() or 1), len(paths) // 256))  # as file_digests
-    return map_slices(digest, paths, threads), kept
+    return map_slices(digest, paths, _hash_threads(len(paths))), kept
 
 
 @dataclass
@@ -446,7 +449,7 @@ def extract_features(
     """Tower features of ``paths`` (``encoder.tower_features``), through the cache when one is given.
 
     Only images whose content hash is missing from the cache run through the tower (content hashes of all
-    the files come from ``file_digests`` unless given). One loader streams every missing image (decoded
+    the files are computed as ``file_digests`` does unless given). One loader streams every missing image (decoded
     and preprocessed in its workers, or in this process when the tower runs on the CPU cores they would take:
     ``ofgr_core.embedding.embed.loader_workers``; then the hash pass keeps the bytes it read, up to
     ``PREFETCH_BYTES``, and those files are decoded from them, not read again); each finished chunk of
