@@ -70,6 +70,9 @@ def main() -> None:
     ap.add_argument("--warm-repeats", type=int, default=3,
                     help="warm runs as shipped, each followed by one through autograd (default 3)")
     a = ap.parse_args()
+    from ofgr_core.common.memory import keep_freed_memory
+
+    keep_freed_memory()  # glibc's malloc as the ofgr command sets it (OFGR_MALLOC=system: its defaults)
 
     work = Path(tempfile.mkdtemp(prefix="ofgr-bench-clip-"))
     common = list(a.overrides) + ([f"data.sources.0.root={a.data_root}"] if a.data_root else [])

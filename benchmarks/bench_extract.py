@@ -51,6 +51,9 @@ def main() -> None:
                     help="instead: the batch conversion (numpy into the tower's layout vs torch's, 64/96/224 px) and "
                          "read-then-decode vs reading and decoding on each thread, alternated, with their ratios")
     a = ap.parse_args()
+    from ofgr_core.common.memory import keep_freed_memory
+
+    keep_freed_memory()  # glibc's malloc as the ofgr command sets it (OFGR_MALLOC=system: its defaults)
     if a.parts:
         parts(a)
         return

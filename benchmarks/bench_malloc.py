@@ -2,19 +2,22 @@
 
     python benchmarks/bench_malloc.py                  # 6 alternations of the three settings, one process each
 
-A CPU forward pass of the tiny CLIP tower on 256 images maps, zeroes and unmaps its largest activations (~68 MB,
-above glibc's mmap threshold) every batch: ~17,000-33,000 minor page faults a batch. Two switches change that,
-each read when a process starts, so every setting runs in processes of its own, alternated:
+With glibc's defaults a CPU forward pass of the tiny CLIP tower on 256 images maps, zeroes and unmaps its largest
+activations (~68 MB, above glibc's mmap threshold) every batch: ~17,000-33,000 minor page faults a batch. The
+settings are fixed when a process starts (or, for malloc, before the blocks are allocated), so each runs in
+processes of its own, alternated:
 
-- ``default``: as ofgr runs;
-- ``thp``: ``THP_MEM_ALLOC_ENABLE=1`` (torch: 2 MB pages for CPU allocations of 2 MB and more);
-- ``glibc``: ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1073741824`` (glibc keeps freed memory for reuse).
+- ``system``: glibc's defaults (``OFGR_MALLOC=system``; what ofgr ran with before ``keep_freed_memory``);
+- ``ofgr``: ``ofgr_core.common.memory.keep_freed_memory()``, which the ``ofgr`` command applies when it starts
+  (glibc keeps freed memory for reuse: ``M_MMAP_MAX`` 0, ``M_TRIM_THRESHOLD`` 256 MiB);
+- ``thp``: glibc's defaults and torch's ``THP_MEM_ALLOC_ENABLE=1`` (2 MB pages for CPU allocations of 2 MB and
+  more; not set by ofgr).
 
 Each process times the tower alone on one batch, the extraction pipeline on 2,000 64 px JPEG files with their
 hashes given (``extract_features``, cold cache) and 1,000 steps of the demo head on 1280-d cached features
 (``HeadStep`` + gradient clip + fused AdamW), and counts the faults of one forward pass. Printed: each setting's
-medians and, run by run, its speed over the default's neighbouring run (medians and ranges). ofgr sets neither
-switch (docs/benchmarks.md says why); measure on an idle box.
+medians and, run by run, its speed over the neighbouring ``system`` run (medians and ranges). Measure on an idle
+box.
 """
 
 from __future__ import annotations
@@ -30,9 +33,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = {
-    "default": {},
-    "thp": {"THP_MEM_ALLOC_ENABLE": "1"},
-    "glibc": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "1073741824"},
+    "system": {"OFGR_MALLOC": "system"},
+    "ofgr": {},
+    "thp": {"OFGR_MALLOC": "system", "THP_MEM_ALLOC_ENABLE": "1"},
 }
 
 
@@ -43,6 +46,9 @@ def worker(files: str) -> dict[str, float]:
     import torch
 
     sys.path.insert(0, str(REPO))
+    from ofgr_core.common.memory import keep_freed_memory
+
+    keep_freed_memory()  # as the ofgr command does (nothing under OFGR_MALLOC=system)
     from ofgr_core.config import load_config
     from ofgr_core.embedding.features import extract_features, file_digests, open_feature_store
     from ofgr_core.losses.factory import create_loss
@@ -132,16 +138,19 @@ def main() -> None:
     try:
         for _ in range(a.repeats):
             for name, env in SETTINGS.items():
+                clean = {k: v for k, v in os.environ.items()
+                         if k not in ("OFGR_MALLOC", "THP_MEM_ALLOC_ENABLE", "GLIBC_TUNABLES")
+                         and not k.startswith("MALLOC_")}
                 out = subprocess.run([sys.executable, __file__, "--worker", str(files)], capture_output=True,
-                                     text=True, check=True, env={**os.environ, **env})
+                                     text=True, check=True, env={**clean, **env})
                 runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
     finally:
         shutil.rmtree(files, ignore_errors=True)
     print(f"{os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} at the start; {a.repeats} alternations")
-    print("| setting | faults a forward | encoder alone img/s | pipeline img/s | head ms / step | encoder vs default "
-          "| pipeline vs default | head step speed vs default |")
+    print("| setting | faults a forward | encoder alone img/s | pipeline img/s | head ms / step | encoder vs system "
+          "| pipeline vs system | head step speed vs system |")
     print("| --- | ---: | ---: | ---: | ---: | --- | --- | --- |")
-    base = runs["default"]
+    base = runs["system"]
     for name, rs in runs.items():
         def med(key: str, rs: list[dict[str, float]] = rs) -> float:
             return float(np.median([r[key] for r in rs]))

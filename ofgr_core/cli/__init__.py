@@ -21,6 +21,9 @@ from ofgr_core.cli.app import app
 
 
 def main() -> None:
+    from ofgr_core.common.memory import keep_freed_memory
+
+    keep_freed_memory()  # this process runs ofgr's work: large blocks reused, not remapped every batch
     app()
 
 
