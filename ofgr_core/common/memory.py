@@ -25,6 +25,13 @@ ENV_MALLOC = "OFGR_MALLOC"  # "system": leave glibc's malloc as it is (keep_free
 # largest activations (~68 MB for the tiny CLIP tower on 256 images), below what would hold memory back for long
 KEEP_TRIM_BYTES = 256 << 20
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt's parameters (malloc.h)
+_DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 << 10, 65536  # glibc's defaults for them
+# A phase's peak memory under keep_freed_memory, over the memory plan's estimate of it, that the plan allows for
+# before it keeps the setting. Measured (docs/reliability.md): the demo CLIP run's feature extraction
+# (EfficientNet-Lite0 at 96 px, batches of 256) peaked at 1.45-1.87x its estimate with freed memory kept, 1.07-1.13x
+# with glibc's defaults: blocks freed below live ones stay resident, and a larger block cannot reuse them.
+KEPT_PEAK_FACTOR = 2.0
+_kept = False  # keep_freed_memory applied in this process
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -111,29 +118,14 @@ def _glibc() -> ctypes.CDLL | None:
         return None
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-
-def malloc_free_bytes() -> int:
-    """Bytes glibc's malloc holds free for this process (``mallinfo2().fordblks``): memory the process can reuse
-    without the OS, which free RAM and a cgroup's usage count as taken; 0 off glibc or before glibc 2.33."""
-    libc = _glibc()
-    fn = getattr(libc, "mallinfo2", None)
-    if fn is None:
-        return 0
-    fn.restype = _MallInfo2
-    return int(fn().fordblks)
-
-
 def keep_freed_memory() -> bool:
     """Have glibc's malloc keep freed memory for reuse: large blocks come from its heap instead of a mapping of
     their own (``M_MMAP_MAX`` 0), and up to ``KEEP_TRIM_BYTES`` free at the heap's top stay mapped
     (``M_TRIM_THRESHOLD``). A CPU forward pass otherwise maps, zeroes and unmaps its largest activations every
     batch (~22,000 page faults a 256-image batch of the tiny CLIP tower; ``benchmarks/bench_malloc.py``: with
-    this, ~1, and the tower alone and the extraction pipeline ran ~1.3-1.4x faster). What it keeps is counted as
-    available by ``host_budget`` (``malloc_free_bytes``).
+    this, ~1, and the tower alone and the extraction pipeline ran ~1.3-1.4x faster). What a phase of the work
+    leaves free is handed back to the OS when it ends (``release_freed_memory``): a freed block below a live one
+    would otherwise stay resident, and a later, larger block would be added to it instead of replacing it.
 
     The ``ofgr`` command calls it when it starts (``ofgr_core.cli.main``); a program importing the library keeps
     its own allocator settings. It does nothing off glibc, with ``OFGR_MALLOC=system``, or where the environment
@@ -147,18 +139,52 @@ def keep_freed_memory() -> bool:
     libc = _glibc()
     if libc is None:
         return False
-    return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, KEEP_TRIM_BYTES))
+    global _kept
+    _kept = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, KEEP_TRIM_BYTES))
+    return _kept
+
+
+def keeping_freed_memory() -> bool:
+    """Whether ``keep_freed_memory`` applies in this process now."""
+    return _kept
+
+
+def stop_keeping_freed_memory() -> None:
+    """Put glibc's malloc back as ``keep_freed_memory`` found it, for the rest of this process: large blocks get
+    mappings of their own again and free memory at the heap's top goes back to the OS above glibc's default 128
+    KiB; what was kept is released. The memory plan calls it where memory is short (``KEPT_PEAK_FACTOR``)."""
+    global _kept
+    libc = _glibc() if _kept else None
+    if libc is None:
+        return
+    libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+    libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+    libc.malloc_trim(0)
+    _kept = False
+
+
+def release_freed_memory() -> None:
+    """Hand the pages ``keep_freed_memory`` holds free back to the OS (glibc's ``malloc_trim``), wherever they lie
+    in the heap; nothing when it was not applied in this process. Called where a phase of the work ends (a run's
+    stages, ``ofgr_core.workflows.pipeline``) and before the memory budget is read: reuse within a phase is what
+    it is for, and memory kept across phases is memory the next phase may not be able to reuse (a larger block
+    does not fit a smaller hole). Costs a walk of the free lists, then one page fault per page reused.
+    """
+    libc = _glibc() if _kept else None
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 def host_budget() -> MemoryBudget | None:
     """What this process may still allocate in RAM; None when no figure can be read (not Linux). Memory its
-    allocator holds free (``malloc_free_bytes``) counts as available under each system limit."""
+    allocator kept free is handed back first (``release_freed_memory``), so free RAM and a cgroup's usage count
+    it as available."""
+    release_freed_memory()
     limits: list[tuple[int, str]] = []
-    reusable = malloc_free_bytes()
     for value, name in ((_meminfo_available(), "free RAM"), (_cgroup_headroom(), "cgroup memory limit"),
                         (_address_space_headroom(), "address-space limit, ulimit -v")):
         if value is not None:
-            limits.append((value + reusable, name))
+            limits.append((value, name))
     env = os.environ.get(ENV_LIMIT)
     if env:
         limits.append((parse_size(env), ENV_LIMIT))

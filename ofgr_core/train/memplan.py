@@ -19,6 +19,11 @@ refused with one line naming the settings and the figures; an embedding batch ov
 fits (embeddings do not depend on the batch in eval mode) and the run says so. ``train.memory_check: warn``
 turns refusals into warnings, ``off`` skips the plan. What it leaves out: the loss's class weights (small),
 allocator fragmentation, cuDNN workspaces and the data loader's decoded images; it is an estimate, not a bound.
+
+On the CPU, where the ``ofgr`` command has glibc's malloc keep freed memory for reuse (faster forward passes, at
+the price of fragmentation: ``common.memory.keep_freed_memory``), the plan keeps that setting only while
+``KEPT_PEAK_FACTOR`` times its larger estimate fits the budget, and otherwise puts glibc's defaults back for the
+run and says so.
 """
 
 from __future__ import annotations
@@ -27,7 +32,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ofgr_core.common.errors import ConfigError
-from ofgr_core.common.memory import MemoryBudget, device_budget, gib
+from ofgr_core.common.memory import (
+    KEPT_PEAK_FACTOR,
+    MemoryBudget,
+    device_budget,
+    gib,
+    keeping_freed_memory,
+    stop_keeping_freed_memory,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -143,8 +155,21 @@ def plan_run(cfg: Config, model: torch.nn.Module, device: torch.device, *, image
         ConfigError: a training step, or a single embedded image, needs more than the budget
             (``train.memory_check: check``).
     """
-    mode = getattr(cfg.train, "memory_check", "check")
     budget = budget if budget is not None else device_budget(device)
+    plan = _plan(cfg, model, device, image_size=image_size, trains_images=trains_images, max_rows=max_rows,
+                 budget=budget)
+    need = max(plan.train_bytes or 0, plan.eval_bytes or 0)
+    on_cpu = getattr(device, "type", str(device)) == "cpu"
+    if on_cpu and budget is not None and keeping_freed_memory() and need * KEPT_PEAK_FACTOR > budget.bytes:
+        stop_keeping_freed_memory()
+        plan.notes.append(f"memory plan: ~{gib(need)} at the peak, {budget.describe()}: glibc's malloc keeps its "
+                          f"defaults for this run (kept freed memory can take the peak to ~{KEPT_PEAK_FACTOR:g}x)")
+    return plan
+
+
+def _plan(cfg: Config, model: torch.nn.Module, device: torch.device, *, image_size: int, trains_images: bool,
+          max_rows: int | None, budget: MemoryBudget | None) -> MemoryPlan:
+    mode = getattr(cfg.train, "memory_check", "check")
     plan = MemoryPlan(budget)
     if mode == "off":
         return plan

@@ -1,8 +1,9 @@
 """``common.memory.keep_freed_memory``: the ``ofgr`` command's glibc malloc settings, their opt-outs, and the
-free memory they keep counted as available."""
+free memory they keep handed back to the OS where a phase of the work ends (``release_freed_memory``)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -17,8 +18,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 _SCRIPT = """
 import ctypes, resource, sys
-from ofgr_core.common.memory import keep_freed_memory, malloc_free_bytes
+from ofgr_core.common.memory import keep_freed_memory, stop_keeping_freed_memory
 applied = keep_freed_memory()
+if "stop" in sys.argv:
+    stop_keeping_freed_memory()
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
 n = 64 << 20  # above glibc's largest dynamic mmap threshold (32 MB): mapped anew every time by default
@@ -29,25 +32,65 @@ def once():
 once()
 f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 once(); once()
-print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0, malloc_free_bytes())
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+"""
+
+# A phase allocates a block, something allocated after it outlives it, the phase frees it; the next phase needs a
+# larger block. Resident memory (MiB) above the start: after the free, after release_freed_memory, during the next
+# phase's block.
+_PHASES = """
+import ctypes, sys
+from ofgr_core.common.memory import keep_freed_memory, release_freed_memory
+applied = keep_freed_memory()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 >> 20
+def block(mib):
+    p = libc.malloc(mib << 20)
+    ctypes.memset(p, 1, mib << 20)
+    return p
+base = rss()
+a = block(192)
+live = block(4)  # after a in the heap, still in use
+libc.free(a)
+kept = rss() - base
+release_freed_memory()
+released = rss() - base
+b = block(256)
+print(applied, kept, released, rss() - base)
 """
 
 
-def _run(env: dict[str, str]) -> tuple[bool, int, int]:
+def _run(script: str, env: dict[str, str], *args: str) -> list[str]:
     clean = {k: v for k, v in os.environ.items() if not (k.startswith("MALLOC_") or k == "GLIBC_TUNABLES")}
-    out = subprocess.run([sys.executable, "-c", _SCRIPT], capture_output=True, text=True, check=True, cwd=REPO,
-                         env={**clean, "PYTHONPATH": str(REPO), **env}).stdout.split()
-    return out[0] == "True", int(out[1]), int(out[2])
+    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, check=True,
+                          cwd=REPO, env={**clean, "PYTHONPATH": str(REPO), **env}).stdout.split()
 
 
 @pytest.mark.skipif(M._glibc() is None, reason="glibc's malloc only")
 def test_large_blocks_are_reused_instead_of_mapped_anew() -> None:
     """Two 64 MB allocations after a first: ~32,000 page faults with glibc's defaults, next to none once the
-    settings apply (the block is reused from the heap, where it stays free and is counted by malloc_free_bytes)."""
-    applied, faults, free = _run({})
-    assert applied and faults < 1000 and free >= 64 << 20
-    applied, faults, free = _run({"OFGR_MALLOC": "system"})
-    assert not applied and faults > 2 * 15_000
+    settings apply (the block is reused from the heap, where it stays free)."""
+    applied, faults = _run(_SCRIPT, {})
+    assert applied == "True" and int(faults) < 1000
+    applied, faults = _run(_SCRIPT, {"OFGR_MALLOC": "system"})
+    assert applied == "False" and int(faults) > 2 * 15_000
+    applied, faults = _run(_SCRIPT, {}, "stop")  # applied, then glibc's defaults put back
+    assert applied == "True" and int(faults) > 2 * 15_000
+
+
+@pytest.mark.skipif(M._glibc() is None, reason="glibc's malloc only")
+def test_a_phase_s_freed_memory_goes_back_to_the_os() -> None:
+    """Kept, a freed 192 MiB block below a live one stays resident, and a 256 MiB block after it would be added to
+    it (448 MiB resident instead of 256); released, it goes back to the OS and the next phase's block replaces it.
+    With glibc's defaults the block was a mapping of its own, unmapped when freed: nothing to release."""
+    applied, kept, released, during = _run(_PHASES, {})
+    assert applied == "True" and int(kept) >= 180
+    assert int(released) < 32 and int(during) < 256 + 32
+    applied, kept, released, during = _run(_PHASES, {"OFGR_MALLOC": "system"})
+    assert applied == "False" and int(kept) < 32 and int(during) < 256 + 32
 
 
 class _FakeLibc:
@@ -90,22 +133,96 @@ def test_the_ofgr_command_applies_them_before_its_work(monkeypatch: pytest.Monke
     assert order == ["malloc", "app"]
 
 
-def test_free_memory_malloc_holds_counts_as_available(monkeypatch: pytest.MonkeyPatch) -> None:
+class _TrimLibc:
+    def __init__(self) -> None:
+        self.trims: list[int] = []
+
+    def malloc_trim(self, pad: int) -> int:
+        self.trims.append(pad)
+        return 1
+
+
+@pytest.mark.parametrize("kept", [True, False])
+def test_release_trims_only_what_keep_freed_memory_kept(monkeypatch: pytest.MonkeyPatch, kept: bool) -> None:
+    fake = _TrimLibc()
+    monkeypatch.setattr(M, "_glibc", lambda: fake)
+    monkeypatch.setattr(M, "_kept", kept)
+    M.release_freed_memory()
+    assert fake.trims == ([0] if kept else [])
+
+
+def test_the_budget_is_read_after_the_kept_memory_is_released(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What malloc kept is handed back before free RAM is read, which then counts it; nothing is added on top."""
+    order: list[str] = []
     monkeypatch.delenv(M.ENV_LIMIT, raising=False)
-    monkeypatch.setattr(M, "_meminfo_available", lambda: 1 << 30)
+    monkeypatch.setattr(M, "release_freed_memory", lambda: order.append("release"))
+    monkeypatch.setattr(M, "_meminfo_available", lambda: order.append("free RAM") or 1 << 30)
     monkeypatch.setattr(M, "_cgroup_headroom", lambda: 3 << 30)
     monkeypatch.setattr(M, "_address_space_headroom", lambda: None)
-    monkeypatch.setattr(M, "malloc_free_bytes", lambda: 512 << 20)
     b = M.host_budget()
-    assert b is not None and b.bytes == (1 << 30) + (512 << 20) and b.limited_by == "free RAM"
-    monkeypatch.setenv(M.ENV_LIMIT, "1G")  # a cap set by hand stays the cap
+    assert order == ["release", "free RAM"]
+    assert b is not None and b.bytes == 1 << 30 and b.limited_by == "free RAM"
+    monkeypatch.setenv(M.ENV_LIMIT, "512M")  # a cap set by hand stays the cap
     b = M.host_budget()
-    assert b is not None and b.bytes == 1 << 30 and b.limited_by == M.ENV_LIMIT
+    assert b is not None and b.bytes == 512 << 20 and b.limited_by == M.ENV_LIMIT
 
 
-def test_malloc_free_bytes_off_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(M, "_glibc", lambda: None)
-    assert M.malloc_free_bytes() == 0
-    fake: Any = object()  # a C library without mallinfo2 (glibc < 2.33)
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_run_stage_releases_its_memory_when_it_ends(monkeypatch: pytest.MonkeyPatch, fails: bool) -> None:
+    import ofgr_core.workflows.pipeline as pipeline
+
+    released: list[str] = []
+    events: list[Any] = []
+    monkeypatch.setattr(pipeline, "release_freed_memory", lambda: released.append("release"))
+    timings: dict[str, float] = {}
+    with pytest.raises(RuntimeError) if fails else contextlib.nullcontext(), \
+            pipeline._Stage("features", events.append, timings):
+        assert released == []
+        if fails:
+            raise RuntimeError("boom")
+    assert released == ["release"]
+    assert ("features" in timings) is not fails
+
+
+class _MalloptLibc(_FakeLibc, _TrimLibc):
+    def __init__(self) -> None:
+        _FakeLibc.__init__(self)
+        _TrimLibc.__init__(self)
+
+
+@pytest.mark.parametrize("kept", [True, False])
+def test_stop_keeping_puts_glibc_s_defaults_back(monkeypatch: pytest.MonkeyPatch, kept: bool) -> None:
+    fake = _MalloptLibc()
     monkeypatch.setattr(M, "_glibc", lambda: fake)
-    assert M.malloc_free_bytes() == 0
+    monkeypatch.setattr(M, "_kept", kept)
+    M.stop_keeping_freed_memory()
+    assert fake.calls == ([(-4, 65536), (-1, 128 << 10)] if kept else [])
+    assert fake.trims == ([0] if kept else [])
+    assert M.keeping_freed_memory() is False
+
+
+@pytest.mark.parametrize("headroom, device, stops", [
+    (1.5, "cpu", True),  # the estimate fits, twice it does not: glibc's defaults for the run
+    (2.5, "cpu", False),
+    (1.5, "cuda", False),  # a GPU's memory: the host's allocator is not what the plan is about
+])
+def test_the_plan_keeps_freed_memory_only_where_memory_is_plentiful(
+        monkeypatch: pytest.MonkeyPatch, headroom: float, device: str, stops: bool) -> None:
+    import ofgr_core.train.memplan as memplan
+    from ofgr_core.config import load_config
+    from ofgr_core.models.factory import create_model_and_transforms
+
+    cfg = load_config(REPO / "configs" / "demo.yaml", ["train.eval_batch_size=256"])
+    model = create_model_and_transforms(cfg.model, image_size=64)[0]
+    stopped: list[bool] = []
+    monkeypatch.setattr(memplan, "keeping_freed_memory", lambda: True)
+    monkeypatch.setattr(memplan, "stop_keeping_freed_memory", lambda: stopped.append(True))
+    need = memplan.plan_run(cfg, model, device, image_size=64, trains_images=True, max_rows=4800,
+                            budget=M.MemoryBudget(1 << 40, "test"))
+    assert stopped == [] and need.train_bytes and need.eval_bytes
+    peak = max(need.train_bytes, need.eval_bytes)
+    plan = memplan.plan_run(cfg, model, device, image_size=64, trains_images=True, max_rows=4800,
+                            budget=M.MemoryBudget(int(headroom * peak), "test"))
+    assert plan.eval_batch == 256 and max(plan.train_bytes or 0, plan.eval_bytes or 0) == peak
+    assert stopped == ([True] if stops else [])
+    assert any("glibc's malloc keeps its defaults" in n for n in plan.notes) is stops
