@@ -9,7 +9,7 @@ processes of its own, alternated:
 
 - ``system``: glibc's defaults (``OFGR_MALLOC=system``; what ofgr ran with before ``keep_freed_memory``);
 - ``ofgr``: ``ofgr_core.common.memory.keep_freed_memory()``, which the ``ofgr`` command applies when it starts
-  (glibc keeps freed memory for reuse: ``M_MMAP_MAX`` 0, ``M_TRIM_THRESHOLD`` 256 MiB);
+  (glibc keeps freed memory for reuse: ``M_MMAP_MAX`` 0, ``M_TRIM_THRESHOLD`` ``KEEP_TRIM_BYTES``, 1 GiB);
 - ``thp``: glibc's defaults and torch's ``THP_MEM_ALLOC_ENABLE=1`` (2 MB pages for CPU allocations of 2 MB and
   more; not set by ofgr).
 

@@ -21,9 +21,12 @@ from ofgr_core.common.errors import ConfigError
 
 ENV_LIMIT = "OFGR_MEMORY_LIMIT"
 ENV_MALLOC = "OFGR_MALLOC"  # "system": leave glibc's malloc as it is (keep_freed_memory)
-# Free space at the top of glibc's heap that stays mapped under keep_freed_memory: above a CPU forward pass's
-# largest activations (~68 MB for the tiny CLIP tower on 256 images), below what would hold memory back for long
-KEEP_TRIM_BYTES = 256 << 20
+# Free space at the top of glibc's heap that stays mapped under keep_freed_memory: above what a CPU forward pass
+# frees and takes again every batch (the demo CLIP tower, EfficientNet-Lite0 at 96 px on 256 images: ~700 MiB; at
+# 256 MiB it still took ~170,000 page faults a batch, at 1 GiB none, and its extraction ran 1.5x faster;
+# docs/benchmarks.md). It is held for one stage of a run at most: each stage releases what it leaves
+# (release_freed_memory). mallopt takes an int: at most 2 GiB - 1.
+KEEP_TRIM_BYTES = 1 << 30
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt's parameters (malloc.h)
 _DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 << 10, 65536  # glibc's defaults for them
 # A phase's peak memory under keep_freed_memory, over the memory plan's estimate of it, that the plan allows for
@@ -151,9 +154,10 @@ def keeping_freed_memory() -> bool:
 
 
 def stop_keeping_freed_memory() -> None:
-    """Put glibc's malloc back as ``keep_freed_memory`` found it, for the rest of this process: large blocks get
-    mappings of their own again and free memory at the heap's top goes back to the OS above glibc's default 128
-    KiB; what was kept is released. The memory plan calls it where memory is short (``KEPT_PEAK_FACTOR``)."""
+    """Put glibc's default values back for the rest of this process: large blocks get mappings of their own again
+    and free memory at the heap's top goes back to the OS above 128 KiB; what was kept is released. (glibc's
+    sliding mmap threshold stays fixed at its 128 KiB start: any ``mallopt`` of these settings turns it off.) The
+    memory plan calls it where memory is short (``KEPT_PEAK_FACTOR``)."""
     global _kept
     libc = _glibc() if _kept else None
     if libc is None:
