@@ -31,8 +31,8 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # mallopt's parameters (malloc.h)
 _DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 << 10, 65536  # glibc's defaults for them
 # A phase's peak memory under keep_freed_memory, over the memory plan's estimate of it, that the plan allows for
 # before it keeps the setting. Measured (docs/benchmarks.md): the demo CLIP run's feature extraction
-# (EfficientNet-Lite0 at 96 px, batches of 256, estimate 675 MiB) grew the process by 1.51-1.96x its estimate with
-# freed memory kept, 1.13-1.31x with glibc's defaults: blocks freed below live ones stay resident, and a larger
+# (EfficientNet-Lite0 at 96 px, batches of 256, estimate 675 MiB) grew the process by 1.51-2.04x its estimate with
+# freed memory kept, 1.12-1.34x with glibc's defaults: blocks freed below live ones stay resident, and a larger
 # block cannot reuse them. 2.5 leaves a margin over the largest measured.
 KEPT_PEAK_FACTOR = 2.5
 _kept = False  # keep_freed_memory applied in this process
