@@ -96,9 +96,14 @@ def test_a_phase_s_freed_memory_goes_back_to_the_os() -> None:
 class _FakeLibc:
     def __init__(self) -> None:
         self.calls: list[tuple[int, int]] = []
+        self.trims: list[int] = []
 
     def mallopt(self, param: int, value: int) -> int:
         self.calls.append((param, value))
+        return 1
+
+    def malloc_trim(self, pad: int) -> int:
+        self.trims.append(pad)
         return 1
 
 
@@ -133,22 +138,20 @@ def test_the_ofgr_command_applies_them_before_its_work(monkeypatch: pytest.Monke
     assert order == ["malloc", "app"]
 
 
-class _TrimLibc:
-    def __init__(self) -> None:
-        self.trims: list[int] = []
-
-    def malloc_trim(self, pad: int) -> int:
-        self.trims.append(pad)
-        return 1
-
-
 @pytest.mark.parametrize("kept", [True, False])
-def test_release_trims_only_what_keep_freed_memory_kept(monkeypatch: pytest.MonkeyPatch, kept: bool) -> None:
-    fake = _TrimLibc()
+@pytest.mark.parametrize("action, settings", [
+    ("release_freed_memory", []),  # what was kept goes back; the settings stay
+    ("stop_keeping_freed_memory", [(-4, 65536), (-1, 128 << 10)]),  # glibc's default values, then released
+])
+def test_release_and_stop_act_only_where_kept(monkeypatch: pytest.MonkeyPatch, kept: bool, action: str,
+                                              settings: list[tuple[int, int]]) -> None:
+    fake = _FakeLibc()
     monkeypatch.setattr(M, "_glibc", lambda: fake)
     monkeypatch.setattr(M, "_kept", kept)
-    M.release_freed_memory()
+    getattr(M, action)()
+    assert fake.calls == (settings if kept else [])
     assert fake.trims == ([0] if kept else [])
+    assert M.keeping_freed_memory() is (kept and action == "release_freed_memory")
 
 
 def test_the_budget_is_read_after_the_kept_memory_is_released(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -182,23 +185,6 @@ def test_a_run_stage_releases_its_memory_when_it_ends(monkeypatch: pytest.Monkey
             raise RuntimeError("boom")
     assert released == ["release"]
     assert ("features" in timings) is not fails
-
-
-class _MalloptLibc(_FakeLibc, _TrimLibc):
-    def __init__(self) -> None:
-        _FakeLibc.__init__(self)
-        _TrimLibc.__init__(self)
-
-
-@pytest.mark.parametrize("kept", [True, False])
-def test_stop_keeping_puts_glibc_s_defaults_back(monkeypatch: pytest.MonkeyPatch, kept: bool) -> None:
-    fake = _MalloptLibc()
-    monkeypatch.setattr(M, "_glibc", lambda: fake)
-    monkeypatch.setattr(M, "_kept", kept)
-    M.stop_keeping_freed_memory()
-    assert fake.calls == ([(-4, 65536), (-1, 128 << 10)] if kept else [])
-    assert fake.trims == ([0] if kept else [])
-    assert M.keeping_freed_memory() is False
 
 
 @pytest.mark.parametrize("headroom, device, stops", [
