@@ -164,7 +164,7 @@ def stop_keeping_freed_memory() -> None:
         return
     libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
     libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
-    libc.malloc_trim(0)
+    release_freed_memory()
     _kept = False
 
 

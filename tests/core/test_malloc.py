@@ -16,14 +16,19 @@ import ofgr_core.common.memory as M
 
 REPO = Path(__file__).resolve().parents[2]
 
-_SCRIPT = """
-import ctypes, resource, sys
+# glibc's malloc and free through ctypes: blocks of exact sizes, outside Python's allocators
+_LIBC = """
+import ctypes
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+"""
+
+_SCRIPT = _LIBC + """
+import resource, sys
 from ofgr_core.common.memory import keep_freed_memory, stop_keeping_freed_memory
 applied = keep_freed_memory()
 if "stop" in sys.argv:
     stop_keeping_freed_memory()
-libc = ctypes.CDLL("libc.so.6")
-libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
 n = 64 << 20  # above glibc's largest dynamic mmap threshold (32 MB): mapped anew every time by default
 def once():
     p = libc.malloc(n)
@@ -38,12 +43,9 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
 # A phase allocates a block, something allocated after it outlives it, the phase frees it; the next phase needs a
 # larger block. Resident memory (MiB) above the start: after the free, after release_freed_memory, during the next
 # phase's block.
-_PHASES = """
-import ctypes, sys
+_PHASES = _LIBC + """
 from ofgr_core.common.memory import keep_freed_memory, release_freed_memory
 applied = keep_freed_memory()
-libc = ctypes.CDLL("libc.so.6")
-libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096 >> 20
