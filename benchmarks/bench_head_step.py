@@ -24,15 +24,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 # how the gradients come + which AdamW update; the last is what a head on features runs as shipped
 SETTINGS = ("autograd+foreach", "autograd+fused", "written+fused")
 
 
-def worker(dim: int, threads: int, setting: str, steps: int) -> dict[str, float]:
+def demo_head(dim: int, setting: str = "written+fused") -> dict[str, Any]:
+    """The demo config's head (``dim`` -> 512 -> 128, its losses, AdamW) on 1,440 random cached features of 24
+    classes: ``head``, ``loss``, ``params``, ``opt``, ``written`` (its ``HeadStep``, None through autograd),
+    ``x_all``, ``y_all``. ``setting``: ``"written|autograd" + "+" + "fused|foreach"``."""
     import torch
-    import torch.nn.functional as F
 
     sys.path.insert(0, str(REPO))
     from ofgr_core.config import load_config
@@ -40,7 +43,6 @@ def worker(dim: int, threads: int, setting: str, steps: int) -> dict[str, float]
     from ofgr_core.models.base import FeatureHead, MLPHead
     from ofgr_core.train.headstep import HeadStep
 
-    torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg = load_config(REPO / "configs" / "demo_clip.yaml", [])
     head = MLPHead(dim, 128, depth=2, width=512, dropout=0.1)
@@ -53,9 +55,18 @@ def worker(dim: int, threads: int, setting: str, steps: int) -> dict[str, float]
     owner.head, owner.embed_dim = head, 128
     written = HeadStep.build(FeatureHead(owner), loss) if grads == "written" else None
     assert (written is None) == (grads == "autograd")
-    x_all = torch.randn(1440, dim)
     fine = torch.arange(1440) % 24
-    y_all = torch.stack([fine, fine // 4], 1)
+    return {"head": head, "loss": loss, "params": params, "opt": opt, "written": written,
+            "x_all": torch.randn(1440, dim), "y_all": torch.stack([fine, fine // 4], 1)}
+
+
+def worker(dim: int, threads: int, setting: str, steps: int) -> dict[str, float]:
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+    d = demo_head(dim, setting)
+    head, loss, opt, written, x_all, y_all = d["head"], d["loss"], d["opt"], d["written"], d["x_all"], d["y_all"]
     acc = [0.0, 0.0]
 
     def step(record: bool) -> None:

@@ -46,17 +46,14 @@ def worker(files: str) -> dict[str, float]:
     import torch
 
     sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(REPO / "benchmarks"))
     from ofgr_core.common.memory import keep_freed_memory
 
     keep_freed_memory()  # as the ofgr command does (nothing under OFGR_MALLOC=system)
-    from ofgr_core.config import load_config
     from ofgr_core.embedding.features import extract_features, file_digests, open_feature_store
-    from ofgr_core.losses.factory import create_loss
-    from ofgr_core.models.base import FeatureHead, MLPHead
     from ofgr_core.models.clip.config import ClipModelConfig
     from ofgr_core.models.factory import create_model_and_transforms
     from ofgr_core.train.guard import clip_grad_norm
-    from ofgr_core.train.headstep import HeadStep
 
     def faults() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -87,18 +84,10 @@ def worker(files: str) -> dict[str, float]:
             extract_features(model, paths, tf, "cpu", store=open_feature_store(model, Path(cache) / str(r)),
                              digests=digests, batch_size=256)
             pipes.append(len(paths) / (time.perf_counter() - t0))
-    cfg = load_config(REPO / "configs" / "demo_clip.yaml", [])
-    head = MLPHead(1280, 128, depth=2, width=512, dropout=0.1)
-    loss = create_loss(cfg.loss, 24, 128)
-    params = list(head.parameters()) + list(loss.parameters())
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05, fused=True)
-    owner = torch.nn.Module()
-    owner.head, owner.embed_dim = head, 128
-    step = HeadStep.build(FeatureHead(owner), loss)
-    assert step is not None
-    feats = torch.randn(1440, 1280)
-    fine = torch.arange(1440) % 24
-    labels = torch.stack([fine, fine // 4], 1)
+    from bench_head_step import demo_head  # the same head, losses and update as bench_head_step.py's shipped setting
+
+    d = demo_head(1280)
+    step, params, opt, feats, labels = d["written"], d["params"], d["opt"], d["x_all"], d["y_all"]
 
     def one() -> None:
         rows = torch.randint(0, 1440, (32,))
