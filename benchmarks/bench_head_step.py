@@ -4,16 +4,15 @@
     python benchmarks/bench_head_step.py --dims 1280 --steps 2000
     python benchmarks/bench_head_step.py --dims 1280 --compiled   # + autograd under torch.compile
 
-A step is what ``ofgr_core.train.loop`` runs for a head on features: gather a batch of 32 rows from the
-in-memory matrix, ``MLPHead`` (depth 2, width 512, GELU, dropout 0.1) -> L2 normalise -> ArcFace +
-hierarchical triplet (the demo config's losses), the gradients, AdamW. The gradients come from autograd
-(``train.head_step: autograd``) or from the written-out backward (``ofgr_core.train.headstep.HeadStep``, what
-``auto`` runs) or, with ``--compiled``, from autograd over the model and losses under ``torch.compile`` (its
-compile time is in the printed first 100 steps, not in ms / step); the update is the multi-tensor or the fused
-AdamW. Each setting runs in its own subprocess
-(thread counts cannot be changed back reliably in one), the settings one after another; loss + gradients and
-the update are timed separately. It prints ms per step and, per feature width, the ratio of every setting to
-the shipped one (head_step auto, ``train.fused: auto`` = fused; threads: ``HEAD_THREADS_MIN_WEIGHTS`` in
+A step is what ``ofgr_core.train.loop`` runs for a head on features: gather a batch of 32 rows from the in-memory
+matrix, ``MLPHead`` (depth 2, width 512, GELU, dropout 0.1) -> L2 normalise -> ArcFace + hierarchical triplet (the
+demo config's losses), the gradients, AdamW. The gradients come from autograd (``train.head_step: autograd``) or
+from the written-out backward (``ofgr_core.train.headstep.HeadStep``, what ``auto`` runs) or, with ``--compiled``,
+from autograd over the model and losses under ``torch.compile`` (its compile time is in the printed first 100 steps,
+not in ms / step); the update is the multi-tensor or the fused AdamW. Each setting runs in its own subprocess
+(thread counts cannot be changed back reliably in one), the settings one after another; loss + gradients and the
+update are timed separately. It prints ms per step and, per feature width, the ratio of every setting to the shipped
+one (head_step auto, ``train.fused: auto`` = fused; threads: ``HEAD_THREADS_MIN_WEIGHTS`` in
 ``ofgr_core/train/fit.py``).
 Measure on an idle box: the ratios are the result, the milliseconds depend on the CPU.
 """
