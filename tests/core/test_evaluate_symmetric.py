@@ -15,6 +15,7 @@ sizes); their metrics must still agree.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import faiss
@@ -152,9 +153,18 @@ def test_off_diagonal_blocks_offered_both_ways_keep_the_best_on_every_path(monke
     before (too many candidates for one pass), a row-wise and a column-wise push too ragged to pad."""
     from concurrent.futures import ThreadPoolExecutor
 
-    pushes: list[bool] = []
+    # each direction's pushes, told apart by thread: the rows' run here, the columns' on the pool's thread (the two
+    # interleave in any order, and a column push that declines may be followed by offer_columns' own)
+    pushes: dict[str, list[bool]] = {"rows": [], "columns": []}
+    here = threading.get_ident()
     real_push = TopK.push
-    monkeypatch.setattr(TopK, "push", lambda self, *a: pushes.append(real_push(self, *a)) or pushes[-1])
+
+    def recording_push(self: TopK, *args: Any) -> bool:
+        ok = real_push(self, *args)
+        pushes["rows" if threading.get_ident() == here else "columns"].append(ok)
+        return ok
+
+    monkeypatch.setattr(TopK, "push", recording_push)
     rng = np.random.default_rng(5)
     g = lambda *shape: rng.normal(size=shape).astype(np.float32)  # noqa: E731
     n, k, w = 400, 5, 100
@@ -184,12 +194,13 @@ def test_off_diagonal_blocks_offered_both_ways_keep_the_best_on_every_path(monke
     with ThreadPoolExecutor(max_workers=1) as pool:
         for a, c, s, path, pushed in cases:
             taken.clear()
-            pushes.clear()
+            pushes["rows"].clear()
+            pushes["columns"].clear()
             top.DENSE_ABOVE = 1.0 if path == "separate" else TopK.DENSE_ABOVE
             top.offer_both(s, a, c, pool)
             assert (taken[:1] or ["shared"]) == [path], (a, c, taken)
             if path == "shared":
-                assert sorted(pushes[:2]) == sorted(pushed), (a, c)  # the two pushes run on two threads
+                assert [pushes["rows"][:1], pushes["columns"][:1]] == [pushed[:1], pushed[1:]], (a, c, pushes)
             for i in range(w):
                 offered[a + i] += [(float(v), c + j) for j, v in enumerate(s[i])]
                 offered[c + i] += [(float(v), a + j) for j, v in enumerate(s[:, i])]
