@@ -17,7 +17,7 @@ Top level::
     fit      {strategy, seconds, features?}
     timings  {stage: seconds}
     warnings [one line each]                (degenerate embeddings, a lowered eval batch: docs/reliability.md)
-    memory_plan {available_bytes, limited_by, train_step_bytes, embed_batch_bytes, eval_batch_size}
+    memory_plan {available_bytes, limited_by, train_step_bytes, embed_batch_bytes, eval_batch_size, peak_bytes}
     compute  {...}                          (ofgr_core.runs.compute, added when the run ends)
     unseen / seen  {fine: {...}, coarse: {...}, ci95, n_queries, ..., text_to_image?}
                                             (one block per evaluated split: ofgr_core.retrieval.evaluate)

@@ -11,18 +11,24 @@ activation. Per image these scale linearly with the batch, so
 - a training step needs ``batch x (saved activations + 2 x largest activation + input)`` plus gradients and
   optimizer state of the trainable parameters (AdamW keeps two moments, SGD one) and, on the GPU, the weights;
 - an embedding batch (evaluation, validation, frozen-tower features) needs
-  ``eval batch x (input + 3 x largest activation)`` plus, on the GPU, the weights.
+  ``eval batch x (input + 3 x largest activation)`` plus, on the GPU, the weights;
+- a run that trains on images validates every epoch in the same process, while the allocator still holds what
+  the training steps used (glibc's heap on the CPU, PyTorch's caching allocator on a GPU), so its peak is the
+  training step plus an embedding batch's activations (``MemoryPlan.peak_bytes``). Measured on the CPU with glibc's
+  defaults, the train stage (steps and validation) of ResNet-50 and EfficientNet-B0 at 224 px, batches of 32,
+  grew 1.34-1.47x the larger of the two estimates and 0.73-0.82x their sum (docs/benchmarks.md).
 
 The budget is :func:`ofgr_core.common.memory.device_budget`: free RAM, a cgroup limit or ``ulimit -v`` on the
 CPU (the smallest), free memory on a GPU; ``OFGR_MEMORY_LIMIT`` caps it. A training step over the budget is
-refused with one line naming the settings and the figures; an embedding batch over it is lowered to one that
-fits (embeddings do not depend on the batch in eval mode) and the run says so. ``train.memory_check: warn``
-turns refusals into warnings, ``off`` skips the plan. What it leaves out: the loss's class weights (small),
-allocator fragmentation, cuDNN workspaces and the data loader's decoded images; it is an estimate, not a bound.
+refused with one line naming the settings and the figures; an embedding batch over what is left beside it is
+lowered to one that fits (embeddings do not depend on the batch in eval mode) and the run says so.
+``train.memory_check: warn`` turns refusals into warnings, ``off`` skips the plan. What it leaves out: the
+loss's class weights (small), allocator fragmentation, cuDNN workspaces and the data loader's decoded images; it
+is an estimate, not a bound.
 
 On the CPU, where the ``ofgr`` command has glibc's malloc keep freed memory for reuse (faster forward passes, at
 the price of fragmentation: ``common.memory.keep_freed_memory``), the plan keeps that setting only while
-``KEPT_PEAK_FACTOR`` times its larger estimate fits the budget, and otherwise puts glibc's defaults back for the
+``KEPT_PEAK_FACTOR`` times its peak estimate fits the budget, and otherwise puts glibc's defaults back for the
 run and says so.
 """
 
@@ -111,6 +117,7 @@ class MemoryPlan:
     train_bytes: int | None = None  # peak of one training step (None: no image batch is trained)
     eval_bytes: int | None = None  # peak of one embedding batch at ``eval_batch``
     eval_batch: int | None = None
+    peak_bytes: int | None = None  # the run's peak: the training step and, beside it, an embedding batch
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -121,6 +128,7 @@ class MemoryPlan:
             "train_step_bytes": self.train_bytes,
             "embed_batch_bytes": self.eval_bytes,
             "eval_batch_size": self.eval_batch,
+            "peak_bytes": self.peak_bytes,
         }
 
 
@@ -158,7 +166,7 @@ def plan_run(cfg: Config, model: torch.nn.Module, device: torch.device, *, image
     budget = budget if budget is not None else device_budget(device)
     plan = _plan(cfg, model, device, image_size=image_size, trains_images=trains_images, max_rows=max_rows,
                  budget=budget)
-    need = max(plan.train_bytes or 0, plan.eval_bytes or 0)
+    need = plan.peak_bytes or plan.train_bytes or 0
     on_cpu = getattr(device, "type", str(device)) == "cpu"
     if on_cpu and budget is not None and keeping_freed_memory() and need * KEPT_PEAK_FACTOR > budget.bytes:
         stop_keeping_freed_memory()
@@ -210,13 +218,18 @@ def _plan(cfg: Config, model: torch.nn.Module, device: torch.device, *, image_si
     per_image = image_bytes + 3 * fp.largest
     requested = int(cfg.train.eval_batch_size)
     used = min(requested, max_rows) if max_rows else requested
+    # validation embeds while the training step's memory is still held (it includes the weights on a GPU)
+    held = plan.train_bytes or weights
+    beside = f" beside the training step's ~{gib(held)}" if plan.train_bytes else ""
+    extra = 0 if plan.train_bytes else weights  # what a message names: the batch alone beside a training step
     plan.eval_batch, plan.eval_bytes = requested, weights + used * per_image
-    if plan.eval_bytes <= budget.bytes:
+    plan.peak_bytes = held + used * per_image
+    if plan.peak_bytes <= budget.bytes:
         return plan
-    fits = (budget.bytes - weights) // per_image if budget.bytes > weights else 0
+    fits = (budget.bytes - held) // per_image if budget.bytes > held else 0
     if fits < 1:
-        msg = (f"memory plan: embedding one image at data.image_size {image_size} needs ~{gib(weights + per_image)}"
-               f" but {where}; lower data.image_size")
+        msg = (f"memory plan: embedding one image at data.image_size {image_size} needs ~{gib(extra + per_image)}"
+               f"{beside} but {where}; lower data.image_size" + (" or sampler.k" if plan.train_bytes else ""))
         if mode == "check":
             raise ConfigError(msg)
         plan.warnings.append(msg)
@@ -224,7 +237,8 @@ def _plan(cfg: Config, model: torch.nn.Module, device: torch.device, *, image_si
     lowered = 1 << (int(fits).bit_length() - 1)  # a power of two at most what fits
     cfg.train.eval_batch_size = lowered
     plan.eval_batch, plan.eval_bytes = lowered, weights + lowered * per_image
+    plan.peak_bytes = held + lowered * per_image
     plan.warnings.append(f"memory plan: train.eval_batch_size {requested} would need ~"
-                         f"{gib(weights + used * per_image)} but {where}; lowered to {lowered} for this run "
+                         f"{gib(extra + used * per_image)}{beside} but {where}; lowered to {lowered} for this run "
                          "(embeddings do not depend on it)")
     return plan
