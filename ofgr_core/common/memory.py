@@ -33,9 +33,10 @@ _DEFAULT_TRIM_THRESHOLD, _DEFAULT_MMAP_MAX = 128 << 10, 65536  # glibc's default
 # before it keeps the setting. Measured (docs/benchmarks.md), feature extraction in batches of 256: the demo CLIP
 # run's (EfficientNet-Lite0 at 96 px, estimate 675 MiB) grew the process by 1.51-2.04x its estimate with freed
 # memory kept, 1.12-1.34x with glibc's defaults; ViT-B/32's at 224 px (estimate 597 MiB) 1.76-2.29x kept, 1.05x
-# with the defaults; the demo CNN's training (validation's embedding batch the larger estimate) 1.54x kept, 1.16x
-# with the defaults. Blocks freed below live ones stay resident, and a larger block cannot reuse them. 3 leaves
-# ~30 % over the largest measured.
+# with the defaults; training (the steps, then validation's embedding batches beside what they held: the plan's
+# peak estimate) 1.18x kept and 0.89x with the defaults for the demo CNN, 1.11-1.55x and 0.73-1.04x fine-tuning
+# ResNet-50 and EfficientNet-B0 at 64 and 224 px in batches of 32. Blocks freed below live ones stay resident, and
+# a larger block cannot reuse them. 3 leaves ~30 % over the largest measured.
 KEPT_PEAK_FACTOR = 3.0
 _kept = False  # keep_freed_memory applied in this process
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
