@@ -91,7 +91,7 @@ def test_eval_batch_is_lowered_not_refused(tiny_data_root: Path) -> None:
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
-def test_validation_batch_is_planned_beside_the_training_step(tiny_data_root: Path, device: str) -> None:
+def test_validation_batch_is_planned_beside_the_training_step(device: str) -> None:
     """Validation embeds every epoch while the allocator still holds the training step's memory (measured: the
     train stage of ResNet-50 at 224 px grew 1.47x the larger estimate), so the eval batch must fit beside it.
     A budget that holds either alone but not both lowers the eval batch until both fit, and says why."""
