@@ -67,7 +67,11 @@ def rss_mb() -> float:
 def child(manifest: str, workers: int) -> None:
     from ofgr_core.config import DataConfig, SplitConfig
     from ofgr_core.data.dataset import describe, load_dataset
-    from ofgr_core.data.splits import make_split
+
+    try:
+        from ofgr_core.data.splits import make_split
+    except ModuleNotFoundError:  # a --baseline checkout from before the package layout of issue 17
+        from ofgr_core.splits import make_split  # type: ignore[no-redef]
 
     cache = Path(tempfile.mkdtemp(prefix="ofgr_bench_cache_"))
     cfg = DataConfig.model_validate({"sources": [{"type": "manifest", "root": manifest}], "cache": True,
@@ -123,7 +127,9 @@ def main() -> None:
             if code:
                 env["PYTHONPATH"] = str(Path(code).resolve())
             res = subprocess.run([sys.executable, __file__, "--child", str(manifest), str(args.workers)],
-                                 check=True, capture_output=True, text=True, env=env)
+                                 capture_output=True, text=True, env=env)
+            if res.returncode != 0:
+                raise SystemExit(f"{label} ({code or 'this checkout'}) failed:\n{res.stderr[-2000:]}")
             r = results[label] = json.loads(res.stdout.strip().splitlines()[-1])
             for stage, key, rss in (("load (hash + decode + cache layout)", "load_s", "rss_load"),
                                     ("load again (memo file)", "memo_s", "rss_memo"),
