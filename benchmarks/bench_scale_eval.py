@@ -70,6 +70,7 @@ def approx(n: int, d: int, nprobe: int, sample: int, noise: float) -> None:
     from ofgr_core.retrieval.evaluate import run_split
     from ofgr_core.retrieval.index import default_nlist
 
+    load = os.getloadavg()[0]  # before this script's own work: whether something else ran
     x, labels = make(n, d, noise=noise)
     nlist = default_nlist(n)
     t0 = time.perf_counter()
@@ -81,7 +82,7 @@ def approx(n: int, d: int, nprobe: int, sample: int, noise: float) -> None:
     ivf = run_split(x, labels, cfg=cfg).block
     t_ivf = time.perf_counter() - t0
     t_sample = t_exact * sample / n  # exact cost is linear in the number of queries at fixed gallery size
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores (shared with other jobs)")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, 1-minute load average {load:.2f} at the start")
     print(f"N = {n:,} x {d} (noise {noise}), {labels[:, 0].max() + 1:,} fine classes; IVF-Flat nlist {nlist}, "
           f"nprobe {nprobe}, exact sample {sample:,} queries")
     print("| measurement | value |")
