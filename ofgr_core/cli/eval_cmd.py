@@ -178,7 +178,7 @@ def _print_tables(result: dict[str, dict[str, Any]]) -> None:
 def eval_embeddings(
     embeddings: Path = typer.Argument(..., metavar="EMB.npy", help="N x D float embeddings."),
     labels: Path = typer.Argument(
-        ..., metavar="LABELS.csv", help="One row per embedding: id, fine, [coarse, split, domain, group]."
+        ..., metavar="LABELS.csv", help="One row per embedding: id, fine, \\[coarse, split, domain, group]."
     ),
     k: str = typer.Option("1,2,4,5,8,10", "--k", help="Recall@K cut-offs, comma separated."),
     index: str = typer.Option("flat", "--index", help="flat | ivf_flat | ivf_pq | hnsw."),
