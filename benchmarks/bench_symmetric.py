@@ -45,8 +45,9 @@ def worker(kind: str, folder: Path, k: int, bootstrap: int) -> dict:
     from ofgr_core.retrieval.index import symmetric_knn
 
     if kind != "raw":
-        # ofgr evaluates in processes that hold torch already (run, eval, bench); the symmetric search uses its
-        # transpose for the blocks it offers whole, and its import (~1 s) is not part of the search
+        # measured as in `ofgr run` and `ofgr bench`, which hold torch already: the symmetric search then uses
+        # torch's transpose for the blocks it offers whole (without torch, as in `ofgr eval-embeddings`, numpy
+        # tiles: ~50 ms more a dense block)
         import torch  # noqa: F401
     base = rss_mb()
     t0 = time.perf_counter()
