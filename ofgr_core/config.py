@@ -332,12 +332,14 @@ class IndexConfig(Section):
 
 
 MAX_K = 1_000_000
+EvalSplit = Literal["unseen", "seen"]
+EVAL_SPLITS: tuple[EvalSplit, ...] = ("unseen", "seen")
 
 
 class EvalConfig(Section):
     ks: list[int] = Field(default_factory=lambda: [1, 2, 4, 5, 8, 10])
     # must include unseen: Recall@1 on unseen classes is the headline metric (ofgr runs, compare, reports)
-    splits: list[Literal["unseen", "seen"]] = Field(default_factory=lambda: ["unseen", "seen"])  # type: ignore[arg-type]
+    splits: list[EvalSplit] = Field(default_factory=lambda: list(EVAL_SPLITS))
     index: IndexConfig = Field(default_factory=IndexConfig)
     bootstrap: int = Field(1000, ge=0, le=100_000)  # resamples for confidence intervals; 0 = off
     confidence: float = Field(0.95, gt=0.0, lt=1.0)

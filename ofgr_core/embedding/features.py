@@ -206,8 +206,8 @@ class FeatureStore:
             if not key_file.is_file():
                 key_file.write_text(json.dumps({"dim": self.dim, **key}, indent=2, default=str) + "\n")
         except OSError as e:
-            raise ConfigError(f"feature cache {self.folder}: cannot write ({e.strerror}); set "
-                              "model.feature_cache or OFGR_CACHE to a writable folder") from None
+            raise ConfigError(f"feature cache {self.folder}: cannot write ({e.strerror}); set data.feature_cache "
+                              "(--feature-cache for `ofgr clip`) or OFGR_CACHE to a writable folder") from None
         self._rows: dict[str, int] = {}
         self._failed: set[str] = set()  # hashes whose rows failed their CRC: treated as missing until re-added
         self._crcs = np.zeros(0, np.uint32)

@@ -189,3 +189,18 @@ def test_cache_cli_lists_and_clears(tmp_path: Path, encoder) -> None:
     assert bad.exit_code != 0 and "no feature cache entry 'nope'" in bad.output
     ok = runner.invoke(app, ["cache", "clear", entry["digest"][:6], "--root", str(tmp_path / "c"), "-y"])
     assert ok.exit_code == 0 and list_entries(tmp_path / "c") == []
+
+
+def test_an_unwritable_cache_names_the_keys_that_move_it(tmp_path: Path) -> None:
+    """The message names the config key that exists (data.feature_cache), the flag and the variable."""
+    from ofgr_core.common.errors import ConfigError
+    from ofgr_core.config import load_config
+
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache folder should be\n")
+    with pytest.raises(ConfigError) as e:
+        FeatureStore(blocker, {"model": "m"}, 8)
+    msg = str(e.value)
+    assert str(blocker) in msg and "--feature-cache" in msg and "OFGR_CACHE" in msg
+    key = msg.split("set ", 1)[1].split(" ", 1)[0]
+    load_config(None, [f"{key}={tmp_path / 'elsewhere'}"])  # the key named is one the config accepts

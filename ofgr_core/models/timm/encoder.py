@@ -80,7 +80,7 @@ class EmbeddingModel(Encoder):
         return self.source, self.source_file
 
     @property
-    def head(self) -> nn.Module:  # type: ignore[override]
+    def head(self) -> nn.Module:  # type: ignore[override]  # the contract's attribute, read-only here: the neck
         return self.neck
 
     def tower_features(self, images: torch.Tensor) -> torch.Tensor:
