@@ -74,6 +74,12 @@ def find_itself(query_path: str | None, hits: list[Any]) -> int | None:
     return None
 
 
+def looks_like_text(value: str) -> bool:
+    """Words rather than a path: a space, no path separator, no file suffix, and no such file or folder."""
+    return (" " in value and os.sep not in value and "/" not in value and not Path(value).suffix
+            and not Path(value).expanduser().exists())
+
+
 def display_paths(paths: list[str], cwd: str | None = None) -> list[str]:
     """Paths as short as they can be while telling them apart.
 
@@ -259,7 +265,11 @@ class QueryScreen(OfgrScreen[None]):
     def on_input_submitted(self, event: Input.Submitted) -> None:
         value = event.value.strip()
         if event.input.id == "query-path":
-            if value:
+            if value and looks_like_text(value):
+                # words typed into the path box (it is the tab that opens first): say where they belong
+                self.worker_failed(None, f"{value!r} is not an image file; for a text query use the Text tab "
+                                   "(ctrl+t)")  # fmt: skip
+            elif value:
                 self.search(image_path=value)
         elif event.input.id == "query-text":
             if value and self.supports_text is False:

@@ -154,3 +154,27 @@ async def test_text_box_queries_a_clip_run_and_explains_other_runs(
         await pilot.press(*"a red car", "enter")
         await pilot.pause()
         assert "text queries need a CLIP run" in str(q2.query_one("#query-status", Static).render())
+
+
+def test_words_are_told_apart_from_paths(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    from ofgr_tui.screens.query import looks_like_text
+
+    monkeypatch.chdir(tmp_path)
+    assert looks_like_text("red pickup with roof rack")
+    for path in ("img/red pickup.png", "red pickup.jpg", "~/cars/red pickup", "car.png", "pickup"):
+        assert not looks_like_text(path), path
+    (tmp_path / "my cars").mkdir()
+    assert not looks_like_text("my cars")  # a folder of that name: the engine says what is wrong with it
+
+
+async def test_words_in_the_path_box_point_to_the_text_tab(runs_dir: Path) -> None:
+    app = make_app(runs_dir)
+    async with app.run_test(size=(120, 40)) as pilot:
+        q = await _open_query(app, pilot)
+        await pilot.press("ctrl+p")
+        box = q.query_one("#query-path", Input)
+        await wait_for(pilot, lambda: box.has_focus)
+        await pilot.press(*"red pickup with roof rack", "enter")
+        status = q.query_one("#query-status", Static)
+        await wait_for(pilot, lambda: "ctrl+t" in str(status.render()), timeout=30)
+        assert "'red pickup with roof rack' is not an image file" in str(status.render()) and q.result is None
