@@ -439,8 +439,7 @@ def _save_cache(path: Path, sig: str, qids: np.ndarray, flat: Retrieval, cf: Ret
     arrays.update({f"cf/{k}": v for k, v in cf.per_query.items()})
     try:
         with atomic_writer(path) as f:
-            # numpy types **kwds as colliding with its allow_pickle keyword; no array here is named so
-            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stubs type **kwds as one ArrayLike
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # mypy: **arrays may fill allow_pickle
     except OSError:
         pass  # a read-only run folder still gets its numbers, just not cached
 

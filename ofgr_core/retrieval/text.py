@@ -281,7 +281,7 @@ def save_text_per_query(arrays: dict[str, np.ndarray], path: str | Path) -> None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_writer(path) as f:
-        np.savez_compressed(f, **arrays)  # type: ignore[arg-type]  # numpy's stubs type **kwds as one ArrayLike
+        np.savez_compressed(f, **arrays)  # type: ignore[arg-type]  # mypy: **arrays may fill allow_pickle
 
 
 def choose_space(

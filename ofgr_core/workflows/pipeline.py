@@ -127,7 +127,7 @@ def save_per_query(result: SplitResult, path: Path) -> None:
         for metric, values in per_metric.items():
             arrays[f"{level}_{metric}" if level != "_" else metric] = np.asarray(values)
     with atomic_writer(path) as f:
-        np.savez_compressed(f, **arrays)  # type: ignore[arg-type]  # numpy's stubs type **kwds as one ArrayLike
+        np.savez_compressed(f, **arrays)  # type: ignore[arg-type]  # mypy: **arrays may fill allow_pickle
 
 
 def count_flops_per_image(model: Encoder, image_size: int, device: str) -> float | None:
