@@ -132,8 +132,7 @@ def standin(
                 else:
                     printer(e)
         assert result is not None  # check_standin ends with it
-        out.print(result.line(read_artifact(art)["ofgr"]["standin"]["recipe"]["pretrain"]["epochs"]),
-                  markup=False, highlight=False, soft_wrap=True)
+        out.print(result.line(), markup=False, highlight=False, soft_wrap=True)
         if not result.reproduced:
             raise typer.Exit(1)
         return

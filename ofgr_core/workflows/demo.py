@@ -98,7 +98,8 @@ class StandinCheck(Event):
 
     type: ClassVar[str] = "standin_check"
     corpus_same: bool  # the recipe generated the corpus the artifact was trained on (same SHA-256)
-    epochs: int  # epochs retrained (of the recipe's schedule)
+    epochs: int  # epochs retrained
+    schedule: int  # epochs of the recipe's schedule
     same_epochs: int  # leading epochs whose weights hash as the artifact's training recorded
     seconds: float
 
@@ -106,14 +107,14 @@ class StandinCheck(Event):
     def reproduced(self) -> bool:
         return self.corpus_same and self.same_epochs == self.epochs
 
-    def line(self, schedule: int) -> str:
+    def line(self) -> str:
         """What the check found, in one line."""
         if not self.corpus_same:
             return "the recipe generated another corpus than the artifact's (generator or library versions differ)"
         if self.reproduced:
             return (f"this machine reproduces the stand-in's training bit for bit through epoch {self.epochs} of "
-                    f"{schedule} ({self.seconds:.0f} s)")
-        return (f"this machine's training leaves the artifact's at epoch {self.same_epochs + 1} of {schedule} "
+                    f"{self.schedule} ({self.seconds:.0f} s)")
+        return (f"this machine's training leaves the artifact's at epoch {self.same_epochs + 1} of {self.schedule} "
                 "(other CPU kernels or thread counts round differently): a full rebuild (make clip-standin) "
                 "gives another artifact, which must then meet the demo's gates")
 
@@ -147,7 +148,7 @@ def check_standin(work_dir: str | os.PathLike[str], epochs: int, artifact_dir: s
     corpus = synthetic_corpus.generate_corpus(work / "corpus", **recipe["corpus"])
     yield StageFinished("corpus", time.perf_counter() - t0)
     if synthetic_corpus.corpus_hash(corpus) != meta["standin"]["corpus_sha256"]:
-        yield StandinCheck(False, epochs, 0, time.perf_counter() - t0)
+        yield StandinCheck(False, epochs, len(recorded), 0, time.perf_counter() - t0)
         return
     cache = Path(feature_cache) if feature_cache is not None else None
     digests: list[str] = []
@@ -158,7 +159,7 @@ def check_standin(work_dir: str | os.PathLike[str], epochs: int, artifact_dir: s
         else:
             yield e
     same = next((i for i, (a, b) in enumerate(zip(digests, recorded, strict=False)) if a != b), len(digests))
-    yield StandinCheck(True, epochs, same, time.perf_counter() - t0)
+    yield StandinCheck(True, epochs, len(recorded), same, time.perf_counter() - t0)
 
 
 def prepare_clip(data_root: str | os.PathLike[str] = "data",
