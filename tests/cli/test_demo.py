@@ -257,10 +257,12 @@ def test_the_recipe_reproduces_the_shipped_standins_training_or_a_rebuild_meets_
     _assert_gates(tmp_path, tmp_path / "artifact")
 
 
-def test_the_shipped_artifact_records_a_hash_per_epoch_of_its_recipe() -> None:
-    from ofgr_core.models.clip.standin import read_artifact
+def test_the_shipped_artifact_is_the_codes_recipe_with_a_hash_per_epoch() -> None:
+    """The check retrains the recipe the artifact records; that must be the one `make clip-standin` builds."""
+    from ofgr_core.models.clip.standin import STANDIN_RECIPE, read_artifact
 
     meta = read_artifact()["ofgr"]
+    assert meta["standin"]["recipe"] == json.loads(json.dumps(STANDIN_RECIPE))
     hashes = meta["epoch_weights_sha256"]
     assert len(hashes) == meta["standin"]["recipe"]["pretrain"]["epochs"] >= CHECK_EPOCHS
     assert len(set(hashes)) == len(hashes) and all(len(h) == 32 for h in hashes)
