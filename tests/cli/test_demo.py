@@ -237,7 +237,8 @@ def test_the_recipe_reproduces_the_shipped_standins_training_or_a_rebuild_meets_
     its training recorded them after each of those epochs; the full rebuild there was the shipped artifact bit for
     bit when it was built (docs/clip.md) and the test above holds its gates. Anywhere else (other CPU kernels or
     thread counts round differently) the full rebuild (`make clip-standin`) must meet the same gates."""
-    events = list(demo_mod.check_standin(tmp_path / "check", CHECK_EPOCHS, feature_cache=tmp_path / "cache"))
+    # the same work folder and feature cache as the rebuild below: where it runs, its corpus and features are reused
+    events = list(demo_mod.check_standin(tmp_path / "build", CHECK_EPOCHS, feature_cache=tmp_path / "cache"))
     check = events[-1]
     assert isinstance(check, demo_mod.StandinCheck) and check.corpus_same and check.epochs == CHECK_EPOCHS
     assert check.schedule == 30
