@@ -27,7 +27,7 @@ import json
 import os
 import resource
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -56,6 +56,17 @@ def cpu_seconds() -> float:
 
 
 # ------------------------------------------------------------------------------------------- stand-in
+def _standin_corpus(work: Path, recipe: dict[str, dict[str, Any]]) -> Generator[Event, None, Path]:
+    """The recipe's captioned corpus in ``work/corpus`` (reused when complete), as the ``corpus`` stage."""
+    from ofgr_core.data import synthetic_corpus
+
+    yield StageStarted("corpus")
+    t0 = time.perf_counter()
+    corpus = synthetic_corpus.generate_corpus(work / "corpus", **recipe["corpus"])
+    yield StageFinished("corpus", time.perf_counter() - t0)
+    return corpus
+
+
 def build_standin(
     work_dir: str | os.PathLike[str], artifact_dir: str | os.PathLike[str] | None = None, *,
     recipe: dict[str, dict[str, Any]] | None = None, feature_cache: str | os.PathLike[str] | None = None,
@@ -77,14 +88,9 @@ def build_standin(
 
     recipe = recipe or STANDIN_RECIPE
     work = Path(work_dir)
-    yield StageStarted("corpus")
-    t0 = time.perf_counter()
-    corpus = synthetic_corpus.generate_corpus(work / "corpus", **recipe["corpus"])
-    yield StageFinished("corpus", time.perf_counter() - t0)
-    cache = Path(feature_cache) if feature_cache is not None else None
+    corpus = yield from _standin_corpus(work, recipe)
     yield from pretrain_clip(corpus, work / "lit", device="cpu", force=force,
-                             tower_features=cached_tower_features(cache),
-                             **recipe["pretrain"])
+                             tower_features=cached_tower_features(feature_cache), **recipe["pretrain"])
     spec = {"recipe": recipe, "corpus_sha256": synthetic_corpus.corpus_hash(corpus),
             "corpus_version": synthetic_corpus.CORPUS_VERSION, "synth_version": synthetic.SYNTH_VERSION}
     out = export_standin(work / "lit", artifact_dir or ARTIFACT_DIR, spec)
@@ -144,16 +150,14 @@ def check_standin(work_dir: str | os.PathLike[str], epochs: int, artifact_dir: s
     if not 1 <= epochs <= len(recorded):
         raise ConfigError(f"--check {epochs}: must be 1..{len(recorded)} (the epochs of the stand-in's recipe)")
     work = Path(work_dir)
-    yield StageStarted("corpus")
-    corpus = synthetic_corpus.generate_corpus(work / "corpus", **recipe["corpus"])
-    yield StageFinished("corpus", time.perf_counter() - t0)
+    corpus = yield from _standin_corpus(work, recipe)
     if synthetic_corpus.corpus_hash(corpus) != meta["standin"]["corpus_sha256"]:
         yield StandinCheck(False, epochs, len(recorded), 0, time.perf_counter() - t0)
         return
-    cache = Path(feature_cache) if feature_cache is not None else None
     digests: list[str] = []
-    for e in pretrain_clip(corpus, work / "lit-check", device="cpu", tower_features=cached_tower_features(cache),
-                           epochs_run=epochs, **recipe["pretrain"]):
+    for e in pretrain_clip(corpus, work / "lit-check", device="cpu",
+                           tower_features=cached_tower_features(feature_cache), epochs_run=epochs,
+                           **recipe["pretrain"]):
         if isinstance(e, PretrainPrefix):
             digests = e.digests
         else:
