@@ -270,7 +270,7 @@ def test_the_shipped_artifact_is_the_codes_recipe_with_a_hash_per_epoch() -> Non
 
 
 @pytest.fixture(scope="module")
-def tiny_recipe_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_artifact: Path) -> tuple[Path, dict]:
+def tiny_recipe_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_artifact: Path) -> Path:
     """An artifact built by ``build_standin`` from a tiny recipe (the tiny LiT model, a 2 x 2-class corpus)."""
     trunk = tiny_artifact.parent / "trunk.pth"  # tiny_artifact registered the tiny architecture with open_clip
     recipe = {"corpus": {"seed": 0, "num_coarse": 2, "fine_per_coarse": 2, "images_per_class": 6, "image_size": 32},
@@ -279,7 +279,7 @@ def tiny_recipe_artifact(tmp_path_factory: pytest.TempPathFactory, tiny_artifact
                            "seed": 0}}
     root = tmp_path_factory.mktemp("recipe")
     list(demo_mod.build_standin(root / "build", root / "artifact", recipe=recipe, feature_cache=root / "cache"))
-    return root / "artifact", recipe
+    return root / "artifact"
 
 
 def _check(tmp_path: Path, artifact: Path, epochs: int) -> demo_mod.StandinCheck:
@@ -301,10 +301,10 @@ def _edited(tmp_path: Path, artifact: Path, edit: Callable[[dict], None]) -> Pat
     return out
 
 
-def test_the_check_follows_a_training_epoch_by_epoch(tmp_path: Path, tiny_recipe_artifact: tuple[Path, dict]) -> None:
+def test_the_check_follows_a_training_epoch_by_epoch(tmp_path: Path, tiny_recipe_artifact: Path) -> None:
     """Retraining a recipe's first epochs in another process state gives the hashes its build recorded; a hash
     changed in the record is found at its epoch, a corpus that differs before any training."""
-    artifact, _ = tiny_recipe_artifact
+    artifact = tiny_recipe_artifact
     check = _check(tmp_path / "a", artifact, 2)
     assert check.reproduced and check.same_epochs == 2
     assert "bit for bit through epoch 2 of 3" in check.line()
@@ -325,8 +325,8 @@ def test_the_check_follows_a_training_epoch_by_epoch(tmp_path: Path, tiny_recipe
 
 
 def test_clip_standin_check_says_what_it_found_and_fails_when_the_training_differs(
-        tmp_path: Path, tiny_recipe_artifact: tuple[Path, dict]) -> None:
-    artifact, _ = tiny_recipe_artifact
+        tmp_path: Path, tiny_recipe_artifact: Path) -> None:
+    artifact = tiny_recipe_artifact
     ok = runner.invoke(app, ["clip", "standin", "--check", "1", "--artifact", str(artifact), "-q",
                              "--work-dir", str(tmp_path / "w1")])
     assert ok.exit_code == 0, ok.output
@@ -345,18 +345,18 @@ def test_clip_standin_check_says_what_it_found_and_fails_when_the_training_diffe
     (["--check", "1", "--rebuild"], "--check with --rebuild"),
 ])
 def test_clip_standin_check_refuses_bad_arguments_in_one_line(
-        tmp_path: Path, tiny_recipe_artifact: tuple[Path, dict], args: list[str], message: str) -> None:
-    artifact, _ = tiny_recipe_artifact
+        tmp_path: Path, tiny_recipe_artifact: Path, args: list[str], message: str) -> None:
+    artifact = tiny_recipe_artifact
     r = runner.invoke(app, ["clip", "standin", *args, "--artifact", str(artifact), "--work-dir", str(tmp_path)])
     assert r.exit_code != 0 and message in r.output, r.output
 
 
 def test_clip_standin_check_names_an_artifact_without_per_epoch_hashes(
-        tmp_path: Path, tiny_recipe_artifact: tuple[Path, dict]) -> None:
+        tmp_path: Path, tiny_recipe_artifact: Path) -> None:
     def no_hashes(meta: dict) -> None:
         del meta["epoch_weights_sha256"]
 
-    old = _edited(tmp_path, tiny_recipe_artifact[0], no_hashes)
+    old = _edited(tmp_path, tiny_recipe_artifact, no_hashes)
     r = runner.invoke(app, ["clip", "standin", "--check", "1", "--artifact", str(old), "--work-dir", str(tmp_path)])
     assert r.exit_code != 0 and "records no per-epoch weight hashes" in r.output and "make clip-standin" in r.output
 
