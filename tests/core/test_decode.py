@@ -69,6 +69,27 @@ def test_every_kind_of_file_decodes_to_pils_pixels(tmp_path: Path) -> None:
         assert got.mode == "RGB" and np.array_equal(np.asarray(got), _pil(path)), name
 
 
+def test_jpegs_of_any_size_quality_and_subsampling_decode_to_pils_pixels(tmp_path: Path) -> None:
+    from sklearn.datasets import load_sample_image
+
+    photo = load_sample_image("china.jpg")  # a real photograph (427 x 640), shipped with scikit-learn
+    rng = np.random.default_rng(3)
+    for i in range(60):
+        h, w = (int(v) for v in rng.integers(1, 97, 2))  # odd sizes: the chroma upsampling's edges
+        if i % 2:
+            pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        else:
+            y, x = int(rng.integers(0, photo.shape[0] - h)), int(rng.integers(0, photo.shape[1] - w))
+            pixels = np.ascontiguousarray(photo[y : y + h, x : x + w])
+        kw = {"quality": int(rng.integers(30, 100)), "subsampling": i % 3, "progressive": bool(i % 4 == 1)}
+        if i % 5 == 0:
+            kw["restart_marker_blocks"] = 2
+        path = tmp_path / f"{i}.jpg"
+        Image.fromarray(pixels).save(path, **kw)
+        chw = D.decode_chw(path)
+        assert chw is not None and np.array_equal(chw.permute(1, 2, 0).numpy(), _pil(path)), (h, w, kw)
+
+
 def test_without_the_fast_decoder_pil_decodes_everything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(D, "_fast_decoder", lambda: None)
     for name, (path, _) in _files(tmp_path).items():
