@@ -105,6 +105,11 @@ def _finite(x: float) -> float | None:
 def _compact(rows: np.ndarray, drop: np.ndarray, k: int) -> np.ndarray:
     """Keep the first ``k`` non-dropped entries of each row in rank order; ``-1`` pads rows left short."""
     keep = (rows >= 0) & ~drop
+    kept = keep.sum(axis=1)
+    if len(rows) and kept.min() == kept.max() >= k:
+        # every row keeps as many (leave-one-out: all but its own id): the kept entries, row after row, in order
+        compact: np.ndarray = rows[keep].reshape(len(rows), int(kept[0]))[:, :k].astype(np.int64)
+        return compact
     pos = np.cumsum(keep, axis=1) - 1
     keep &= pos < k
     out = np.full((rows.shape[0], k), -1, dtype=np.int64)
@@ -213,12 +218,19 @@ def evaluate_retrieval(
     g_raw, q_raw, g_ids, q_ids_all = _encode_ids(query_ids, gallery_ids, nq_all, n_gallery)
     groups = _encode_groups(cfg.exclude_same_group, query_groups, gallery_groups, nq_all, n_gallery)
     p = _problem(names, cfg, q_lab, g_lab, g_ids, q_ids_all, groups)
-    found = _search(p, query_emb, gallery_emb, g_raw, cfg, seed, note, shard, progress)
+    g_keys = id_hash_keys(g_raw)  # ties broken by a hash of the item id, never by row order
+    found = _search(p, query_emb, gallery_emb, g_keys, cfg, seed, note, shard, progress)
+    if q_raw is None:
+        q_keys = None
+    elif query_ids is gallery_ids:  # leave-one-out: the same ids, hashed once
+        q_keys = g_keys[p.rows]
+    else:
+        q_keys = id_hash_keys(q_raw[p.rows])
     domains = None if query_domains is None else np.asarray(query_domains).reshape(-1)[p.rows]
     block = _assemble(names, found.per_query, found.rcwf if len(names) > 1 else None, p.ks, cfg, seed, nq=p.nq,
                       n_gallery=n_gallery, n_skipped=nq_all - p.nq, fine_labels=q_lab[p.rows, 0],
                       class_names=class_names, domains=domains,
-                      query_keys=None if q_raw is None else id_hash_keys(q_raw[p.rows]))
+                      query_keys=q_keys)
     block["index"] = {**found.index, "exact": cfg.index.type == "flat"}
     if found.exact_sample:
         approx = {name: {key: vals[found.check_pos] for key, vals in found.per_query[name].items()} for name in names}
@@ -440,7 +452,7 @@ class _Found:
     exact_sample: dict[str, dict[str, np.ndarray]]  # their exact metric values (empty without an audit)
 
 
-def _search(p: _Problem, query_emb: np.ndarray, gallery_emb: np.ndarray, g_raw: np.ndarray, cfg: EvalConfig,
+def _search(p: _Problem, query_emb: np.ndarray, gallery_emb: np.ndarray, tie_keys: np.ndarray, cfg: EvalConfig,
             seed: int, note: Callable[[str], None] | None, shard: QueryShard | None, progress: Progress | None
             ) -> _Found:
     """Builds the index, searches every query in chunks and, for an approximate index, audits a sample."""
@@ -452,7 +464,6 @@ def _search(p: _Problem, query_emb: np.ndarray, gallery_emb: np.ndarray, g_raw: 
                                   multi_gpu=cfg.index.multi_gpu, note=note)
     else:
         searcher = build_index(gallery, cfg.index, ids=p.gallery_ids, seed=seed, note=note)
-    tie_keys = id_hash_keys(g_raw)  # ties broken by a hash of the item id, never by row order
     check_pos = _audit_sample(cfg, p.nq, seed)
     e_max = int(p.n_excluded.max()) if p.nq else 0
     bs = max(64, min(cfg.batch_size, _CHUNK_ELEMENTS // max(p.k + e_max, 1)))

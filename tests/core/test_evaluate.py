@@ -355,3 +355,29 @@ def test_run_split_equals_evaluate_retrieval_on_the_same_rows() -> None:
 def test_evaluate_retrieval_rejects_mismatched_widths() -> None:
     with pytest.raises(DataError, match="dimensions"):
         evaluate_retrieval(np.ones((2, 4), np.float32), np.ones((3, 8), np.float32), np.zeros(2, int), np.zeros(3, int))
+
+
+def _compact_naive(rows: np.ndarray, drop: np.ndarray, k: int) -> np.ndarray:
+    out = np.full((len(rows), k), -1, dtype=np.int64)
+    for i in range(len(rows)):
+        kept = [int(r) for r, d in zip(rows[i], drop[i], strict=True) if r >= 0 and not d][:k]
+        out[i, : len(kept)] = kept
+    return out
+
+
+@pytest.mark.parametrize("case", ["one drop a row", "ragged drops", "empty slots", "rows left short", "no rows"])
+def test_compacting_search_rows_matches_a_row_by_row_reference(case: str) -> None:
+    from ofgr_core.retrieval.evaluate import _compact
+
+    rng = np.random.default_rng(7)
+    q, width = (0 if case == "no rows" else 300), 40
+    rows = np.stack([rng.permutation(1000)[:width] for _ in range(q)]) if q else np.empty((0, width), np.int64)
+    drop = np.zeros(rows.shape, dtype=bool)
+    if q:
+        drop[np.arange(q), rng.integers(0, width, q)] = True  # leave-one-out: each row's own id, anywhere
+    if case == "ragged drops":  # group-mates too: rows drop different counts
+        drop |= rng.random(rows.shape) < 0.1
+    if case == "empty slots":  # a search that found fewer than asked pads with -1 at the end
+        rows[:, -3:] = -1
+    k = {"rows left short": width}.get(case, width - 5)
+    assert np.array_equal(_compact(rows, drop, k), _compact_naive(rows, drop, k))
