@@ -73,7 +73,10 @@ def test_small_hand_computed_case() -> None:
     assert m["map"][0] == pytest.approx((1 / 2 + 2 / 3) / 2)
 
 
-def test_bootstrap_ci_equals_explicit_resampling() -> None:
+@pytest.mark.parametrize("block", [None, 200 * 37])  # one block of resamples; 37 a block (14 blocks, two threads)
+def test_bootstrap_ci_equals_explicit_resampling(block: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    if block is not None:
+        monkeypatch.setattr("ofgr_core.retrieval.metrics._BOOTSTRAP_BLOCK", block)
     rng = np.random.default_rng(5)
     values = {"a": rng.random(200), "b": (rng.random(200) < 0.3).astype(float)}
     ci = bootstrap_ci(values, n_resamples=500, confidence=0.9, seed=11)
