@@ -222,7 +222,7 @@ def evaluate_retrieval(
     found = _search(p, query_emb, gallery_emb, g_keys, cfg, seed, note, shard, progress)
     if q_raw is None:
         q_keys = None
-    elif query_ids is gallery_ids:  # leave-one-out: the same ids, hashed once
+    elif query_ids is not None and query_ids is gallery_ids:  # leave-one-out: the same ids, hashed once
         q_keys = g_keys[p.rows]
     else:
         q_keys = id_hash_keys(q_raw[p.rows])

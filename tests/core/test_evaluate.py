@@ -381,3 +381,20 @@ def test_compacting_search_rows_matches_a_row_by_row_reference(case: str) -> Non
         rows[:, -3:] = -1
     k = {"rows left short": width}.get(case, width - 5)
     assert np.array_equal(_compact(rows, drop, k), _compact_naive(rows, drop, k))
+
+
+def test_query_keys_are_the_query_ids_hashes_whether_ids_are_shared_given_apart_or_left_out() -> None:
+    # the bootstrap resamples queries in the order of their id hashes: one array of ids for both sides (hashed
+    # once), an equal copy, and no ids at all (queries then have ids N..2N-1) must each give their own ids' CIs
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((120, 16)).astype(np.float32)
+    labels = np.stack([np.repeat(np.arange(30), 4), np.repeat(np.arange(10), 12)], axis=1)
+    ids = np.array([f"item{i}" for i in range(120)])
+    cfg = EvalConfig(bootstrap=200)
+    shared = evaluate_retrieval(x, x, labels, labels, query_ids=ids, gallery_ids=ids, cfg=cfg).block
+    apart = evaluate_retrieval(x, x, labels, labels, query_ids=ids.copy(), gallery_ids=ids, cfg=cfg).block
+    assert shared == apart
+    none = evaluate_retrieval(x, x, labels, labels, cfg=cfg).block
+    spelled = evaluate_retrieval(x, x, labels, labels, query_ids=np.arange(120, 240), gallery_ids=np.arange(120),
+                                 cfg=cfg).block
+    assert none == spelled and none["ci95"] != shared["ci95"]
