@@ -142,7 +142,7 @@ def test_arcface_ignores_coarse_only_rows() -> None:
     keep = y[:, 0] >= 0
     assert float(loss(x, y).detach()) == pytest.approx(float(loss(x[keep], y[keep]).detach()))
     only = loss(x[~keep], y[~keep])  # no labelled row: zero, still in the graph
-    assert float(only) == 0.0 and only.requires_grad
+    assert float(only.detach()) == 0.0 and only.requires_grad
 
 
 # ---------------------------------------------------------------------------------------- data + split
