@@ -227,6 +227,8 @@ class TopK:
     # candidates costs more than the two loops (~100 ms against ~180 ms a 4096 x 4096 block); from ~2 % on
     # it costs less (benchmarks/bench_symmetric.py).
     DENSE_ABOVE = 0.03
+    # Rows below which a row-wise offer stays on one thread (starting a half on the other costs ~0.1 ms).
+    PARALLEL_MIN_ROWS = 256
 
     def __init__(self, faiss: Any, n: int, k: int, held: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         """``n`` empty heaps of ``k``, or, with ``held``, the heaps already in those C-contiguous n x k float32
@@ -245,8 +247,19 @@ class TopK:
             self.heaps.heapify()  # empty slots hold the lowest float
         self._scratch = np.empty(0, dtype=np.float32)  # the transposed block of a dense column-wise offer
 
-    def offer_rows(self, s: np.ndarray, h0: int, id0: int) -> None:
-        """Row ``i`` of ``s`` holds the scores of heap ``h0 + i`` for items ``id0, id0 + 1, ...``."""
+    def offer_rows(self, s: np.ndarray, h0: int, id0: int, pool: Any = None) -> None:
+        """Row ``i`` of ``s`` holds the scores of heap ``h0 + i`` for items ``id0, id0 + 1, ...``.
+
+        With ``pool`` (an executor with a free thread), the second half of the rows goes to it while this thread
+        offers the first: the halves touch disjoint heaps, and numpy's partition and comparisons and faiss's
+        heap loop run outside the GIL (a diagonal block's seeding: ~0.6 of its time on one thread).
+        """
+        if pool is not None and len(s) >= 2 * self.PARALLEL_MIN_ROWS:
+            m = len(s) // 2
+            later = pool.submit(self.offer_rows, s[m:], h0 + m, id0)
+            self.offer_rows(s[:m], h0, id0)
+            later.result()
+            return
         nh, width = s.shape
         idx = self._candidates(s, h0, axis=1)
         if idx is not None:
@@ -419,7 +432,8 @@ def symmetric_knn(vectors: np.ndarray, k: int, *, block: int = 4096, progress: P
                                         for i in range(len(starts) - r)]
     sim = np.empty(min(block, n) ** 2, dtype=np.float32)  # reused: no page faults per block
     # The two directions of a block touch disjoint heaps and release the GIL in numpy and faiss: half of the
-    # candidate search and the column-wise push run on a second thread (the GEMM uses every core through BLAS).
+    # candidate search and the column-wise push run on a second thread, as does the second half of a diagonal
+    # block's rows (the GEMM uses every core through BLAS).
     with ThreadPoolExecutor(max_workers=1) as pool:
         for done, (a, c) in enumerate(pairs, 1):
             b, d = min(a + block, n), min(c + block, n)
@@ -428,7 +442,7 @@ def symmetric_knn(vectors: np.ndarray, k: int, *, block: int = 4096, progress: P
             s = sim[: (b - a) * (d - c)].reshape(b - a, d - c)
             np.matmul(xa, xc.T, out=s)
             if c == a:
-                top.offer_rows(s, a, c)  # a diagonal block holds both directions
+                top.offer_rows(s, a, c, pool)  # a diagonal block holds both directions
             else:  # rows a..b against items c..d, and rows c..d against items a..b (the same products by column)
                 top.offer_both(s, a, c, pool)
             if progress is not None:

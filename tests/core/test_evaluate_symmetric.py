@@ -60,6 +60,7 @@ def test_symmetric_knn_scores_every_pair_like_faiss(monkeypatch: pytest.MonkeyPa
         return ok
 
     monkeypatch.setattr(TopK, "push", push)
+    monkeypatch.setattr(TopK, "PARALLEL_MIN_ROWS", 16)  # the diagonal blocks' rows in two halves on two threads
     transposed: list[int] = []
     real_transpose = index._transpose_into
     monkeypatch.setattr(index, "_transpose_into", lambda out, x: transposed.append(1) or real_transpose(out, x))
@@ -75,6 +76,36 @@ def test_symmetric_knn_scores_every_pair_like_faiss(monkeypatch: pytest.MonkeyPa
     assert any(pushed) == sparse and bool(transposed) == dense  # the paths this case is meant to take
     with pytest.raises(ValueError, match=f"k={n + 1}"):
         symmetric_knn(x, n + 1)
+
+
+def test_rows_offered_in_two_halves_on_two_threads_leave_the_same_heaps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``TopK.offer_rows`` with a pool (a diagonal block's seeding) against the same offers on one thread: empty
+    heaps (the seeding partition), full heaps with few candidates (the sparse push) and with many (the dense
+    loop)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(TopK, "PARALLEL_MIN_ROWS", 8)
+    rng = np.random.default_rng(5)
+    n, k = 90, 7
+    offers = [rng.random((n, 40), dtype=np.float32),  # empty heaps: seeded from each row's k-th best
+              rng.random((n, 40), dtype=np.float32) - 0.5,  # full heaps, few scores above their roots
+              rng.random((n, 40), dtype=np.float32) + 1.0]  # full heaps, every score above: the dense loop
+    one, two = TopK(faiss, n, k), TopK(faiss, n, k)
+    halves: list[int] = []
+    real_offer = TopK.offer_rows
+
+    def offer_rows(self: TopK, s: np.ndarray, h0: int, id0: int, pool: Any = None) -> None:
+        halves.append(len(s))
+        real_offer(self, s, h0, id0, pool)
+
+    monkeypatch.setattr(TopK, "offer_rows", offer_rows)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        for m, s in enumerate(offers):
+            one.offer_rows(s, 0, 40 * m)
+            two.offer_rows(s, 0, 40 * m, pool)
+    assert halves == [90, 90, 45, 45] * 3  # one thread whole; with the pool, two halves of 45 rows
+    for a, b in zip(one.sorted(), two.sorted(), strict=True):
+        assert np.array_equal(a, b)
 
 
 def test_a_process_without_torch_searches_symmetrically_without_importing_it(monkeypatch: pytest.MonkeyPatch
