@@ -142,7 +142,7 @@ def _resampled_means(
         means[start : start + b] = counts @ values / q
 
     starts = range(0, n_resamples, block)
-    if len(starts) == 1:
+    if len(starts) == 1:  # nothing to overlap: no thread, no BLAS setting (most splits: a few thousand queries)
         fold(0, rng.integers(0, q, size=(n_resamples, q)))
         return means
     from concurrent.futures import Future, ThreadPoolExecutor
