@@ -18,8 +18,10 @@ same batch size. The ratio pipeline / encoder says how much of the tower's speed
 >= 0.8: the encoder, not the loader, should be the bottleneck). "Per-image pipeline" is the data path before
 issue 20, rebuilt here for the side-by-side figure: ``file_digest`` file by file, one ``ImageDataset``
 item (every transform step) per image, a DataLoader per 4096-image chunk, appends in line. Random weights are
-used (no download); speed does not depend on the weights. The files are random-noise JPEGs, which decode
-slower than photos of the same size (they compress badly).
+used (no download); speed does not depend on the weights. The files are random-noise JPEGs by default, which
+decode slower than photos of the same size (they compress badly: the worst case); ``--content photo`` writes
+random crops of scikit-learn's two sample photographs instead (shipped with it, no download), resized to the
+model's input size: what a folder of real photos costs to decode.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="DataLoader processes for the pipeline")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="auto")
+    ap.add_argument("--content", choices=("noise", "photo"), default="noise",
+                    help="what the JPEG files show: uniform noise (the slowest to decode) or crops of photographs")
     ap.add_argument("--repeats", type=int, default=5,
                     help="encoder-alone and cold pipeline runs, alternated; the ratio's median and range are printed "
                          "(single runs of a few seconds on a 2-core box spread by +-10 %%)")
@@ -67,12 +71,7 @@ def main() -> None:
     from ofgr_core.models.factory import create_model_and_transforms
 
     work = Path(tempfile.mkdtemp(prefix="ofgr-bench-extract-"))
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(a.n):
-        p = work / f"{i:06d}.jpg"
-        Image.fromarray(rng.integers(0, 255, (a.size, a.size, 3), dtype=np.uint8)).save(p, quality=90)
-        paths.append(str(p))
+    paths = write_jpegs(work, a.n, a.size, a.content)
     model, _, tf = create_model_and_transforms(
         ClipModelConfig(name=a.model, pretrained=None, head="none", precision=a.precision), image_size=a.size)
     device = torch.device(a.device)
@@ -195,7 +194,8 @@ def main() -> None:
     used = loader_workers(a.workers, device)
     print(f"{a.model} {a.size}px on {device} ({torch.get_num_threads()} threads, {a.workers} loader workers "
           f"requested, {used} used), "
-          f"{a.n} JPEG files, batch {a.batch_size}; load average {load[0]:.1f} / {load[1]:.1f} (1/5 min):")
+          f"{a.n} JPEG files ({a.content}), batch {a.batch_size}; load average {load[0]:.1f} / {load[1]:.1f} "
+          "(1/5 min):")
     print(f"  encoder alone on preloaded tensors: {enc:9.1f} img/s (median of {a.repeats})")
     print(f"  pipeline from files (cold cache):   {pipe:9.1f} img/s (median)   ratio {np.median(ratios):.2f} "
           f"(median of {a.repeats} paired runs, range {ratios[0]:.2f}-{ratios[-1]:.2f}; goal >= 0.8)")
@@ -222,6 +222,34 @@ def main() -> None:
     print(f"  pipeline, warm cache (hash + read): {cached:9.1f} img/s")
     print(f"  same features as the per-image pipeline: {'yes' if same else f'NO (max abs difference {diff:.2e})'}"
           f" (every cold run: {'yes' if all(equal) else 'NO'})")
+
+
+def write_jpegs(folder: Path, n: int, size: int, content: str, seed: int = 0) -> list[str]:
+    """``n`` JPEG files (quality 90) of ``size`` x ``size`` in ``folder``: uniform noise, or random square crops
+    (a tenth to the whole of the shorter side) of scikit-learn's sample photographs, resized with bicubic."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    photos = []
+    if content == "photo":
+        from sklearn.datasets import load_sample_images
+
+        photos = load_sample_images().images  # china.jpg and flower.jpg, 427 x 640, in scikit-learn's package
+    paths = []
+    for i in range(n):
+        if photos:
+            im = photos[i % len(photos)]
+            h, w = im.shape[:2]
+            side = int(rng.integers(min(h, w) // 10, min(h, w) + 1))
+            y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+            img = Image.fromarray(im[y : y + side, x : x + side]).resize((size, size), Image.Resampling.BICUBIC)
+        else:
+            img = Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+        p = folder / f"{i:06d}.jpg"
+        img.save(p, quality=90)
+        paths.append(str(p))
+    return paths
 
 
 def per_image_pipeline(model, paths, tf, device, store, a):  # noqa: ANN001, ANN201
@@ -254,7 +282,6 @@ def parts(a) -> None:  # noqa: ANN001
     """Two parts of the data path alone, each against what it replaced, alternated (medians of paired runs)."""
     import numpy as np
     import torch
-    from PIL import Image
     from torchvision import transforms as T
 
     from ofgr_core.common.threads import map_slices
@@ -289,11 +316,7 @@ def parts(a) -> None:  # noqa: ANN001
               f"{1e6 * np.median([n for _, n in runs]) / batch:7.1f}   now / before, run by run: median "
               f"{np.median([n / b for b, n in runs]):.2f}")
     work = Path(tempfile.mkdtemp(prefix="ofgr-bench-extract-"))
-    paths = []
-    for i in range(2048):
-        p = work / f"{i:06d}.jpg"
-        Image.fromarray(rng.integers(0, 255, (a.size, a.size, 3), dtype=np.uint8)).save(p, quality=90)
-        paths.append(str(p))
+    paths = write_jpegs(work, 2048, a.size, a.content)
     batches = [paths[s : s + 256] for s in range(0, len(paths), 256)]
     threads = torch.get_num_threads()
 
@@ -307,9 +330,9 @@ def parts(a) -> None:  # noqa: ANN001
 
     runs = [(timed(each_thread), timed(read_then_decode)) for _ in range(max(a.repeats, 15))]
     n = len(paths)
-    print(f"{n} JPEG files of {a.size} px, batches of 256 on {threads} threads, us an image: read and decode on each "
-          f"thread {1e6 * np.median([e for e, _ in runs]) / n:.1f}, read here then decode on the threads "
-          f"{1e6 * np.median([r for _, r in runs]) / n:.1f}; ratio run by run: median "
+    print(f"{n} JPEG files ({a.content}) of {a.size} px, batches of 256 on {threads} threads, us an image: read and "
+          f"decode on each thread {1e6 * np.median([e for e, _ in runs]) / n:.1f}, read here then decode on the "
+          f"threads {1e6 * np.median([r for _, r in runs]) / n:.1f}; ratio run by run: median "
           f"{np.median([r / e for e, r in runs]):.2f}")
     import shutil
 
