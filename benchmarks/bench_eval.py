@@ -35,8 +35,10 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def make_data(folder: Path, n: int, d: int, per_class: int, seed: int = 0) -> None:
-    """Clustered unit vectors to ``emb.npy`` (memmap, written in chunks) and labels to ``labels.npy``."""
+def make_data(folder: Path, n: int, d: int, per_class: int, seed: int = 0, noise: float = 1.6) -> None:
+    """Clustered unit vectors to ``emb.npy`` (memmap, written in chunks) and labels to ``labels.npy``: a standard
+    normal centre per fine class plus ``noise`` times standard normal noise per item (1.6 in every figure of
+    docs/benchmarks.md unless it says otherwise)."""
     rng = np.random.default_rng(seed)
     n_fine = max(2, n // per_class)
     centres = rng.normal(size=(n_fine, d)).astype(np.float32)
@@ -45,7 +47,7 @@ def make_data(folder: Path, n: int, d: int, per_class: int, seed: int = 0) -> No
     emb = np.lib.format.open_memmap(folder / "emb.npy", mode="w+", dtype=np.float32, shape=(n, d))
     for a in range(0, n, 65536):
         b = min(a + 65536, n)
-        x = centres[fine[a:b]] + 1.6 * rng.standard_normal((b - a, d), dtype=np.float32)
+        x = centres[fine[a:b]] + np.float32(noise) * rng.standard_normal((b - a, d), dtype=np.float32)
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         emb[a:b] = x
     emb.flush()

@@ -14,7 +14,8 @@ Part 2 (``--sharded``): ``ofgr eval-embeddings`` on N x D in one process and und
 
 Part 3 (``--memmap``; ``--million`` is ``--memmap --n 1000000 --dim 512``): approximate all-vs-all at a size
 where the exact one is too slow to run, on the data of ``bench_eval.py --million`` (Gaussian blobs of 50 items
-per fine class, 4 fine per coarse, noise 1.6, L2-normalised, read from a memmap). Each measurement runs in its
+per fine class, 4 fine per coarse, noise 1.6 unless ``--noise`` says otherwise, L2-normalised, read from a
+memmap). Each measurement runs in its
 own subprocess, so its peak RSS is its own:
 * ``exact sample``: ``--exact-queries`` random queries searched exactly against the whole gallery; the exact
   all-vs-all time is this time x N / queries (exact search costs the same per query at a fixed gallery; this is
@@ -257,9 +258,13 @@ def memmap_approx(a: argparse.Namespace) -> None:
             "bootstrap": a.bootstrap, "pq_m": a.pq_m, "refine": a.refine}
     folder = Path(a.dir) if a.dir else Path(tempfile.mkdtemp(prefix="ofgr_approx_"))
     folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / "emb.npy").is_file() or np.load(folder / "emb.npy", mmap_mode="r").shape != (a.n, a.dim):
+    noise = 1.6 if a.noise is None else a.noise
+    made = folder / "data.json"  # what the folder's data was made with
+    if not (folder / "emb.npy").is_file() or np.load(folder / "emb.npy", mmap_mode="r").shape != (a.n, a.dim) \
+            or (json.loads(made.read_text()) if made.is_file() else {"noise": 1.6}).get("noise") != noise:
         t = time.perf_counter()
-        make_data(folder, a.n, a.dim, 50)
+        make_data(folder, a.n, a.dim, 50, noise=noise)
+        made.write_text(json.dumps({"noise": noise}))
         print(f"data written in {time.perf_counter() - t:.0f} s to {folder}")
 
     def run(kind: str, **extra: object) -> dict:
@@ -280,7 +285,8 @@ def memmap_approx(a: argparse.Namespace) -> None:
     nlist = default_nlist(a.n)
     plan = index_bytes(a.n, a.dim, IndexConfig(type=a.index, pq_m=a.pq_m, refine_k_factor=a.refine))
     lists = "" if a.index == "hnsw" else f" nlist {nlist}"
-    print(f"N = {a.n:,} x {a.dim} float32 memmap ({emb_gib:.2f} GiB), bench_eval.py data; {a.index}{lists} "
+    print(f"N = {a.n:,} x {a.dim} float32 memmap ({emb_gib:.2f} GiB), bench_eval.py data, noise {noise}; "
+          f"{a.index}{lists} "
           f"(index ~{plan / 2**30:.2f} GiB); {a.sample:,} audited queries; exact timed on {a.exact_queries:,} queries")
     if a.sweep_list:
         memmap_sweep(a, run, emb_gib)
@@ -345,7 +351,8 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--nprobe", default="8", help="IVF lists probed; --memmap takes a comma list (one run each)")
     ap.add_argument("--sample", type=int, default=10_000)
-    ap.add_argument("--noise", type=float, default=0.9, help="within-class spread (higher: harder data)")
+    ap.add_argument("--noise", type=float, default=None,
+                    help="within-class spread (higher: harder data); default 0.9 with --approx, 1.6 with --memmap")
     ap.add_argument("--sharded", action="store_true")
     ap.add_argument("--n-sharded", type=int, default=40_000)
     ap.add_argument("--memmap", action="store_true", help="approximate all-vs-all on bench_eval.py's memmap data")
@@ -368,7 +375,7 @@ def main() -> None:
     if args.memmap:
         memmap_approx(args)
     if args.approx:
-        approx(args.n, args.dim, args.nprobe, args.sample, args.noise)
+        approx(args.n, args.dim, args.nprobe, args.sample, 0.9 if args.noise is None else args.noise)
     if args.sharded:
         sharded(args.n_sharded, args.dim)
 
