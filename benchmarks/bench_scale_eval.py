@@ -160,10 +160,12 @@ def memmap_worker(kind: str, folder: Path, opts: dict) -> dict:
     if kind == "exact_sample":
         qmask = np.zeros(n, bool)
         qmask[np.random.default_rng(1).choice(n, size=min(n, opts["exact_queries"]), replace=False)] = True
-        block = run_split(emb, labels, query_mask=qmask, cfg=EvalConfig(bootstrap=0, index={"device": "cpu"})).block
-        out = {"queries": block["n_queries"], "fine": block["fine"]}
+        block = run_split(emb, labels, query_mask=qmask,
+                          cfg=EvalConfig(bootstrap=0, index={"device": opts["device"]})).block
+        out = {"queries": block["n_queries"], "fine": block["fine"], "device": block["index"].get("device")}
     elif kind == "approx":
-        index = {"type": opts["index"], "nprobe": opts["nprobe"], "exact_check": opts["sample"], "device": "cpu"}
+        index = {"type": opts["index"], "nprobe": opts["nprobe"], "exact_check": opts["sample"],
+                 "device": opts["device"]}
         if opts["index"] == "ivf_pq":
             index.update(pq_m=opts["pq_m"], refine_k_factor=opts["refine"])
         block = run_split(emb, labels, cfg=EvalConfig(bootstrap=opts["bootstrap"], index=index)).block
@@ -172,8 +174,8 @@ def memmap_worker(kind: str, folder: Path, opts: dict) -> dict:
     elif kind == "sweep":
         out = probe_sweep(emb, labels, opts)
     else:  # full exact all-vs-all (symmetric path where it applies)
-        block = run_split(emb, labels, cfg=EvalConfig(bootstrap=0, index={"device": "cpu"})).block
-        out = {"queries": block["n_queries"], "fine": block["fine"]}
+        block = run_split(emb, labels, cfg=EvalConfig(bootstrap=0, index={"device": opts["device"]})).block
+        out = {"queries": block["n_queries"], "fine": block["fine"], "device": block["index"].get("device")}
     return {"kind": kind, "seconds": time.perf_counter() - t0, "peak_growth_mb": peak_mb() - base, **out}
 
 
@@ -189,7 +191,7 @@ def probe_sweep(emb: np.ndarray, labels: np.ndarray, opts: dict) -> dict:
     kind = opts["index"] if opts["index"] == "hnsw" else "ivf_flat"
     knob = "ef_search" if kind == "hnsw" else "nprobe"
     t = time.perf_counter()
-    index = build_index(emb, IndexConfig(type=kind, device="cpu"), ids=np.arange(n))
+    index = build_index(emb, IndexConfig(type=kind, device=opts["device"]), ids=np.arange(n))
     build = time.perf_counter() - t
     # run_split builds its own index from the config; here every setting reuses the one built above
     real_build = ev.build_index
@@ -200,7 +202,7 @@ def probe_sweep(emb: np.ndarray, labels: np.ndarray, opts: dict) -> dict:
             if nprobe:
                 set_search_params(index, **{knob: nprobe})
             ev.build_index = (lambda *args, **kwargs: index) if nprobe else real_build  # noqa: ARG005
-            cfg = EvalConfig(bootstrap=0, ks=[1, 10], index={"device": "cpu", **(
+            cfg = EvalConfig(bootstrap=0, ks=[1, 10], index={"device": opts["device"], **(
                 {"type": kind, knob: nprobe, "exact_check": 0} if nprobe else {})})
             t = time.perf_counter()
             res = ev.run_split(emb, labels, query_mask=qmask, cfg=cfg)
@@ -255,7 +257,7 @@ def memmap_approx(a: argparse.Namespace) -> None:
     from ofgr_core.retrieval.index import default_nlist, index_bytes
 
     opts = {"exact_queries": a.exact_queries, "index": a.index, "sample": a.sample,
-            "bootstrap": a.bootstrap, "pq_m": a.pq_m, "refine": a.refine}
+            "bootstrap": a.bootstrap, "pq_m": a.pq_m, "refine": a.refine, "device": a.device}
     folder = Path(a.dir) if a.dir else Path(tempfile.mkdtemp(prefix="ofgr_approx_"))
     folder.mkdir(parents=True, exist_ok=True)
     noise = 1.6 if a.noise is None else a.noise
@@ -295,16 +297,16 @@ def memmap_approx(a: argparse.Namespace) -> None:
         return
     ex = run("exact_sample")
     full = run("full_exact") if a.full_exact else None
-    print(f"exact search of {ex['queries']:,} random queries against all {a.n:,}: {ex['seconds']:.1f} s, "
-          f"peak RSS growth {ex['peak_growth_mb'] / 1024:.2f} GiB")
+    print(f"exact search of {ex['queries']:,} random queries against all {a.n:,} on {ex['device']}: "
+          f"{ex['seconds']:.1f} s, peak RSS growth {ex['peak_growth_mb'] / 1024:.2f} GiB")
     if full is not None:
-        print(f"exact all-vs-all, measured (symmetric search where it applies): {full['seconds']:.0f} s, "
-              f"peak RSS growth {full['peak_growth_mb'] / 1024:.2f} GiB")
+        print(f"exact all-vs-all, measured on {full['device']} (symmetric search where it applies): "
+              f"{full['seconds']:.0f} s, peak RSS growth {full['peak_growth_mb'] / 1024:.2f} GiB")
     print("Approximate all-vs-all = index build + search of every query + exact audit of the sample + bootstrap. "
           "Exact = the measured sample's time x queries / sample. Errors are approximate - exact in points, "
           "estimated by ofgr from the audited queries with the 95% interval; 'max end' is the largest |end| of "
           "any headline interval (every metric, both levels).")
-    cols = ["nprobe", "approximate", "exact (extrapolated)", "ratio (goal <= 0.2)", "fine R@1 error [95% CI]",
+    cols = ["nprobe", "device", "approximate", "exact (extrapolated)", "ratio (goal <= 0.2)", "fine R@1 error [95% CI]",
             "fine MAP@R error [95% CI]", "max end (goal < 0.1)", "recall vs exact@10", "peak RSS growth"]
     if full is not None:
         cols += ["ratio to measured exact", "true R@1 / MAP@R error (in CI)"]
@@ -315,7 +317,8 @@ def memmap_approx(a: argparse.Namespace) -> None:
         nq = ap_["queries"]
         t_exact = ex["seconds"] * nq / ex["queries"]
         appr = ap_["approximation"]
-        cells = [str(nprobe), f"{ap_['seconds']:.0f} s", f"{t_exact:.0f} s", f"**{ap_['seconds'] / t_exact:.3f}**"]
+        cells = [str(nprobe), str(ap_["index"].get("device")), f"{ap_['seconds']:.0f} s", f"{t_exact:.0f} s",
+                 f"**{ap_['seconds'] / t_exact:.3f}**"]
         for key in ("recall@1", "map@r"):
             d = appr["difference"]["fine"][key]
             lo, hi = (100 * v for v in (d["ci"] or [float("nan")] * 2))
@@ -361,6 +364,8 @@ def main() -> None:
     ap.add_argument("--pq-m", type=int, default=64, help="ivf_pq sub-quantizers")
     ap.add_argument("--refine", type=int, default=16, help="ivf_pq exact re-ranking factor")
     ap.add_argument("--exact-queries", type=int, default=2000, help="queries the exact time is measured on")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "auto", "gpu"],
+                    help="--memmap: eval.index.device of every run (gpu: faiss-gpu, refused without a GPU)")
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--full-exact", action="store_true", help="also run the exact all-vs-all (small N only)")
     ap.add_argument("--dir", default=None, help="keep the data here (reused when its shape matches)")
