@@ -31,6 +31,7 @@ from ofgr_core.common.integrity import (
     CacheCorrupt,
     CacheHeader,
     checksum,
+    crc32,
     header_path,
     read_header,
     rebuild_note,
@@ -182,12 +183,34 @@ def _path_key(path: str) -> int:
                           "little")
 
 
+def _reason_line(key: int, size: int, mtime: int, reason: str) -> str:
+    """One line of the reasons file: the JSON record, a tab, and the CRC-32 of the JSON's bytes (8 hex digits)."""
+    payload = json.dumps({"key": key, "size": size, "mtime": mtime, "reason": reason})  # ASCII: no raw tab
+    return f"{payload}\t{crc32(payload.encode('ascii')):08x}"
+
+
+def _reason_from_line(line: bytes) -> tuple[tuple[int, int, int], str] | None:
+    """``((key, size, mtime), reason)`` of a line ``_reason_line`` wrote, or None for a line whose checksum does not
+    match its bytes (damaged, or written before lines carried one): its file is then checked again."""
+    payload, tab, tag = line.rstrip(b"\r\n").rpartition(b"\t")
+    if not tab or len(tag) != 8:
+        return None
+    try:
+        if crc32(payload) != int(tag, 16):
+            return None
+        r = json.loads(payload)
+        return (int(r["key"]), int(r["size"]), int(r["mtime"])), str(r["reason"])
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return None
+
+
 class CheckMemo:
     """Per-file check results kept across runs in ``<folder>/image_checks.bin``.
 
     Records are keyed by a 64-bit hash of the path and stamped with the file's size and mtime (a changed
     file is re-read). They are appended in batches while checking, so a run killed after 600k of 1M images
-    re-reads only the other 400k. Reasons of unusable files go to a small JSON-lines side file.
+    re-reads only the other 400k. Reasons of unusable files go to a small JSON-lines side file, each line ending
+    in the CRC-32 of its bytes: a line that does not match is ignored, and its file is checked again.
 
     The memo verifies itself (``ofgr_core/common/integrity.py``): ``image_checks.bin.header.json`` holds the
     format version, the record dtype, the record count and the CRC-32 of every record byte, updated (under a
@@ -215,11 +238,11 @@ class CheckMemo:
                         stale.unlink()
             reasons_path = self.path.with_name(MEMO_REASONS)
             if len(records) and reasons_path.is_file():
-                with contextlib.suppress(OSError), reasons_path.open(encoding="utf-8", errors="replace") as f:
+                with contextlib.suppress(OSError), reasons_path.open("rb") as f:
                     for line in f:
-                        with contextlib.suppress(ValueError, KeyError, TypeError, RecursionError):
-                            r = json.loads(line)
-                            self.reasons[(int(r["key"]), int(r["size"]), int(r["mtime"]))] = str(r["reason"])
+                        r = _reason_from_line(line)
+                        if r is not None:
+                            self.reasons[r[0]] = r[1]
         # the last record of a key wins (a re-checked file appends a newer one)
         if len(records):
             order = np.argsort(records["key"], kind="stable")
@@ -275,8 +298,7 @@ class CheckMemo:
         rec["width"], rec["height"], rec["bad"] = width, height, reason is not None
         self._pending.append(rec)
         if reason is not None:
-            self._pending_reasons.append(json.dumps({"key": key, "size": size, "mtime": mtime,
-                                                     "reason": reason}))
+            self._pending_reasons.append(_reason_line(key, size, mtime, reason))
         if time.monotonic() - self._last_flush > _MEMO_FLUSH_S:
             self.flush()
 

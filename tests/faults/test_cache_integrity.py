@@ -163,6 +163,45 @@ def test_issue_case_memo_overwritten(pixel_world, tmp_path: Path) -> None:  # no
     assert len(again.notes) == 1 and "image_checks.bin" in again.notes[0] and "checksum" in again.notes[0]
 
 
+@pytest.mark.parametrize("damage", ["invalid utf-8", "another letter", "no checksum (an older memo)"])
+def test_a_damaged_reason_line_is_never_the_answer(pixel_world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+                                                   damage: str) -> None:
+    """A reasons line whose bytes changed (a flip inside the reason's text: the case the fuzz test above once hit,
+    a flip to another letter that still decodes, or a line without its checksum) is not read as the reason: that
+    file alone is checked again, and its fresh reason is what the memo answers from then on."""
+    paths, _, _ = pixel_world
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    all_paths = [*paths, str(bad)]
+    memo = tmp_path / "memo"
+    truth = [ds.inspect_image(p) for p in all_paths]
+    ds.check_images(all_paths, workers=1, memo_dir=memo)
+    reasons = memo / ds.MEMO_REASONS
+    raw = bytearray(reasons.read_bytes())
+    at = raw.index(b"cannot")
+    if damage == "invalid utf-8":
+        raw[at + 1] ^= 0xFF
+    elif damage == "another letter":
+        raw[at] = ord("C")  # "Cannot ...": valid JSON, valid UTF-8, not what the image gives
+    else:
+        raw = bytearray(b"".join(line.rpartition(b"\t")[0] + b"\n" for line in raw.splitlines()))
+    reasons.write_bytes(bytes(raw))
+    inspected: list[str] = []
+    real = ds._inspect_chunk
+
+    def counted(chunk: list[str]) -> Any:
+        inspected.extend(chunk)
+        return real(chunk)
+
+    monkeypatch.setattr(ds, "_inspect_chunk", counted)
+    again = ds.check_images(all_paths, workers=1, memo_dir=memo)
+    assert [again[i] for i in range(len(all_paths))] == truth, damage
+    assert inspected == [str(bad)], damage  # the damaged line's file, and only it, was checked again
+    inspected.clear()
+    third = ds.check_images(all_paths, workers=1, memo_dir=memo)
+    assert [third[i] for i in range(len(all_paths))] == truth and inspected == [], damage
+
+
 # ---------------------------------------------------------------------------------------- feature cache
 @pytest.fixture(scope="module")
 def tower() -> Any:
