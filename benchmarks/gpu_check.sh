@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One prepared pass on a GPU box (the lent H100/H200): training throughput with AMP at 224 px, the demo end to
 # end on the GPU, and the end-to-end tests with device=auto (so the CUDA/AMP/channels-last paths run).
-# Wheels for packages the GPU image lacks are expected in .whl/ (see docs/benchmarks.md).
+# Wheels for packages the GPU image lacks are expected in .whl/: `bash benchmarks/gpu_wheels.sh` puts them there
+# (the device call carries .whl; see docs/benchmarks.md).
 set -uo pipefail
 OUT=${OUT:-/tmp/ofgr-gpu-out}; mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
